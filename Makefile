@@ -1,0 +1,17 @@
+# The two commands a new user needs: `make demo` and `make test`. Both set up first.
+SHELL := /bin/bash
+ENV := . scripts/env.sh &&
+
+.PHONY: setup demo test bench clean-cache
+setup:
+	@scripts/setup.sh
+
+demo: setup
+	target/release/effectc build brick
+	@echo "demo: see cache/out/brick/ for the pairs, models, report and contact sheet"
+
+test: setup
+	$(ENV) cargo test --locked -- --test-threads=2
+
+bench: setup
+	$(ENV) cargo bench --locked

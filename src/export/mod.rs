@@ -1,0 +1,2 @@
+//! Export: the graph IR and the ONNX / TFLite / CoreML writers.
+pub mod ir;

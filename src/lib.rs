@@ -1,0 +1,18 @@
+//! effectc: an effect compiler. Folders mirror the pipeline:
+//! recipe (parse, extends, check) → plan (DAG, keys) → cache → exec (scheduler, events)
+//! → stages (one file per stage kind) → nn / train (tch models) → export (IR, writers,
+//! quantization) → verify (tract) → bundle.
+
+pub mod bundle;
+pub mod cache;
+pub mod cli;
+pub mod diffusion;
+pub mod digest;
+pub mod exec;
+pub mod export;
+pub mod nn;
+pub mod plan;
+pub mod recipe;
+pub mod stages;
+pub mod train;
+pub mod verify;
