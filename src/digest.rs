@@ -53,14 +53,24 @@ impl fmt::Debug for Digest {
 
 impl serde::Serialize for Digest {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.hex())
+        // Hex in JSON for people; 32 raw bytes in binary formats (the build snapshot).
+        if s.is_human_readable() {
+            s.serialize_str(&self.hex())
+        } else {
+            s.serialize_bytes(&self.0)
+        }
     }
 }
 
 impl<'de> serde::Deserialize<'de> for Digest {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Digest, D::Error> {
-        let text = String::deserialize(d)?;
-        Digest::parse(&text).ok_or_else(|| serde::de::Error::custom("expected 64 hex characters"))
+        if d.is_human_readable() {
+            let text = String::deserialize(d)?;
+            Digest::parse(&text).ok_or_else(|| serde::de::Error::custom("expected 64 hex characters"))
+        } else {
+            let bytes = <Vec<u8>>::deserialize(d)?;
+            Ok(Digest(bytes.try_into().map_err(|_| serde::de::Error::custom("expected 32 bytes"))?))
+        }
     }
 }
 

@@ -7,6 +7,7 @@ pub mod bundle;
 pub mod cache;
 pub mod cli;
 pub mod diffusion;
+pub mod project;
 pub mod digest;
 pub mod exec;
 pub mod export;

@@ -1,2 +1,78 @@
-//! cli
-pub fn main() -> i32 { 0 }
+//! The command line: translates arguments into library calls, renders diagnostics and
+//! chooses exit codes CI can trust (0 ok, 1 build failed, 2 bad recipe or usage,
+//! 3 infrastructure error, 130 interrupted).
+
+mod commands;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(name = "effectc", version, about = "An effect compiler: recipes for real-time video effects in, verified on-device models out")]
+pub struct Cli {
+    /// Project folder (default: found from the working directory upwards, like cargo).
+    #[arg(long, global = true)]
+    pub project: Option<PathBuf>,
+    /// Cache folder (default: $EFFECTC_CACHE, else `cache/` in the project).
+    #[arg(long, global = true)]
+    pub cache: Option<PathBuf>,
+    /// One JSON event per line on stdout, for CI.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Build effects: run every stale stage, reuse the rest from the cache.
+    Build {
+        effects: Vec<String>,
+        /// Stages run side by side (per-item CPU stages).
+        #[arg(long, short, default_value_t = default_jobs())]
+        jobs: usize,
+        /// Build what can be built past a failure.
+        #[arg(long)]
+        keep_going: bool,
+        /// auto | cpu | cuda | cuda:N (auto: CUDA when present).
+        #[arg(long, default_value = "auto")]
+        device: String,
+    },
+    /// Show every stage: cached or stale, and why. Runs nothing.
+    Plan { effect: String },
+    /// Why one stage is stale: which input of its key changed since the last build.
+    Explain { effect: String, stage: String },
+    /// Print the stage graph.
+    Graph {
+        effect: String,
+        /// Graphviz output (the only format so far).
+        #[arg(long)]
+        dot: bool,
+    },
+    /// Check recipes (all of them by default) without running anything.
+    Check { effects: Vec<String> },
+    /// Inspect and maintain the cache.
+    Cache {
+        #[command(subcommand)]
+        action: CacheAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CacheAction {
+    /// List stage records.
+    Ls,
+    /// Re-hash every blob; damaged ones are removed and rebuilt by the next build.
+    Verify,
+    /// Delete what the current recipes no longer reach.
+    Gc,
+}
+
+fn default_jobs() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
+}
+
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    commands::run(cli)
+}

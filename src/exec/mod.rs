@@ -1,1 +1,9 @@
-//! exec
+//! The executor: runs a plan's stale stages in dependency order, independent CPU stages
+//! in parallel, everything else from the cache.
+
+pub mod events;
+pub mod dry;
+mod scheduler;
+
+pub use events::{Event, HumanReporter, JsonReporter, Reporter};
+pub use scheduler::{build, BuildOptions, BuildSummary, NodeOutcome};

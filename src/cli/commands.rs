@@ -1,0 +1,363 @@
+//! One function per subcommand.
+
+use super::{CacheAction, Cli, Command};
+use crate::cache::Cache;
+use crate::exec::dry::{dry_run, DryStatus};
+use crate::exec::{self, BuildOptions, HumanReporter, JsonReporter, NodeOutcome, Reporter};
+use crate::plan::{lower, Plan};
+use crate::project::Project;
+use crate::recipe::{Diagnostics, Loader, Recipe};
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+pub const EXIT_OK: i32 = 0;
+pub const EXIT_BUILD_FAILED: i32 = 1;
+pub const EXIT_USER: i32 = 2;
+pub const EXIT_INFRA: i32 = 3;
+pub const EXIT_INTERRUPTED: i32 = 130;
+
+struct Env {
+    project: Project,
+    cache_dir: PathBuf,
+    json: bool,
+}
+
+impl Env {
+    fn cache(&self) -> Result<Cache, i32> {
+        Cache::open(&self.cache_dir).map_err(|e| {
+            eprintln!("error: cannot open the cache at {}: {e}", self.cache_dir.display());
+            EXIT_INFRA
+        })
+    }
+}
+
+pub fn run(cli: Cli) -> i32 {
+    let start = match &cli.project {
+        Some(p) => p.clone(),
+        None => std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")),
+    };
+    let project = match Project::discover(&start) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_USER;
+        }
+    };
+    let cache_dir = cli
+        .cache
+        .clone()
+        .or_else(|| std::env::var_os("EFFECTC_CACHE").map(PathBuf::from))
+        .unwrap_or_else(|| project.root.join("cache"));
+    let env = Env { project, cache_dir, json: cli.json };
+    let result = match cli.command {
+        Command::Build { effects, jobs, keep_going, device } => build(&env, effects, jobs, keep_going, &device),
+        Command::Plan { effect } => plan(&env, &effect),
+        Command::Explain { effect, stage } => explain(&env, &effect, &stage),
+        Command::Graph { effect, dot: _ } => graph(&env, &effect),
+        Command::Check { effects } => check(&env, effects),
+        Command::Cache { action } => cache_cmd(&env, action),
+    };
+    match result {
+        Ok(code) | Err(code) => code,
+    }
+}
+
+fn print_diags(diags: &Diagnostics) {
+    eprintln!("{}", diags.render(std::io::stderr().is_terminal()));
+}
+
+fn load(env: &Env, loader: &Loader, name: &str) -> Result<Recipe, i32> {
+    loader.load(name).map_err(|d| {
+        print_diags(&d);
+        let _ = env;
+        EXIT_USER
+    })
+}
+
+/// Checks the recipe and lowers it into a plan (hashing sources through the stat cache).
+fn plan_for(env: &Env, cache: &Cache, loader: &Loader, name: &str) -> Result<(Recipe, Plan), i32> {
+    let recipe = load(env, loader, name)?;
+    let mut stat = crate::cache::StatCache::load(cache.root());
+    let plan = lower::lower(&env.project, &recipe, &mut |p| stat.digest_of(p)).map_err(|d| {
+        print_diags(&d);
+        EXIT_USER
+    })?;
+    if let Err(e) = stat.save() {
+        eprintln!("warning: could not save the stat cache: {e}");
+    }
+    Ok((recipe, plan))
+}
+
+fn parse_device(text: &str) -> Result<tch::Device, String> {
+    match text {
+        "auto" => Ok(tch::Device::cuda_if_available()),
+        "cpu" => Ok(tch::Device::Cpu),
+        "cuda" => Ok(tch::Device::Cuda(0)),
+        other => match other.strip_prefix("cuda:").and_then(|n| n.parse::<usize>().ok()) {
+            Some(n) => Ok(tch::Device::Cuda(n)),
+            None => Err(format!("unknown device `{other}`: use auto, cpu, cuda or cuda:N")),
+        },
+    }
+}
+
+fn build(env: &Env, mut effects: Vec<String>, jobs: usize, keep_going: bool, device: &str) -> Result<i32, i32> {
+    let device = parse_device(device).map_err(|e| {
+        eprintln!("error: {e}");
+        EXIT_USER
+    })?;
+    if let tch::Device::Cuda(n) = device {
+        if !tch::Cuda::is_available() || n >= tch::Cuda::device_count() as usize {
+            eprintln!("error: --device cuda:{n} asked for, but libtorch sees {} CUDA device(s)", tch::Cuda::device_count());
+            return Err(EXIT_USER);
+        }
+    }
+    if effects.is_empty() {
+        effects = env.project.effect_names().map_err(|e| {
+            eprintln!("error: {e}");
+            EXIT_USER
+        })?;
+    }
+    let cache = env.cache()?;
+    let loader = Loader::new(&env.project);
+    // Nothing runs before every named recipe checks.
+    let mut plans = Vec::new();
+    let mut bad = false;
+    for name in &effects {
+        match plan_for(env, &cache, &loader, name) {
+            Ok(p) => plans.push(p),
+            Err(_) => bad = true,
+        }
+    }
+    if bad {
+        return Err(EXIT_USER);
+    }
+    let cancel = Arc::new(AtomicBool::new(false));
+    {
+        let cancel = cancel.clone();
+        // First Ctrl-C: stop at the next safe point; a second one exits at once.
+        let _ = ctrlc::set_handler(move || {
+            if cancel.swap(true, Ordering::SeqCst) {
+                std::process::exit(EXIT_INTERRUPTED);
+            }
+            eprintln!("\ninterrupted: finishing running stages, then stopping (Ctrl-C again to quit now)");
+        });
+    }
+    let reporter: Box<dyn Reporter> = if env.json { Box::new(JsonReporter::new()) } else { Box::new(HumanReporter::new()) };
+    let opts = BuildOptions { jobs, keep_going, device };
+    let mut code = EXIT_OK;
+    for (_recipe, plan) in &plans {
+        let summary = match exec::build(&env.project.root, &cache, plan, &opts, reporter.as_ref(), &cancel) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return Err(EXIT_INFRA);
+            }
+        };
+        if summary.cancelled {
+            return Err(EXIT_INTERRUPTED);
+        }
+        if !summary.ok() {
+            code = EXIT_BUILD_FAILED;
+            if !keep_going {
+                break;
+            }
+            continue;
+        }
+        if let Err(e) = materialize(env, &cache, plan, &summary) {
+            eprintln!("warning: could not copy outputs to out/{}: {e}", plan.effect);
+        }
+    }
+    Ok(code)
+}
+
+/// Copies the outputs a person looks at (sheets, reports, bundles) to `out/<effect>/`.
+fn materialize(env: &Env, cache: &Cache, plan: &Plan, summary: &exec::BuildSummary) -> std::io::Result<()> {
+    let dir = env.project.root.join("out").join(&plan.effect);
+    std::fs::create_dir_all(&dir)?;
+    for (i, node) in plan.nodes.iter().enumerate() {
+        if node.item.is_some() {
+            continue;
+        }
+        let (NodeOutcome::Ran(rec) | NodeOutcome::Cached(rec)) = &summary.outcomes[i] else { continue };
+        for (name, out) in &rec.outputs {
+            let ext = if name.ends_with("sheet") || name.ends_with("png") { "png" } else { "bin" };
+            let file = match name.as_str() {
+                n if n.contains('.') => n.to_string(),
+                n => format!("{}-{n}.{ext}", node.id.replace('/', "-")),
+            };
+            let dest = dir.join(file);
+            let tmp = dir.join(format!(".{}.tmp", out.digest.hex()));
+            std::fs::copy(cache.blob_path(&out.digest), &tmp)?;
+            std::fs::rename(&tmp, &dest)?;
+        }
+    }
+    if !env.json {
+        eprintln!("outputs: {}", dir.display());
+    }
+    Ok(())
+}
+
+fn plan(env: &Env, effect: &str) -> Result<i32, i32> {
+    let cache = env.cache()?;
+    let loader = Loader::new(&env.project);
+    let (_recipe, plan) = plan_for(env, &cache, &loader, effect)?;
+    let (status, _) = dry_run(&cache, &plan).map_err(|e| {
+        eprintln!("error: {e}");
+        EXIT_INFRA
+    })?;
+    if env.json {
+        for (node, s) in plan.nodes.iter().zip(&status) {
+            let (state, reasons) = match s {
+                DryStatus::Cached { .. } => ("cached", vec![]),
+                DryStatus::Stale { reasons, .. } => ("stale", reasons.clone()),
+                DryStatus::Blocked { upstream } => ("stale", vec![format!("upstream {upstream} is stale")]),
+            };
+            println!("{}", serde_json::json!({"event": "plan", "effect": effect, "stage": node.id, "kind": node.stage.kind(), "state": state, "reasons": reasons}));
+        }
+        return Ok(EXIT_OK);
+    }
+    // Per-item stages fold into one line per kind and reason.
+    let mut lines: BTreeMap<(usize, String, String), usize> = BTreeMap::new();
+    let first_pos: BTreeMap<String, usize> = plan.order.iter().enumerate().rev().map(|(pos, &i)| (plan.nodes[i].stage.kind().to_string(), pos)).collect();
+    for (node, s) in plan.nodes.iter().zip(&status) {
+        let kind = node.stage.kind().to_string();
+        let label = if node.item.is_some() { kind.clone() } else { node.id.clone() };
+        let text = match s {
+            DryStatus::Cached { .. } => "cached".to_string(),
+            DryStatus::Stale { reasons, .. } => format!("stale: {}", reasons.join("; ")),
+            DryStatus::Blocked { upstream } => {
+                let up_kind = plan.node_index(upstream).map(|i| plan.nodes[i].stage.kind()).unwrap_or("?");
+                format!("stale unless {up_kind} reproduces its outputs")
+            }
+        };
+        *lines.entry((first_pos.get(&kind).copied().unwrap_or(0), label, text)).or_default() += 1;
+    }
+    let stale = status.iter().filter(|s| !matches!(s, DryStatus::Cached { .. })).count();
+    println!("{effect}: {} stages, {} cached, {stale} stale", plan.nodes.len(), plan.nodes.len() - stale);
+    for ((_, label, text), count) in lines {
+        let n = if count > 1 { format!(" ×{count}") } else { String::new() };
+        println!("  {label}{n}: {text}");
+    }
+    Ok(EXIT_OK)
+}
+
+fn explain(env: &Env, effect: &str, stage: &str) -> Result<i32, i32> {
+    let cache = env.cache()?;
+    let loader = Loader::new(&env.project);
+    let (_recipe, plan) = plan_for(env, &cache, &loader, effect)?;
+    let Some(i) = plan.node_index(stage) else {
+        let ids: Vec<&str> = plan.nodes.iter().map(|n| n.id.as_str()).collect();
+        let hint = crate::recipe::diagnostic::closest(stage, ids.iter().copied()).map(|s| format!(" (did you mean `{s}`?)")).unwrap_or_default();
+        eprintln!("error: effect `{effect}` has no stage `{stage}`{hint}; `effectc plan {effect}` lists them");
+        return Err(EXIT_USER);
+    };
+    let (status, _) = dry_run(&cache, &plan).map_err(|e| {
+        eprintln!("error: {e}");
+        EXIT_INFRA
+    })?;
+    let mut cur = i;
+    loop {
+        match &status[cur] {
+            DryStatus::Cached { key } => {
+                println!("{}: cached (key {})", plan.nodes[cur].id, &key.hex()[..16]);
+                break;
+            }
+            DryStatus::Stale { key, reasons } => {
+                println!("{}: stale (key {})", plan.nodes[cur].id, &key.hex()[..16]);
+                for r in reasons {
+                    println!("  {r}");
+                }
+                break;
+            }
+            DryStatus::Blocked { upstream } => {
+                println!("{}: stale unless upstream `{upstream}` reproduces its outputs", plan.nodes[cur].id);
+                match plan.node_index(upstream) {
+                    Some(u) => cur = u,
+                    None => break,
+                }
+            }
+        }
+    }
+    Ok(EXIT_OK)
+}
+
+fn graph(env: &Env, effect: &str) -> Result<i32, i32> {
+    let cache = env.cache()?;
+    let loader = Loader::new(&env.project);
+    let (_recipe, plan) = plan_for(env, &cache, &loader, effect)?;
+    print!("{}", plan.to_dot());
+    Ok(EXIT_OK)
+}
+
+fn check(env: &Env, mut effects: Vec<String>) -> Result<i32, i32> {
+    if effects.is_empty() {
+        effects = env.project.effect_names().map_err(|e| {
+            eprintln!("error: {e}");
+            EXIT_USER
+        })?;
+    }
+    let loader = Loader::new(&env.project);
+    let mut bad = 0;
+    for name in &effects {
+        match loader.load(name) {
+            Ok(r) => {
+                if !env.json {
+                    println!("ok: {name} ({} stage kinds of teacher `{}`, {} target(s))", r.files.len(), r.teacher.kind(), r.targets.len());
+                }
+            }
+            Err(d) => {
+                bad += 1;
+                print_diags(&d);
+            }
+        }
+    }
+    if env.json {
+        println!("{}", serde_json::json!({"event": "check-finished", "effects": effects.len(), "failed": bad}));
+    }
+    if bad > 0 {
+        eprintln!("{bad} of {} recipe(s) have errors", effects.len());
+        return Err(EXIT_USER);
+    }
+    Ok(EXIT_OK)
+}
+
+fn cache_cmd(env: &Env, action: CacheAction) -> Result<i32, i32> {
+    let cache = env.cache()?;
+    let infra = |e: crate::cache::CacheError| {
+        eprintln!("error: {e}");
+        EXIT_INFRA
+    };
+    match action {
+        CacheAction::Ls => {
+            let mut records = cache.list_records().map_err(infra)?;
+            records.sort_by(|a, b| (&a.effect, &a.stage_id).cmp(&(&b.effect, &b.stage_id)));
+            for r in &records {
+                let size: u64 = r.outputs.values().map(|o| o.size_bytes).sum();
+                println!("{}  {:<10} {:<40} {:>10} B  {} ms", &r.key.hex()[..16], r.effect, r.stage_id, size, r.duration_ms);
+            }
+            println!("{} record(s)", records.len());
+        }
+        CacheAction::Verify => {
+            let report = cache.verify().map_err(infra)?;
+            print!("{report}");
+            if !report.is_clean() {
+                return Err(EXIT_BUILD_FAILED);
+            }
+        }
+        CacheAction::Gc => {
+            // Keep what the current recipes reach: each effect's last-build records.
+            let mut keep = BTreeSet::new();
+            for name in env.project.effect_names().unwrap_or_default() {
+                if let Ok(Some(snap)) = cache.read_snapshot(&name) {
+                    keep.extend(snap.entries.values().map(|e| e.key));
+                }
+            }
+            let report = cache.gc(&keep).map_err(infra)?;
+            print!("{report}");
+        }
+    }
+    Ok(EXIT_OK)
+}

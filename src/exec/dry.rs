@@ -1,0 +1,124 @@
+//! Answers "what would run, and why" without running anything: keys are computed as far
+//! as known digests allow, and each stale stage is compared with the record of the same
+//! stage from the effect's last build.
+
+use crate::cache::{Cache, Snapshot, StageRecord};
+use crate::digest::Digest;
+use crate::plan::{stage_key, InputRef, Plan};
+use std::collections::BTreeMap;
+
+#[derive(Clone, Debug)]
+pub enum DryStatus {
+    Cached { key: Digest },
+    /// Stale, with the reasons found against the last build of this stage.
+    Stale { key: Digest, reasons: Vec<String> },
+    /// Its inputs come from stale stages: it will run unless they reproduce their outputs.
+    Blocked { upstream: String },
+}
+
+pub fn dry_run(cache: &Cache, plan: &Plan) -> Result<(Vec<DryStatus>, Snapshot), crate::cache::CacheError> {
+    let snapshot = cache.read_snapshot(&plan.effect)?.unwrap_or_default();
+    let mut records: Vec<Option<StageRecord>> = vec![None; plan.nodes.len()];
+    let mut status: Vec<Option<DryStatus>> = vec![None; plan.nodes.len()];
+    for &i in &plan.order {
+        let node = &plan.nodes[i];
+        let mut inputs = BTreeMap::new();
+        let mut blocked = None;
+        for inp in &node.inputs {
+            match &inp.from {
+                InputRef::File { digest, .. } => {
+                    inputs.insert(inp.name.clone(), *digest);
+                }
+                InputRef::Stage { node: up, output } => match &records[*up] {
+                    Some(r) => {
+                        if let Some(o) = r.outputs.get(output) {
+                            inputs.insert(inp.name.clone(), o.digest);
+                        }
+                    }
+                    None => {
+                        blocked.get_or_insert_with(|| plan.nodes[*up].id.clone());
+                    }
+                },
+            }
+        }
+        if let Some(upstream) = blocked {
+            status[i] = Some(DryStatus::Blocked { upstream });
+            continue;
+        }
+        let params = node.stage.params();
+        let key = stage_key(node.stage.kind(), node.stage.version(), &params, &inputs);
+        let hit = match snapshot.entries.get(&node.id) {
+            Some(e) if e.key == key && e.outputs.iter().all(|(_, o)| cache.has_blob(&o.digest)) => Some(e.to_record(&node.id, &plan.effect)),
+            _ => cache.get_record(&key).ok().flatten(),
+        };
+        match hit {
+            Some(r) => {
+                records[i] = Some(r);
+                status[i] = Some(DryStatus::Cached { key });
+            }
+            None => {
+                let reasons = match snapshot.entries.get(&node.id) {
+                    None => vec!["never built".to_string()],
+                    Some(old) => match cache.read_record_raw(&old.key) {
+                        Some(old) => diff_reasons(&old, key, &params, &inputs),
+                        None if old.key == key => vec!["outputs missing from the cache (damaged or collected)".to_string()],
+                        None => vec!["changed since the last build (its record was collected, so the change cannot be named)".to_string()],
+                    },
+                };
+                status[i] = Some(DryStatus::Stale { key, reasons });
+            }
+        }
+    }
+    Ok((status.into_iter().map(|s| s.unwrap_or(DryStatus::Blocked { upstream: "?".into() })).collect(), snapshot))
+}
+
+/// Why a stage's key differs from its last build: changed params by recipe path,
+/// changed inputs by name.
+pub fn diff_reasons(old: &StageRecord, key: Digest, params: &BTreeMap<String, String>, inputs: &BTreeMap<String, Digest>) -> Vec<String> {
+    let mut reasons = Vec::new();
+    for (k, v) in params {
+        match old.params.get(k) {
+            Some(o) if o != v => reasons.push(format!("{k} changed: {o} → {v}")),
+            None => reasons.push(format!("{k} added: {v}")),
+            _ => {}
+        }
+    }
+    for k in old.params.keys() {
+        if !params.contains_key(k) {
+            reasons.push(format!("{k} removed"));
+        }
+    }
+    let mut changed_inputs = 0;
+    for (k, d) in inputs {
+        match old.inputs.get(k) {
+            Some(o) if o != d => {
+                changed_inputs += 1;
+                if changed_inputs <= 5 {
+                    reasons.push(format!("input `{k}` changed"));
+                }
+            }
+            None => {
+                changed_inputs += 1;
+                if changed_inputs <= 5 {
+                    reasons.push(format!("input `{k}` added"));
+                }
+            }
+            _ => {}
+        }
+    }
+    let removed = old.inputs.keys().filter(|k| !inputs.contains_key(*k)).count();
+    if changed_inputs > 5 {
+        reasons.push(format!("… {} more inputs changed", changed_inputs - 5));
+    }
+    if removed > 0 {
+        reasons.push(format!("{removed} input(s) removed"));
+    }
+    if reasons.is_empty() {
+        if old.key == key {
+            reasons.push("outputs missing from the cache (damaged or collected)".into());
+        } else {
+            reasons.push("implementation version changed".into());
+        }
+    }
+    reasons
+}

@@ -1,0 +1,174 @@
+//! Build events: one JSON object per line with `--json` (for CI), progress bars and a
+//! short summary for people.
+
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::sync::Mutex;
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(tag = "event", rename_all = "kebab-case")]
+pub enum Event {
+    BuildStarted { effect: String, stages: usize },
+    StageFinished {
+        effect: String,
+        stage: String,
+        kind: String,
+        key: String,
+        cached: bool,
+        duration_ms: u64,
+        #[serde(skip_serializing_if = "serde_json::Map::is_empty")]
+        metrics: serde_json::Map<String, serde_json::Value>,
+    },
+    StageFailed { effect: String, stage: String, kind: String, error: String, user_error: bool },
+    StageProgress { effect: String, stage: String, done: u64, total: u64, message: String },
+    BuildFinished { effect: String, ok: bool, ran: usize, cached: usize, failed: usize, skipped: usize, cancelled: bool, duration_ms: u64 },
+}
+
+pub trait Reporter: Sync {
+    fn event(&self, e: &Event);
+    /// Announces how many stages of each kind the build has, for progress bars.
+    fn totals(&self, _effect: &str, _per_kind: &BTreeMap<String, u64>) {}
+}
+
+/// `--json`: every event as one line on stdout (progress events are throttled).
+pub struct JsonReporter {
+    out: Mutex<std::io::Stdout>,
+    last_progress: Mutex<std::time::Instant>,
+}
+
+impl JsonReporter {
+    pub fn new() -> JsonReporter {
+        JsonReporter { out: Mutex::new(std::io::stdout()), last_progress: Mutex::new(std::time::Instant::now()) }
+    }
+}
+
+impl Default for JsonReporter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Reporter for JsonReporter {
+    fn event(&self, e: &Event) {
+        if let Event::StageProgress { done, total, .. } = e {
+            let mut last = self.last_progress.lock().unwrap_or_else(|p| p.into_inner());
+            if last.elapsed().as_millis() < 1000 && done < total {
+                return;
+            }
+            *last = std::time::Instant::now();
+        }
+        if let Ok(line) = serde_json::to_string(e) {
+            let mut out = self.out.lock().unwrap_or_else(|p| p.into_inner());
+            let _ = writeln!(out, "{line}");
+            let _ = out.flush();
+        }
+    }
+}
+
+/// For people: one bar per stage kind (items done / total, rate, ETA), one bar for a
+/// long stage's own steps, failures as they happen, and a summary line.
+pub struct HumanReporter {
+    multi: MultiProgress,
+    bars: Mutex<BTreeMap<String, ProgressBar>>,
+    step_bars: Mutex<BTreeMap<String, ProgressBar>>,
+}
+
+impl HumanReporter {
+    pub fn new() -> HumanReporter {
+        let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
+        HumanReporter { multi, bars: Mutex::new(BTreeMap::new()), step_bars: Mutex::new(BTreeMap::new()) }
+    }
+}
+
+impl Default for HumanReporter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn bar_style() -> ProgressStyle {
+    ProgressStyle::with_template("{prefix:>16} [{bar:30}] {pos}/{len} {per_sec} ETA {eta} {msg}")
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ")
+}
+
+impl HumanReporter {
+    /// A line above the bars, or plain stderr when bars are hidden (not a terminal).
+    fn say(&self, line: String) {
+        if self.multi.is_hidden() {
+            eprintln!("{line}");
+        } else {
+            let _ = self.multi.println(line);
+        }
+    }
+}
+
+impl Reporter for HumanReporter {
+    fn totals(&self, _effect: &str, per_kind: &BTreeMap<String, u64>) {
+        let mut bars = self.bars.lock().unwrap_or_else(|p| p.into_inner());
+        for (kind, total) in per_kind {
+            let bar = self.multi.add(ProgressBar::new(*total));
+            bar.set_style(bar_style());
+            bar.set_prefix(kind.clone());
+            bars.insert(kind.clone(), bar);
+        }
+    }
+
+    fn event(&self, e: &Event) {
+        match e {
+            Event::StageFinished { kind, stage, cached, metrics, duration_ms, .. } => {
+                if let Some(bar) = self.bars.lock().unwrap_or_else(|p| p.into_inner()).get(kind) {
+                    bar.inc(1);
+                    if bar.position() == bar.length().unwrap_or(0) {
+                        bar.finish();
+                    }
+                }
+                if let Some(b) = self.step_bars.lock().unwrap_or_else(|p| p.into_inner()).remove(stage) {
+                    b.finish_and_clear();
+                }
+                if !metrics.is_empty() {
+                    let shown: Vec<String> = metrics.iter().filter(|(_, v)| v.is_number()).map(|(k, v)| format!("{k}={}", fmt_metric(v))).collect();
+                    let how = if *cached { "cached".to_string() } else { format!("{:.1}s", *duration_ms as f64 / 1000.0) };
+                    self.say(format!("{stage} ({how}): {}", shown.join(" ")));
+                }
+            }
+            Event::StageFailed { stage, error, .. } => {
+                self.say(format!("error: {stage} failed: {error}"));
+            }
+            Event::StageProgress { stage, done, total, message, .. } => {
+                let mut bars = self.step_bars.lock().unwrap_or_else(|p| p.into_inner());
+                let bar = bars.entry(stage.clone()).or_insert_with(|| {
+                    let b = self.multi.add(ProgressBar::new(*total));
+                    b.set_style(bar_style());
+                    b.set_prefix(stage.clone());
+                    b
+                });
+                bar.set_length(*total);
+                bar.set_position(*done);
+                bar.set_message(message.clone());
+            }
+            Event::BuildFinished { effect, ok, ran, cached, failed, skipped, cancelled, duration_ms } => {
+                for b in self.bars.lock().unwrap_or_else(|p| p.into_inner()).values() {
+                    b.finish();
+                }
+                let status = if *cancelled { "interrupted" } else if *ok { "built" } else { "FAILED" };
+                self.say(format!(
+                    "{effect}: {status} in {:.2}s — {ran} ran, {cached} cached{}{}",
+                    *duration_ms as f64 / 1000.0,
+                    if *failed > 0 { format!(", {failed} failed") } else { String::new() },
+                    if *skipped > 0 { format!(", {skipped} skipped") } else { String::new() },
+                ));
+            }
+            Event::BuildStarted { .. } => {}
+        }
+    }
+}
+
+fn fmt_metric(v: &serde_json::Value) -> String {
+    match v.as_f64() {
+        Some(f) if f.fract() != 0.0 => format!("{f:.3}"),
+        _ => v.to_string(),
+    }
+}

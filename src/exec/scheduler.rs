@@ -1,0 +1,337 @@
+//! Scheduling. The main thread owns all state: it computes a stage's key once its
+//! inputs' digests are known (early cutoff: keys use upstream *output* digests), answers
+//! it from the cache when it can, and otherwise hands it to a worker. Workers run a
+//! stage in a scratch folder, then store blobs before the record, so a killed build
+//! never leaves a record without its outputs.
+
+use super::events::{Event, Reporter};
+use crate::cache::{Cache, OutputRef, Snapshot, SnapshotEntry, StageRecord};
+use crate::digest::Digest;
+use crate::plan::{stage_key, InputRef, Plan, Progress, Resource, RunContext, StageError};
+use std::collections::{BTreeMap, VecDeque};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+#[derive(Clone, Debug)]
+pub struct BuildOptions {
+    pub jobs: usize,
+    pub keep_going: bool,
+    pub device: tch::Device,
+}
+
+#[derive(Clone, Debug)]
+pub enum NodeOutcome {
+    Cached(StageRecord),
+    Ran(StageRecord),
+    Failed { error: String, user_error: bool },
+    /// Not run: an upstream stage failed, or the build stopped first.
+    Skipped,
+}
+
+#[derive(Debug)]
+pub struct BuildSummary {
+    pub effect: String,
+    pub outcomes: Vec<NodeOutcome>,
+    pub ran: usize,
+    pub cached: usize,
+    pub failed: usize,
+    pub skipped: usize,
+    pub cancelled: bool,
+    pub duration_ms: u64,
+}
+
+impl BuildSummary {
+    pub fn ok(&self) -> bool {
+        self.failed == 0 && self.skipped == 0 && !self.cancelled
+    }
+    pub fn record(&self, plan: &Plan, id: &str) -> Option<&StageRecord> {
+        match &self.outcomes[plan.node_index(id)?] {
+            NodeOutcome::Cached(r) | NodeOutcome::Ran(r) => Some(r),
+            _ => None,
+        }
+    }
+}
+
+struct Job {
+    node: usize,
+    key: Digest,
+    inputs: BTreeMap<String, Digest>,
+    input_paths: BTreeMap<String, std::path::PathBuf>,
+}
+
+struct Done {
+    node: usize,
+    result: Result<StageRecord, StageError>,
+}
+
+/// Builds `plan` against `cache`. Never returns early on a stage failure: the summary
+/// says what ran, what was cached, what failed and what was skipped.
+pub fn build(project_root: &Path, cache: &Cache, plan: &Plan, opts: &BuildOptions, reporter: &dyn Reporter, cancel: &AtomicBool) -> Result<BuildSummary, crate::cache::CacheError> {
+    let started = Instant::now();
+    let _build_lock = cache.build_lock()?;
+    let snapshot = cache.read_snapshot(&plan.effect)?.unwrap_or_default();
+    let n = plan.nodes.len();
+    reporter.event(&Event::BuildStarted { effect: plan.effect.clone(), stages: n });
+    let mut per_kind: BTreeMap<String, u64> = BTreeMap::new();
+    for node in &plan.nodes {
+        *per_kind.entry(node.stage.kind().to_string()).or_default() += 1;
+    }
+    reporter.totals(&plan.effect, &per_kind);
+
+    let mut waiting: Vec<usize> = vec![0; n];
+    for (i, node) in plan.nodes.iter().enumerate() {
+        waiting[i] = node.inputs.iter().filter(|inp| matches!(inp.from, InputRef::Stage { .. })).count();
+    }
+    let dependents: Vec<Vec<usize>> = (0..n).map(|i| plan.dependents(i)).collect();
+    let mut outcomes: Vec<Option<NodeOutcome>> = vec![None; n];
+    let mut ready: VecDeque<usize> = plan.order.iter().copied().filter(|&i| waiting[i] == 0).collect();
+    let mut queued: VecDeque<Job> = VecDeque::new();
+    let mut running = 0usize;
+    let mut exclusive_running = false;
+    let mut stop = false;
+    let jobs = opts.jobs.max(1);
+
+    let (job_tx, job_rx) = mpsc::channel::<Job>();
+    let job_rx = Arc::new(Mutex::new(job_rx));
+    let (done_tx, done_rx) = mpsc::channel::<Done>();
+
+    std::thread::scope(|scope| {
+        for _ in 0..jobs {
+            let job_rx = job_rx.clone();
+            let done_tx = done_tx.clone();
+            scope.spawn(move || loop {
+                let job = {
+                    let rx = job_rx.lock().unwrap_or_else(|p| p.into_inner());
+                    rx.recv()
+                };
+                let Ok(job) = job else { break };
+                let node = job.node;
+                let result = run_job(project_root, cache, plan, opts, reporter, cancel, job);
+                if done_tx.send(Done { node, result }).is_err() {
+                    break;
+                }
+            });
+        }
+        drop(done_tx);
+
+        loop {
+            if cancel.load(Ordering::SeqCst) {
+                stop = true;
+            }
+            // Resolve every ready node: a cache hit completes at once, a miss is queued.
+            while let Some(i) = ready.pop_front() {
+                if stop {
+                    continue;
+                }
+                let node = &plan.nodes[i];
+                let mut inputs = BTreeMap::new();
+                let mut input_paths = BTreeMap::new();
+                for inp in &node.inputs {
+                    match &inp.from {
+                        InputRef::File { path, digest } => {
+                            inputs.insert(inp.name.clone(), *digest);
+                            input_paths.insert(inp.name.clone(), path.clone());
+                        }
+                        InputRef::Stage { node: up, output } => {
+                            let rec = match &outcomes[*up] {
+                                Some(NodeOutcome::Cached(r)) | Some(NodeOutcome::Ran(r)) => r,
+                                _ => unreachable_input(),
+                            };
+                            let Some(out) = rec.outputs.get(output) else { continue };
+                            inputs.insert(inp.name.clone(), out.digest);
+                            input_paths.insert(inp.name.clone(), cache.blob_path(&out.digest));
+                        }
+                    }
+                }
+                let key = stage_key(node.stage.kind(), node.stage.version(), &node.stage.params(), &inputs);
+                let hit = match snapshot.entries.get(&node.id) {
+                    Some(e) if e.key == key && e.outputs.iter().all(|(_, o)| cache.has_blob(&o.digest)) => Some(e.to_record(&node.id, &plan.effect)),
+                    _ => cache.get_record(&key).ok().flatten(),
+                };
+                match hit {
+                    Some(mut rec) => {
+                        rec.stage_id = node.id.clone();
+                        reporter.event(&finished_event(plan, i, &rec, true));
+                        outcomes[i] = Some(NodeOutcome::Cached(rec));
+                        release(i, &dependents, &mut waiting, &mut ready);
+                    }
+                    None => queued.push_back(Job { node: i, key, inputs, input_paths }),
+                }
+            }
+            // Start queued work: CPU stages side by side, exclusive ones alone.
+            while !stop && !exclusive_running && running < jobs {
+                let Some(pos) = queued.iter().position(|j| plan.nodes[j.node].stage.resource() == Resource::Cpu || running == 0) else { break };
+                let Some(job) = queued.remove(pos) else { break };
+                if plan.nodes[job.node].stage.resource() == Resource::Exclusive {
+                    exclusive_running = true;
+                }
+                running += 1;
+                if job_tx.send(job).is_err() {
+                    break;
+                }
+            }
+            if running == 0 && (ready.is_empty() && (queued.is_empty() || stop)) {
+                break;
+            }
+            let Ok(done) = done_rx.recv() else { break };
+            running -= 1;
+            if plan.nodes[done.node].stage.resource() == Resource::Exclusive {
+                exclusive_running = false;
+            }
+            let i = done.node;
+            match done.result {
+                Ok(rec) => {
+                    let cached = rec.duration_ms == u64::MAX;
+                    let mut rec = rec;
+                    if cached {
+                        rec.duration_ms = 0;
+                    }
+                    reporter.event(&finished_event(plan, i, &rec, cached));
+                    outcomes[i] = Some(if cached { NodeOutcome::Cached(rec) } else { NodeOutcome::Ran(rec) });
+                    release(i, &dependents, &mut waiting, &mut ready);
+                }
+                Err(StageError::Cancelled) => {
+                    stop = true;
+                    outcomes[i] = Some(NodeOutcome::Skipped);
+                }
+                Err(e) => {
+                    let user_error = matches!(e, StageError::User(_));
+                    let node = &plan.nodes[i];
+                    reporter.event(&Event::StageFailed { effect: plan.effect.clone(), stage: node.id.clone(), kind: node.stage.kind().into(), error: e.to_string(), user_error });
+                    outcomes[i] = Some(NodeOutcome::Failed { error: e.to_string(), user_error });
+                    if !opts.keep_going {
+                        stop = true;
+                    }
+                }
+            }
+        }
+        drop(job_tx);
+    });
+
+    let outcomes: Vec<NodeOutcome> = outcomes.into_iter().map(|o| o.unwrap_or(NodeOutcome::Skipped)).collect();
+    // Remember this build's records (one file) for the next no-op build and `explain`.
+    let mut next = Snapshot::default();
+    let mut changed = false;
+    for (i, o) in outcomes.iter().enumerate() {
+        if let NodeOutcome::Cached(r) | NodeOutcome::Ran(r) = o {
+            let id = &plan.nodes[i].id;
+            let entry = SnapshotEntry::from_record(r);
+            changed |= snapshot.entries.get(id) != Some(&entry);
+            next.entries.insert(id.clone(), entry);
+        } else if let Some(old) = snapshot.entries.get(&plan.nodes[i].id) {
+            // Keep what an earlier build knew, so `explain` still has it.
+            next.entries.insert(plan.nodes[i].id.clone(), old.clone());
+        }
+    }
+    changed |= next.entries.len() != snapshot.entries.len();
+    if changed {
+        cache.write_snapshot(&plan.effect, &next)?;
+    }
+    let count = |f: fn(&NodeOutcome) -> bool| outcomes.iter().filter(|o| f(o)).count();
+    let summary = BuildSummary {
+        effect: plan.effect.clone(),
+        ran: count(|o| matches!(o, NodeOutcome::Ran(_))),
+        cached: count(|o| matches!(o, NodeOutcome::Cached(_))),
+        failed: count(|o| matches!(o, NodeOutcome::Failed { .. })),
+        skipped: count(|o| matches!(o, NodeOutcome::Skipped)),
+        cancelled: cancel.load(Ordering::SeqCst),
+        duration_ms: started.elapsed().as_millis() as u64,
+        outcomes,
+    };
+    reporter.event(&Event::BuildFinished {
+        effect: summary.effect.clone(),
+        ok: summary.ok(),
+        ran: summary.ran,
+        cached: summary.cached,
+        failed: summary.failed,
+        skipped: summary.skipped,
+        cancelled: summary.cancelled,
+        duration_ms: summary.duration_ms,
+    });
+    Ok(summary)
+}
+
+fn unreachable_input() -> ! {
+    // A node becomes ready only when every upstream node finished successfully.
+    panic!("scheduler invariant broken: a stage became ready before its inputs")
+}
+
+fn release(i: usize, dependents: &[Vec<usize>], waiting: &mut [usize], ready: &mut VecDeque<usize>) {
+    for &d in &dependents[i] {
+        waiting[d] -= 1;
+        if waiting[d] == 0 {
+            ready.push_back(d);
+        }
+    }
+}
+
+fn finished_event(plan: &Plan, i: usize, rec: &StageRecord, cached: bool) -> Event {
+    let node = &plan.nodes[i];
+    Event::StageFinished {
+        effect: plan.effect.clone(),
+        stage: node.id.clone(),
+        kind: node.stage.kind().into(),
+        key: rec.key.hex(),
+        cached,
+        duration_ms: if cached { 0 } else { rec.duration_ms },
+        metrics: rec.metrics.clone(),
+    }
+}
+
+/// Runs one stage on a worker thread. Holds the key's lock so two builds never run the
+/// same stage at once; the second finds the first one's record.
+fn run_job(project_root: &Path, cache: &Cache, plan: &Plan, opts: &BuildOptions, reporter: &dyn Reporter, cancel: &AtomicBool, job: Job) -> Result<StageRecord, StageError> {
+    let node = &plan.nodes[job.node];
+    let infra = |e: crate::cache::CacheError| StageError::infra(e.to_string());
+    let _lock = cache.lock_key(&job.key).map_err(infra)?;
+    if let Some(mut rec) = cache.get_record(&job.key).map_err(infra)? {
+        rec.stage_id = node.id.clone();
+        rec.duration_ms = u64::MAX; // marks "found cached after waiting"
+        return Ok(rec);
+    }
+    if cancel.load(Ordering::SeqCst) {
+        return Err(StageError::Cancelled);
+    }
+    let scratch = cache.scratch_dir().map_err(infra)?;
+    let started = Instant::now();
+    let progress = |p: Progress| {
+        reporter.event(&Event::StageProgress { effect: plan.effect.clone(), stage: node.id.clone(), done: p.done, total: p.total, message: p.message });
+    };
+    let mut ctx = RunContext {
+        stage_id: &node.id,
+        inputs: job.input_paths.clone(),
+        out_dir: scratch.path(),
+        checkpoint_dir: cache.checkpoint_dir(&job.key),
+        cancel,
+        progress: &progress,
+        log: String::new(),
+        device: opts.device,
+        project_root,
+    };
+    let output = node.stage.run(&mut ctx)?;
+    let mut outputs = BTreeMap::new();
+    for (name, path) in &output.files {
+        let r: OutputRef = cache.put_blob_file(path).map_err(infra)?;
+        outputs.insert(name.clone(), r);
+    }
+    let rec = StageRecord {
+        key: job.key,
+        stage_id: node.id.clone(),
+        kind: node.stage.kind().to_string(),
+        effect: plan.effect.clone(),
+        outputs,
+        metrics: output.metrics,
+        params: node.stage.params(),
+        inputs: job.inputs,
+        duration_ms: started.elapsed().as_millis() as u64,
+        finished_at_unix: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+        log: ctx.log,
+    };
+    cache.put_record(&rec).map_err(infra)?;
+    // The checkpoints served their purpose once the record exists.
+    let _ = std::fs::remove_dir_all(cache.checkpoint_dir(&job.key));
+    Ok(rec)
+}

@@ -1,0 +1,401 @@
+//! Lowers a merged recipe tree into the typed `Recipe`, reporting every problem with
+//! its span: unknown nodes and properties (with "did you mean"), wrong types, values out
+//! of range, unknown models / presets / attributes / targets, missing files, bad globs.
+
+use super::decode::Decoder;
+use super::diagnostic::RecipeDiagnostic;
+use super::model::*;
+use super::stdlib::{self, Registry};
+use super::tree::{Node, Val};
+use crate::project::Project;
+
+pub const EFFECT_NODES: &[&str] = &["extends", "version", "description", "sources", "teacher", "attributes", "student", "train", "target"];
+pub const TEACHER_KINDS: &[&str] = &["procedural", "directory", "command", "diffusion"];
+pub const PROCEDURAL_STYLES: &[&str] = &["brick-mosaic"];
+pub const PALETTES: &[&str] = &["lego-classic", "lego-grayscale"];
+pub const SCHEDULERS: &[&str] = &["ddim", "euler-a", "dpm++2m", "dpm++2m-karras"];
+
+pub struct Checker<'a> {
+    pub d: Decoder<'a>,
+    pub project: &'a Project,
+    pub registry: &'a Registry,
+}
+
+fn is_glob(s: &str) -> bool {
+    s.contains(['*', '?', '[', '{'])
+}
+
+impl<'a> Checker<'a> {
+    pub fn effect(&mut self, name: &str, body: &[Node], root: &Node) -> Option<Recipe> {
+        let top = Node { children: body.to_vec(), ..root.clone() };
+        self.d.known_children(&top, EFFECT_NODES);
+        let version = self.d.setting(&top, "version").and_then(|v| self.d.string(v, "`version`"));
+        let description = self.d.setting(&top, "description").and_then(|v| self.d.string(v, "`description`"));
+
+        let sources = match self.d.single(body, "sources") {
+            Some(n) => self.sources(n),
+            None => {
+                self.d.error(RecipeDiagnostic::at(&root.name_loc, "missing-node", format!("effect `{name}` has no `sources`")).help("add `sources { images \"photos/*.jpg\" }` or `sources { synthetic count=48 }`"));
+                None
+            }
+        };
+        let teacher = match self.d.single(body, "teacher") {
+            Some(n) => self.teacher(n),
+            None => {
+                self.d.error(RecipeDiagnostic::at(&root.name_loc, "missing-node", format!("effect `{name}` has no `teacher`")).help("add `teacher \"procedural\" { ... }`, `teacher \"diffusion\" { ... }`, `teacher \"directory\"` or `teacher \"command\"`"));
+                None
+            }
+        };
+        let attributes = self.d.single(body, "attributes").map(|n| self.attributes(n)).unwrap_or_default();
+        let student_node = self.d.single(body, "student");
+        let student = self.student(student_node);
+        let train_node = self.d.single(body, "train");
+        let train = self.train(train_node);
+        let targets = self.targets(body);
+        Some(Recipe {
+            name: name.to_string(),
+            version,
+            description,
+            files: Vec::new(),
+            sources: sources?,
+            teacher: teacher?,
+            attributes,
+            student,
+            train,
+            targets,
+        })
+    }
+
+    fn sources(&mut self, node: &Node) -> Option<Sources> {
+        self.d.known_children(node, &["images", "synthetic", "video", "crop", "holdout"]);
+        self.d.known_props(node, &[]);
+        let mut images = Vec::new();
+        for n in node.children.iter().filter(|c| c.name == "images") {
+            self.d.known_props(n, &[]);
+            if n.args.is_empty() {
+                self.d.error(RecipeDiagnostic::at(&n.name_loc, "missing-argument", "`images` needs at least one path or glob").help("e.g. images \"photos/**/*.jpg\""));
+            }
+            for v in &n.args {
+                if let Some(g) = self.glob(v) {
+                    images.push(Spanned::new(g, Some(v.loc.clone())));
+                }
+            }
+        }
+        let synthetic = match self.d.single(&node.children, "synthetic") {
+            Some(n) => {
+                self.d.known_props(n, &["count", "seed"]);
+                self.d.max_args(n, 0);
+                let count = self.d.setting_u32(n, "count", 48, 1, 1_000_000);
+                let seed = self.d.setting_u64(n, "seed", 0);
+                Some(Synthetic { count, seed })
+            }
+            None => None,
+        };
+        let mut videos = Vec::new();
+        for n in node.children.iter().filter(|c| c.name == "video") {
+            self.d.known_props(n, &["fps"]);
+            self.d.max_args(n, 1);
+            let fps = self.d.setting_f64(n, "fps", 1.0, 0.001, 240.0);
+            if let Some(v) = n.args.first() {
+                if let Some(g) = self.glob(v) {
+                    videos.push(VideoSource { glob: Spanned::new(g, Some(v.loc.clone())), fps });
+                }
+            } else {
+                self.d.error(RecipeDiagnostic::at(&n.name_loc, "missing-argument", "`video` needs a path or glob"));
+            }
+        }
+        if images.is_empty() && synthetic.is_none() && videos.is_empty() {
+            self.d.error(RecipeDiagnostic::at(&node.name_loc, "missing-node", "`sources` names no images, videos or synthetic source").help("add `images \"photos/*.jpg\"` or `synthetic count=48`"));
+        }
+        let crop = match self.d.single(&node.children, "crop") {
+            Some(n) => {
+                self.d.known_props(n, &["size"]);
+                self.d.max_args(n, 1);
+                let mode = match n.args.first() {
+                    Some(v) => match self.d.string(v, "the crop mode").as_deref() {
+                        Some("center") => Spanned::new(CropMode::Center, Some(v.loc.clone())),
+                        Some("face") => Spanned::new(CropMode::Face, Some(v.loc.clone())),
+                        Some(other) => {
+                            self.d.error(RecipeDiagnostic::at(&v.loc, "unknown-value", format!("unknown crop mode `{other}`")).suggest(other, ["center", "face"]).label("expected \"center\" or \"face\""));
+                            Spanned::new(CropMode::Center, None)
+                        }
+                        None => Spanned::new(CropMode::Center, None),
+                    },
+                    None => Spanned::new(CropMode::Center, None),
+                };
+                let size_px = self.d.setting_u32(n, "size", 256, 16, 4096);
+                if size_px % 8 != 0 {
+                    if let Some(v) = n.prop("size") {
+                        self.d.error(RecipeDiagnostic::at(&v.loc, "out-of-range", format!("crop size must be a multiple of 8 (the student downsamples 8x), got {size_px}")).label("not a multiple of 8"));
+                    }
+                }
+                Crop { mode, size_px }
+            }
+            None => Crop { mode: Spanned::new(CropMode::Center, None), size_px: 256 },
+        };
+        let holdout = self.d.setting_f64(node, "holdout", 0.1, 0.0, 0.9);
+        Some(Sources { images, synthetic, videos, crop, holdout })
+    }
+
+    /// A path or glob relative to the project root: valid syntax, and a plain path must exist.
+    fn glob(&mut self, v: &Val) -> Option<String> {
+        let g = self.d.string(v, "a path or glob")?;
+        if g.starts_with('/') || g.contains("..") {
+            self.d.error(RecipeDiagnostic::at(&v.loc, "bad-path", format!("`{g}` must be relative to the project root and stay inside it")).label("outside the project"));
+            return None;
+        }
+        if is_glob(&g) {
+            if let Err(e) = globset::Glob::new(&g) {
+                self.d.error(RecipeDiagnostic::at(&v.loc, "bad-glob", format!("invalid glob `{g}`: {}", e.kind())).label("invalid glob"));
+                return None;
+            }
+        } else if !self.project.root.join(&g).exists() {
+            self.d.error(RecipeDiagnostic::at(&v.loc, "missing-file", format!("`{g}` does not exist (looked in {})", self.project.root.display())).label("no such file"));
+            return None;
+        }
+        Some(g)
+    }
+
+    fn teacher(&mut self, node: &Node) -> Option<Teacher> {
+        self.d.max_args(node, 1);
+        self.d.known_props(node, &[]);
+        let kind_val = match node.args.first() {
+            Some(v) => v,
+            None => {
+                self.d.error(RecipeDiagnostic::at(&node.name_loc, "missing-argument", "`teacher` needs a kind").help(format!("one of: {}", TEACHER_KINDS.join(", "))));
+                return None;
+            }
+        };
+        let kind = self.d.string(kind_val, "the teacher kind")?;
+        match kind.as_str() {
+            "procedural" => {
+                self.d.known_children(node, &["style", "stud-size", "palette", "shading", "outline"]);
+                let style = self.choice(node, "style", "brick-mosaic", PROCEDURAL_STYLES);
+                let stud_px = self.d.setting_u32(node, "stud-size", 8, 2, 256);
+                let palette = self.choice(node, "palette", "lego-classic", PALETTES);
+                let shading = self.d.setting_f64(node, "shading", 0.6, 0.0, 1.0);
+                let outline = self.d.setting_f64(node, "outline", 0.5, 0.0, 1.0);
+                Some(Teacher::Procedural(ProceduralTeacher { style, stud_px, palette, shading, outline }))
+            }
+            "directory" => {
+                self.d.known_children(node, &["path"]);
+                let v = self.d.setting(node, "path");
+                let Some(v) = v else {
+                    self.d.error(RecipeDiagnostic::at(&node.name_loc, "missing-node", "a `directory` teacher needs `path \"pairs/\"`"));
+                    return None;
+                };
+                let path = self.d.string(v, "`path`")?;
+                if !self.project.root.join(&path).is_dir() {
+                    self.d.error(RecipeDiagnostic::at(&v.loc, "missing-file", format!("pair directory `{path}` does not exist")).label("no such folder"));
+                    return None;
+                }
+                Some(Teacher::Directory { path: Spanned::new(path, Some(v.loc.clone())) })
+            }
+            "command" => {
+                self.d.known_children(node, &["run", "timeout-s"]);
+                let timeout_s = self.d.setting_u64(node, "timeout-s", 300);
+                let Some(run) = self.d.single(&node.children, "run") else {
+                    self.d.error(RecipeDiagnostic::at(&node.name_loc, "missing-node", "a `command` teacher needs `run \"program\" \"arg\"...`").help("`{input}` and `{output}` in arguments are replaced by PNG paths; without them the PNG goes through stdin / stdout"));
+                    return None;
+                };
+                let argv: Vec<String> = run.args.iter().filter_map(|v| self.d.string(v, "a command argument")).collect();
+                if argv.is_empty() {
+                    self.d.error(RecipeDiagnostic::at(&run.name_loc, "missing-argument", "`run` needs the program to run"));
+                    return None;
+                }
+                Some(Teacher::Command { argv, timeout_s, loc: Some(run.loc.clone()) })
+            }
+            "diffusion" => self.diffusion(node).map(|t| Teacher::Diffusion(Box::new(t))),
+            other => {
+                self.d.error(RecipeDiagnostic::at(&kind_val.loc, "unknown-value", format!("unknown teacher kind `{other}`")).label("unknown kind").suggest(other, TEACHER_KINDS.iter().copied()));
+                None
+            }
+        }
+    }
+
+    fn choice(&mut self, node: &Node, name: &str, default: &str, allowed: &[&str]) -> String {
+        let Some(v) = self.d.setting(node, name) else { return default.to_string() };
+        let Some(s) = self.d.string(v, &format!("`{name}`")) else { return default.to_string() };
+        if !allowed.contains(&s.as_str()) {
+            let d = RecipeDiagnostic::at(&v.loc, "unknown-value", format!("unknown {name} `{s}`")).label(format!("not a known {name}")).suggest(&s, allowed.iter().copied());
+            let d = if d.help.is_none() { d.help(format!("one of: {}", allowed.join(", "))) } else { d };
+            self.d.error(d);
+            return default.to_string();
+        }
+        s
+    }
+
+    fn model_ref(&mut self, v: &Val, what: &str) -> Option<Spanned<String>> {
+        let name = self.d.string(v, what)?;
+        if !self.registry.models.contains_key(&name) {
+            let d = RecipeDiagnostic::at(&v.loc, "unknown-model", format!("unknown model `{name}`")).label("not in stdlib/models.kdl").suggest(&name, self.registry.models.keys().map(|s| s.as_str()));
+            let d = if d.help.is_none() { d.help(format!("models known: {}; add one to stdlib/models.kdl", self.registry.models.keys().cloned().collect::<Vec<_>>().join(", "))) } else { d };
+            self.d.error(d);
+            return None;
+        }
+        Some(Spanned::new(name, Some(v.loc.clone())))
+    }
+
+    fn diffusion(&mut self, node: &Node) -> Option<DiffusionTeacher> {
+        self.d.known_children(node, &["base", "lora", "prompt", "negative-prompt", "controlnet", "instruct-pix2pix", "img2img", "steps", "guidance"]);
+        let base = match self.d.single(&node.children, "base").and_then(|n| n.args.first()) {
+            Some(v) => self.model_ref(v, "the base model"),
+            None => {
+                self.d.error(RecipeDiagnostic::at(&node.name_loc, "missing-node", "a diffusion teacher needs `base \"sd15\"`"));
+                None
+            }
+        };
+        let mut loras = Vec::new();
+        for n in node.children.iter().filter(|c| c.name == "lora") {
+            self.d.known_props(n, &["weight"]);
+            let weight = self.d.setting_f64(n, "weight", 1.0, -4.0, 4.0);
+            if let Some(m) = n.args.first().and_then(|v| self.model_ref(v, "a LoRA model")) {
+                loras.push(Lora { model: m, weight });
+            }
+        }
+        let prompt = self.d.setting_string(node, "prompt", "");
+        if prompt.is_empty() {
+            self.d.error(RecipeDiagnostic::at(&node.name_loc, "missing-node", "a diffusion teacher needs a `prompt`"));
+        }
+        let negative_prompt = self.d.setting_string(node, "negative-prompt", "");
+        let mut controlnets = Vec::new();
+        for n in node.children.iter().filter(|c| c.name == "controlnet") {
+            self.d.known_props(n, &["weight", "start", "end"]);
+            let weight = self.d.setting_f64(n, "weight", 1.0, 0.0, 4.0);
+            let start = self.d.setting_f64(n, "start", 0.0, 0.0, 1.0);
+            let end = self.d.setting_f64(n, "end", 1.0, 0.0, 1.0);
+            let Some(v) = n.args.first() else {
+                self.d.error(RecipeDiagnostic::at(&n.name_loc, "missing-argument", "`controlnet` needs a preset name"));
+                continue;
+            };
+            let Some(preset) = self.d.string(v, "a ControlNet preset") else { continue };
+            if !self.registry.controlnets.contains_key(&preset) {
+                self.d.error(RecipeDiagnostic::at(&v.loc, "unknown-preset", format!("unknown ControlNet preset `{preset}`")).label("not in stdlib/controlnets.kdl").suggest(&preset, self.registry.controlnets.keys().map(|s| s.as_str())));
+                continue;
+            }
+            controlnets.push(ControlNetUse { preset: Spanned::new(preset, Some(v.loc.clone())), weight, start, end });
+        }
+        let instruct_pix2pix = match self.d.single(&node.children, "instruct-pix2pix") {
+            Some(n) => {
+                self.d.known_props(n, &["image-guidance", "model"]);
+                let instruction = self.d.arg_string(n, "the instruction").unwrap_or_default();
+                let image_guidance = self.d.setting_f64(n, "image-guidance", 1.5, 0.0, 20.0);
+                let model = match n.prop("model") {
+                    Some(v) => self.model_ref(v, "the InstructPix2Pix model"),
+                    None => Some(Spanned::new("instruct-pix2pix".to_string(), None)),
+                };
+                model.map(|model| InstructPix2Pix { instruction, image_guidance, model })
+            }
+            None => None,
+        };
+        let img2img_strength = self.d.single(&node.children, "img2img").map(|n| {
+            self.d.known_props(n, &["strength"]);
+            self.d.setting_f64(n, "strength", 0.6, 0.0, 1.0)
+        });
+        let (mut steps, mut scheduler, mut seed) = (30, "dpm++2m".to_string(), 0);
+        if let Some(n) = self.d.single(&node.children, "steps") {
+            self.d.known_props(n, &["scheduler", "seed"]);
+            if let Some(v) = n.args.first() {
+                steps = self.d.int(v, "`steps`", 1, 1000).unwrap_or(30) as u32;
+            }
+            scheduler = self.choice(n, "scheduler", "dpm++2m", SCHEDULERS);
+            seed = self.d.setting_u64(n, "seed", 0);
+        }
+        let guidance = self.d.setting_f64(node, "guidance", 7.5, 0.0, 50.0);
+        let base = base?;
+        let mut model_names = vec![base.value.clone()];
+        model_names.extend(loras.iter().map(|l| l.model.value.clone()));
+        model_names.extend(controlnets.iter().filter_map(|c| self.registry.controlnets.get(&c.preset.value)).map(|p| p.model.clone()));
+        model_names.extend(instruct_pix2pix.iter().map(|ip| ip.model.value.clone()));
+        model_names.dedup();
+        let models = model_names.iter().filter_map(|n| self.registry.models.get(n).cloned()).collect();
+        Some(DiffusionTeacher { base, loras, prompt, negative_prompt, controlnets, instruct_pix2pix, img2img_strength, steps, scheduler, guidance, seed, models })
+    }
+
+    fn attributes(&mut self, node: &Node) -> Vec<Spanned<String>> {
+        self.d.known_props(node, &[]);
+        let mut out = Vec::new();
+        for v in &node.args {
+            let Some(name) = self.d.string(v, "an attribute name") else { continue };
+            if !self.registry.attributes.contains_key(&name) {
+                self.d.error(RecipeDiagnostic::at(&v.loc, "unknown-attribute", format!("unknown attribute `{name}`")).label("not in stdlib/attributes.kdl").suggest(&name, self.registry.attributes.keys().map(|s| s.as_str())));
+                continue;
+            }
+            out.push(Spanned::new(name, Some(v.loc.clone())));
+        }
+        out
+    }
+
+    fn student(&mut self, node: Option<&Node>) -> Student {
+        let Some(n) = node else { return Student { width: 32, blocks: 6, teacher_width: 128 } };
+        self.d.known_props(n, &["width", "blocks", "teacher-width"]);
+        self.d.known_children(n, &["width", "blocks", "teacher-width"]);
+        Student {
+            width: self.d.setting_u32(n, "width", 32, 4, 512),
+            blocks: self.d.setting_u32(n, "blocks", 6, 0, 64),
+            teacher_width: self.d.setting_u32(n, "teacher-width", 128, 4, 1024),
+        }
+    }
+
+    fn train(&mut self, node: Option<&Node>) -> Train {
+        let empty = Node { name: "train".into(), name_loc: dummy_loc(), loc: dummy_loc(), args: vec![], props: vec![], children: vec![] };
+        let n = node.unwrap_or(&empty);
+        let known = ["teacher-steps", "student-steps", "batch", "lr", "l1", "ssim", "gan", "r1-gamma", "ema", "checkpoint-every", "seed"];
+        self.d.known_children(n, &known);
+        self.d.known_props(n, &known);
+        Train {
+            teacher_steps: self.d.setting_u32(n, "teacher-steps", 2000, 1, 10_000_000),
+            student_steps: self.d.setting_u32(n, "student-steps", 2000, 1, 10_000_000),
+            batch: self.d.setting_u32(n, "batch", 4, 1, 4096),
+            lr: self.d.setting_f64(n, "lr", 0.002, 1e-8, 1e6),
+            l1_weight: self.d.setting_f64(n, "l1", 1.0, 0.0, 1e6),
+            ssim_weight: self.d.setting_f64(n, "ssim", 0.5, 0.0, 1e6),
+            gan_weight: self.d.setting_f64(n, "gan", 0.05, 0.0, 1e6),
+            r1_gamma: self.d.setting_f64(n, "r1-gamma", 1.0, 0.0, 1e6),
+            ema_beta: self.d.setting_f64(n, "ema", 0.99, 0.0, 1.0),
+            checkpoint_every: self.d.setting_u32(n, "checkpoint-every", 100, 1, 10_000_000),
+            seed: self.d.setting_u64(n, "seed", 0),
+        }
+    }
+
+    fn targets(&mut self, body: &[Node]) -> Vec<TargetSpec> {
+        let mut out: Vec<TargetSpec> = Vec::new();
+        let known = stdlib::target_names(self.project);
+        for n in body.iter().filter(|c| c.name == "target") {
+            self.d.known_props(n, &["quantize"]);
+            self.d.max_args(n, 1);
+            let Some(v) = n.args.first() else {
+                self.d.error(RecipeDiagnostic::at(&n.name_loc, "missing-argument", "`target` needs a profile name").help(format!("one of: {}", known.join(", "))));
+                continue;
+            };
+            let Some(name) = self.d.string(v, "a target profile name") else { continue };
+            let Some(profile) = stdlib::load_target_profile(self.project, &name, self.d.diags) else {
+                if !known.contains(&name) {
+                    self.d.error(RecipeDiagnostic::at(&v.loc, "unknown-target", format!("unknown target `{name}`")).label("no targets/<name>.kdl profile").suggest(&name, known.iter().map(|s| s.as_str())));
+                }
+                continue;
+            };
+            if out.iter().any(|t| t.name.value == name) {
+                self.d.error(RecipeDiagnostic::at(&v.loc, "duplicate-node", format!("target `{name}` is given twice")).label("second one"));
+                continue;
+            }
+            let precision = match n.prop("quantize") {
+                Some(q) => match self.d.string(q, "`quantize`") {
+                    Some(p) if profile.precisions.contains(&p) => p,
+                    Some(p) => {
+                        self.d.error(RecipeDiagnostic::at(&q.loc, "unknown-value", format!("target `{name}` has no precision `{p}`")).label("not offered by the profile").help(format!("`{name}` offers: {}", profile.precisions.join(", "))));
+                        continue;
+                    }
+                    None => continue,
+                },
+                None => profile.default_precision.clone(),
+            };
+            out.push(TargetSpec { name: Spanned::new(name, Some(v.loc.clone())), precision, profile });
+        }
+        out
+    }
+}
+
+fn dummy_loc() -> super::diagnostic::Loc {
+    super::diagnostic::Loc::new(&super::diagnostic::SourceFile::new("<default>", ""), (0, 0).into())
+}

@@ -1,0 +1,190 @@
+//! Small typed readers over `tree::Node` that record a diagnostic (with the span in the
+//! right file) instead of failing, so one `check` reports every problem at once.
+
+use super::diagnostic::{Diagnostics, RecipeDiagnostic};
+use super::tree::{Node, Val};
+use kdl::KdlValue;
+
+pub struct Decoder<'a> {
+    pub diags: &'a mut Diagnostics,
+}
+
+impl<'a> Decoder<'a> {
+    pub fn error(&mut self, d: RecipeDiagnostic) {
+        self.diags.push(d);
+    }
+
+    /// Reports children whose name is not in `known`, with a "did you mean".
+    pub fn known_children(&mut self, node: &Node, known: &[&str]) {
+        for child in &node.children {
+            if !known.contains(&child.name.as_str()) {
+                let where_ = if node.name.is_empty() { String::new() } else { format!(" in `{}`", node.name) };
+                let d = RecipeDiagnostic::at(&child.name_loc, "unknown-node", format!("unknown node `{}`{where_}", child.name))
+                    .label("not a known node")
+                    .suggest(&child.name, known.iter().copied());
+                let d = if d.help.is_none() { d.help(format!("known here: {}", known.join(", "))) } else { d };
+                self.error(d);
+            }
+        }
+    }
+
+    pub fn known_props(&mut self, node: &Node, known: &[&str]) {
+        for p in &node.props {
+            if !known.contains(&p.name.as_str()) {
+                let d = RecipeDiagnostic::at(&p.name_loc, "unknown-property", format!("unknown property `{}` on `{}`", p.name, node.name))
+                    .label("not a known property")
+                    .suggest(&p.name, known.iter().copied());
+                let d = if d.help.is_none() {
+                    if known.is_empty() {
+                        d.help(format!("`{}` takes no properties", node.name))
+                    } else {
+                        d.help(format!("known properties: {}", known.join(", ")))
+                    }
+                } else {
+                    d
+                };
+                self.error(d);
+            }
+        }
+    }
+
+    /// Reports more arguments than `max`.
+    pub fn max_args(&mut self, node: &Node, max: usize) {
+        if node.args.len() > max {
+            let extra = &node.args[max];
+            self.error(
+                RecipeDiagnostic::at(&extra.loc, "extra-argument", format!("`{}` takes {max} argument(s), got {}", node.name, node.args.len()))
+                    .label("unexpected"),
+            );
+        }
+    }
+
+    /// A node that must appear at most once in a block.
+    pub fn single<'n>(&mut self, parent: &'n [Node], name: &str) -> Option<&'n Node> {
+        let mut found = parent.iter().filter(|n| n.name == name);
+        let first = found.next();
+        for dup in found {
+            self.error(
+                RecipeDiagnostic::at(&dup.name_loc, "duplicate-node", format!("`{name}` is given twice"))
+                    .label("second one here")
+                    .help(format!("keep one `{name}` node")),
+            );
+        }
+        first
+    }
+
+    pub fn string(&mut self, val: &Val, what: &str) -> Option<String> {
+        match &val.value {
+            KdlValue::String(s) => Some(s.clone()),
+            _ => {
+                self.type_error(val, what, "a string");
+                None
+            }
+        }
+    }
+
+    pub fn int(&mut self, val: &Val, what: &str, min: i128, max: i128) -> Option<i128> {
+        match &val.value {
+            KdlValue::Integer(i) if *i >= min && *i <= max => Some(*i),
+            KdlValue::Integer(i) => {
+                self.error(
+                    RecipeDiagnostic::at(&val.loc, "out-of-range", format!("{what} must be between {min} and {max}, got {i}"))
+                        .label("out of range"),
+                );
+                None
+            }
+            _ => {
+                self.type_error(val, what, "an integer");
+                None
+            }
+        }
+    }
+
+    pub fn float(&mut self, val: &Val, what: &str, min: f64, max: f64) -> Option<f64> {
+        let v = match &val.value {
+            KdlValue::Float(f) => *f,
+            KdlValue::Integer(i) => *i as f64,
+            _ => {
+                self.type_error(val, what, "a number");
+                return None;
+            }
+        };
+        if !(v >= min && v <= max) {
+            self.error(
+                RecipeDiagnostic::at(&val.loc, "out-of-range", format!("{what} must be between {min} and {max}, got {v}"))
+                    .label("out of range"),
+            );
+            return None;
+        }
+        Some(v)
+    }
+
+    fn type_error(&mut self, val: &Val, what: &str, expected: &str) {
+        self.error(
+            RecipeDiagnostic::at(&val.loc, "wrong-type", format!("{what} must be {expected}, got {}", val.type_name()))
+                .label(format!("expected {expected}")),
+        );
+    }
+
+    /// The first argument of `node` as a string, or a diagnostic naming what is missing.
+    pub fn arg_string(&mut self, node: &Node, what: &str) -> Option<String> {
+        match node.args.first() {
+            Some(v) => self.string(v, what),
+            None => {
+                self.error(
+                    RecipeDiagnostic::at(&node.name_loc, "missing-argument", format!("`{}` needs {what}", node.name))
+                        .label("argument missing"),
+                );
+                None
+            }
+        }
+    }
+
+    /// A scalar setting written either as `name value` child node or `name=value` property.
+    pub fn setting<'n>(&mut self, node: &'n Node, name: &str) -> Option<&'n Val> {
+        if let Some(p) = node.prop(name) {
+            return Some(p);
+        }
+        let child = self.single(&node.children, name)?;
+        self.max_args(child, 1);
+        self.known_props(child, &[]);
+        match child.args.first() {
+            Some(v) => Some(v),
+            None => {
+                self.error(
+                    RecipeDiagnostic::at(&child.name_loc, "missing-argument", format!("`{name}` needs a value"))
+                        .label("value missing"),
+                );
+                None
+            }
+        }
+    }
+
+    pub fn setting_u32(&mut self, node: &Node, name: &str, default: u32, min: u32, max: u32) -> u32 {
+        match self.setting(node, name) {
+            Some(v) => self.int(v, &format!("`{name}`"), min as i128, max as i128).map(|i| i as u32).unwrap_or(default),
+            None => default,
+        }
+    }
+
+    pub fn setting_u64(&mut self, node: &Node, name: &str, default: u64) -> u64 {
+        match self.setting(node, name) {
+            Some(v) => self.int(v, &format!("`{name}`"), 0, u64::MAX as i128).map(|i| i as u64).unwrap_or(default),
+            None => default,
+        }
+    }
+
+    pub fn setting_f64(&mut self, node: &Node, name: &str, default: f64, min: f64, max: f64) -> f64 {
+        match self.setting(node, name) {
+            Some(v) => self.float(v, &format!("`{name}`"), min, max).unwrap_or(default),
+            None => default,
+        }
+    }
+
+    pub fn setting_string(&mut self, node: &Node, name: &str, default: &str) -> String {
+        match self.setting(node, name) {
+            Some(v) => self.string(v, &format!("`{name}`")).unwrap_or_else(|| default.to_string()),
+            None => default.to_string(),
+        }
+    }
+}

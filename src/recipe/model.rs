@@ -1,0 +1,180 @@
+//! The checked recipe: typed, resolved and with defaults filled. Nothing downstream
+//! of `recipe/` reads KDL; stages and the planner read these types.
+
+use super::diagnostic::{Loc, SourceFile};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// A value and where the recipe set it (or the default, when `loc` is None).
+#[derive(Clone, Debug)]
+pub struct Spanned<T> {
+    pub value: T,
+    pub loc: Option<Loc>,
+}
+
+impl<T> Spanned<T> {
+    pub fn new(value: T, loc: Option<Loc>) -> Self {
+        Spanned { value, loc }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Recipe {
+    pub name: String,
+    pub version: Option<String>,
+    pub description: Option<String>,
+    /// The effect file, then each base reached through `extends`, child first.
+    pub files: Vec<Arc<SourceFile>>,
+    pub sources: Sources,
+    pub teacher: Teacher,
+    pub attributes: Vec<Spanned<String>>,
+    pub student: Student,
+    pub train: Train,
+    pub targets: Vec<TargetSpec>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Sources {
+    /// Image globs, relative to the project root.
+    pub images: Vec<Spanned<String>>,
+    pub synthetic: Option<Synthetic>,
+    pub videos: Vec<VideoSource>,
+    pub crop: Crop,
+    /// Fraction of items held out from training, chosen by a stable hash of the item name.
+    pub holdout: f64,
+}
+
+#[derive(Clone, Debug)]
+pub struct Synthetic {
+    pub count: u32,
+    pub seed: u64,
+}
+
+#[derive(Clone, Debug)]
+pub struct VideoSource {
+    pub glob: Spanned<String>,
+    pub fps: f64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CropMode {
+    Center,
+    Face,
+}
+
+#[derive(Clone, Debug)]
+pub struct Crop {
+    pub mode: Spanned<CropMode>,
+    pub size_px: u32,
+}
+
+#[derive(Clone, Debug)]
+pub enum Teacher {
+    Procedural(ProceduralTeacher),
+    Directory { path: Spanned<String> },
+    Command { argv: Vec<String>, timeout_s: u64, loc: Option<Loc> },
+    Diffusion(Box<DiffusionTeacher>),
+}
+
+impl Teacher {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Teacher::Procedural(_) => "procedural",
+            Teacher::Directory { .. } => "directory",
+            Teacher::Command { .. } => "command",
+            Teacher::Diffusion(_) => "diffusion",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ProceduralTeacher {
+    pub style: String,
+    pub stud_px: u32,
+    pub palette: String,
+    pub shading: f64,
+    pub outline: f64,
+}
+
+#[derive(Clone, Debug)]
+pub struct DiffusionTeacher {
+    pub base: Spanned<String>,
+    pub loras: Vec<Lora>,
+    pub prompt: String,
+    pub negative_prompt: String,
+    pub controlnets: Vec<ControlNetUse>,
+    pub instruct_pix2pix: Option<InstructPix2Pix>,
+    pub img2img_strength: Option<f64>,
+    pub steps: u32,
+    pub scheduler: String,
+    pub guidance: f64,
+    pub seed: u64,
+    /// Every model the teacher needs (base, LoRAs, ControlNets, IP2P), resolved.
+    pub models: Vec<super::stdlib::ModelEntry>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Lora {
+    pub model: Spanned<String>,
+    pub weight: f64,
+}
+
+#[derive(Clone, Debug)]
+pub struct ControlNetUse {
+    pub preset: Spanned<String>,
+    pub weight: f64,
+    pub start: f64,
+    pub end: f64,
+}
+
+#[derive(Clone, Debug)]
+pub struct InstructPix2Pix {
+    pub instruction: String,
+    pub image_guidance: f64,
+    pub model: Spanned<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Student {
+    pub width: u32,
+    pub blocks: u32,
+    pub teacher_width: u32,
+}
+
+/// Training hyper-parameters shared by the teacher and the distilled student.
+#[derive(Clone, Debug)]
+pub struct Train {
+    pub teacher_steps: u32,
+    pub student_steps: u32,
+    pub batch: u32,
+    pub lr: f64,
+    pub l1_weight: f64,
+    pub ssim_weight: f64,
+    pub gan_weight: f64,
+    pub r1_gamma: f64,
+    pub ema_beta: f64,
+    pub checkpoint_every: u32,
+    pub seed: u64,
+}
+
+#[derive(Clone, Debug)]
+pub struct TargetSpec {
+    pub name: Spanned<String>,
+    pub precision: String,
+    pub profile: TargetProfile,
+}
+
+/// A target profile from `targets/<name>.kdl`.
+#[derive(Clone, Debug)]
+pub struct TargetProfile {
+    pub name: String,
+    pub format: String,
+    pub precisions: Vec<String>,
+    pub default_precision: String,
+    pub io: String,
+    pub ops: Vec<String>,
+    /// Minimum PSNR vs the trained student per precision, in dB.
+    pub min_psnr_db: BTreeMap<String, f64>,
+    pub calibration_size: u32,
+    pub file: Arc<SourceFile>,
+}

@@ -1,0 +1,273 @@
+//! The standard library of recipe parts. It ships inside the binary so a team's own
+//! repository of recipes needs no copy; a project's `stdlib/<file>.kdl` replaces a base
+//! recipe of the same name, and adds to or overrides the registries entry by entry.
+
+use super::decode::Decoder;
+use super::diagnostic::{Diagnostics, Loc, RecipeDiagnostic, SourceFile};
+use super::model::TargetProfile;
+use super::tree::{nodes_from_kdl, Node};
+use crate::project::Project;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// (file name, text) of every stdlib and target file compiled into the binary.
+const EMBEDDED_STDLIB: &[(&str, &str)] = &[
+    ("models.kdl", include_str!("../../stdlib/models.kdl")),
+    ("controlnets.kdl", include_str!("../../stdlib/controlnets.kdl")),
+    ("attributes.kdl", include_str!("../../stdlib/attributes.kdl")),
+    ("face-mask.kdl", include_str!("../../stdlib/face-mask.kdl")),
+    ("portrait.kdl", include_str!("../../stdlib/portrait.kdl")),
+];
+const EMBEDDED_TARGETS: &[(&str, &str)] = &[
+    ("ios-coreml.kdl", include_str!("../../targets/ios-coreml.kdl")),
+    ("android-nnapi.kdl", include_str!("../../targets/android-nnapi.kdl")),
+    ("onnx.kdl", include_str!("../../targets/onnx.kdl")),
+];
+const REGISTRY_FILES: &[&str] = &["models.kdl", "controlnets.kdl", "attributes.kdl"];
+
+/// Parses KDL text into a located tree, turning syntax errors into diagnostics.
+pub fn parse_file(file: &Arc<SourceFile>, diags: &mut Diagnostics) -> Option<Vec<Node>> {
+    match file.text.parse::<kdl::KdlDocument>() {
+        Ok(doc) => Some(nodes_from_kdl(&doc, file)),
+        Err(err) => {
+            for d in &err.diagnostics {
+                let message = d.message.clone().unwrap_or_else(|| "invalid KDL".into());
+                let mut diag = RecipeDiagnostic::at(&Loc::new(file, d.span), "syntax", format!("KDL syntax error: {message}"))
+                    .label(d.label.clone().unwrap_or_else(|| "here".into()));
+                if let Some(h) = &d.help {
+                    diag = diag.help(h.clone());
+                }
+                diags.push(diag);
+            }
+            if err.diagnostics.is_empty() {
+                diags.push(RecipeDiagnostic::at(&Loc::new(file, (0, 0).into()), "syntax", "KDL syntax error"));
+            }
+            None
+        }
+    }
+}
+
+/// Finds a stdlib file: the project's `stdlib/` first, then the built-in copy.
+pub fn stdlib_file(project: &Project, name: &str) -> Result<Option<Arc<SourceFile>>, std::io::Error> {
+    lookup(project, "stdlib", EMBEDDED_STDLIB, name)
+}
+
+pub fn target_file(project: &Project, name: &str) -> Result<Option<Arc<SourceFile>>, std::io::Error> {
+    lookup(project, "targets", EMBEDDED_TARGETS, name)
+}
+
+fn lookup(project: &Project, dir: &str, embedded: &[(&str, &str)], name: &str) -> Result<Option<Arc<SourceFile>>, std::io::Error> {
+    let local = project.root.join(dir).join(name);
+    if local.is_file() {
+        let text = std::fs::read_to_string(&local)?;
+        return Ok(Some(SourceFile::new(format!("{dir}/{name}"), text)));
+    }
+    Ok(embedded.iter().find(|(n, _)| *n == name).map(|(n, text)| SourceFile::new(format!("<builtin>/{dir}/{n}"), *text)))
+}
+
+/// Names of base recipes available to `extends` (built-in and the project's).
+pub fn base_names(project: &Project) -> Vec<String> {
+    let mut names: Vec<String> = EMBEDDED_STDLIB
+        .iter()
+        .map(|(n, _)| n.trim_end_matches(".kdl").to_string())
+        .filter(|n| !REGISTRY_FILES.contains(&format!("{n}.kdl").as_str()))
+        .collect();
+    if let Ok(entries) = std::fs::read_dir(project.root.join("stdlib")) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(stem) = name.strip_suffix(".kdl") {
+                if !REGISTRY_FILES.contains(&name.as_str()) && !names.iter().any(|n| n == stem) {
+                    names.push(stem.to_string());
+                }
+            }
+        }
+    }
+    names.sort();
+    names
+}
+
+pub fn target_names(project: &Project) -> Vec<String> {
+    let mut names: Vec<String> = EMBEDDED_TARGETS.iter().map(|(n, _)| n.trim_end_matches(".kdl").to_string()).collect();
+    if let Ok(entries) = std::fs::read_dir(project.root.join("targets")) {
+        for e in entries.flatten() {
+            if let Some(stem) = e.file_name().to_string_lossy().strip_suffix(".kdl") {
+                if !names.iter().any(|n| n == stem) {
+                    names.push(stem.to_string());
+                }
+            }
+        }
+    }
+    names.sort();
+    names
+}
+
+#[derive(Clone, Debug)]
+pub struct ModelEntry {
+    pub name: String,
+    pub file: String,
+    pub arch: String,
+    pub sha256: Option<String>,
+    pub url: Option<String>,
+    pub loc: Loc,
+}
+
+#[derive(Clone, Debug)]
+pub struct ControlNetPreset {
+    pub name: String,
+    pub preprocessor: String,
+    pub model: String,
+    pub loc: Loc,
+}
+
+#[derive(Clone, Debug)]
+pub struct AttributeOption {
+    pub name: String,
+    pub query: String,
+    pub prompt: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct AttributeSet {
+    pub name: String,
+    pub options: Vec<AttributeOption>,
+    pub loc: Loc,
+}
+
+/// Models, ControlNet presets and attribute sets, built-in entries overridden by the project's.
+#[derive(Clone, Debug, Default)]
+pub struct Registry {
+    pub models: BTreeMap<String, ModelEntry>,
+    pub controlnets: BTreeMap<String, ControlNetPreset>,
+    pub attributes: BTreeMap<String, AttributeSet>,
+}
+
+impl Registry {
+    pub fn load(project: &Project, diags: &mut Diagnostics) -> Registry {
+        let mut reg = Registry::default();
+        for file_name in REGISTRY_FILES {
+            let builtin = EMBEDDED_STDLIB.iter().find(|(n, _)| n == file_name).map(|(n, t)| SourceFile::new(format!("<builtin>/stdlib/{n}"), *t));
+            let local_path = project.root.join("stdlib").join(file_name);
+            let local = if local_path.is_file() {
+                match std::fs::read_to_string(&local_path) {
+                    Ok(text) => Some(SourceFile::new(format!("stdlib/{file_name}"), text)),
+                    Err(e) => {
+                        diags.push(RecipeDiagnostic::nowhere("io", format!("cannot read {}: {e}", local_path.display())));
+                        None
+                    }
+                }
+            } else {
+                None
+            };
+            for file in builtin.iter().chain(local.iter()) {
+                if let Some(nodes) = parse_file(file, diags) {
+                    reg.add(&nodes, diags);
+                }
+            }
+        }
+        reg
+    }
+
+    fn add(&mut self, nodes: &[Node], diags: &mut Diagnostics) {
+        let mut d = Decoder { diags };
+        for node in nodes {
+            match node.name.as_str() {
+                "model" => {
+                    d.known_props(node, &["file", "arch", "sha256", "url"]);
+                    let Some(name) = d.arg_string(node, "a model name") else { continue };
+                    let file = node.prop("file").and_then(|v| d.string(v, "`file`"));
+                    let Some(file) = file else {
+                        d.error(RecipeDiagnostic::at(&node.name_loc, "missing-property", format!("model `{name}` needs file=\"...\"")));
+                        continue;
+                    };
+                    let sha256 = node.prop("sha256").and_then(|v| d.string(v, "`sha256`"));
+                    if let (Some(h), Some(v)) = (&sha256, node.prop("sha256")) {
+                        if h.len() != 64 || !h.chars().all(|c| c.is_ascii_hexdigit()) {
+                            d.error(RecipeDiagnostic::at(&v.loc, "bad-digest", "sha256 must be 64 hex characters").label("not a SHA-256"));
+                        }
+                    }
+                    let arch = node.prop("arch").and_then(|v| d.string(v, "`arch`")).unwrap_or_default();
+                    let url = node.prop("url").and_then(|v| d.string(v, "`url`"));
+                    self.models.insert(name.clone(), ModelEntry { name, file, arch, sha256, url, loc: node.loc.clone() });
+                }
+                "controlnet" => {
+                    d.known_props(node, &["preprocessor", "model"]);
+                    let Some(name) = d.arg_string(node, "a preset name") else { continue };
+                    let pre = node.prop("preprocessor").and_then(|v| d.string(v, "`preprocessor`"));
+                    let model = node.prop("model").and_then(|v| d.string(v, "`model`"));
+                    match (pre, model) {
+                        (Some(preprocessor), Some(model)) => {
+                            self.controlnets.insert(name.clone(), ControlNetPreset { name, preprocessor, model, loc: node.loc.clone() });
+                        }
+                        _ => d.error(RecipeDiagnostic::at(&node.name_loc, "missing-property", format!("controlnet preset `{name}` needs preprocessor=\"...\" and model=\"...\""))),
+                    }
+                }
+                "attribute" => {
+                    d.known_children(node, &["option"]);
+                    let Some(name) = d.arg_string(node, "an attribute name") else { continue };
+                    let mut options = Vec::new();
+                    for opt in node.children.iter().filter(|c| c.name == "option") {
+                        d.known_props(opt, &["query", "prompt"]);
+                        let Some(oname) = d.arg_string(opt, "an option name") else { continue };
+                        let query = opt.prop("query").and_then(|v| d.string(v, "`query`")).unwrap_or_default();
+                        let prompt = opt.prop("prompt").and_then(|v| d.string(v, "`prompt`")).unwrap_or_default();
+                        options.push(AttributeOption { name: oname, query, prompt });
+                    }
+                    self.attributes.insert(name.clone(), AttributeSet { name, options, loc: node.loc.clone() });
+                }
+                other => {
+                    let known = ["model", "controlnet", "attribute"];
+                    d.error(RecipeDiagnostic::at(&node.name_loc, "unknown-node", format!("unknown node `{other}` in the registry")).suggest(other, known));
+                }
+            }
+        }
+    }
+}
+
+/// Reads and checks `targets/<name>.kdl`.
+pub fn load_target_profile(project: &Project, name: &str, diags: &mut Diagnostics) -> Option<TargetProfile> {
+    let file = match target_file(project, &format!("{name}.kdl")) {
+        Ok(Some(f)) => f,
+        Ok(None) => return None,
+        Err(e) => {
+            diags.push(RecipeDiagnostic::nowhere("io", format!("cannot read targets/{name}.kdl: {e}")));
+            return None;
+        }
+    };
+    let nodes = parse_file(&file, diags)?;
+    let mut d = Decoder { diags };
+    let node = nodes.iter().find(|n| n.name == "target")?;
+    d.known_children(node, &["format", "precision", "io", "ops", "min-psnr-db", "calibration-size"]);
+    let format = d.setting_string(node, "format", "");
+    let strings = |d: &mut Decoder, n: Option<&Node>| -> Vec<String> {
+        n.map(|n| n.args.iter().filter_map(|v| d.string(v, "a name")).collect()).unwrap_or_default()
+    };
+    let precision_node = d.single(&node.children, "precision");
+    let precisions = strings(&mut d, precision_node);
+    let ops_node = d.single(&node.children, "ops");
+    let ops = strings(&mut d, ops_node);
+    let io = d.setting_string(node, "io", "tensor-nchw");
+    let mut min_psnr_db = BTreeMap::new();
+    if let Some(n) = d.single(&node.children, "min-psnr-db") {
+        for p in &n.props {
+            if let Some(v) = d.float(&p.val, "a PSNR bar in dB", 0.0, 200.0) {
+                min_psnr_db.insert(p.name.clone(), v);
+            }
+        }
+    }
+    let calibration_size = d.setting_u32(node, "calibration-size", 32, 0, 100_000);
+    if precisions.is_empty() {
+        d.error(RecipeDiagnostic::at(&node.name_loc, "missing-node", format!("target profile `{name}` needs `precision` with at least one value")));
+        return None;
+    }
+    Some(TargetProfile {
+        name: name.to_string(),
+        format,
+        default_precision: precisions[0].clone(),
+        precisions,
+        io,
+        ops,
+        min_psnr_db,
+        calibration_size,
+        file,
+    })
+}

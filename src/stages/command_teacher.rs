@@ -1,0 +1,35 @@
+//! `pairs` from an external command run per item (see `imaging::external` for the
+//! argv / stdin / stdout contract).
+
+use super::imaging::external::run_command_teacher;
+use crate::plan::{Params, RunContext, RunOutput, Stage, StageError};
+use std::time::Duration;
+
+pub struct CommandPairs {
+    pub argv: Vec<String>,
+    pub timeout_s: u64,
+}
+
+impl Stage for CommandPairs {
+    fn kind(&self) -> &'static str {
+        "pairs"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn params(&self) -> Params {
+        // argv as JSON: unambiguous however the arguments are spelled.
+        Params::from([
+            ("teacher.kind".into(), "command".into()),
+            ("teacher.run".into(), serde_json::to_string(&self.argv).unwrap_or_default()),
+            ("teacher.timeout-s".into(), self.timeout_s.to_string()),
+        ])
+    }
+    fn run(&self, ctx: &mut RunContext) -> Result<RunOutput, StageError> {
+        let path = ctx.out_dir.join("target.png");
+        run_command_teacher(&self.argv, ctx.input("source")?, &path, Duration::from_secs(self.timeout_s)).map_err(|e| StageError::user(e.to_string()))?;
+        let mut out = RunOutput::default();
+        out.files.insert("target".into(), path);
+        Ok(out)
+    }
+}

@@ -1,0 +1,37 @@
+//! `pairs` a team already has: a folder of stylized images matched to sources by stem.
+
+use super::imaging::crop::center_crop_resize;
+use super::png::{read_rgb, write_png};
+use crate::plan::{Params, RunContext, RunOutput, Stage, StageError};
+use std::path::{Path, PathBuf};
+
+pub struct DirectoryPairs {
+    pub size_px: u32,
+}
+
+/// The pair target for a source stem (`.png`, `.jpg` or `.jpeg`, any case); an
+/// error message when two files match.
+pub fn find_target(dir: &Path, stem: &str) -> Result<Option<PathBuf>, String> {
+    super::imaging::external::find_pair_target(dir, stem).map_err(|e| e.to_string())
+}
+
+impl Stage for DirectoryPairs {
+    fn kind(&self) -> &'static str {
+        "pairs"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn params(&self) -> Params {
+        Params::from([("teacher.kind".into(), "directory".into()), ("sources.crop.size".into(), self.size_px.to_string())])
+    }
+    fn run(&self, ctx: &mut RunContext) -> Result<RunOutput, StageError> {
+        let target = read_rgb(ctx.input("target-file")?)?;
+        let img = center_crop_resize(&target, self.size_px);
+        let path = ctx.out_dir.join("target.png");
+        write_png(&img, &path)?;
+        let mut out = RunOutput::default();
+        out.files.insert("target".into(), path);
+        Ok(out)
+    }
+}

@@ -1,0 +1,19 @@
+//! Reading and writing the PNGs stages exchange; errors name the file.
+
+use crate::plan::StageError;
+use image::RgbImage;
+use std::path::Path;
+
+pub fn read_rgb(path: &Path) -> Result<RgbImage, StageError> {
+    let img = image::ImageReader::open(path)
+        .map_err(|e| StageError::io(path, e))?
+        .with_guessed_format()
+        .map_err(|e| StageError::io(path, e))?
+        .decode()
+        .map_err(|e| StageError::user(format!("{} is not a readable image: {e}", path.display())))?;
+    Ok(img.to_rgb8())
+}
+
+pub fn write_png(img: &RgbImage, path: &Path) -> Result<(), StageError> {
+    img.save_with_format(path, image::ImageFormat::Png).map_err(|e| StageError::io(path, e))
+}

@@ -1,0 +1,47 @@
+//! `pairs` with the procedural teacher: a LEGO brick mosaic of each crop, on CPU, no models.
+
+use super::imaging::brick::{brick_mosaic, BrickStyle, Palette};
+use super::png::{read_rgb, write_png};
+use crate::plan::{Params, RunContext, RunOutput, Stage, StageError};
+use crate::recipe::ProceduralTeacher;
+
+pub struct ProceduralPairs {
+    teacher: ProceduralTeacher,
+}
+
+impl ProceduralPairs {
+    pub fn new(teacher: &ProceduralTeacher) -> ProceduralPairs {
+        ProceduralPairs { teacher: teacher.clone() }
+    }
+}
+
+impl Stage for ProceduralPairs {
+    fn kind(&self) -> &'static str {
+        "pairs"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn params(&self) -> Params {
+        let t = &self.teacher;
+        Params::from([
+            ("teacher.kind".into(), "procedural".into()),
+            ("teacher.style".into(), t.style.clone()),
+            ("teacher.stud-size".into(), t.stud_px.to_string()),
+            ("teacher.palette".into(), t.palette.clone()),
+            ("teacher.shading".into(), format!("{:?}", t.shading)),
+            ("teacher.outline".into(), format!("{:?}", t.outline)),
+        ])
+    }
+    fn run(&self, ctx: &mut RunContext) -> Result<RunOutput, StageError> {
+        let src = read_rgb(ctx.input("source")?)?;
+        let palette = Palette::from_name(&self.teacher.palette).ok_or_else(|| StageError::user(format!("unknown palette `{}`", self.teacher.palette)))?;
+        let style = BrickStyle { stud_px: self.teacher.stud_px, palette, shading: self.teacher.shading as f32, outline: self.teacher.outline as f32 };
+        let img = brick_mosaic(&src, &style);
+        let path = ctx.out_dir.join("target.png");
+        write_png(&img, &path)?;
+        let mut out = RunOutput::default();
+        out.files.insert("target".into(), path);
+        Ok(out)
+    }
+}

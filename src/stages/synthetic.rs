@@ -1,0 +1,36 @@
+//! `synthetic`: draws one deterministic portrait-like test image per item, so the demo
+//! and the tests need no photos.
+
+use super::imaging::synthetic::synthetic_portrait;
+use super::png::write_png;
+use crate::plan::{Params, RunContext, RunOutput, Stage, StageError};
+
+pub struct SyntheticSource {
+    pub seed: u64,
+    pub index: u64,
+    pub size_px: u32,
+}
+
+impl Stage for SyntheticSource {
+    fn kind(&self) -> &'static str {
+        "synthetic"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn params(&self) -> Params {
+        Params::from([
+            ("sources.synthetic.seed".into(), self.seed.to_string()),
+            ("item.index".into(), self.index.to_string()),
+            ("sources.crop.size".into(), self.size_px.to_string()),
+        ])
+    }
+    fn run(&self, ctx: &mut RunContext) -> Result<RunOutput, StageError> {
+        let img = synthetic_portrait(self.seed, self.index, self.size_px);
+        let path = ctx.out_dir.join("image.png");
+        write_png(&img, &path)?;
+        let mut out = RunOutput::default();
+        out.files.insert("image".into(), path);
+        Ok(out)
+    }
+}
