@@ -26,8 +26,11 @@ impl Stage for CommandPairs {
         ])
     }
     fn run(&self, ctx: &mut RunContext) -> Result<RunOutput, StageError> {
+        // Programs may go by the file extension: hand them a real `.png` path.
+        let input = ctx.out_dir.join("source.png");
+        std::fs::copy(ctx.input("source")?, &input).map_err(|e| StageError::io(&input, e))?;
         let path = ctx.out_dir.join("target.png");
-        run_command_teacher(&self.argv, ctx.input("source")?, &path, Duration::from_secs(self.timeout_s)).map_err(|e| StageError::user(e.to_string()))?;
+        run_command_teacher(&self.argv, &input, &path, Duration::from_secs(self.timeout_s)).map_err(|e| StageError::user(e.to_string()))?;
         let mut out = RunOutput::default();
         out.files.insert("target".into(), path);
         Ok(out)

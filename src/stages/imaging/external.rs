@@ -112,8 +112,16 @@ pub fn run_command_teacher(argv: &[String], input_png: &Path, output_png: &Path,
         std::fs::write(output_png, &stdout).map_err(|source| CommandTeacherError::Io { path: output_png.to_path_buf(), source })?;
     }
     let bad = |what: String| CommandTeacherError::BadOutput { program: program.clone(), item: item.clone(), what };
-    let out = image::open(output_png).map_err(|e| bad(format!("not a decodable image ({e})")))?;
-    let input = image::image_dimensions(input_png).map_err(|e| bad(format!("cannot read the input back ({e})")))?;
+    let out = image::ImageReader::open(output_png)
+        .and_then(|r| r.with_guessed_format())
+        .map_err(|e| bad(format!("not a decodable image ({e})")))?
+        .decode()
+        .map_err(|e| bad(format!("not a decodable image ({e})")))?;
+    let input = image::ImageReader::open(input_png)
+        .and_then(|r| r.with_guessed_format())
+        .map_err(|e| bad(format!("cannot read the input back ({e})")))?
+        .into_dimensions()
+        .map_err(|e| bad(format!("cannot read the input back ({e})")))?;
     if (out.width(), out.height()) != input {
         return Err(bad(format!("size {}x{} differs from the input's {}x{}", out.width(), out.height(), input.0, input.1)));
     }

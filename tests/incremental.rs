@@ -1,0 +1,125 @@
+//! What re-runs after which change: the cache's promise to an effect team.
+
+mod common;
+use common::*;
+
+#[test]
+fn second_build_runs_nothing() {
+    let p = TestProject::new();
+    p.recipe("small", SMALL_BRICK);
+    let first = p.build("small");
+    assert!(first.ran() > 0);
+    assert_eq!(first.ran_of_kind("pairs"), 6);
+    let second = p.build("small");
+    assert_eq!(second.ran(), 0, "ran: {:?}", second.ran_stages());
+    assert_eq!(second.cached(), first.ran() + first.cached());
+}
+
+#[test]
+fn teacher_style_change_reruns_pairs_but_not_sources_or_crops() {
+    let p = TestProject::new();
+    p.recipe("small", SMALL_BRICK);
+    p.build("small");
+    p.recipe("small", &SMALL_BRICK.replace("stud-size 4", "stud-size 8"));
+    let r = p.build("small");
+    assert_eq!(r.ran_of_kind("pairs"), 6);
+    assert_eq!(r.ran_of_kind("crop"), 0);
+    assert_eq!(r.ran_of_kind("synthetic"), 0);
+    assert_eq!(r.ran_of_kind("pairs-sheet"), 1, "the sheet shows the new pairs");
+}
+
+#[test]
+fn comments_formatting_and_order_change_nothing() {
+    let p = TestProject::new();
+    p.recipe("small", SMALL_BRICK);
+    p.build("small");
+    let reshuffled = r#"
+// the same recipe, written differently
+effect "small" {
+    student teacher-width=8 blocks=1 width=8   // properties reordered
+    teacher "procedural" {
+        palette "lego-classic"
+        stud-size 4
+        style "brick-mosaic" /* moved */
+    }
+    sources {
+        holdout 0.2
+        crop "center"   size=32
+        synthetic seed=3 count=6
+    }
+}
+"#;
+    p.recipe("small", reshuffled);
+    let r = p.build("small");
+    assert_eq!(r.ran(), 0, "ran: {:?}", r.ran_stages());
+}
+
+const PHOTOS: &str = r#"
+effect "photos" {
+    sources {
+        images "photos/*.png"
+        crop "center" size=32
+    }
+    teacher "procedural" { stud-size 4; }
+}
+"#;
+
+#[test]
+fn adding_one_image_runs_one_pair_and_removing_one_runs_none() {
+    let p = TestProject::new();
+    p.recipe("photos", PHOTOS);
+    for i in 0..4u8 {
+        write_png(&p.root().join(format!("photos/p{i}.png")), i + 1, 40);
+    }
+    let first = p.build("photos");
+    assert_eq!(first.ran_of_kind("pairs"), 4);
+
+    write_png(&p.root().join("photos/p9.png"), 99, 40);
+    let added = p.build("photos");
+    assert_eq!(added.ran_of_kind("pairs"), 1, "ran: {:?}", added.ran_stages());
+    assert_eq!(added.ran_of_kind("crop"), 1);
+    assert!(added.ran_stages().contains(&"pairs/photos/p9.png".to_string()));
+
+    std::fs::remove_file(p.root().join("photos/p0.png")).unwrap();
+    let removed = p.build("photos");
+    assert_eq!(removed.ran_of_kind("pairs"), 0, "ran: {:?}", removed.ran_stages());
+    assert_eq!(removed.ran_of_kind("crop"), 0);
+}
+
+#[test]
+fn early_cutoff_stops_where_an_output_is_unchanged() {
+    let p = TestProject::new();
+    p.recipe("photos", PHOTOS);
+    let photo = p.root().join("photos/a.png");
+    write_png(&photo, 5, 40);
+    p.build("photos");
+    // Re-encode the same pixels with another PNG compression: new file bytes (the crop
+    // re-runs), identical crop output (so the pair does not).
+    let img = image::open(&photo).unwrap().to_rgb8();
+    let file = std::fs::File::create(&photo).unwrap();
+    let enc = image::codecs::png::PngEncoder::new_with_quality(file, image::codecs::png::CompressionType::Best, image::codecs::png::FilterType::Paeth);
+    image::ImageEncoder::write_image(enc, img.as_raw(), 40, 40, image::ExtendedColorType::Rgb8).unwrap();
+    let r = p.build("photos");
+    assert_eq!(r.ran_of_kind("crop"), 1, "the source's bytes changed");
+    assert_eq!(r.ran_of_kind("pairs"), 0, "the crop came out byte-identical: stop there");
+}
+
+#[test]
+fn real_photos_from_shared_samples_build() {
+    // The shared samples are read in place (CI has ../shared too), copied only into a temp project.
+    let samples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/samples");
+    let p = TestProject::new();
+    let mut n = 0;
+    for e in std::fs::read_dir(&samples).expect("../shared/samples is present in the checkout's parent") {
+        let path = e.unwrap().path();
+        if path.extension().is_some_and(|x| x == "png" || x == "jpg") {
+            std::fs::create_dir_all(p.root().join("photos")).unwrap();
+            std::fs::copy(&path, p.root().join("photos").join(path.file_name().unwrap())).unwrap();
+            n += 1;
+        }
+    }
+    assert!(n >= 3);
+    p.recipe("real", &PHOTOS.replace("\"photos\"", "\"real\"").replace("photos/*.png", "photos/*"));
+    let r = p.build("real");
+    assert_eq!(r.ran_of_kind("pairs"), n);
+}
