@@ -104,7 +104,8 @@ impl<'a> Checker<'a> {
                 self.d.error(RecipeDiagnostic::at(&n.name_loc, "missing-argument", "`video` needs a path or glob"));
             }
         }
-        if images.is_empty() && synthetic.is_none() && videos.is_empty() {
+        let named_any = node.children.iter().any(|c| ["images", "synthetic", "video"].contains(&c.name.as_str()));
+        if !named_any {
             self.d.error(RecipeDiagnostic::at(&node.name_loc, "missing-node", "`sources` names no images, videos or synthetic source").help("add `images \"photos/*.jpg\"` or `synthetic count=48`"));
         }
         let crop = match self.d.single(&node.children, "crop") {

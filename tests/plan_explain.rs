@@ -1,0 +1,47 @@
+//! `plan`, `explain` and `graph` tell a person what would run and why, without running it.
+
+mod common;
+use common::*;
+
+#[test]
+fn plan_names_the_changed_param_and_explain_follows_it_downstream() {
+    let p = TestProject::new();
+    p.recipe("small", SMALL_BRICK);
+    let fresh = p.run(&["plan", "small"]);
+    assert!(fresh.stdout().contains("never built"), "{}", fresh.stdout());
+    p.build("small");
+    let clean = p.run(&["plan", "small"]);
+    assert!(clean.stdout().starts_with("small: 19 stages, 19 cached, 0 stale"), "{}", clean.stdout());
+
+    p.recipe("small", &SMALL_BRICK.replace("stud-size 4", "stud-size 6"));
+    let plan = p.run(&["plan", "small"]);
+    insta::assert_snapshot!("plan_after_stud_size_edit", plan.stdout());
+    let explain = p.run(&["explain", "small", "pairs/synthetic-0001"]);
+    assert!(explain.stdout().contains("teacher.stud-size changed: 4 → 6"), "{}", explain.stdout());
+    let sheet = p.run(&["explain", "small", "pairs-sheet"]);
+    assert!(sheet.stdout().contains("stale unless upstream `pairs/synthetic-0000` reproduces its outputs"), "{}", sheet.stdout());
+    assert!(sheet.stdout().contains("teacher.stud-size changed"), "explain walks up to the cause: {}", sheet.stdout());
+    // Nothing ran: planning is free.
+    assert_eq!(p.build("small").ran_of_kind("pairs"), 6);
+}
+
+#[test]
+fn explain_suggests_a_stage_name() {
+    let p = TestProject::new();
+    p.recipe("small", SMALL_BRICK);
+    let r = p.run(&["explain", "small", "pairs-shet"]);
+    assert_eq!(r.code(), 2);
+    assert!(r.stderr().contains("did you mean `pairs-sheet`?"), "{}", r.stderr());
+}
+
+#[test]
+fn graph_prints_the_dag_as_dot() {
+    let p = TestProject::new();
+    p.recipe("small", SMALL_BRICK);
+    let r = p.run(&["graph", "small", "--dot"]);
+    assert_eq!(r.code(), 0);
+    let dot = r.stdout();
+    assert!(dot.starts_with("digraph \"small\""));
+    assert!(dot.contains("\"crop (per item)\" -> \"pairs (per item)\""), "{dot}");
+    assert!(dot.contains("6 items"));
+}
