@@ -5,7 +5,5 @@ fn main() {
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
     if let Ok(lib_dir) = std::env::var("DEP_TCH_LIBTORCH_LIB") {
         println!("cargo:rustc-link-arg=-Wl,-rpath,{lib_dir}");
-        // libtorch_cuda.so is only loaded when asked for; keep it linked so CUDA works when present.
-        println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
     }
 }

@@ -132,6 +132,24 @@ impl Cache {
         self.root.join("blobs/sha256").join(&hex[..2]).join(hex)
     }
 
+    /// Every blob digest present, read with one directory listing per prefix: far
+    /// cheaper than one `stat` per blob when a build checks tens of thousands.
+    pub fn blob_index(&self) -> std::collections::HashSet<Digest> {
+        let mut set = std::collections::HashSet::new();
+        if let Ok(prefixes) = fs::read_dir(self.root.join("blobs/sha256")) {
+            for prefix in prefixes.flatten() {
+                if let Ok(entries) = fs::read_dir(prefix.path()) {
+                    for e in entries.flatten() {
+                        if let Some(d) = e.file_name().to_str().and_then(Digest::parse) {
+                            set.insert(d);
+                        }
+                    }
+                }
+            }
+        }
+        set
+    }
+
     pub fn has_blob(&self, d: &Digest) -> bool {
         self.blob_path(d).is_file()
     }

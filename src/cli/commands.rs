@@ -91,29 +91,11 @@ fn plan_for(env: &Env, cache: &Cache, loader: &Loader, name: &str) -> Result<(Re
     Ok((recipe, plan))
 }
 
-fn parse_device(text: &str) -> Result<tch::Device, String> {
-    match text {
-        "auto" => Ok(tch::Device::cuda_if_available()),
-        "cpu" => Ok(tch::Device::Cpu),
-        "cuda" => Ok(tch::Device::Cuda(0)),
-        other => match other.strip_prefix("cuda:").and_then(|n| n.parse::<usize>().ok()) {
-            Some(n) => Ok(tch::Device::Cuda(n)),
-            None => Err(format!("unknown device `{other}`: use auto, cpu, cuda or cuda:N")),
-        },
-    }
-}
-
 fn build(env: &Env, mut effects: Vec<String>, jobs: usize, keep_going: bool, device: &str) -> Result<i32, i32> {
-    let device = parse_device(device).map_err(|e| {
+    let device = crate::plan::DeviceSpec::parse(device).map_err(|e| {
         eprintln!("error: {e}");
         EXIT_USER
     })?;
-    if let tch::Device::Cuda(n) = device {
-        if !tch::Cuda::is_available() || n >= tch::Cuda::device_count() as usize {
-            eprintln!("error: --device cuda:{n} asked for, but libtorch sees {} CUDA device(s)", tch::Cuda::device_count());
-            return Err(EXIT_USER);
-        }
-    }
     if effects.is_empty() {
         effects = env.project.effect_names().map_err(|e| {
             eprintln!("error: {e}");

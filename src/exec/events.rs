@@ -28,19 +28,32 @@ pub enum Event {
 
 pub trait Reporter: Sync {
     fn event(&self, e: &Event);
+    /// A stage finished or was found cached. The default sends a `StageFinished` event;
+    /// people's output only counts cached per-item stages (30,000 of them must stay cheap).
+    fn stage_finished(&self, effect: &str, stage: &str, kind: &str, rec: &crate::cache::StageRecord, cached: bool) {
+        self.event(&Event::StageFinished {
+            effect: effect.to_string(),
+            stage: stage.to_string(),
+            kind: kind.to_string(),
+            key: rec.key.hex(),
+            cached,
+            duration_ms: if cached { 0 } else { rec.duration_ms },
+            metrics: rec.metrics.clone(),
+        });
+    }
     /// Announces how many stages of each kind the build has, for progress bars.
     fn totals(&self, _effect: &str, _per_kind: &BTreeMap<String, u64>) {}
 }
 
 /// `--json`: every event as one line on stdout (progress events are throttled).
 pub struct JsonReporter {
-    out: Mutex<std::io::Stdout>,
+    out: Mutex<std::io::BufWriter<std::io::Stdout>>,
     last_progress: Mutex<std::time::Instant>,
 }
 
 impl JsonReporter {
     pub fn new() -> JsonReporter {
-        JsonReporter { out: Mutex::new(std::io::stdout()), last_progress: Mutex::new(std::time::Instant::now()) }
+        JsonReporter { out: Mutex::new(std::io::BufWriter::with_capacity(1 << 16, std::io::stdout())), last_progress: Mutex::new(std::time::Instant::now()) }
     }
 }
 
@@ -62,7 +75,10 @@ impl Reporter for JsonReporter {
         if let Ok(line) = serde_json::to_string(e) {
             let mut out = self.out.lock().unwrap_or_else(|p| p.into_inner());
             let _ = writeln!(out, "{line}");
-            let _ = out.flush();
+            // Cached stages stream in bulk; anything else is news a CI log shows at once.
+            if !matches!(e, Event::StageFinished { cached: true, .. }) {
+                let _ = out.flush();
+            }
         }
     }
 }
@@ -106,6 +122,24 @@ impl HumanReporter {
 }
 
 impl Reporter for HumanReporter {
+    fn stage_finished(&self, effect: &str, stage: &str, kind: &str, rec: &crate::cache::StageRecord, cached: bool) {
+        if rec.metrics.is_empty() {
+            if let Some(bar) = self.bars.lock().unwrap_or_else(|p| p.into_inner()).get(kind) {
+                bar.inc(1);
+            }
+            return;
+        }
+        self.event(&Event::StageFinished {
+            effect: effect.to_string(),
+            stage: stage.to_string(),
+            kind: kind.to_string(),
+            key: rec.key.hex(),
+            cached,
+            duration_ms: if cached { 0 } else { rec.duration_ms },
+            metrics: rec.metrics.clone(),
+        });
+    }
+
     fn totals(&self, _effect: &str, per_kind: &BTreeMap<String, u64>) {
         let mut bars = self.bars.lock().unwrap_or_else(|p| p.into_inner());
         for (kind, total) in per_kind {

@@ -19,7 +19,7 @@ use std::time::Instant;
 pub struct BuildOptions {
     pub jobs: usize,
     pub keep_going: bool,
-    pub device: tch::Device,
+    pub device: crate::plan::DeviceSpec,
 }
 
 #[derive(Clone, Debug)]
@@ -73,6 +73,12 @@ pub fn build(project_root: &Path, cache: &Cache, plan: &Plan, opts: &BuildOption
     let started = Instant::now();
     let _build_lock = cache.build_lock()?;
     let snapshot = cache.read_snapshot(&plan.effect)?.unwrap_or_default();
+    // Big builds check blobs against one listing of the store instead of a stat each.
+    let blob_index = (snapshot.entries.len() > 2000).then(|| cache.blob_index());
+    let blob_present = |d: &Digest| match &blob_index {
+        Some(set) => set.contains(d),
+        None => cache.has_blob(d),
+    };
     let n = plan.nodes.len();
     reporter.event(&Event::BuildStarted { effect: plan.effect.clone(), stages: n });
     let mut per_kind: BTreeMap<String, u64> = BTreeMap::new();
@@ -148,13 +154,13 @@ pub fn build(project_root: &Path, cache: &Cache, plan: &Plan, opts: &BuildOption
                 }
                 let key = stage_key(node.stage.kind(), node.stage.version(), &node.stage.params(), &inputs);
                 let hit = match snapshot.entries.get(&node.id) {
-                    Some(e) if e.key == key && e.outputs.iter().all(|(_, o)| cache.has_blob(&o.digest)) => Some(e.to_record(&node.id, &plan.effect)),
+                    Some(e) if e.key == key && e.outputs.iter().all(|(_, o)| blob_present(&o.digest)) => Some(e.to_record(&node.id, &plan.effect)),
                     _ => cache.get_record(&key).ok().flatten(),
                 };
                 match hit {
                     Some(mut rec) => {
                         rec.stage_id = node.id.clone();
-                        reporter.event(&finished_event(plan, i, &rec, true));
+                        reporter.stage_finished(&plan.effect, &node.id, node.stage.kind(), &rec, true);
                         outcomes[i] = Some(NodeOutcome::Cached(rec));
                         release(i, &dependents, &mut waiting, &mut ready);
                     }
@@ -189,7 +195,8 @@ pub fn build(project_root: &Path, cache: &Cache, plan: &Plan, opts: &BuildOption
                     if cached {
                         rec.duration_ms = 0;
                     }
-                    reporter.event(&finished_event(plan, i, &rec, cached));
+                    let node = &plan.nodes[i];
+                    reporter.stage_finished(&plan.effect, &node.id, node.stage.kind(), &rec, cached);
                     outcomes[i] = Some(if cached { NodeOutcome::Cached(rec) } else { NodeOutcome::Ran(rec) });
                     release(i, &dependents, &mut waiting, &mut ready);
                 }
@@ -213,20 +220,29 @@ pub fn build(project_root: &Path, cache: &Cache, plan: &Plan, opts: &BuildOption
 
     let outcomes: Vec<NodeOutcome> = outcomes.into_iter().map(|o| o.unwrap_or(NodeOutcome::Skipped)).collect();
     // Remember this build's records (one file) for the next no-op build and `explain`.
+    let unchanged = outcomes.iter().zip(&plan.nodes).all(|(o, node)| match o {
+        NodeOutcome::Cached(r) | NodeOutcome::Ran(r) => snapshot.entries.get(&node.id).is_some_and(|e| e.key == r.key),
+        _ => true,
+    }) && snapshot.entries.len() == plan.nodes.len();
     let mut next = Snapshot::default();
     let mut changed = false;
-    for (i, o) in outcomes.iter().enumerate() {
+    for (i, o) in outcomes.iter().enumerate().filter(|_| !unchanged) {
         if let NodeOutcome::Cached(r) | NodeOutcome::Ran(r) = o {
             let id = &plan.nodes[i].id;
-            let entry = SnapshotEntry::from_record(r);
-            changed |= snapshot.entries.get(id) != Some(&entry);
+            let entry = match snapshot.entries.get(id) {
+                Some(old) if old.key == r.key => old.clone(),
+                _ => {
+                    changed = true;
+                    SnapshotEntry::from_record(r)
+                }
+            };
             next.entries.insert(id.clone(), entry);
         } else if let Some(old) = snapshot.entries.get(&plan.nodes[i].id) {
             // Keep what an earlier build knew, so `explain` still has it.
             next.entries.insert(plan.nodes[i].id.clone(), old.clone());
         }
     }
-    changed |= next.entries.len() != snapshot.entries.len();
+    changed |= !unchanged && next.entries.len() != snapshot.entries.len();
     if changed {
         cache.write_snapshot(&plan.effect, &next)?;
     }
@@ -265,19 +281,6 @@ fn release(i: usize, dependents: &[Vec<usize>], waiting: &mut [usize], ready: &m
         if waiting[d] == 0 {
             ready.push_back(d);
         }
-    }
-}
-
-fn finished_event(plan: &Plan, i: usize, rec: &StageRecord, cached: bool) -> Event {
-    let node = &plan.nodes[i];
-    Event::StageFinished {
-        effect: plan.effect.clone(),
-        stage: node.id.clone(),
-        kind: node.stage.kind().into(),
-        key: rec.key.hex(),
-        cached,
-        duration_ms: if cached { 0 } else { rec.duration_ms },
-        metrics: rec.metrics.clone(),
     }
 }
 

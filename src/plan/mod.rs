@@ -4,7 +4,7 @@
 pub mod lower;
 pub mod stage;
 
-pub use stage::{stage_key, Input, InputRef, Params, Progress, Resource, RunContext, RunOutput, Stage, StageError};
+pub use stage::{stage_key, DeviceSpec, Input, InputRef, Params, Progress, Resource, RunContext, RunOutput, Stage, StageError};
 
 use crate::digest::{Digest, KeyHasher};
 use crate::recipe::Recipe;

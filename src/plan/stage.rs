@@ -46,13 +46,47 @@ pub struct RunContext<'a> {
     pub cancel: &'a AtomicBool,
     pub progress: &'a (dyn Fn(Progress) + Sync),
     pub log: String,
-    pub device: tch::Device,
+    pub device: DeviceSpec,
     pub project_root: &'a Path,
 }
 
 impl RunContext<'_> {
     pub fn input(&self, name: &str) -> Result<&Path, StageError> {
         self.inputs.get(name).map(|p| p.as_path()).ok_or_else(|| StageError::infra(format!("stage {} has no input `{name}` (planner bug)", self.stage_id)))
+    }
+}
+
+/// Where tensor work runs. Resolved inside the tensor worker process (`effectc-nn`):
+/// the CLI itself never loads libtorch, whose start-up alone costs ~200 ms.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceSpec {
+    /// CUDA when present, else CPU.
+    Auto,
+    Cpu,
+    Cuda(usize),
+}
+
+impl DeviceSpec {
+    pub fn parse(text: &str) -> Result<DeviceSpec, String> {
+        match text {
+            "auto" => Ok(DeviceSpec::Auto),
+            "cpu" => Ok(DeviceSpec::Cpu),
+            "cuda" => Ok(DeviceSpec::Cuda(0)),
+            other => match other.strip_prefix("cuda:").and_then(|n| n.parse::<usize>().ok()) {
+                Some(n) => Ok(DeviceSpec::Cuda(n)),
+                None => Err(format!("unknown device `{other}`: use auto, cpu, cuda or cuda:N")),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeviceSpec::Auto => f.write_str("auto"),
+            DeviceSpec::Cpu => f.write_str("cpu"),
+            DeviceSpec::Cuda(n) => write!(f, "cuda:{n}"),
+        }
     }
 }
 
