@@ -158,6 +158,10 @@ fn build(env: &Env, mut effects: Vec<String>, jobs: usize, keep_going: bool, dev
 /// Copies the outputs a person looks at (sheets, reports, bundles) to `out/<effect>/`.
 fn materialize(env: &Env, cache: &Cache, plan: &Plan, summary: &exec::BuildSummary) -> std::io::Result<()> {
     let dir = env.project.root.join("out").join(&plan.effect);
+    // The folder shows this build only: clear what an earlier build left.
+    if dir.is_dir() {
+        std::fs::remove_dir_all(&dir)?;
+    }
     std::fs::create_dir_all(&dir)?;
     for (i, node) in plan.nodes.iter().enumerate() {
         if node.item.is_some() {
@@ -165,12 +169,8 @@ fn materialize(env: &Env, cache: &Cache, plan: &Plan, summary: &exec::BuildSumma
         }
         let (NodeOutcome::Ran(rec) | NodeOutcome::Cached(rec)) = &summary.outcomes[i] else { continue };
         for (name, out) in &rec.outputs {
-            let ext = if name.ends_with("sheet") || name.ends_with("png") { "png" } else { "bin" };
-            let file = match name.as_str() {
-                n if n.contains('.') => n.to_string(),
-                n => format!("{}-{n}.{ext}", node.id.replace('/', "-")),
-            };
-            let dest = dir.join(file);
+            // `train-teacher-samples.png`, `pairs-sheet-pairs.png`...
+            let dest = dir.join(format!("{}-{name}", node.id.replace('/', "-")));
             let tmp = dir.join(format!(".{}.tmp", out.digest.hex()));
             std::fs::copy(cache.blob_path(&out.digest), &tmp)?;
             std::fs::rename(&tmp, &dest)?;

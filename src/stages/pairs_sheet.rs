@@ -30,7 +30,7 @@ impl Stage for PairsSheet {
         let path = ctx.out_dir.join("pairs.png");
         write_png(&sheet, &path)?;
         let mut out = RunOutput::default();
-        out.files.insert("sheet".into(), path);
+        out.files.insert("pairs.png".into(), path);
         Ok(out)
     }
 }

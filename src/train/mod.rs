@@ -1,1 +1,565 @@
-//! train
+//! Training the wide teacher on the pairs, then distilling the real-time student from it.
+//!
+//! Runs inside the `effectc-nn` worker (the only process that loads libtorch). Every
+//! per-step random choice (batch, flips, shifts, colour jitter) comes from a hash of
+//! (seed, step), and the whole state (weights, EMA, discriminator, Adam moments, loss
+//! history) is checkpointed, so an interrupted run resumes to byte-identical weights on CPU.
+
+pub mod plot;
+
+use crate::nn::adam::Adam;
+use crate::nn::discriminator::PatchDiscriminator;
+use crate::nn::layers::EqConv;
+use crate::nn::metrics::{psnr_db, ssim};
+use crate::nn::{Accordion, AccordionConfig};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+use tch::{nn, Device, Kind, Tensor};
+
+/// One pair of the dataset: PNGs at the training resolution.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PairFiles {
+    pub name: String,
+    pub source: PathBuf,
+    pub target: PathBuf,
+    pub holdout: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Hyper {
+    pub steps: u32,
+    pub batch: u32,
+    pub lr: f64,
+    pub l1_weight: f64,
+    pub ssim_weight: f64,
+    pub gan_weight: f64,
+    pub r1_gamma: f64,
+    pub r1_every: u32,
+    pub feature_weight: f64,
+    pub ema_beta: f64,
+    pub checkpoint_every: u32,
+    pub seed: u64,
+}
+
+/// What the worker is asked to do (written as JSON by the stage, read by `effectc-nn`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TrainJob {
+    /// `teacher` or `student`.
+    pub role: String,
+    pub arch: AccordionConfig,
+    /// For the student: the trained teacher's weights and architecture.
+    pub teacher: Option<(PathBuf, AccordionConfig)>,
+    pub pairs: Vec<PairFiles>,
+    pub hyper: Hyper,
+    pub device: String,
+    pub checkpoint_dir: PathBuf,
+    pub out_dir: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error("training diverged at step {step}: loss term `{term}` is {value} (the last good checkpoint is kept; lower `lr` in the recipe's `train` block)")]
+    Diverged { step: u32, term: String, value: f64 },
+    #[error("cancelled at step {step} (checkpoint saved; the next build resumes from it)")]
+    Cancelled { step: u32 },
+    #[error("{path}: {what}")]
+    BadInput { path: PathBuf, what: String },
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("libtorch: {}", .0.to_string().lines().next().unwrap_or(""))]
+    Torch(#[from] tch::TchError),
+    #[error("{0}")]
+    Device(String),
+}
+
+impl TrainError {
+    /// The recipe's or the data's fault (fix and rebuild) rather than the machine's.
+    pub fn is_user_error(&self) -> bool {
+        matches!(self, TrainError::Diverged { .. } | TrainError::BadInput { .. } | TrainError::Device(_))
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct TrainProgress {
+    pub step: u32,
+    pub total_steps: u32,
+    pub losses: BTreeMap<String, f64>,
+    pub steps_per_s: f64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TrainReport {
+    pub metrics: serde_json::Map<String, serde_json::Value>,
+    /// Output name → file in the job's out_dir.
+    pub files: BTreeMap<String, PathBuf>,
+}
+
+pub fn parse_device(text: &str) -> Result<Device, TrainError> {
+    let device = match text {
+        "auto" => Device::cuda_if_available(),
+        "cpu" => Device::Cpu,
+        "cuda" => Device::Cuda(0),
+        other => match other.strip_prefix("cuda:").and_then(|n| n.parse::<usize>().ok()) {
+            Some(n) => Device::Cuda(n),
+            None => return Err(TrainError::Device(format!("unknown device `{other}`"))),
+        },
+    };
+    if let Device::Cuda(n) = device {
+        let count = tch::Cuda::device_count() as usize;
+        if n >= count {
+            return Err(TrainError::Device(format!("device cuda:{n} asked for, but libtorch sees {count} CUDA device(s)")));
+        }
+    }
+    Ok(device)
+}
+
+/// splitmix64 over (seed, step, salt): the only source of per-step randomness.
+fn mix(seed: u64, step: u64, salt: u64) -> u64 {
+    let mut z = seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ salt.wrapping_mul(0xD6E8_FEB8_6659_FD93);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+fn unit(seed: u64, step: u64, salt: u64) -> f64 {
+    (mix(seed, step, salt) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+fn load_png(path: &Path) -> Result<Tensor, TrainError> {
+    let img = image::ImageReader::open(path)
+        .and_then(|r| r.with_guessed_format())
+        .map_err(|source| TrainError::Io { path: path.to_path_buf(), source })?
+        .decode()
+        .map_err(|e| TrainError::BadInput { path: path.to_path_buf(), what: format!("not a readable image: {e}") })?
+        .to_rgb8();
+    let (w, h) = img.dimensions();
+    let t = Tensor::from_slice(img.as_raw()).view([h as i64, w as i64, 3]).permute([2, 0, 1]).to_kind(Kind::Float);
+    Ok(t / 127.5 - 1.0)
+}
+
+/// NCHW in [-1, 1] → an RGB image.
+pub fn to_image(t: &Tensor) -> image::RgbImage {
+    let t = ((t.detach().to_device(Device::Cpu).to_kind(Kind::Float).clamp(-1.0, 1.0) + 1.0) * 127.5).round().to_kind(Kind::Uint8);
+    let t = if t.dim() == 4 { t.get(0) } else { t };
+    let (h, w) = (t.size()[1], t.size()[2]);
+    let data = Vec::<u8>::try_from(&t.permute([1, 2, 0]).contiguous().view([-1])).unwrap_or_default();
+    image::RgbImage::from_raw(w as u32, h as u32, data).unwrap_or_else(|| image::RgbImage::new(1, 1))
+}
+
+struct Data {
+    train_src: Tensor,
+    train_tgt: Tensor,
+    hold_src: Tensor,
+    hold_tgt: Tensor,
+}
+
+fn load_data(pairs: &[PairFiles], device: Device) -> Result<Data, TrainError> {
+    let (mut ts, mut tt, mut hs, mut ht) = (vec![], vec![], vec![], vec![]);
+    let mut size = None;
+    for p in pairs {
+        let s = load_png(&p.source)?;
+        let t = load_png(&p.target)?;
+        if s.size() != t.size() {
+            return Err(TrainError::BadInput { path: p.target.clone(), what: format!("pair target is {:?} but its source is {:?}", t.size(), s.size()) });
+        }
+        match &size {
+            None => size = Some(s.size()),
+            Some(sz) if *sz != s.size() => return Err(TrainError::BadInput { path: p.source.clone(), what: "pairs differ in size".into() }),
+            _ => {}
+        }
+        if p.holdout {
+            hs.push(s);
+            ht.push(t);
+        } else {
+            ts.push(s);
+            tt.push(t);
+        }
+    }
+    if ts.is_empty() {
+        return Err(TrainError::BadInput { path: PathBuf::from("<pairs>"), what: "no training pairs (all items are held out?)".into() });
+    }
+    // With no held-out items, metrics fall back to the first training pair (noted in the report).
+    if hs.is_empty() {
+        hs.push(ts[0].shallow_clone());
+        ht.push(tt[0].shallow_clone());
+    }
+    Ok(Data { train_src: Tensor::stack(&ts, 0).to_device(device), train_tgt: Tensor::stack(&tt, 0).to_device(device), hold_src: Tensor::stack(&hs, 0).to_device(device), hold_tgt: Tensor::stack(&ht, 0).to_device(device) })
+}
+
+/// A deterministic augmented batch: the same flip, shift and colour jitter for source and target.
+fn batch(data: &Data, seed: u64, step: u64, size: i64) -> (Tensor, Tensor) {
+    let n = data.train_src.size()[0] as u64;
+    let (h, w) = (data.train_src.size()[2], data.train_src.size()[3]);
+    let (mut ss, mut tt) = (vec![], vec![]);
+    for b in 0..size as u64 {
+        let salt = b * 16;
+        let idx = (mix(seed, step, salt) % n) as i64;
+        let mut s = data.train_src.get(idx).unsqueeze(0);
+        let mut t = data.train_tgt.get(idx).unsqueeze(0);
+        if unit(seed, step, salt + 1) < 0.5 {
+            s = s.flip([3]);
+            t = t.flip([3]);
+        }
+        let dy = (unit(seed, step, salt + 2) * 5.0) as i64; // 0..=4 = shift -2..=2
+        let dx = (unit(seed, step, salt + 3) * 5.0) as i64;
+        s = s.reflection_pad2d([2, 2, 2, 2]).narrow(2, dy, h).narrow(3, dx, w);
+        t = t.reflection_pad2d([2, 2, 2, 2]).narrow(2, dy, h).narrow(3, dx, w);
+        let gain = 0.95 + 0.1 * unit(seed, step, salt + 4);
+        let offset = -0.05 + 0.1 * unit(seed, step, salt + 5);
+        s = (s * gain + offset).clamp(-1.0, 1.0);
+        t = (t * gain + offset).clamp(-1.0, 1.0);
+        ss.push(s);
+        tt.push(t);
+    }
+    (Tensor::cat(&ss, 0), Tensor::cat(&tt, 0))
+}
+
+fn named_vars(vs: &nn::VarStore, prefix: &str) -> Vec<(String, Tensor)> {
+    let mut v: Vec<(String, Tensor)> = vs.variables().into_iter().map(|(k, t)| (format!("{prefix}{k}"), t)).collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+fn write_safetensors_atomic(tensors: &[(String, Tensor)], path: &Path) -> Result<(), TrainError> {
+    let mut sorted: Vec<(String, Tensor)> = tensors.iter().map(|(k, t)| (k.clone(), t.detach().to_device(Device::Cpu).contiguous())).collect();
+    sorted.sort_by(|a, b| a.0.cmp(&b.0));
+    let tmp = path.with_extension("tmp");
+    Tensor::write_safetensors(&sorted, &tmp)?;
+    std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(|source| TrainError::Io { path: tmp.clone(), source })?;
+    std::fs::rename(&tmp, path).map_err(|source| TrainError::Io { path: path.to_path_buf(), source })
+}
+
+/// Loads generator weights written by training (`weights.safetensors`).
+pub fn load_generator(weights: &Path, cfg: AccordionConfig, device: Device) -> Result<(nn::VarStore, Accordion), TrainError> {
+    let mut vs = nn::VarStore::new(device);
+    let net = Accordion::new(&vs.root(), cfg);
+    vs.freeze();
+    tch::no_grad(|| vs.read_safetensors(weights)).map_err(|e| TrainError::BadInput { path: weights.to_path_buf(), what: format!("cannot load weights: {}", e.to_string().lines().next().unwrap_or("")) })?;
+    Ok((vs, net))
+}
+
+/// Output/source frame-to-frame change on a slow sub-pixel pan and zoom of one image
+/// (1.0: the net adds no flicker of its own).
+fn flicker_ratio(net: &Accordion, image: &Tensor) -> f64 {
+    tch::no_grad(|| {
+        let device = image.device();
+        let frames: Vec<Tensor> = (0..8)
+            .map(|t| {
+                let zoom = 1.0 - 0.004 * t as f64;
+                let shift = 0.3 * t as f64 * 2.0 / image.size()[3] as f64; // 0.3 px per frame
+                let theta = Tensor::from_slice(&[zoom as f32, 0.0, shift as f32, 0.0, zoom as f32, (shift * 0.5) as f32]).view([1, 2, 3]).to_device(device);
+                let grid = Tensor::affine_grid_generator(&theta, image.size(), false);
+                image.grid_sampler(&grid, 0, 1, false)
+            })
+            .collect();
+        let src = Tensor::cat(&frames, 0);
+        let out = net.forward(&src);
+        let diff = |x: &Tensor| (x.narrow(0, 1, 7) - x.narrow(0, 0, 7)).abs().mean(Kind::Float).double_value(&[]);
+        diff(&out) / diff(&src).max(1e-9)
+    })
+}
+
+struct Trainer<'a> {
+    job: &'a TrainJob,
+    device: Device,
+    data: Data,
+    started: Instant,
+    start_step: u32,
+}
+
+/// Trains what `job` asks for; see the module comment.
+pub fn run(job: &TrainJob, progress: &mut dyn FnMut(&TrainProgress), cancel: &AtomicBool) -> Result<TrainReport, TrainError> {
+    let device = parse_device(&job.device)?;
+    if device.is_cuda() {
+        tch::Cuda::cudnn_set_benchmark(true);
+    }
+    tch::manual_seed(job.hyper.seed as i64);
+    let data = load_data(&job.pairs, device)?;
+    std::fs::create_dir_all(&job.checkpoint_dir).map_err(|source| TrainError::Io { path: job.checkpoint_dir.clone(), source })?;
+    std::fs::create_dir_all(&job.out_dir).map_err(|source| TrainError::Io { path: job.out_dir.clone(), source })?;
+    let t = Trainer { job, device, data, started: Instant::now(), start_step: 0 };
+    match job.role.as_str() {
+        "teacher" => t.teacher(progress, cancel),
+        "student" => t.student(progress, cancel),
+        other => Err(TrainError::BadInput { path: PathBuf::from("<job>"), what: format!("unknown role `{other}`") }),
+    }
+}
+
+fn check_finite(step: u32, terms: &[(&str, &Tensor)]) -> Result<BTreeMap<String, f64>, TrainError> {
+    let mut out = BTreeMap::new();
+    for (name, t) in terms {
+        let v = t.double_value(&[]);
+        if !v.is_finite() {
+            return Err(TrainError::Diverged { step, term: name.to_string(), value: v });
+        }
+        out.insert(name.to_string(), v);
+    }
+    Ok(out)
+}
+
+fn ema_update(ema: &nn::VarStore, g: &nn::VarStore, beta: f64) {
+    tch::no_grad(|| {
+        let gv = g.variables();
+        for (name, mut e) in ema.variables() {
+            if let Some(p) = gv.get(&name) {
+                let _ = e.g_mul_scalar_(beta).g_add_(&(p * (1.0 - beta)));
+            }
+        }
+    });
+}
+
+impl Trainer<'_> {
+    fn ckpt_path(&self) -> PathBuf {
+        self.job.checkpoint_dir.join("checkpoint.safetensors")
+    }
+
+    fn load_checkpoint(&mut self, stores: &[(&str, &mut nn::VarStore)], opts: &mut [(&str, &mut Adam)], history: &mut Vec<Vec<f64>>) -> Result<(), TrainError> {
+        let path = self.ckpt_path();
+        if !path.is_file() {
+            return Ok(());
+        }
+        let tensors: BTreeMap<String, Tensor> = Tensor::read_safetensors(&path)?.into_iter().collect();
+        let get = |k: &str| tensors.get(k).map(|t| t.to_device(self.device));
+        for (prefix, vs) in stores {
+            for (name, mut var) in vs.variables() {
+                let saved = get(&format!("{prefix}{name}")).ok_or_else(|| TrainError::BadInput { path: path.clone(), what: format!("checkpoint lacks {prefix}{name}") })?;
+                tch::no_grad(|| var.copy_(&saved));
+            }
+        }
+        for (prefix, opt) in opts.iter_mut() {
+            opt.load_state(prefix, &get).map_err(|what| TrainError::BadInput { path: path.clone(), what })?;
+        }
+        if let Some(h) = tensors.get("train.history") {
+            let rows = h.size()[0];
+            history.clear();
+            for r in 0..rows {
+                history.push(Vec::<f64>::try_from(&h.get(r)).unwrap_or_default());
+            }
+        }
+        self.start_step = tensors.get("train.step").map(|t| t.int64_value(&[0]) as u32).unwrap_or(0);
+        Ok(())
+    }
+
+    fn save_checkpoint(&self, step: u32, stores: &[(&str, &nn::VarStore)], opts: &[(&str, &Adam)], history: &[Vec<f64>]) -> Result<(), TrainError> {
+        let mut all: Vec<(String, Tensor)> = vec![("train.step".into(), Tensor::from_slice(&[step as i64]))];
+        for (prefix, vs) in stores {
+            all.extend(named_vars(vs, prefix));
+        }
+        for (prefix, opt) in opts {
+            all.extend(opt.state(prefix));
+        }
+        if !history.is_empty() {
+            let flat: Vec<f64> = history.iter().flatten().copied().collect();
+            all.push(("train.history".into(), Tensor::from_slice(&flat).view([history.len() as i64, -1])));
+        }
+        write_safetensors_atomic(&all, &self.ckpt_path())
+    }
+
+    fn report_progress(&self, progress: &mut dyn FnMut(&TrainProgress), step: u32, losses: &BTreeMap<String, f64>) {
+        let done = (step + 1 - self.start_step) as f64;
+        progress(&TrainProgress { step: step + 1, total_steps: self.job.hyper.steps, losses: losses.clone(), steps_per_s: done / self.started.elapsed().as_secs_f64().max(1e-9) });
+    }
+
+    fn teacher(mut self, progress: &mut dyn FnMut(&TrainProgress), cancel: &AtomicBool) -> Result<TrainReport, TrainError> {
+        let h = self.job.hyper.clone();
+        let mut g_vs = nn::VarStore::new(self.device);
+        let g = Accordion::new(&g_vs.root(), self.job.arch);
+        let mut ema_vs = nn::VarStore::new(self.device);
+        let ema = Accordion::new(&ema_vs.root(), self.job.arch);
+        ema_vs.copy(&g_vs)?;
+        let mut d_vs = nn::VarStore::new(self.device);
+        let d = PatchDiscriminator::new(&d_vs.root(), (self.job.arch.width).clamp(8, 64));
+        let mut opt_g = Adam::new(named_vars(&g_vs, ""), h.lr, 0.0, 0.99);
+        let mut opt_d = Adam::new(named_vars(&d_vs, ""), h.lr, 0.0, 0.99);
+        let mut history: Vec<Vec<f64>> = Vec::new();
+        self.load_checkpoint(&mut [("g.", &mut g_vs), ("ema.", &mut ema_vs), ("d.", &mut d_vs)], &mut [("adam_g", &mut opt_g), ("adam_d", &mut opt_d)], &mut history)?;
+        let names = ["l1", "ssim", "g_adv", "d", "r1"];
+        let amp = self.device.is_cuda();
+        for step in self.start_step..h.steps {
+            if cancel.load(Ordering::SeqCst) {
+                self.save_checkpoint(step, &[("g.", &g_vs), ("ema.", &ema_vs), ("d.", &d_vs)], &[("adam_g", &opt_g), ("adam_d", &opt_d)], &history)?;
+                return Err(TrainError::Cancelled { step });
+            }
+            let (src, tgt) = batch(&self.data, h.seed, step as u64, h.batch as i64);
+            // Discriminator: non-saturating logistic loss, lazy R1 every r1_every steps.
+            let fake = tch::autocast(amp, || g.forward(&src)).to_kind(Kind::Float);
+            let d_loss = tch::autocast(amp, || d.forward(&src, &fake.detach()).softplus().mean(Kind::Float) + (-d.forward(&src, &tgt)).softplus().mean(Kind::Float)).to_kind(Kind::Float);
+            opt_d.zero_grad();
+            d_loss.backward();
+            opt_d.step();
+            // Between lazy R1 steps the curve shows the last value measured.
+            let mut r1 = Tensor::from(history.last().map(|r| r[4]).unwrap_or(0.0) as f32);
+            if h.r1_gamma > 0.0 && step % h.r1_every == 0 {
+                let real = tgt.detach().set_requires_grad(true);
+                let out = d.forward(&src, &real);
+                let grad = Tensor::run_backward(&[out.sum(Kind::Float)], &[&real], true, true).remove(0);
+                r1 = grad.square().sum_dim_intlist([1i64, 2, 3].as_slice(), false, Kind::Float).mean(Kind::Float) * (h.r1_gamma / 2.0);
+                opt_d.zero_grad();
+                (&r1 * h.r1_every as f64).backward();
+                opt_d.step();
+            }
+            // Generator: reconstruction (L1 + SSIM) plus the adversarial term.
+            let g_adv = tch::autocast(amp, || (-d.forward(&src, &fake)).softplus().mean(Kind::Float)).to_kind(Kind::Float);
+            let l1 = (&fake - &tgt).abs().mean(Kind::Float);
+            let ssim_loss = 1.0 - ssim(&((&fake + 1.0) / 2.0), &((&tgt + 1.0) / 2.0));
+            let g_loss = &l1 * h.l1_weight + &ssim_loss * h.ssim_weight + &g_adv * h.gan_weight;
+            let losses = check_finite(step, &[("l1", &l1), ("ssim", &ssim_loss), ("g_adv", &g_adv), ("d", &d_loss), ("r1", &r1), ("total", &g_loss)])?;
+            opt_g.zero_grad();
+            g_loss.backward();
+            opt_g.step();
+            // EMA with a warm-up, so short runs are not dominated by the initial weights.
+            let beta = h.ema_beta.min((1.0 + step as f64) / (10.0 + step as f64));
+            ema_update(&ema_vs, &g_vs, beta);
+            history.push(names.iter().map(|n| losses[*n]).collect());
+            self.report_progress(progress, step, &losses);
+            if (step + 1) % h.checkpoint_every == 0 && step + 1 < h.steps {
+                self.save_checkpoint(step + 1, &[("g.", &g_vs), ("ema.", &ema_vs), ("d.", &d_vs)], &[("adam_g", &opt_g), ("adam_d", &opt_d)], &history)?;
+            }
+        }
+        let mut files = BTreeMap::new();
+        let weights = self.job.out_dir.join("weights.safetensors");
+        write_safetensors_atomic(&named_vars(&ema_vs, ""), &weights)?;
+        files.insert("weights".into(), weights);
+        let mut metrics = self.eval_metrics(&ema, None)?;
+        metrics.insert("steps_per_s".into(), serde_json::json!(round3((h.steps - self.start_step) as f64 / self.started.elapsed().as_secs_f64().max(1e-9))));
+        self.write_curves(&names, &history, "teacher", &mut files)?;
+        self.write_samples(&ema, None, &mut files)?;
+        Ok(TrainReport { metrics, files })
+    }
+
+    fn student(mut self, progress: &mut dyn FnMut(&TrainProgress), cancel: &AtomicBool) -> Result<TrainReport, TrainError> {
+        let h = self.job.hyper.clone();
+        let Some((teacher_weights, teacher_arch)) = self.job.teacher.clone() else {
+            return Err(TrainError::BadInput { path: PathBuf::from("<job>"), what: "a student job needs the teacher's weights".into() });
+        };
+        let (_t_vs, teacher) = load_generator(&teacher_weights, teacher_arch, self.device)?;
+        let mut s_vs = nn::VarStore::new(self.device);
+        let s = Accordion::new(&s_vs.root(), self.job.arch);
+        let mut ema_vs = nn::VarStore::new(self.device);
+        let ema = Accordion::new(&ema_vs.root(), self.job.arch);
+        ema_vs.copy(&s_vs)?;
+        // 1x1 adapters lift each student feature to the teacher's width (GAN-Compression).
+        let mut a_vs = nn::VarStore::new(self.device);
+        let (sc, tc) = (self.job.arch.channels(), teacher_arch.channels());
+        let feat_channels: Vec<(i64, i64)> = vec![(sc[0], tc[0]), (sc[1], tc[1]), (sc[2], tc[2]), (sc[3], tc[3]), (sc[3], tc[3]), (sc[2], tc[2]), (sc[1], tc[1]), (sc[0], tc[0])];
+        let adapters: Vec<EqConv> = feat_channels.iter().enumerate().map(|(i, (cs, ct))| EqConv::new(a_vs.root() / format!("a{i}"), *cs, *ct, 1, 1, 0, 1)).collect();
+        let mut params = named_vars(&s_vs, "s.");
+        params.extend(named_vars(&a_vs, "a."));
+        let mut opt = Adam::new(params, h.lr, 0.0, 0.99);
+        let mut history: Vec<Vec<f64>> = Vec::new();
+        self.load_checkpoint(&mut [("s.", &mut s_vs), ("ema.", &mut ema_vs), ("a.", &mut a_vs)], &mut [("adam", &mut opt)], &mut history)?;
+        let names = ["out_teacher", "out_target", "ssim", "features"];
+        let amp = self.device.is_cuda();
+        for step in self.start_step..h.steps {
+            if cancel.load(Ordering::SeqCst) {
+                self.save_checkpoint(step, &[("s.", &s_vs), ("ema.", &ema_vs), ("a.", &a_vs)], &[("adam", &opt)], &history)?;
+                return Err(TrainError::Cancelled { step });
+            }
+            let (src, tgt) = batch(&self.data, h.seed, step as u64, h.batch as i64);
+            let (t_out, t_feats) = tch::no_grad(|| tch::autocast(amp, || teacher.forward_with_features(&src)));
+            let (s_out, s_feats) = tch::autocast(amp, || s.forward_with_features(&src));
+            let (t_out, s_out) = (t_out.to_kind(Kind::Float), s_out.to_kind(Kind::Float));
+            let out_teacher = (&s_out - &t_out).abs().mean(Kind::Float);
+            let out_target = (&s_out - &tgt).abs().mean(Kind::Float);
+            let ssim_loss = 1.0 - ssim(&((&s_out + 1.0) / 2.0), &((&t_out + 1.0) / 2.0));
+            let mut features = Tensor::from(0f32).to_device(self.device);
+            for ((sf, tf), a) in s_feats.iter().zip(&t_feats).zip(&adapters) {
+                let sf = sf.to_kind(Kind::Float);
+                let tf = tf.to_kind(Kind::Float);
+                // Normalise by the teacher feature's scale so every stage counts alike.
+                let scale = tf.square().mean(Kind::Float).detach() + 1e-6;
+                features = features + (a.forward(&sf) - tf).square().mean(Kind::Float) / scale;
+            }
+            let features = features / s_feats.len() as f64;
+            let loss = (&out_teacher + &out_target * 0.5) * h.l1_weight + &ssim_loss * h.ssim_weight + &features * h.feature_weight;
+            let losses = check_finite(step, &[("out_teacher", &out_teacher), ("out_target", &out_target), ("ssim", &ssim_loss), ("features", &features), ("total", &loss)])?;
+            opt.zero_grad();
+            loss.backward();
+            opt.step();
+            let beta = h.ema_beta.min((1.0 + step as f64) / (10.0 + step as f64));
+            ema_update(&ema_vs, &s_vs, beta);
+            history.push(names.iter().map(|n| losses[*n]).collect());
+            self.report_progress(progress, step, &losses);
+            if (step + 1) % h.checkpoint_every == 0 && step + 1 < h.steps {
+                self.save_checkpoint(step + 1, &[("s.", &s_vs), ("ema.", &ema_vs), ("a.", &a_vs)], &[("adam", &opt)], &history)?;
+            }
+        }
+        let mut files = BTreeMap::new();
+        let weights = self.job.out_dir.join("weights.safetensors");
+        write_safetensors_atomic(&named_vars(&ema_vs, ""), &weights)?;
+        files.insert("weights".into(), weights);
+        let mut metrics = self.eval_metrics(&ema, Some(&teacher))?;
+        metrics.insert("steps_per_s".into(), serde_json::json!(round3((h.steps - self.start_step) as f64 / self.started.elapsed().as_secs_f64().max(1e-9))));
+        self.write_curves(&names, &history, "student", &mut files)?;
+        self.write_samples(&ema, Some(&teacher), &mut files)?;
+        Ok(TrainReport { metrics, files })
+    }
+
+    fn eval_metrics(&self, net: &Accordion, teacher: Option<&Accordion>) -> Result<serde_json::Map<String, serde_json::Value>, TrainError> {
+        let (src, tgt) = (&self.data.hold_src, &self.data.hold_tgt);
+        let to01 = |t: &Tensor| (t.to_kind(Kind::Float).clamp(-1.0, 1.0) + 1.0) / 2.0;
+        let out = tch::no_grad(|| net.forward(src));
+        let mut m = serde_json::Map::new();
+        m.insert("psnr_db".into(), serde_json::json!(round3(psnr_db(&to01(&out), &to01(tgt)))));
+        m.insert("ssim".into(), serde_json::json!(round4(tch::no_grad(|| ssim(&to01(&out), &to01(tgt))).double_value(&[]))));
+        m.insert("identity_psnr_db".into(), serde_json::json!(round3(psnr_db(&to01(src), &to01(tgt)))));
+        m.insert("holdout_items".into(), serde_json::json!(self.job.pairs.iter().filter(|p| p.holdout).count()));
+        m.insert("params".into(), serde_json::json!(crate::nn::accordion::count_params(self.job.arch)));
+        m.insert("macs_512".into(), serde_json::json!(crate::nn::accordion::macs(self.job.arch, 512, 512)));
+        m.insert("flicker_ratio".into(), serde_json::json!(round3(flicker_ratio(net, &src.narrow(0, 0, 1)))));
+        if let Some(t) = teacher {
+            let t_out = tch::no_grad(|| t.forward(src));
+            m.insert("psnr_vs_teacher_db".into(), serde_json::json!(round3(psnr_db(&to01(&out), &to01(&t_out)))));
+            m.insert("teacher_psnr_db".into(), serde_json::json!(round3(psnr_db(&to01(&t_out), &to01(tgt)))));
+        }
+        Ok(m)
+    }
+
+    fn write_curves(&self, names: &[&str], history: &[Vec<f64>], title: &str, files: &mut BTreeMap<String, PathBuf>) -> Result<(), TrainError> {
+        let csv_path = self.job.out_dir.join("loss.csv");
+        let mut csv = format!("step,{}\n", names.join(","));
+        for (i, row) in history.iter().enumerate() {
+            csv.push_str(&format!("{},{}\n", i + 1, row.iter().map(|v| format!("{v:.6}")).collect::<Vec<_>>().join(",")));
+        }
+        std::fs::write(&csv_path, csv).map_err(|source| TrainError::Io { path: csv_path.clone(), source })?;
+        files.insert("loss.csv".into(), csv_path);
+        let series: Vec<(String, Vec<f64>)> = names.iter().enumerate().map(|(k, n)| (n.to_string(), history.iter().map(|r| r[k]).collect())).collect();
+        let png = self.job.out_dir.join("loss.png");
+        plot::loss_plot(&format!("{title} losses"), &series, 640, 360).save(&png).map_err(|e| TrainError::Io { path: png.clone(), source: std::io::Error::other(e) })?;
+        files.insert("loss.png".into(), png);
+        Ok(())
+    }
+
+    fn write_samples(&self, net: &Accordion, teacher: Option<&Accordion>, files: &mut BTreeMap<String, PathBuf>) -> Result<(), TrainError> {
+        let n = self.data.hold_src.size()[0].min(6);
+        let src = self.data.hold_src.narrow(0, 0, n);
+        let out = tch::no_grad(|| net.forward(&src));
+        let t_out = teacher.map(|t| tch::no_grad(|| t.forward(&src)));
+        let mut rows = Vec::new();
+        for i in 0..n {
+            let mut row = vec![to_image(&src.get(i)), to_image(&self.data.hold_tgt.get(i))];
+            if let Some(t) = &t_out {
+                row.push(to_image(&t.get(i)));
+            }
+            row.push(to_image(&out.get(i)));
+            rows.push(row);
+        }
+        let titles: Vec<&str> = if teacher.is_some() { vec!["source", "target", "teacher", "student"] } else { vec!["source", "target", "output"] };
+        let sheet = crate::stages::imaging::contact_sheet::contact_sheet(&rows, &titles, 128);
+        let path = self.job.out_dir.join("samples.png");
+        sheet.save(&path).map_err(|e| TrainError::Io { path: path.clone(), source: std::io::Error::other(e) })?;
+        files.insert("samples.png".into(), path);
+        Ok(())
+    }
+}
+
+fn round3(v: f64) -> f64 {
+    (v * 1000.0).round() / 1000.0
+}
+
+fn round4(v: f64) -> f64 {
+    (v * 10000.0).round() / 10000.0
+}

@@ -1,0 +1,55 @@
+//! The tensor worker: the only effectc process that loads libtorch. A stage writes a job
+//! (JSON) and runs `effectc-nn train JOB.json`; progress comes back as JSON lines on
+//! stdout (`{"progress": ...}`), then `{"report": ...}`. Exit codes: 0 done, 1 the
+//! recipe's or data's fault, 3 the machine's, 130 cancelled (SIGINT/SIGTERM: a
+//! checkpoint is saved first).
+
+use effectc::train::{self, TrainError, TrainJob};
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.len() != 3 || args[1] != "train" {
+        eprintln!("usage: effectc-nn train JOB.json");
+        std::process::exit(2);
+    }
+    let job: TrainJob = match std::fs::read(&args[2]).map_err(|e| e.to_string()).and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string())) {
+        Ok(j) => j,
+        Err(e) => {
+            eprintln!("effectc-nn: cannot read job {}: {e}", args[2]);
+            std::process::exit(2);
+        }
+    };
+    let cancel = Arc::new(AtomicBool::new(false));
+    {
+        let cancel = cancel.clone();
+        let _ = ctrlc::set_handler(move || cancel.store(true, Ordering::SeqCst));
+    }
+    let mut last = Instant::now();
+    let mut progress = |p: &train::TrainProgress| {
+        // At most ~4 lines a second, and always the last step.
+        if last.elapsed().as_millis() >= 250 || p.step == p.total_steps {
+            last = Instant::now();
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{}", serde_json::json!({ "progress": p }));
+            let _ = out.flush();
+        }
+    };
+    match train::run(&job, &mut progress, &cancel) {
+        Ok(report) => {
+            println!("{}", serde_json::json!({ "report": report }));
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            let code = match e {
+                TrainError::Cancelled { .. } => 130,
+                ref e if e.is_user_error() => 1,
+                _ => 3,
+            };
+            std::process::exit(code);
+        }
+    }
+}

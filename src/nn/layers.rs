@@ -1,0 +1,64 @@
+//! StyleGAN2 habits: equalized-learning-rate convolutions (weights stored N(0, 1) and
+//! scaled at run time by the He constant 1/sqrt(fan_in), so Adam sees every layer at the
+//! same scale) and fixed binomial blurs around resampling.
+
+use tch::{nn, Kind, Tensor};
+
+/// A conv whose weight is scaled at run time by 1/sqrt(fan_in) (equalized lr).
+#[derive(Debug)]
+pub struct EqConv {
+    pub weight: Tensor, // [out, in / groups, k, k], N(0, 1)
+    pub bias: Tensor,   // [out]
+    pub stride: i64,
+    pub padding: i64,
+    pub groups: i64,
+    pub scale: f64,
+}
+
+impl EqConv {
+    pub fn new(p: nn::Path, cin: i64, cout: i64, k: i64, stride: i64, padding: i64, groups: i64) -> EqConv {
+        let weight = p.var("weight", &[cout, cin / groups, k, k], nn::Init::Randn { mean: 0.0, stdev: 1.0 });
+        let bias = p.var("bias", &[cout], nn::Init::Const(0.0));
+        let fan_in = (cin / groups * k * k) as f64;
+        EqConv { weight, bias, stride, padding, groups, scale: 1.0 / fan_in.sqrt() }
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        x.conv2d(&(&self.weight * self.scale), Some(&self.bias), [self.stride, self.stride], [self.padding, self.padding], [1, 1], self.groups)
+    }
+
+    /// The weight as it is applied (scale folded in): what export writes.
+    pub fn effective_weight(&self) -> Tensor {
+        &self.weight * self.scale
+    }
+}
+
+/// The [1,3,3,1] FIR as a normalised 4x4 depthwise kernel, `[channels, 1, 4, 4]`.
+pub fn blur4_kernel(channels: i64) -> Tensor {
+    let k = Tensor::from_slice(&[1f32, 3.0, 3.0, 1.0]);
+    let k2 = k.outer(&k);
+    let k2 = &k2 / k2.sum(Kind::Float);
+    k2.view([1, 1, 4, 4]).repeat([channels, 1, 1, 1])
+}
+
+/// The [1,2,1] FIR as a 3x3 depthwise kernel. After a nearest x2 upsample it makes
+/// exactly StyleGAN2's [1,3,3,1] upsampling filter, centred.
+pub fn blur3_kernel(channels: i64) -> Tensor {
+    let k = Tensor::from_slice(&[1f32, 2.0, 1.0]);
+    let k2 = k.outer(&k);
+    let k2 = &k2 / k2.sum(Kind::Float);
+    k2.view([1, 1, 3, 3]).repeat([channels, 1, 1, 1])
+}
+
+/// Blur before a stride-2 conv: pad 2 each side, 4x4 [1,3,3,1] depthwise (H → H + 1).
+pub fn blur_down(x: &Tensor, kernel: &Tensor) -> Tensor {
+    let c = x.size()[1];
+    x.constant_pad_nd([2, 2, 2, 2]).conv2d(kernel, None::<Tensor>, [1, 1], [0, 0], [1, 1], c)
+}
+
+/// Nearest x2 upsample then the centred [1,2,1] blur.
+pub fn up_blur(x: &Tensor, kernel: &Tensor) -> Tensor {
+    let s = x.size();
+    let c = s[1];
+    x.upsample_nearest2d([s[2] * 2, s[3] * 2], None, None).conv2d(kernel, None::<Tensor>, [1, 1], [1, 1], [1, 1], c)
+}
