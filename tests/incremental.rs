@@ -26,6 +26,7 @@ fn teacher_style_change_reruns_pairs_but_not_sources_or_crops() {
     assert_eq!(r.ran_of_kind("crop"), 0);
     assert_eq!(r.ran_of_kind("synthetic"), 0);
     assert_eq!(r.ran_of_kind("pairs-sheet"), 1, "the sheet shows the new pairs");
+    assert_eq!(r.ran_of_kind("train-teacher"), 1, "new pairs, new teacher");
 }
 
 #[test]
@@ -37,6 +38,8 @@ fn comments_formatting_and_order_change_nothing() {
 // the same recipe, written differently
 effect "small" {
     student teacher-width=8 blocks=1 width=8   // properties reordered
+    train { checkpoint-every 10; batch 2
+        student-steps 20; teacher-steps 20 }
     teacher "procedural" {
         palette "lego-classic"
         stud-size 4
@@ -61,6 +64,8 @@ effect "photos" {
         crop "center" size=32
     }
     teacher "procedural" { stud-size 4; }
+    student width=4 blocks=1 teacher-width=4
+    train { teacher-steps 5; student-steps 5; batch 2; }
 }
 "#;
 

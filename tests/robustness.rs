@@ -38,6 +38,8 @@ effect "slow" {
     teacher "command" {
         run "sh" "-c" "sleep 0.3; cat"
     }
+    student width=4 blocks=1 teacher-width=4
+    train { teacher-steps 4; student-steps 4; batch 2; }
 }
 "#;
 
@@ -54,7 +56,7 @@ fn build_killed_mid_stage_completes_on_rerun_with_a_clean_cache() {
     assert_eq!(partial.code(), 0, "a killed build leaves no damaged entry:\n{}", partial.stdout());
     let r = p.build("slow");
     assert!(r.ran_of_kind("pairs") < 12, "pairs finished before the kill are reused");
-    assert_eq!(r.ran() + r.cached(), 12 + 12 + 12 + 1);
+    assert_eq!(r.ran() + r.cached(), 12 + 12 + 12 + 1 + 2);
     let verify = p.run(&["cache", "verify"]);
     assert_eq!(verify.code(), 0, "{}", verify.stdout());
     assert_eq!(p.build("slow").ran(), 0);
@@ -96,6 +98,6 @@ fn gc_keeps_what_recipes_reach_and_drops_the_rest() {
     p.build("small");
     let gc = p.run(&["cache", "gc"]);
     assert_eq!(gc.code(), 0);
-    assert!(gc.stdout().contains("removed 7 records"), "the 6 old pairs and the old sheet go: {}", gc.stdout());
+    assert!(gc.stdout().contains("removed 9 records"), "the 6 old pairs, the old sheet and both old trainings go: {}", gc.stdout());
     assert_eq!(p.build("small").ran(), 0, "what the recipe reaches survived");
 }

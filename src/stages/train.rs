@@ -64,7 +64,7 @@ impl TrainStage {
             gan_weight: t.gan_weight,
             r1_gamma: t.r1_gamma,
             r1_every: 16,
-            feature_weight: 1.0,
+            feature_weight: 0.1,
             ema_beta: t.ema_beta,
             checkpoint_every: t.checkpoint_every,
             seed: t.seed,

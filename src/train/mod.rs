@@ -563,3 +563,116 @@ fn round3(v: f64) -> f64 {
 fn round4(v: f64) -> f64 {
     (v * 10000.0).round() / 10000.0
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stages::imaging::{brick, synthetic};
+
+    /// libtorch shares one CPU thread pool per process: two trainings at once can split
+    /// work differently and round differently. Byte-identity holds per process (as in
+    /// the worker), so these tests train one at a time.
+    static TORCH: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    fn serial() -> std::sync::MutexGuard<'static, ()> {
+        TORCH.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Tiny brick pairs at 32 px, 2 of 8 held out.
+    fn pairs(dir: &Path) -> Vec<PairFiles> {
+        (0..8)
+            .map(|i| {
+                let src = synthetic::synthetic_portrait(5, i, 32);
+                let tgt = brick::brick_mosaic(&src, &brick::BrickStyle { stud_px: 4, ..Default::default() });
+                let (s, t) = (dir.join(format!("s{i}.png")), dir.join(format!("t{i}.png")));
+                src.save(&s).unwrap();
+                tgt.save(&t).unwrap();
+                PairFiles { name: format!("p{i}"), source: s, target: t, holdout: i >= 6 }
+            })
+            .collect()
+    }
+
+    fn job(dir: &Path, steps: u32, lr: f64) -> TrainJob {
+        TrainJob {
+            role: "teacher".into(),
+            arch: AccordionConfig { width: 8, blocks: 1 },
+            teacher: None,
+            pairs: pairs(dir),
+            hyper: Hyper { steps, batch: 2, lr, l1_weight: 1.0, ssim_weight: 0.5, gan_weight: 0.05, r1_gamma: 1.0, r1_every: 4, feature_weight: 1.0, ema_beta: 0.99, checkpoint_every: 5, seed: 9 },
+            device: "cpu".into(),
+            checkpoint_dir: dir.join("ckpt"),
+            out_dir: dir.join("out"),
+        }
+    }
+
+    #[test]
+    fn an_interrupted_run_resumes_to_byte_identical_weights() {
+        let _one_at_a_time = serial();
+        let whole = tempfile::tempdir().unwrap();
+        let j = job(whole.path(), 14, 0.002);
+        run(&j, &mut |_| {}, &AtomicBool::new(false)).unwrap();
+        let reference = std::fs::read(j.out_dir.join("weights.safetensors")).unwrap();
+
+        let split = tempfile::tempdir().unwrap();
+        let j2 = job(split.path(), 14, 0.002);
+        let cancel = AtomicBool::new(false);
+        let err = run(&j2, &mut |p| if p.step == 8 { cancel.store(true, Ordering::SeqCst) }, &cancel).unwrap_err();
+        assert!(matches!(err, TrainError::Cancelled { step: 8 }), "{err}");
+        assert!(j2.checkpoint_dir.join("checkpoint.safetensors").is_file(), "cancel leaves a checkpoint");
+        run(&j2, &mut |_| {}, &AtomicBool::new(false)).unwrap();
+        let resumed = std::fs::read(j2.out_dir.join("weights.safetensors")).unwrap();
+        assert!(resumed == reference, "resumed weights differ from an uninterrupted run");
+        let csv = std::fs::read_to_string(j2.out_dir.join("loss.csv")).unwrap();
+        assert_eq!(csv.lines().count(), 15, "the loss history survives the interruption");
+    }
+
+    #[test]
+    fn a_diverging_lr_stops_with_the_step_and_term_and_keeps_the_checkpoint() {
+        let _one_at_a_time = serial();
+        let dir = tempfile::tempdir().unwrap();
+        // lr 500 overflows at step 1 here (lr 5 and 50 only saturate the tanh).
+        let mut j = job(dir.path(), 40, 500.0);
+        j.hyper.checkpoint_every = 1;
+        let err = run(&j, &mut |_| {}, &AtomicBool::new(false)).unwrap_err();
+        let TrainError::Diverged { step, ref term, .. } = err else { panic!("expected divergence, got {err}") };
+        assert!(step >= 1, "diverged at step {step}");
+        let msg = err.to_string();
+        assert!(msg.contains(&format!("step {step}")) && msg.contains(term.as_str()), "{msg}");
+        assert!(j.checkpoint_dir.join("checkpoint.safetensors").is_file(), "the last good checkpoint is kept");
+        assert!(!j.out_dir.join("weights.safetensors").exists(), "no weights from a diverged run");
+    }
+
+    #[test]
+    fn ir_lowering_computes_what_the_net_computes() {
+        let _one_at_a_time = serial();
+        let vs = nn::VarStore::new(Device::Cpu);
+        let net = Accordion::new(&vs.root(), AccordionConfig { width: 4, blocks: 2 });
+        tch::manual_seed(1);
+        // Non-zero biases so the lowering of biases is checked too.
+        tch::no_grad(|| {
+            for (_, mut v) in vs.variables() {
+                let _ = v.g_add_(&(Tensor::randn_like(&v) * 0.1));
+            }
+        });
+        let x = Tensor::rand([1, 3, 32, 32], (Kind::Float, Device::Cpu)) * 2.0 - 1.0;
+        let expected = tch::no_grad(|| net.forward(&x));
+        let graph = net.to_ir([1, 3, 32, 32]);
+        let input = Vec::<f32>::try_from(&x.view([-1])).unwrap();
+        let values = graph.eval(&input).unwrap();
+        let out = &values.last().unwrap().2;
+        let exp = Vec::<f32>::try_from(&expected.view([-1])).unwrap();
+        let max_diff = out.iter().zip(&exp).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(max_diff < 1e-4, "IR and tch differ by {max_diff}");
+        let learned: u64 = graph.nodes.iter().filter(|n| !n.name.ends_with(".blur")).map(|n| match &n.op {
+            crate::export::ir::Op::Conv2d { weight, bias, .. } => (weight.len() + bias.len()) as u64,
+            _ => 0,
+        }).sum();
+        assert_eq!(learned, vs.trainable_variables().iter().map(|t| t.numel() as u64).sum::<u64>(), "every learned weight reaches the IR");
+    }
+
+    #[test]
+    fn the_default_student_fits_the_phone_budget() {
+        let macs = crate::nn::accordion::macs(AccordionConfig { width: 32, blocks: 6 }, 512, 512);
+        assert!(macs <= 5_000_000_000, "width 32 costs {macs} MACs at 512x512");
+    }
+}

@@ -113,6 +113,7 @@ effect "small" {
         palette "lego-classic"
     }
     student width=8 blocks=1 teacher-width=8
+    train { teacher-steps 20; student-steps 20; batch 2; checkpoint-every 10; }
 }
 "#;
 
