@@ -6,22 +6,8 @@
 
 use super::layers::{blur3_kernel, blur4_kernel, blur_down, up_blur, EqConv};
 use crate::export::ir::{Graph, Node, Op};
-use serde::{Deserialize, Serialize};
+pub use super::config::AccordionConfig;
 use tch::{nn, Device, Tensor};
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AccordionConfig {
-    pub width: i64,
-    pub blocks: i64,
-}
-
-impl AccordionConfig {
-    /// Channels at full, 1/2, 1/4 and 1/8 resolution.
-    pub fn channels(&self) -> [i64; 4] {
-        let w = self.width;
-        [w, 2 * w, 4 * w, 4 * w]
-    }
-}
 
 struct Down {
     dw: EqConv,

@@ -47,6 +47,27 @@ impl Adam {
         });
     }
 
+    /// For fp16 mixed precision: grads were computed from a loss multiplied by `1 / inv_scale`.
+    /// Unscales them; if any is inf/NaN the update is skipped and false returned (the
+    /// caller lowers the scale), as a GradScaler does.
+    pub fn step_unscaled(&mut self, inv_scale: f64) -> bool {
+        let finite = tch::no_grad(|| {
+            let mut all_finite = true;
+            for (_, p, _, _) in &self.slots {
+                let mut g = p.grad();
+                if g.defined() {
+                    let _ = g.g_mul_scalar_(inv_scale);
+                    all_finite &= g.isfinite().all().int64_value(&[]) != 0;
+                }
+            }
+            all_finite
+        });
+        if finite {
+            self.step();
+        }
+        finite
+    }
+
     /// Named state tensors for a checkpoint (`prefix.m.NAME`, `prefix.v.NAME`).
     pub fn state(&self, prefix: &str) -> Vec<(String, Tensor)> {
         let mut out = vec![(format!("{prefix}.step"), Tensor::from_slice(&[self.step]))];

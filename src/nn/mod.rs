@@ -7,8 +7,10 @@
 
 pub mod accordion;
 pub mod adam;
+pub mod config;
 pub mod discriminator;
 pub mod layers;
 pub mod metrics;
 
-pub use accordion::{Accordion, AccordionConfig};
+pub use accordion::Accordion;
+pub use config::AccordionConfig;

@@ -341,7 +341,7 @@ impl<'a> Checker<'a> {
     fn train(&mut self, node: Option<&Node>) -> Train {
         let empty = Node { name: "train".into(), name_loc: dummy_loc(), loc: dummy_loc(), args: vec![], props: vec![], children: vec![] };
         let n = node.unwrap_or(&empty);
-        let known = ["teacher-steps", "student-steps", "batch", "lr", "l1", "ssim", "gan", "r1-gamma", "ema", "checkpoint-every", "seed"];
+        let known = ["teacher-steps", "student-steps", "batch", "lr", "l1", "ssim", "gan", "r1-gamma", "ema", "checkpoint-every", "seed", "shift-px"];
         self.d.known_children(n, &known);
         self.d.known_props(n, &known);
         Train {
@@ -356,6 +356,7 @@ impl<'a> Checker<'a> {
             ema_beta: self.d.setting_f64(n, "ema", 0.99, 0.0, 1.0),
             checkpoint_every: self.d.setting_u32(n, "checkpoint-every", 100, 1, 10_000_000),
             seed: self.d.setting_u64(n, "seed", 0),
+            shift_px: self.d.setting_u32(n, "shift-px", 2, 0, 64),
         }
     }
 

@@ -155,6 +155,8 @@ pub struct Train {
     pub ema_beta: f64,
     pub checkpoint_every: u32,
     pub seed: u64,
+    /// Largest random shift of the augmentation, in pixels (0 for grid-locked styles).
+    pub shift_px: u32,
 }
 
 #[derive(Clone, Debug)]

@@ -4,10 +4,10 @@
 //! turns its exit into a result. Interrupting it leaves a checkpoint in the cache that
 //! the next build of the same key resumes from.
 
-use crate::nn::AccordionConfig;
+use crate::nn::config::AccordionConfig;
 use crate::plan::{Params, Progress, Resource, RunContext, RunOutput, Stage, StageError};
 use crate::recipe::{Student, Train};
-use crate::train::{Hyper, PairFiles, TrainJob};
+use crate::train::job::{Hyper, PairFiles, TrainJob, TrainReport};
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -68,6 +68,7 @@ impl TrainStage {
             ema_beta: t.ema_beta,
             checkpoint_every: t.checkpoint_every,
             seed: t.seed,
+            shift_px: t.shift_px,
         }
     }
 }
@@ -97,6 +98,7 @@ impl Stage for TrainStage {
             ("train.ema".into(), format!("{:?}", t.ema_beta)),
             ("train.checkpoint-every".into(), t.checkpoint_every.to_string()),
             ("train.seed".into(), t.seed.to_string()),
+            ("train.shift-px".into(), t.shift_px.to_string()),
         ]);
         match self.role {
             Role::Teacher => {
@@ -180,7 +182,7 @@ impl Stage for TrainStage {
                         let losses = p["losses"].as_object().map(|m| m.iter().filter(|(k, _)| *k != "total").map(|(k, v)| format!("{k} {:.3}", v.as_f64().unwrap_or(0.0))).collect::<Vec<_>>().join(" ")).unwrap_or_default();
                         progress(Progress { done: p["step"].as_u64().unwrap_or(0), total: p["total_steps"].as_u64().unwrap_or(0), message: format!("{losses} | {:.1} steps/s", p["steps_per_s"].as_f64().unwrap_or(0.0)) });
                     } else if let Some(r) = v.get("report") {
-                        report = serde_json::from_value::<crate::train::TrainReport>(r.clone()).ok();
+                        report = serde_json::from_value::<TrainReport>(r.clone()).ok();
                     }
                 }
             }

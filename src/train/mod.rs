@@ -5,59 +5,21 @@
 //! (seed, step), and the whole state (weights, EMA, discriminator, Adam moments, loss
 //! history) is checkpointed, so an interrupted run resumes to byte-identical weights on CPU.
 
+pub mod job;
 pub mod plot;
+
+pub use job::{Hyper, PairFiles, TrainJob, TrainProgress, TrainReport};
 
 use crate::nn::adam::Adam;
 use crate::nn::discriminator::PatchDiscriminator;
 use crate::nn::layers::EqConv;
 use crate::nn::metrics::{psnr_db, ssim};
 use crate::nn::{Accordion, AccordionConfig};
-use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 use tch::{nn, Device, Kind, Tensor};
-
-/// One pair of the dataset: PNGs at the training resolution.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct PairFiles {
-    pub name: String,
-    pub source: PathBuf,
-    pub target: PathBuf,
-    pub holdout: bool,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Hyper {
-    pub steps: u32,
-    pub batch: u32,
-    pub lr: f64,
-    pub l1_weight: f64,
-    pub ssim_weight: f64,
-    pub gan_weight: f64,
-    pub r1_gamma: f64,
-    pub r1_every: u32,
-    pub feature_weight: f64,
-    pub ema_beta: f64,
-    pub checkpoint_every: u32,
-    pub seed: u64,
-}
-
-/// What the worker is asked to do (written as JSON by the stage, read by `effectc-nn`).
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct TrainJob {
-    /// `teacher` or `student`.
-    pub role: String,
-    pub arch: AccordionConfig,
-    /// For the student: the trained teacher's weights and architecture.
-    pub teacher: Option<(PathBuf, AccordionConfig)>,
-    pub pairs: Vec<PairFiles>,
-    pub hyper: Hyper,
-    pub device: String,
-    pub checkpoint_dir: PathBuf,
-    pub out_dir: PathBuf,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
@@ -80,21 +42,6 @@ impl TrainError {
     pub fn is_user_error(&self) -> bool {
         matches!(self, TrainError::Diverged { .. } | TrainError::BadInput { .. } | TrainError::Device(_))
     }
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct TrainProgress {
-    pub step: u32,
-    pub total_steps: u32,
-    pub losses: BTreeMap<String, f64>,
-    pub steps_per_s: f64,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct TrainReport {
-    pub metrics: serde_json::Map<String, serde_json::Value>,
-    /// Output name → file in the job's out_dir.
-    pub files: BTreeMap<String, PathBuf>,
 }
 
 pub fn parse_device(text: &str) -> Result<Device, TrainError> {
@@ -190,7 +137,7 @@ fn load_data(pairs: &[PairFiles], device: Device) -> Result<Data, TrainError> {
 }
 
 /// A deterministic augmented batch: the same flip, shift and colour jitter for source and target.
-fn batch(data: &Data, seed: u64, step: u64, size: i64) -> (Tensor, Tensor) {
+fn batch(data: &Data, seed: u64, step: u64, size: i64, shift_px: u32) -> (Tensor, Tensor) {
     let n = data.train_src.size()[0] as u64;
     let (h, w) = (data.train_src.size()[2], data.train_src.size()[3]);
     let (mut ss, mut tt) = (vec![], vec![]);
@@ -203,10 +150,13 @@ fn batch(data: &Data, seed: u64, step: u64, size: i64) -> (Tensor, Tensor) {
             s = s.flip([3]);
             t = t.flip([3]);
         }
-        let dy = (unit(seed, step, salt + 2) * 5.0) as i64; // 0..=4 = shift -2..=2
-        let dx = (unit(seed, step, salt + 3) * 5.0) as i64;
-        s = s.reflection_pad2d([2, 2, 2, 2]).narrow(2, dy, h).narrow(3, dx, w);
-        t = t.reflection_pad2d([2, 2, 2, 2]).narrow(2, dy, h).narrow(3, dx, w);
+        if shift_px > 0 {
+            let m = shift_px as i64;
+            let dy = (unit(seed, step, salt + 2) * (2 * m + 1) as f64) as i64; // 0..=2m = shift -m..=m
+            let dx = (unit(seed, step, salt + 3) * (2 * m + 1) as f64) as i64;
+            s = s.reflection_pad2d([m, m, m, m]).narrow(2, dy, h).narrow(3, dx, w);
+            t = t.reflection_pad2d([m, m, m, m]).narrow(2, dy, h).narrow(3, dx, w);
+        }
         let gain = 0.95 + 0.1 * unit(seed, step, salt + 4);
         let offset = -0.05 + 0.1 * unit(seed, step, salt + 5);
         s = (s * gain + offset).clamp(-1.0, 1.0);
@@ -260,6 +210,38 @@ fn flicker_ratio(net: &Accordion, image: &Tensor) -> f64 {
         let diff = |x: &Tensor| (x.narrow(0, 1, 7) - x.narrow(0, 0, 7)).abs().mean(Kind::Float).double_value(&[]);
         diff(&out) / diff(&src).max(1e-9)
     })
+}
+
+/// Dynamic loss scaling for fp16 autocast on CUDA (a no-op on CPU, where we train in fp32).
+struct LossScaler {
+    enabled: bool,
+    scale: f64,
+    good_steps: u32,
+}
+
+impl LossScaler {
+    fn new(enabled: bool) -> LossScaler {
+        LossScaler { enabled, scale: 16384.0, good_steps: 0 }
+    }
+
+    /// Backward and update; on overflow skip the update and halve the scale.
+    fn backward_step(&mut self, loss: &Tensor, opt: &mut Adam) {
+        opt.zero_grad();
+        if !self.enabled {
+            loss.backward();
+            opt.step();
+            return;
+        }
+        (loss * self.scale).backward();
+        if opt.step_unscaled(1.0 / self.scale) {
+            self.good_steps += 1;
+            if self.good_steps % 500 == 0 {
+                self.scale *= 2.0;
+            }
+        } else {
+            self.scale = (self.scale / 2.0).max(1.0);
+        }
+    }
 }
 
 struct Trainer<'a> {
@@ -377,19 +359,18 @@ impl Trainer<'_> {
         let mut history: Vec<Vec<f64>> = Vec::new();
         self.load_checkpoint(&mut [("g.", &mut g_vs), ("ema.", &mut ema_vs), ("d.", &mut d_vs)], &mut [("adam_g", &mut opt_g), ("adam_d", &mut opt_d)], &mut history)?;
         let names = ["l1", "ssim", "g_adv", "d", "r1"];
-        let amp = self.device.is_cuda();
+        let amp = self.device.is_cuda() && std::env::var_os("EFFECTC_NO_AMP").is_none();
+        let mut scaler = LossScaler::new(amp);
         for step in self.start_step..h.steps {
             if cancel.load(Ordering::SeqCst) {
                 self.save_checkpoint(step, &[("g.", &g_vs), ("ema.", &ema_vs), ("d.", &d_vs)], &[("adam_g", &opt_g), ("adam_d", &opt_d)], &history)?;
                 return Err(TrainError::Cancelled { step });
             }
-            let (src, tgt) = batch(&self.data, h.seed, step as u64, h.batch as i64);
+            let (src, tgt) = batch(&self.data, h.seed, step as u64, h.batch as i64, h.shift_px);
             // Discriminator: non-saturating logistic loss, lazy R1 every r1_every steps.
             let fake = tch::autocast(amp, || g.forward(&src)).to_kind(Kind::Float);
             let d_loss = tch::autocast(amp, || d.forward(&src, &fake.detach()).softplus().mean(Kind::Float) + (-d.forward(&src, &tgt)).softplus().mean(Kind::Float)).to_kind(Kind::Float);
-            opt_d.zero_grad();
-            d_loss.backward();
-            opt_d.step();
+            scaler.backward_step(&d_loss, &mut opt_d);
             // Between lazy R1 steps the curve shows the last value measured.
             let mut r1 = Tensor::from(history.last().map(|r| r[4]).unwrap_or(0.0) as f32);
             if h.r1_gamma > 0.0 && step % h.r1_every == 0 {
@@ -397,9 +378,7 @@ impl Trainer<'_> {
                 let out = d.forward(&src, &real);
                 let grad = Tensor::run_backward(&[out.sum(Kind::Float)], &[&real], true, true).remove(0);
                 r1 = grad.square().sum_dim_intlist([1i64, 2, 3].as_slice(), false, Kind::Float).mean(Kind::Float) * (h.r1_gamma / 2.0);
-                opt_d.zero_grad();
-                (&r1 * h.r1_every as f64).backward();
-                opt_d.step();
+                scaler.backward_step(&(&r1 * h.r1_every as f64), &mut opt_d);
             }
             // Generator: reconstruction (L1 + SSIM) plus the adversarial term.
             let g_adv = tch::autocast(amp, || (-d.forward(&src, &fake)).softplus().mean(Kind::Float)).to_kind(Kind::Float);
@@ -407,9 +386,7 @@ impl Trainer<'_> {
             let ssim_loss = 1.0 - ssim(&((&fake + 1.0) / 2.0), &((&tgt + 1.0) / 2.0));
             let g_loss = &l1 * h.l1_weight + &ssim_loss * h.ssim_weight + &g_adv * h.gan_weight;
             let losses = check_finite(step, &[("l1", &l1), ("ssim", &ssim_loss), ("g_adv", &g_adv), ("d", &d_loss), ("r1", &r1), ("total", &g_loss)])?;
-            opt_g.zero_grad();
-            g_loss.backward();
-            opt_g.step();
+            scaler.backward_step(&g_loss, &mut opt_g);
             // EMA with a warm-up, so short runs are not dominated by the initial weights.
             let beta = h.ema_beta.min((1.0 + step as f64) / (10.0 + step as f64));
             ema_update(&ema_vs, &g_vs, beta);
@@ -452,13 +429,14 @@ impl Trainer<'_> {
         let mut history: Vec<Vec<f64>> = Vec::new();
         self.load_checkpoint(&mut [("s.", &mut s_vs), ("ema.", &mut ema_vs), ("a.", &mut a_vs)], &mut [("adam", &mut opt)], &mut history)?;
         let names = ["out_teacher", "out_target", "ssim", "features"];
-        let amp = self.device.is_cuda();
+        let amp = self.device.is_cuda() && std::env::var_os("EFFECTC_NO_AMP").is_none();
+        let mut scaler = LossScaler::new(amp);
         for step in self.start_step..h.steps {
             if cancel.load(Ordering::SeqCst) {
                 self.save_checkpoint(step, &[("s.", &s_vs), ("ema.", &ema_vs), ("a.", &a_vs)], &[("adam", &opt)], &history)?;
                 return Err(TrainError::Cancelled { step });
             }
-            let (src, tgt) = batch(&self.data, h.seed, step as u64, h.batch as i64);
+            let (src, tgt) = batch(&self.data, h.seed, step as u64, h.batch as i64, h.shift_px);
             let (t_out, t_feats) = tch::no_grad(|| tch::autocast(amp, || teacher.forward_with_features(&src)));
             let (s_out, s_feats) = tch::autocast(amp, || s.forward_with_features(&src));
             let (t_out, s_out) = (t_out.to_kind(Kind::Float), s_out.to_kind(Kind::Float));
@@ -476,9 +454,7 @@ impl Trainer<'_> {
             let features = features / s_feats.len() as f64;
             let loss = (&out_teacher + &out_target * 0.5) * h.l1_weight + &ssim_loss * h.ssim_weight + &features * h.feature_weight;
             let losses = check_finite(step, &[("out_teacher", &out_teacher), ("out_target", &out_target), ("ssim", &ssim_loss), ("features", &features), ("total", &loss)])?;
-            opt.zero_grad();
-            loss.backward();
-            opt.step();
+            scaler.backward_step(&loss, &mut opt);
             let beta = h.ema_beta.min((1.0 + step as f64) / (10.0 + step as f64));
             ema_update(&ema_vs, &s_vs, beta);
             history.push(names.iter().map(|n| losses[*n]).collect());
@@ -598,7 +574,7 @@ mod tests {
             arch: AccordionConfig { width: 8, blocks: 1 },
             teacher: None,
             pairs: pairs(dir),
-            hyper: Hyper { steps, batch: 2, lr, l1_weight: 1.0, ssim_weight: 0.5, gan_weight: 0.05, r1_gamma: 1.0, r1_every: 4, feature_weight: 1.0, ema_beta: 0.99, checkpoint_every: 5, seed: 9 },
+            hyper: Hyper { steps, batch: 2, lr, l1_weight: 1.0, ssim_weight: 0.5, gan_weight: 0.05, r1_gamma: 1.0, r1_every: 4, feature_weight: 1.0, ema_beta: 0.99, checkpoint_every: 5, seed: 9, shift_px: 2 },
             device: "cpu".into(),
             checkpoint_dir: dir.join("ckpt"),
             out_dir: dir.join("out"),

@@ -1,0 +1,65 @@
+//! The training job and its report: what a stage sends to the `effectc-nn` worker and
+//! gets back. Plain data with no libtorch in sight, so the CLI links without libtorch.
+
+use crate::nn::AccordionConfig;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// One pair of the dataset: PNGs at the training resolution.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PairFiles {
+    pub name: String,
+    pub source: PathBuf,
+    pub target: PathBuf,
+    pub holdout: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Hyper {
+    pub steps: u32,
+    pub batch: u32,
+    pub lr: f64,
+    pub l1_weight: f64,
+    pub ssim_weight: f64,
+    pub gan_weight: f64,
+    pub r1_gamma: f64,
+    pub r1_every: u32,
+    pub feature_weight: f64,
+    pub ema_beta: f64,
+    pub checkpoint_every: u32,
+    pub seed: u64,
+    /// Largest random shift in pixels (the same for source and target).
+    pub shift_px: u32,
+}
+
+/// What the worker is asked to do (written as JSON by the stage, read by `effectc-nn`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TrainJob {
+    /// `teacher` or `student`.
+    pub role: String,
+    pub arch: AccordionConfig,
+    /// For the student: the trained teacher's weights and architecture.
+    pub teacher: Option<(PathBuf, AccordionConfig)>,
+    pub pairs: Vec<PairFiles>,
+    pub hyper: Hyper,
+    pub device: String,
+    pub checkpoint_dir: PathBuf,
+    pub out_dir: PathBuf,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TrainProgress {
+    pub step: u32,
+    pub total_steps: u32,
+    pub losses: BTreeMap<String, f64>,
+    pub steps_per_s: f64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TrainReport {
+    pub metrics: serde_json::Map<String, serde_json::Value>,
+    /// Output name → file in the job's out_dir.
+    pub files: BTreeMap<String, PathBuf>,
+}
+
