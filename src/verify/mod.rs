@@ -1,1 +1,7 @@
-//! verify
+//! Verification: run each written artifact (with tract, or for CoreML by decoding it
+//! back) and compare its output with the reference; measure latency and size.
+pub mod compare;
+pub mod tract_run;
+
+pub use compare::{compare, Comparison, Thresholds};
+pub use tract_run::{Latency, RunError, TractModel};
