@@ -26,9 +26,7 @@ pub enum Op {
     /// Concatenation along channels.
     ConcatChannels,
     /// Nearest-neighbour upsampling by an integer factor on H and W.
-    UpsampleNearest {
-        factor: usize,
-    },
+    UpsampleNearest { factor: usize },
     Tanh,
     Sigmoid,
 }
