@@ -4,3 +4,4 @@ pub mod ir;
 pub mod onnx;
 pub mod quantize;
 pub mod sample;
+pub mod tflite;

@@ -38,6 +38,59 @@ pub struct TractModel {
     layout: Layout,
     input_shape_nchw: [usize; 4],
     input_dt: DatumType,
+    /// An int8 TANH / LOGISTIC producing the output, run here as LiteRT runs it.
+    tail: Option<Tail>,
+}
+
+/// tract requantizes an int8 TANH / LOGISTIC onto its *input's* grid, LiteRT (and
+/// NNAPI) onto the output tensor's fixed grid (1/128 or 1/256) through a 256-entry
+/// table. So that the verified numbers are LiteRT's, the model handed to tract stops
+/// before that last op and this table does it: dequantize, apply, round onto the
+/// output tensor's grid.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Tail {
+    sigmoid: bool,
+    out_scale: f32,
+    out_zero_point: i32,
+}
+
+impl Tail {
+    fn apply(&self, x: f32) -> f32 {
+        let y = if self.sigmoid {
+            1.0 / (1.0 + (-x).exp())
+        } else {
+            x.tanh()
+        };
+        let q = ((y / self.out_scale).round() as i32 + self.out_zero_point).clamp(-128, 127);
+        (q - self.out_zero_point) as f32 * self.out_scale
+    }
+}
+
+/// The int8 TANH / LOGISTIC that produces the subgraph output, if any: (its output
+/// tensor's name, the tail).
+fn int8_tail(bytes: &[u8]) -> Option<(String, Tail)> {
+    use crate::export::tflite::{parse, BuiltinOperator, TensorType};
+    let desc = parse(bytes).ok()?;
+    let out = *desc.outputs.first()?;
+    let op = desc.ops.iter().find(|o| o.outputs.contains(&out))?;
+    let sigmoid = match op.code {
+        BuiltinOperator::TANH => false,
+        BuiltinOperator::LOGISTIC => true,
+        _ => return None,
+    };
+    let t = &desc.tensors[out as usize];
+    let q = t.quant.as_ref()?;
+    if t.dtype != TensorType::INT8 || q.scale.len() != 1 {
+        return None;
+    }
+    Some((
+        t.name.clone(),
+        Tail {
+            sigmoid,
+            out_scale: q.scale[0],
+            out_zero_point: q.zero_point[0] as i32,
+        },
+    ))
 }
 
 fn load_err(artifact: &str) -> impl Fn(TractError) -> RunError + '_ {
@@ -61,11 +114,22 @@ impl TractModel {
     /// A TFLite model with a float32 or int8 input (the int8 core of a shipped file).
     pub fn tflite(bytes: &[u8], input_shape_nchw: [usize; 4]) -> Result<Self, RunError> {
         let artifact = "TFLite model";
-        let model = tract_tflite::tflite()
+        let mut model = tract_tflite::tflite()
             .model_for_read(&mut &bytes[..])
-            .and_then(|m| m.into_optimized())
             .map_err(load_err(artifact))?;
-        Self::from_typed(artifact, model, Layout::Nhwc, input_shape_nchw)
+        let mut tail = None;
+        if let Some((name, t)) = int8_tail(bytes) {
+            // Cut before the activation tract would requantize differently.
+            if let Some(node) = model.nodes().iter().find(|n| n.name == name) {
+                let pre = node.inputs[0];
+                model.select_output_outlets(&[pre]).map_err(load_err(artifact))?;
+                tail = Some(t);
+            }
+        }
+        let model = model.into_optimized().map_err(load_err(artifact))?;
+        let mut m = Self::from_typed(artifact, model, Layout::Nhwc, input_shape_nchw)?;
+        m.tail = tail;
+        Ok(m)
     }
 
     fn from_typed(
@@ -86,6 +150,7 @@ impl TractModel {
             layout,
             input_shape_nchw,
             input_dt,
+            tail: None,
         })
     }
 
@@ -163,7 +228,11 @@ impl TractModel {
                 .try_as_plain_ram()
                 .and_then(|r| r.as_slice::<i32>().map(|s| s.to_vec()))
                 .map_err(run_err)?;
-            raw.iter().map(|q| (q - zp) as f32 * scale).collect()
+            let deq = raw.iter().map(|q| (q - zp) as f32 * scale);
+            match &self.tail {
+                Some(tail) => deq.map(|x| tail.apply(x)).collect(),
+                None => deq.collect(),
+            }
         } else {
             let f = out.cast_to::<f32>().map_err(run_err)?.into_owned();
             f.try_as_plain_ram()
