@@ -1,4 +1,5 @@
 //! Export: the graph IR and the ONNX / TFLite / CoreML writers.
+pub mod coreml;
 pub mod interp;
 pub mod ir;
 pub mod onnx;

@@ -1,6 +1,7 @@
 //! Verification: run each written artifact (with tract, or for CoreML by decoding it
 //! back) and compare its output with the reference; measure latency and size.
 pub mod compare;
+pub mod coreml;
 pub mod tract_run;
 
 pub use compare::{compare, Comparison, Thresholds};
