@@ -87,6 +87,12 @@ pub fn write_f32(path: &Path, shape: &[usize], data: &[f32]) -> Result<(), NpyEr
     let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(werr)?;
     tmp.write_all(&bytes).map_err(werr)?;
     tmp.as_file().sync_all().map_err(werr)?;
+    // tempfile creates 0600; bundle inputs are ordinary readable files.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o644)).map_err(werr)?;
+    }
     tmp.persist(path).map_err(|e| werr(e.error))?;
     Ok(())
 }

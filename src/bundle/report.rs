@@ -158,6 +158,12 @@ pub fn write_html(manifest: &Value, contact_sheet: Option<&str>, out: &Path) -> 
         .unwrap_or(Path::new("."));
     let tmp = tempfile::NamedTempFile::new_in(dir).map_err(werr)?;
     std::fs::write(tmp.path(), render(manifest, contact_sheet)).map_err(werr)?;
+    // tempfile creates 0600; bundle inputs are ordinary readable files.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o644)).map_err(werr)?;
+    }
     tmp.persist(out).map_err(|e| werr(e.error))?;
     Ok(())
 }

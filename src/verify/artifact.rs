@@ -400,3 +400,75 @@ mod tests {
         assert!(!swapped.passed && swapped.failures.iter().any(|f| f.contains("shipped")));
     }
 }
+
+/// Writes sample artifacts and the reference input/output for checking with other
+/// runtimes by hand (onnxruntime, LiteRT, coremltools):
+/// `EFFECTC_DUMP_DIR=/tmp/x cargo test --lib dump_samples -- --ignored`.
+#[cfg(test)]
+mod dump {
+    use crate::bundle::npy;
+    use crate::export::coreml::{write_mlmodel, write_mlpackage, CoremlOptions, WeightPrecision};
+    use crate::export::interp::eval;
+    use crate::export::onnx::{self, OnnxPrecision};
+    use crate::export::quantize::{calibrate, ActivationType, CalibrationMethod};
+    use crate::export::sample::{image_like, student_like};
+    use crate::export::tflite::{self, TflitePrecision};
+
+    #[test]
+    #[ignore]
+    fn dump_samples() {
+        let dir = std::path::PathBuf::from(std::env::var("EFFECTC_DUMP_DIR").expect("set EFFECTC_DUMP_DIR"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let g = student_like(8, 64, 31);
+        let input = image_like(g.input_shape, 300);
+        let reference = eval(&g, &input).unwrap().data.remove("out").unwrap();
+        npy::write_f32(&dir.join("input.npy"), &g.input_shape, &input).unwrap();
+        npy::write_f32(&dir.join("reference.npy"), &g.output_shape().unwrap(), &reference).unwrap();
+        let calib: Vec<Vec<f32>> = (0..4).map(|s| image_like(g.input_shape, 400 + s)).collect();
+        let c = calibrate(&g, &calib, CalibrationMethod::Percentile(99.99)).unwrap();
+        std::fs::write(dir.join("fp32.onnx"), onnx::write(&g, OnnxPrecision::Fp32).unwrap()).unwrap();
+        std::fs::write(dir.join("fp16.onnx"), onnx::write(&g, OnnxPrecision::Fp16).unwrap()).unwrap();
+        for (a, n) in [
+            (ActivationType::Int8, "qdq_s8.onnx"),
+            (ActivationType::Uint8, "qdq_u8.onnx"),
+        ] {
+            let b = onnx::write(
+                &g,
+                OnnxPrecision::Int8Qdq {
+                    calibration: &c,
+                    activations: a,
+                },
+            )
+            .unwrap();
+            std::fs::write(dir.join(n), b).unwrap();
+        }
+        std::fs::write(
+            dir.join("float32.tflite"),
+            tflite::write(&g, TflitePrecision::Float32).unwrap().shipped,
+        )
+        .unwrap();
+        let t8 = tflite::write(&g, TflitePrecision::Int8(&c)).unwrap();
+        std::fs::write(dir.join("int8.tflite"), t8.shipped).unwrap();
+        std::fs::write(dir.join("int8_core.tflite"), t8.core).unwrap();
+        write_mlpackage(&g, &dir.join("fp16.mlpackage"), &CoremlOptions::default()).unwrap();
+        let img = CoremlOptions {
+            image_input: true,
+            image_output: true,
+            weights: WeightPrecision::Int8,
+            ..Default::default()
+        };
+        write_mlpackage(&g, &dir.join("int8_image.mlpackage"), &img).unwrap();
+        std::fs::write(
+            dir.join("fp16_nn.mlmodel"),
+            write_mlmodel(
+                &g,
+                &CoremlOptions {
+                    image_input: true,
+                    ..Default::default()
+                },
+            )
+            .unwrap(),
+        )
+        .unwrap();
+    }
+}
