@@ -634,8 +634,8 @@ mod tests {
         let expected = tch::no_grad(|| net.forward(&x));
         let graph = net.to_ir([1, 3, 32, 32]);
         let input = Vec::<f32>::try_from(&x.view([-1])).unwrap();
-        let values = graph.eval(&input).unwrap();
-        let out = &values.last().unwrap().2;
+        let values = crate::export::interp::eval(&graph, &input).unwrap();
+        let out = values.get(&graph.output_name).unwrap();
         let exp = Vec::<f32>::try_from(&expected.view([-1])).unwrap();
         let max_diff = out.iter().zip(&exp).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
         assert!(max_diff < 1e-4, "IR and tch differ by {max_diff}");
