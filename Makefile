@@ -8,7 +8,7 @@ setup:
 
 demo: setup
 	target/release/effectc build brick
-	@echo "demo: see cache/out/brick/ for the pairs, models, report and contact sheet"
+	@echo "demo: open out/brick/bundle-report.html (contact sheet: out/brick/bundle-contact-sheet.png; bundle: out/brick/bundle-bundle.tar.gz)"
 
 test: setup
 	$(ENV) cargo test --locked -- --test-threads=2

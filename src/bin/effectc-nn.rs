@@ -12,9 +12,26 @@ use std::time::Instant;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    if args.len() != 3 || args[1] != "train" {
-        eprintln!("usage: effectc-nn train JOB.json");
+    if args.len() != 3 || !["train", "export"].contains(&args[1].as_str()) {
+        eprintln!("usage: effectc-nn train|export JOB.json");
         std::process::exit(2);
+    }
+    if args[1] == "export" {
+        let job: train::ExportJob = match std::fs::read(&args[2]).map_err(|e| e.to_string()).and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string())) {
+            Ok(j) => j,
+            Err(e) => {
+                eprintln!("effectc-nn: cannot read job {}: {e}", args[2]);
+                std::process::exit(2);
+            }
+        };
+        match train::export_student(&job) {
+            Ok(report) => println!("{}", serde_json::json!({ "report": report })),
+            Err(e) => {
+                eprintln!("{e}");
+                std::process::exit(if e.is_user_error() { 1 } else { 3 });
+            }
+        }
+        return;
     }
     let job: TrainJob = match std::fs::read(&args[2]).map_err(|e| e.to_string()).and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string())) {
         Ok(j) => j,

@@ -58,6 +58,7 @@ pub fn run(cli: Cli) -> i32 {
         Command::Explain { effect, stage } => explain(&env, &effect, &stage),
         Command::Graph { effect, dot: _ } => graph(&env, &effect),
         Command::Check { effects } => check(&env, effects),
+        Command::Release { effects, out, jobs, device } => release(&env, effects, &out, jobs, &device),
         Command::Cache { action } => cache_cmd(&env, action),
     };
     match result {
@@ -170,7 +171,10 @@ fn materialize(env: &Env, cache: &Cache, plan: &Plan, summary: &exec::BuildSumma
         let (NodeOutcome::Ran(rec) | NodeOutcome::Cached(rec)) = &summary.outcomes[i] else { continue };
         for (name, out) in &rec.outputs {
             // `train-teacher-samples.png`, `pairs-sheet-pairs.png`...
-            let dest = dir.join(format!("{}-{name}", node.id.replace('/', "-")));
+            let dest = dir.join(format!("{}-{name}", node.id.replace([':', '/'], "-")));
+            if let Some(parent) = dest.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
             let tmp = dir.join(format!(".{}.tmp", out.digest.hex()));
             std::fs::copy(cache.blob_path(&out.digest), &tmp)?;
             std::fs::rename(&tmp, &dest)?;
@@ -180,6 +184,65 @@ fn materialize(env: &Env, cache: &Cache, plan: &Plan, summary: &exec::BuildSumma
         eprintln!("outputs: {}", dir.display());
     }
     Ok(())
+}
+
+/// Builds every named effect (all by default) and writes its bundle and SHA256SUMS.
+fn release(env: &Env, mut effects: Vec<String>, out: &std::path::Path, jobs: usize, device: &str) -> Result<i32, i32> {
+    if effects.is_empty() {
+        effects = env.project.effect_names().map_err(|e| {
+            eprintln!("error: {e}");
+            EXIT_USER
+        })?;
+    }
+    // Every recipe checks before anything builds.
+    check(env, effects.clone())?;
+    let code = build(env, effects.clone(), jobs, false, device)?;
+    if code != EXIT_OK {
+        return Err(code);
+    }
+    let cache = env.cache()?;
+    let loader = Loader::new(&env.project);
+    std::fs::create_dir_all(out).map_err(|e| {
+        eprintln!("error: cannot create {}: {e}", out.display());
+        EXIT_INFRA
+    })?;
+    let mut sums = String::new();
+    let mut table = vec!["| effect | targets | student PSNR vs teacher | sizes | latency (tract, 1 thread) |".to_string(), "|---|---|---:|---|---|".to_string()];
+    for name in &effects {
+        let (recipe, plan) = plan_for(env, &cache, &loader, name)?;
+        let Some(snapshot) = cache.read_snapshot(&plan.effect).ok().flatten() else { return Err(EXIT_INFRA) };
+        let Some(entry) = snapshot.entries.get("bundle") else {
+            eprintln!("error: effect `{name}` has no bundle (it names no `target`)");
+            return Err(EXIT_USER);
+        };
+        let Some((_, tar)) = entry.outputs.iter().find(|(n, _)| n == "bundle.tar.gz") else { return Err(EXIT_INFRA) };
+        let label = recipe.version.clone().unwrap_or_else(|| plan.recipe_digest.hex()[..12].to_string());
+        let file = format!("{name}-{label}.tar.gz");
+        let dest = out.join(&file);
+        let tmp = out.join(format!(".{file}.tmp"));
+        std::fs::copy(cache.blob_path(&tar.digest), &tmp).and_then(|_| std::fs::rename(&tmp, &dest)).map_err(|e| {
+            eprintln!("error: cannot write {}: {e}", dest.display());
+            EXIT_INFRA
+        })?;
+        sums.push_str(&format!("{}  {file}\n", tar.digest.hex()));
+        if let Some(manifest) = entry.outputs.iter().find(|(n, _)| n == "manifest.json").and_then(|(_, o)| std::fs::read(cache.blob_path(&o.digest)).ok()).and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok()) {
+            let targets = manifest["targets"].as_object().cloned().unwrap_or_default();
+            let names: Vec<String> = targets.keys().cloned().collect();
+            let sizes: Vec<String> = targets.iter().map(|(k, t)| format!("{k} {} B", t["size_bytes"])).collect();
+            let lat: Vec<String> = targets.iter().map(|(k, t)| format!("{k} {:.2} ms", t["latency_ms"].as_f64().unwrap_or(f64::NAN))).collect();
+            table.push(format!("| {name} | {} | {} dB | {} | {} |", names.join(", "), manifest["student"]["psnr_db"], sizes.join(", "), lat.join(", ")));
+        }
+    }
+    let sums_path = out.join("SHA256SUMS");
+    std::fs::write(&sums_path, &sums).map_err(|e| {
+        eprintln!("error: cannot write {}: {e}", sums_path.display());
+        EXIT_INFRA
+    })?;
+    if !env.json {
+        println!("{}", table.join("\n"));
+        println!("bundles and SHA256SUMS in {}", out.display());
+    }
+    Ok(EXIT_OK)
 }
 
 fn plan(env: &Env, effect: &str) -> Result<i32, i32> {

@@ -49,6 +49,17 @@ pub enum Command {
         #[arg(long)]
         dot: bool,
     },
+    /// Check and build effects (all by default), then write `DIR/<effect>-<version>.tar.gz`
+    /// bundles and `DIR/SHA256SUMS`. Non-zero if any effect fails to build or verify.
+    Release {
+        effects: Vec<String>,
+        #[arg(long, default_value = "release")]
+        out: PathBuf,
+        #[arg(long, short, default_value_t = default_jobs())]
+        jobs: usize,
+        #[arg(long, default_value = "auto")]
+        device: String,
+    },
     /// Check recipes (all of them by default) without running anything.
     Check { effects: Vec<String> },
     /// Inspect and maintain the cache.

@@ -39,6 +39,16 @@ pub fn dry_run(cache: &Cache, plan: &Plan) -> Result<(Vec<DryStatus>, Snapshot),
                         blocked.get_or_insert_with(|| plan.nodes[*up].id.clone());
                     }
                 },
+                InputRef::StageAll { node: up } => match &records[*up] {
+                    Some(r) => {
+                        for (output, o) in &r.outputs {
+                            inputs.insert(format!("{}/{output}", inp.name), o.digest);
+                        }
+                    }
+                    None => {
+                        blocked.get_or_insert_with(|| plan.nodes[*up].id.clone());
+                    }
+                },
             }
         }
         if let Some(upstream) = blocked {

@@ -89,7 +89,7 @@ pub fn build(project_root: &Path, cache: &Cache, plan: &Plan, opts: &BuildOption
 
     let mut waiting: Vec<usize> = vec![0; n];
     for (i, node) in plan.nodes.iter().enumerate() {
-        waiting[i] = node.inputs.iter().filter(|inp| matches!(inp.from, InputRef::Stage { .. })).count();
+        waiting[i] = node.inputs.iter().filter(|inp| matches!(inp.from, InputRef::Stage { .. } | InputRef::StageAll { .. })).count();
     }
     let dependents: Vec<Vec<usize>> = (0..n).map(|i| plan.dependents(i)).collect();
     let mut outcomes: Vec<Option<NodeOutcome>> = vec![None; n];
@@ -149,6 +149,17 @@ pub fn build(project_root: &Path, cache: &Cache, plan: &Plan, opts: &BuildOption
                             let Some(out) = rec.outputs.get(output) else { continue };
                             inputs.insert(inp.name.clone(), out.digest);
                             input_paths.insert(inp.name.clone(), cache.blob_path(&out.digest));
+                        }
+                        InputRef::StageAll { node: up } => {
+                            let rec = match &outcomes[*up] {
+                                Some(NodeOutcome::Cached(r)) | Some(NodeOutcome::Ran(r)) => r,
+                                _ => unreachable_input(),
+                            };
+                            for (output, out) in &rec.outputs {
+                                let name = format!("{}/{output}", inp.name);
+                                inputs.insert(name.clone(), out.digest);
+                                input_paths.insert(name, cache.blob_path(&out.digest));
+                            }
                         }
                     }
                 }

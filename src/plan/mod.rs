@@ -37,7 +37,7 @@ impl Plan {
         }
         for (i, n) in nodes.iter().enumerate() {
             for input in &n.inputs {
-                if let InputRef::Stage { node, .. } = input.from {
+                if let InputRef::Stage { node, .. } | InputRef::StageAll { node } = input.from {
                     graph.add_edge(NodeIndex::new(node), NodeIndex::new(i), ());
                 }
             }
@@ -71,7 +71,7 @@ impl Plan {
         let mut edges = std::collections::BTreeSet::new();
         for (i, n) in self.nodes.iter().enumerate() {
             for input in &n.inputs {
-                if let InputRef::Stage { node, .. } = input.from {
+                if let InputRef::Stage { node, .. } | InputRef::StageAll { node } = input.from {
                     edges.insert((label(&self.nodes[node]), label(&self.nodes[i])));
                 }
             }

@@ -16,6 +16,9 @@ pub type Params = BTreeMap<String, String>;
 pub enum InputRef {
     /// An output of another stage of the plan (by node index and output name).
     Stage { node: usize, output: String },
+    /// Every output of another stage, as inputs named `<input name>/<output name>`
+    /// (a Core ML package is a folder of files).
+    StageAll { node: usize },
     /// A source file of the project, with its content digest.
     File { path: PathBuf, digest: Digest },
 }

@@ -5,13 +5,9 @@
 //! the next build of the same key resumes from.
 
 use crate::nn::config::AccordionConfig;
-use crate::plan::{Params, Progress, Resource, RunContext, RunOutput, Stage, StageError};
+use crate::plan::{Params, Resource, RunContext, RunOutput, Stage, StageError};
 use crate::recipe::{Student, Train};
-use crate::train::job::{Hyper, PairFiles, TrainJob, TrainReport};
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::sync::atomic::Ordering;
+use crate::train::job::{Hyper, PairFiles, TrainJob};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
@@ -25,16 +21,6 @@ pub struct TrainStage {
     pub train: Train,
     /// Item names in input order; each has inputs `{split}/{item}/source|target`.
     pub items: Vec<(String, bool)>,
-}
-
-/// The worker binary, next to the running `effectc`.
-pub fn worker_path() -> Result<PathBuf, StageError> {
-    let exe = std::env::current_exe().map_err(|e| StageError::infra(format!("cannot locate effectc itself: {e}")))?;
-    let path = exe.with_file_name("effectc-nn");
-    if !path.is_file() {
-        return Err(StageError::infra(format!("the tensor worker {} is missing: build it with `cargo build --release` (make setup)", path.display())));
-    }
-    Ok(path)
 }
 
 pub fn input_name(item: &str, holdout: bool, what: &str) -> String {
@@ -141,64 +127,12 @@ impl Stage for TrainStage {
             checkpoint_dir: ctx.checkpoint_dir.clone(),
             out_dir: ctx.out_dir.join("out"),
         };
-        let job_path = ctx.out_dir.join("job.json");
-        std::fs::write(&job_path, serde_json::to_vec_pretty(&job).unwrap_or_default()).map_err(|e| StageError::io(&job_path, e))?;
-        let mut child = Command::new(worker_path()?)
-            .arg("train")
-            .arg(&job_path)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| StageError::infra(format!("cannot start the tensor worker: {e}")))?;
-        let stderr = child.stderr.take();
-        let stderr_thread = std::thread::spawn(move || {
-            let mut text = String::new();
-            if let Some(mut s) = stderr {
-                let _ = std::io::Read::read_to_string(&mut s, &mut text);
-            }
-            text
-        });
-        // Relay progress; forward a cancel to the worker as SIGINT (it checkpoints first).
-        let pid = child.id();
-        let cancel = ctx.cancel;
-        let progress = ctx.progress;
-        let done = std::sync::atomic::AtomicBool::new(false);
-        let mut report = None;
-        let stdout = child.stdout.take();
-        std::thread::scope(|scope| {
-            scope.spawn(|| {
-                while !done.load(Ordering::SeqCst) {
-                    if cancel.load(Ordering::SeqCst) {
-                        let _ = Command::new("kill").arg("-INT").arg(pid.to_string()).status();
-                        break;
-                    }
-                    std::thread::sleep(std::time::Duration::from_millis(100));
-                }
-            });
-            if let Some(stdout) = stdout {
-                for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                    let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else { continue };
-                    if let Some(p) = v.get("progress") {
-                        let losses = p["losses"].as_object().map(|m| m.iter().filter(|(k, _)| *k != "total").map(|(k, v)| format!("{k} {:.3}", v.as_f64().unwrap_or(0.0))).collect::<Vec<_>>().join(" ")).unwrap_or_default();
-                        progress(Progress { done: p["step"].as_u64().unwrap_or(0), total: p["total_steps"].as_u64().unwrap_or(0), message: format!("{losses} | {:.1} steps/s", p["steps_per_s"].as_f64().unwrap_or(0.0)) });
-                    } else if let Some(r) = v.get("report") {
-                        report = serde_json::from_value::<TrainReport>(r.clone()).ok();
-                    }
-                }
-            }
-            done.store(true, Ordering::SeqCst);
-        });
-        let status = child.wait().map_err(|e| StageError::infra(format!("tensor worker: {e}")))?;
-        let stderr = stderr_thread.join().unwrap_or_default();
-        ctx.log.push_str(&stderr);
-        match status.code() {
-            Some(0) => {}
-            Some(130) => return Err(StageError::Cancelled),
-            Some(1) => return Err(StageError::user(stderr.trim().to_string())),
-            code => return Err(StageError::infra(format!("tensor worker failed ({}): {}", code.map(|c| c.to_string()).unwrap_or_else(|| "killed".into()), stderr.trim()))),
-        }
-        let report = report.ok_or_else(|| StageError::infra("the tensor worker ended without a report"))?;
+        let report = super::worker::run_worker(ctx, "train", &serde_json::to_value(&job).unwrap_or_default())?;
+        // The metrics also travel as a file, for the bundle's manifest.
+        let metrics_path = ctx.out_dir.join("metrics.json");
+        std::fs::write(&metrics_path, serde_json::to_vec_pretty(&report.metrics).unwrap_or_default()).map_err(|e| StageError::io(&metrics_path, e))?;
         let mut out = RunOutput { metrics: report.metrics, ..Default::default() };
+        out.files.insert("metrics.json".into(), metrics_path);
         for (name, path) in report.files {
             let name = if name == "weights" { "weights.safetensors".to_string() } else { name };
             out.files.insert(name, path);

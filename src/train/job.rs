@@ -63,3 +63,17 @@ pub struct TrainReport {
     pub files: BTreeMap<String, PathBuf>,
 }
 
+
+/// Lowering the trained student for export: the IR, the held-out frames with the tch
+/// student's outputs (the references every target is verified against, and the golden
+/// frames of the bundle), and calibration frames.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ExportJob {
+    pub weights: PathBuf,
+    pub arch: AccordionConfig,
+    pub resolution_px: u32,
+    pub holdout: Vec<PathBuf>,
+    pub calibration: Vec<PathBuf>,
+    pub device: String,
+    pub out_dir: PathBuf,
+}

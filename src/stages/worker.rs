@@ -1,0 +1,102 @@
+//! Runs a job in the `effectc-nn` tensor worker: writes the job, relays progress lines,
+//! forwards a cancel as SIGINT (the worker checkpoints first), and maps its exit code
+//! (0 done, 1 the user's problem, 130 cancelled, else the machine's).
+
+use crate::plan::{Progress, RunContext, StageError};
+use crate::train::job::TrainReport;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::atomic::Ordering;
+
+/// The worker binary, next to the running `effectc`.
+pub fn worker_path() -> Result<PathBuf, StageError> {
+    let exe = std::env::current_exe().map_err(|e| StageError::infra(format!("cannot locate effectc itself: {e}")))?;
+    let path = exe.with_file_name("effectc-nn");
+    if !path.is_file() {
+        return Err(StageError::infra(format!(
+            "the tensor worker {} is missing: build it with `cargo build --release` (make setup)",
+            path.display()
+        )));
+    }
+    Ok(path)
+}
+
+pub fn run_worker(ctx: &mut RunContext, subcommand: &str, job: &serde_json::Value) -> Result<TrainReport, StageError> {
+    let job_path = ctx.out_dir.join(format!("{subcommand}-job.json"));
+    std::fs::write(&job_path, serde_json::to_vec_pretty(job).unwrap_or_default()).map_err(|e| StageError::io(&job_path, e))?;
+    let mut child = Command::new(worker_path()?)
+        .arg(subcommand)
+        .arg(&job_path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| StageError::infra(format!("cannot start the tensor worker: {e}")))?;
+    let stderr = child.stderr.take();
+    let stderr_thread = std::thread::spawn(move || {
+        let mut text = String::new();
+        if let Some(mut s) = stderr {
+            let _ = std::io::Read::read_to_string(&mut s, &mut text);
+        }
+        text
+    });
+    // Relay progress; forward a cancel to the worker as SIGINT (it checkpoints first).
+    let pid = child.id();
+    let cancel = ctx.cancel;
+    let progress = ctx.progress;
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let mut report = None;
+    let stdout = child.stdout.take();
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            while !done.load(Ordering::SeqCst) {
+                if cancel.load(Ordering::SeqCst) {
+                    let _ = Command::new("kill").arg("-INT").arg(pid.to_string()).status();
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        });
+        if let Some(stdout) = stdout {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else { continue };
+                if let Some(p) = v.get("progress") {
+                    let losses = p["losses"]
+                        .as_object()
+                        .map(|m| {
+                            m.iter()
+                                .filter(|(k, _)| *k != "total")
+                                .map(|(k, v)| format!("{k} {:.3}", v.as_f64().unwrap_or(0.0)))
+                                .collect::<Vec<_>>()
+                                .join(" ")
+                        })
+                        .unwrap_or_default();
+                    progress(Progress {
+                        done: p["step"].as_u64().unwrap_or(0),
+                        total: p["total_steps"].as_u64().unwrap_or(0),
+                        message: format!("{losses} | {:.1} steps/s", p["steps_per_s"].as_f64().unwrap_or(0.0)),
+                    });
+                } else if let Some(r) = v.get("report") {
+                    report = serde_json::from_value::<TrainReport>(r.clone()).ok();
+                }
+            }
+        }
+        done.store(true, Ordering::SeqCst);
+    });
+    let status = child.wait().map_err(|e| StageError::infra(format!("tensor worker: {e}")))?;
+    let stderr = stderr_thread.join().unwrap_or_default();
+    ctx.log.push_str(&stderr);
+    match status.code() {
+        Some(0) => {}
+        Some(130) => return Err(StageError::Cancelled),
+        Some(1) => return Err(StageError::user(stderr.trim().to_string())),
+        code => {
+            return Err(StageError::infra(format!(
+                "tensor worker failed ({}): {}",
+                code.map(|c| c.to_string()).unwrap_or_else(|| "killed".into()),
+                stderr.trim()
+            )))
+        }
+    }
+    report.ok_or_else(|| StageError::infra("the tensor worker ended without a report"))
+}

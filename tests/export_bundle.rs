@@ -1,0 +1,67 @@
+//! Export, verification and the bundle, end to end on a tiny trained student.
+
+mod common;
+use common::*;
+
+fn with_targets(recipe: &str) -> String {
+    recipe.replace("    train {", "    target \"ios-coreml\" quantize=\"fp16\"\n    target \"android-nnapi\" quantize=\"int8\"\n    target \"onnx\" quantize=\"fp32\"\n    train {")
+}
+
+#[test]
+fn every_target_is_verified_and_the_bundle_is_reproducible() {
+    let p = TestProject::new();
+    p.recipe("small", &with_targets(SMALL_BRICK));
+    let r = p.build("small");
+    for (target, bar) in [("onnx", 60.0), ("ios-coreml", 50.0), ("android-nnapi", 35.0)] {
+        let m = &r.stage(&format!("verify:{target}"))["metrics"];
+        assert_eq!(m["verified"], true, "{target}: {m}");
+        assert!(m["psnr_db"].as_f64().unwrap() >= bar, "{target}: {m}");
+        assert!(m["latency_ms"].as_f64().unwrap() > 0.0 && m["size_bytes"].as_u64().unwrap() > 0);
+    }
+    let out = p.root().join("out/small");
+    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("bundle-manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["effect"], "small");
+    for key in ["recipe_digest", "files", "student", "targets"] {
+        assert!(!manifest[key].is_null(), "manifest lacks {key}");
+    }
+    for t in ["onnx", "ios-coreml", "android-nnapi"] {
+        let e = &manifest["targets"][t];
+        assert_eq!(e["verified"], true);
+        for key in ["file", "format", "precision", "psnr_db", "ssim", "latency_ms", "size_bytes"] {
+            assert!(!e[key].is_null(), "{t} lacks {key}");
+        }
+        assert!(!e["golden"].as_array().unwrap().is_empty(), "{t} has golden frames");
+    }
+    assert!(manifest["student"]["macs_512"].as_u64().unwrap() > 0);
+    // Every file the manifest lists is in the tarball with that digest.
+    let tar_bytes = std::fs::read(out.join("bundle-bundle.tar.gz")).unwrap();
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(&tar_bytes[..]));
+    let mut seen = 0;
+    for entry in archive.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let path = entry.path().unwrap().to_string_lossy().into_owned();
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut entry, &mut bytes).unwrap();
+        if let Some(d) = manifest["files"][&path].as_str() {
+            assert_eq!(effectc::digest::Digest::of_bytes(&bytes).hex(), d, "{path}");
+            seen += 1;
+        }
+    }
+    assert_eq!(seen, manifest["files"].as_object().unwrap().len());
+
+    // Rebuilding the bundle alone from the same inputs gives the same bytes.
+    let key = r.stage("bundle")["key"].as_str().unwrap().to_string();
+    std::fs::remove_file(p.cache_dir().join("records").join(&key[..2]).join(format!("{key}.json"))).unwrap();
+    std::fs::remove_dir_all(p.cache_dir().join("snapshots")).unwrap();
+    let again = p.build("small");
+    assert_eq!(again.ran_stages(), vec!["bundle".to_string()]);
+    assert!(std::fs::read(out.join("bundle-bundle.tar.gz")).unwrap() == tar_bytes, "bundle bytes differ");
+
+    // `release` writes the bundle and SHA256SUMS, the same twice.
+    let rel = p.run(&["release", "small", "--out", "dist"]);
+    assert_eq!(rel.code(), 0, "{}", rel.stderr());
+    let sums = std::fs::read_to_string(p.root().join("dist/SHA256SUMS")).unwrap();
+    assert!(sums.contains("  small-"), "{sums}");
+    p.run(&["release", "small", "--out", "dist"]);
+    assert_eq!(std::fs::read_to_string(p.root().join("dist/SHA256SUMS")).unwrap(), sums);
+}
