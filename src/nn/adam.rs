@@ -39,10 +39,11 @@ impl Adam {
                 if !g.defined() {
                     continue;
                 }
-                let _ = m.g_mul_scalar_(b1).g_add_(&(&g * (1.0 - b1)));
-                let _ = v.g_mul_scalar_(b2).g_add_(&(&g * &g * (1.0 - b2)));
-                let update = (&*m / c1) / ((&*v / c2).sqrt() + self.eps);
-                let _ = p.g_sub_(&(update * self.lr));
+                // Few, in-place kernels: on a GPU the optimizer is launch-bound.
+                let _ = m.lerp_(&g, 1.0 - b1);
+                let _ = v.g_mul_scalar_(b2).addcmul_(&(&g * (1.0 - b2)), &g);
+                let denom = (&*v / c2).sqrt_().g_add_scalar_(self.eps);
+                let _ = p.addcdiv_(&(&*m * (-self.lr / c1)), &denom);
             }
         });
     }

@@ -271,9 +271,11 @@ pub fn run(job: &TrainJob, progress: &mut dyn FnMut(&TrainProgress), cancel: &At
 }
 
 fn check_finite(step: u32, terms: &[(&str, &Tensor)]) -> Result<BTreeMap<String, f64>, TrainError> {
+    // One device-to-host copy for all terms (each `double_value` would sync the GPU).
+    let stacked = Tensor::stack(&terms.iter().map(|(_, t)| t.detach().to_kind(Kind::Double).reshape([1])).collect::<Vec<_>>(), 0);
+    let values = Vec::<f64>::try_from(&stacked.to_device(Device::Cpu).view([-1])).unwrap_or_default();
     let mut out = BTreeMap::new();
-    for (name, t) in terms {
-        let v = t.double_value(&[]);
+    for ((name, _), v) in terms.iter().zip(values) {
         if !v.is_finite() {
             return Err(TrainError::Diverged { step, term: name.to_string(), value: v });
         }
@@ -284,11 +286,9 @@ fn check_finite(step: u32, terms: &[(&str, &Tensor)]) -> Result<BTreeMap<String,
 
 fn ema_update(ema: &nn::VarStore, g: &nn::VarStore, beta: f64) {
     tch::no_grad(|| {
-        let gv = g.variables();
-        for (name, mut e) in ema.variables() {
-            if let Some(p) = gv.get(&name) {
-                let _ = e.g_mul_scalar_(beta).g_add_(&(p * (1.0 - beta)));
-            }
+        for ((_, mut e), (_, p)) in named_vars(ema, "").into_iter().zip(named_vars(g, "")) {
+            // e = beta * e + (1 - beta) * p, in place.
+            let _ = e.lerp_(&p, 1.0 - beta);
         }
     });
 }
@@ -396,12 +396,13 @@ impl Trainer<'_> {
                 self.save_checkpoint(step + 1, &[("g.", &g_vs), ("ema.", &ema_vs), ("d.", &d_vs)], &[("adam_g", &opt_g), ("adam_d", &opt_d)], &history)?;
             }
         }
+        let steps_per_s = (h.steps - self.start_step) as f64 / self.started.elapsed().as_secs_f64().max(1e-9);
         let mut files = BTreeMap::new();
         let weights = self.job.out_dir.join("weights.safetensors");
         write_safetensors_atomic(&named_vars(&ema_vs, ""), &weights)?;
         files.insert("weights".into(), weights);
         let mut metrics = self.eval_metrics(&ema, None)?;
-        metrics.insert("steps_per_s".into(), serde_json::json!(round3((h.steps - self.start_step) as f64 / self.started.elapsed().as_secs_f64().max(1e-9))));
+        metrics.insert("steps_per_s".into(), serde_json::json!(round3(steps_per_s)));
         self.write_curves(&names, &history, "teacher", &mut files)?;
         self.write_samples(&ema, None, &mut files)?;
         Ok(TrainReport { metrics, files })
@@ -463,12 +464,13 @@ impl Trainer<'_> {
                 self.save_checkpoint(step + 1, &[("s.", &s_vs), ("ema.", &ema_vs), ("a.", &a_vs)], &[("adam", &opt)], &history)?;
             }
         }
+        let steps_per_s = (h.steps - self.start_step) as f64 / self.started.elapsed().as_secs_f64().max(1e-9);
         let mut files = BTreeMap::new();
         let weights = self.job.out_dir.join("weights.safetensors");
         write_safetensors_atomic(&named_vars(&ema_vs, ""), &weights)?;
         files.insert("weights".into(), weights);
         let mut metrics = self.eval_metrics(&ema, Some(&teacher))?;
-        metrics.insert("steps_per_s".into(), serde_json::json!(round3((h.steps - self.start_step) as f64 / self.started.elapsed().as_secs_f64().max(1e-9))));
+        metrics.insert("steps_per_s".into(), serde_json::json!(round3(steps_per_s)));
         self.write_curves(&names, &history, "student", &mut files)?;
         self.write_samples(&ema, Some(&teacher), &mut files)?;
         Ok(TrainReport { metrics, files })
