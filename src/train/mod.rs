@@ -272,7 +272,8 @@ pub fn run(job: &TrainJob, progress: &mut dyn FnMut(&TrainProgress), cancel: &At
 
 fn check_finite(step: u32, terms: &[(&str, &Tensor)]) -> Result<BTreeMap<String, f64>, TrainError> {
     // One device-to-host copy for all terms (each `double_value` would sync the GPU).
-    let stacked = Tensor::stack(&terms.iter().map(|(_, t)| t.detach().to_kind(Kind::Double).reshape([1])).collect::<Vec<_>>(), 0);
+    let device = terms.first().map(|(_, t)| t.device()).unwrap_or(Device::Cpu);
+    let stacked = Tensor::stack(&terms.iter().map(|(_, t)| t.detach().to_device(device).to_kind(Kind::Double).reshape([1])).collect::<Vec<_>>(), 0);
     let values = Vec::<f64>::try_from(&stacked.to_device(Device::Cpu).view([-1])).unwrap_or_default();
     let mut out = BTreeMap::new();
     for ((name, _), v) in terms.iter().zip(values) {
