@@ -67,7 +67,8 @@ impl Stage for TrainStage {
         }
     }
     fn version(&self) -> u32 {
-        1
+        // 2: in-place Adam/EMA kernels (different rounding than version 1).
+        2
     }
     fn resource(&self) -> Resource {
         Resource::Exclusive
