@@ -7,7 +7,10 @@ fn main() {
         println!("cargo:rustc-link-arg=-Wl,-rpath,{lib_dir}");
         // Nothing calls into libtorch_cuda directly, so the linker's --as-needed would drop
         // it and CUDA would be invisible: keep it linked in the binaries that train.
-        if std::path::Path::new(&lib_dir).join("libtorch_cuda.so").is_file() {
+        if std::path::Path::new(&lib_dir)
+            .join("libtorch_cuda.so")
+            .is_file()
+        {
             for flag in ["-Wl,--no-as-needed", "-ltorch_cuda", "-Wl,--as-needed"] {
                 println!("cargo:rustc-link-arg-bin=effectc-nn={flag}");
                 println!("cargo:rustc-link-arg-benches={flag}");

@@ -34,8 +34,16 @@ fn time_cmd(dir: &std::path::Path, args: &[&str], runs: usize) -> Duration {
         (0..runs)
             .map(|_| {
                 let t = Instant::now();
-                let out = Command::new(env!("CARGO_BIN_EXE_effectc")).current_dir(dir).args(args).output().expect("run effectc");
-                assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+                let out = Command::new(env!("CARGO_BIN_EXE_effectc"))
+                    .current_dir(dir)
+                    .args(args)
+                    .output()
+                    .expect("run effectc");
+                assert!(
+                    out.status.success(),
+                    "{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
                 t.elapsed()
             })
             .collect(),
@@ -50,8 +58,16 @@ fn main() {
         std::fs::create_dir_all(dir.path().join("effects")).unwrap();
         std::fs::write(dir.path().join("effects/many.kdl"), recipe(count)).unwrap();
         let t = Instant::now();
-        let out = Command::new(env!("CARGO_BIN_EXE_effectc")).current_dir(dir.path()).args(["build", "--json", "many"]).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new(env!("CARGO_BIN_EXE_effectc"))
+            .current_dir(dir.path())
+            .args(["build", "--json", "many"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let first = t.elapsed();
         let noop = time_cmd(dir.path(), &["build", "--json", "many"], 5);
         let plan = time_cmd(dir.path(), &["plan", "many"], 5);

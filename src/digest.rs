@@ -66,10 +66,13 @@ impl<'de> serde::Deserialize<'de> for Digest {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Digest, D::Error> {
         if d.is_human_readable() {
             let text = String::deserialize(d)?;
-            Digest::parse(&text).ok_or_else(|| serde::de::Error::custom("expected 64 hex characters"))
+            Digest::parse(&text)
+                .ok_or_else(|| serde::de::Error::custom("expected 64 hex characters"))
         } else {
             let bytes = <Vec<u8>>::deserialize(d)?;
-            Ok(Digest(bytes.try_into().map_err(|_| serde::de::Error::custom("expected 32 bytes"))?))
+            Ok(Digest(bytes.try_into().map_err(|_| {
+                serde::de::Error::custom("expected 32 bytes")
+            })?))
         }
     }
 }

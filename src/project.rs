@@ -14,16 +14,24 @@ pub enum ProjectError {
     #[error("no effectc project found in {start} or any parent folder (a project is a folder with an `effects/` folder of .kdl recipes)")]
     NotFound { start: PathBuf },
     #[error("cannot read {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 impl Project {
     pub fn discover(start: &Path) -> Result<Project, ProjectError> {
-        let start = start.canonicalize().map_err(|source| ProjectError::Io { path: start.to_path_buf(), source })?;
+        let start = start.canonicalize().map_err(|source| ProjectError::Io {
+            path: start.to_path_buf(),
+            source,
+        })?;
         let mut dir = Some(start.as_path());
         while let Some(d) = dir {
             if d.join("effects").is_dir() {
-                return Ok(Project { root: d.to_path_buf() });
+                return Ok(Project {
+                    root: d.to_path_buf(),
+                });
             }
             dir = d.parent();
         }
@@ -41,7 +49,10 @@ impl Project {
     /// Every effect name (file stem of `effects/*.kdl`), sorted.
     pub fn effect_names(&self) -> Result<Vec<String>, ProjectError> {
         let dir = self.effects_dir();
-        let entries = std::fs::read_dir(&dir).map_err(|source| ProjectError::Io { path: dir.clone(), source })?;
+        let entries = std::fs::read_dir(&dir).map_err(|source| ProjectError::Io {
+            path: dir.clone(),
+            source,
+        })?;
         let mut names: Vec<String> = entries
             .filter_map(|e| e.ok())
             .map(|e| e.path())
@@ -54,6 +65,9 @@ impl Project {
 
     /// Path relative to the project root, for messages and item names.
     pub fn relative(&self, path: &Path) -> String {
-        path.strip_prefix(&self.root).unwrap_or(path).to_string_lossy().replace('\\', "/")
+        path.strip_prefix(&self.root)
+            .unwrap_or(path)
+            .to_string_lossy()
+            .replace('\\', "/")
     }
 }

@@ -10,9 +10,20 @@ use common::*;
 
 fn corpus() -> Vec<(String, String)> {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/recipes/broken");
-    let mut files: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     files.sort();
-    files.into_iter().map(|p| (p.file_stem().unwrap().to_string_lossy().into_owned(), std::fs::read_to_string(&p).unwrap())).collect()
+    files
+        .into_iter()
+        .map(|p| {
+            (
+                p.file_stem().unwrap().to_string_lossy().into_owned(),
+                std::fs::read_to_string(&p).unwrap(),
+            )
+        })
+        .collect()
 }
 
 fn project_for(name: &str, text: &str) -> (TestProject, String) {
@@ -24,22 +35,40 @@ fn project_for(name: &str, text: &str) -> (TestProject, String) {
         let (path, body) = part.split_once('\n').unwrap();
         p.write(path.trim(), body);
     }
-    let expect = recipe.lines().find_map(|l| l.strip_prefix("// expect: ")).unwrap_or_else(|| panic!("{name}: no `// expect:` line")).trim().to_string();
+    let expect = recipe
+        .lines()
+        .find_map(|l| l.strip_prefix("// expect: "))
+        .unwrap_or_else(|| panic!("{name}: no `// expect:` line"))
+        .trim()
+        .to_string();
     (p, expect)
 }
 
 #[test]
 fn every_broken_recipe_gets_a_diagnostic_in_the_right_file() {
     let corpus = corpus();
-    assert!(corpus.len() >= 20, "the corpus must hold at least 20 broken recipes");
+    assert!(
+        corpus.len() >= 20,
+        "the corpus must hold at least 20 broken recipes"
+    );
     let mut rendered = String::new();
     for (name, text) in &corpus {
         let (p, expect) = project_for(name, text);
         let run = p.run(&["check", name]);
-        assert_eq!(run.code(), 2, "{name}: check must exit 2, stderr:\n{}", run.stderr());
-        let stderr = run.stderr().replace(&p.root().display().to_string(), "[PROJECT]");
+        assert_eq!(
+            run.code(),
+            2,
+            "{name}: check must exit 2, stderr:\n{}",
+            run.stderr()
+        );
+        let stderr = run
+            .stderr()
+            .replace(&p.root().display().to_string(), "[PROJECT]");
         // miette prints the file as `╭─[NAME:LINE:COL]`: the span is in the expected file.
-        assert!(stderr.contains(&format!("[{expect}:")), "{name}: expected a span in {expect}:\n{stderr}");
+        assert!(
+            stderr.contains(&format!("[{expect}:")),
+            "{name}: expected a span in {expect}:\n{stderr}"
+        );
         rendered.push_str(&format!("===== {name}\n{}\n", stderr.trim_end()));
     }
     insta::assert_snapshot!("broken_recipes", rendered);
@@ -49,13 +78,29 @@ fn every_broken_recipe_gets_a_diagnostic_in_the_right_file() {
 fn typos_get_did_you_mean() {
     let p = TestProject::new();
     for (name, text) in corpus() {
-        if ["unknown-diffusion-node", "unknown-model", "unknown-base", "unknown-top-node", "unknown-property", "unknown-palette"].contains(&name.as_str()) {
+        if [
+            "unknown-diffusion-node",
+            "unknown-model",
+            "unknown-base",
+            "unknown-top-node",
+            "unknown-property",
+            "unknown-palette",
+        ]
+        .contains(&name.as_str())
+        {
             p.recipe(&name, text.split("// --- file: ").next().unwrap());
         }
     }
     let run = p.run(&["check"]);
     let err = run.stderr();
-    for hint in ["did you mean `controlnet`?", "did you mean `sd15`?", "did you mean `face-mask`?", "did you mean `teacher`?", "did you mean `width`?", "did you mean `lego-classic`?"] {
+    for hint in [
+        "did you mean `controlnet`?",
+        "did you mean `sd15`?",
+        "did you mean `face-mask`?",
+        "did you mean `teacher`?",
+        "did you mean `width`?",
+        "did you mean `lego-classic`?",
+    ] {
         assert!(err.contains(hint), "missing hint {hint:?} in:\n{err}");
     }
 }
@@ -64,10 +109,22 @@ fn typos_get_did_you_mean() {
 fn check_passes_on_the_shipped_recipes_and_runs_nothing() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let cache = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(effectc_bin()).current_dir(root).args(["check", "--cache"]).arg(cache.path()).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = std::process::Command::new(effectc_bin())
+        .current_dir(root)
+        .args(["check", "--cache"])
+        .arg(cache.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("ok: lego"));
-    assert!(!cache.path().join("records").exists(), "check never touches the cache");
+    assert!(
+        !cache.path().join("records").exists(),
+        "check never touches the cache"
+    );
 }
 
 #[test]
@@ -80,14 +137,40 @@ fn lego_without_weights_fails_before_any_work_listing_every_missing_model() {
         let mut c = p.command(&["build", "--json", "lego"]);
         c.env("EFFECTC_MODELS", models.path());
         let output = c.output().unwrap();
-        common::Run { events: vec![], output }
+        common::Run {
+            events: vec![],
+            output,
+        }
     };
     assert_eq!(run.code(), 2, "{}", run.stderr());
     let err = run.stderr();
-    for model in ["sd15", "lego-minifig", "control-softedge", "control-openpose", "control-mediapipe-face", "instruct-pix2pix"] {
-        assert!(err.contains(&format!("  {model} — file")), "{model} not listed:\n{err}");
+    for model in [
+        "sd15",
+        "lego-minifig",
+        "control-softedge",
+        "control-openpose",
+        "control-mediapipe-face",
+        "instruct-pix2pix",
+    ] {
+        assert!(
+            err.contains(&format!("  {model} — file")),
+            "{model} not listed:\n{err}"
+        );
     }
-    assert!(err.contains("6ce0161689b3853acaa03779ec93eafe75a02f4ced659bee03f50797806fa2fa"), "expected digest shown");
-    assert!(err.contains(&models.path().display().to_string()), "path searched shown");
-    assert!(!p.cache_dir().join("records").exists() || std::fs::read_dir(p.cache_dir().join("records")).unwrap().count() == 0, "nothing ran");
+    assert!(
+        err.contains("6ce0161689b3853acaa03779ec93eafe75a02f4ced659bee03f50797806fa2fa"),
+        "expected digest shown"
+    );
+    assert!(
+        err.contains(&models.path().display().to_string()),
+        "path searched shown"
+    );
+    assert!(
+        !p.cache_dir().join("records").exists()
+            || std::fs::read_dir(p.cache_dir().join("records"))
+                .unwrap()
+                .count()
+                == 0,
+        "nothing ran"
+    );
 }

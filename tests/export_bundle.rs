@@ -12,14 +12,19 @@ fn every_target_is_verified_and_the_bundle_is_reproducible() {
     let p = TestProject::new();
     p.recipe("small", &with_targets(SMALL_BRICK));
     let r = p.build("small");
-    for (target, bar) in [("onnx", 60.0), ("ios-coreml", 50.0), ("android-nnapi", 35.0)] {
+    for (target, bar) in [
+        ("onnx", 60.0),
+        ("ios-coreml", 50.0),
+        ("android-nnapi", 35.0),
+    ] {
         let m = &r.stage(&format!("verify:{target}"))["metrics"];
         assert_eq!(m["verified"], true, "{target}: {m}");
         assert!(m["psnr_db"].as_f64().unwrap() >= bar, "{target}: {m}");
         assert!(m["latency_ms"].as_f64().unwrap() > 0.0 && m["size_bytes"].as_u64().unwrap() > 0);
     }
     let out = p.root().join("out/small");
-    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("bundle-manifest.json")).unwrap()).unwrap();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("bundle-manifest.json")).unwrap()).unwrap();
     assert_eq!(manifest["effect"], "small");
     for key in ["recipe_digest", "files", "student", "targets"] {
         assert!(!manifest[key].is_null(), "manifest lacks {key}");
@@ -27,10 +32,21 @@ fn every_target_is_verified_and_the_bundle_is_reproducible() {
     for t in ["onnx", "ios-coreml", "android-nnapi"] {
         let e = &manifest["targets"][t];
         assert_eq!(e["verified"], true);
-        for key in ["file", "format", "precision", "psnr_db", "ssim", "latency_ms", "size_bytes"] {
+        for key in [
+            "file",
+            "format",
+            "precision",
+            "psnr_db",
+            "ssim",
+            "latency_ms",
+            "size_bytes",
+        ] {
             assert!(!e[key].is_null(), "{t} lacks {key}");
         }
-        assert!(!e["golden"].as_array().unwrap().is_empty(), "{t} has golden frames");
+        assert!(
+            !e["golden"].as_array().unwrap().is_empty(),
+            "{t} has golden frames"
+        );
     }
     assert!(manifest["student"]["macs_512"].as_u64().unwrap() > 0);
     // Every file the manifest lists is in the tarball with that digest.
@@ -51,11 +67,20 @@ fn every_target_is_verified_and_the_bundle_is_reproducible() {
 
     // Rebuilding the bundle alone from the same inputs gives the same bytes.
     let key = r.stage("bundle")["key"].as_str().unwrap().to_string();
-    std::fs::remove_file(p.cache_dir().join("records").join(&key[..2]).join(format!("{key}.json"))).unwrap();
+    std::fs::remove_file(
+        p.cache_dir()
+            .join("records")
+            .join(&key[..2])
+            .join(format!("{key}.json")),
+    )
+    .unwrap();
     std::fs::remove_dir_all(p.cache_dir().join("snapshots")).unwrap();
     let again = p.build("small");
     assert_eq!(again.ran_stages(), vec!["bundle".to_string()]);
-    assert!(std::fs::read(out.join("bundle-bundle.tar.gz")).unwrap() == tar_bytes, "bundle bytes differ");
+    assert!(
+        std::fs::read(out.join("bundle-bundle.tar.gz")).unwrap() == tar_bytes,
+        "bundle bytes differ"
+    );
 
     // `release` writes the bundle and SHA256SUMS, the same twice.
     let rel = p.run(&["release", "small", "--out", "dist"]);
@@ -63,5 +88,8 @@ fn every_target_is_verified_and_the_bundle_is_reproducible() {
     let sums = std::fs::read_to_string(p.root().join("dist/SHA256SUMS")).unwrap();
     assert!(sums.contains("  small-"), "{sums}");
     p.run(&["release", "small", "--out", "dist"]);
-    assert_eq!(std::fs::read_to_string(p.root().join("dist/SHA256SUMS")).unwrap(), sums);
+    assert_eq!(
+        std::fs::read_to_string(p.root().join("dist/SHA256SUMS")).unwrap(),
+        sums
+    );
 }

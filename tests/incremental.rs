@@ -25,7 +25,11 @@ fn teacher_style_change_reruns_pairs_but_not_sources_or_crops() {
     assert_eq!(r.ran_of_kind("pairs"), 6);
     assert_eq!(r.ran_of_kind("crop"), 0);
     assert_eq!(r.ran_of_kind("synthetic"), 0);
-    assert_eq!(r.ran_of_kind("pairs-sheet"), 1, "the sheet shows the new pairs");
+    assert_eq!(
+        r.ran_of_kind("pairs-sheet"),
+        1,
+        "the sheet shows the new pairs"
+    );
     assert_eq!(r.ran_of_kind("train-teacher"), 1, "new pairs, new teacher");
 }
 
@@ -81,13 +85,25 @@ fn adding_one_image_runs_one_pair_and_removing_one_runs_none() {
 
     write_png(&p.root().join("photos/p9.png"), 99, 40);
     let added = p.build("photos");
-    assert_eq!(added.ran_of_kind("pairs"), 1, "ran: {:?}", added.ran_stages());
+    assert_eq!(
+        added.ran_of_kind("pairs"),
+        1,
+        "ran: {:?}",
+        added.ran_stages()
+    );
     assert_eq!(added.ran_of_kind("crop"), 1);
-    assert!(added.ran_stages().contains(&"pairs/photos/p9.png".to_string()));
+    assert!(added
+        .ran_stages()
+        .contains(&"pairs/photos/p9.png".to_string()));
 
     std::fs::remove_file(p.root().join("photos/p0.png")).unwrap();
     let removed = p.build("photos");
-    assert_eq!(removed.ran_of_kind("pairs"), 0, "ran: {:?}", removed.ran_stages());
+    assert_eq!(
+        removed.ran_of_kind("pairs"),
+        0,
+        "ran: {:?}",
+        removed.ran_stages()
+    );
     assert_eq!(removed.ran_of_kind("crop"), 0);
 }
 
@@ -102,11 +118,20 @@ fn early_cutoff_stops_where_an_output_is_unchanged() {
     // re-runs), identical crop output (so the pair does not).
     let img = image::open(&photo).unwrap().to_rgb8();
     let file = std::fs::File::create(&photo).unwrap();
-    let enc = image::codecs::png::PngEncoder::new_with_quality(file, image::codecs::png::CompressionType::Best, image::codecs::png::FilterType::Paeth);
-    image::ImageEncoder::write_image(enc, img.as_raw(), 40, 40, image::ExtendedColorType::Rgb8).unwrap();
+    let enc = image::codecs::png::PngEncoder::new_with_quality(
+        file,
+        image::codecs::png::CompressionType::Best,
+        image::codecs::png::FilterType::Paeth,
+    );
+    image::ImageEncoder::write_image(enc, img.as_raw(), 40, 40, image::ExtendedColorType::Rgb8)
+        .unwrap();
     let r = p.build("photos");
     assert_eq!(r.ran_of_kind("crop"), 1, "the source's bytes changed");
-    assert_eq!(r.ran_of_kind("pairs"), 0, "the crop came out byte-identical: stop there");
+    assert_eq!(
+        r.ran_of_kind("pairs"),
+        0,
+        "the crop came out byte-identical: stop there"
+    );
 }
 
 #[test]
@@ -115,16 +140,27 @@ fn real_photos_from_shared_samples_build() {
     let samples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/samples");
     let p = TestProject::new();
     let mut n = 0;
-    for e in std::fs::read_dir(&samples).expect("../shared/samples is present in the checkout's parent") {
+    for e in
+        std::fs::read_dir(&samples).expect("../shared/samples is present in the checkout's parent")
+    {
         let path = e.unwrap().path();
         if path.extension().is_some_and(|x| x == "png" || x == "jpg") {
             std::fs::create_dir_all(p.root().join("photos")).unwrap();
-            std::fs::copy(&path, p.root().join("photos").join(path.file_name().unwrap())).unwrap();
+            std::fs::copy(
+                &path,
+                p.root().join("photos").join(path.file_name().unwrap()),
+            )
+            .unwrap();
             n += 1;
         }
     }
     assert!(n >= 3);
-    p.recipe("real", &PHOTOS.replace("\"photos\"", "\"real\"").replace("photos/*.png", "photos/*"));
+    p.recipe(
+        "real",
+        &PHOTOS
+            .replace("\"photos\"", "\"real\"")
+            .replace("photos/*.png", "photos/*"),
+    );
     let r = p.build("real");
     assert_eq!(r.ran_of_kind("pairs"), n);
 }

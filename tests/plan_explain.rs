@@ -11,16 +11,38 @@ fn plan_names_the_changed_param_and_explain_follows_it_downstream() {
     assert!(fresh.stdout().contains("never built"), "{}", fresh.stdout());
     p.build("small");
     let clean = p.run(&["plan", "small"]);
-    assert!(clean.stdout().starts_with("small: 21 stages, 21 cached, 0 stale"), "{}", clean.stdout());
+    assert!(
+        clean
+            .stdout()
+            .starts_with("small: 21 stages, 21 cached, 0 stale"),
+        "{}",
+        clean.stdout()
+    );
 
     p.recipe("small", &SMALL_BRICK.replace("stud-size 4", "stud-size 6"));
     let plan = p.run(&["plan", "small"]);
     insta::assert_snapshot!("plan_after_stud_size_edit", plan.stdout());
     let explain = p.run(&["explain", "small", "pairs/synthetic-0001"]);
-    assert!(explain.stdout().contains("teacher.stud-size changed: 4 → 6"), "{}", explain.stdout());
+    assert!(
+        explain
+            .stdout()
+            .contains("teacher.stud-size changed: 4 → 6"),
+        "{}",
+        explain.stdout()
+    );
     let sheet = p.run(&["explain", "small", "pairs-sheet"]);
-    assert!(sheet.stdout().contains("stale unless upstream `pairs/synthetic-0000` reproduces its outputs"), "{}", sheet.stdout());
-    assert!(sheet.stdout().contains("teacher.stud-size changed"), "explain walks up to the cause: {}", sheet.stdout());
+    assert!(
+        sheet
+            .stdout()
+            .contains("stale unless upstream `pairs/synthetic-0000` reproduces its outputs"),
+        "{}",
+        sheet.stdout()
+    );
+    assert!(
+        sheet.stdout().contains("teacher.stud-size changed"),
+        "explain walks up to the cause: {}",
+        sheet.stdout()
+    );
     // Nothing ran: planning is free.
     assert_eq!(p.build("small").ran_of_kind("pairs"), 6);
 }
@@ -31,7 +53,11 @@ fn explain_suggests_a_stage_name() {
     p.recipe("small", SMALL_BRICK);
     let r = p.run(&["explain", "small", "pairs-shet"]);
     assert_eq!(r.code(), 2);
-    assert!(r.stderr().contains("did you mean `pairs-sheet`?"), "{}", r.stderr());
+    assert!(
+        r.stderr().contains("did you mean `pairs-sheet`?"),
+        "{}",
+        r.stderr()
+    );
 }
 
 #[test]
@@ -42,6 +68,9 @@ fn graph_prints_the_dag_as_dot() {
     assert_eq!(r.code(), 0);
     let dot = r.stdout();
     assert!(dot.starts_with("digraph \"small\""));
-    assert!(dot.contains("\"crop (per item)\" -> \"pairs (per item)\""), "{dot}");
+    assert!(
+        dot.contains("\"crop (per item)\" -> \"pairs (per item)\""),
+        "{dot}"
+    );
     assert!(dot.contains("6 items"));
 }

@@ -18,7 +18,9 @@ effect "trained" {
 "#;
 
 fn metric(run: &Run, stage: &str, name: &str) -> f64 {
-    run.stage(stage)["metrics"][name].as_f64().unwrap_or_else(|| panic!("{stage} has no metric {name}: {}", run.stage(stage)))
+    run.stage(stage)["metrics"][name]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{stage} has no metric {name}: {}", run.stage(stage)))
 }
 
 #[test]
@@ -31,8 +33,19 @@ fn the_student_beats_the_identity_baseline_and_metrics_survive_cache_hits() {
     let teacher = metric(&r, "train-teacher", "psnr_db");
     eprintln!("identity {identity:.2} dB, teacher {teacher:.2} dB, student {student:.2} dB");
     // Measured here: identity 15.3 dB, teacher 17.7 dB, student 17.6 dB. Assert 1.5 dB.
-    assert!(student > identity + 1.5, "student {student:.2} dB vs identity {identity:.2} dB");
-    for m in ["psnr_db", "ssim", "identity_psnr_db", "params", "macs_512", "flicker_ratio", "steps_per_s"] {
+    assert!(
+        student > identity + 1.5,
+        "student {student:.2} dB vs identity {identity:.2} dB"
+    );
+    for m in [
+        "psnr_db",
+        "ssim",
+        "identity_psnr_db",
+        "params",
+        "macs_512",
+        "flicker_ratio",
+        "steps_per_s",
+    ] {
         metric(&r, "train-teacher", m);
         metric(&r, "distill-student", m);
     }
@@ -42,10 +55,22 @@ fn the_student_beats_the_identity_baseline_and_metrics_survive_cache_hits() {
     assert_eq!(again.ran(), 0);
     assert_eq!(again.stage("distill-student")["cached"], true);
     assert_eq!(metric(&again, "distill-student", "psnr_db"), student);
-    assert_eq!(metric(&again, "train-teacher", "macs_512"), metric(&r, "train-teacher", "macs_512"));
+    assert_eq!(
+        metric(&again, "train-teacher", "macs_512"),
+        metric(&r, "train-teacher", "macs_512")
+    );
     // People get the curves and the sample grid.
-    for f in ["train-teacher-samples.png", "train-teacher-loss.png", "train-teacher-loss.csv", "distill-student-samples.png", "distill-student-weights.safetensors"] {
-        assert!(p.root().join("out/trained").join(f).is_file(), "out/trained/{f} missing");
+    for f in [
+        "train-teacher-samples.png",
+        "train-teacher-loss.png",
+        "train-teacher-loss.csv",
+        "distill-student-samples.png",
+        "distill-student-weights.safetensors",
+    ] {
+        assert!(
+            p.root().join("out/trained").join(f).is_file(),
+            "out/trained/{f} missing"
+        );
     }
 }
 
@@ -54,24 +79,45 @@ fn changing_the_student_width_retrains_the_student_but_not_the_teacher() {
     let p = TestProject::new();
     p.recipe("small", SMALL_BRICK);
     p.build("small");
-    p.recipe("small", &SMALL_BRICK.replace("student width=8", "student width=4"));
+    p.recipe(
+        "small",
+        &SMALL_BRICK.replace("student width=8", "student width=4"),
+    );
     let r = p.build("small");
     assert_eq!(r.ran_stages(), vec!["distill-student".to_string()]);
     let explain = p.run(&["explain", "small", "distill-student"]);
-    assert!(explain.stdout().contains("cached"), "after the build it is cached: {}", explain.stdout());
+    assert!(
+        explain.stdout().contains("cached"),
+        "after the build it is cached: {}",
+        explain.stdout()
+    );
 }
 
 #[test]
 fn a_diverging_recipe_fails_with_the_step_and_term() {
     let p = TestProject::new();
-    p.recipe("small", &SMALL_BRICK.replace("batch 2;", "batch 2; lr 500;").replace("checkpoint-every 10", "checkpoint-every 1"));
+    p.recipe(
+        "small",
+        &SMALL_BRICK
+            .replace("batch 2;", "batch 2; lr 500;")
+            .replace("checkpoint-every 10", "checkpoint-every 1"),
+    );
     let r = p.run(&["build", "--json", "small"]);
     assert_eq!(r.code(), 1, "{}", r.stderr());
-    let failed = r.events.iter().find(|e| e["event"] == "stage-failed").expect("a stage-failed event");
+    let failed = r
+        .events
+        .iter()
+        .find(|e| e["event"] == "stage-failed")
+        .expect("a stage-failed event");
     assert_eq!(failed["stage"], "train-teacher");
     assert_eq!(failed["user_error"], true);
     let msg = failed["error"].as_str().unwrap();
-    assert!(msg.contains("diverged at step") && msg.contains("loss term"), "{msg}");
-    let ckpts = std::fs::read_dir(p.cache_dir().join("checkpoints")).unwrap().count();
+    assert!(
+        msg.contains("diverged at step") && msg.contains("loss term"),
+        "{msg}"
+    );
+    let ckpts = std::fs::read_dir(p.cache_dir().join("checkpoints"))
+        .unwrap()
+        .count();
     assert_eq!(ckpts, 1, "the last good checkpoint stays in the cache");
 }

@@ -17,7 +17,10 @@ fn main() {
         std::process::exit(2);
     }
     if args[1] == "export" {
-        let job: train::ExportJob = match std::fs::read(&args[2]).map_err(|e| e.to_string()).and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string())) {
+        let job: train::ExportJob = match std::fs::read(&args[2])
+            .map_err(|e| e.to_string())
+            .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+        {
             Ok(j) => j,
             Err(e) => {
                 eprintln!("effectc-nn: cannot read job {}: {e}", args[2]);
@@ -33,7 +36,10 @@ fn main() {
         }
         return;
     }
-    let job: TrainJob = match std::fs::read(&args[2]).map_err(|e| e.to_string()).and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string())) {
+    let job: TrainJob = match std::fs::read(&args[2])
+        .map_err(|e| e.to_string())
+        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+    {
         Ok(j) => j,
         Err(e) => {
             eprintln!("effectc-nn: cannot read job {}: {e}", args[2]);

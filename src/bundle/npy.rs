@@ -15,9 +15,15 @@ pub enum NpyError {
         got: usize,
     },
     #[error("cannot write {path}: {source}")]
-    Write { path: String, source: std::io::Error },
+    Write {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("cannot read {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{path} is not a little-endian float32 C-order .npy v1 file: {reason}")]
     Format { path: String, reason: String },
 }
@@ -27,7 +33,11 @@ fn header(shape: &[usize]) -> Vec<u8> {
         1 => format!("({},)", shape[0]),
         _ => format!(
             "({})",
-            shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")
+            shape
+                .iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
     };
     let dict = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {dims}, }}");
@@ -67,7 +77,10 @@ pub fn write_f32(path: &Path, shape: &[usize], data: &[f32]) -> Result<(), NpyEr
     let p = path.display().to_string();
     let bytes = encode_f32(shape, data).map_err(|e| match e {
         NpyError::Length {
-            shape, expected, got, ..
+            shape,
+            expected,
+            got,
+            ..
         } => NpyError::Length {
             path: p.clone(),
             shape,
@@ -91,7 +104,8 @@ pub fn write_f32(path: &Path, shape: &[usize], data: &[f32]) -> Result<(), NpyEr
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o644)).map_err(werr)?;
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o644))
+            .map_err(werr)?;
     }
     tmp.persist(path).map_err(|e| werr(e.error))?;
     Ok(())
@@ -115,9 +129,12 @@ pub fn decode_f32(bytes: &[u8]) -> Result<(Vec<usize>, Vec<f32>), String> {
         return Err(format!("version {}.{}", bytes[6], bytes[7]));
     }
     let header_len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
-    let header =
-        std::str::from_utf8(bytes.get(10..10 + header_len).ok_or("truncated header")?).map_err(|e| e.to_string())?;
-    if !header.contains("'descr': '<f4'") || !header.contains("'fortran_order': False") || !header.ends_with('\n') {
+    let header = std::str::from_utf8(bytes.get(10..10 + header_len).ok_or("truncated header")?)
+        .map_err(|e| e.to_string())?;
+    if !header.contains("'descr': '<f4'")
+        || !header.contains("'fortran_order': False")
+        || !header.ends_with('\n')
+    {
         return Err(format!("unsupported header {header:?}"));
     }
     let start = header.find("'shape': (").ok_or("no shape")? + "'shape': (".len();
@@ -156,7 +173,9 @@ mod tests {
         let hlen = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
         assert_eq!((10 + hlen) % 64, 0, "data must start 64-byte aligned");
         let header = std::str::from_utf8(&bytes[10..10 + hlen]).unwrap();
-        assert!(header.starts_with("{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3, 4), }"));
+        assert!(
+            header.starts_with("{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3, 4), }")
+        );
         assert!(header.ends_with('\n'));
         assert_eq!(bytes.len(), 10 + hlen + data.len() * 4);
         assert_eq!(
@@ -166,7 +185,9 @@ mod tests {
         assert_eq!(read_f32(&path).unwrap(), (vec![2, 3, 4], data));
         // 1-D shapes need the trailing comma of a Python 1-tuple.
         let one = encode_f32(&[3], &[1.0, 2.0, 3.0]).unwrap();
-        assert!(std::str::from_utf8(&one[10..64]).unwrap().contains("'shape': (3,)"));
+        assert!(std::str::from_utf8(&one[10..64])
+            .unwrap()
+            .contains("'shape': (3,)"));
         assert!(matches!(
             write_f32(&path, &[2, 2], &[1.0]),
             Err(NpyError::Length { .. })

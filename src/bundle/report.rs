@@ -15,7 +15,10 @@ use serde_json::Value;
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
     #[error("cannot write {path}: {source}")]
-    Write { path: String, source: std::io::Error },
+    Write {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 pub fn escape(s: &str) -> String {
@@ -55,7 +58,10 @@ fn cell(v: &Value) -> String {
 /// The HTML text. `contact_sheet` is a path relative to the report (e.g.
 /// `preview/contact_sheet.png`).
 pub fn render(manifest: &Value, contact_sheet: Option<&str>) -> String {
-    let effect = manifest.get("effect").and_then(Value::as_str).unwrap_or("effect");
+    let effect = manifest
+        .get("effect")
+        .and_then(Value::as_str)
+        .unwrap_or("effect");
     let mut h = String::new();
     let _ = write!(
         h,
@@ -111,7 +117,12 @@ pub fn render(manifest: &Value, contact_sheet: Option<&str>) -> String {
         Some(Value::Array(a)) => a
             .iter()
             .map(|f| {
-                let get = |k: &str| f.get(k).and_then(Value::as_str).unwrap_or_default().to_string();
+                let get = |k: &str| {
+                    f.get(k)
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_string()
+                };
                 (get("path"), get("sha256"))
             })
             .collect(),
@@ -146,7 +157,11 @@ pub fn render(manifest: &Value, contact_sheet: Option<&str>) -> String {
 }
 
 /// Writes `report.html` atomically.
-pub fn write_html(manifest: &Value, contact_sheet: Option<&str>, out: &Path) -> Result<(), ReportError> {
+pub fn write_html(
+    manifest: &Value,
+    contact_sheet: Option<&str>,
+    out: &Path,
+) -> Result<(), ReportError> {
     let p = out.display().to_string();
     let werr = |source: std::io::Error| ReportError::Write {
         path: p.clone(),
@@ -162,7 +177,8 @@ pub fn write_html(manifest: &Value, contact_sheet: Option<&str>, out: &Path) -> 
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o644)).map_err(werr)?;
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o644))
+            .map_err(werr)?;
     }
     tmp.persist(out).map_err(|e| werr(e.error))?;
     Ok(())
@@ -190,7 +206,8 @@ mod tests {
             .find(|l| l.starts_with("<tr><td>android-nnapi</td>"))
             .unwrap();
         assert!(
-            row.contains("<td class=\"num\">41.2500</td>") && row.contains("<span class=\"pass\">yes</span>"),
+            row.contains("<td class=\"num\">41.2500</td>")
+                && row.contains("<span class=\"pass\">yes</span>"),
             "{row}"
         );
         assert!(html.contains("<span class=\"fail\">no</span>"));
@@ -202,6 +219,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("report.html");
         write_html(&manifest, None, &out).unwrap();
-        assert_eq!(std::fs::read_to_string(&out).unwrap(), render(&manifest, None));
+        assert_eq!(
+            std::fs::read_to_string(&out).unwrap(),
+            render(&manifest, None)
+        );
     }
 }

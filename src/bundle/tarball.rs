@@ -9,14 +9,22 @@ use flate2::{Compression, GzBuilder};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {
-    #[error("bundle entry `{0}` is not a plain relative path (no leading `/`, no `..`, no empty parts)")]
+    #[error(
+        "bundle entry `{0}` is not a plain relative path (no leading `/`, no `..`, no empty parts)"
+    )]
     BadPath(String),
     #[error("bundle has two entries at `{0}`")]
     Duplicate(String),
     #[error("cannot read bundle input {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot write {path}: {source}")]
-    Write { path: PathBuf, source: std::io::Error },
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// What goes into one tar entry.
@@ -46,7 +54,10 @@ fn check_path(p: &str) -> Result<(), BundleError> {
 }
 
 /// Writes `entries` (path inside the tar, content) to `out` as a reproducible tar.gz.
-pub fn write_reproducible_tar_gz(entries: &[(String, EntrySource)], out: &Path) -> Result<(), BundleError> {
+pub fn write_reproducible_tar_gz(
+    entries: &[(String, EntrySource)],
+    out: &Path,
+) -> Result<(), BundleError> {
     let mut sorted: Vec<&(String, EntrySource)> = entries.iter().collect();
     sorted.sort_by(|a, b| a.0.cmp(&b.0));
     for pair in sorted.windows(2) {
@@ -83,10 +94,11 @@ pub fn write_reproducible_tar_gz(entries: &[(String, EntrySource)], out: &Path) 
                         source,
                     })?;
                     let mut buf = Vec::new();
-                    f.read_to_end(&mut buf).map_err(|source| BundleError::Read {
-                        path: p.clone(),
-                        source,
-                    })?;
+                    f.read_to_end(&mut buf)
+                        .map_err(|source| BundleError::Read {
+                            path: p.clone(),
+                            source,
+                        })?;
                     buf
                 }
             };
@@ -99,7 +111,8 @@ pub fn write_reproducible_tar_gz(entries: &[(String, EntrySource)], out: &Path) 
             header.set_mtime(0);
             header.set_username("").map_err(write_err)?;
             header.set_groupname("").map_err(write_err)?;
-            tar.append_data(&mut header, path, &data[..]).map_err(write_err)?;
+            tar.append_data(&mut header, path, &data[..])
+                .map_err(write_err)?;
         }
         let gz = tar.into_inner().map_err(write_err)?;
         let mut file = gz.finish().map_err(write_err)?;
@@ -112,7 +125,10 @@ pub fn write_reproducible_tar_gz(entries: &[(String, EntrySource)], out: &Path) 
 
 /// Every file under `dir` as entries named `prefix/<relative path>` (for directory
 /// artifacts such as `.mlpackage`), in sorted order.
-pub fn entries_from_dir(dir: &Path, prefix: &str) -> Result<Vec<(String, EntrySource)>, BundleError> {
+pub fn entries_from_dir(
+    dir: &Path,
+    prefix: &str,
+) -> Result<Vec<(String, EntrySource)>, BundleError> {
     let mut out = Vec::new();
     for entry in walkdir::WalkDir::new(dir).sort_by_file_name() {
         let entry = entry.map_err(|e| BundleError::Read {
@@ -150,8 +166,14 @@ mod tests {
         let file = dir.path().join("model.onnx");
         std::fs::write(&file, b"onnx bytes").unwrap();
         let entries = vec![
-            ("models/model.onnx".to_string(), EntrySource::File(file.clone())),
-            ("manifest.json".to_string(), EntrySource::Bytes(b"{}".to_vec())),
+            (
+                "models/model.onnx".to_string(),
+                EntrySource::File(file.clone()),
+            ),
+            (
+                "manifest.json".to_string(),
+                EntrySource::Bytes(b"{}".to_vec()),
+            ),
         ];
         let a = dir.path().join("a.tar.gz");
         write_reproducible_tar_gz(&entries, &a).unwrap();
@@ -196,7 +218,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("x.tar.gz");
         for bad in ["/etc/passwd", "../x", "a//b", "", "a/"] {
-            let e = write_reproducible_tar_gz(&[(bad.to_string(), EntrySource::Bytes(vec![]))], &out).unwrap_err();
+            let e =
+                write_reproducible_tar_gz(&[(bad.to_string(), EntrySource::Bytes(vec![]))], &out)
+                    .unwrap_err();
             assert!(matches!(e, BundleError::BadPath(_)), "{bad}: {e}");
         }
         let dup = vec![

@@ -53,7 +53,11 @@ impl SnapshotEntry {
             key: r.key,
             kind: r.kind.clone(),
             outputs: r.outputs.iter().map(|(k, v)| (k.clone(), *v)).collect(),
-            metrics_json: if r.metrics.is_empty() { String::new() } else { serde_json::Value::Object(r.metrics.clone()).to_string() },
+            metrics_json: if r.metrics.is_empty() {
+                String::new()
+            } else {
+                serde_json::Value::Object(r.metrics.clone()).to_string()
+            },
         }
     }
 
@@ -65,7 +69,11 @@ impl SnapshotEntry {
             kind: self.kind.clone(),
             effect: effect.to_string(),
             outputs: self.outputs.iter().cloned().collect(),
-            metrics: if self.metrics_json.is_empty() { Default::default() } else { serde_json::from_str(&self.metrics_json).unwrap_or_default() },
+            metrics: if self.metrics_json.is_empty() {
+                Default::default()
+            } else {
+                serde_json::from_str(&self.metrics_json).unwrap_or_default()
+            },
             params: Default::default(),
             inputs: Default::default(),
             duration_ms: 0,

@@ -28,14 +28,27 @@ impl StatCache {
     /// Loads `<cache root>/stat-cache.json`; a missing or unreadable file starts empty.
     pub fn load(cache_root: &Path) -> StatCache {
         let path = cache_root.join("stat-cache.json");
-        let entries = std::fs::read(&path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
-        StatCache { path, entries, dirty: false, hashed: 0 }
+        let entries = std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        StatCache {
+            path,
+            entries,
+            dirty: false,
+            hashed: 0,
+        }
     }
 
     pub fn digest_of(&mut self, path: &Path) -> std::io::Result<Digest> {
         let meta = std::fs::metadata(path)?;
         let size = meta.len();
-        let mtime_ns = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_nanos() as i128).unwrap_or(-1);
+        let mtime_ns = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_nanos() as i128)
+            .unwrap_or(-1);
         #[cfg(unix)]
         let inode = std::os::unix::fs::MetadataExt::ino(&meta);
         #[cfg(not(unix))]
@@ -47,7 +60,15 @@ impl StatCache {
         }
         let digest = Digest::of_file(path)?;
         self.hashed += 1;
-        self.entries.insert(path.to_path_buf(), Entry { size, mtime_ns, inode, digest });
+        self.entries.insert(
+            path.to_path_buf(),
+            Entry {
+                size,
+                mtime_ns,
+                inode,
+                digest,
+            },
+        );
         self.dirty = true;
         Ok(digest)
     }

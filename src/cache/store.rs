@@ -13,12 +13,20 @@ use std::path::{Path, PathBuf};
 pub enum CacheError {
     /// The disk said no: retry, free space, fix permissions. Never the recipe's fault.
     #[error("cache: {op} {path}: {source}")]
-    Io { op: &'static str, path: PathBuf, source: std::io::Error },
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 impl CacheError {
     fn io<'p>(op: &'static str, path: &'p Path) -> impl FnOnce(std::io::Error) -> CacheError + 'p {
-        move |source| CacheError::Io { op, path: path.to_path_buf(), source }
+        move |source| CacheError::Io {
+            op,
+            path: path.to_path_buf(),
+            source,
+        }
     }
     /// Every cache error is the infrastructure's (disk), not the user's recipe.
     pub fn is_infrastructure(&self) -> bool {
@@ -71,7 +79,11 @@ impl VerifyReport {
 
 impl fmt::Display for VerifyReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "checked {} blobs ({} bytes) and {} records", self.blobs_checked, self.bytes_checked, self.records_checked)?;
+        writeln!(
+            f,
+            "checked {} blobs ({} bytes) and {} records",
+            self.blobs_checked, self.bytes_checked, self.records_checked
+        )?;
         for d in &self.damaged {
             writeln!(f, "damaged blob {d}: content does not match its digest (moved to quarantine/; the next build rebuilds it)")?;
         }
@@ -99,22 +111,40 @@ impl fmt::Display for GcReport {
         writeln!(
             f,
             "kept {} records and {} blobs; removed {} records and {} blobs ({} bytes freed)",
-            self.records_kept, self.blobs_kept, self.records_removed, self.blobs_removed, self.bytes_freed
+            self.records_kept,
+            self.blobs_kept,
+            self.records_removed,
+            self.blobs_removed,
+            self.bytes_freed
         )
     }
 }
 
 fn list_files(dir: &Path) -> Vec<PathBuf> {
-    walkdir::WalkDir::new(dir).into_iter().filter_map(|e| e.ok()).filter(|e| e.file_type().is_file()).map(|e| e.into_path()).collect()
+    walkdir::WalkDir::new(dir)
+        .into_iter()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_file())
+        .map(|e| e.into_path())
+        .collect()
 }
 
 impl Cache {
     pub fn open(root: &Path) -> Result<Cache, CacheError> {
-        for sub in ["blobs/sha256", "records", "snapshots", "checkpoints", "locks", "tmp"] {
+        for sub in [
+            "blobs/sha256",
+            "records",
+            "snapshots",
+            "checkpoints",
+            "locks",
+            "tmp",
+        ] {
             let p = root.join(sub);
             fs::create_dir_all(&p).map_err(CacheError::io("create", &p))?;
         }
-        Ok(Cache { root: root.to_path_buf() })
+        Ok(Cache {
+            root: root.to_path_buf(),
+        })
     }
 
     pub fn root(&self) -> &Path {
@@ -124,7 +154,10 @@ impl Cache {
     /// An empty scratch folder on the cache's filesystem (so outputs move in by rename).
     pub fn scratch_dir(&self) -> Result<tempfile::TempDir, CacheError> {
         let tmp = self.root.join("tmp");
-        tempfile::Builder::new().prefix("stage-").tempdir_in(&tmp).map_err(CacheError::io("create scratch folder in", &tmp))
+        tempfile::Builder::new()
+            .prefix("stage-")
+            .tempdir_in(&tmp)
+            .map_err(CacheError::io("create scratch folder in", &tmp))
     }
 
     pub fn blob_path(&self, d: &Digest) -> PathBuf {
@@ -157,12 +190,16 @@ impl Cache {
     /// Moves a finished output file into the blob store (hash, fsync, rename).
     pub fn put_blob_file(&self, path: &Path) -> Result<OutputRef, CacheError> {
         let digest = Digest::of_file(path).map_err(CacheError::io("hash", path))?;
-        let size_bytes = fs::metadata(path).map_err(CacheError::io("stat", path))?.len();
+        let size_bytes = fs::metadata(path)
+            .map_err(CacheError::io("stat", path))?
+            .len();
         let dest = self.blob_path(&digest);
         if !dest.is_file() {
             let dir = dest.parent().unwrap_or(&self.root);
             fs::create_dir_all(dir).map_err(CacheError::io("create", dir))?;
-            File::open(path).and_then(|f| f.sync_all()).map_err(CacheError::io("sync", path))?;
+            File::open(path)
+                .and_then(|f| f.sync_all())
+                .map_err(CacheError::io("sync", path))?;
             if fs::rename(path, &dest).is_err() {
                 // Another filesystem: copy to a temp file beside the blob, then rename.
                 let bytes = fs::read(path).map_err(CacheError::io("read", path))?;
@@ -178,12 +215,18 @@ impl Cache {
         if !dest.is_file() {
             write_atomic(&dest, bytes).map_err(CacheError::io("write", &dest))?;
         }
-        Ok(OutputRef { digest, size_bytes: bytes.len() as u64 })
+        Ok(OutputRef {
+            digest,
+            size_bytes: bytes.len() as u64,
+        })
     }
 
     fn record_path(&self, key: &Digest) -> PathBuf {
         let hex = key.hex();
-        self.root.join("records").join(&hex[..2]).join(format!("{hex}.json"))
+        self.root
+            .join("records")
+            .join(&hex[..2])
+            .join(format!("{hex}.json"))
     }
 
     /// The record of `key`, or None when it is missing, unreadable, or names a blob
@@ -193,9 +236,17 @@ impl Cache {
         let bytes = match fs::read(&path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(CacheError::Io { op: "read", path, source: e }),
+            Err(e) => {
+                return Err(CacheError::Io {
+                    op: "read",
+                    path,
+                    source: e,
+                })
+            }
         };
-        let Ok(rec) = serde_json::from_slice::<StageRecord>(&bytes) else { return Ok(None) };
+        let Ok(rec) = serde_json::from_slice::<StageRecord>(&bytes) else {
+            return Ok(None);
+        };
         if rec.key != *key || !rec.outputs.values().all(|o| self.has_blob(&o.digest)) {
             return Ok(None);
         }
@@ -204,12 +255,18 @@ impl Cache {
 
     /// The record of `key` as written, even when its blobs are gone (for `explain`).
     pub fn read_record_raw(&self, key: &Digest) -> Option<StageRecord> {
-        fs::read(self.record_path(key)).ok().and_then(|b| serde_json::from_slice(&b).ok())
+        fs::read(self.record_path(key))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
     }
 
     pub fn put_record(&self, rec: &StageRecord) -> Result<(), CacheError> {
         let path = self.record_path(&rec.key);
-        let bytes = serde_json::to_vec_pretty(rec).map_err(|e| CacheError::Io { op: "encode", path: path.clone(), source: std::io::Error::other(e) })?;
+        let bytes = serde_json::to_vec_pretty(rec).map_err(|e| CacheError::Io {
+            op: "encode",
+            path: path.clone(),
+            source: std::io::Error::other(e),
+        })?;
         write_atomic(&path, &bytes).map_err(CacheError::io("write", &path))
     }
 
@@ -223,24 +280,39 @@ impl Cache {
             // A damaged snapshot only costs speed: records answer instead.
             Ok(b) => Ok(postcard::from_bytes(&b).ok()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(CacheError::Io { op: "read", path, source: e }),
+            Err(e) => Err(CacheError::Io {
+                op: "read",
+                path,
+                source: e,
+            }),
         }
     }
 
     pub fn write_snapshot(&self, effect: &str, snap: &Snapshot) -> Result<(), CacheError> {
         let path = self.snapshot_path(effect);
-        let bytes = postcard::to_allocvec(snap).map_err(|e| CacheError::Io { op: "encode", path: path.clone(), source: std::io::Error::other(e) })?;
+        let bytes = postcard::to_allocvec(snap).map_err(|e| CacheError::Io {
+            op: "encode",
+            path: path.clone(),
+            source: std::io::Error::other(e),
+        })?;
         write_atomic(&path, &bytes).map_err(CacheError::io("write", &path))
     }
 
     fn lock_file(&self, name: &str) -> Result<File, CacheError> {
         let path = self.root.join("locks").join(name);
-        File::options().create(true).truncate(false).read(true).write(true).open(&path).map_err(CacheError::io("open lock", &path))
+        File::options()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(CacheError::io("open lock", &path))
     }
 
     pub fn build_lock(&self) -> Result<BuildLock, CacheError> {
         let file = self.lock_file("build")?;
-        FileExt::lock_shared(&file).map_err(CacheError::io("lock", &self.root.join("locks/build")))?;
+        FileExt::lock_shared(&file)
+            .map_err(CacheError::io("lock", &self.root.join("locks/build")))?;
         Ok(BuildLock { _file: file })
     }
 
@@ -271,7 +343,10 @@ impl Cache {
     pub fn verify(&self) -> Result<VerifyReport, CacheError> {
         let mut report = VerifyReport::default();
         for path in list_files(&self.root.join("blobs/sha256")) {
-            let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
             let actual = Digest::of_file(&path).map_err(CacheError::io("hash", &path))?;
             report.blobs_checked += 1;
             report.bytes_checked += fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
@@ -284,7 +359,10 @@ impl Cache {
         }
         for path in list_files(&self.root.join("records")) {
             report.records_checked += 1;
-            let ok = fs::read(&path).ok().and_then(|b| serde_json::from_slice::<StageRecord>(&b).ok()).is_some();
+            let ok = fs::read(&path)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<StageRecord>(&b).ok())
+                .is_some();
             if !ok && path.extension().is_some_and(|e| e == "json") {
                 let _ = fs::remove_file(&path);
                 report.bad_records.push(path);
@@ -297,11 +375,14 @@ impl Cache {
     /// not kept, and stray temp files. Waits for running builds to finish first.
     pub fn gc(&self, keep: &BTreeSet<Digest>) -> Result<GcReport, CacheError> {
         let lock = self.lock_file("build")?;
-        FileExt::lock_exclusive(&lock).map_err(CacheError::io("lock", &self.root.join("locks/build")))?;
+        FileExt::lock_exclusive(&lock)
+            .map_err(CacheError::io("lock", &self.root.join("locks/build")))?;
         let mut report = GcReport::default();
         let mut live_blobs = BTreeSet::new();
         for path in list_files(&self.root.join("records")) {
-            let rec = fs::read(&path).ok().and_then(|b| serde_json::from_slice::<StageRecord>(&b).ok());
+            let rec = fs::read(&path)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<StageRecord>(&b).ok());
             match rec {
                 Some(r) if keep.contains(&r.key) => {
                     report.records_kept += 1;
@@ -315,7 +396,10 @@ impl Cache {
             }
         }
         for path in list_files(&self.root.join("blobs/sha256")) {
-            let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
             if Digest::parse(&name).is_some_and(|d| live_blobs.contains(&d)) {
                 report.blobs_kept += 1;
             } else {
@@ -326,7 +410,8 @@ impl Cache {
         }
         if let Ok(entries) = fs::read_dir(self.root.join("checkpoints")) {
             for e in entries.flatten() {
-                let keep_it = Digest::parse(&e.file_name().to_string_lossy()).is_some_and(|d| keep.contains(&d));
+                let keep_it = Digest::parse(&e.file_name().to_string_lossy())
+                    .is_some_and(|d| keep.contains(&d));
                 if !keep_it {
                     let _ = fs::remove_dir_all(e.path());
                 }

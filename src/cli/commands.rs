@@ -28,7 +28,10 @@ struct Env {
 impl Env {
     fn cache(&self) -> Result<Cache, i32> {
         Cache::open(&self.cache_dir).map_err(|e| {
-            eprintln!("error: cannot open the cache at {}: {e}", self.cache_dir.display());
+            eprintln!(
+                "error: cannot open the cache at {}: {e}",
+                self.cache_dir.display()
+            );
             EXIT_INFRA
         })
     }
@@ -51,14 +54,28 @@ pub fn run(cli: Cli) -> i32 {
         .clone()
         .or_else(|| std::env::var_os("EFFECTC_CACHE").map(PathBuf::from))
         .unwrap_or_else(|| project.root.join("cache"));
-    let env = Env { project, cache_dir, json: cli.json };
+    let env = Env {
+        project,
+        cache_dir,
+        json: cli.json,
+    };
     let result = match cli.command {
-        Command::Build { effects, jobs, keep_going, device } => build(&env, effects, jobs, keep_going, &device),
+        Command::Build {
+            effects,
+            jobs,
+            keep_going,
+            device,
+        } => build(&env, effects, jobs, keep_going, &device),
         Command::Plan { effect } => plan(&env, &effect),
         Command::Explain { effect, stage } => explain(&env, &effect, &stage),
         Command::Graph { effect, dot: _ } => graph(&env, &effect),
         Command::Check { effects } => check(&env, effects),
-        Command::Release { effects, out, jobs, device } => release(&env, effects, &out, jobs, &device),
+        Command::Release {
+            effects,
+            out,
+            jobs,
+            device,
+        } => release(&env, effects, &out, jobs, &device),
         Command::Cache { action } => cache_cmd(&env, action),
     };
     match result {
@@ -92,7 +109,13 @@ fn plan_for(env: &Env, cache: &Cache, loader: &Loader, name: &str) -> Result<(Re
     Ok((recipe, plan))
 }
 
-fn build(env: &Env, mut effects: Vec<String>, jobs: usize, keep_going: bool, device: &str) -> Result<i32, i32> {
+fn build(
+    env: &Env,
+    mut effects: Vec<String>,
+    jobs: usize,
+    keep_going: bool,
+    device: &str,
+) -> Result<i32, i32> {
     let device = crate::plan::DeviceSpec::parse(device).map_err(|e| {
         eprintln!("error: {e}");
         EXIT_USER
@@ -125,14 +148,31 @@ fn build(env: &Env, mut effects: Vec<String>, jobs: usize, keep_going: bool, dev
             if cancel.swap(true, Ordering::SeqCst) {
                 std::process::exit(EXIT_INTERRUPTED);
             }
-            eprintln!("\ninterrupted: finishing running stages, then stopping (Ctrl-C again to quit now)");
+            eprintln!(
+                "\ninterrupted: finishing running stages, then stopping (Ctrl-C again to quit now)"
+            );
         });
     }
-    let reporter: Box<dyn Reporter> = if env.json { Box::new(JsonReporter::new()) } else { Box::new(HumanReporter::new()) };
-    let opts = BuildOptions { jobs, keep_going, device };
+    let reporter: Box<dyn Reporter> = if env.json {
+        Box::new(JsonReporter::new())
+    } else {
+        Box::new(HumanReporter::new())
+    };
+    let opts = BuildOptions {
+        jobs,
+        keep_going,
+        device,
+    };
     let mut code = EXIT_OK;
     for (_recipe, plan) in &plans {
-        let summary = match exec::build(&env.project.root, &cache, plan, &opts, reporter.as_ref(), &cancel) {
+        let summary = match exec::build(
+            &env.project.root,
+            &cache,
+            plan,
+            &opts,
+            reporter.as_ref(),
+            &cancel,
+        ) {
             Ok(s) => s,
             Err(e) => {
                 eprintln!("error: {e}");
@@ -150,14 +190,22 @@ fn build(env: &Env, mut effects: Vec<String>, jobs: usize, keep_going: bool, dev
             continue;
         }
         if let Err(e) = materialize(env, &cache, plan, &summary) {
-            eprintln!("warning: could not copy outputs to out/{}: {e}", plan.effect);
+            eprintln!(
+                "warning: could not copy outputs to out/{}: {e}",
+                plan.effect
+            );
         }
     }
     Ok(code)
 }
 
 /// Copies the outputs a person looks at (sheets, reports, bundles) to `out/<effect>/`.
-fn materialize(env: &Env, cache: &Cache, plan: &Plan, summary: &exec::BuildSummary) -> std::io::Result<()> {
+fn materialize(
+    env: &Env,
+    cache: &Cache,
+    plan: &Plan,
+    summary: &exec::BuildSummary,
+) -> std::io::Result<()> {
     let dir = env.project.root.join("out").join(&plan.effect);
     // The folder shows this build only: clear what an earlier build left.
     if dir.is_dir() {
@@ -168,7 +216,9 @@ fn materialize(env: &Env, cache: &Cache, plan: &Plan, summary: &exec::BuildSumma
         if node.item.is_some() {
             continue;
         }
-        let (NodeOutcome::Ran(rec) | NodeOutcome::Cached(rec)) = &summary.outcomes[i] else { continue };
+        let (NodeOutcome::Ran(rec) | NodeOutcome::Cached(rec)) = &summary.outcomes[i] else {
+            continue;
+        };
         for (name, out) in &rec.outputs {
             // `train-teacher-samples.png`, `pairs-sheet-pairs.png`...
             let dest = dir.join(format!("{}-{name}", node.id.replace([':', '/'], "-")));
@@ -187,7 +237,13 @@ fn materialize(env: &Env, cache: &Cache, plan: &Plan, summary: &exec::BuildSumma
 }
 
 /// Builds every named effect (all by default) and writes its bundle and SHA256SUMS.
-fn release(env: &Env, mut effects: Vec<String>, out: &std::path::Path, jobs: usize, device: &str) -> Result<i32, i32> {
+fn release(
+    env: &Env,
+    mut effects: Vec<String>,
+    out: &std::path::Path,
+    jobs: usize,
+    device: &str,
+) -> Result<i32, i32> {
     if effects.is_empty() {
         effects = env.project.effect_names().map_err(|e| {
             eprintln!("error: {e}");
@@ -207,30 +263,61 @@ fn release(env: &Env, mut effects: Vec<String>, out: &std::path::Path, jobs: usi
         EXIT_INFRA
     })?;
     let mut sums = String::new();
-    let mut table = vec!["| effect | targets | student PSNR vs teacher | sizes | latency (tract, 1 thread) |".to_string(), "|---|---|---:|---|---|".to_string()];
+    let mut table = vec![
+        "| effect | targets | student PSNR vs teacher | sizes | latency (tract, 1 thread) |"
+            .to_string(),
+        "|---|---|---:|---|---|".to_string(),
+    ];
     for name in &effects {
         let (recipe, plan) = plan_for(env, &cache, &loader, name)?;
-        let Some(snapshot) = cache.read_snapshot(&plan.effect).ok().flatten() else { return Err(EXIT_INFRA) };
+        let Some(snapshot) = cache.read_snapshot(&plan.effect).ok().flatten() else {
+            return Err(EXIT_INFRA);
+        };
         let Some(entry) = snapshot.entries.get("bundle") else {
             eprintln!("error: effect `{name}` has no bundle (it names no `target`)");
             return Err(EXIT_USER);
         };
-        let Some((_, tar)) = entry.outputs.iter().find(|(n, _)| n == "bundle.tar.gz") else { return Err(EXIT_INFRA) };
-        let label = recipe.version.clone().unwrap_or_else(|| plan.recipe_digest.hex()[..12].to_string());
+        let Some((_, tar)) = entry.outputs.iter().find(|(n, _)| n == "bundle.tar.gz") else {
+            return Err(EXIT_INFRA);
+        };
+        let label = recipe
+            .version
+            .clone()
+            .unwrap_or_else(|| plan.recipe_digest.hex()[..12].to_string());
         let file = format!("{name}-{label}.tar.gz");
         let dest = out.join(&file);
         let tmp = out.join(format!(".{file}.tmp"));
-        std::fs::copy(cache.blob_path(&tar.digest), &tmp).and_then(|_| std::fs::rename(&tmp, &dest)).map_err(|e| {
-            eprintln!("error: cannot write {}: {e}", dest.display());
-            EXIT_INFRA
-        })?;
+        std::fs::copy(cache.blob_path(&tar.digest), &tmp)
+            .and_then(|_| std::fs::rename(&tmp, &dest))
+            .map_err(|e| {
+                eprintln!("error: cannot write {}: {e}", dest.display());
+                EXIT_INFRA
+            })?;
         sums.push_str(&format!("{}  {file}\n", tar.digest.hex()));
-        if let Some(manifest) = entry.outputs.iter().find(|(n, _)| n == "manifest.json").and_then(|(_, o)| std::fs::read(cache.blob_path(&o.digest)).ok()).and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok()) {
+        if let Some(manifest) = entry
+            .outputs
+            .iter()
+            .find(|(n, _)| n == "manifest.json")
+            .and_then(|(_, o)| std::fs::read(cache.blob_path(&o.digest)).ok())
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        {
             let targets = manifest["targets"].as_object().cloned().unwrap_or_default();
             let names: Vec<String> = targets.keys().cloned().collect();
-            let sizes: Vec<String> = targets.iter().map(|(k, t)| format!("{k} {} B", t["size_bytes"])).collect();
-            let lat: Vec<String> = targets.iter().map(|(k, t)| format!("{k} {:.2} ms", t["latency_ms"].as_f64().unwrap_or(f64::NAN))).collect();
-            table.push(format!("| {name} | {} | {} dB | {} | {} |", names.join(", "), manifest["student"]["psnr_db"], sizes.join(", "), lat.join(", ")));
+            let sizes: Vec<String> = targets
+                .iter()
+                .map(|(k, t)| format!("{k} {} B", t["size_bytes"]))
+                .collect();
+            let lat: Vec<String> = targets
+                .iter()
+                .map(|(k, t)| format!("{k} {:.2} ms", t["latency_ms"].as_f64().unwrap_or(f64::NAN)))
+                .collect();
+            table.push(format!(
+                "| {name} | {} | {} dB | {} | {} |",
+                names.join(", "),
+                manifest["student"]["psnr_db"],
+                sizes.join(", "),
+                lat.join(", ")
+            ));
         }
     }
     let sums_path = out.join("SHA256SUMS");
@@ -258,32 +345,63 @@ fn plan(env: &Env, effect: &str) -> Result<i32, i32> {
             let (state, reasons) = match s {
                 DryStatus::Cached { .. } => ("cached", vec![]),
                 DryStatus::Stale { reasons, .. } => ("stale", reasons.clone()),
-                DryStatus::Blocked { upstream } => ("stale", vec![format!("upstream {upstream} is stale")]),
+                DryStatus::Blocked { upstream } => {
+                    ("stale", vec![format!("upstream {upstream} is stale")])
+                }
             };
-            println!("{}", serde_json::json!({"event": "plan", "effect": effect, "stage": node.id, "kind": node.stage.kind(), "state": state, "reasons": reasons}));
+            println!(
+                "{}",
+                serde_json::json!({"event": "plan", "effect": effect, "stage": node.id, "kind": node.stage.kind(), "state": state, "reasons": reasons})
+            );
         }
         return Ok(EXIT_OK);
     }
     // Per-item stages fold into one line per kind and reason.
     let mut lines: BTreeMap<(usize, String, String), usize> = BTreeMap::new();
-    let first_pos: BTreeMap<String, usize> = plan.order.iter().enumerate().rev().map(|(pos, &i)| (plan.nodes[i].stage.kind().to_string(), pos)).collect();
+    let first_pos: BTreeMap<String, usize> = plan
+        .order
+        .iter()
+        .enumerate()
+        .rev()
+        .map(|(pos, &i)| (plan.nodes[i].stage.kind().to_string(), pos))
+        .collect();
     for (node, s) in plan.nodes.iter().zip(&status) {
         let kind = node.stage.kind().to_string();
-        let label = if node.item.is_some() { kind.clone() } else { node.id.clone() };
+        let label = if node.item.is_some() {
+            kind.clone()
+        } else {
+            node.id.clone()
+        };
         let text = match s {
             DryStatus::Cached { .. } => "cached".to_string(),
             DryStatus::Stale { reasons, .. } => format!("stale: {}", reasons.join("; ")),
             DryStatus::Blocked { upstream } => {
-                let up_kind = plan.node_index(upstream).map(|i| plan.nodes[i].stage.kind()).unwrap_or("?");
+                let up_kind = plan
+                    .node_index(upstream)
+                    .map(|i| plan.nodes[i].stage.kind())
+                    .unwrap_or("?");
                 format!("stale unless {up_kind} reproduces its outputs")
             }
         };
-        *lines.entry((first_pos.get(&kind).copied().unwrap_or(0), label, text)).or_default() += 1;
+        *lines
+            .entry((first_pos.get(&kind).copied().unwrap_or(0), label, text))
+            .or_default() += 1;
     }
-    let stale = status.iter().filter(|s| !matches!(s, DryStatus::Cached { .. })).count();
-    println!("{effect}: {} stages, {} cached, {stale} stale", plan.nodes.len(), plan.nodes.len() - stale);
+    let stale = status
+        .iter()
+        .filter(|s| !matches!(s, DryStatus::Cached { .. }))
+        .count();
+    println!(
+        "{effect}: {} stages, {} cached, {stale} stale",
+        plan.nodes.len(),
+        plan.nodes.len() - stale
+    );
     for ((_, label, text), count) in lines {
-        let n = if count > 1 { format!(" ×{count}") } else { String::new() };
+        let n = if count > 1 {
+            format!(" ×{count}")
+        } else {
+            String::new()
+        };
         println!("  {label}{n}: {text}");
     }
     Ok(EXIT_OK)
@@ -295,7 +413,9 @@ fn explain(env: &Env, effect: &str, stage: &str) -> Result<i32, i32> {
     let (_recipe, plan) = plan_for(env, &cache, &loader, effect)?;
     let Some(i) = plan.node_index(stage) else {
         let ids: Vec<&str> = plan.nodes.iter().map(|n| n.id.as_str()).collect();
-        let hint = crate::recipe::diagnostic::closest(stage, ids.iter().copied()).map(|s| format!(" (did you mean `{s}`?)")).unwrap_or_default();
+        let hint = crate::recipe::diagnostic::closest(stage, ids.iter().copied())
+            .map(|s| format!(" (did you mean `{s}`?)"))
+            .unwrap_or_default();
         eprintln!("error: effect `{effect}` has no stage `{stage}`{hint}; `effectc plan {effect}` lists them");
         return Err(EXIT_USER);
     };
@@ -318,7 +438,10 @@ fn explain(env: &Env, effect: &str, stage: &str) -> Result<i32, i32> {
                 break;
             }
             DryStatus::Blocked { upstream } => {
-                println!("{}: stale unless upstream `{upstream}` reproduces its outputs", plan.nodes[cur].id);
+                println!(
+                    "{}: stale unless upstream `{upstream}` reproduces its outputs",
+                    plan.nodes[cur].id
+                );
                 match plan.node_index(upstream) {
                     Some(u) => cur = u,
                     None => break,
@@ -350,7 +473,12 @@ fn check(env: &Env, mut effects: Vec<String>) -> Result<i32, i32> {
         match loader.load(name) {
             Ok(r) => {
                 if !env.json {
-                    println!("ok: {name} ({} stage kinds of teacher `{}`, {} target(s))", r.files.len(), r.teacher.kind(), r.targets.len());
+                    println!(
+                        "ok: {name} ({} stage kinds of teacher `{}`, {} target(s))",
+                        r.files.len(),
+                        r.teacher.kind(),
+                        r.targets.len()
+                    );
                 }
             }
             Err(d) => {
@@ -360,7 +488,10 @@ fn check(env: &Env, mut effects: Vec<String>) -> Result<i32, i32> {
         }
     }
     if env.json {
-        println!("{}", serde_json::json!({"event": "check-finished", "effects": effects.len(), "failed": bad}));
+        println!(
+            "{}",
+            serde_json::json!({"event": "check-finished", "effects": effects.len(), "failed": bad})
+        );
     }
     if bad > 0 {
         eprintln!("{bad} of {} recipe(s) have errors", effects.len());
@@ -381,7 +512,14 @@ fn cache_cmd(env: &Env, action: CacheAction) -> Result<i32, i32> {
             records.sort_by(|a, b| (&a.effect, &a.stage_id).cmp(&(&b.effect, &b.stage_id)));
             for r in &records {
                 let size: u64 = r.outputs.values().map(|o| o.size_bytes).sum();
-                println!("{}  {:<10} {:<40} {:>10} B  {} ms", &r.key.hex()[..16], r.effect, r.stage_id, size, r.duration_ms);
+                println!(
+                    "{}  {:<10} {:<40} {:>10} B  {} ms",
+                    &r.key.hex()[..16],
+                    r.effect,
+                    r.stage_id,
+                    size,
+                    r.duration_ms
+                );
             }
             println!("{} record(s)", records.len());
         }

@@ -8,7 +8,11 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
-#[command(name = "effectc", version, about = "An effect compiler: recipes for real-time video effects in, verified on-device models out")]
+#[command(
+    name = "effectc",
+    version,
+    about = "An effect compiler: recipes for real-time video effects in, verified on-device models out"
+)]
 pub struct Cli {
     /// Project folder (default: found from the working directory upwards, like cargo).
     #[arg(long, global = true)]
@@ -80,7 +84,9 @@ pub enum CacheAction {
 }
 
 fn default_jobs() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
 }
 
 pub fn main() -> i32 {

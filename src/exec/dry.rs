@@ -9,14 +9,24 @@ use std::collections::BTreeMap;
 
 #[derive(Clone, Debug)]
 pub enum DryStatus {
-    Cached { key: Digest },
+    Cached {
+        key: Digest,
+    },
     /// Stale, with the reasons found against the last build of this stage.
-    Stale { key: Digest, reasons: Vec<String> },
+    Stale {
+        key: Digest,
+        reasons: Vec<String>,
+    },
     /// Its inputs come from stale stages: it will run unless they reproduce their outputs.
-    Blocked { upstream: String },
+    Blocked {
+        upstream: String,
+    },
 }
 
-pub fn dry_run(cache: &Cache, plan: &Plan) -> Result<(Vec<DryStatus>, Snapshot), crate::cache::CacheError> {
+pub fn dry_run(
+    cache: &Cache,
+    plan: &Plan,
+) -> Result<(Vec<DryStatus>, Snapshot), crate::cache::CacheError> {
     let snapshot = cache.read_snapshot(&plan.effect)?.unwrap_or_default();
     let mut records: Vec<Option<StageRecord>> = vec![None; plan.nodes.len()];
     let mut status: Vec<Option<DryStatus>> = vec![None; plan.nodes.len()];
@@ -58,7 +68,9 @@ pub fn dry_run(cache: &Cache, plan: &Plan) -> Result<(Vec<DryStatus>, Snapshot),
         let params = node.stage.params();
         let key = stage_key(node.stage.kind(), node.stage.version(), &params, &inputs);
         let hit = match snapshot.entries.get(&node.id) {
-            Some(e) if e.key == key && e.outputs.iter().all(|(_, o)| cache.has_blob(&o.digest)) => Some(e.to_record(&node.id, &plan.effect)),
+            Some(e) if e.key == key && e.outputs.iter().all(|(_, o)| cache.has_blob(&o.digest)) => {
+                Some(e.to_record(&node.id, &plan.effect))
+            }
             _ => cache.get_record(&key).ok().flatten(),
         };
         match hit {
@@ -79,12 +91,27 @@ pub fn dry_run(cache: &Cache, plan: &Plan) -> Result<(Vec<DryStatus>, Snapshot),
             }
         }
     }
-    Ok((status.into_iter().map(|s| s.unwrap_or(DryStatus::Blocked { upstream: "?".into() })).collect(), snapshot))
+    Ok((
+        status
+            .into_iter()
+            .map(|s| {
+                s.unwrap_or(DryStatus::Blocked {
+                    upstream: "?".into(),
+                })
+            })
+            .collect(),
+        snapshot,
+    ))
 }
 
 /// Why a stage's key differs from its last build: changed params by recipe path,
 /// changed inputs by name.
-pub fn diff_reasons(old: &StageRecord, key: Digest, params: &BTreeMap<String, String>, inputs: &BTreeMap<String, Digest>) -> Vec<String> {
+pub fn diff_reasons(
+    old: &StageRecord,
+    key: Digest,
+    params: &BTreeMap<String, String>,
+    inputs: &BTreeMap<String, Digest>,
+) -> Vec<String> {
     let mut reasons = Vec::new();
     for (k, v) in params {
         match old.params.get(k) {
@@ -116,7 +143,11 @@ pub fn diff_reasons(old: &StageRecord, key: Digest, params: &BTreeMap<String, St
             _ => {}
         }
     }
-    let removed = old.inputs.keys().filter(|k| !inputs.contains_key(*k)).count();
+    let removed = old
+        .inputs
+        .keys()
+        .filter(|k| !inputs.contains_key(*k))
+        .count();
     if changed_inputs > 5 {
         reasons.push(format!("… {} more inputs changed", changed_inputs - 5));
     }

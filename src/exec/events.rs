@@ -10,7 +10,10 @@ use std::sync::Mutex;
 #[derive(Clone, Debug, Serialize)]
 #[serde(tag = "event", rename_all = "kebab-case")]
 pub enum Event {
-    BuildStarted { effect: String, stages: usize },
+    BuildStarted {
+        effect: String,
+        stages: usize,
+    },
     StageFinished {
         effect: String,
         stage: String,
@@ -21,16 +24,44 @@ pub enum Event {
         #[serde(skip_serializing_if = "serde_json::Map::is_empty")]
         metrics: serde_json::Map<String, serde_json::Value>,
     },
-    StageFailed { effect: String, stage: String, kind: String, error: String, user_error: bool },
-    StageProgress { effect: String, stage: String, done: u64, total: u64, message: String },
-    BuildFinished { effect: String, ok: bool, ran: usize, cached: usize, failed: usize, skipped: usize, cancelled: bool, duration_ms: u64 },
+    StageFailed {
+        effect: String,
+        stage: String,
+        kind: String,
+        error: String,
+        user_error: bool,
+    },
+    StageProgress {
+        effect: String,
+        stage: String,
+        done: u64,
+        total: u64,
+        message: String,
+    },
+    BuildFinished {
+        effect: String,
+        ok: bool,
+        ran: usize,
+        cached: usize,
+        failed: usize,
+        skipped: usize,
+        cancelled: bool,
+        duration_ms: u64,
+    },
 }
 
 pub trait Reporter: Sync {
     fn event(&self, e: &Event);
     /// A stage finished or was found cached. The default sends a `StageFinished` event;
     /// people's output only counts cached per-item stages (30,000 of them must stay cheap).
-    fn stage_finished(&self, effect: &str, stage: &str, kind: &str, rec: &crate::cache::StageRecord, cached: bool) {
+    fn stage_finished(
+        &self,
+        effect: &str,
+        stage: &str,
+        kind: &str,
+        rec: &crate::cache::StageRecord,
+        cached: bool,
+    ) {
         self.event(&Event::StageFinished {
             effect: effect.to_string(),
             stage: stage.to_string(),
@@ -53,7 +84,13 @@ pub struct JsonReporter {
 
 impl JsonReporter {
     pub fn new() -> JsonReporter {
-        JsonReporter { out: Mutex::new(std::io::BufWriter::with_capacity(1 << 16, std::io::stdout())), last_progress: Mutex::new(std::time::Instant::now()) }
+        JsonReporter {
+            out: Mutex::new(std::io::BufWriter::with_capacity(
+                1 << 16,
+                std::io::stdout(),
+            )),
+            last_progress: Mutex::new(std::time::Instant::now()),
+        }
     }
 }
 
@@ -94,7 +131,11 @@ pub struct HumanReporter {
 impl HumanReporter {
     pub fn new() -> HumanReporter {
         let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
-        HumanReporter { multi, bars: Mutex::new(BTreeMap::new()), step_bars: Mutex::new(BTreeMap::new()) }
+        HumanReporter {
+            multi,
+            bars: Mutex::new(BTreeMap::new()),
+            step_bars: Mutex::new(BTreeMap::new()),
+        }
     }
 }
 
@@ -122,9 +163,21 @@ impl HumanReporter {
 }
 
 impl Reporter for HumanReporter {
-    fn stage_finished(&self, effect: &str, stage: &str, kind: &str, rec: &crate::cache::StageRecord, cached: bool) {
+    fn stage_finished(
+        &self,
+        effect: &str,
+        stage: &str,
+        kind: &str,
+        rec: &crate::cache::StageRecord,
+        cached: bool,
+    ) {
         if rec.metrics.is_empty() {
-            if let Some(bar) = self.bars.lock().unwrap_or_else(|p| p.into_inner()).get(kind) {
+            if let Some(bar) = self
+                .bars
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(kind)
+            {
                 bar.inc(1);
             }
             return;
@@ -152,26 +205,57 @@ impl Reporter for HumanReporter {
 
     fn event(&self, e: &Event) {
         match e {
-            Event::StageFinished { kind, stage, cached, metrics, duration_ms, .. } => {
-                if let Some(bar) = self.bars.lock().unwrap_or_else(|p| p.into_inner()).get(kind) {
+            Event::StageFinished {
+                kind,
+                stage,
+                cached,
+                metrics,
+                duration_ms,
+                ..
+            } => {
+                if let Some(bar) = self
+                    .bars
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(kind)
+                {
                     bar.inc(1);
                     if bar.position() == bar.length().unwrap_or(0) {
                         bar.finish();
                     }
                 }
-                if let Some(b) = self.step_bars.lock().unwrap_or_else(|p| p.into_inner()).remove(stage) {
+                if let Some(b) = self
+                    .step_bars
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(stage)
+                {
                     b.finish_and_clear();
                 }
                 if !metrics.is_empty() {
-                    let shown: Vec<String> = metrics.iter().filter(|(_, v)| v.is_number()).map(|(k, v)| format!("{k}={}", fmt_metric(v))).collect();
-                    let how = if *cached { "cached".to_string() } else { format!("{:.1}s", *duration_ms as f64 / 1000.0) };
+                    let shown: Vec<String> = metrics
+                        .iter()
+                        .filter(|(_, v)| v.is_number())
+                        .map(|(k, v)| format!("{k}={}", fmt_metric(v)))
+                        .collect();
+                    let how = if *cached {
+                        "cached".to_string()
+                    } else {
+                        format!("{:.1}s", *duration_ms as f64 / 1000.0)
+                    };
                     self.say(format!("{stage} ({how}): {}", shown.join(" ")));
                 }
             }
             Event::StageFailed { stage, error, .. } => {
                 self.say(format!("error: {stage} failed: {error}"));
             }
-            Event::StageProgress { stage, done, total, message, .. } => {
+            Event::StageProgress {
+                stage,
+                done,
+                total,
+                message,
+                ..
+            } => {
                 let mut bars = self.step_bars.lock().unwrap_or_else(|p| p.into_inner());
                 let bar = bars.entry(stage.clone()).or_insert_with(|| {
                     let b = self.multi.add(ProgressBar::new(*total));
@@ -183,16 +267,39 @@ impl Reporter for HumanReporter {
                 bar.set_position(*done);
                 bar.set_message(message.clone());
             }
-            Event::BuildFinished { effect, ok, ran, cached, failed, skipped, cancelled, duration_ms } => {
+            Event::BuildFinished {
+                effect,
+                ok,
+                ran,
+                cached,
+                failed,
+                skipped,
+                cancelled,
+                duration_ms,
+            } => {
                 for b in self.bars.lock().unwrap_or_else(|p| p.into_inner()).values() {
                     b.finish();
                 }
-                let status = if *cancelled { "interrupted" } else if *ok { "built" } else { "FAILED" };
+                let status = if *cancelled {
+                    "interrupted"
+                } else if *ok {
+                    "built"
+                } else {
+                    "FAILED"
+                };
                 self.say(format!(
                     "{effect}: {status} in {:.2}s — {ran} ran, {cached} cached{}{}",
                     *duration_ms as f64 / 1000.0,
-                    if *failed > 0 { format!(", {failed} failed") } else { String::new() },
-                    if *skipped > 0 { format!(", {skipped} skipped") } else { String::new() },
+                    if *failed > 0 {
+                        format!(", {failed} failed")
+                    } else {
+                        String::new()
+                    },
+                    if *skipped > 0 {
+                        format!(", {skipped} skipped")
+                    } else {
+                        String::new()
+                    },
                 ));
             }
             Event::BuildStarted { .. } => {}

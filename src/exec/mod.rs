@@ -1,8 +1,8 @@
 //! The executor: runs a plan's stale stages in dependency order, independent CPU stages
 //! in parallel, everything else from the cache.
 
-pub mod events;
 pub mod dry;
+pub mod events;
 mod scheduler;
 
 pub use events::{Event, HumanReporter, JsonReporter, Reporter};

@@ -26,7 +26,10 @@ pub struct BuildOptions {
 pub enum NodeOutcome {
     Cached(StageRecord),
     Ran(StageRecord),
-    Failed { error: String, user_error: bool },
+    Failed {
+        error: String,
+        user_error: bool,
+    },
     /// Not run: an upstream stage failed, or the build stopped first.
     Skipped,
 }
@@ -69,7 +72,14 @@ struct Done {
 
 /// Builds `plan` against `cache`. Never returns early on a stage failure: the summary
 /// says what ran, what was cached, what failed and what was skipped.
-pub fn build(project_root: &Path, cache: &Cache, plan: &Plan, opts: &BuildOptions, reporter: &dyn Reporter, cancel: &AtomicBool) -> Result<BuildSummary, crate::cache::CacheError> {
+pub fn build(
+    project_root: &Path,
+    cache: &Cache,
+    plan: &Plan,
+    opts: &BuildOptions,
+    reporter: &dyn Reporter,
+    cancel: &AtomicBool,
+) -> Result<BuildSummary, crate::cache::CacheError> {
     let started = Instant::now();
     let _build_lock = cache.build_lock()?;
     let snapshot = cache.read_snapshot(&plan.effect)?.unwrap_or_default();
@@ -80,7 +90,10 @@ pub fn build(project_root: &Path, cache: &Cache, plan: &Plan, opts: &BuildOption
         None => cache.has_blob(d),
     };
     let n = plan.nodes.len();
-    reporter.event(&Event::BuildStarted { effect: plan.effect.clone(), stages: n });
+    reporter.event(&Event::BuildStarted {
+        effect: plan.effect.clone(),
+        stages: n,
+    });
     let mut per_kind: BTreeMap<String, u64> = BTreeMap::new();
     for node in &plan.nodes {
         *per_kind.entry(node.stage.kind().to_string()).or_default() += 1;
@@ -89,11 +102,20 @@ pub fn build(project_root: &Path, cache: &Cache, plan: &Plan, opts: &BuildOption
 
     let mut waiting: Vec<usize> = vec![0; n];
     for (i, node) in plan.nodes.iter().enumerate() {
-        waiting[i] = node.inputs.iter().filter(|inp| matches!(inp.from, InputRef::Stage { .. } | InputRef::StageAll { .. })).count();
+        waiting[i] = node
+            .inputs
+            .iter()
+            .filter(|inp| matches!(inp.from, InputRef::Stage { .. } | InputRef::StageAll { .. }))
+            .count();
     }
     let dependents: Vec<Vec<usize>> = (0..n).map(|i| plan.dependents(i)).collect();
     let mut outcomes: Vec<Option<NodeOutcome>> = vec![None; n];
-    let mut ready: VecDeque<usize> = plan.order.iter().copied().filter(|&i| waiting[i] == 0).collect();
+    let mut ready: VecDeque<usize> = plan
+        .order
+        .iter()
+        .copied()
+        .filter(|&i| waiting[i] == 0)
+        .collect();
     let mut queued: VecDeque<Job> = VecDeque::new();
     let mut running = 0usize;
     let mut exclusive_running = false;
@@ -146,7 +168,9 @@ pub fn build(project_root: &Path, cache: &Cache, plan: &Plan, opts: &BuildOption
                                 Some(NodeOutcome::Cached(r)) | Some(NodeOutcome::Ran(r)) => r,
                                 _ => unreachable_input(),
                             };
-                            let Some(out) = rec.outputs.get(output) else { continue };
+                            let Some(out) = rec.outputs.get(output) else {
+                                continue;
+                            };
                             inputs.insert(inp.name.clone(), out.digest);
                             input_paths.insert(inp.name.clone(), cache.blob_path(&out.digest));
                         }
@@ -163,24 +187,49 @@ pub fn build(project_root: &Path, cache: &Cache, plan: &Plan, opts: &BuildOption
                         }
                     }
                 }
-                let key = stage_key(node.stage.kind(), node.stage.version(), &node.stage.params(), &inputs);
+                let key = stage_key(
+                    node.stage.kind(),
+                    node.stage.version(),
+                    &node.stage.params(),
+                    &inputs,
+                );
                 let hit = match snapshot.entries.get(&node.id) {
-                    Some(e) if e.key == key && e.outputs.iter().all(|(_, o)| blob_present(&o.digest)) => Some(e.to_record(&node.id, &plan.effect)),
+                    Some(e)
+                        if e.key == key
+                            && e.outputs.iter().all(|(_, o)| blob_present(&o.digest)) =>
+                    {
+                        Some(e.to_record(&node.id, &plan.effect))
+                    }
                     _ => cache.get_record(&key).ok().flatten(),
                 };
                 match hit {
                     Some(mut rec) => {
                         rec.stage_id = node.id.clone();
-                        reporter.stage_finished(&plan.effect, &node.id, node.stage.kind(), &rec, true);
+                        reporter.stage_finished(
+                            &plan.effect,
+                            &node.id,
+                            node.stage.kind(),
+                            &rec,
+                            true,
+                        );
                         outcomes[i] = Some(NodeOutcome::Cached(rec));
                         release(i, &dependents, &mut waiting, &mut ready);
                     }
-                    None => queued.push_back(Job { node: i, key, inputs, input_paths }),
+                    None => queued.push_back(Job {
+                        node: i,
+                        key,
+                        inputs,
+                        input_paths,
+                    }),
                 }
             }
             // Start queued work: CPU stages side by side, exclusive ones alone.
             while !stop && !exclusive_running && running < jobs {
-                let Some(pos) = queued.iter().position(|j| plan.nodes[j.node].stage.resource() == Resource::Cpu || running == 0) else { break };
+                let Some(pos) = queued.iter().position(|j| {
+                    plan.nodes[j.node].stage.resource() == Resource::Cpu || running == 0
+                }) else {
+                    break;
+                };
                 let Some(job) = queued.remove(pos) else { break };
                 if plan.nodes[job.node].stage.resource() == Resource::Exclusive {
                     exclusive_running = true;
@@ -207,8 +256,18 @@ pub fn build(project_root: &Path, cache: &Cache, plan: &Plan, opts: &BuildOption
                         rec.duration_ms = 0;
                     }
                     let node = &plan.nodes[i];
-                    reporter.stage_finished(&plan.effect, &node.id, node.stage.kind(), &rec, cached);
-                    outcomes[i] = Some(if cached { NodeOutcome::Cached(rec) } else { NodeOutcome::Ran(rec) });
+                    reporter.stage_finished(
+                        &plan.effect,
+                        &node.id,
+                        node.stage.kind(),
+                        &rec,
+                        cached,
+                    );
+                    outcomes[i] = Some(if cached {
+                        NodeOutcome::Cached(rec)
+                    } else {
+                        NodeOutcome::Ran(rec)
+                    });
                     release(i, &dependents, &mut waiting, &mut ready);
                 }
                 Err(StageError::Cancelled) => {
@@ -218,8 +277,17 @@ pub fn build(project_root: &Path, cache: &Cache, plan: &Plan, opts: &BuildOption
                 Err(e) => {
                     let user_error = matches!(e, StageError::User(_));
                     let node = &plan.nodes[i];
-                    reporter.event(&Event::StageFailed { effect: plan.effect.clone(), stage: node.id.clone(), kind: node.stage.kind().into(), error: e.to_string(), user_error });
-                    outcomes[i] = Some(NodeOutcome::Failed { error: e.to_string(), user_error });
+                    reporter.event(&Event::StageFailed {
+                        effect: plan.effect.clone(),
+                        stage: node.id.clone(),
+                        kind: node.stage.kind().into(),
+                        error: e.to_string(),
+                        user_error,
+                    });
+                    outcomes[i] = Some(NodeOutcome::Failed {
+                        error: e.to_string(),
+                        user_error,
+                    });
                     if !opts.keep_going {
                         stop = true;
                     }
@@ -229,10 +297,16 @@ pub fn build(project_root: &Path, cache: &Cache, plan: &Plan, opts: &BuildOption
         drop(job_tx);
     });
 
-    let outcomes: Vec<NodeOutcome> = outcomes.into_iter().map(|o| o.unwrap_or(NodeOutcome::Skipped)).collect();
+    let outcomes: Vec<NodeOutcome> = outcomes
+        .into_iter()
+        .map(|o| o.unwrap_or(NodeOutcome::Skipped))
+        .collect();
     // Remember this build's records (one file) for the next no-op build and `explain`.
     let unchanged = outcomes.iter().zip(&plan.nodes).all(|(o, node)| match o {
-        NodeOutcome::Cached(r) | NodeOutcome::Ran(r) => snapshot.entries.get(&node.id).is_some_and(|e| e.key == r.key),
+        NodeOutcome::Cached(r) | NodeOutcome::Ran(r) => snapshot
+            .entries
+            .get(&node.id)
+            .is_some_and(|e| e.key == r.key),
         _ => true,
     }) && snapshot.entries.len() == plan.nodes.len();
     let mut next = Snapshot::default();
@@ -286,7 +360,12 @@ fn unreachable_input() -> ! {
     panic!("scheduler invariant broken: a stage became ready before its inputs")
 }
 
-fn release(i: usize, dependents: &[Vec<usize>], waiting: &mut [usize], ready: &mut VecDeque<usize>) {
+fn release(
+    i: usize,
+    dependents: &[Vec<usize>],
+    waiting: &mut [usize],
+    ready: &mut VecDeque<usize>,
+) {
     for &d in &dependents[i] {
         waiting[d] -= 1;
         if waiting[d] == 0 {
@@ -297,7 +376,15 @@ fn release(i: usize, dependents: &[Vec<usize>], waiting: &mut [usize], ready: &m
 
 /// Runs one stage on a worker thread. Holds the key's lock so two builds never run the
 /// same stage at once; the second finds the first one's record.
-fn run_job(project_root: &Path, cache: &Cache, plan: &Plan, opts: &BuildOptions, reporter: &dyn Reporter, cancel: &AtomicBool, job: Job) -> Result<StageRecord, StageError> {
+fn run_job(
+    project_root: &Path,
+    cache: &Cache,
+    plan: &Plan,
+    opts: &BuildOptions,
+    reporter: &dyn Reporter,
+    cancel: &AtomicBool,
+    job: Job,
+) -> Result<StageRecord, StageError> {
     let node = &plan.nodes[job.node];
     let infra = |e: crate::cache::CacheError| StageError::infra(e.to_string());
     let _lock = cache.lock_key(&job.key).map_err(infra)?;
@@ -312,7 +399,13 @@ fn run_job(project_root: &Path, cache: &Cache, plan: &Plan, opts: &BuildOptions,
     let scratch = cache.scratch_dir().map_err(infra)?;
     let started = Instant::now();
     let progress = |p: Progress| {
-        reporter.event(&Event::StageProgress { effect: plan.effect.clone(), stage: node.id.clone(), done: p.done, total: p.total, message: p.message });
+        reporter.event(&Event::StageProgress {
+            effect: plan.effect.clone(),
+            stage: node.id.clone(),
+            done: p.done,
+            total: p.total,
+            message: p.message,
+        });
     };
     let mut ctx = RunContext {
         stage_id: &node.id,
@@ -341,7 +434,10 @@ fn run_job(project_root: &Path, cache: &Cache, plan: &Plan, opts: &BuildOptions,
         params: node.stage.params(),
         inputs: job.inputs,
         duration_ms: started.elapsed().as_millis() as u64,
-        finished_at_unix: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+        finished_at_unix: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
         log: ctx.log,
     };
     cache.put_record(&rec).map_err(infra)?;

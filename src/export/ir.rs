@@ -26,7 +26,9 @@ pub enum Op {
     /// Concatenation along channels.
     ConcatChannels,
     /// Nearest-neighbour upsampling by an integer factor on H and W.
-    UpsampleNearest { factor: usize },
+    UpsampleNearest {
+        factor: usize,
+    },
     Tanh,
     Sigmoid,
 }
@@ -85,7 +87,9 @@ impl Op {
     pub fn kind(&self) -> &'static str {
         match self {
             Op::Conv2d {
-                groups, weight_shape, ..
+                groups,
+                weight_shape,
+                ..
             } => {
                 if *groups > 1 && *groups == weight_shape[0] && weight_shape[1] == 1 {
                     "DepthwiseConv2d"
@@ -104,7 +108,13 @@ impl Op {
 }
 
 /// Output size of a strided window along one axis (the usual floor formula).
-pub fn conv_out_len(in_len: usize, kernel: usize, stride: usize, pad_begin: usize, pad_end: usize) -> Option<usize> {
+pub fn conv_out_len(
+    in_len: usize,
+    kernel: usize,
+    stride: usize,
+    pad_begin: usize,
+    pad_end: usize,
+) -> Option<usize> {
     let padded = in_len + pad_begin + pad_end;
     if padded < kernel || stride == 0 {
         return None;
@@ -240,7 +250,10 @@ fn node_output_shape(node: &Node, ins: &[[usize; 4]]) -> Result<[usize; 4], IrEr
                 )));
             }
             if bias.len() != o {
-                return Err(bad(format!("bias has {} values for {o} output channels", bias.len())));
+                return Err(bad(format!(
+                    "bias has {} values for {o} output channels",
+                    bias.len()
+                )));
             }
             let oh = conv_out_len(x[2], kh, stride[0], pads[0], pads[2]).ok_or_else(|| {
                 bad(format!(
@@ -311,7 +324,8 @@ mod tests {
             g.nodes
                 .iter()
                 .map(|n| match &n.op {
-                    Op::Conv2d { weight_shape, .. } => weight_shape.iter().product::<usize>() + weight_shape[0],
+                    Op::Conv2d { weight_shape, .. } =>
+                        weight_shape.iter().product::<usize>() + weight_shape[0],
                     _ => 0,
                 })
                 .sum::<usize>()
@@ -383,7 +397,10 @@ mod tests {
             output_name: "c".into(),
         };
         let v = eval(&g, &[1.0, 2.0]).unwrap();
-        assert_eq!(v.get("u").unwrap(), &[1.0, 1.0, 2.0, 2.0, 1.0, 1.0, 2.0, 2.0]);
+        assert_eq!(
+            v.get("u").unwrap(),
+            &[1.0, 1.0, 2.0, 2.0, 1.0, 1.0, 2.0, 2.0]
+        );
         assert_eq!(v.shapes["c"], [1, 2, 2, 4]);
         assert_eq!(v.get("c").unwrap().len(), 16);
     }

@@ -5,8 +5,9 @@
 
 use prost::Message;
 use tract_onnx::pb::{
-    attribute_proto::AttributeType, tensor_proto::DataType, tensor_shape_proto, type_proto, AttributeProto, GraphProto,
-    ModelProto, NodeProto, OperatorSetIdProto, TensorProto, TensorShapeProto, TypeProto, ValueInfoProto,
+    attribute_proto::AttributeType, tensor_proto::DataType, tensor_shape_proto, type_proto,
+    AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto,
+    TensorShapeProto, TypeProto, ValueInfoProto,
 };
 
 use super::ir::{Graph, IrError, Op};
@@ -65,7 +66,9 @@ fn f16_tensor(name: &str, dims: &[usize], data: &[f32]) -> TensorProto {
         name,
         dims,
         DataType::Float16,
-        data.iter().flat_map(|v| f16_bits(*v).to_le_bytes()).collect(),
+        data.iter()
+            .flat_map(|v| f16_bits(*v).to_le_bytes())
+            .collect(),
     )
 }
 
@@ -96,7 +99,13 @@ fn attr_str(name: &str, v: &str) -> AttributeProto {
     }
 }
 
-fn node(op_type: &str, name: &str, inputs: &[&str], outputs: &[&str], attribute: Vec<AttributeProto>) -> NodeProto {
+fn node(
+    op_type: &str,
+    name: &str,
+    inputs: &[&str],
+    outputs: &[&str],
+    attribute: Vec<AttributeProto>,
+) -> NodeProto {
     NodeProto {
         op_type: op_type.into(),
         name: name.into(),
@@ -141,7 +150,9 @@ impl Builder {
         let zp = format!("{prefix}_zero_point");
         self.initializers.push(f32_tensor(&scale, &[], &[q.scale]));
         self.initializers.push(match q.dtype {
-            ActivationType::Int8 => tensor(&zp, &[], DataType::Int8, vec![q.zero_point as i8 as u8]),
+            ActivationType::Int8 => {
+                tensor(&zp, &[], DataType::Int8, vec![q.zero_point as i8 as u8])
+            }
             ActivationType::Uint8 => tensor(&zp, &[], DataType::Uint8, vec![q.zero_point as u8]),
         });
         (scale, zp)
@@ -241,8 +252,11 @@ pub fn write(graph: &Graph, precision: OnnxPrecision) -> Result<Vec<u8>, OnnxErr
                         DataType::Int8,
                         cq.weight.iter().map(|v| *v as u8).collect(),
                     ));
-                    b.initializers
-                        .push(f32_tensor(&format!("{w_name}_scale"), &[o], &cq.weight_scales));
+                    b.initializers.push(f32_tensor(
+                        &format!("{w_name}_scale"),
+                        &[o],
+                        &cq.weight_scales,
+                    ));
                     b.initializers.push(tensor(
                         &format!("{w_name}_zero_point"),
                         &[o],
@@ -252,7 +266,11 @@ pub fn write(graph: &Graph, precision: OnnxPrecision) -> Result<Vec<u8>, OnnxErr
                     b.nodes.push(node(
                         "DequantizeLinear",
                         &format!("{w_name}_DQ"),
-                        &[&wq, &format!("{w_name}_scale"), &format!("{w_name}_zero_point")],
+                        &[
+                            &wq,
+                            &format!("{w_name}_scale"),
+                            &format!("{w_name}_zero_point"),
+                        ],
                         &[&w_name],
                         vec![attr_int("axis", 0)],
                     ));
@@ -263,8 +281,11 @@ pub fn write(graph: &Graph, precision: OnnxPrecision) -> Result<Vec<u8>, OnnxErr
                         DataType::Int32,
                         cq.bias.iter().flat_map(|v| v.to_le_bytes()).collect(),
                     ));
-                    b.initializers
-                        .push(f32_tensor(&format!("{b_name}_scale"), &[o], &cq.bias_scales));
+                    b.initializers.push(f32_tensor(
+                        &format!("{b_name}_scale"),
+                        &[o],
+                        &cq.bias_scales,
+                    ));
                     b.initializers.push(tensor(
                         &format!("{b_name}_zero_point"),
                         &[o],
@@ -274,15 +295,21 @@ pub fn write(graph: &Graph, precision: OnnxPrecision) -> Result<Vec<u8>, OnnxErr
                     b.nodes.push(node(
                         "DequantizeLinear",
                         &format!("{b_name}_DQ"),
-                        &[&bq, &format!("{b_name}_scale"), &format!("{b_name}_zero_point")],
+                        &[
+                            &bq,
+                            &format!("{b_name}_scale"),
+                            &format!("{b_name}_zero_point"),
+                        ],
                         &[&b_name],
                         vec![attr_int("axis", 0)],
                     ));
                 } else if fp16 {
-                    b.initializers.push(f16_tensor(&w_name, weight_shape, weight));
+                    b.initializers
+                        .push(f16_tensor(&w_name, weight_shape, weight));
                     b.initializers.push(f16_tensor(&b_name, &[o], bias));
                 } else {
-                    b.initializers.push(f32_tensor(&w_name, weight_shape, weight));
+                    b.initializers
+                        .push(f32_tensor(&w_name, weight_shape, weight));
                     b.initializers.push(f32_tensor(&b_name, &[o], bias));
                 }
                 b.nodes.push(node(
@@ -293,24 +320,42 @@ pub fn write(graph: &Graph, precision: OnnxPrecision) -> Result<Vec<u8>, OnnxErr
                     vec![
                         attr_ints("dilations", &[1, 1]),
                         attr_int("group", *groups as i64),
-                        attr_ints("kernel_shape", &[weight_shape[2] as i64, weight_shape[3] as i64]),
+                        attr_ints(
+                            "kernel_shape",
+                            &[weight_shape[2] as i64, weight_shape[3] as i64],
+                        ),
                         // ONNX order: [h_begin, w_begin, h_end, w_end] == IR [t, l, b, r].
                         attr_ints("pads", &pads.map(|p| p as i64)),
                         attr_ints("strides", &[stride[0] as i64, stride[1] as i64]),
                     ],
                 ));
             }
-            Op::Relu => b.nodes.push(node("Relu", &n.name, &ins_ref, &[&out], vec![])),
-            Op::Tanh => b.nodes.push(node("Tanh", &n.name, &ins_ref, &[&out], vec![])),
-            Op::Sigmoid => b.nodes.push(node("Sigmoid", &n.name, &ins_ref, &[&out], vec![])),
-            Op::Add => b.nodes.push(node("Add", &n.name, &ins_ref, &[&out], vec![])),
-            Op::ConcatChannels => b
+            Op::Relu => b
                 .nodes
-                .push(node("Concat", &n.name, &ins_ref, &[&out], vec![attr_int("axis", 1)])),
+                .push(node("Relu", &n.name, &ins_ref, &[&out], vec![])),
+            Op::Tanh => b
+                .nodes
+                .push(node("Tanh", &n.name, &ins_ref, &[&out], vec![])),
+            Op::Sigmoid => b
+                .nodes
+                .push(node("Sigmoid", &n.name, &ins_ref, &[&out], vec![])),
+            Op::Add => b
+                .nodes
+                .push(node("Add", &n.name, &ins_ref, &[&out], vec![])),
+            Op::ConcatChannels => b.nodes.push(node(
+                "Concat",
+                &n.name,
+                &ins_ref,
+                &[&out],
+                vec![attr_int("axis", 1)],
+            )),
             Op::UpsampleNearest { factor } => {
                 let scales = format!("{}_scales", n.name);
-                b.initializers
-                    .push(f32_tensor(&scales, &[4], &[1.0, 1.0, *factor as f32, *factor as f32]));
+                b.initializers.push(f32_tensor(
+                    &scales,
+                    &[4],
+                    &[1.0, 1.0, *factor as f32, *factor as f32],
+                ));
                 b.nodes.push(node(
                     "Resize",
                     &n.name,
@@ -361,7 +406,11 @@ pub fn write(graph: &Graph, precision: OnnxPrecision) -> Result<Vec<u8>, OnnxErr
             name: "effectc_student".into(),
             node: b.nodes,
             initializer: b.initializers,
-            input: vec![value_info(&graph.input_name, DataType::Float, graph.input_shape)],
+            input: vec![value_info(
+                &graph.input_name,
+                DataType::Float,
+                graph.input_shape,
+            )],
             output: vec![value_info(
                 &graph.output_name,
                 DataType::Float,
@@ -382,7 +431,12 @@ mod tests {
     use crate::export::sample::{image_like, sigmoid_head, student_like};
     use crate::verify::{compare, Thresholds, TractModel};
 
-    fn run_and_compare(bytes: &[u8], g: &Graph, input: &[f32], t: &Thresholds) -> crate::verify::Comparison {
+    fn run_and_compare(
+        bytes: &[u8],
+        g: &Graph,
+        input: &[f32],
+        t: &Thresholds,
+    ) -> crate::verify::Comparison {
         let reference = eval(g, input).unwrap();
         let model = TractModel::onnx(bytes, g.input_shape).unwrap();
         let (out, shape) = model.run(input).unwrap();
@@ -397,7 +451,12 @@ mod tests {
         let model = ModelProto::decode(&bytes[..]).unwrap();
         assert_eq!(model.opset_import[0].version, 17);
         assert_eq!(model.ir_version, 8);
-        let c = run_and_compare(&bytes, &g, &image_like(g.input_shape, 1), &Thresholds::fp32());
+        let c = run_and_compare(
+            &bytes,
+            &g,
+            &image_like(g.input_shape, 1),
+            &Thresholds::fp32(),
+        );
         eprintln!(
             "onnx fp32: {:.1} dB, ssim {:.5}, {} bytes",
             c.psnr_db,
@@ -413,7 +472,12 @@ mod tests {
     fn fp16_onnx_passes_the_fp16_bar() {
         let g = student_like(4, 32, 8);
         let bytes = write(&g, OnnxPrecision::Fp16).unwrap();
-        let c = run_and_compare(&bytes, &g, &image_like(g.input_shape, 2), &Thresholds::fp16());
+        let c = run_and_compare(
+            &bytes,
+            &g,
+            &image_like(g.input_shape, 2),
+            &Thresholds::fp16(),
+        );
         eprintln!(
             "onnx fp16: {:.1} dB, ssim {:.5}, {} bytes",
             c.psnr_db,
@@ -450,8 +514,17 @@ mod tests {
             // closely than either agrees with fp32.
             let plan = QuantPlan::new(&g, &calibration, activations).unwrap();
             let sim = plan.simulate(&g, &input).unwrap();
-            let (out, shape) = TractModel::onnx(&bytes, g.input_shape).unwrap().run(&input).unwrap();
-            let agree = compare(&out, sim.get(&g.output_name).unwrap(), shape, 2.0, &Thresholds::int8());
+            let (out, shape) = TractModel::onnx(&bytes, g.input_shape)
+                .unwrap()
+                .run(&input)
+                .unwrap();
+            let agree = compare(
+                &out,
+                sim.get(&g.output_name).unwrap(),
+                shape,
+                2.0,
+                &Thresholds::int8(),
+            );
             assert!(
                 agree.psnr_db > c.psnr_db + 3.0,
                 "sim {:.1} dB vs fp32 {:.1} dB",
@@ -482,8 +555,17 @@ mod tests {
         )
         .unwrap();
         let reference = eval(&g, &input).unwrap();
-        let (out, shape) = TractModel::onnx(&bytes, g.input_shape).unwrap().run(&input).unwrap();
-        let c = compare(&out, reference.get("mask").unwrap(), shape, 1.0, &Thresholds::int8());
+        let (out, shape) = TractModel::onnx(&bytes, g.input_shape)
+            .unwrap()
+            .run(&input)
+            .unwrap();
+        let c = compare(
+            &out,
+            reference.get("mask").unwrap(),
+            shape,
+            1.0,
+            &Thresholds::int8(),
+        );
         assert!(c.passed, "{c:?}");
     }
 
@@ -492,7 +574,12 @@ mod tests {
         let g = student_like(8, 32, 9);
         // Calibrated on inputs 100x too dark: every range is far too small.
         let calib: Vec<Vec<f32>> = (0..2)
-            .map(|s| image_like(g.input_shape, 100 + s).iter().map(|v| v * 0.01).collect())
+            .map(|s| {
+                image_like(g.input_shape, 100 + s)
+                    .iter()
+                    .map(|v| v * 0.01)
+                    .collect()
+            })
             .collect();
         let calibration = calibrate(&g, &calib, CalibrationMethod::MinMax).unwrap();
         let bytes = write(
@@ -510,13 +597,22 @@ mod tests {
         let table = layer_table(&g, &plan, &[input]).unwrap();
         eprintln!("{table}");
         assert_eq!(table.rows.len(), g.nodes.len());
-        let worst = table.rows.iter().find(|r| r.name == table.worst_layer).unwrap();
-        assert!(worst.local_psnr_db < 35.0 && worst.clipped_fraction > 0.1, "{worst:?}");
+        let worst = table
+            .rows
+            .iter()
+            .find(|r| r.name == table.worst_layer)
+            .unwrap();
+        assert!(
+            worst.local_psnr_db < 35.0 && worst.clipped_fraction > 0.1,
+            "{worst:?}"
+        );
         assert!(table.to_string().contains("<- worst"));
         // A well calibrated plan's worst layer is far better.
         let good = calibrate(
             &g,
-            &(0..2).map(|s| image_like(g.input_shape, 100 + s)).collect::<Vec<_>>(),
+            &(0..2)
+                .map(|s| image_like(g.input_shape, 100 + s))
+                .collect::<Vec<_>>(),
             CalibrationMethod::MinMax,
         )
         .unwrap();

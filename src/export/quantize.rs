@@ -50,7 +50,11 @@ pub struct Calibration {
 const HISTOGRAM_BINS: usize = 2048;
 
 /// Measures every value's range over `inputs` (NCHW, each of the graph's input size).
-pub fn calibrate(graph: &Graph, inputs: &[Vec<f32>], method: CalibrationMethod) -> Result<Calibration, QuantError> {
+pub fn calibrate(
+    graph: &Graph,
+    inputs: &[Vec<f32>],
+    method: CalibrationMethod,
+) -> Result<Calibration, QuantError> {
     if inputs.is_empty() {
         return Err(QuantError::NoInputs);
     }
@@ -59,7 +63,9 @@ pub fn calibrate(graph: &Graph, inputs: &[Vec<f32>], method: CalibrationMethod) 
     for input in inputs {
         let values = eval(graph, input)?;
         for (name, data) in &values.data {
-            let e = minmax.entry(name.clone()).or_insert((f32::INFINITY, f32::NEG_INFINITY));
+            let e = minmax
+                .entry(name.clone())
+                .or_insert((f32::INFINITY, f32::NEG_INFINITY));
             for v in data {
                 e.0 = e.0.min(*v);
                 e.1 = e.1.max(*v);
@@ -82,8 +88,10 @@ pub fn calibrate(graph: &Graph, inputs: &[Vec<f32>], method: CalibrationMethod) 
             .collect(),
         CalibrationMethod::Percentile(_) | CalibrationMethod::Mse => {
             // Pass 2: histograms over the observed span.
-            let mut hists: BTreeMap<String, Vec<u64>> =
-                minmax.keys().map(|k| (k.clone(), vec![0u64; HISTOGRAM_BINS])).collect();
+            let mut hists: BTreeMap<String, Vec<u64>> = minmax
+                .keys()
+                .map(|k| (k.clone(), vec![0u64; HISTOGRAM_BINS]))
+                .collect();
             for input in inputs {
                 let values = eval(graph, input)?;
                 for (name, data) in &values.data {
@@ -154,7 +162,11 @@ fn quantization_mse(hist: &[u64], lo: f32, hi: f32, clo: f32, chi: f32) -> f64 {
         .map(|(i, c)| {
             let v = bin_center(lo, hi, i) as f64;
             let clipped = v.clamp(clo as f64, chi as f64);
-            let e = if clipped != v { (v - clipped).powi(2) } else { rounding };
+            let e = if clipped != v {
+                (v - clipped).powi(2)
+            } else {
+                rounding
+            };
             e * *c as f64
         })
         .sum()
@@ -216,7 +228,8 @@ impl QParams {
         }
     }
     pub fn quantize(&self, v: f32) -> i32 {
-        ((v / self.scale).round() as i32 + self.zero_point).clamp(self.dtype.qmin(), self.dtype.qmax())
+        ((v / self.scale).round() as i32 + self.zero_point)
+            .clamp(self.dtype.qmin(), self.dtype.qmax())
     }
     pub fn dequantize(&self, q: i32) -> f32 {
         (q - self.zero_point) as f32 * self.scale
@@ -226,7 +239,10 @@ impl QParams {
     }
     /// Real values the grid represents.
     pub fn representable(&self) -> (f32, f32) {
-        (self.dequantize(self.dtype.qmin()), self.dequantize(self.dtype.qmax()))
+        (
+            self.dequantize(self.dtype.qmin()),
+            self.dequantize(self.dtype.qmax()),
+        )
     }
     /// Same grid stored in the other type (int8 zero point + 128 = uint8 zero point).
     pub fn with_dtype(&self, dtype: ActivationType) -> QParams {
@@ -319,7 +335,11 @@ impl UnionFind {
 }
 
 impl QuantPlan {
-    pub fn new(graph: &Graph, calibration: &Calibration, dtype: ActivationType) -> Result<QuantPlan, QuantError> {
+    pub fn new(
+        graph: &Graph,
+        calibration: &Calibration,
+        dtype: ActivationType,
+    ) -> Result<QuantPlan, QuantError> {
         graph.validate()?;
         let fused_relu = fusable_conv_relu(graph);
         let mut names: Vec<&str> = vec![graph.input_name.as_str()];
@@ -437,7 +457,11 @@ impl QuantPlan {
 
     /// Runs the graph as an int8 runtime would, in Rust: int8 weights, int32 biases,
     /// every stored activation rounded to its grid. Returns every value, dequantized.
-    pub fn simulate(&self, graph: &Graph, input_nchw: &[f32]) -> Result<super::interp::Values, QuantError> {
+    pub fn simulate(
+        &self,
+        graph: &Graph,
+        input_nchw: &[f32],
+    ) -> Result<super::interp::Values, QuantError> {
         let dq = self.dequantized_weights(graph);
         Ok(eval_with_hook(&dq, input_nchw, |name, data| {
             if let Some(q) = self.activations.get(name) {
@@ -449,7 +473,12 @@ impl QuantPlan {
 
 /// Per-output-channel symmetric int8 (range [-127, 127], zero point 0, as TFLite and
 /// NNAPI require) and int32 bias at scale input_scale * weight_scale.
-pub fn quantize_conv(weight: &[f32], weight_shape: [usize; 4], bias: &[f32], input_scale: f32) -> ConvQuant {
+pub fn quantize_conv(
+    weight: &[f32],
+    weight_shape: [usize; 4],
+    bias: &[f32],
+    input_scale: f32,
+) -> ConvQuant {
     let out_ch = weight_shape[0];
     let per_channel = weight_shape[1] * weight_shape[2] * weight_shape[3];
     let mut q = Vec::with_capacity(weight.len());
@@ -463,7 +492,10 @@ pub fn quantize_conv(weight: &[f32], weight_shape: [usize; 4], bias: &[f32], inp
         let min_scale = bias[c].abs() / (input_scale * i32::MAX as f32 * 0.5);
         let scale = (absmax / 127.0).max(min_scale).max(1e-12);
         weight_scales.push(scale);
-        q.extend(w.iter().map(|v| (v / scale).round().clamp(-127.0, 127.0) as i8));
+        q.extend(
+            w.iter()
+                .map(|v| (v / scale).round().clamp(-127.0, 127.0) as i8),
+        );
         let bscale = input_scale * scale;
         bias_scales.push(bscale);
         bias_q.push(
@@ -513,7 +545,11 @@ impl fmt::Display for LayerTable {
             "layer", "op", "PSNR dB", "local dB", "fp32 range", "int8 range", "clipped"
         )?;
         for r in &self.rows {
-            let mark = if r.name == self.worst_layer { "  <- worst" } else { "" };
+            let mark = if r.name == self.worst_layer {
+                "  <- worst"
+            } else {
+                ""
+            };
             writeln!(
                 f,
                 "{:<20} {:<16} {:>10.2} {:>10.2} {:>23} {:>23} {:>7.2}%{}",
@@ -540,7 +576,11 @@ fn psnr_over_range(se: f64, count: usize, range: f64) -> f64 {
 }
 
 /// Per-layer error of the int8 plan against fp32, over `inputs`.
-pub fn layer_table(graph: &Graph, plan: &QuantPlan, inputs: &[Vec<f32>]) -> Result<LayerTable, QuantError> {
+pub fn layer_table(
+    graph: &Graph,
+    plan: &QuantPlan,
+    inputs: &[Vec<f32>],
+) -> Result<LayerTable, QuantError> {
     if inputs.is_empty() {
         return Err(QuantError::NoInputs);
     }
@@ -598,7 +638,9 @@ pub fn layer_table(graph: &Graph, plan: &QuantPlan, inputs: &[Vec<f32>]) -> Resu
             psnr_db: psnr_over_range(a.se, a.count, range),
             local_psnr_db: psnr_over_range(a.local_se, a.count, range),
             fp32_range: (a.lo, a.hi),
-            int8_range: grid.map(|q| q.representable()).unwrap_or((f32::NAN, f32::NAN)),
+            int8_range: grid
+                .map(|q| q.representable())
+                .unwrap_or((f32::NAN, f32::NAN)),
             clipped_fraction: a.clipped as f64 / a.count.max(1) as f64,
         });
     }
@@ -612,8 +654,16 @@ pub fn layer_table(graph: &Graph, plan: &QuantPlan, inputs: &[Vec<f32>]) -> Resu
 
 /// One node evaluated on fp32 inputs with int8 weights, its output rounded to the
 /// grid it is stored on (a conv fused into a ReLU is rounded after the ReLU's max).
-fn local_output(dq_node: &Node, reference: &super::interp::Values, plan: &QuantPlan) -> Result<Vec<f32>, QuantError> {
-    let ins: Vec<&[f32]> = dq_node.inputs.iter().map(|i| reference.data[i].as_slice()).collect();
+fn local_output(
+    dq_node: &Node,
+    reference: &super::interp::Values,
+    plan: &QuantPlan,
+) -> Result<Vec<f32>, QuantError> {
+    let ins: Vec<&[f32]> = dq_node
+        .inputs
+        .iter()
+        .map(|i| reference.data[i].as_slice())
+        .collect();
     let mut out: Vec<f32> = match &dq_node.op {
         Op::Add => ins[0].iter().zip(ins[1]).map(|(a, b)| a + b).collect(),
         Op::ConcatChannels => ins.concat(),
@@ -634,7 +684,11 @@ fn local_output(dq_node: &Node, reference: &super::interp::Values, plan: &QuantP
         out.iter_mut().for_each(|v| {
             // A fused conv's int8 tensor is the ReLU output; compare the conv's own
             // value where the ReLU lets it through.
-            let x = if relu && *v < 0.0 { *v } else { q.fake_quantize(*v) };
+            let x = if relu && *v < 0.0 {
+                *v
+            } else {
+                q.fake_quantize(*v)
+            };
             *v = x
         });
     }

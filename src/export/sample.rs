@@ -89,19 +89,79 @@ pub fn student_like(width: usize, resolution_px: usize, seed: u64) -> Graph {
         conv(&mut rng, "down1", "stem_relu", w, 2 * w, 3, 2, p1, false),
         unary("down1_relu", Op::Relu, "down1"),
         // 1/4 resolution: depthwise stride 2 + pointwise
-        conv(&mut rng, "down2_dw", "down1_relu", 2 * w, 2 * w, 3, 2, p1, true),
-        conv(&mut rng, "down2_pw", "down2_dw", 2 * w, 4 * w, 1, 1, [0; 4], false),
+        conv(
+            &mut rng,
+            "down2_dw",
+            "down1_relu",
+            2 * w,
+            2 * w,
+            3,
+            2,
+            p1,
+            true,
+        ),
+        conv(
+            &mut rng,
+            "down2_pw",
+            "down2_dw",
+            2 * w,
+            4 * w,
+            1,
+            1,
+            [0; 4],
+            false,
+        ),
         unary("down2_relu", Op::Relu, "down2_pw"),
         // bridge: residual depthwise-separable block
-        conv(&mut rng, "block_dw", "down2_relu", 4 * w, 4 * w, 3, 1, p1, true),
+        conv(
+            &mut rng,
+            "block_dw",
+            "down2_relu",
+            4 * w,
+            4 * w,
+            3,
+            1,
+            p1,
+            true,
+        ),
         unary("block_dw_relu", Op::Relu, "block_dw"),
-        conv(&mut rng, "block_pw", "block_dw_relu", 4 * w, 4 * w, 1, 1, [0; 4], false),
+        conv(
+            &mut rng,
+            "block_pw",
+            "block_dw_relu",
+            4 * w,
+            4 * w,
+            1,
+            1,
+            [0; 4],
+            false,
+        ),
         binary("block_add", Op::Add, "block_pw", "down2_relu"),
         unary("block_relu", Op::Relu, "block_add"),
         // decoder: upsample, blur (4x4, asymmetric pads), conv, skip add
         unary("up1", Op::UpsampleNearest { factor: 2 }, "block_relu"),
-        conv(&mut rng, "up1_blur", "up1", 4 * w, 4 * w, 4, 1, [1, 1, 2, 2], true),
-        conv(&mut rng, "up1_conv", "up1_blur", 4 * w, 2 * w, 3, 1, p1, false),
+        conv(
+            &mut rng,
+            "up1_blur",
+            "up1",
+            4 * w,
+            4 * w,
+            4,
+            1,
+            [1, 1, 2, 2],
+            true,
+        ),
+        conv(
+            &mut rng,
+            "up1_conv",
+            "up1_blur",
+            4 * w,
+            2 * w,
+            3,
+            1,
+            p1,
+            false,
+        ),
         unary("up1_relu", Op::Relu, "up1_conv"),
         binary("skip1", Op::Add, "up1_relu", "down1_relu"),
         unary("up2", Op::UpsampleNearest { factor: 2 }, "skip1"),
@@ -152,7 +212,8 @@ pub fn image_like(shape: [usize; 4], seed: u64) -> Vec<f32> {
             for y in 0..h {
                 for x in 0..w {
                     let (fy, fx) = (y as f32 / h as f32, x as f32 / w as f32);
-                    let v = 0.5 * (phases[ch % 8] + 6.0 * fx + 4.0 * fy * phases[(ch + 3) % 8]).sin()
+                    let v = 0.5
+                        * (phases[ch % 8] + 6.0 * fx + 4.0 * fy * phases[(ch + 3) % 8]).sin()
                         + 0.3 * (phases[(ch + 5) % 8] * 5.0 * fy - 3.0 * fx).cos()
                         + 0.1 * rng.symmetric();
                     out.push(v.clamp(-1.0, 1.0));

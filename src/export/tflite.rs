@@ -18,9 +18,10 @@
 use flatbuffers::{FlatBufferBuilder, Push, PushAlignment, WIPOffset};
 use tract_tflite::tflite::{
     self, ActivationFunctionType, AddOptions, AddOptionsArgs, BuiltinOptions, ConcatenationOptions,
-    ConcatenationOptionsArgs, Conv2DOptions, Conv2DOptionsArgs, DepthwiseConv2DOptions, DepthwiseConv2DOptionsArgs,
-    DequantizeOptions, DequantizeOptionsArgs, PadOptions, PadOptionsArgs, Padding, QuantizeOptions,
-    QuantizeOptionsArgs, ResizeNearestNeighborOptions, ResizeNearestNeighborOptionsArgs,
+    ConcatenationOptionsArgs, Conv2DOptions, Conv2DOptionsArgs, DepthwiseConv2DOptions,
+    DepthwiseConv2DOptionsArgs, DequantizeOptions, DequantizeOptionsArgs, PadOptions,
+    PadOptionsArgs, Padding, QuantizeOptions, QuantizeOptionsArgs, ResizeNearestNeighborOptions,
+    ResizeNearestNeighborOptionsArgs,
 };
 pub use tract_tflite::tflite::{BuiltinOperator, TensorType};
 
@@ -137,7 +138,10 @@ impl Push for Align16 {
     }
 }
 
-fn aligned_bytes<'fb>(fb: &mut FlatBufferBuilder<'fb>, data: &[u8]) -> WIPOffset<flatbuffers::Vector<'fb, u8>> {
+fn aligned_bytes<'fb>(
+    fb: &mut FlatBufferBuilder<'fb>,
+    data: &[u8],
+) -> WIPOffset<flatbuffers::Vector<'fb, u8>> {
     fb.push(Align16);
     // The builder writes back to front: pad so that the data ends (and so, the buffer
     // being a multiple of 16 long, starts) on a 16-byte boundary.
@@ -212,7 +216,10 @@ pub fn serialize(desc: &ModelDesc) -> Vec<u8> {
         .ops
         .iter()
         .map(|op| {
-            let opcode_index = codes.iter().position(|c| *c == (op.code, op.version)).unwrap_or(0) as u32;
+            let opcode_index = codes
+                .iter()
+                .position(|c| *c == (op.code, op.version))
+                .unwrap_or(0) as u32;
             let inputs = fb.create_vector(&op.inputs);
             let outputs = fb.create_vector(&op.outputs);
             let act = |relu: bool| {
@@ -316,11 +323,16 @@ pub fn serialize(desc: &ModelDesc) -> Vec<u8> {
                 ),
                 OptionsDesc::Quantize => (
                     BuiltinOptions::QuantizeOptions,
-                    Some(QuantizeOptions::create(&mut fb, &QuantizeOptionsArgs {}).as_union_value()),
+                    Some(
+                        QuantizeOptions::create(&mut fb, &QuantizeOptionsArgs {}).as_union_value(),
+                    ),
                 ),
                 OptionsDesc::Dequantize => (
                     BuiltinOptions::DequantizeOptions,
-                    Some(DequantizeOptions::create(&mut fb, &DequantizeOptionsArgs {}).as_union_value()),
+                    Some(
+                        DequantizeOptions::create(&mut fb, &DequantizeOptionsArgs {})
+                            .as_union_value(),
+                    ),
                 ),
             };
             tflite::Operator::create(
@@ -468,7 +480,11 @@ pub fn parse(bytes: &[u8]) -> Result<ModelDesc, TfliteError> {
             BuiltinOptions::PadOptions => OptionsDesc::Pad,
             BuiltinOptions::QuantizeOptions => OptionsDesc::Quantize,
             BuiltinOptions::DequantizeOptions => OptionsDesc::Dequantize,
-            other => return Err(TfliteError::Read(format!("unexpected options type {other:?}"))),
+            other => {
+                return Err(TfliteError::Read(format!(
+                    "unexpected options type {other:?}"
+                )))
+            }
         };
         ops.push(OpDesc {
             code,
@@ -508,7 +524,9 @@ pub fn core_of_shipped(shipped: &[u8]) -> Result<Vec<u8>, TfliteError> {
     let (core_in, core_out) = (first.outputs[0], last.inputs[0]);
     let n = desc.tensors.len() as i32;
     if desc.inputs != [n - 2] || desc.outputs != [n - 1] {
-        return Err(TfliteError::Read("edge tensors are not the last two tensors".into()));
+        return Err(TfliteError::Read(
+            "edge tensors are not the last two tensors".into(),
+        ));
     }
     desc.ops.remove(0);
     desc.ops.pop();
@@ -535,7 +553,13 @@ enum AxisPadding {
     Explicit(usize, usize),
 }
 
-fn axis_padding(in_len: usize, kernel: usize, stride: usize, begin: usize, out_len: usize) -> AxisPadding {
+fn axis_padding(
+    in_len: usize,
+    kernel: usize,
+    stride: usize,
+    begin: usize,
+    out_len: usize,
+) -> AxisPadding {
     let out_same = in_len.div_ceil(stride);
     let total_same = ((out_same - 1) * stride + kernel).saturating_sub(in_len);
     if out_len == out_same && begin == total_same / 2 {
@@ -610,7 +634,13 @@ impl Lowering<'_> {
         self.add_tensor(name, &[n, h, w, c], dtype, None, Self::act_quant(params))
     }
 
-    fn op(&mut self, code: BuiltinOperator, inputs: Vec<i32>, outputs: Vec<i32>, options: OptionsDesc) {
+    fn op(
+        &mut self,
+        code: BuiltinOperator,
+        inputs: Vec<i32>,
+        outputs: Vec<i32>,
+        options: OptionsDesc,
+    ) {
         // Op versions: the int8 kernels' first version (float uses 1).
         let version = if self.plan.is_none() {
             1
@@ -645,7 +675,8 @@ fn lower(graph: &Graph, plan: Option<&QuantPlan>) -> Result<ModelDesc, TfliteErr
     if graph.input_shape[0] != 1 {
         return Err(TfliteError::Batch(graph.input_shape[0]));
     }
-    let fused: std::collections::BTreeMap<String, String> = super::quantize::fusable_conv_relu(graph);
+    let fused: std::collections::BTreeMap<String, String> =
+        super::quantize::fusable_conv_relu(graph);
     let fused_relus: std::collections::BTreeSet<&String> = fused.values().collect();
     let desc = ModelDesc {
         description: String::new(),
@@ -662,7 +693,11 @@ fn lower(graph: &Graph, plan: Option<&QuantPlan>) -> Result<ModelDesc, TfliteErr
     };
     let params = |v: &str| plan.and_then(|p| p.activations.get(v).copied());
 
-    let input = l.activation(&graph.input_name, graph.input_shape, params(&graph.input_name));
+    let input = l.activation(
+        &graph.input_name,
+        graph.input_shape,
+        params(&graph.input_name),
+    );
     l.tensor_of.insert(graph.input_name.clone(), input);
     l.desc.inputs = vec![input];
 
@@ -704,7 +739,8 @@ fn lower(graph: &Graph, plan: Option<&QuantPlan>) -> Result<ModelDesc, TfliteErr
                             AxisPadding::Explicit(t, b) => (t, b),
                             AxisPadding::Valid => (0, 0),
                             AxisPadding::Same => {
-                                let total = ((out_shape[2] - 1) * stride[0] + kh).saturating_sub(in_shape[2]);
+                                let total = ((out_shape[2] - 1) * stride[0] + kh)
+                                    .saturating_sub(in_shape[2]);
                                 (total / 2, total - total / 2)
                             }
                         };
@@ -712,7 +748,8 @@ fn lower(graph: &Graph, plan: Option<&QuantPlan>) -> Result<ModelDesc, TfliteErr
                             AxisPadding::Explicit(le, r) => (le, r),
                             AxisPadding::Valid => (0, 0),
                             AxisPadding::Same => {
-                                let total = ((out_shape[3] - 1) * stride[1] + kw).saturating_sub(in_shape[3]);
+                                let total = ((out_shape[3] - 1) * stride[1] + kw)
+                                    .saturating_sub(in_shape[3]);
                                 (total / 2, total - total / 2)
                             }
                         };
@@ -720,13 +757,19 @@ fn lower(graph: &Graph, plan: Option<&QuantPlan>) -> Result<ModelDesc, TfliteErr
                             &format!("{}_paddings", node.name),
                             &[4, 2],
                             TensorType::INT32,
-                            Some(i32_bytes([0, 0, t as i32, b as i32, le as i32, r as i32, 0, 0])),
+                            Some(i32_bytes([
+                                0, 0, t as i32, b as i32, le as i32, r as i32, 0, 0,
+                            ])),
                             None,
                         );
-                        let padded_shape = [1, in_shape[1], in_shape[2] + t + b, in_shape[3] + le + r];
+                        let padded_shape =
+                            [1, in_shape[1], in_shape[2] + t + b, in_shape[3] + le + r];
                         // PAD keeps its input's grid (LiteRT pads int8 with the zero point).
-                        let padded =
-                            l.activation(&format!("{}_padded", node.name), padded_shape, params(&node.inputs[0]));
+                        let padded = l.activation(
+                            &format!("{}_padded", node.name),
+                            padded_shape,
+                            params(&node.inputs[0]),
+                        );
                         l.op(
                             BuiltinOperator::PAD,
                             vec![ins[0], paddings],
@@ -746,7 +789,10 @@ fn lower(graph: &Graph, plan: Option<&QuantPlan>) -> Result<ModelDesc, TfliteErr
                     }));
                 }
                 // OIHW → OHWI (dense) or 1HW(C*m) (depthwise).
-                let (w_shape, w_index): (Vec<usize>, Box<dyn Fn(usize, usize, usize, usize) -> usize>) = if depthwise {
+                let (w_shape, w_index): (
+                    Vec<usize>,
+                    Box<dyn Fn(usize, usize, usize, usize) -> usize>,
+                ) = if depthwise {
                     (
                         vec![1, kh, kw, o],
                         Box::new(move |oc, _ic, y, xx| (y * kw + xx) * o + oc),
@@ -759,70 +805,72 @@ fn lower(graph: &Graph, plan: Option<&QuantPlan>) -> Result<ModelDesc, TfliteErr
                 };
                 let count = o * cpg * kh * kw;
                 let q_axis = if depthwise { 3 } else { 0 };
-                let (w_tensor, b_tensor) = if let Some(cq) = plan.and_then(|p| p.convs.get(&node.name)) {
-                    let mut data = vec![0u8; count];
-                    for oc in 0..o {
-                        for ic in 0..cpg {
-                            for y in 0..kh {
-                                for xx in 0..kw {
-                                    data[w_index(oc, ic, y, xx)] =
-                                        cq.weight[((oc * cpg + ic) * kh + y) * kw + xx] as u8;
+                let (w_tensor, b_tensor) =
+                    if let Some(cq) = plan.and_then(|p| p.convs.get(&node.name)) {
+                        let mut data = vec![0u8; count];
+                        for oc in 0..o {
+                            for ic in 0..cpg {
+                                for y in 0..kh {
+                                    for xx in 0..kw {
+                                        data[w_index(oc, ic, y, xx)] =
+                                            cq.weight[((oc * cpg + ic) * kh + y) * kw + xx] as u8;
+                                    }
                                 }
                             }
                         }
-                    }
-                    let wq = QuantDesc {
-                        scale: cq.weight_scales.clone(),
-                        zero_point: vec![0; o],
-                        quantized_dimension: q_axis,
-                    };
-                    let w = l.add_tensor(
-                        &format!("{}_weight", node.name),
-                        &w_shape,
-                        TensorType::INT8,
-                        Some(data),
-                        Some(wq),
-                    );
-                    let bq = QuantDesc {
-                        scale: cq.bias_scales.clone(),
-                        zero_point: vec![0; o],
-                        quantized_dimension: 0,
-                    };
-                    let b = l.add_tensor(
-                        &format!("{}_bias", node.name),
-                        &[o],
-                        TensorType::INT32,
-                        Some(i32_bytes(cq.bias.iter().copied())),
-                        Some(bq),
-                    );
-                    (w, b)
-                } else {
-                    let mut data = vec![0f32; count];
-                    for oc in 0..o {
-                        for ic in 0..cpg {
-                            for y in 0..kh {
-                                for xx in 0..kw {
-                                    data[w_index(oc, ic, y, xx)] = weight[((oc * cpg + ic) * kh + y) * kw + xx];
+                        let wq = QuantDesc {
+                            scale: cq.weight_scales.clone(),
+                            zero_point: vec![0; o],
+                            quantized_dimension: q_axis,
+                        };
+                        let w = l.add_tensor(
+                            &format!("{}_weight", node.name),
+                            &w_shape,
+                            TensorType::INT8,
+                            Some(data),
+                            Some(wq),
+                        );
+                        let bq = QuantDesc {
+                            scale: cq.bias_scales.clone(),
+                            zero_point: vec![0; o],
+                            quantized_dimension: 0,
+                        };
+                        let b = l.add_tensor(
+                            &format!("{}_bias", node.name),
+                            &[o],
+                            TensorType::INT32,
+                            Some(i32_bytes(cq.bias.iter().copied())),
+                            Some(bq),
+                        );
+                        (w, b)
+                    } else {
+                        let mut data = vec![0f32; count];
+                        for oc in 0..o {
+                            for ic in 0..cpg {
+                                for y in 0..kh {
+                                    for xx in 0..kw {
+                                        data[w_index(oc, ic, y, xx)] =
+                                            weight[((oc * cpg + ic) * kh + y) * kw + xx];
+                                    }
                                 }
                             }
                         }
-                    }
-                    let w = l.add_tensor(
-                        &format!("{}_weight", node.name),
-                        &w_shape,
-                        TensorType::FLOAT32,
-                        Some(f32_bytes(data)),
-                        None,
-                    );
-                    let b = l.add_tensor(
-                        &format!("{}_bias", node.name),
-                        &[o],
-                        TensorType::FLOAT32,
-                        Some(f32_bytes(bias.iter().copied())),
-                        None,
-                    );
-                    (w, b)
-                };
+                        let w = l.add_tensor(
+                            &format!("{}_weight", node.name),
+                            &w_shape,
+                            TensorType::FLOAT32,
+                            Some(f32_bytes(data)),
+                            None,
+                        );
+                        let b = l.add_tensor(
+                            &format!("{}_bias", node.name),
+                            &[o],
+                            TensorType::FLOAT32,
+                            Some(f32_bytes(bias.iter().copied())),
+                            None,
+                        );
+                        (w, b)
+                    };
                 let (stride_h, stride_w) = (stride[0] as i32, stride[1] as i32);
                 if depthwise {
                     l.op(
@@ -983,11 +1031,25 @@ mod tests {
             .run(&input)
             .unwrap();
         assert_eq!(shape, [1, 3, 32, 32]);
-        let c = compare(&out, reference.get("out").unwrap(), shape, 2.0, &Thresholds::fp32());
-        eprintln!("tflite float: {:.1} dB, {} bytes", c.psnr_db, files.shipped.len());
+        let c = compare(
+            &out,
+            reference.get("out").unwrap(),
+            shape,
+            2.0,
+            &Thresholds::fp32(),
+        );
+        eprintln!(
+            "tflite float: {:.1} dB, {} bytes",
+            c.psnr_db,
+            files.shipped.len()
+        );
         assert!(c.passed, "{c:?}");
         let desc = parse(&files.shipped).unwrap();
-        assert_eq!(serialize(&desc), files.shipped, "parse/serialize round trip");
+        assert_eq!(
+            serialize(&desc),
+            files.shipped,
+            "parse/serialize round trip"
+        );
     }
 
     #[test]
@@ -1012,8 +1074,14 @@ mod tests {
             BuiltinOperator::DEQUANTIZE,
         ];
         assert!(shipped.ops.iter().all(|o| allowed.contains(&o.code)));
-        assert_eq!(shipped.tensors[shipped.inputs[0] as usize].dtype, TensorType::FLOAT32);
-        assert_eq!(shipped.tensors[shipped.outputs[0] as usize].dtype, TensorType::FLOAT32);
+        assert_eq!(
+            shipped.tensors[shipped.inputs[0] as usize].dtype,
+            TensorType::FLOAT32
+        );
+        assert_eq!(
+            shipped.tensors[shipped.outputs[0] as usize].dtype,
+            TensorType::FLOAT32
+        );
         // Every non-edge activation is int8, every ADD's inputs and output share a grid.
         for op in &shipped.ops {
             if op.code == BuiltinOperator::ADD {
@@ -1030,7 +1098,13 @@ mod tests {
         let reference = eval(&g, &input).unwrap();
         let model = TractModel::tflite(&files.core, g.input_shape).unwrap();
         let (out, shape) = model.run(&input).unwrap();
-        let c = compare(&out, reference.get("out").unwrap(), shape, 2.0, &Thresholds::int8());
+        let c = compare(
+            &out,
+            reference.get("out").unwrap(),
+            shape,
+            2.0,
+            &Thresholds::int8(),
+        );
         eprintln!(
             "tflite int8 core: {:.1} dB ssim {:.4}, shipped {} bytes",
             c.psnr_db,
@@ -1042,7 +1116,13 @@ mod tests {
         // closely than either agrees with fp32: the file holds the planned numbers.
         let plan = QuantPlan::new(&g, &calibration, ActivationType::Int8).unwrap();
         let sim = plan.simulate(&g, &input).unwrap();
-        let agree = compare(&out, sim.get("out").unwrap(), shape, 2.0, &Thresholds::int8());
+        let agree = compare(
+            &out,
+            sim.get("out").unwrap(),
+            shape,
+            2.0,
+            &Thresholds::int8(),
+        );
         eprintln!("tflite int8 core vs simulator: {:.1} dB", agree.psnr_db);
         assert!(agree.psnr_db > c.psnr_db + 3.0);
     }
@@ -1058,7 +1138,13 @@ mod tests {
             .unwrap()
             .run(&input)
             .unwrap();
-        let c = compare(&out, reference.get("mask").unwrap(), shape, 1.0, &Thresholds::int8());
+        let c = compare(
+            &out,
+            reference.get("mask").unwrap(),
+            shape,
+            1.0,
+            &Thresholds::int8(),
+        );
         eprintln!("tflite int8 sigmoid: {:.1} dB", c.psnr_db);
         assert!(c.passed, "{c:?}");
     }

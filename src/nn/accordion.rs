@@ -4,9 +4,9 @@
 //! blocks) near 4 GMACs at 512x512: depthwise-separable down/up blocks and a bridge of
 //! depthwise residual blocks, all plain convs a phone runs natively.
 
+pub use super::config::AccordionConfig;
 use super::layers::{blur3_kernel, blur4_kernel, blur_down, up_blur, EqConv};
 use crate::export::ir::{Graph, Node, Op};
-pub use super::config::AccordionConfig;
 use tch::{nn, Device, Tensor};
 
 struct Down {
@@ -46,24 +46,43 @@ impl Accordion {
         let mut blur4 = Vec::new();
         for i in 1..4 {
             let q = p / format!("down{i}");
-            downs.push(Down { dw: EqConv::new(&q / "dw", c[i - 1], c[i - 1], 3, 2, 0, c[i - 1]), pw: EqConv::new(&q / "pw", c[i - 1], c[i], 1, 1, 0, 1) });
+            downs.push(Down {
+                dw: EqConv::new(&q / "dw", c[i - 1], c[i - 1], 3, 2, 0, c[i - 1]),
+                pw: EqConv::new(&q / "pw", c[i - 1], c[i], 1, 1, 0, 1),
+            });
             blur4.push(blur4_kernel(c[i - 1]).to_device(device));
         }
         let bridge = (0..cfg.blocks)
             .map(|j| {
                 let q = p / format!("bridge{j}");
-                Bridge { a: EqConv::new(&q / "a", c[3], c[3], 1, 1, 0, 1), dw: EqConv::new(&q / "dw", c[3], c[3], 3, 1, 1, c[3]), b: EqConv::new(&q / "b", c[3], c[3], 1, 1, 0, 1) }
+                Bridge {
+                    a: EqConv::new(&q / "a", c[3], c[3], 1, 1, 0, 1),
+                    dw: EqConv::new(&q / "dw", c[3], c[3], 3, 1, 1, c[3]),
+                    b: EqConv::new(&q / "b", c[3], c[3], 1, 1, 0, 1),
+                }
             })
             .collect();
         let mut ups = Vec::new();
         let mut blur3 = Vec::new();
         for i in (1..4).rev() {
             let q = p / format!("up{i}");
-            ups.push(Up { dw: EqConv::new(&q / "dw", c[i], c[i], 3, 1, 1, c[i]), pw: EqConv::new(&q / "pw", c[i], c[i - 1], 1, 1, 0, 1) });
+            ups.push(Up {
+                dw: EqConv::new(&q / "dw", c[i], c[i], 3, 1, 1, c[i]),
+                pw: EqConv::new(&q / "pw", c[i], c[i - 1], 1, 1, 0, 1),
+            });
             blur3.push(blur3_kernel(c[i]).to_device(device));
         }
         let out = EqConv::new(p / "out", c[0], 3, 3, 1, 1, 1);
-        Accordion { cfg, stem, downs, bridge, ups, out, blur4, blur3 }
+        Accordion {
+            cfg,
+            stem,
+            downs,
+            bridge,
+            ups,
+            out,
+            blur4,
+            blur3,
+        }
     }
 
     pub fn forward(&self, x: &Tensor) -> Tensor {
@@ -99,40 +118,137 @@ impl Accordion {
     /// into plain conv weights. `input_shape` is `[1, 3, H, W]`.
     pub fn to_ir(&self, input_shape: [usize; 4]) -> Graph {
         let mut b = IrBuilder { nodes: Vec::new() };
-        let mut h = b.conv("stem", "input", &self.stem.effective_weight(), &self.stem.bias, 1, [1, 1, 1, 1], 1);
+        let mut h = b.conv(
+            "stem",
+            "input",
+            &self.stem.effective_weight(),
+            &self.stem.bias,
+            1,
+            [1, 1, 1, 1],
+            1,
+        );
         h = b.relu("stem.relu", &h);
         let mut skips = vec![h.clone()];
         for (i, (d, k)) in self.downs.iter().zip(&self.blur4).enumerate() {
             let c = k.size()[0];
             let zero = Tensor::zeros([c], (tch::Kind::Float, Device::Cpu));
-            let blurred = b.conv(&format!("down{}.blur", i + 1), &h, k, &zero, 1, [2, 2, 2, 2], c as usize);
-            let dw = b.conv(&format!("down{}.dw", i + 1), &blurred, &d.dw.effective_weight(), &d.dw.bias, 2, [0, 0, 0, 0], d.dw.groups as usize);
-            let pw = b.conv(&format!("down{}.pw", i + 1), &dw, &d.pw.effective_weight(), &d.pw.bias, 1, [0, 0, 0, 0], 1);
+            let blurred = b.conv(
+                &format!("down{}.blur", i + 1),
+                &h,
+                k,
+                &zero,
+                1,
+                [2, 2, 2, 2],
+                c as usize,
+            );
+            let dw = b.conv(
+                &format!("down{}.dw", i + 1),
+                &blurred,
+                &d.dw.effective_weight(),
+                &d.dw.bias,
+                2,
+                [0, 0, 0, 0],
+                d.dw.groups as usize,
+            );
+            let pw = b.conv(
+                &format!("down{}.pw", i + 1),
+                &dw,
+                &d.pw.effective_weight(),
+                &d.pw.bias,
+                1,
+                [0, 0, 0, 0],
+                1,
+            );
             h = b.relu(&format!("down{}.relu", i + 1), &pw);
             skips.push(h.clone());
         }
         for (j, r) in self.bridge.iter().enumerate() {
-            let a = b.conv(&format!("bridge{j}.a"), &h, &r.a.effective_weight(), &r.a.bias, 1, [0, 0, 0, 0], 1);
+            let a = b.conv(
+                &format!("bridge{j}.a"),
+                &h,
+                &r.a.effective_weight(),
+                &r.a.bias,
+                1,
+                [0, 0, 0, 0],
+                1,
+            );
             let a = b.relu(&format!("bridge{j}.a.relu"), &a);
-            let dw = b.conv(&format!("bridge{j}.dw"), &a, &r.dw.effective_weight(), &r.dw.bias, 1, [1, 1, 1, 1], r.dw.groups as usize);
+            let dw = b.conv(
+                &format!("bridge{j}.dw"),
+                &a,
+                &r.dw.effective_weight(),
+                &r.dw.bias,
+                1,
+                [1, 1, 1, 1],
+                r.dw.groups as usize,
+            );
             let dw = b.relu(&format!("bridge{j}.dw.relu"), &dw);
-            let bb = b.conv(&format!("bridge{j}.b"), &dw, &r.b.effective_weight(), &r.b.bias, 1, [0, 0, 0, 0], 1);
+            let bb = b.conv(
+                &format!("bridge{j}.b"),
+                &dw,
+                &r.b.effective_weight(),
+                &r.b.bias,
+                1,
+                [0, 0, 0, 0],
+                1,
+            );
             h = b.add(&format!("bridge{j}.add"), &h, &bb);
         }
         for (level, (u, k)) in self.ups.iter().zip(&self.blur3).enumerate() {
             let i = 3 - level;
             let c = k.size()[0];
             let zero = Tensor::zeros([c], (tch::Kind::Float, Device::Cpu));
-            let up = b.push(&format!("up{i}.upsample"), Op::UpsampleNearest { factor: 2 }, vec![h.clone()]);
-            let blurred = b.conv(&format!("up{i}.blur"), &up, k, &zero, 1, [1, 1, 1, 1], c as usize);
-            let dw = b.conv(&format!("up{i}.dw"), &blurred, &u.dw.effective_weight(), &u.dw.bias, 1, [1, 1, 1, 1], u.dw.groups as usize);
-            let pw = b.conv(&format!("up{i}.pw"), &dw, &u.pw.effective_weight(), &u.pw.bias, 1, [0, 0, 0, 0], 1);
+            let up = b.push(
+                &format!("up{i}.upsample"),
+                Op::UpsampleNearest { factor: 2 },
+                vec![h.clone()],
+            );
+            let blurred = b.conv(
+                &format!("up{i}.blur"),
+                &up,
+                k,
+                &zero,
+                1,
+                [1, 1, 1, 1],
+                c as usize,
+            );
+            let dw = b.conv(
+                &format!("up{i}.dw"),
+                &blurred,
+                &u.dw.effective_weight(),
+                &u.dw.bias,
+                1,
+                [1, 1, 1, 1],
+                u.dw.groups as usize,
+            );
+            let pw = b.conv(
+                &format!("up{i}.pw"),
+                &dw,
+                &u.pw.effective_weight(),
+                &u.pw.bias,
+                1,
+                [0, 0, 0, 0],
+                1,
+            );
             let act = b.relu(&format!("up{i}.relu"), &pw);
             h = b.add(&format!("up{i}.skip"), &act, &skips[2 - level]);
         }
-        let out = b.conv("out", &h, &self.out.effective_weight(), &self.out.bias, 1, [1, 1, 1, 1], 1);
+        let out = b.conv(
+            "out",
+            &h,
+            &self.out.effective_weight(),
+            &self.out.bias,
+            1,
+            [1, 1, 1, 1],
+            1,
+        );
         let out = b.push("output", Op::Tanh, vec![out]);
-        Graph { input_name: "input".into(), input_shape, nodes: b.nodes, output_name: out }
+        Graph {
+            input_name: "input".into(),
+            input_shape,
+            nodes: b.nodes,
+            output_name: out,
+        }
     }
 }
 
@@ -141,17 +257,34 @@ struct IrBuilder {
 }
 
 fn to_vec(t: &Tensor) -> Vec<f32> {
-    let t = t.to_device(Device::Cpu).to_kind(tch::Kind::Float).contiguous().view([-1]);
+    let t = t
+        .to_device(Device::Cpu)
+        .to_kind(tch::Kind::Float)
+        .contiguous()
+        .view([-1]);
     Vec::<f32>::try_from(&t).unwrap_or_default()
 }
 
 impl IrBuilder {
     fn push(&mut self, name: &str, op: Op, inputs: Vec<String>) -> String {
-        self.nodes.push(Node { name: name.to_string(), op, inputs });
+        self.nodes.push(Node {
+            name: name.to_string(),
+            op,
+            inputs,
+        });
         name.to_string()
     }
     #[allow(clippy::too_many_arguments)]
-    fn conv(&mut self, name: &str, input: &str, weight: &Tensor, bias: &Tensor, stride: usize, pads: [usize; 4], groups: usize) -> String {
+    fn conv(
+        &mut self,
+        name: &str,
+        input: &str,
+        weight: &Tensor,
+        bias: &Tensor,
+        stride: usize,
+        pads: [usize; 4],
+        groups: usize,
+    ) -> String {
         let s = weight.size();
         let op = Op::Conv2d {
             weight: to_vec(&tch::no_grad(|| weight.detach())),
@@ -175,7 +308,10 @@ impl IrBuilder {
 pub fn count_params(cfg: AccordionConfig) -> u64 {
     let vs = nn::VarStore::new(Device::Cpu);
     let _net = Accordion::new(&vs.root(), cfg);
-    vs.trainable_variables().iter().map(|t| t.numel() as u64).sum()
+    vs.trainable_variables()
+        .iter()
+        .map(|t| t.numel() as u64)
+        .sum()
 }
 
 /// Multiply-accumulates of one forward pass at `h`x`w` (blurs included).

@@ -15,8 +15,18 @@ pub struct Adam {
 
 impl Adam {
     pub fn new(params: Vec<(String, Tensor)>, lr: f64, beta1: f64, beta2: f64) -> Adam {
-        let slots = params.into_iter().map(|(n, p)| (n, p.shallow_clone(), p.zeros_like(), p.zeros_like())).collect();
-        Adam { lr, beta1, beta2, eps: 1e-8, step: 0, slots }
+        let slots = params
+            .into_iter()
+            .map(|(n, p)| (n, p.shallow_clone(), p.zeros_like(), p.zeros_like()))
+            .collect();
+        Adam {
+            lr,
+            beta1,
+            beta2,
+            eps: 1e-8,
+            step: 0,
+            slots,
+        }
     }
 
     pub fn zero_grad(&mut self) {
@@ -79,12 +89,19 @@ impl Adam {
         out
     }
 
-    pub fn load_state(&mut self, prefix: &str, get: &dyn Fn(&str) -> Option<Tensor>) -> Result<(), String> {
-        let step = get(&format!("{prefix}.step")).ok_or_else(|| format!("checkpoint lacks {prefix}.step"))?;
+    pub fn load_state(
+        &mut self,
+        prefix: &str,
+        get: &dyn Fn(&str) -> Option<Tensor>,
+    ) -> Result<(), String> {
+        let step = get(&format!("{prefix}.step"))
+            .ok_or_else(|| format!("checkpoint lacks {prefix}.step"))?;
         self.step = step.int64_value(&[0]);
         for (n, _, m, v) in &mut self.slots {
-            let sm = get(&format!("{prefix}.m.{n}")).ok_or_else(|| format!("checkpoint lacks {prefix}.m.{n}"))?;
-            let sv = get(&format!("{prefix}.v.{n}")).ok_or_else(|| format!("checkpoint lacks {prefix}.v.{n}"))?;
+            let sm = get(&format!("{prefix}.m.{n}"))
+                .ok_or_else(|| format!("checkpoint lacks {prefix}.m.{n}"))?;
+            let sv = get(&format!("{prefix}.v.{n}"))
+                .ok_or_else(|| format!("checkpoint lacks {prefix}.v.{n}"))?;
             tch::no_grad(|| {
                 m.copy_(&sm);
                 v.copy_(&sv);

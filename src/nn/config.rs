@@ -15,4 +15,3 @@ impl AccordionConfig {
         [w, 2 * w, 4 * w, 4 * w]
     }
 }
-

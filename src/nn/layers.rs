@@ -16,15 +16,44 @@ pub struct EqConv {
 }
 
 impl EqConv {
-    pub fn new(p: nn::Path, cin: i64, cout: i64, k: i64, stride: i64, padding: i64, groups: i64) -> EqConv {
-        let weight = p.var("weight", &[cout, cin / groups, k, k], nn::Init::Randn { mean: 0.0, stdev: 1.0 });
+    pub fn new(
+        p: nn::Path,
+        cin: i64,
+        cout: i64,
+        k: i64,
+        stride: i64,
+        padding: i64,
+        groups: i64,
+    ) -> EqConv {
+        let weight = p.var(
+            "weight",
+            &[cout, cin / groups, k, k],
+            nn::Init::Randn {
+                mean: 0.0,
+                stdev: 1.0,
+            },
+        );
         let bias = p.var("bias", &[cout], nn::Init::Const(0.0));
         let fan_in = (cin / groups * k * k) as f64;
-        EqConv { weight, bias, stride, padding, groups, scale: 1.0 / fan_in.sqrt() }
+        EqConv {
+            weight,
+            bias,
+            stride,
+            padding,
+            groups,
+            scale: 1.0 / fan_in.sqrt(),
+        }
     }
 
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        x.conv2d(&(&self.weight * self.scale), Some(&self.bias), [self.stride, self.stride], [self.padding, self.padding], [1, 1], self.groups)
+        x.conv2d(
+            &(&self.weight * self.scale),
+            Some(&self.bias),
+            [self.stride, self.stride],
+            [self.padding, self.padding],
+            [1, 1],
+            self.groups,
+        )
     }
 
     /// The weight as it is applied (scale folded in): what export writes.
@@ -53,12 +82,14 @@ pub fn blur3_kernel(channels: i64) -> Tensor {
 /// Blur before a stride-2 conv: pad 2 each side, 4x4 [1,3,3,1] depthwise (H → H + 1).
 pub fn blur_down(x: &Tensor, kernel: &Tensor) -> Tensor {
     let c = x.size()[1];
-    x.constant_pad_nd([2, 2, 2, 2]).conv2d(kernel, None::<Tensor>, [1, 1], [0, 0], [1, 1], c)
+    x.constant_pad_nd([2, 2, 2, 2])
+        .conv2d(kernel, None::<Tensor>, [1, 1], [0, 0], [1, 1], c)
 }
 
 /// Nearest x2 upsample then the centred [1,2,1] blur.
 pub fn up_blur(x: &Tensor, kernel: &Tensor) -> Tensor {
     let s = x.size();
     let c = s[1];
-    x.upsample_nearest2d([s[2] * 2, s[3] * 2], None, None).conv2d(kernel, None::<Tensor>, [1, 1], [1, 1], [1, 1], c)
+    x.upsample_nearest2d([s[2] * 2, s[3] * 2], None, None)
+        .conv2d(kernel, None::<Tensor>, [1, 1], [1, 1], [1, 1], c)
 }

@@ -5,10 +5,16 @@ use tch::{Kind, Tensor};
 fn gaussian_window(channels: i64, device: tch::Device) -> Tensor {
     let sigma = 1.5f64;
     let coords: Vec<f32> = (0..7).map(|i| i as f32 - 3.0).collect();
-    let g: Vec<f32> = coords.iter().map(|x| (-(x * x) as f64 / (2.0 * sigma * sigma)).exp() as f32).collect();
+    let g: Vec<f32> = coords
+        .iter()
+        .map(|x| (-(x * x) as f64 / (2.0 * sigma * sigma)).exp() as f32)
+        .collect();
     let g = Tensor::from_slice(&g);
     let g = &g / g.sum(Kind::Float);
-    g.outer(&g).view([1, 1, 7, 7]).repeat([channels, 1, 1, 1]).to_device(device)
+    g.outer(&g)
+        .view([1, 1, 7, 7])
+        .repeat([channels, 1, 1, 1])
+        .to_device(device)
 }
 
 /// Mean SSIM of images in [0, 1], `[N, C, H, W]` (differentiable).

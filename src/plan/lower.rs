@@ -43,12 +43,29 @@ pub fn image_files(project: &Project, recipe: &Recipe, diags: &mut Diagnostics) 
             files.push(project.root.join(pattern));
             continue;
         }
-        let Ok(g) = globset::GlobBuilder::new(pattern).literal_separator(true).build() else { continue };
+        let Ok(g) = globset::GlobBuilder::new(pattern)
+            .literal_separator(true)
+            .build()
+        else {
+            continue;
+        };
         let matcher = g.compile_matcher();
         // Walk only below the glob's literal prefix.
-        let prefix: PathBuf = Path::new(pattern).components().take_while(|c| !c.as_os_str().to_string_lossy().contains(['*', '?', '[', '{'])).collect();
+        let prefix: PathBuf = Path::new(pattern)
+            .components()
+            .take_while(|c| {
+                !c.as_os_str()
+                    .to_string_lossy()
+                    .contains(['*', '?', '[', '{'])
+            })
+            .collect();
         let start = project.root.join(&prefix);
-        for entry in walkdir::WalkDir::new(&start).follow_links(true).sort_by_file_name().into_iter().filter_map(|e| e.ok()) {
+        for entry in walkdir::WalkDir::new(&start)
+            .follow_links(true)
+            .sort_by_file_name()
+            .into_iter()
+            .filter_map(|e| e.ok())
+        {
             if !entry.file_type().is_file() {
                 continue;
             }
@@ -60,10 +77,18 @@ pub fn image_files(project: &Project, recipe: &Recipe, diags: &mut Diagnostics) 
         }
         if matched == 0 {
             let d = match &glob.loc {
-                Some(loc) => RecipeDiagnostic::at(loc, "empty-glob", format!("`{pattern}` matches no files")).label("no match"),
-                None => RecipeDiagnostic::nowhere("empty-glob", format!("`{pattern}` matches no files")),
+                Some(loc) => {
+                    RecipeDiagnostic::at(loc, "empty-glob", format!("`{pattern}` matches no files"))
+                        .label("no match")
+                }
+                None => {
+                    RecipeDiagnostic::nowhere("empty-glob", format!("`{pattern}` matches no files"))
+                }
             };
-            diags.push(d.help(format!("paths are relative to the project root {}", project.root.display())));
+            diags.push(d.help(format!(
+                "paths are relative to the project root {}",
+                project.root.display()
+            )));
         }
     }
     files.sort();
@@ -72,33 +97,59 @@ pub fn image_files(project: &Project, recipe: &Recipe, diags: &mut Diagnostics) 
 }
 
 /// Lowers `recipe` into a plan. `digest_of` hashes a source file (through the stat cache).
-pub fn lower(project: &Project, recipe: &Recipe, digest_of: &mut dyn FnMut(&Path) -> std::io::Result<Digest>) -> Result<Plan, Diagnostics> {
+pub fn lower(
+    project: &Project,
+    recipe: &Recipe,
+    digest_of: &mut dyn FnMut(&Path) -> std::io::Result<Digest>,
+) -> Result<Plan, Diagnostics> {
     let mut diags = Diagnostics::default();
     let mut items = Vec::new();
     let holdout = recipe.sources.holdout;
     if let Some(s) = &recipe.sources.synthetic {
         for index in 0..s.count as u64 {
             let name = format!("synthetic-{index:04}");
-            items.push(SourceItem { holdout: is_holdout(&name, holdout), name, origin: ItemOrigin::Synthetic { seed: s.seed, index } });
+            items.push(SourceItem {
+                holdout: is_holdout(&name, holdout),
+                name,
+                origin: ItemOrigin::Synthetic {
+                    seed: s.seed,
+                    index,
+                },
+            });
         }
     }
     for path in image_files(project, recipe, &mut diags) {
         let name = project.relative(&path);
         match digest_of(&path) {
-            Ok(digest) => items.push(SourceItem { holdout: is_holdout(&name, holdout), name, origin: ItemOrigin::File { path, digest } }),
-            Err(e) => diags.push(RecipeDiagnostic::nowhere("unreadable-source", format!("cannot read source image {}: {e}", path.display()))),
+            Ok(digest) => items.push(SourceItem {
+                holdout: is_holdout(&name, holdout),
+                name,
+                origin: ItemOrigin::File { path, digest },
+            }),
+            Err(e) => diags.push(RecipeDiagnostic::nowhere(
+                "unreadable-source",
+                format!("cannot read source image {}: {e}", path.display()),
+            )),
         }
     }
     for v in &recipe.sources.videos {
         let d = match &v.glob.loc {
-            Some(loc) => RecipeDiagnostic::at(loc, "not-built-yet", "video sources are not built yet").label("video"),
+            Some(loc) => {
+                RecipeDiagnostic::at(loc, "not-built-yet", "video sources are not built yet")
+                    .label("video")
+            }
             None => RecipeDiagnostic::nowhere("not-built-yet", "video sources are not built yet"),
         };
         diags.push(d.help("extract frames to images (e.g. `ffmpeg -i clip.mp4 -vf fps=2 frames/%04d.png`) and list them with `images`"));
     }
     if recipe.sources.crop.mode.value == CropMode::Face {
         let d = match &recipe.sources.crop.mode.loc {
-            Some(loc) => RecipeDiagnostic::at(loc, "not-built-yet", "the `face` crop needs the face detector, which is not built yet").label("face crop"),
+            Some(loc) => RecipeDiagnostic::at(
+                loc,
+                "not-built-yet",
+                "the `face` crop needs the face detector, which is not built yet",
+            )
+            .label("face crop"),
             None => RecipeDiagnostic::nowhere("not-built-yet", "the `face` crop is not built yet"),
         };
         diags.push(d.help("use `crop \"center\" size=...` until face detection lands"));
@@ -120,32 +171,80 @@ pub fn lower(project: &Project, recipe: &Recipe, digest_of: &mut dyn FnMut(&Path
                 nodes.push(PlanNode {
                     id: format!("synthetic/{}", item.name),
                     item: Some(item.name.clone()),
-                    stage: Box::new(stages::synthetic::SyntheticSource { seed: *seed, index: *index, size_px }),
+                    stage: Box::new(stages::synthetic::SyntheticSource {
+                        seed: *seed,
+                        index: *index,
+                        size_px,
+                    }),
                     inputs: vec![],
                 });
-                InputRef::Stage { node: nodes.len() - 1, output: "image".into() }
+                InputRef::Stage {
+                    node: nodes.len() - 1,
+                    output: "image".into(),
+                }
             }
-            ItemOrigin::File { path, digest } => InputRef::File { path: path.clone(), digest: *digest },
+            ItemOrigin::File { path, digest } => InputRef::File {
+                path: path.clone(),
+                digest: *digest,
+            },
         };
         nodes.push(PlanNode {
             id: format!("crop/{}", item.name),
             item: Some(item.name.clone()),
             stage: Box::new(stages::crop::CenterCrop { size_px }),
-            inputs: vec![Input { name: "image".into(), from: image_input }],
+            inputs: vec![Input {
+                name: "image".into(),
+                from: image_input,
+            }],
         });
         let crop = nodes.len() - 1;
-        let source = Input { name: "source".into(), from: InputRef::Stage { node: crop, output: "image".into() } };
+        let source = Input {
+            name: "source".into(),
+            from: InputRef::Stage {
+                node: crop,
+                output: "image".into(),
+            },
+        };
         let (stage, mut inputs): (Box<dyn super::Stage>, Vec<Input>) = match &recipe.teacher {
-            Teacher::Procedural(p) => (Box::new(stages::procedural::ProceduralPairs::new(p)), vec![source]),
-            Teacher::Command { argv, timeout_s, .. } => (Box::new(stages::command_teacher::CommandPairs { argv: argv.clone(), timeout_s: *timeout_s }), vec![source]),
+            Teacher::Procedural(p) => (
+                Box::new(stages::procedural::ProceduralPairs::new(p)),
+                vec![source],
+            ),
+            Teacher::Command {
+                argv, timeout_s, ..
+            } => (
+                Box::new(stages::command_teacher::CommandPairs {
+                    argv: argv.clone(),
+                    timeout_s: *timeout_s,
+                }),
+                vec![source],
+            ),
             Teacher::Directory { path } => {
                 let dir = project.root.join(&path.value);
-                let stem = Path::new(&item.name).file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+                let stem = Path::new(&item.name)
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_default();
                 match stages::directory_teacher::find_target(&dir, &stem) {
                     Ok(Some(target)) => match digest_of(&target) {
-                        Ok(digest) => (Box::new(stages::directory_teacher::DirectoryPairs { size_px }), vec![source, Input { name: "target-file".into(), from: InputRef::File { path: target, digest } }]),
+                        Ok(digest) => (
+                            Box::new(stages::directory_teacher::DirectoryPairs { size_px }),
+                            vec![
+                                source,
+                                Input {
+                                    name: "target-file".into(),
+                                    from: InputRef::File {
+                                        path: target,
+                                        digest,
+                                    },
+                                },
+                            ],
+                        ),
                         Err(e) => {
-                            diags.push(RecipeDiagnostic::nowhere("unreadable-source", format!("cannot read pair target {}: {e}", target.display())));
+                            diags.push(RecipeDiagnostic::nowhere(
+                                "unreadable-source",
+                                format!("cannot read pair target {}: {e}", target.display()),
+                            ));
                             continue;
                         }
                     },
@@ -163,10 +262,18 @@ pub fn lower(project: &Project, recipe: &Recipe, digest_of: &mut dyn FnMut(&Path
                     }
                 }
             }
-            Teacher::Diffusion(d) => (Box::new(stages::diffusion_pairs::DiffusionPairs::new(d, &item.name)), vec![source]),
+            Teacher::Diffusion(d) => (
+                Box::new(stages::diffusion_pairs::DiffusionPairs::new(d, &item.name)),
+                vec![source],
+            ),
         };
         inputs.sort_by(|a, b| a.name.cmp(&b.name));
-        nodes.push(PlanNode { id: format!("pairs/{}", item.name), item: Some(item.name.clone()), stage, inputs });
+        nodes.push(PlanNode {
+            id: format!("pairs/{}", item.name),
+            item: Some(item.name.clone()),
+            stage,
+            inputs,
+        });
         pairs.push((item.clone(), crop, nodes.len() - 1));
     }
     if !diags.is_empty() {
@@ -176,11 +283,28 @@ pub fn lower(project: &Project, recipe: &Recipe, digest_of: &mut dyn FnMut(&Path
     let shown: Vec<_> = pairs.iter().take(8).collect();
     let mut inputs = Vec::new();
     for (i, (_, crop, pair)) in shown.iter().enumerate() {
-        inputs.push(Input { name: format!("{i:02}-source"), from: InputRef::Stage { node: *crop, output: "image".into() } });
-        inputs.push(Input { name: format!("{i:02}-target"), from: InputRef::Stage { node: *pair, output: "target".into() } });
+        inputs.push(Input {
+            name: format!("{i:02}-source"),
+            from: InputRef::Stage {
+                node: *crop,
+                output: "image".into(),
+            },
+        });
+        inputs.push(Input {
+            name: format!("{i:02}-target"),
+            from: InputRef::Stage {
+                node: *pair,
+                output: "target".into(),
+            },
+        });
     }
     if !inputs.is_empty() {
-        nodes.push(PlanNode { id: "pairs-sheet".into(), item: None, stage: Box::new(stages::pairs_sheet::PairsSheet { rows: shown.len() }), inputs });
+        nodes.push(PlanNode {
+            id: "pairs-sheet".into(),
+            item: None,
+            stage: Box::new(stages::pairs_sheet::PairsSheet { rows: shown.len() }),
+            inputs,
+        });
     }
     stages::add_model_stages(recipe, &pairs, &mut nodes);
     Ok(Plan::new(recipe, nodes))

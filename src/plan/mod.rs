@@ -4,7 +4,10 @@
 pub mod lower;
 pub mod stage;
 
-pub use stage::{stage_key, DeviceSpec, Input, InputRef, Params, Progress, Resource, RunContext, RunOutput, Stage, StageError};
+pub use stage::{
+    stage_key, DeviceSpec, Input, InputRef, Params, Progress, Resource, RunContext, RunOutput,
+    Stage, StageError,
+};
 
 use crate::digest::{Digest, KeyHasher};
 use crate::recipe::Recipe;
@@ -43,12 +46,20 @@ impl Plan {
             }
         }
         // The planner only ever points at earlier nodes, so a cycle is a bug, not a user error.
-        let order = petgraph::algo::toposort(&graph, None).map(|v| v.into_iter().map(|n| n.index()).collect()).unwrap_or_else(|_| (0..nodes.len()).collect());
+        let order = petgraph::algo::toposort(&graph, None)
+            .map(|v| v.into_iter().map(|n| n.index()).collect())
+            .unwrap_or_else(|_| (0..nodes.len()).collect());
         let mut h = KeyHasher::new("effectc/recipe/v1");
         for f in &recipe.files {
             h.str(&f.name).str(&f.text);
         }
-        Plan { effect: recipe.name.clone(), recipe_digest: h.finish(), nodes, graph, order }
+        Plan {
+            effect: recipe.name.clone(),
+            recipe_digest: h.finish(),
+            nodes,
+            graph,
+            order,
+        }
     }
 
     pub fn node_index(&self, id: &str) -> Option<usize> {
@@ -57,13 +68,22 @@ impl Plan {
 
     /// Indices of the nodes that read an output of `i`.
     pub fn dependents(&self, i: usize) -> Vec<usize> {
-        self.graph.neighbors_directed(NodeIndex::new(i), petgraph::Direction::Outgoing).map(|n| n.index()).collect()
+        self.graph
+            .neighbors_directed(NodeIndex::new(i), petgraph::Direction::Outgoing)
+            .map(|n| n.index())
+            .collect()
     }
 
     /// Graphviz text of the DAG, per-item stages folded into one box per kind.
     pub fn to_dot(&self) -> String {
         use std::collections::BTreeMap;
-        let label = |n: &PlanNode| if n.item.is_some() { format!("{} (per item)", n.stage.kind()) } else { n.id.clone() };
+        let label = |n: &PlanNode| {
+            if n.item.is_some() {
+                format!("{} (per item)", n.stage.kind())
+            } else {
+                n.id.clone()
+            }
+        };
         let mut counts: BTreeMap<String, usize> = BTreeMap::new();
         for n in &self.nodes {
             *counts.entry(label(n)).or_default() += 1;
@@ -76,9 +96,16 @@ impl Plan {
                 }
             }
         }
-        let mut out = format!("digraph \"{}\" {{\n  rankdir=LR;\n  node [shape=box];\n", self.effect);
+        let mut out = format!(
+            "digraph \"{}\" {{\n  rankdir=LR;\n  node [shape=box];\n",
+            self.effect
+        );
         for (l, c) in &counts {
-            let text = if *c > 1 { format!("{l}\\n{c} items") } else { l.clone() };
+            let text = if *c > 1 {
+                format!("{l}\\n{c} items")
+            } else {
+                l.clone()
+            };
             out.push_str(&format!("  \"{l}\" [label=\"{text}\"];\n"));
         }
         for (a, b) in &edges {

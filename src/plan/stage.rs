@@ -55,7 +55,12 @@ pub struct RunContext<'a> {
 
 impl RunContext<'_> {
     pub fn input(&self, name: &str) -> Result<&Path, StageError> {
-        self.inputs.get(name).map(|p| p.as_path()).ok_or_else(|| StageError::infra(format!("stage {} has no input `{name}` (planner bug)", self.stage_id)))
+        self.inputs.get(name).map(|p| p.as_path()).ok_or_else(|| {
+            StageError::infra(format!(
+                "stage {} has no input `{name}` (planner bug)",
+                self.stage_id
+            ))
+        })
     }
 }
 
@@ -75,9 +80,14 @@ impl DeviceSpec {
             "auto" => Ok(DeviceSpec::Auto),
             "cpu" => Ok(DeviceSpec::Cpu),
             "cuda" => Ok(DeviceSpec::Cuda(0)),
-            other => match other.strip_prefix("cuda:").and_then(|n| n.parse::<usize>().ok()) {
+            other => match other
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse::<usize>().ok())
+            {
                 Some(n) => Ok(DeviceSpec::Cuda(n)),
-                None => Err(format!("unknown device `{other}`: use auto, cpu, cuda or cuda:N")),
+                None => Err(format!(
+                    "unknown device `{other}`: use auto, cpu, cuda or cuda:N"
+                )),
             },
         }
     }
@@ -145,7 +155,12 @@ pub trait Stage: Send + Sync {
 
 /// A stage's key from its kind, version, params and input digests (uv's stable-hash habit:
 /// every field length-prefixed, maps ordered).
-pub fn stage_key(kind: &str, version: u32, params: &Params, inputs: &BTreeMap<String, Digest>) -> Digest {
+pub fn stage_key(
+    kind: &str,
+    version: u32,
+    params: &Params,
+    inputs: &BTreeMap<String, Digest>,
+) -> Digest {
     let mut h = KeyHasher::new("effectc/stage-key/v1");
     h.str(kind).u64(version as u64);
     h.u64(params.len() as u64);

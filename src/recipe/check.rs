@@ -9,7 +9,17 @@ use super::stdlib::{self, Registry};
 use super::tree::{Node, Val};
 use crate::project::Project;
 
-pub const EFFECT_NODES: &[&str] = &["extends", "version", "description", "sources", "teacher", "attributes", "student", "train", "target"];
+pub const EFFECT_NODES: &[&str] = &[
+    "extends",
+    "version",
+    "description",
+    "sources",
+    "teacher",
+    "attributes",
+    "student",
+    "train",
+    "target",
+];
 pub const TEACHER_KINDS: &[&str] = &["procedural", "directory", "command", "diffusion"];
 pub const PROCEDURAL_STYLES: &[&str] = &["brick-mosaic"];
 pub const PALETTES: &[&str] = &["lego-classic", "lego-grayscale"];
@@ -27,10 +37,19 @@ fn is_glob(s: &str) -> bool {
 
 impl<'a> Checker<'a> {
     pub fn effect(&mut self, name: &str, body: &[Node], root: &Node) -> Option<Recipe> {
-        let top = Node { children: body.to_vec(), ..root.clone() };
+        let top = Node {
+            children: body.to_vec(),
+            ..root.clone()
+        };
         self.d.known_children(&top, EFFECT_NODES);
-        let version = self.d.setting(&top, "version").and_then(|v| self.d.string(v, "`version`"));
-        let description = self.d.setting(&top, "description").and_then(|v| self.d.string(v, "`description`"));
+        let version = self
+            .d
+            .setting(&top, "version")
+            .and_then(|v| self.d.string(v, "`version`"));
+        let description = self
+            .d
+            .setting(&top, "description")
+            .and_then(|v| self.d.string(v, "`description`"));
 
         let sources = match self.d.single(body, "sources") {
             Some(n) => self.sources(n),
@@ -46,7 +65,11 @@ impl<'a> Checker<'a> {
                 None
             }
         };
-        let attributes = self.d.single(body, "attributes").map(|n| self.attributes(n)).unwrap_or_default();
+        let attributes = self
+            .d
+            .single(body, "attributes")
+            .map(|n| self.attributes(n))
+            .unwrap_or_default();
         let student_node = self.d.single(body, "student");
         let student = self.student(student_node);
         let train_node = self.d.single(body, "train");
@@ -67,13 +90,21 @@ impl<'a> Checker<'a> {
     }
 
     fn sources(&mut self, node: &Node) -> Option<Sources> {
-        self.d.known_children(node, &["images", "synthetic", "video", "crop", "holdout"]);
+        self.d
+            .known_children(node, &["images", "synthetic", "video", "crop", "holdout"]);
         self.d.known_props(node, &[]);
         let mut images = Vec::new();
         for n in node.children.iter().filter(|c| c.name == "images") {
             self.d.known_props(n, &[]);
             if n.args.is_empty() {
-                self.d.error(RecipeDiagnostic::at(&n.name_loc, "missing-argument", "`images` needs at least one path or glob").help("e.g. images \"photos/**/*.jpg\""));
+                self.d.error(
+                    RecipeDiagnostic::at(
+                        &n.name_loc,
+                        "missing-argument",
+                        "`images` needs at least one path or glob",
+                    )
+                    .help("e.g. images \"photos/**/*.jpg\""),
+                );
             }
             for v in &n.args {
                 if let Some(g) = self.glob(v) {
@@ -98,15 +129,32 @@ impl<'a> Checker<'a> {
             let fps = self.d.setting_f64(n, "fps", 1.0, 0.001, 240.0);
             if let Some(v) = n.args.first() {
                 if let Some(g) = self.glob(v) {
-                    videos.push(VideoSource { glob: Spanned::new(g, Some(v.loc.clone())), fps });
+                    videos.push(VideoSource {
+                        glob: Spanned::new(g, Some(v.loc.clone())),
+                        fps,
+                    });
                 }
             } else {
-                self.d.error(RecipeDiagnostic::at(&n.name_loc, "missing-argument", "`video` needs a path or glob"));
+                self.d.error(RecipeDiagnostic::at(
+                    &n.name_loc,
+                    "missing-argument",
+                    "`video` needs a path or glob",
+                ));
             }
         }
-        let named_any = node.children.iter().any(|c| ["images", "synthetic", "video"].contains(&c.name.as_str()));
+        let named_any = node
+            .children
+            .iter()
+            .any(|c| ["images", "synthetic", "video"].contains(&c.name.as_str()));
         if !named_any {
-            self.d.error(RecipeDiagnostic::at(&node.name_loc, "missing-node", "`sources` names no images, videos or synthetic source").help("add `images \"photos/*.jpg\"` or `synthetic count=48`"));
+            self.d.error(
+                RecipeDiagnostic::at(
+                    &node.name_loc,
+                    "missing-node",
+                    "`sources` names no images, videos or synthetic source",
+                )
+                .help("add `images \"photos/*.jpg\"` or `synthetic count=48`"),
+            );
         }
         let crop = match self.d.single(&node.children, "crop") {
             Some(n) => {
@@ -117,7 +165,15 @@ impl<'a> Checker<'a> {
                         Some("center") => Spanned::new(CropMode::Center, Some(v.loc.clone())),
                         Some("face") => Spanned::new(CropMode::Face, Some(v.loc.clone())),
                         Some(other) => {
-                            self.d.error(RecipeDiagnostic::at(&v.loc, "unknown-value", format!("unknown crop mode `{other}`")).suggest(other, ["center", "face"]).label("expected \"center\" or \"face\""));
+                            self.d.error(
+                                RecipeDiagnostic::at(
+                                    &v.loc,
+                                    "unknown-value",
+                                    format!("unknown crop mode `{other}`"),
+                                )
+                                .suggest(other, ["center", "face"])
+                                .label("expected \"center\" or \"face\""),
+                            );
                             Spanned::new(CropMode::Center, None)
                         }
                         None => Spanned::new(CropMode::Center, None),
@@ -132,26 +188,59 @@ impl<'a> Checker<'a> {
                 }
                 Crop { mode, size_px }
             }
-            None => Crop { mode: Spanned::new(CropMode::Center, None), size_px: 256 },
+            None => Crop {
+                mode: Spanned::new(CropMode::Center, None),
+                size_px: 256,
+            },
         };
         let holdout = self.d.setting_f64(node, "holdout", 0.1, 0.0, 0.9);
-        Some(Sources { images, synthetic, videos, crop, holdout })
+        Some(Sources {
+            images,
+            synthetic,
+            videos,
+            crop,
+            holdout,
+        })
     }
 
     /// A path or glob relative to the project root: valid syntax, and a plain path must exist.
     fn glob(&mut self, v: &Val) -> Option<String> {
         let g = self.d.string(v, "a path or glob")?;
         if g.starts_with('/') || g.contains("..") {
-            self.d.error(RecipeDiagnostic::at(&v.loc, "bad-path", format!("`{g}` must be relative to the project root and stay inside it")).label("outside the project"));
+            self.d.error(
+                RecipeDiagnostic::at(
+                    &v.loc,
+                    "bad-path",
+                    format!("`{g}` must be relative to the project root and stay inside it"),
+                )
+                .label("outside the project"),
+            );
             return None;
         }
         if is_glob(&g) {
             if let Err(e) = globset::Glob::new(&g) {
-                self.d.error(RecipeDiagnostic::at(&v.loc, "bad-glob", format!("invalid glob `{g}`: {}", e.kind())).label("invalid glob"));
+                self.d.error(
+                    RecipeDiagnostic::at(
+                        &v.loc,
+                        "bad-glob",
+                        format!("invalid glob `{g}`: {}", e.kind()),
+                    )
+                    .label("invalid glob"),
+                );
                 return None;
             }
         } else if !self.project.root.join(&g).exists() {
-            self.d.error(RecipeDiagnostic::at(&v.loc, "missing-file", format!("`{g}` does not exist (looked in {})", self.project.root.display())).label("no such file"));
+            self.d.error(
+                RecipeDiagnostic::at(
+                    &v.loc,
+                    "missing-file",
+                    format!(
+                        "`{g}` does not exist (looked in {})",
+                        self.project.root.display()
+                    ),
+                )
+                .label("no such file"),
+            );
             return None;
         }
         Some(g)
@@ -163,34 +252,63 @@ impl<'a> Checker<'a> {
         let kind_val = match node.args.first() {
             Some(v) => v,
             None => {
-                self.d.error(RecipeDiagnostic::at(&node.name_loc, "missing-argument", "`teacher` needs a kind").help(format!("one of: {}", TEACHER_KINDS.join(", "))));
+                self.d.error(
+                    RecipeDiagnostic::at(
+                        &node.name_loc,
+                        "missing-argument",
+                        "`teacher` needs a kind",
+                    )
+                    .help(format!("one of: {}", TEACHER_KINDS.join(", "))),
+                );
                 return None;
             }
         };
         let kind = self.d.string(kind_val, "the teacher kind")?;
         match kind.as_str() {
             "procedural" => {
-                self.d.known_children(node, &["style", "stud-size", "palette", "shading", "outline"]);
+                self.d.known_children(
+                    node,
+                    &["style", "stud-size", "palette", "shading", "outline"],
+                );
                 let style = self.choice(node, "style", "brick-mosaic", PROCEDURAL_STYLES);
                 let stud_px = self.d.setting_u32(node, "stud-size", 8, 2, 256);
                 let palette = self.choice(node, "palette", "lego-classic", PALETTES);
                 let shading = self.d.setting_f64(node, "shading", 0.6, 0.0, 1.0);
                 let outline = self.d.setting_f64(node, "outline", 0.5, 0.0, 1.0);
-                Some(Teacher::Procedural(ProceduralTeacher { style, stud_px, palette, shading, outline }))
+                Some(Teacher::Procedural(ProceduralTeacher {
+                    style,
+                    stud_px,
+                    palette,
+                    shading,
+                    outline,
+                }))
             }
             "directory" => {
                 self.d.known_children(node, &["path"]);
                 let v = self.d.setting(node, "path");
                 let Some(v) = v else {
-                    self.d.error(RecipeDiagnostic::at(&node.name_loc, "missing-node", "a `directory` teacher needs `path \"pairs/\"`"));
+                    self.d.error(RecipeDiagnostic::at(
+                        &node.name_loc,
+                        "missing-node",
+                        "a `directory` teacher needs `path \"pairs/\"`",
+                    ));
                     return None;
                 };
                 let path = self.d.string(v, "`path`")?;
                 if !self.project.root.join(&path).is_dir() {
-                    self.d.error(RecipeDiagnostic::at(&v.loc, "missing-file", format!("pair directory `{path}` does not exist")).label("no such folder"));
+                    self.d.error(
+                        RecipeDiagnostic::at(
+                            &v.loc,
+                            "missing-file",
+                            format!("pair directory `{path}` does not exist"),
+                        )
+                        .label("no such folder"),
+                    );
                     return None;
                 }
-                Some(Teacher::Directory { path: Spanned::new(path, Some(v.loc.clone())) })
+                Some(Teacher::Directory {
+                    path: Spanned::new(path, Some(v.loc.clone())),
+                })
             }
             "command" => {
                 self.d.known_children(node, &["run", "timeout-s"]);
@@ -199,27 +317,59 @@ impl<'a> Checker<'a> {
                     self.d.error(RecipeDiagnostic::at(&node.name_loc, "missing-node", "a `command` teacher needs `run \"program\" \"arg\"...`").help("`{input}` and `{output}` in arguments are replaced by PNG paths; without them the PNG goes through stdin / stdout"));
                     return None;
                 };
-                let argv: Vec<String> = run.args.iter().filter_map(|v| self.d.string(v, "a command argument")).collect();
+                let argv: Vec<String> = run
+                    .args
+                    .iter()
+                    .filter_map(|v| self.d.string(v, "a command argument"))
+                    .collect();
                 if argv.is_empty() {
-                    self.d.error(RecipeDiagnostic::at(&run.name_loc, "missing-argument", "`run` needs the program to run"));
+                    self.d.error(RecipeDiagnostic::at(
+                        &run.name_loc,
+                        "missing-argument",
+                        "`run` needs the program to run",
+                    ));
                     return None;
                 }
-                Some(Teacher::Command { argv, timeout_s, loc: Some(run.loc.clone()) })
+                Some(Teacher::Command {
+                    argv,
+                    timeout_s,
+                    loc: Some(run.loc.clone()),
+                })
             }
-            "diffusion" => self.diffusion(node).map(|t| Teacher::Diffusion(Box::new(t))),
+            "diffusion" => self
+                .diffusion(node)
+                .map(|t| Teacher::Diffusion(Box::new(t))),
             other => {
-                self.d.error(RecipeDiagnostic::at(&kind_val.loc, "unknown-value", format!("unknown teacher kind `{other}`")).label("unknown kind").suggest(other, TEACHER_KINDS.iter().copied()));
+                self.d.error(
+                    RecipeDiagnostic::at(
+                        &kind_val.loc,
+                        "unknown-value",
+                        format!("unknown teacher kind `{other}`"),
+                    )
+                    .label("unknown kind")
+                    .suggest(other, TEACHER_KINDS.iter().copied()),
+                );
                 None
             }
         }
     }
 
     fn choice(&mut self, node: &Node, name: &str, default: &str, allowed: &[&str]) -> String {
-        let Some(v) = self.d.setting(node, name) else { return default.to_string() };
-        let Some(s) = self.d.string(v, &format!("`{name}`")) else { return default.to_string() };
+        let Some(v) = self.d.setting(node, name) else {
+            return default.to_string();
+        };
+        let Some(s) = self.d.string(v, &format!("`{name}`")) else {
+            return default.to_string();
+        };
         if !allowed.contains(&s.as_str()) {
-            let d = RecipeDiagnostic::at(&v.loc, "unknown-value", format!("unknown {name} `{s}`")).label(format!("not a known {name}")).suggest(&s, allowed.iter().copied());
-            let d = if d.help.is_none() { d.help(format!("one of: {}", allowed.join(", "))) } else { d };
+            let d = RecipeDiagnostic::at(&v.loc, "unknown-value", format!("unknown {name} `{s}`"))
+                .label(format!("not a known {name}"))
+                .suggest(&s, allowed.iter().copied());
+            let d = if d.help.is_none() {
+                d.help(format!("one of: {}", allowed.join(", ")))
+            } else {
+                d
+            };
             self.d.error(d);
             return default.to_string();
         }
@@ -229,8 +379,23 @@ impl<'a> Checker<'a> {
     fn model_ref(&mut self, v: &Val, what: &str) -> Option<Spanned<String>> {
         let name = self.d.string(v, what)?;
         if !self.registry.models.contains_key(&name) {
-            let d = RecipeDiagnostic::at(&v.loc, "unknown-model", format!("unknown model `{name}`")).label("not in stdlib/models.kdl").suggest(&name, self.registry.models.keys().map(|s| s.as_str()));
-            let d = if d.help.is_none() { d.help(format!("models known: {}; add one to stdlib/models.kdl", self.registry.models.keys().cloned().collect::<Vec<_>>().join(", "))) } else { d };
+            let d =
+                RecipeDiagnostic::at(&v.loc, "unknown-model", format!("unknown model `{name}`"))
+                    .label("not in stdlib/models.kdl")
+                    .suggest(&name, self.registry.models.keys().map(|s| s.as_str()));
+            let d = if d.help.is_none() {
+                d.help(format!(
+                    "models known: {}; add one to stdlib/models.kdl",
+                    self.registry
+                        .models
+                        .keys()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+            } else {
+                d
+            };
             self.d.error(d);
             return None;
         }
@@ -238,11 +403,32 @@ impl<'a> Checker<'a> {
     }
 
     fn diffusion(&mut self, node: &Node) -> Option<DiffusionTeacher> {
-        self.d.known_children(node, &["base", "lora", "prompt", "negative-prompt", "controlnet", "instruct-pix2pix", "img2img", "steps", "guidance"]);
-        let base = match self.d.single(&node.children, "base").and_then(|n| n.args.first()) {
+        self.d.known_children(
+            node,
+            &[
+                "base",
+                "lora",
+                "prompt",
+                "negative-prompt",
+                "controlnet",
+                "instruct-pix2pix",
+                "img2img",
+                "steps",
+                "guidance",
+            ],
+        );
+        let base = match self
+            .d
+            .single(&node.children, "base")
+            .and_then(|n| n.args.first())
+        {
             Some(v) => self.model_ref(v, "the base model"),
             None => {
-                self.d.error(RecipeDiagnostic::at(&node.name_loc, "missing-node", "a diffusion teacher needs `base \"sd15\"`"));
+                self.d.error(RecipeDiagnostic::at(
+                    &node.name_loc,
+                    "missing-node",
+                    "a diffusion teacher needs `base \"sd15\"`",
+                ));
                 None
             }
         };
@@ -250,13 +436,21 @@ impl<'a> Checker<'a> {
         for n in node.children.iter().filter(|c| c.name == "lora") {
             self.d.known_props(n, &["weight"]);
             let weight = self.d.setting_f64(n, "weight", 1.0, -4.0, 4.0);
-            if let Some(m) = n.args.first().and_then(|v| self.model_ref(v, "a LoRA model")) {
+            if let Some(m) = n
+                .args
+                .first()
+                .and_then(|v| self.model_ref(v, "a LoRA model"))
+            {
                 loras.push(Lora { model: m, weight });
             }
         }
         let prompt = self.d.setting_string(node, "prompt", "");
         if prompt.is_empty() {
-            self.d.error(RecipeDiagnostic::at(&node.name_loc, "missing-node", "a diffusion teacher needs a `prompt`"));
+            self.d.error(RecipeDiagnostic::at(
+                &node.name_loc,
+                "missing-node",
+                "a diffusion teacher needs a `prompt`",
+            ));
         }
         let negative_prompt = self.d.setting_string(node, "negative-prompt", "");
         let mut controlnets = Vec::new();
@@ -266,15 +460,37 @@ impl<'a> Checker<'a> {
             let start = self.d.setting_f64(n, "start", 0.0, 0.0, 1.0);
             let end = self.d.setting_f64(n, "end", 1.0, 0.0, 1.0);
             let Some(v) = n.args.first() else {
-                self.d.error(RecipeDiagnostic::at(&n.name_loc, "missing-argument", "`controlnet` needs a preset name"));
+                self.d.error(RecipeDiagnostic::at(
+                    &n.name_loc,
+                    "missing-argument",
+                    "`controlnet` needs a preset name",
+                ));
                 continue;
             };
-            let Some(preset) = self.d.string(v, "a ControlNet preset") else { continue };
+            let Some(preset) = self.d.string(v, "a ControlNet preset") else {
+                continue;
+            };
             if !self.registry.controlnets.contains_key(&preset) {
-                self.d.error(RecipeDiagnostic::at(&v.loc, "unknown-preset", format!("unknown ControlNet preset `{preset}`")).label("not in stdlib/controlnets.kdl").suggest(&preset, self.registry.controlnets.keys().map(|s| s.as_str())));
+                self.d.error(
+                    RecipeDiagnostic::at(
+                        &v.loc,
+                        "unknown-preset",
+                        format!("unknown ControlNet preset `{preset}`"),
+                    )
+                    .label("not in stdlib/controlnets.kdl")
+                    .suggest(
+                        &preset,
+                        self.registry.controlnets.keys().map(|s| s.as_str()),
+                    ),
+                );
                 continue;
             }
-            controlnets.push(ControlNetUse { preset: Spanned::new(preset, Some(v.loc.clone())), weight, start, end });
+            controlnets.push(ControlNetUse {
+                preset: Spanned::new(preset, Some(v.loc.clone())),
+                weight,
+                start,
+                end,
+            });
         }
         let instruct_pix2pix = match self.d.single(&node.children, "instruct-pix2pix") {
             Some(n) => {
@@ -285,7 +501,11 @@ impl<'a> Checker<'a> {
                     Some(v) => self.model_ref(v, "the InstructPix2Pix model"),
                     None => Some(Spanned::new("instruct-pix2pix".to_string(), None)),
                 };
-                model.map(|model| InstructPix2Pix { instruction, image_guidance, model })
+                model.map(|model| InstructPix2Pix {
+                    instruction,
+                    image_guidance,
+                    model,
+                })
             }
             None => None,
         };
@@ -306,20 +526,51 @@ impl<'a> Checker<'a> {
         let base = base?;
         let mut model_names = vec![base.value.clone()];
         model_names.extend(loras.iter().map(|l| l.model.value.clone()));
-        model_names.extend(controlnets.iter().filter_map(|c| self.registry.controlnets.get(&c.preset.value)).map(|p| p.model.clone()));
+        model_names.extend(
+            controlnets
+                .iter()
+                .filter_map(|c| self.registry.controlnets.get(&c.preset.value))
+                .map(|p| p.model.clone()),
+        );
         model_names.extend(instruct_pix2pix.iter().map(|ip| ip.model.value.clone()));
         model_names.dedup();
-        let models = model_names.iter().filter_map(|n| self.registry.models.get(n).cloned()).collect();
-        Some(DiffusionTeacher { base, loras, prompt, negative_prompt, controlnets, instruct_pix2pix, img2img_strength, steps, scheduler, guidance, seed, models })
+        let models = model_names
+            .iter()
+            .filter_map(|n| self.registry.models.get(n).cloned())
+            .collect();
+        Some(DiffusionTeacher {
+            base,
+            loras,
+            prompt,
+            negative_prompt,
+            controlnets,
+            instruct_pix2pix,
+            img2img_strength,
+            steps,
+            scheduler,
+            guidance,
+            seed,
+            models,
+        })
     }
 
     fn attributes(&mut self, node: &Node) -> Vec<Spanned<String>> {
         self.d.known_props(node, &[]);
         let mut out = Vec::new();
         for v in &node.args {
-            let Some(name) = self.d.string(v, "an attribute name") else { continue };
+            let Some(name) = self.d.string(v, "an attribute name") else {
+                continue;
+            };
             if !self.registry.attributes.contains_key(&name) {
-                self.d.error(RecipeDiagnostic::at(&v.loc, "unknown-attribute", format!("unknown attribute `{name}`")).label("not in stdlib/attributes.kdl").suggest(&name, self.registry.attributes.keys().map(|s| s.as_str())));
+                self.d.error(
+                    RecipeDiagnostic::at(
+                        &v.loc,
+                        "unknown-attribute",
+                        format!("unknown attribute `{name}`"),
+                    )
+                    .label("not in stdlib/attributes.kdl")
+                    .suggest(&name, self.registry.attributes.keys().map(|s| s.as_str())),
+                );
                 continue;
             }
             out.push(Spanned::new(name, Some(v.loc.clone())));
@@ -328,9 +579,16 @@ impl<'a> Checker<'a> {
     }
 
     fn student(&mut self, node: Option<&Node>) -> Student {
-        let Some(n) = node else { return Student { width: 32, blocks: 6, teacher_width: 128 } };
+        let Some(n) = node else {
+            return Student {
+                width: 32,
+                blocks: 6,
+                teacher_width: 128,
+            };
+        };
         self.d.known_props(n, &["width", "blocks", "teacher-width"]);
-        self.d.known_children(n, &["width", "blocks", "teacher-width"]);
+        self.d
+            .known_children(n, &["width", "blocks", "teacher-width"]);
         Student {
             width: self.d.setting_u32(n, "width", 32, 4, 512),
             blocks: self.d.setting_u32(n, "blocks", 6, 0, 64),
@@ -339,9 +597,29 @@ impl<'a> Checker<'a> {
     }
 
     fn train(&mut self, node: Option<&Node>) -> Train {
-        let empty = Node { name: "train".into(), name_loc: dummy_loc(), loc: dummy_loc(), args: vec![], props: vec![], children: vec![] };
+        let empty = Node {
+            name: "train".into(),
+            name_loc: dummy_loc(),
+            loc: dummy_loc(),
+            args: vec![],
+            props: vec![],
+            children: vec![],
+        };
         let n = node.unwrap_or(&empty);
-        let known = ["teacher-steps", "student-steps", "batch", "lr", "l1", "ssim", "gan", "r1-gamma", "ema", "checkpoint-every", "seed", "shift-px"];
+        let known = [
+            "teacher-steps",
+            "student-steps",
+            "batch",
+            "lr",
+            "l1",
+            "ssim",
+            "gan",
+            "r1-gamma",
+            "ema",
+            "checkpoint-every",
+            "seed",
+            "shift-px",
+        ];
         self.d.known_children(n, &known);
         self.d.known_props(n, &known);
         Train {
@@ -354,7 +632,9 @@ impl<'a> Checker<'a> {
             gan_weight: self.d.setting_f64(n, "gan", 0.05, 0.0, 1e6),
             r1_gamma: self.d.setting_f64(n, "r1-gamma", 1.0, 0.0, 1e6),
             ema_beta: self.d.setting_f64(n, "ema", 0.99, 0.0, 1.0),
-            checkpoint_every: self.d.setting_u32(n, "checkpoint-every", 100, 1, 10_000_000),
+            checkpoint_every: self
+                .d
+                .setting_u32(n, "checkpoint-every", 100, 1, 10_000_000),
             seed: self.d.setting_u64(n, "seed", 0),
             shift_px: self.d.setting_u32(n, "shift-px", 2, 0, 64),
         }
@@ -367,37 +647,80 @@ impl<'a> Checker<'a> {
             self.d.known_props(n, &["quantize"]);
             self.d.max_args(n, 1);
             let Some(v) = n.args.first() else {
-                self.d.error(RecipeDiagnostic::at(&n.name_loc, "missing-argument", "`target` needs a profile name").help(format!("one of: {}", known.join(", "))));
+                self.d.error(
+                    RecipeDiagnostic::at(
+                        &n.name_loc,
+                        "missing-argument",
+                        "`target` needs a profile name",
+                    )
+                    .help(format!("one of: {}", known.join(", "))),
+                );
                 continue;
             };
-            let Some(name) = self.d.string(v, "a target profile name") else { continue };
-            let Some(profile) = stdlib::load_target_profile(self.project, &name, self.d.diags) else {
+            let Some(name) = self.d.string(v, "a target profile name") else {
+                continue;
+            };
+            let Some(profile) = stdlib::load_target_profile(self.project, &name, self.d.diags)
+            else {
                 if !known.contains(&name) {
-                    self.d.error(RecipeDiagnostic::at(&v.loc, "unknown-target", format!("unknown target `{name}`")).label("no targets/<name>.kdl profile").suggest(&name, known.iter().map(|s| s.as_str())));
+                    self.d.error(
+                        RecipeDiagnostic::at(
+                            &v.loc,
+                            "unknown-target",
+                            format!("unknown target `{name}`"),
+                        )
+                        .label("no targets/<name>.kdl profile")
+                        .suggest(&name, known.iter().map(|s| s.as_str())),
+                    );
                 }
                 continue;
             };
             if out.iter().any(|t| t.name.value == name) {
-                self.d.error(RecipeDiagnostic::at(&v.loc, "duplicate-node", format!("target `{name}` is given twice")).label("second one"));
+                self.d.error(
+                    RecipeDiagnostic::at(
+                        &v.loc,
+                        "duplicate-node",
+                        format!("target `{name}` is given twice"),
+                    )
+                    .label("second one"),
+                );
                 continue;
             }
             let precision = match n.prop("quantize") {
                 Some(q) => match self.d.string(q, "`quantize`") {
                     Some(p) if profile.precisions.contains(&p) => p,
                     Some(p) => {
-                        self.d.error(RecipeDiagnostic::at(&q.loc, "unknown-value", format!("target `{name}` has no precision `{p}`")).label("not offered by the profile").help(format!("`{name}` offers: {}", profile.precisions.join(", "))));
+                        self.d.error(
+                            RecipeDiagnostic::at(
+                                &q.loc,
+                                "unknown-value",
+                                format!("target `{name}` has no precision `{p}`"),
+                            )
+                            .label("not offered by the profile")
+                            .help(format!(
+                                "`{name}` offers: {}",
+                                profile.precisions.join(", ")
+                            )),
+                        );
                         continue;
                     }
                     None => continue,
                 },
                 None => profile.default_precision.clone(),
             };
-            out.push(TargetSpec { name: Spanned::new(name, Some(v.loc.clone())), precision, profile });
+            out.push(TargetSpec {
+                name: Spanned::new(name, Some(v.loc.clone())),
+                precision,
+                profile,
+            });
         }
         out
     }
 }
 
 fn dummy_loc() -> super::diagnostic::Loc {
-    super::diagnostic::Loc::new(&super::diagnostic::SourceFile::new("<default>", ""), (0, 0).into())
+    super::diagnostic::Loc::new(
+        &super::diagnostic::SourceFile::new("<default>", ""),
+        (0, 0).into(),
+    )
 }

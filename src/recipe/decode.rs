@@ -18,11 +18,23 @@ impl<'a> Decoder<'a> {
     pub fn known_children(&mut self, node: &Node, known: &[&str]) {
         for child in &node.children {
             if !known.contains(&child.name.as_str()) {
-                let where_ = if node.name.is_empty() { String::new() } else { format!(" in `{}`", node.name) };
-                let d = RecipeDiagnostic::at(&child.name_loc, "unknown-node", format!("unknown node `{}`{where_}", child.name))
-                    .label("not a known node")
-                    .suggest(&child.name, known.iter().copied());
-                let d = if d.help.is_none() { d.help(format!("known here: {}", known.join(", "))) } else { d };
+                let where_ = if node.name.is_empty() {
+                    String::new()
+                } else {
+                    format!(" in `{}`", node.name)
+                };
+                let d = RecipeDiagnostic::at(
+                    &child.name_loc,
+                    "unknown-node",
+                    format!("unknown node `{}`{where_}", child.name),
+                )
+                .label("not a known node")
+                .suggest(&child.name, known.iter().copied());
+                let d = if d.help.is_none() {
+                    d.help(format!("known here: {}", known.join(", ")))
+                } else {
+                    d
+                };
                 self.error(d);
             }
         }
@@ -31,9 +43,13 @@ impl<'a> Decoder<'a> {
     pub fn known_props(&mut self, node: &Node, known: &[&str]) {
         for p in &node.props {
             if !known.contains(&p.name.as_str()) {
-                let d = RecipeDiagnostic::at(&p.name_loc, "unknown-property", format!("unknown property `{}` on `{}`", p.name, node.name))
-                    .label("not a known property")
-                    .suggest(&p.name, known.iter().copied());
+                let d = RecipeDiagnostic::at(
+                    &p.name_loc,
+                    "unknown-property",
+                    format!("unknown property `{}` on `{}`", p.name, node.name),
+                )
+                .label("not a known property")
+                .suggest(&p.name, known.iter().copied());
                 let d = if d.help.is_none() {
                     if known.is_empty() {
                         d.help(format!("`{}` takes no properties", node.name))
@@ -53,8 +69,16 @@ impl<'a> Decoder<'a> {
         if node.args.len() > max {
             let extra = &node.args[max];
             self.error(
-                RecipeDiagnostic::at(&extra.loc, "extra-argument", format!("`{}` takes {max} argument(s), got {}", node.name, node.args.len()))
-                    .label("unexpected"),
+                RecipeDiagnostic::at(
+                    &extra.loc,
+                    "extra-argument",
+                    format!(
+                        "`{}` takes {max} argument(s), got {}",
+                        node.name,
+                        node.args.len()
+                    ),
+                )
+                .label("unexpected"),
             );
         }
     }
@@ -65,9 +89,13 @@ impl<'a> Decoder<'a> {
         let first = found.next();
         for dup in found {
             self.error(
-                RecipeDiagnostic::at(&dup.name_loc, "duplicate-node", format!("`{name}` is given twice"))
-                    .label("second one here")
-                    .help(format!("keep one `{name}` node")),
+                RecipeDiagnostic::at(
+                    &dup.name_loc,
+                    "duplicate-node",
+                    format!("`{name}` is given twice"),
+                )
+                .label("second one here")
+                .help(format!("keep one `{name}` node")),
             );
         }
         first
@@ -88,8 +116,12 @@ impl<'a> Decoder<'a> {
             KdlValue::Integer(i) if *i >= min && *i <= max => Some(*i),
             KdlValue::Integer(i) => {
                 self.error(
-                    RecipeDiagnostic::at(&val.loc, "out-of-range", format!("{what} must be between {min} and {max}, got {i}"))
-                        .label("out of range"),
+                    RecipeDiagnostic::at(
+                        &val.loc,
+                        "out-of-range",
+                        format!("{what} must be between {min} and {max}, got {i}"),
+                    )
+                    .label("out of range"),
                 );
                 None
             }
@@ -111,8 +143,12 @@ impl<'a> Decoder<'a> {
         };
         if !(v >= min && v <= max) {
             self.error(
-                RecipeDiagnostic::at(&val.loc, "out-of-range", format!("{what} must be between {min} and {max}, got {v}"))
-                    .label("out of range"),
+                RecipeDiagnostic::at(
+                    &val.loc,
+                    "out-of-range",
+                    format!("{what} must be between {min} and {max}, got {v}"),
+                )
+                .label("out of range"),
             );
             return None;
         }
@@ -121,8 +157,12 @@ impl<'a> Decoder<'a> {
 
     fn type_error(&mut self, val: &Val, what: &str, expected: &str) {
         self.error(
-            RecipeDiagnostic::at(&val.loc, "wrong-type", format!("{what} must be {expected}, got {}", val.type_name()))
-                .label(format!("expected {expected}")),
+            RecipeDiagnostic::at(
+                &val.loc,
+                "wrong-type",
+                format!("{what} must be {expected}, got {}", val.type_name()),
+            )
+            .label(format!("expected {expected}")),
         );
     }
 
@@ -132,8 +172,12 @@ impl<'a> Decoder<'a> {
             Some(v) => self.string(v, what),
             None => {
                 self.error(
-                    RecipeDiagnostic::at(&node.name_loc, "missing-argument", format!("`{}` needs {what}", node.name))
-                        .label("argument missing"),
+                    RecipeDiagnostic::at(
+                        &node.name_loc,
+                        "missing-argument",
+                        format!("`{}` needs {what}", node.name),
+                    )
+                    .label("argument missing"),
                 );
                 None
             }
@@ -152,38 +196,66 @@ impl<'a> Decoder<'a> {
             Some(v) => Some(v),
             None => {
                 self.error(
-                    RecipeDiagnostic::at(&child.name_loc, "missing-argument", format!("`{name}` needs a value"))
-                        .label("value missing"),
+                    RecipeDiagnostic::at(
+                        &child.name_loc,
+                        "missing-argument",
+                        format!("`{name}` needs a value"),
+                    )
+                    .label("value missing"),
                 );
                 None
             }
         }
     }
 
-    pub fn setting_u32(&mut self, node: &Node, name: &str, default: u32, min: u32, max: u32) -> u32 {
+    pub fn setting_u32(
+        &mut self,
+        node: &Node,
+        name: &str,
+        default: u32,
+        min: u32,
+        max: u32,
+    ) -> u32 {
         match self.setting(node, name) {
-            Some(v) => self.int(v, &format!("`{name}`"), min as i128, max as i128).map(|i| i as u32).unwrap_or(default),
+            Some(v) => self
+                .int(v, &format!("`{name}`"), min as i128, max as i128)
+                .map(|i| i as u32)
+                .unwrap_or(default),
             None => default,
         }
     }
 
     pub fn setting_u64(&mut self, node: &Node, name: &str, default: u64) -> u64 {
         match self.setting(node, name) {
-            Some(v) => self.int(v, &format!("`{name}`"), 0, u64::MAX as i128).map(|i| i as u64).unwrap_or(default),
+            Some(v) => self
+                .int(v, &format!("`{name}`"), 0, u64::MAX as i128)
+                .map(|i| i as u64)
+                .unwrap_or(default),
             None => default,
         }
     }
 
-    pub fn setting_f64(&mut self, node: &Node, name: &str, default: f64, min: f64, max: f64) -> f64 {
+    pub fn setting_f64(
+        &mut self,
+        node: &Node,
+        name: &str,
+        default: f64,
+        min: f64,
+        max: f64,
+    ) -> f64 {
         match self.setting(node, name) {
-            Some(v) => self.float(v, &format!("`{name}`"), min, max).unwrap_or(default),
+            Some(v) => self
+                .float(v, &format!("`{name}`"), min, max)
+                .unwrap_or(default),
             None => default,
         }
     }
 
     pub fn setting_string(&mut self, node: &Node, name: &str, default: &str) -> String {
         match self.setting(node, name) {
-            Some(v) => self.string(v, &format!("`{name}`")).unwrap_or_else(|| default.to_string()),
+            Some(v) => self
+                .string(v, &format!("`{name}`"))
+                .unwrap_or_else(|| default.to_string()),
             None => default.to_string(),
         }
     }

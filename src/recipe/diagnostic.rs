@@ -31,7 +31,10 @@ impl SourceFile {
 
 impl Loc {
     pub fn new(file: &Arc<SourceFile>, span: SourceSpan) -> Loc {
-        Loc { file: file.clone(), span }
+        Loc {
+            file: file.clone(),
+            span,
+        }
     }
 }
 
@@ -56,7 +59,13 @@ impl RecipeDiagnostic {
         }
     }
     pub fn nowhere(code: &'static str, message: impl Into<String>) -> RecipeDiagnostic {
-        RecipeDiagnostic { message: message.into(), code, loc: None, label: String::new(), help: None }
+        RecipeDiagnostic {
+            message: message.into(),
+            code,
+            loc: None,
+            label: String::new(),
+            help: None,
+        }
     }
     pub fn label(mut self, label: impl Into<String>) -> Self {
         self.label = label.into();
@@ -101,14 +110,21 @@ impl Diagnostic for RecipeDiagnostic {
         Some(Box::new(format!("effectc::recipe::{}", self.code)))
     }
     fn help<'a>(&'a self) -> Option<Box<dyn fmt::Display + 'a>> {
-        self.help.as_ref().map(|h| Box::new(h) as Box<dyn fmt::Display>)
+        self.help
+            .as_ref()
+            .map(|h| Box::new(h) as Box<dyn fmt::Display>)
     }
     fn source_code(&self) -> Option<&dyn miette::SourceCode> {
-        self.loc.as_ref().map(|l| &l.file.named as &dyn miette::SourceCode)
+        self.loc
+            .as_ref()
+            .map(|l| &l.file.named as &dyn miette::SourceCode)
     }
     fn labels(&self) -> Option<Box<dyn Iterator<Item = LabeledSpan> + '_>> {
         let loc = self.loc.as_ref()?;
-        Some(Box::new(std::iter::once(LabeledSpan::new_with_span(Some(self.label.clone()), loc.span))))
+        Some(Box::new(std::iter::once(LabeledSpan::new_with_span(
+            Some(self.label.clone()),
+            loc.span,
+        ))))
     }
 }
 
@@ -137,7 +153,11 @@ impl Diagnostics {
         self.0.is_empty()
     }
     pub fn render(&self, color: bool) -> String {
-        self.0.iter().map(|d| render(d, color)).collect::<Vec<_>>().join("\n")
+        self.0
+            .iter()
+            .map(|d| render(d, color))
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 }
 

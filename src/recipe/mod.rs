@@ -30,7 +30,11 @@ impl<'p> Loader<'p> {
     pub fn new(project: &'p Project) -> Loader<'p> {
         let mut registry_diags = Diagnostics::default();
         let registry = Registry::load(project, &mut registry_diags);
-        Loader { project, registry, registry_diags }
+        Loader {
+            project,
+            registry,
+            registry_diags,
+        }
     }
 
     /// Loads and checks `effects/<name>.kdl` and everything it extends.
@@ -42,7 +46,10 @@ impl<'p> Loader<'p> {
             Ok(t) => t,
             Err(e) => {
                 let known = self.project.effect_names().unwrap_or_default();
-                let mut d = RecipeDiagnostic::nowhere("unknown-effect", format!("cannot read effect `{name}` from {}: {e}", path.display()));
+                let mut d = RecipeDiagnostic::nowhere(
+                    "unknown-effect",
+                    format!("cannot read effect `{name}` from {}: {e}", path.display()),
+                );
                 d = d.suggest(name, known.iter().map(|s| s.as_str()));
                 if d.help.is_none() && !known.is_empty() {
                     d = d.help(format!("effects here: {}", known.join(", ")));
@@ -59,7 +66,12 @@ impl<'p> Loader<'p> {
         }
     }
 
-    fn load_file(&self, name: &str, file: Arc<SourceFile>, diags: &mut Diagnostics) -> Option<Recipe> {
+    fn load_file(
+        &self,
+        name: &str,
+        file: Arc<SourceFile>,
+        diags: &mut Diagnostics,
+    ) -> Option<Recipe> {
         let nodes = stdlib::parse_file(&file, diags)?;
         let root = effect_node(&nodes, &file, Some(name), diags)?;
         // Walk the `extends` chain, child first, refusing cycles.
@@ -68,13 +80,26 @@ impl<'p> Loader<'p> {
         loop {
             let (cur_file, cur) = chain.last()?.clone();
             let mut d = Decoder { diags: &mut *diags };
-            let Some(ext) = d.single(&cur.children, "extends") else { break };
+            let Some(ext) = d.single(&cur.children, "extends") else {
+                break;
+            };
             d.known_props(ext, &[]);
             d.max_args(ext, 1);
-            let Some(base_name) = d.arg_string(ext, "the name of a base recipe") else { return None };
-            let at = ext.args.first().map(|v| v.loc.clone()).unwrap_or(ext.name_loc.clone());
+            let Some(base_name) = d.arg_string(ext, "the name of a base recipe") else {
+                return None;
+            };
+            let at = ext
+                .args
+                .first()
+                .map(|v| v.loc.clone())
+                .unwrap_or(ext.name_loc.clone());
             if seen.contains(&base_name) {
-                let cycle = seen.iter().chain(std::iter::once(&base_name)).cloned().collect::<Vec<_>>().join(" → ");
+                let cycle = seen
+                    .iter()
+                    .chain(std::iter::once(&base_name))
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(" → ");
                 diags.push(RecipeDiagnostic::at(&at, "extends-cycle", format!("`extends` cycle: {cycle}")).label("extends back into the chain").help("a base recipe cannot extend, directly or not, the recipe that extends it"));
                 return None;
             }
@@ -82,13 +107,27 @@ impl<'p> Loader<'p> {
                 Ok(Some(f)) => f,
                 Ok(None) => {
                     let known = stdlib::base_names(self.project);
-                    let d = RecipeDiagnostic::at(&at, "unknown-base", format!("unknown base recipe `{base_name}`")).label("no stdlib/<name>.kdl").suggest(&base_name, known.iter().map(|s| s.as_str()));
-                    let d = if d.help.is_none() { d.help(format!("base recipes: {}", known.join(", "))) } else { d };
+                    let d = RecipeDiagnostic::at(
+                        &at,
+                        "unknown-base",
+                        format!("unknown base recipe `{base_name}`"),
+                    )
+                    .label("no stdlib/<name>.kdl")
+                    .suggest(&base_name, known.iter().map(|s| s.as_str()));
+                    let d = if d.help.is_none() {
+                        d.help(format!("base recipes: {}", known.join(", ")))
+                    } else {
+                        d
+                    };
                     diags.push(d);
                     return None;
                 }
                 Err(e) => {
-                    diags.push(RecipeDiagnostic::at(&at, "io", format!("cannot read stdlib/{base_name}.kdl: {e}")));
+                    diags.push(RecipeDiagnostic::at(
+                        &at,
+                        "io",
+                        format!("cannot read stdlib/{base_name}.kdl: {e}"),
+                    ));
                     return None;
                 }
             };
@@ -101,10 +140,19 @@ impl<'p> Loader<'p> {
         // Merge from the deepest base up to the effect itself.
         let mut merged: Vec<Node> = Vec::new();
         for (_, node) in chain.iter().rev() {
-            let own: Vec<Node> = node.children.iter().filter(|c| c.name != "extends").cloned().collect();
+            let own: Vec<Node> = node
+                .children
+                .iter()
+                .filter(|c| c.name != "extends")
+                .cloned()
+                .collect();
             merged = tree::merge(&merged, &own);
         }
-        let mut checker = Checker { d: Decoder { diags }, project: self.project, registry: &self.registry };
+        let mut checker = Checker {
+            d: Decoder { diags },
+            project: self.project,
+            registry: &self.registry,
+        };
         let mut recipe = checker.effect(name, &merged, &root)?;
         recipe.files = chain.into_iter().map(|(f, _)| f).collect();
         Some(recipe)
@@ -112,7 +160,12 @@ impl<'p> Loader<'p> {
 }
 
 /// The single `effect "name" { ... }` node of a recipe file.
-fn effect_node(nodes: &[Node], file: &Arc<SourceFile>, expected: Option<&str>, diags: &mut Diagnostics) -> Option<Node> {
+fn effect_node(
+    nodes: &[Node],
+    file: &Arc<SourceFile>,
+    expected: Option<&str>,
+    diags: &mut Diagnostics,
+) -> Option<Node> {
     let mut d = Decoder { diags };
     let top = Node {
         name: String::new(),
@@ -124,7 +177,11 @@ fn effect_node(nodes: &[Node], file: &Arc<SourceFile>, expected: Option<&str>, d
     };
     d.known_children(&top, &["effect"]);
     let Some(effect) = d.single(nodes, "effect") else {
-        d.error(RecipeDiagnostic::at(&diagnostic::Loc::new(file, (0, file.text.len().min(1)).into()), "missing-node", format!("{} has no `effect \"name\" {{ ... }}` node", file.name)));
+        d.error(RecipeDiagnostic::at(
+            &diagnostic::Loc::new(file, (0, file.text.len().min(1)).into()),
+            "missing-node",
+            format!("{} has no `effect \"name\" {{ ... }}` node", file.name),
+        ));
         return None;
     };
     d.known_props(effect, &[]);
@@ -133,7 +190,15 @@ fn effect_node(nodes: &[Node], file: &Arc<SourceFile>, expected: Option<&str>, d
     if let Some(expected) = expected {
         if name != expected {
             let at = effect.args[0].loc.clone();
-            d.error(RecipeDiagnostic::at(&at, "name-mismatch", format!("effect is named `{name}` but its file is `{expected}.kdl`")).label("must match the file name").help(format!("rename it `effect \"{expected}\"`")));
+            d.error(
+                RecipeDiagnostic::at(
+                    &at,
+                    "name-mismatch",
+                    format!("effect is named `{name}` but its file is `{expected}.kdl`"),
+                )
+                .label("must match the file name")
+                .help(format!("rename it `effect \"{expected}\"`")),
+            );
             return None;
         }
     }

@@ -71,8 +71,14 @@ pub struct Crop {
 #[derive(Clone, Debug)]
 pub enum Teacher {
     Procedural(ProceduralTeacher),
-    Directory { path: Spanned<String> },
-    Command { argv: Vec<String>, timeout_s: u64, loc: Option<Loc> },
+    Directory {
+        path: Spanned<String>,
+    },
+    Command {
+        argv: Vec<String>,
+        timeout_s: u64,
+        loc: Option<Loc>,
+    },
     Diffusion(Box<DiffusionTeacher>),
 }
 

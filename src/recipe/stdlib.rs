@@ -13,14 +13,26 @@ use std::sync::Arc;
 /// (file name, text) of every stdlib and target file compiled into the binary.
 const EMBEDDED_STDLIB: &[(&str, &str)] = &[
     ("models.kdl", include_str!("../../stdlib/models.kdl")),
-    ("controlnets.kdl", include_str!("../../stdlib/controlnets.kdl")),
-    ("attributes.kdl", include_str!("../../stdlib/attributes.kdl")),
+    (
+        "controlnets.kdl",
+        include_str!("../../stdlib/controlnets.kdl"),
+    ),
+    (
+        "attributes.kdl",
+        include_str!("../../stdlib/attributes.kdl"),
+    ),
     ("face-mask.kdl", include_str!("../../stdlib/face-mask.kdl")),
     ("portrait.kdl", include_str!("../../stdlib/portrait.kdl")),
 ];
 const EMBEDDED_TARGETS: &[(&str, &str)] = &[
-    ("ios-coreml.kdl", include_str!("../../targets/ios-coreml.kdl")),
-    ("android-nnapi.kdl", include_str!("../../targets/android-nnapi.kdl")),
+    (
+        "ios-coreml.kdl",
+        include_str!("../../targets/ios-coreml.kdl"),
+    ),
+    (
+        "android-nnapi.kdl",
+        include_str!("../../targets/android-nnapi.kdl"),
+    ),
     ("onnx.kdl", include_str!("../../targets/onnx.kdl")),
 ];
 const REGISTRY_FILES: &[&str] = &["models.kdl", "controlnets.kdl", "attributes.kdl"];
@@ -32,15 +44,23 @@ pub fn parse_file(file: &Arc<SourceFile>, diags: &mut Diagnostics) -> Option<Vec
         Err(err) => {
             for d in &err.diagnostics {
                 let message = d.message.clone().unwrap_or_else(|| "invalid KDL".into());
-                let mut diag = RecipeDiagnostic::at(&Loc::new(file, d.span), "syntax", format!("KDL syntax error: {message}"))
-                    .label(d.label.clone().unwrap_or_else(|| "here".into()));
+                let mut diag = RecipeDiagnostic::at(
+                    &Loc::new(file, d.span),
+                    "syntax",
+                    format!("KDL syntax error: {message}"),
+                )
+                .label(d.label.clone().unwrap_or_else(|| "here".into()));
                 if let Some(h) = &d.help {
                     diag = diag.help(h.clone());
                 }
                 diags.push(diag);
             }
             if err.diagnostics.is_empty() {
-                diags.push(RecipeDiagnostic::at(&Loc::new(file, (0, 0).into()), "syntax", "KDL syntax error"));
+                diags.push(RecipeDiagnostic::at(
+                    &Loc::new(file, (0, 0).into()),
+                    "syntax",
+                    "KDL syntax error",
+                ));
             }
             None
         }
@@ -48,21 +68,35 @@ pub fn parse_file(file: &Arc<SourceFile>, diags: &mut Diagnostics) -> Option<Vec
 }
 
 /// Finds a stdlib file: the project's `stdlib/` first, then the built-in copy.
-pub fn stdlib_file(project: &Project, name: &str) -> Result<Option<Arc<SourceFile>>, std::io::Error> {
+pub fn stdlib_file(
+    project: &Project,
+    name: &str,
+) -> Result<Option<Arc<SourceFile>>, std::io::Error> {
     lookup(project, "stdlib", EMBEDDED_STDLIB, name)
 }
 
-pub fn target_file(project: &Project, name: &str) -> Result<Option<Arc<SourceFile>>, std::io::Error> {
+pub fn target_file(
+    project: &Project,
+    name: &str,
+) -> Result<Option<Arc<SourceFile>>, std::io::Error> {
     lookup(project, "targets", EMBEDDED_TARGETS, name)
 }
 
-fn lookup(project: &Project, dir: &str, embedded: &[(&str, &str)], name: &str) -> Result<Option<Arc<SourceFile>>, std::io::Error> {
+fn lookup(
+    project: &Project,
+    dir: &str,
+    embedded: &[(&str, &str)],
+    name: &str,
+) -> Result<Option<Arc<SourceFile>>, std::io::Error> {
     let local = project.root.join(dir).join(name);
     if local.is_file() {
         let text = std::fs::read_to_string(&local)?;
         return Ok(Some(SourceFile::new(format!("{dir}/{name}"), text)));
     }
-    Ok(embedded.iter().find(|(n, _)| *n == name).map(|(n, text)| SourceFile::new(format!("<builtin>/{dir}/{n}"), *text)))
+    Ok(embedded
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(n, text)| SourceFile::new(format!("<builtin>/{dir}/{n}"), *text)))
 }
 
 /// Names of base recipes available to `extends` (built-in and the project's).
@@ -87,7 +121,10 @@ pub fn base_names(project: &Project) -> Vec<String> {
 }
 
 pub fn target_names(project: &Project) -> Vec<String> {
-    let mut names: Vec<String> = EMBEDDED_TARGETS.iter().map(|(n, _)| n.trim_end_matches(".kdl").to_string()).collect();
+    let mut names: Vec<String> = EMBEDDED_TARGETS
+        .iter()
+        .map(|(n, _)| n.trim_end_matches(".kdl").to_string())
+        .collect();
     if let Ok(entries) = std::fs::read_dir(project.root.join("targets")) {
         for e in entries.flatten() {
             if let Some(stem) = e.file_name().to_string_lossy().strip_suffix(".kdl") {
@@ -145,13 +182,19 @@ impl Registry {
     pub fn load(project: &Project, diags: &mut Diagnostics) -> Registry {
         let mut reg = Registry::default();
         for file_name in REGISTRY_FILES {
-            let builtin = EMBEDDED_STDLIB.iter().find(|(n, _)| n == file_name).map(|(n, t)| SourceFile::new(format!("<builtin>/stdlib/{n}"), *t));
+            let builtin = EMBEDDED_STDLIB
+                .iter()
+                .find(|(n, _)| n == file_name)
+                .map(|(n, t)| SourceFile::new(format!("<builtin>/stdlib/{n}"), *t));
             let local_path = project.root.join("stdlib").join(file_name);
             let local = if local_path.is_file() {
                 match std::fs::read_to_string(&local_path) {
                     Ok(text) => Some(SourceFile::new(format!("stdlib/{file_name}"), text)),
                     Err(e) => {
-                        diags.push(RecipeDiagnostic::nowhere("io", format!("cannot read {}: {e}", local_path.display())));
+                        diags.push(RecipeDiagnostic::nowhere(
+                            "io",
+                            format!("cannot read {}: {e}", local_path.display()),
+                        ));
                         None
                     }
                 }
@@ -173,26 +216,56 @@ impl Registry {
             match node.name.as_str() {
                 "model" => {
                     d.known_props(node, &["file", "arch", "sha256", "url"]);
-                    let Some(name) = d.arg_string(node, "a model name") else { continue };
+                    let Some(name) = d.arg_string(node, "a model name") else {
+                        continue;
+                    };
                     let file = node.prop("file").and_then(|v| d.string(v, "`file`"));
                     let Some(file) = file else {
-                        d.error(RecipeDiagnostic::at(&node.name_loc, "missing-property", format!("model `{name}` needs file=\"...\"")));
+                        d.error(RecipeDiagnostic::at(
+                            &node.name_loc,
+                            "missing-property",
+                            format!("model `{name}` needs file=\"...\""),
+                        ));
                         continue;
                     };
                     let sha256 = node.prop("sha256").and_then(|v| d.string(v, "`sha256`"));
                     if let (Some(h), Some(v)) = (&sha256, node.prop("sha256")) {
                         if h.len() != 64 || !h.chars().all(|c| c.is_ascii_hexdigit()) {
-                            d.error(RecipeDiagnostic::at(&v.loc, "bad-digest", "sha256 must be 64 hex characters").label("not a SHA-256"));
+                            d.error(
+                                RecipeDiagnostic::at(
+                                    &v.loc,
+                                    "bad-digest",
+                                    "sha256 must be 64 hex characters",
+                                )
+                                .label("not a SHA-256"),
+                            );
                         }
                     }
-                    let arch = node.prop("arch").and_then(|v| d.string(v, "`arch`")).unwrap_or_default();
+                    let arch = node
+                        .prop("arch")
+                        .and_then(|v| d.string(v, "`arch`"))
+                        .unwrap_or_default();
                     let url = node.prop("url").and_then(|v| d.string(v, "`url`"));
-                    self.models.insert(name.clone(), ModelEntry { name, file, arch, sha256, url, loc: node.loc.clone() });
+                    self.models.insert(
+                        name.clone(),
+                        ModelEntry {
+                            name,
+                            file,
+                            arch,
+                            sha256,
+                            url,
+                            loc: node.loc.clone(),
+                        },
+                    );
                 }
                 "controlnet" => {
                     d.known_props(node, &["preprocessor", "model"]);
-                    let Some(name) = d.arg_string(node, "a preset name") else { continue };
-                    let pre = node.prop("preprocessor").and_then(|v| d.string(v, "`preprocessor`"));
+                    let Some(name) = d.arg_string(node, "a preset name") else {
+                        continue;
+                    };
+                    let pre = node
+                        .prop("preprocessor")
+                        .and_then(|v| d.string(v, "`preprocessor`"));
                     let model = node.prop("model").and_then(|v| d.string(v, "`model`"));
                     match (pre, model) {
                         (Some(preprocessor), Some(model)) => {
@@ -203,20 +276,48 @@ impl Registry {
                 }
                 "attribute" => {
                     d.known_children(node, &["option"]);
-                    let Some(name) = d.arg_string(node, "an attribute name") else { continue };
+                    let Some(name) = d.arg_string(node, "an attribute name") else {
+                        continue;
+                    };
                     let mut options = Vec::new();
                     for opt in node.children.iter().filter(|c| c.name == "option") {
                         d.known_props(opt, &["query", "prompt"]);
-                        let Some(oname) = d.arg_string(opt, "an option name") else { continue };
-                        let query = opt.prop("query").and_then(|v| d.string(v, "`query`")).unwrap_or_default();
-                        let prompt = opt.prop("prompt").and_then(|v| d.string(v, "`prompt`")).unwrap_or_default();
-                        options.push(AttributeOption { name: oname, query, prompt });
+                        let Some(oname) = d.arg_string(opt, "an option name") else {
+                            continue;
+                        };
+                        let query = opt
+                            .prop("query")
+                            .and_then(|v| d.string(v, "`query`"))
+                            .unwrap_or_default();
+                        let prompt = opt
+                            .prop("prompt")
+                            .and_then(|v| d.string(v, "`prompt`"))
+                            .unwrap_or_default();
+                        options.push(AttributeOption {
+                            name: oname,
+                            query,
+                            prompt,
+                        });
                     }
-                    self.attributes.insert(name.clone(), AttributeSet { name, options, loc: node.loc.clone() });
+                    self.attributes.insert(
+                        name.clone(),
+                        AttributeSet {
+                            name,
+                            options,
+                            loc: node.loc.clone(),
+                        },
+                    );
                 }
                 other => {
                     let known = ["model", "controlnet", "attribute"];
-                    d.error(RecipeDiagnostic::at(&node.name_loc, "unknown-node", format!("unknown node `{other}` in the registry")).suggest(other, known));
+                    d.error(
+                        RecipeDiagnostic::at(
+                            &node.name_loc,
+                            "unknown-node",
+                            format!("unknown node `{other}` in the registry"),
+                        )
+                        .suggest(other, known),
+                    );
                 }
             }
         }
@@ -224,22 +325,45 @@ impl Registry {
 }
 
 /// Reads and checks `targets/<name>.kdl`.
-pub fn load_target_profile(project: &Project, name: &str, diags: &mut Diagnostics) -> Option<TargetProfile> {
+pub fn load_target_profile(
+    project: &Project,
+    name: &str,
+    diags: &mut Diagnostics,
+) -> Option<TargetProfile> {
     let file = match target_file(project, &format!("{name}.kdl")) {
         Ok(Some(f)) => f,
         Ok(None) => return None,
         Err(e) => {
-            diags.push(RecipeDiagnostic::nowhere("io", format!("cannot read targets/{name}.kdl: {e}")));
+            diags.push(RecipeDiagnostic::nowhere(
+                "io",
+                format!("cannot read targets/{name}.kdl: {e}"),
+            ));
             return None;
         }
     };
     let nodes = parse_file(&file, diags)?;
     let mut d = Decoder { diags };
     let node = nodes.iter().find(|n| n.name == "target")?;
-    d.known_children(node, &["format", "precision", "io", "ops", "min-psnr-db", "calibration-size"]);
+    d.known_children(
+        node,
+        &[
+            "format",
+            "precision",
+            "io",
+            "ops",
+            "min-psnr-db",
+            "calibration-size",
+        ],
+    );
     let format = d.setting_string(node, "format", "");
     let strings = |d: &mut Decoder, n: Option<&Node>| -> Vec<String> {
-        n.map(|n| n.args.iter().filter_map(|v| d.string(v, "a name")).collect()).unwrap_or_default()
+        n.map(|n| {
+            n.args
+                .iter()
+                .filter_map(|v| d.string(v, "a name"))
+                .collect()
+        })
+        .unwrap_or_default()
     };
     let precision_node = d.single(&node.children, "precision");
     let precisions = strings(&mut d, precision_node);
@@ -256,7 +380,11 @@ pub fn load_target_profile(project: &Project, name: &str, diags: &mut Diagnostic
     }
     let calibration_size = d.setting_u32(node, "calibration-size", 32, 0, 100_000);
     if precisions.is_empty() {
-        d.error(RecipeDiagnostic::at(&node.name_loc, "missing-node", format!("target profile `{name}` needs `precision` with at least one value")));
+        d.error(RecipeDiagnostic::at(
+            &node.name_loc,
+            "missing-node",
+            format!("target profile `{name}` needs `precision` with at least one value"),
+        ));
         return None;
     }
     Some(TargetProfile {

@@ -52,13 +52,20 @@ impl Node {
         let mut args = Vec::new();
         let mut props: Vec<Prop> = Vec::new();
         for entry in node.entries() {
-            let val = Val { value: entry.value().clone(), loc: Loc::new(file, entry.span()) };
+            let val = Val {
+                value: entry.value().clone(),
+                loc: Loc::new(file, entry.span()),
+            };
             match entry.name() {
                 None => args.push(val),
                 Some(name) => {
                     // KDL: a later property with the same name wins.
                     props.retain(|p| p.name != name.value());
-                    props.push(Prop { name: name.value().to_string(), name_loc: Loc::new(file, name.span()), val });
+                    props.push(Prop {
+                        name: name.value().to_string(),
+                        name_loc: Loc::new(file, name.span()),
+                        val,
+                    });
                 }
             }
         }
@@ -68,7 +75,10 @@ impl Node {
             loc: Loc::new(file, node.span()),
             args,
             props,
-            children: node.children().map(|d| nodes_from_kdl(d, file)).unwrap_or_default(),
+            children: node
+                .children()
+                .map(|d| nodes_from_kdl(d, file))
+                .unwrap_or_default(),
         }
     }
 
@@ -82,7 +92,10 @@ impl Node {
 }
 
 pub fn nodes_from_kdl(doc: &KdlDocument, file: &Arc<SourceFile>) -> Vec<Node> {
-    doc.nodes().iter().map(|n| Node::from_kdl(n, file)).collect()
+    doc.nodes()
+        .iter()
+        .map(|n| Node::from_kdl(n, file))
+        .collect()
 }
 
 fn same_args(a: &[Val], b: &[Val]) -> bool {
@@ -123,7 +136,11 @@ fn merge_node(base: &Node, child: &Node) -> Node {
         name: child.name.clone(),
         name_loc: child.name_loc.clone(),
         loc: child.loc.clone(),
-        args: if child.args.is_empty() { base.args.clone() } else { child.args.clone() },
+        args: if child.args.is_empty() {
+            base.args.clone()
+        } else {
+            child.args.clone()
+        },
         props,
         children: merge(&base.children, &child.children),
     }

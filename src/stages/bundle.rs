@@ -24,7 +24,10 @@ pub struct BundleStage {
 
 fn frame_to_image(frame: &[f32], h: usize, w: usize) -> RgbImage {
     RgbImage::from_fn(w as u32, h as u32, |x, y| {
-        let at = |c: usize| ((frame[(c * h + y as usize) * w + x as usize].clamp(-1.0, 1.0) + 1.0) * 127.5).round() as u8;
+        let at = |c: usize| {
+            ((frame[(c * h + y as usize) * w + x as usize].clamp(-1.0, 1.0) + 1.0) * 127.5).round()
+                as u8
+        };
         image::Rgb([at(0), at(1), at(2)])
     })
 }
@@ -67,21 +70,36 @@ impl Stage for BundleStage {
             let prefix = format!("target/{name}/");
             let mut shipped = Vec::new();
             for (input, path) in &ctx.inputs {
-                let Some(rel) = input.strip_prefix(&prefix) else { continue };
+                let Some(rel) = input.strip_prefix(&prefix) else {
+                    continue;
+                };
                 // The verified core and the calibration are build by-products, not shipped.
                 if rel == "model.core.tflite" || rel == "calibration.json" {
                     continue;
                 }
-                entries.push((format!("models/{name}/{rel}"), EntrySource::File(path.clone())));
+                entries.push((
+                    format!("models/{name}/{rel}"),
+                    EntrySource::File(path.clone()),
+                ));
                 shipped.push(rel.to_string());
             }
-            let main_file = shipped.iter().find(|f| !f.contains('/')).cloned().unwrap_or_else(|| "model.mlpackage".into());
+            let main_file = shipped
+                .iter()
+                .find(|f| !f.contains('/'))
+                .cloned()
+                .unwrap_or_else(|| "model.mlpackage".into());
             let check = read_json(ctx, &format!("verify/{name}/check.json"))?;
             let (outs, _) = read_frames(ctx.input(&format!("verify/{name}/outputs.npy"))?)?;
             let mut golden = Vec::new();
             for (i, (x, y)) in inputs.iter().zip(&outs).take(rows).enumerate() {
-                let enc = |d: &[f32]| crate::bundle::npy::encode_f32(&[1, shape[1], h, w], d).map_err(|e| StageError::infra(format!("npy: {e}")));
-                let (ip, op) = (format!("golden/{name}/input-{i}.npy"), format!("golden/{name}/output-{i}.npy"));
+                let enc = |d: &[f32]| {
+                    crate::bundle::npy::encode_f32(&[1, shape[1], h, w], d)
+                        .map_err(|e| StageError::infra(format!("npy: {e}")))
+                };
+                let (ip, op) = (
+                    format!("golden/{name}/input-{i}.npy"),
+                    format!("golden/{name}/output-{i}.npy"),
+                );
                 entries.push((ip.clone(), EntrySource::Bytes(enc(x)?)));
                 entries.push((op.clone(), EntrySource::Bytes(enc(y)?)));
                 golden.push(json!({"input": ip, "output": op}));
@@ -111,7 +129,11 @@ impl Stage for BundleStage {
             row.push(super::png::read_rgb(ctx.input(&format!("teacher/{i}"))?)?);
             row.push(frame_to_image(&references[i], h, w));
             for (_, outs) in &target_outputs {
-                row.push(outs.get(i).map(|o| frame_to_image(o, h, w)).unwrap_or_else(|| RgbImage::new(w as u32, h as u32)));
+                row.push(
+                    outs.get(i)
+                        .map(|o| frame_to_image(o, h, w))
+                        .unwrap_or_else(|| RgbImage::new(w as u32, h as u32)),
+                );
             }
             sheet_rows.push(row);
         }
@@ -120,7 +142,10 @@ impl Stage for BundleStage {
         let sheet = super::imaging::contact_sheet::contact_sheet(&sheet_rows, &titles, 128);
         let sheet_path = ctx.out_dir.join("contact-sheet.png");
         super::png::write_png(&sheet, &sheet_path)?;
-        entries.push(("contact-sheet.png".into(), EntrySource::File(sheet_path.clone())));
+        entries.push((
+            "contact-sheet.png".into(),
+            EntrySource::File(sheet_path.clone()),
+        ));
 
         let student = read_json(ctx, "student-metrics.json")?;
         let teacher = read_json(ctx, "teacher-metrics.json")?;
@@ -136,7 +161,8 @@ impl Stage for BundleStage {
         // The recipe as built: a digest of everything this bundle was made from.
         let mut h_in = KeyHasher::new("effectc/bundle-inputs/v1");
         for (name, path) in &ctx.inputs {
-            h_in.str(name).digest(&Digest::of_file(path).map_err(|e| StageError::io(path, e))?);
+            h_in.str(name)
+                .digest(&Digest::of_file(path).map_err(|e| StageError::io(path, e))?);
         }
         let manifest = json!({
             "effect": self.effect,
@@ -158,10 +184,12 @@ impl Stage for BundleStage {
         });
         let manifest_bytes = serde_json::to_vec_pretty(&manifest).unwrap_or_default();
         let manifest_path = ctx.out_dir.join("manifest.json");
-        std::fs::write(&manifest_path, &manifest_bytes).map_err(|e| StageError::io(&manifest_path, e))?;
+        std::fs::write(&manifest_path, &manifest_bytes)
+            .map_err(|e| StageError::io(&manifest_path, e))?;
         entries.push(("manifest.json".into(), EntrySource::Bytes(manifest_bytes)));
         let report_path = ctx.out_dir.join("report.html");
-        crate::bundle::report::write_html(&manifest, Some("contact-sheet.png"), &report_path).map_err(|e| StageError::infra(e.to_string()))?;
+        crate::bundle::report::write_html(&manifest, Some("contact-sheet.png"), &report_path)
+            .map_err(|e| StageError::infra(e.to_string()))?;
         entries.push(("report.html".into(), EntrySource::File(report_path.clone())));
         let tar = ctx.out_dir.join("bundle.tar.gz");
         write_reproducible_tar_gz(&entries, &tar).map_err(|e| StageError::infra(e.to_string()))?;

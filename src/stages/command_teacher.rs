@@ -21,7 +21,10 @@ impl Stage for CommandPairs {
         // argv as JSON: unambiguous however the arguments are spelled.
         Params::from([
             ("teacher.kind".into(), "command".into()),
-            ("teacher.run".into(), serde_json::to_string(&self.argv).unwrap_or_default()),
+            (
+                "teacher.run".into(),
+                serde_json::to_string(&self.argv).unwrap_or_default(),
+            ),
             ("teacher.timeout-s".into(), self.timeout_s.to_string()),
         ])
     }
@@ -30,7 +33,13 @@ impl Stage for CommandPairs {
         let input = ctx.out_dir.join("source.png");
         std::fs::copy(ctx.input("source")?, &input).map_err(|e| StageError::io(&input, e))?;
         let path = ctx.out_dir.join("target.png");
-        run_command_teacher(&self.argv, &input, &path, Duration::from_secs(self.timeout_s)).map_err(|e| StageError::user(e.to_string()))?;
+        run_command_teacher(
+            &self.argv,
+            &input,
+            &path,
+            Duration::from_secs(self.timeout_s),
+        )
+        .map_err(|e| StageError::user(e.to_string()))?;
         let mut out = RunOutput::default();
         out.files.insert("target".into(), path);
         Ok(out)

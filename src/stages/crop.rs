@@ -17,7 +17,10 @@ impl Stage for CenterCrop {
         1
     }
     fn params(&self) -> Params {
-        Params::from([("sources.crop.mode".into(), "center".into()), ("sources.crop.size".into(), self.size_px.to_string())])
+        Params::from([
+            ("sources.crop.mode".into(), "center".into()),
+            ("sources.crop.size".into(), self.size_px.to_string()),
+        ])
     }
     fn run(&self, ctx: &mut RunContext) -> Result<RunOutput, StageError> {
         let src = read_rgb(ctx.input("image")?)?;

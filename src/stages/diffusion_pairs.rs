@@ -2,7 +2,7 @@
 //! Before any work, every model it names must be in the models directory.
 
 use crate::plan::{Params, RunContext, RunOutput, Stage, StageError};
-use crate::recipe::{DiffusionTeacher, Diagnostics, Recipe, RecipeDiagnostic, Teacher};
+use crate::recipe::{Diagnostics, DiffusionTeacher, Recipe, RecipeDiagnostic, Teacher};
 use std::path::PathBuf;
 
 /// `$EFFECTC_MODELS`, or `~/.cache/effectc/models`.
@@ -10,13 +10,17 @@ pub fn models_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("EFFECTC_MODELS") {
         return PathBuf::from(dir);
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
     home.join(".cache/effectc/models")
 }
 
 /// One diagnostic listing every missing model: name, file, expected SHA-256, path searched.
 pub fn check_models_present(recipe: &Recipe, diags: &mut Diagnostics) {
-    let Teacher::Diffusion(t) = &recipe.teacher else { return };
+    let Teacher::Diffusion(t) = &recipe.teacher else {
+        return;
+    };
     let dir = models_dir();
     let mut missing = Vec::new();
     for m in &t.models {
@@ -33,10 +37,25 @@ pub fn check_models_present(recipe: &Recipe, diags: &mut Diagnostics) {
     }
     if !missing.is_empty() {
         let d = match &t.base.loc {
-            Some(loc) => RecipeDiagnostic::at(loc, "missing-models", format!("{} model(s) missing for the diffusion teacher:\n{}", missing.len(), missing.join("\n"))).label("this teacher needs them"),
-            None => RecipeDiagnostic::nowhere("missing-models", format!("models missing:\n{}", missing.join("\n"))),
+            Some(loc) => RecipeDiagnostic::at(
+                loc,
+                "missing-models",
+                format!(
+                    "{} model(s) missing for the diffusion teacher:\n{}",
+                    missing.len(),
+                    missing.join("\n")
+                ),
+            )
+            .label("this teacher needs them"),
+            None => RecipeDiagnostic::nowhere(
+                "missing-models",
+                format!("models missing:\n{}", missing.join("\n")),
+            ),
         };
-        diags.push(d.help(format!("put the files in {} (or set EFFECTC_MODELS), or `effectc models import FILE`", dir.display())));
+        diags.push(d.help(format!(
+            "put the files in {} (or set EFFECTC_MODELS), or `effectc models import FILE`",
+            dir.display()
+        )));
     }
 }
 
@@ -47,7 +66,10 @@ pub struct DiffusionPairs {
 
 impl DiffusionPairs {
     pub fn new(teacher: &DiffusionTeacher, item: &str) -> DiffusionPairs {
-        DiffusionPairs { item: item.to_string(), teacher: teacher.clone() }
+        DiffusionPairs {
+            item: item.to_string(),
+            teacher: teacher.clone(),
+        }
     }
 }
 

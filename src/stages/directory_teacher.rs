@@ -23,7 +23,10 @@ impl Stage for DirectoryPairs {
         1
     }
     fn params(&self) -> Params {
-        Params::from([("teacher.kind".into(), "directory".into()), ("sources.crop.size".into(), self.size_px.to_string())])
+        Params::from([
+            ("teacher.kind".into(), "directory".into()),
+            ("sources.crop.size".into(), self.size_px.to_string()),
+        ])
     }
     fn run(&self, ctx: &mut RunContext) -> Result<RunOutput, StageError> {
         let target = read_rgb(ctx.input("target-file")?)?;

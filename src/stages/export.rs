@@ -33,7 +33,12 @@ impl Stage for ExportStudent {
         ])
     }
     fn run(&self, ctx: &mut RunContext) -> Result<RunOutput, StageError> {
-        let paths = |names: &[String], ctx: &RunContext| names.iter().map(|n| ctx.input(n).map(|p| p.to_path_buf())).collect::<Result<Vec<_>, _>>();
+        let paths = |names: &[String], ctx: &RunContext| {
+            names
+                .iter()
+                .map(|n| ctx.input(n).map(|p| p.to_path_buf()))
+                .collect::<Result<Vec<_>, _>>()
+        };
         let job = ExportJob {
             weights: ctx.input("student-weights")?.to_path_buf(),
             arch: self.arch,
@@ -43,7 +48,14 @@ impl Stage for ExportStudent {
             device: "cpu".into(),
             out_dir: ctx.out_dir.join("out"),
         };
-        let report = run_worker(ctx, "export", &serde_json::to_value(&job).unwrap_or_default())?;
-        Ok(RunOutput { files: report.files, metrics: report.metrics })
+        let report = run_worker(
+            ctx,
+            "export",
+            &serde_json::to_value(&job).unwrap_or_default(),
+        )?;
+        Ok(RunOutput {
+            files: report.files,
+            metrics: report.metrics,
+        })
     }
 }

@@ -17,37 +17,72 @@ pub mod train;
 pub mod verify;
 pub mod worker;
 
-use crate::plan::PlanNode;
 use crate::plan::lower::SourceItem;
+use crate::plan::PlanNode;
 use crate::recipe::Recipe;
 
 /// Adds the whole-dataset stages after the pairs (training, export, verification,
 /// bundle) as they are built. `pairs` is (item, crop node, pairs node) per item.
-pub fn add_model_stages(recipe: &Recipe, pairs: &[(SourceItem, usize, usize)], nodes: &mut Vec<PlanNode>) {
+pub fn add_model_stages(
+    recipe: &Recipe,
+    pairs: &[(SourceItem, usize, usize)],
+    nodes: &mut Vec<PlanNode>,
+) {
     use crate::plan::{Input, InputRef};
     use train::{input_name, Role, TrainStage};
     if pairs.is_empty() {
         return;
     }
-    let items: Vec<(String, bool)> = pairs.iter().map(|(item, _, _)| (item.name.clone(), item.holdout)).collect();
+    let items: Vec<(String, bool)> = pairs
+        .iter()
+        .map(|(item, _, _)| (item.name.clone(), item.holdout))
+        .collect();
     let mut data_inputs = Vec::new();
     for (item, crop, pair) in pairs {
-        data_inputs.push(Input { name: input_name(&item.name, item.holdout, "source"), from: InputRef::Stage { node: *crop, output: "image".into() } });
-        data_inputs.push(Input { name: input_name(&item.name, item.holdout, "target"), from: InputRef::Stage { node: *pair, output: "target".into() } });
+        data_inputs.push(Input {
+            name: input_name(&item.name, item.holdout, "source"),
+            from: InputRef::Stage {
+                node: *crop,
+                output: "image".into(),
+            },
+        });
+        data_inputs.push(Input {
+            name: input_name(&item.name, item.holdout, "target"),
+            from: InputRef::Stage {
+                node: *pair,
+                output: "target".into(),
+            },
+        });
     }
     nodes.push(PlanNode {
         id: "train-teacher".into(),
         item: None,
-        stage: Box::new(TrainStage { role: Role::Teacher, student: recipe.student.clone(), train: recipe.train.clone(), items: items.clone() }),
+        stage: Box::new(TrainStage {
+            role: Role::Teacher,
+            student: recipe.student.clone(),
+            train: recipe.train.clone(),
+            items: items.clone(),
+        }),
         inputs: data_inputs.clone(),
     });
     let teacher = nodes.len() - 1;
     let mut student_inputs = data_inputs;
-    student_inputs.push(Input { name: "teacher-weights".into(), from: InputRef::Stage { node: teacher, output: "weights.safetensors".into() } });
+    student_inputs.push(Input {
+        name: "teacher-weights".into(),
+        from: InputRef::Stage {
+            node: teacher,
+            output: "weights.safetensors".into(),
+        },
+    });
     nodes.push(PlanNode {
         id: "distill-student".into(),
         item: None,
-        stage: Box::new(TrainStage { role: Role::Student, student: recipe.student.clone(), train: recipe.train.clone(), items }),
+        stage: Box::new(TrainStage {
+            role: Role::Student,
+            student: recipe.student.clone(),
+            train: recipe.train.clone(),
+            items,
+        }),
         inputs: student_inputs,
     });
     let student = nodes.len() - 1;
@@ -55,34 +90,104 @@ pub fn add_model_stages(recipe: &Recipe, pairs: &[(SourceItem, usize, usize)], n
         return;
     }
     // Export: held-out crops (references, golden frames) and training crops (calibration).
-    let holdout: Vec<&(SourceItem, usize, usize)> = pairs.iter().filter(|(i, _, _)| i.holdout).take(8).collect();
-    let holdout: Vec<&(SourceItem, usize, usize)> = if holdout.is_empty() { pairs.iter().take(1).collect() } else { holdout };
-    let cal_size = recipe.targets.iter().map(|t| t.profile.calibration_size as usize).max().unwrap_or(0).max(1);
-    let calibration: Vec<&(SourceItem, usize, usize)> = pairs.iter().filter(|(i, _, _)| !i.holdout).take(cal_size).collect();
-    let mut inputs = vec![Input { name: "student-weights".into(), from: InputRef::Stage { node: student, output: "weights.safetensors".into() } }];
+    let holdout: Vec<&(SourceItem, usize, usize)> =
+        pairs.iter().filter(|(i, _, _)| i.holdout).take(8).collect();
+    let holdout: Vec<&(SourceItem, usize, usize)> = if holdout.is_empty() {
+        pairs.iter().take(1).collect()
+    } else {
+        holdout
+    };
+    let cal_size = recipe
+        .targets
+        .iter()
+        .map(|t| t.profile.calibration_size as usize)
+        .max()
+        .unwrap_or(0)
+        .max(1);
+    let calibration: Vec<&(SourceItem, usize, usize)> = pairs
+        .iter()
+        .filter(|(i, _, _)| !i.holdout)
+        .take(cal_size)
+        .collect();
+    let mut inputs = vec![Input {
+        name: "student-weights".into(),
+        from: InputRef::Stage {
+            node: student,
+            output: "weights.safetensors".into(),
+        },
+    }];
     let mut holdout_names = Vec::new();
     for (k, (_, crop, _)) in holdout.iter().enumerate() {
         holdout_names.push(format!("holdout/{k:03}"));
-        inputs.push(Input { name: format!("holdout/{k:03}"), from: InputRef::Stage { node: *crop, output: "image".into() } });
+        inputs.push(Input {
+            name: format!("holdout/{k:03}"),
+            from: InputRef::Stage {
+                node: *crop,
+                output: "image".into(),
+            },
+        });
     }
     let mut cal_names = Vec::new();
     for (k, (_, crop, _)) in calibration.iter().enumerate() {
         cal_names.push(format!("calibration/{k:03}"));
-        inputs.push(Input { name: format!("calibration/{k:03}"), from: InputRef::Stage { node: *crop, output: "image".into() } });
+        inputs.push(Input {
+            name: format!("calibration/{k:03}"),
+            from: InputRef::Stage {
+                node: *crop,
+                output: "image".into(),
+            },
+        });
     }
-    let arch = crate::nn::config::AccordionConfig { width: recipe.student.width as i64, blocks: recipe.student.blocks as i64 };
-    nodes.push(PlanNode { id: "export".into(), item: None, stage: Box::new(export::ExportStudent { arch, resolution_px: recipe.sources.crop.size_px, holdout: holdout_names, calibration: cal_names }), inputs });
+    let arch = crate::nn::config::AccordionConfig {
+        width: recipe.student.width as i64,
+        blocks: recipe.student.blocks as i64,
+    };
+    nodes.push(PlanNode {
+        id: "export".into(),
+        item: None,
+        stage: Box::new(export::ExportStudent {
+            arch,
+            resolution_px: recipe.sources.crop.size_px,
+            holdout: holdout_names,
+            calibration: cal_names,
+        }),
+        inputs,
+    });
     let export = nodes.len() - 1;
-    let from_export = |name: &str| Input { name: name.into(), from: InputRef::Stage { node: export, output: name.into() } };
+    let from_export = |name: &str| Input {
+        name: name.into(),
+        from: InputRef::Stage {
+            node: export,
+            output: name.into(),
+        },
+    };
     let mut bundle_inputs = vec![
         from_export("holdout-inputs.npy"),
         from_export("holdout-reference.npy"),
-        Input { name: "student-metrics.json".into(), from: InputRef::Stage { node: student, output: "metrics.json".into() } },
-        Input { name: "teacher-metrics.json".into(), from: InputRef::Stage { node: teacher, output: "metrics.json".into() } },
+        Input {
+            name: "student-metrics.json".into(),
+            from: InputRef::Stage {
+                node: student,
+                output: "metrics.json".into(),
+            },
+        },
+        Input {
+            name: "teacher-metrics.json".into(),
+            from: InputRef::Stage {
+                node: teacher,
+                output: "metrics.json".into(),
+            },
+        },
     ];
     let rows = holdout.len().min(4);
     for (i, (_, _, pair)) in holdout.iter().take(rows).enumerate() {
-        bundle_inputs.push(Input { name: format!("teacher/{i}"), from: InputRef::Stage { node: *pair, output: "target".into() } });
+        bundle_inputs.push(Input {
+            name: format!("teacher/{i}"),
+            from: InputRef::Stage {
+                node: *pair,
+                output: "target".into(),
+            },
+        });
     }
     let mut target_list = Vec::new();
     for t in &recipe.targets {
@@ -91,25 +196,60 @@ pub fn add_model_stages(recipe: &Recipe, pairs: &[(SourceItem, usize, usize)], n
             id: format!("target:{name}"),
             item: None,
             stage: Box::new(target::WriteTarget { target: t.clone() }),
-            inputs: vec![from_export("student.ir"), from_export("calibration-inputs.npy")],
+            inputs: vec![
+                from_export("student.ir"),
+                from_export("calibration-inputs.npy"),
+            ],
         });
         let target_node = nodes.len() - 1;
         nodes.push(PlanNode {
             id: format!("verify:{name}"),
             item: None,
-            stage: Box::new(verify::VerifyTarget { target: t.clone(), latency_runs: 5 }),
-            inputs: vec![from_export("student.ir"), from_export("holdout-inputs.npy"), from_export("holdout-reference.npy"), Input { name: "model".into(), from: InputRef::StageAll { node: target_node } }],
+            stage: Box::new(verify::VerifyTarget {
+                target: t.clone(),
+                latency_runs: 5,
+            }),
+            inputs: vec![
+                from_export("student.ir"),
+                from_export("holdout-inputs.npy"),
+                from_export("holdout-reference.npy"),
+                Input {
+                    name: "model".into(),
+                    from: InputRef::StageAll { node: target_node },
+                },
+            ],
         });
         let verify_node = nodes.len() - 1;
-        bundle_inputs.push(Input { name: format!("target/{name}"), from: InputRef::StageAll { node: target_node } });
-        bundle_inputs.push(Input { name: format!("verify/{name}/check.json"), from: InputRef::Stage { node: verify_node, output: "check.json".into() } });
-        bundle_inputs.push(Input { name: format!("verify/{name}/outputs.npy"), from: InputRef::Stage { node: verify_node, output: "outputs.npy".into() } });
+        bundle_inputs.push(Input {
+            name: format!("target/{name}"),
+            from: InputRef::StageAll { node: target_node },
+        });
+        bundle_inputs.push(Input {
+            name: format!("verify/{name}/check.json"),
+            from: InputRef::Stage {
+                node: verify_node,
+                output: "check.json".into(),
+            },
+        });
+        bundle_inputs.push(Input {
+            name: format!("verify/{name}/outputs.npy"),
+            from: InputRef::Stage {
+                node: verify_node,
+                output: "outputs.npy".into(),
+            },
+        });
         target_list.push((name, t.profile.format.clone(), t.precision.clone()));
     }
     nodes.push(PlanNode {
         id: "bundle".into(),
         item: None,
-        stage: Box::new(bundle::BundleStage { effect: recipe.name.clone(), version: recipe.version.clone(), student: recipe.student.clone(), targets: target_list, rows }),
+        stage: Box::new(bundle::BundleStage {
+            effect: recipe.name.clone(),
+            version: recipe.version.clone(),
+            student: recipe.student.clone(),
+            targets: target_list,
+            rows,
+        }),
         inputs: bundle_inputs,
     });
 }

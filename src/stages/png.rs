@@ -10,10 +10,13 @@ pub fn read_rgb(path: &Path) -> Result<RgbImage, StageError> {
         .with_guessed_format()
         .map_err(|e| StageError::io(path, e))?
         .decode()
-        .map_err(|e| StageError::user(format!("{} is not a readable image: {e}", path.display())))?;
+        .map_err(|e| {
+            StageError::user(format!("{} is not a readable image: {e}", path.display()))
+        })?;
     Ok(img.to_rgb8())
 }
 
 pub fn write_png(img: &RgbImage, path: &Path) -> Result<(), StageError> {
-    img.save_with_format(path, image::ImageFormat::Png).map_err(|e| StageError::io(path, e))
+    img.save_with_format(path, image::ImageFormat::Png)
+        .map_err(|e| StageError::io(path, e))
 }

@@ -11,7 +11,9 @@ pub struct ProceduralPairs {
 
 impl ProceduralPairs {
     pub fn new(teacher: &ProceduralTeacher) -> ProceduralPairs {
-        ProceduralPairs { teacher: teacher.clone() }
+        ProceduralPairs {
+            teacher: teacher.clone(),
+        }
     }
 }
 
@@ -35,8 +37,15 @@ impl Stage for ProceduralPairs {
     }
     fn run(&self, ctx: &mut RunContext) -> Result<RunOutput, StageError> {
         let src = read_rgb(ctx.input("source")?)?;
-        let palette = Palette::from_name(&self.teacher.palette).ok_or_else(|| StageError::user(format!("unknown palette `{}`", self.teacher.palette)))?;
-        let style = BrickStyle { stud_px: self.teacher.stud_px, palette, shading: self.teacher.shading as f32, outline: self.teacher.outline as f32 };
+        let palette = Palette::from_name(&self.teacher.palette).ok_or_else(|| {
+            StageError::user(format!("unknown palette `{}`", self.teacher.palette))
+        })?;
+        let style = BrickStyle {
+            stud_px: self.teacher.stud_px,
+            palette,
+            shading: self.teacher.shading as f32,
+            outline: self.teacher.outline as f32,
+        };
         let img = brick_mosaic(&src, &style);
         let path = ctx.out_dir.join("target.png");
         write_png(&img, &path)?;

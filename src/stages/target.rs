@@ -19,21 +19,34 @@ pub struct WriteTarget {
 
 pub fn read_ir(path: &Path) -> Result<Graph, StageError> {
     let bytes = std::fs::read(path).map_err(|e| StageError::io(path, e))?;
-    postcard::from_bytes(&bytes).map_err(|e| StageError::infra(format!("{}: not a student IR: {e}", path.display())))
+    postcard::from_bytes(&bytes)
+        .map_err(|e| StageError::infra(format!("{}: not a student IR: {e}", path.display())))
 }
 
 /// NCHW frames from an `.npy` of shape [N, C, H, W], one `Vec` per frame.
 pub fn read_frames(path: &Path) -> Result<(Vec<Vec<f32>>, [usize; 4]), StageError> {
-    let (shape, data) = crate::bundle::npy::read_f32(path).map_err(|e| StageError::infra(format!("{}: {e}", path.display())))?;
-    let [n, c, h, w] = <[usize; 4]>::try_from(shape.as_slice()).map_err(|_| StageError::infra(format!("{}: expected 4-D frames", path.display())))?;
+    let (shape, data) = crate::bundle::npy::read_f32(path)
+        .map_err(|e| StageError::infra(format!("{}: {e}", path.display())))?;
+    let [n, c, h, w] = <[usize; 4]>::try_from(shape.as_slice())
+        .map_err(|_| StageError::infra(format!("{}: expected 4-D frames", path.display())))?;
     let per = c * h * w;
-    Ok(((0..n).map(|i| data[i * per..(i + 1) * per].to_vec()).collect(), [1, c, h, w]))
+    Ok((
+        (0..n)
+            .map(|i| data[i * per..(i + 1) * per].to_vec())
+            .collect(),
+        [1, c, h, w],
+    ))
 }
 
-pub fn calibration_for(graph: &Graph, ctx: &RunContext, size: usize) -> Result<Calibration, StageError> {
+pub fn calibration_for(
+    graph: &Graph,
+    ctx: &RunContext,
+    size: usize,
+) -> Result<Calibration, StageError> {
     let (frames, _) = read_frames(ctx.input("calibration-inputs.npy")?)?;
     let take: Vec<Vec<f32>> = frames.into_iter().take(size.max(1)).collect();
-    calibrate(graph, &take, CalibrationMethod::Percentile(99.99)).map_err(|e| StageError::infra(format!("calibration: {e}")))
+    calibrate(graph, &take, CalibrationMethod::Percentile(99.99))
+        .map_err(|e| StageError::infra(format!("calibration: {e}")))
 }
 
 fn write(path: &Path, bytes: &[u8]) -> Result<(), StageError> {
@@ -54,7 +67,10 @@ impl Stage for WriteTarget {
             ("target.format".into(), p.format.clone()),
             ("target.quantize".into(), self.target.precision.clone()),
             ("target.io".into(), p.io.clone()),
-            ("target.calibration-size".into(), p.calibration_size.to_string()),
+            (
+                "target.calibration-size".into(),
+                p.calibration_size.to_string(),
+            ),
         ])
     }
     fn run(&self, ctx: &mut RunContext) -> Result<RunOutput, StageError> {
@@ -63,7 +79,9 @@ impl Stage for WriteTarget {
         let format = self.target.profile.format.as_str();
         let cal_size = self.target.profile.calibration_size as usize;
         let mut out = RunOutput::default();
-        let fail = |e: &dyn std::fmt::Display| StageError::user(format!("target {}: {e}", self.target.profile.name));
+        let fail = |e: &dyn std::fmt::Display| {
+            StageError::user(format!("target {}: {e}", self.target.profile.name))
+        };
         match format {
             "onnx" => {
                 let cal;
@@ -72,7 +90,10 @@ impl Stage for WriteTarget {
                     "fp16" => OnnxPrecision::Fp16,
                     "int8" => {
                         cal = calibration_for(&graph, ctx, cal_size)?;
-                        OnnxPrecision::Int8Qdq { calibration: &cal, activations: ActivationType::Int8 }
+                        OnnxPrecision::Int8Qdq {
+                            calibration: &cal,
+                            activations: ActivationType::Int8,
+                        }
                     }
                     other => return Err(fail(&format!("no ONNX writer for precision `{other}`"))),
                 };
@@ -92,7 +113,9 @@ impl Stage for WriteTarget {
                         out.files.insert("calibration.json".into(), p);
                         TflitePrecision::Int8(&cal)
                     }
-                    other => return Err(fail(&format!("no TFLite writer for precision `{other}`"))),
+                    other => {
+                        return Err(fail(&format!("no TFLite writer for precision `{other}`")))
+                    }
                 };
                 let files = tflite::write(&graph, prec).map_err(|e| fail(&e))?;
                 let shipped = ctx.out_dir.join("model.tflite");
@@ -109,14 +132,31 @@ impl Stage for WriteTarget {
                     "fp16" => WeightPrecision::Fp16,
                     "fp32" => WeightPrecision::Fp32,
                     "int8-weights" => WeightPrecision::Int8,
-                    other => return Err(fail(&format!("no Core ML writer for precision `{other}`"))),
+                    other => {
+                        return Err(fail(&format!("no Core ML writer for precision `{other}`")))
+                    }
                 };
                 let image = self.target.profile.io == "image";
-                let opts = CoremlOptions { weights, image_input: image, image_output: image, ..CoremlOptions::default() };
+                let opts = CoremlOptions {
+                    weights,
+                    image_input: image,
+                    image_output: image,
+                    ..CoremlOptions::default()
+                };
                 let dir = ctx.out_dir.join("model.mlpackage");
                 write_mlpackage(&graph, &dir, &opts).map_err(|e| fail(&e))?;
-                for e in walkdir::WalkDir::new(&dir).sort_by_file_name().into_iter().filter_map(|e| e.ok()).filter(|e| e.file_type().is_file()) {
-                    let rel = e.path().strip_prefix(ctx.out_dir).unwrap_or(e.path()).to_string_lossy().replace('\\', "/");
+                for e in walkdir::WalkDir::new(&dir)
+                    .sort_by_file_name()
+                    .into_iter()
+                    .filter_map(|e| e.ok())
+                    .filter(|e| e.file_type().is_file())
+                {
+                    let rel = e
+                        .path()
+                        .strip_prefix(ctx.out_dir)
+                        .unwrap_or(e.path())
+                        .to_string_lossy()
+                        .replace('\\', "/");
                     out.files.insert(rel, e.path().to_path_buf());
                 }
             }

@@ -24,7 +24,10 @@ pub struct TrainStage {
 }
 
 pub fn input_name(item: &str, holdout: bool, what: &str) -> String {
-    format!("{}/{item}/{what}", if holdout { "holdout" } else { "train" })
+    format!(
+        "{}/{item}/{what}",
+        if holdout { "holdout" } else { "train" }
+    )
 }
 
 impl TrainStage {
@@ -33,7 +36,10 @@ impl TrainStage {
             Role::Teacher => self.student.teacher_width,
             Role::Student => self.student.width,
         };
-        AccordionConfig { width: width as i64, blocks: self.student.blocks as i64 }
+        AccordionConfig {
+            width: width as i64,
+            blocks: self.student.blocks as i64,
+        }
     }
 
     fn hyper(&self) -> Hyper {
@@ -77,13 +83,19 @@ impl Stage for TrainStage {
         let t = &self.train;
         let mut p = Params::from([
             ("student.blocks".into(), self.student.blocks.to_string()),
-            ("student.teacher-width".into(), self.student.teacher_width.to_string()),
+            (
+                "student.teacher-width".into(),
+                self.student.teacher_width.to_string(),
+            ),
             ("train.batch".into(), t.batch.to_string()),
             ("train.lr".into(), format!("{:?}", t.lr)),
             ("train.l1".into(), format!("{:?}", t.l1_weight)),
             ("train.ssim".into(), format!("{:?}", t.ssim_weight)),
             ("train.ema".into(), format!("{:?}", t.ema_beta)),
-            ("train.checkpoint-every".into(), t.checkpoint_every.to_string()),
+            (
+                "train.checkpoint-every".into(),
+                t.checkpoint_every.to_string(),
+            ),
             ("train.seed".into(), t.seed.to_string()),
             ("train.shift-px".into(), t.shift_px.to_string()),
         ]);
@@ -106,14 +118,24 @@ impl Stage for TrainStage {
         for (item, holdout) in &self.items {
             pairs.push(PairFiles {
                 name: item.clone(),
-                source: ctx.input(&input_name(item, *holdout, "source"))?.to_path_buf(),
-                target: ctx.input(&input_name(item, *holdout, "target"))?.to_path_buf(),
+                source: ctx
+                    .input(&input_name(item, *holdout, "source"))?
+                    .to_path_buf(),
+                target: ctx
+                    .input(&input_name(item, *holdout, "target"))?
+                    .to_path_buf(),
                 holdout: *holdout,
             });
         }
         let teacher = match self.role {
             Role::Teacher => None,
-            Role::Student => Some((ctx.input("teacher-weights")?.to_path_buf(), AccordionConfig { width: self.student.teacher_width as i64, blocks: self.student.blocks as i64 })),
+            Role::Student => Some((
+                ctx.input("teacher-weights")?.to_path_buf(),
+                AccordionConfig {
+                    width: self.student.teacher_width as i64,
+                    blocks: self.student.blocks as i64,
+                },
+            )),
         };
         let job = TrainJob {
             role: match self.role {
@@ -128,14 +150,29 @@ impl Stage for TrainStage {
             checkpoint_dir: ctx.checkpoint_dir.clone(),
             out_dir: ctx.out_dir.join("out"),
         };
-        let report = super::worker::run_worker(ctx, "train", &serde_json::to_value(&job).unwrap_or_default())?;
+        let report = super::worker::run_worker(
+            ctx,
+            "train",
+            &serde_json::to_value(&job).unwrap_or_default(),
+        )?;
         // The metrics also travel as a file, for the bundle's manifest.
         let metrics_path = ctx.out_dir.join("metrics.json");
-        std::fs::write(&metrics_path, serde_json::to_vec_pretty(&report.metrics).unwrap_or_default()).map_err(|e| StageError::io(&metrics_path, e))?;
-        let mut out = RunOutput { metrics: report.metrics, ..Default::default() };
+        std::fs::write(
+            &metrics_path,
+            serde_json::to_vec_pretty(&report.metrics).unwrap_or_default(),
+        )
+        .map_err(|e| StageError::io(&metrics_path, e))?;
+        let mut out = RunOutput {
+            metrics: report.metrics,
+            ..Default::default()
+        };
         out.files.insert("metrics.json".into(), metrics_path);
         for (name, path) in report.files {
-            let name = if name == "weights" { "weights.safetensors".to_string() } else { name };
+            let name = if name == "weights" {
+                "weights.safetensors".to_string()
+            } else {
+                name
+            };
             out.files.insert(name, path);
         }
         Ok(out)

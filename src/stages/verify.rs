@@ -9,7 +9,9 @@ use crate::export::coreml::PixelRange;
 use crate::export::quantize::{ActivationType, Calibration, QuantPlan};
 use crate::plan::{Params, RunContext, RunOutput, Stage, StageError};
 use crate::recipe::TargetSpec;
-use crate::verify::{verify_artifact, Artifact, ChecksTable, Thresholds, TractModel, VerifyOptions};
+use crate::verify::{
+    verify_artifact, Artifact, ChecksTable, Thresholds, TractModel, VerifyOptions,
+};
 
 pub struct VerifyTarget {
     pub target: TargetSpec,
@@ -20,11 +22,14 @@ pub struct VerifyTarget {
 impl VerifyTarget {
     fn min_psnr_db(&self) -> f64 {
         let p = &self.target.profile;
-        p.min_psnr_db.get(&self.target.precision).copied().unwrap_or(match self.target.precision.as_str() {
-            "fp32" => 60.0,
-            "fp16" => 50.0,
-            _ => 35.0,
-        })
+        p.min_psnr_db
+            .get(&self.target.precision)
+            .copied()
+            .unwrap_or(match self.target.precision.as_str() {
+                "fp32" => 60.0,
+                "fp16" => 50.0,
+                _ => 35.0,
+            })
     }
 }
 
@@ -40,7 +45,10 @@ impl Stage for VerifyTarget {
             ("target.name".into(), self.target.profile.name.clone()),
             ("target.format".into(), self.target.profile.format.clone()),
             ("target.quantize".into(), self.target.precision.clone()),
-            ("target.min-psnr-db".into(), format!("{:?}", self.min_psnr_db())),
+            (
+                "target.min-psnr-db".into(),
+                format!("{:?}", self.min_psnr_db()),
+            ),
             ("latency-runs".into(), self.latency_runs.to_string()),
         ])
     }
@@ -50,9 +58,20 @@ impl Stage for VerifyTarget {
         let (references, _) = read_frames(ctx.input("holdout-reference.npy")?)?;
         let name = self.target.profile.name.clone();
         let infra = |e: &dyn std::fmt::Display| StageError::infra(format!("verify {name}: {e}"));
-        let read = |n: &str| std::fs::read(ctx.input(n)?).map_err(|e| StageError::infra(format!("{n}: {e}")));
-        let thresholds = Thresholds { min_psnr_db: self.min_psnr_db(), min_ssim: None, max_abs: None };
-        let mut opts = VerifyOptions { thresholds, data_range: 2.0, latency_runs: self.latency_runs, int8_source: None };
+        let read = |n: &str| {
+            std::fs::read(ctx.input(n)?).map_err(|e| StageError::infra(format!("{n}: {e}")))
+        };
+        let thresholds = Thresholds {
+            min_psnr_db: self.min_psnr_db(),
+            min_ssim: None,
+            max_abs: None,
+        };
+        let mut opts = VerifyOptions {
+            thresholds,
+            data_range: 2.0,
+            latency_runs: self.latency_runs,
+            int8_source: None,
+        };
         let plan;
         let (onnx, tflite, core);
         // Rebuild the Core ML package folder from its files.
@@ -61,22 +80,51 @@ impl Stage for VerifyTarget {
             "onnx" => {
                 onnx = read("model/model.onnx")?;
                 let model = TractModel::onnx(&onnx, shape).map_err(|e| infra(&e))?;
-                let check = verify_artifact(&name, Artifact::Onnx(&onnx), shape, &inputs, &references, &opts).map_err(|e| infra(&e))?;
+                let check = verify_artifact(
+                    &name,
+                    Artifact::Onnx(&onnx),
+                    shape,
+                    &inputs,
+                    &references,
+                    &opts,
+                )
+                .map_err(|e| infra(&e))?;
                 (check, run_all(&model, &inputs)?)
             }
             "tflite" => {
                 tflite = read("model/model.tflite")?;
                 if self.target.precision == "int8" {
                     core = read("model/model.core.tflite")?;
-                    let cal: Calibration = serde_json::from_slice(&read("model/calibration.json")?).map_err(|e| infra(&e))?;
-                    plan = QuantPlan::new(&graph, &cal, ActivationType::Int8).map_err(|e| infra(&e))?;
+                    let cal: Calibration = serde_json::from_slice(&read("model/calibration.json")?)
+                        .map_err(|e| infra(&e))?;
+                    plan = QuantPlan::new(&graph, &cal, ActivationType::Int8)
+                        .map_err(|e| infra(&e))?;
                     opts.int8_source = Some((&graph, &plan));
                     let model = TractModel::tflite(&core, shape).map_err(|e| infra(&e))?;
-                    let check = verify_artifact(&name, Artifact::TfliteInt8 { shipped: &tflite, core: &core }, shape, &inputs, &references, &opts).map_err(|e| infra(&e))?;
+                    let check = verify_artifact(
+                        &name,
+                        Artifact::TfliteInt8 {
+                            shipped: &tflite,
+                            core: &core,
+                        },
+                        shape,
+                        &inputs,
+                        &references,
+                        &opts,
+                    )
+                    .map_err(|e| infra(&e))?;
                     (check, run_all(&model, &inputs)?)
                 } else {
                     let model = TractModel::tflite(&tflite, shape).map_err(|e| infra(&e))?;
-                    let check = verify_artifact(&name, Artifact::TfliteFloat(&tflite), shape, &inputs, &references, &opts).map_err(|e| infra(&e))?;
+                    let check = verify_artifact(
+                        &name,
+                        Artifact::TfliteFloat(&tflite),
+                        shape,
+                        &inputs,
+                        &references,
+                        &opts,
+                    )
+                    .map_err(|e| infra(&e))?;
                     (check, run_all(&model, &inputs)?)
                 }
             }
@@ -84,39 +132,83 @@ impl Stage for VerifyTarget {
                 for (input, path) in &ctx.inputs {
                     if let Some(rel) = input.strip_prefix("model/model.mlpackage/") {
                         let dest = pkg_dir.join(rel);
-                        std::fs::create_dir_all(dest.parent().unwrap_or(&pkg_dir)).map_err(|e| StageError::io(&dest, e))?;
+                        std::fs::create_dir_all(dest.parent().unwrap_or(&pkg_dir))
+                            .map_err(|e| StageError::io(&dest, e))?;
                         std::fs::copy(path, &dest).map_err(|e| StageError::io(&dest, e))?;
                     }
                 }
                 let contract = PixelRange::default();
-                let check = verify_artifact(&name, Artifact::MlPackage { dir: &pkg_dir, contract }, shape, &inputs, &references, &opts).map_err(|e| infra(&e))?;
+                let check = verify_artifact(
+                    &name,
+                    Artifact::MlPackage {
+                        dir: &pkg_dir,
+                        contract,
+                    },
+                    shape,
+                    &inputs,
+                    &references,
+                    &opts,
+                )
+                .map_err(|e| infra(&e))?;
                 let mut outs = Vec::new();
                 for x in inputs.iter().take(4) {
-                    outs.push(crate::verify::coreml::run_mlpackage(&pkg_dir, x, contract).map_err(|e| infra(&e))?.output_nchw);
+                    outs.push(
+                        crate::verify::coreml::run_mlpackage(&pkg_dir, x, contract)
+                            .map_err(|e| infra(&e))?
+                            .output_nchw,
+                    );
                 }
                 (check, outs)
             }
-            other => return Err(StageError::user(format!("verify {name}: unknown format `{other}`"))),
+            other => {
+                return Err(StageError::user(format!(
+                    "verify {name}: unknown format `{other}`"
+                )))
+            }
         };
         if !check.passed {
-            return Err(StageError::user(format!("target {name} missed its bar:\n{}", ChecksTable(std::slice::from_ref(&check)))));
+            return Err(StageError::user(format!(
+                "target {name} missed its bar:\n{}",
+                ChecksTable(std::slice::from_ref(&check))
+            )));
         }
         let mut out = RunOutput::default();
         let check_path = ctx.out_dir.join("check.json");
-        std::fs::write(&check_path, serde_json::to_vec_pretty(&check).unwrap_or_default()).map_err(|e| StageError::io(&check_path, e))?;
+        std::fs::write(
+            &check_path,
+            serde_json::to_vec_pretty(&check).unwrap_or_default(),
+        )
+        .map_err(|e| StageError::io(&check_path, e))?;
         out.files.insert("check.json".into(), check_path);
         let per = shape[1] * shape[2] * shape[3];
         let flat: Vec<f32> = sample_outputs.iter().flatten().copied().collect();
         let outputs_path = ctx.out_dir.join("outputs.npy");
-        crate::bundle::npy::write_f32(&outputs_path, &[flat.len() / per.max(1), shape[1], shape[2], shape[3]], &flat).map_err(|e| infra(&e))?;
+        crate::bundle::npy::write_f32(
+            &outputs_path,
+            &[flat.len() / per.max(1), shape[1], shape[2], shape[3]],
+            &flat,
+        )
+        .map_err(|e| infra(&e))?;
         out.files.insert("outputs.npy".into(), outputs_path);
         let m = &mut out.metrics;
-        m.insert("psnr_db".into(), serde_json::json!((check.psnr_db * 100.0).round() / 100.0));
-        m.insert("ssim".into(), serde_json::json!((check.ssim * 10000.0).round() / 10000.0));
-        m.insert("max_abs".into(), serde_json::json!((check.max_abs * 10000.0).round() / 10000.0));
+        m.insert(
+            "psnr_db".into(),
+            serde_json::json!((check.psnr_db * 100.0).round() / 100.0),
+        );
+        m.insert(
+            "ssim".into(),
+            serde_json::json!((check.ssim * 10000.0).round() / 10000.0),
+        );
+        m.insert(
+            "max_abs".into(),
+            serde_json::json!((check.max_abs * 10000.0).round() / 10000.0),
+        );
         m.insert("size_bytes".into(), serde_json::json!(check.size_bytes));
         if let Some(l) = &check.latency {
-            m.insert("latency_ms".into(), serde_json::json!((l.median_ms * 100.0).round() / 100.0));
+            m.insert(
+                "latency_ms".into(),
+                serde_json::json!((l.median_ms * 100.0).round() / 100.0),
+            );
         }
         m.insert("verified".into(), serde_json::json!(true));
         Ok(out)
@@ -125,5 +217,14 @@ impl Stage for VerifyTarget {
 
 /// The target's outputs on the first frames (for the contact sheet).
 fn run_all(model: &TractModel, inputs: &[Vec<f32>]) -> Result<Vec<Vec<f32>>, StageError> {
-    inputs.iter().take(4).map(|x| model.run(x).map(|(y, _)| y).map_err(|e| StageError::infra(format!("tract: {e}")))).collect()
+    inputs
+        .iter()
+        .take(4)
+        .map(|x| {
+            model
+                .run(x)
+                .map(|(y, _)| y)
+                .map_err(|e| StageError::infra(format!("tract: {e}")))
+        })
+        .collect()
 }

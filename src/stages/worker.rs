@@ -11,7 +11,8 @@ use std::sync::atomic::Ordering;
 
 /// The worker binary, next to the running `effectc`.
 pub fn worker_path() -> Result<PathBuf, StageError> {
-    let exe = std::env::current_exe().map_err(|e| StageError::infra(format!("cannot locate effectc itself: {e}")))?;
+    let exe = std::env::current_exe()
+        .map_err(|e| StageError::infra(format!("cannot locate effectc itself: {e}")))?;
     let path = exe.with_file_name("effectc-nn");
     if !path.is_file() {
         return Err(StageError::infra(format!(
@@ -22,9 +23,17 @@ pub fn worker_path() -> Result<PathBuf, StageError> {
     Ok(path)
 }
 
-pub fn run_worker(ctx: &mut RunContext, subcommand: &str, job: &serde_json::Value) -> Result<TrainReport, StageError> {
+pub fn run_worker(
+    ctx: &mut RunContext,
+    subcommand: &str,
+    job: &serde_json::Value,
+) -> Result<TrainReport, StageError> {
     let job_path = ctx.out_dir.join(format!("{subcommand}-job.json"));
-    std::fs::write(&job_path, serde_json::to_vec_pretty(job).unwrap_or_default()).map_err(|e| StageError::io(&job_path, e))?;
+    std::fs::write(
+        &job_path,
+        serde_json::to_vec_pretty(job).unwrap_or_default(),
+    )
+    .map_err(|e| StageError::io(&job_path, e))?;
     let mut child = Command::new(worker_path()?)
         .arg(subcommand)
         .arg(&job_path)
@@ -51,7 +60,10 @@ pub fn run_worker(ctx: &mut RunContext, subcommand: &str, job: &serde_json::Valu
         scope.spawn(|| {
             while !done.load(Ordering::SeqCst) {
                 if cancel.load(Ordering::SeqCst) {
-                    let _ = Command::new("kill").arg("-INT").arg(pid.to_string()).status();
+                    let _ = Command::new("kill")
+                        .arg("-INT")
+                        .arg(pid.to_string())
+                        .status();
                     break;
                 }
                 std::thread::sleep(std::time::Duration::from_millis(100));
@@ -59,7 +71,9 @@ pub fn run_worker(ctx: &mut RunContext, subcommand: &str, job: &serde_json::Valu
         });
         if let Some(stdout) = stdout {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else { continue };
+                let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+                    continue;
+                };
                 if let Some(p) = v.get("progress") {
                     let losses = p["losses"]
                         .as_object()
@@ -74,7 +88,10 @@ pub fn run_worker(ctx: &mut RunContext, subcommand: &str, job: &serde_json::Valu
                     progress(Progress {
                         done: p["step"].as_u64().unwrap_or(0),
                         total: p["total_steps"].as_u64().unwrap_or(0),
-                        message: format!("{losses} | {:.1} steps/s", p["steps_per_s"].as_f64().unwrap_or(0.0)),
+                        message: format!(
+                            "{losses} | {:.1} steps/s",
+                            p["steps_per_s"].as_f64().unwrap_or(0.0)
+                        ),
                     });
                 } else if let Some(r) = v.get("report") {
                     report = serde_json::from_value::<TrainReport>(r.clone()).ok();
@@ -83,7 +100,9 @@ pub fn run_worker(ctx: &mut RunContext, subcommand: &str, job: &serde_json::Valu
         }
         done.store(true, Ordering::SeqCst);
     });
-    let status = child.wait().map_err(|e| StageError::infra(format!("tensor worker: {e}")))?;
+    let status = child
+        .wait()
+        .map_err(|e| StageError::infra(format!("tensor worker: {e}")))?;
     let stderr = stderr_thread.join().unwrap_or_default();
     ctx.log.push_str(&stderr);
     match status.code() {
@@ -93,7 +112,8 @@ pub fn run_worker(ctx: &mut RunContext, subcommand: &str, job: &serde_json::Valu
         code => {
             return Err(StageError::infra(format!(
                 "tensor worker failed ({}): {}",
-                code.map(|c| c.to_string()).unwrap_or_else(|| "killed".into()),
+                code.map(|c| c.to_string())
+                    .unwrap_or_else(|| "killed".into()),
                 stderr.trim()
             )))
         }

@@ -63,7 +63,6 @@ pub struct TrainReport {
     pub files: BTreeMap<String, PathBuf>,
 }
 
-
 /// Lowering the trained student for export: the IR, the held-out frames with the tch
 /// student's outputs (the references every target is verified against, and the golden
 /// frames of the bundle), and calibration frames.

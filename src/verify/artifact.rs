@@ -25,7 +25,10 @@ pub enum VerifyError {
     #[error("verification needs as many reference outputs as inputs ({inputs} inputs, {references} references)")]
     Counts { inputs: usize, references: usize },
     #[error("cannot size {path}: {source}")]
-    Size { path: String, source: std::io::Error },
+    Size {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("cannot build the per-layer table: {0}")]
     Table(#[from] crate::export::quantize::QuantError),
 }
@@ -136,8 +139,12 @@ pub fn verify_artifact(
                         name: "shipped = verified core + edge ops".into(),
                         passed: matches!(same, Ok(true)),
                         detail: match same {
-                            Ok(true) => "byte-identical after removing QUANTIZE / DEQUANTIZE".into(),
-                            Ok(false) => "the shipped file's core differs from the verified core".into(),
+                            Ok(true) => {
+                                "byte-identical after removing QUANTIZE / DEQUANTIZE".into()
+                            }
+                            Ok(false) => {
+                                "the shipped file's core differs from the verified core".into()
+                            }
                             Err(e) => e.to_string(),
                         },
                     });
@@ -177,7 +184,9 @@ pub fn verify_artifact(
                 Artifact::MlModel { bytes, .. } => bytes.len() as u64,
                 _ => 0,
             };
-            if let (Some((onnx, shape)), Some(first), true) = (&lowered, inputs.first(), opts.latency_runs > 0) {
+            if let (Some((onnx, shape)), Some(first), true) =
+                (&lowered, inputs.first(), opts.latency_runs > 0)
+            {
                 latency = Some(TractModel::onnx(onnx, *shape)?.latency(first, opts.latency_runs)?);
             }
         }
@@ -206,7 +215,9 @@ pub fn verify_artifact(
         }
     }
     for s in check.structural.iter().filter(|s| !s.passed) {
-        check.failures.push(format!("structure: {} — {}", s.name, s.detail));
+        check
+            .failures
+            .push(format!("structure: {} — {}", s.name, s.detail));
     }
     check.passed = check.failures.is_empty();
     if !check.passed {
@@ -280,7 +291,10 @@ mod tests {
             .collect();
         let calib: Vec<Vec<f32>> = (0..4).map(|s| image_like(g.input_shape, 400 + s)).collect();
         let good = calibrate(&g, &calib, CalibrationMethod::Percentile(99.99)).unwrap();
-        let dark: Vec<Vec<f32>> = calib.iter().map(|x| x.iter().map(|v| v * 0.01).collect()).collect();
+        let dark: Vec<Vec<f32>> = calib
+            .iter()
+            .map(|x| x.iter().map(|v| v * 0.01).collect())
+            .collect();
         let bad = calibrate(&g, &dark, CalibrationMethod::MinMax).unwrap();
         let good_plan = QuantPlan::new(&g, &good, ActivationType::Int8).unwrap();
         let bad_plan = QuantPlan::new(&g, &bad, ActivationType::Int8).unwrap();
@@ -417,17 +431,32 @@ mod dump {
     #[test]
     #[ignore]
     fn dump_samples() {
-        let dir = std::path::PathBuf::from(std::env::var("EFFECTC_DUMP_DIR").expect("set EFFECTC_DUMP_DIR"));
+        let dir = std::path::PathBuf::from(
+            std::env::var("EFFECTC_DUMP_DIR").expect("set EFFECTC_DUMP_DIR"),
+        );
         std::fs::create_dir_all(&dir).unwrap();
         let g = student_like(8, 64, 31);
         let input = image_like(g.input_shape, 300);
         let reference = eval(&g, &input).unwrap().data.remove("out").unwrap();
         npy::write_f32(&dir.join("input.npy"), &g.input_shape, &input).unwrap();
-        npy::write_f32(&dir.join("reference.npy"), &g.output_shape().unwrap(), &reference).unwrap();
+        npy::write_f32(
+            &dir.join("reference.npy"),
+            &g.output_shape().unwrap(),
+            &reference,
+        )
+        .unwrap();
         let calib: Vec<Vec<f32>> = (0..4).map(|s| image_like(g.input_shape, 400 + s)).collect();
         let c = calibrate(&g, &calib, CalibrationMethod::Percentile(99.99)).unwrap();
-        std::fs::write(dir.join("fp32.onnx"), onnx::write(&g, OnnxPrecision::Fp32).unwrap()).unwrap();
-        std::fs::write(dir.join("fp16.onnx"), onnx::write(&g, OnnxPrecision::Fp16).unwrap()).unwrap();
+        std::fs::write(
+            dir.join("fp32.onnx"),
+            onnx::write(&g, OnnxPrecision::Fp32).unwrap(),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("fp16.onnx"),
+            onnx::write(&g, OnnxPrecision::Fp16).unwrap(),
+        )
+        .unwrap();
         for (a, n) in [
             (ActivationType::Int8, "qdq_s8.onnx"),
             (ActivationType::Uint8, "qdq_u8.onnx"),

@@ -105,7 +105,8 @@ pub fn ssim(out: &[f32], reference: &[f32], shape_nchw: [usize; 4], data_range: 
                 let va = (saa / np - ma * ma) * norm;
                 let vb = (sbb / np - mb * mb) * norm;
                 let cov = (sab / np - ma * mb) * norm;
-                total += ((2.0 * ma * mb + c1) * (2.0 * cov + c2)) / ((ma * ma + mb * mb + c1) * (va + vb + c2));
+                total += ((2.0 * ma * mb + c1) * (2.0 * cov + c2))
+                    / ((ma * ma + mb * mb + c1) * (va + vb + c2));
                 count += 1;
             }
         }
@@ -153,7 +154,10 @@ pub fn compare(
         failures.push("output holds NaN or infinity".into());
     }
     if !(psnr >= thresholds.min_psnr_db) {
-        failures.push(format!("PSNR {psnr:.2} dB < {:.2} dB", thresholds.min_psnr_db));
+        failures.push(format!(
+            "PSNR {psnr:.2} dB < {:.2} dB",
+            thresholds.min_psnr_db
+        ));
     }
     if let Some(min) = thresholds.min_ssim {
         if !(ssim_value >= min) {
@@ -181,7 +185,9 @@ mod tests {
 
     #[test]
     fn identical_outputs_are_infinite_psnr_and_unit_ssim() {
-        let x: Vec<f32> = (0..2 * 16 * 16).map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0).collect();
+        let x: Vec<f32> = (0..2 * 16 * 16)
+            .map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0)
+            .collect();
         let c = compare(&x, &x, [1, 2, 16, 16], 2.0, &Thresholds::fp32());
         assert!(c.psnr_db.is_infinite() && c.passed);
         assert!((c.ssim - 1.0).abs() < 1e-9);
@@ -190,7 +196,9 @@ mod tests {
     #[test]
     fn known_noise_gives_known_psnr_and_fails_the_bar() {
         // Constant error 0.02 on range 2: PSNR = 20 log10(2 / 0.02) = 40 dB.
-        let x: Vec<f32> = (0..3 * 8 * 8).map(|i| (i as f32 / 192.0) * 2.0 - 1.0).collect();
+        let x: Vec<f32> = (0..3 * 8 * 8)
+            .map(|i| (i as f32 / 192.0) * 2.0 - 1.0)
+            .collect();
         let y: Vec<f32> = x.iter().map(|v| v + 0.02).collect();
         let c = compare(&y, &x, [1, 3, 8, 8], 2.0, &Thresholds::fp16());
         assert!((c.psnr_db - 40.0).abs() < 1e-3, "{}", c.psnr_db);

@@ -49,12 +49,20 @@ impl CoremlRun {
 
 /// Verifies a `.mlpackage`: `input_nchw` in the net's range; `contract` is how the
 /// app maps pixels to that range (used only when the model takes or gives images).
-pub fn run_mlpackage(dir: &Path, input_nchw: &[f32], contract: PixelRange) -> Result<CoremlRun, CoremlVerifyError> {
+pub fn run_mlpackage(
+    dir: &Path,
+    input_nchw: &[f32],
+    contract: PixelRange,
+) -> Result<CoremlRun, CoremlVerifyError> {
     run_decoded(read_mlpackage(dir)?, input_nchw, contract)
 }
 
 /// Verifies a NeuralNetwork `.mlmodel`'s bytes.
-pub fn run_mlmodel(bytes: &[u8], input_nchw: &[f32], contract: PixelRange) -> Result<CoremlRun, CoremlVerifyError> {
+pub fn run_mlmodel(
+    bytes: &[u8],
+    input_nchw: &[f32],
+    contract: PixelRange,
+) -> Result<CoremlRun, CoremlVerifyError> {
     run_decoded(read_mlmodel(bytes)?, input_nchw, contract)
 }
 
@@ -70,7 +78,9 @@ pub fn run_decoded(
         Some(map) => input_nchw
             .iter()
             .map(|x| {
-                let pixel = ((x - contract.bias) / contract.scale).round().clamp(0.0, 255.0);
+                let pixel = ((x - contract.bias) / contract.scale)
+                    .round()
+                    .clamp(0.0, 255.0);
                 pixel * map.scale + map.bias
             })
             .collect(),

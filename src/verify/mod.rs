@@ -5,6 +5,8 @@ pub mod compare;
 pub mod coreml;
 pub mod tract_run;
 
-pub use artifact::{verify_artifact, Artifact, ArtifactCheck, ChecksTable, VerifyError, VerifyOptions};
+pub use artifact::{
+    verify_artifact, Artifact, ArtifactCheck, ChecksTable, VerifyError, VerifyOptions,
+};
 pub use compare::{compare, Comparison, Thresholds};
 pub use tract_run::{Latency, RunError, TractModel};

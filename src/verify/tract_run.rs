@@ -105,7 +105,12 @@ impl TractModel {
         let artifact = "ONNX model";
         let model = tract_onnx::onnx()
             .model_for_read(&mut &bytes[..])
-            .and_then(|m| m.with_input_fact(0, InferenceFact::dt_shape(f32::datum_type(), input_shape_nchw)))
+            .and_then(|m| {
+                m.with_input_fact(
+                    0,
+                    InferenceFact::dt_shape(f32::datum_type(), input_shape_nchw),
+                )
+            })
             .and_then(|m| m.into_optimized())
             .map_err(load_err(artifact))?;
         Self::from_typed(artifact, model, Layout::Nchw, input_shape_nchw)
@@ -122,7 +127,9 @@ impl TractModel {
             // Cut before the activation tract would requantize differently.
             if let Some(node) = model.nodes().iter().find(|n| n.name == name) {
                 let pre = node.inputs[0];
-                model.select_output_outlets(&[pre]).map_err(load_err(artifact))?;
+                model
+                    .select_output_outlets(&[pre])
+                    .map_err(load_err(artifact))?;
                 tail = Some(t);
             }
         }
@@ -143,7 +150,9 @@ impl TractModel {
             executor: Some(tract_linalg::multithread::Executor::SingleThread),
             ..Default::default()
         };
-        let plan = model.into_runnable_with_options(&options).map_err(load_err(artifact))?;
+        let plan = model
+            .into_runnable_with_options(&options)
+            .map_err(load_err(artifact))?;
         Ok(TractModel {
             artifact: artifact.to_string(),
             plan,
@@ -171,7 +180,10 @@ impl TractModel {
         }
         let (data, shape) = match self.layout {
             Layout::Nchw => (input_nchw.to_vec(), vec![n, c, h, w]),
-            Layout::Nhwc => (nchw_to_nhwc(input_nchw, self.input_shape_nchw), vec![n, h, w, c]),
+            Layout::Nhwc => (
+                nchw_to_nhwc(input_nchw, self.input_shape_nchw),
+                vec![n, h, w, c],
+            ),
         };
         let run_err = |e: TractError| RunError::Run {
             artifact: self.artifact.clone(),
@@ -190,7 +202,9 @@ impl TractModel {
                 .map(|v| ((v / scale).round() + zp as f32).clamp(lo, hi))
                 .collect();
             let mut t = match self.input_dt.unquantized() {
-                DatumType::U8 => Tensor::from_shape(&shape, &q.iter().map(|v| *v as u8).collect::<Vec<_>>()),
+                DatumType::U8 => {
+                    Tensor::from_shape(&shape, &q.iter().map(|v| *v as u8).collect::<Vec<_>>())
+                }
                 _ => Tensor::from_shape(&shape, &q.iter().map(|v| *v as i8).collect::<Vec<_>>()),
             }
             .map_err(run_err)?;
@@ -249,7 +263,10 @@ impl TractModel {
             Layout::Nchw => (values, [shape[0], shape[1], shape[2], shape[3]]),
             Layout::Nhwc => {
                 let nhwc = [shape[0], shape[1], shape[2], shape[3]];
-                (nhwc_to_nchw(&values, nhwc), [shape[0], shape[3], shape[1], shape[2]])
+                (
+                    nhwc_to_nchw(&values, nhwc),
+                    [shape[0], shape[3], shape[1], shape[2]],
+                )
             }
         })
     }

@@ -27,7 +27,11 @@ impl Run {
     }
     /// The `build-finished` event.
     pub fn finished(&self) -> &Value {
-        self.events.iter().rev().find(|e| e["event"] == "build-finished").unwrap_or_else(|| panic!("no build-finished event; stderr:\n{}", self.stderr()))
+        self.events
+            .iter()
+            .rev()
+            .find(|e| e["event"] == "build-finished")
+            .unwrap_or_else(|| panic!("no build-finished event; stderr:\n{}", self.stderr()))
     }
     pub fn ran(&self) -> u64 {
         self.finished()["ran"].as_u64().unwrap()
@@ -37,15 +41,26 @@ impl Run {
     }
     /// Stage ids that ran (not cached), sorted.
     pub fn ran_stages(&self) -> Vec<String> {
-        let mut v: Vec<String> = self.events.iter().filter(|e| e["event"] == "stage-finished" && e["cached"] == false).map(|e| e["stage"].as_str().unwrap().to_string()).collect();
+        let mut v: Vec<String> = self
+            .events
+            .iter()
+            .filter(|e| e["event"] == "stage-finished" && e["cached"] == false)
+            .map(|e| e["stage"].as_str().unwrap().to_string())
+            .collect();
         v.sort();
         v
     }
     pub fn ran_of_kind(&self, kind: &str) -> usize {
-        self.events.iter().filter(|e| e["event"] == "stage-finished" && e["cached"] == false && e["kind"] == kind).count()
+        self.events
+            .iter()
+            .filter(|e| e["event"] == "stage-finished" && e["cached"] == false && e["kind"] == kind)
+            .count()
     }
     pub fn stage(&self, id: &str) -> &Value {
-        self.events.iter().find(|e| e["event"] == "stage-finished" && e["stage"] == id).unwrap_or_else(|| panic!("no stage-finished for {id}"))
+        self.events
+            .iter()
+            .find(|e| e["event"] == "stage-finished" && e["stage"] == id)
+            .unwrap_or_else(|| panic!("no stage-finished for {id}"))
     }
 }
 
@@ -77,20 +92,31 @@ impl TestProject {
 
     pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(effectc_bin());
-        cmd.current_dir(self.root()).args(args).env_remove("EFFECTC_CACHE");
+        cmd.current_dir(self.root())
+            .args(args)
+            .env_remove("EFFECTC_CACHE");
         cmd
     }
 
     pub fn run(&self, args: &[&str]) -> Run {
         let output = self.command(args).output().expect("run effectc");
-        let events = String::from_utf8_lossy(&output.stdout).lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+        let events = String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
         Run { output, events }
     }
 
     /// `effectc build --json NAME`, which must succeed.
     pub fn build(&self, name: &str) -> Run {
         let r = self.run(&["build", "--json", name]);
-        assert_eq!(r.code(), 0, "build {name} failed:\n{}\n{}", r.stderr(), r.stdout());
+        assert_eq!(
+            r.code(),
+            0,
+            "build {name} failed:\n{}\n{}",
+            r.stderr(),
+            r.stdout()
+        );
         r
     }
 
@@ -120,6 +146,12 @@ effect "small" {
 /// Writes a PNG of `size` with a seed-dependent pattern.
 pub fn write_png(path: &Path, seed: u8, size: u32) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    let img = image::RgbImage::from_fn(size, size, |x, y| image::Rgb([(x as u8).wrapping_mul(seed), (y as u8).wrapping_add(seed), seed.wrapping_mul(7)]));
+    let img = image::RgbImage::from_fn(size, size, |x, y| {
+        image::Rgb([
+            (x as u8).wrapping_mul(seed),
+            (y as u8).wrapping_add(seed),
+            seed.wrapping_mul(7),
+        ])
+    });
     img.save(path).unwrap();
 }

@@ -138,19 +138,28 @@ impl<'a> BlobFile<'a> {
         }
         let sentinel = u32_at(self.bytes, at);
         if sentinel != SENTINEL {
-            return Err(bad(format!("sentinel {sentinel:#x}, expected {SENTINEL:#x}")));
+            return Err(bad(format!(
+                "sentinel {sentinel:#x}, expected {SENTINEL:#x}"
+            )));
         }
-        let dtype = BlobType::from_u32(u32_at(self.bytes, at + 4)).ok_or_else(|| bad("unknown data type".into()))?;
+        let dtype = BlobType::from_u32(u32_at(self.bytes, at + 4))
+            .ok_or_else(|| bad("unknown data type".into()))?;
         let size = u64_at(self.bytes, at + 8) as usize;
         let data_offset = u64_at(self.bytes, at + 16) as usize;
         if data_offset % ALIGNMENT != 0 {
-            return Err(bad(format!("data offset {data_offset} is not 64-byte aligned")));
+            return Err(bad(format!(
+                "data offset {data_offset} is not 64-byte aligned"
+            )));
         }
         if data_offset < at + ALIGNMENT || data_offset + size > self.bytes.len() {
-            return Err(bad(format!("data [{data_offset}, +{size}) outside the file")));
+            return Err(bad(format!(
+                "data [{data_offset}, +{size}) outside the file"
+            )));
         }
         if size % dtype.element_bytes() != 0 {
-            return Err(bad(format!("{size} bytes is not a whole number of {dtype:?}")));
+            return Err(bad(format!(
+                "{size} bytes is not a whole number of {dtype:?}"
+            )));
         }
         Ok((dtype, &self.bytes[data_offset..data_offset + size]))
     }
@@ -171,7 +180,10 @@ mod tests {
         assert_eq!(bytes.len() % 64, 0);
         let f = BlobFile::parse(&bytes).unwrap();
         assert_eq!(f.count, 2);
-        assert_eq!(f.blob(a).unwrap(), (BlobType::Float16, &[1u8, 2, 3, 4, 5, 6][..]));
+        assert_eq!(
+            f.blob(a).unwrap(),
+            (BlobType::Float16, &[1u8, 2, 3, 4, 5, 6][..])
+        );
         assert_eq!(f.blob(b).unwrap().1.len(), 100);
         assert!(f.blob(65).is_err());
         assert!(f.blob(128).is_err(), "no sentinel at a data offset");

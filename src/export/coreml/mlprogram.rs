@@ -15,17 +15,19 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use coreml_proto::proto::mil_spec::{
-    argument, dimension, tensor_value, value, value_type, Argument, DataType, Dimension, NamedValueType, TensorType,
-    TensorValue, Value, ValueType,
+    argument, dimension, tensor_value, value, value_type, Argument, DataType, Dimension,
+    NamedValueType, TensorType, TensorValue, Value, ValueType,
 };
 use coreml_proto::proto::{
-    array_feature_type, feature_type, image_feature_type, ArrayFeatureType, FeatureDescription, FeatureType,
-    ImageFeatureType, Metadata, ModelDescription,
+    array_feature_type, feature_type, image_feature_type, ArrayFeatureType, FeatureDescription,
+    FeatureType, ImageFeatureType, Metadata, ModelDescription,
 };
 use prost::Message;
 
 use super::blob::{BlobType, BlobWriter};
-use super::{check_identifiers, f16_bytes, identifier, CoremlError, CoremlOptions, WeightPrecision};
+use super::{
+    check_identifiers, f16_bytes, identifier, CoremlError, CoremlOptions, WeightPrecision,
+};
 use super::{MLPROGRAM_OPSET, MLPROGRAM_SPEC_VERSION, WEIGHT_FILE};
 use crate::export::ir::{Graph, Op};
 use crate::export::quantize::quantize_conv;
@@ -88,9 +90,9 @@ pub(crate) fn tensor_type(dtype: DataType, shape: &[usize]) -> ValueType {
             dimensions: shape
                 .iter()
                 .map(|d| Dimension {
-                    dimension: Some(dimension::Dimension::Constant(dimension::ConstantDimension {
-                        size: *d as u64,
-                    })),
+                    dimension: Some(dimension::Dimension::Constant(
+                        dimension::ConstantDimension { size: *d as u64 },
+                    )),
                 })
                 .collect(),
             attributes: Default::default(),
@@ -103,7 +105,9 @@ fn immediate(dtype: DataType, shape: &[usize], v: tensor_value::Value) -> Value 
         doc_string: String::new(),
         r#type: Some(tensor_type(dtype, shape)),
         value: Some(value::Value::ImmediateValue(value::ImmediateValue {
-            value: Some(value::immediate_value::Value::Tensor(TensorValue { value: Some(v) })),
+            value: Some(value::immediate_value::Value::Tensor(TensorValue {
+                value: Some(v),
+            })),
         })),
     }
 }
@@ -112,7 +116,9 @@ pub(crate) fn string_value(s: &str) -> Value {
     immediate(
         DataType::String,
         &[],
-        tensor_value::Value::Strings(tensor_value::RepeatedStrings { values: vec![s.into()] }),
+        tensor_value::Value::Strings(tensor_value::RepeatedStrings {
+            values: vec![s.into()],
+        }),
     )
 }
 
@@ -185,7 +191,13 @@ impl ProgramBuilder {
     }
 
     /// Data of 10+ elements goes to the blob file (coremltools' rule), smaller inline.
-    fn tensor_const(&mut self, name: &str, dtype: DataType, shape: &[usize], bytes: Vec<u8>) -> String {
+    fn tensor_const(
+        &mut self,
+        name: &str,
+        dtype: DataType,
+        shape: &[usize],
+        bytes: Vec<u8>,
+    ) -> String {
         let count: usize = shape.iter().product();
         let val = if count >= 10 {
             let blob_type = match dtype {
@@ -258,14 +270,22 @@ fn feature(name: &str, shape: [usize; 4], image: bool) -> FeatureDescription {
     }
 }
 
-pub(crate) fn description(graph: &Graph, out_shape: [usize; 4], opts: &CoremlOptions) -> ModelDescription {
+pub(crate) fn description(
+    graph: &Graph,
+    out_shape: [usize; 4],
+    opts: &CoremlOptions,
+) -> ModelDescription {
     ModelDescription {
         input: vec![feature(
             &identifier(&graph.input_name),
             graph.input_shape,
             opts.image_input,
         )],
-        output: vec![feature(&identifier(&graph.output_name), out_shape, opts.image_output)],
+        output: vec![feature(
+            &identifier(&graph.output_name),
+            out_shape,
+            opts.image_output,
+        )],
         metadata: Some(Metadata {
             short_description: opts.short_description.clone(),
             ..Default::default()
@@ -401,11 +421,21 @@ pub fn mlprogram_files(graph: &Graph, opts: &CoremlOptions) -> Result<MlPackageF
                         let mut attributes = BTreeMap::new();
                         attributes.insert("name".to_string(), string_value(&wname));
                         let qoff = b.blobs.add(BlobType::Int8, &data);
-                        attributes.insert("quantized_data".into(), blob_value(DataType::Int8, weight_shape, qoff));
-                        attributes.insert("zero_point".into(), bytes_value(DataType::Int8, &[o], vec![0u8; o]));
+                        attributes.insert(
+                            "quantized_data".into(),
+                            blob_value(DataType::Int8, weight_shape, qoff),
+                        );
+                        attributes.insert(
+                            "zero_point".into(),
+                            bytes_value(DataType::Int8, &[o], vec![0u8; o]),
+                        );
                         let scale_bytes = f16_bytes(&q.weight_scales);
                         let scale = if o >= 10 {
-                            blob_value(DataType::Float16, &[o], b.blobs.add(BlobType::Float16, &scale_bytes))
+                            blob_value(
+                                DataType::Float16,
+                                &[o],
+                                b.blobs.add(BlobType::Float16, &scale_bytes),
+                            )
                         } else {
                             bytes_value(DataType::Float16, &[o], scale_bytes)
                         };
@@ -422,7 +452,9 @@ pub fn mlprogram_files(graph: &Graph, opts: &CoremlOptions) -> Result<MlPackageF
                         });
                         wname
                     }
-                    WeightPrecision::Fp16 => b.tensor_const(&wname, DataType::Float16, weight_shape, f16_bytes(weight)),
+                    WeightPrecision::Fp16 => {
+                        b.tensor_const(&wname, DataType::Float16, weight_shape, f16_bytes(weight))
+                    }
                     WeightPrecision::Fp32 => b.tensor_const(
                         &wname,
                         DataType::Float32,
@@ -435,7 +467,8 @@ pub fn mlprogram_files(graph: &Graph, opts: &CoremlOptions) -> Result<MlPackageF
                 } else {
                     bias.iter().flat_map(|v| v.to_le_bytes()).collect()
                 };
-                let bias_var = b.tensor_const(&format!("{name}_bias"), compute, &[bias.len()], bias_bytes);
+                let bias_var =
+                    b.tensor_const(&format!("{name}_bias"), compute, &[bias.len()], bias_bytes);
                 let strides = b.constant(
                     &format!("{name}_strides"),
                     ints_value(&[stride[0] as i32, stride[1] as i32], &[2]),
@@ -444,10 +477,21 @@ pub fn mlprogram_files(graph: &Graph, opts: &CoremlOptions) -> Result<MlPackageF
                 // MIL pad order: [top, bottom, left, right]; IR: [top, left, bottom, right].
                 let pad = b.constant(
                     &format!("{name}_pad"),
-                    ints_value(&[pads[0] as i32, pads[2] as i32, pads[1] as i32, pads[3] as i32], &[4]),
+                    ints_value(
+                        &[
+                            pads[0] as i32,
+                            pads[2] as i32,
+                            pads[1] as i32,
+                            pads[3] as i32,
+                        ],
+                        &[4],
+                    ),
                 );
                 let dilations = b.constant(&format!("{name}_dilations"), ints_value(&[1, 1], &[2]));
-                let groups_var = b.constant(&format!("{name}_groups"), ints_value(&[*groups as i32], &[]));
+                let groups_var = b.constant(
+                    &format!("{name}_groups"),
+                    ints_value(&[*groups as i32], &[]),
+                );
                 b.op(
                     "conv",
                     &name,
@@ -479,13 +523,23 @@ pub fn mlprogram_files(graph: &Graph, opts: &CoremlOptions) -> Result<MlPackageF
                 b.op(
                     "concat",
                     &name,
-                    &[("values", ins), ("axis", vec![axis]), ("interleave", vec![interleave])],
+                    &[
+                        ("values", ins),
+                        ("axis", vec![axis]),
+                        ("interleave", vec![interleave]),
+                    ],
                     ty,
                 );
             }
             Op::UpsampleNearest { factor } => {
-                let fh = b.constant(&format!("{name}_scale_h"), ints_value(&[*factor as i32], &[]));
-                let fw = b.constant(&format!("{name}_scale_w"), ints_value(&[*factor as i32], &[]));
+                let fh = b.constant(
+                    &format!("{name}_scale_h"),
+                    ints_value(&[*factor as i32], &[]),
+                );
+                let fw = b.constant(
+                    &format!("{name}_scale_w"),
+                    ints_value(&[*factor as i32], &[]),
+                );
                 b.op(
                     "upsample_nearest_neighbor",
                     &name,
@@ -510,7 +564,12 @@ pub fn mlprogram_files(graph: &Graph, opts: &CoremlOptions) -> Result<MlPackageF
         } else {
             out_id.clone()
         };
-        b.op("cast", &cast, &[("x", vec![y]), ("dtype", vec![dt])], fp32_out.clone());
+        b.op(
+            "cast",
+            &cast,
+            &[("x", vec![y]), ("dtype", vec![dt])],
+            fp32_out.clone(),
+        );
         y = cast;
     }
     if opts.image_output {
@@ -524,7 +583,12 @@ pub fn mlprogram_files(graph: &Graph, opts: &CoremlOptions) -> Result<MlPackageF
             floats_value(&[-opts.pixel_range.bias / opts.pixel_range.scale], &[]),
         );
         let scaled = format!("{out_id}_scaled");
-        b.op("mul", &scaled, &[("x", vec![y]), ("y", vec![s])], fp32_out.clone());
+        b.op(
+            "mul",
+            &scaled,
+            &[("x", vec![y]), ("y", vec![s])],
+            fp32_out.clone(),
+        );
         b.op(
             "add",
             &out_id,
@@ -556,7 +620,10 @@ pub fn mlprogram_files(graph: &Graph, opts: &CoremlOptions) -> Result<MlPackageF
     let model = MirrorModel {
         specification_version: MLPROGRAM_SPEC_VERSION,
         description: Some(description(graph, out_shape, opts)),
-        ml_program: Some(MirrorProgram { version: 1, functions }),
+        ml_program: Some(MirrorProgram {
+            version: 1,
+            functions,
+        }),
     };
     Ok(MlPackageFiles {
         model: model.encode_to_vec(),
@@ -567,7 +634,11 @@ pub fn mlprogram_files(graph: &Graph, opts: &CoremlOptions) -> Result<MlPackageF
 
 /// Writes `dir` (e.g. `student.mlpackage`): built next to it, then renamed into place
 /// (an existing package at `dir` is replaced).
-pub fn write_mlpackage(graph: &Graph, dir: &Path, opts: &CoremlOptions) -> Result<MlPackageFiles, CoremlError> {
+pub fn write_mlpackage(
+    graph: &Graph,
+    dir: &Path,
+    opts: &CoremlOptions,
+) -> Result<MlPackageFiles, CoremlError> {
     let files = mlprogram_files(graph, opts)?;
     let werr = |path: &Path| {
         let path = path.display().to_string();
@@ -586,8 +657,10 @@ pub fn write_mlpackage(graph: &Graph, dir: &Path, opts: &CoremlOptions) -> Resul
         .map_err(werr(parent))?;
     let data = tmp.path().join("Data/com.apple.CoreML");
     std::fs::create_dir_all(data.join("weights")).map_err(werr(&data))?;
-    std::fs::write(data.join("model.mlmodel"), &files.model).map_err(werr(&data.join("model.mlmodel")))?;
-    std::fs::write(data.join("weights/weight.bin"), &files.weights).map_err(werr(&data.join("weights/weight.bin")))?;
+    std::fs::write(data.join("model.mlmodel"), &files.model)
+        .map_err(werr(&data.join("model.mlmodel")))?;
+    std::fs::write(data.join("weights/weight.bin"), &files.weights)
+        .map_err(werr(&data.join("weights/weight.bin")))?;
     std::fs::write(tmp.path().join("Manifest.json"), &files.manifest)
         .map_err(werr(&tmp.path().join("Manifest.json")))?;
     if dir.exists() {

@@ -35,7 +35,10 @@ pub enum CoremlError {
     #[error("cannot write CoreML: {0}")]
     Unsupported(String),
     #[error("cannot write {path}: {source}")]
-    Write { path: String, source: std::io::Error },
+    Write {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -92,7 +95,13 @@ impl Default for CoremlOptions {
 pub fn identifier(name: &str) -> String {
     let mut s: String = name
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     if s.is_empty() || s.as_bytes()[0].is_ascii_digit() {
         s.insert(0, '_');
@@ -117,7 +126,11 @@ fn check_identifiers(graph: &super::ir::Graph) -> Result<(), CoremlError> {
 pub(crate) fn f16_bytes(values: &[f32]) -> Vec<u8> {
     values
         .iter()
-        .flat_map(|v| tract_onnx::prelude::f16::from_f32(*v).to_bits().to_le_bytes())
+        .flat_map(|v| {
+            tract_onnx::prelude::f16::from_f32(*v)
+                .to_bits()
+                .to_le_bytes()
+        })
         .collect()
 }
 
@@ -162,7 +175,10 @@ mod tests {
             files.weights
         );
         // Same graph, same bytes (maps are encoded in key order).
-        assert_eq!(mlprogram_files(&g, &CoremlOptions::default()).unwrap(), files);
+        assert_eq!(
+            mlprogram_files(&g, &CoremlOptions::default()).unwrap(),
+            files
+        );
         let input = image_like(g.input_shape, 6);
         let run = run_mlpackage(&pkg, &input, PixelRange::default()).unwrap();
         assert!(
@@ -220,7 +236,10 @@ mod tests {
             2.0,
             &Thresholds::int8(),
         );
-        eprintln!("coreml mlpackage int8 weights + image io: {:.1} dB", c.psnr_db);
+        eprintln!(
+            "coreml mlpackage int8 weights + image io: {:.1} dB",
+            c.psnr_db
+        );
         assert!(c.passed, "{c:?}");
         // A wrong pixel map in the model is caught against the app's contract.
         let wrong = CoremlOptions {
@@ -264,8 +283,18 @@ mod tests {
             assert!(run.structurally_sound(), "{:#?}", run.checks);
             assert_eq!(run.decoded.specification_version, 4);
             assert_eq!(run.decoded.output_pixel_map.is_some(), image_output);
-            let c = compare(&run.output_nchw, &reference(&g, &input), run.output_shape, 2.0, &t);
-            eprintln!("coreml mlmodel {weights:?}: {:.1} dB, {} bytes", c.psnr_db, bytes.len());
+            let c = compare(
+                &run.output_nchw,
+                &reference(&g, &input),
+                run.output_shape,
+                2.0,
+                &t,
+            );
+            eprintln!(
+                "coreml mlmodel {weights:?}: {:.1} dB, {} bytes",
+                c.psnr_db,
+                bytes.len()
+            );
             assert!(c.passed, "{weights:?}: {c:?}");
         }
         let sig = sigmoid_head(4, 16, 2);

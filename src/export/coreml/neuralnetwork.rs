@@ -5,16 +5,18 @@
 
 use coreml_proto::proto::{
     activation_params, border_amounts, convolution_layer_params, model, neural_network_layer,
-    neural_network_preprocessing, upsample_layer_params, ActivationLinear, ActivationParams, ActivationReLu,
-    ActivationSigmoid, ActivationTanh, AddLayerParams, BorderAmounts, ConcatLayerParams, ConvolutionLayerParams, Model,
-    NeuralNetwork, NeuralNetworkImageScaler, NeuralNetworkImageShapeMapping, NeuralNetworkLayer,
-    NeuralNetworkMultiArrayShapeMapping, NeuralNetworkPreprocessing, UpsampleLayerParams, ValidPadding, WeightParams,
+    neural_network_preprocessing, upsample_layer_params, ActivationLinear, ActivationParams,
+    ActivationReLu, ActivationSigmoid, ActivationTanh, AddLayerParams, BorderAmounts,
+    ConcatLayerParams, ConvolutionLayerParams, Model, NeuralNetwork, NeuralNetworkImageScaler,
+    NeuralNetworkImageShapeMapping, NeuralNetworkLayer, NeuralNetworkMultiArrayShapeMapping,
+    NeuralNetworkPreprocessing, UpsampleLayerParams, ValidPadding, WeightParams,
 };
 use prost::Message;
 
 use super::mlprogram::description;
 use super::{
-    check_identifiers, f16_bytes, identifier, CoremlError, CoremlOptions, WeightPrecision, NEURALNETWORK_SPEC_VERSION,
+    check_identifiers, f16_bytes, identifier, CoremlError, CoremlOptions, WeightPrecision,
+    NEURALNETWORK_SPEC_VERSION,
 };
 use crate::export::ir::{Graph, Op};
 
@@ -78,8 +80,8 @@ pub fn write_mlmodel(graph: &Graph, opts: &CoremlOptions) -> Result<Vec<u8>, Cor
                     bias: Some(weights(bias, opts.weights)),
                     output_shape: vec![],
                     // Explicit borders: [height (top, bottom), width (left, right)].
-                    convolution_padding_type: Some(convolution_layer_params::ConvolutionPaddingType::Valid(
-                        ValidPadding {
+                    convolution_padding_type: Some(
+                        convolution_layer_params::ConvolutionPaddingType::Valid(ValidPadding {
                             padding_amounts: Some(BorderAmounts {
                                 border_amounts: vec![
                                     border_amounts::EdgeSizes {
@@ -92,20 +94,26 @@ pub fn write_mlmodel(graph: &Graph, opts: &CoremlOptions) -> Result<Vec<u8>, Cor
                                     },
                                 ],
                             }),
-                        },
-                    )),
+                        }),
+                    ),
                 })
             }
             Op::Relu => activation(activation_params::NonlinearityType::ReLu(ActivationReLu {})),
             Op::Tanh => activation(activation_params::NonlinearityType::Tanh(ActivationTanh {})),
-            Op::Sigmoid => activation(activation_params::NonlinearityType::Sigmoid(ActivationSigmoid {})),
+            Op::Sigmoid => activation(activation_params::NonlinearityType::Sigmoid(
+                ActivationSigmoid {},
+            )),
             Op::Add => neural_network_layer::Layer::Add(AddLayerParams { alpha: 0.0 }),
-            Op::ConcatChannels => neural_network_layer::Layer::Concat(ConcatLayerParams { sequence_concat: false }),
-            Op::UpsampleNearest { factor } => neural_network_layer::Layer::Upsample(UpsampleLayerParams {
-                scaling_factor: vec![*factor as u64, *factor as u64],
-                mode: upsample_layer_params::InterpolationMode::Nn as i32,
-                ..Default::default()
+            Op::ConcatChannels => neural_network_layer::Layer::Concat(ConcatLayerParams {
+                sequence_concat: false,
             }),
+            Op::UpsampleNearest { factor } => {
+                neural_network_layer::Layer::Upsample(UpsampleLayerParams {
+                    scaling_factor: vec![*factor as u64, *factor as u64],
+                    mode: upsample_layer_params::InterpolationMode::Nn as i32,
+                    ..Default::default()
+                })
+            }
         };
         layers.push(NeuralNetworkLayer {
             name: name.clone(),
@@ -153,7 +161,8 @@ pub fn write_mlmodel(graph: &Graph, opts: &CoremlOptions) -> Result<Vec<u8>, Cor
         r#type: Some(model::Type::NeuralNetwork(NeuralNetwork {
             layers,
             preprocessing,
-            array_input_shape_mapping: NeuralNetworkMultiArrayShapeMapping::ExactArrayMapping as i32,
+            array_input_shape_mapping: NeuralNetworkMultiArrayShapeMapping::ExactArrayMapping
+                as i32,
             image_input_shape_mapping: NeuralNetworkImageShapeMapping::Rank4ImageMapping as i32,
             update_params: None,
         })),

@@ -10,7 +10,9 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use coreml_proto::proto::mil_spec::{self, argument, tensor_value, value, value_type, DataType, Value};
+use coreml_proto::proto::mil_spec::{
+    self, argument, tensor_value, value, value_type, DataType, Value,
+};
 use coreml_proto::proto::{
     self, activation_params, convolution_layer_params, feature_type, model, neural_network_layer,
 };
@@ -18,13 +20,18 @@ use prost::Message;
 use serde::{Deserialize, Serialize};
 
 use super::blob::{BlobFile, BlobType};
-use super::{f16_decode, PixelRange, WeightPrecision, MLPROGRAM_SPEC_VERSION, NEURALNETWORK_SPEC_VERSION};
+use super::{
+    f16_decode, PixelRange, WeightPrecision, MLPROGRAM_SPEC_VERSION, NEURALNETWORK_SPEC_VERSION,
+};
 use crate::export::ir::{Graph, Node, Op};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CoremlReadError {
     #[error("cannot read {path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{path} is not a CoreML model: {reason}")]
     Decode { path: String, reason: String },
     #[error("{path}: {reason}")]
@@ -84,10 +91,11 @@ fn read_file(path: &Path) -> Result<Vec<u8>, CoremlReadError> {
 pub fn read_mlpackage(dir: &Path) -> Result<DecodedCoreml, CoremlReadError> {
     let manifest_path = dir.join("Manifest.json");
     let manifest = read_file(&manifest_path)?;
-    let manifest: serde_json::Value = serde_json::from_slice(&manifest).map_err(|e| CoremlReadError::Decode {
-        path: manifest_path.display().to_string(),
-        reason: e.to_string(),
-    })?;
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&manifest).map_err(|e| CoremlReadError::Decode {
+            path: manifest_path.display().to_string(),
+            reason: e.to_string(),
+        })?;
     let root_id = manifest
         .get("rootModelIdentifier")
         .and_then(|v| v.as_str())
@@ -108,7 +116,11 @@ pub fn read_mlpackage(dir: &Path) -> Result<DecodedCoreml, CoremlReadError> {
     } else {
         None
     };
-    let mut decoded = decode(&model, weights.as_deref(), &model_path.display().to_string())?;
+    let mut decoded = decode(
+        &model,
+        weights.as_deref(),
+        &model_path.display().to_string(),
+    )?;
     decoded.checks.insert(
         0,
         StructuralCheck {
@@ -125,7 +137,11 @@ pub fn read_mlmodel(bytes: &[u8]) -> Result<DecodedCoreml, CoremlReadError> {
     decode(bytes, None, "<mlmodel>")
 }
 
-fn decode(model_bytes: &[u8], weights: Option<&[u8]>, path: &str) -> Result<DecodedCoreml, CoremlReadError> {
+fn decode(
+    model_bytes: &[u8],
+    weights: Option<&[u8]>,
+    path: &str,
+) -> Result<DecodedCoreml, CoremlReadError> {
     let bad = |reason: String| CoremlReadError::Decode {
         path: path.to_string(),
         reason,
@@ -136,8 +152,12 @@ fn decode(model_bytes: &[u8], weights: Option<&[u8]>, path: &str) -> Result<Deco
         .clone()
         .ok_or_else(|| bad("no model description".into()))?;
     match &model.r#type {
-        Some(model::Type::MlProgram(program)) => decode_program(&model, &description, program, weights, path),
-        Some(model::Type::NeuralNetwork(nn)) => decode_neural_network(&model, &description, nn, path),
+        Some(model::Type::MlProgram(program)) => {
+            decode_program(&model, &description, program, weights, path)
+        }
+        Some(model::Type::NeuralNetwork(nn)) => {
+            decode_neural_network(&model, &description, nn, path)
+        }
         _ => Err(bad("neither an ML Program nor a NeuralNetwork".into())),
     }
 }
@@ -145,12 +165,16 @@ fn decode(model_bytes: &[u8], weights: Option<&[u8]>, path: &str) -> Result<Deco
 /// (name, shape, is image) of a feature.
 fn feature_info(f: &proto::FeatureDescription) -> (String, Vec<usize>, bool) {
     match f.r#type.as_ref().and_then(|t| t.r#type.as_ref()) {
-        Some(feature_type::Type::ImageType(i)) => {
-            (f.name.clone(), vec![1, 3, i.height as usize, i.width as usize], true)
-        }
-        Some(feature_type::Type::MultiArrayType(a)) => {
-            (f.name.clone(), a.shape.iter().map(|d| *d as usize).collect(), false)
-        }
+        Some(feature_type::Type::ImageType(i)) => (
+            f.name.clone(),
+            vec![1, 3, i.height as usize, i.width as usize],
+            true,
+        ),
+        Some(feature_type::Type::MultiArrayType(a)) => (
+            f.name.clone(),
+            a.shape.iter().map(|d| *d as usize).collect(),
+            false,
+        ),
         _ => (f.name.clone(), vec![], false),
     }
 }
@@ -182,15 +206,25 @@ fn tensor_type_of(v: &Option<mil_spec::ValueType>) -> Option<(DataType, Vec<usiz
     }
 }
 
-fn read_value(v: &Value, blobs: Option<&BlobFile>, checks: &mut Checks, what: &str) -> Result<Const, String> {
-    let (dtype, shape) = tensor_type_of(&v.r#type).ok_or_else(|| format!("{what}: value without a tensor type"))?;
+fn read_value(
+    v: &Value,
+    blobs: Option<&BlobFile>,
+    checks: &mut Checks,
+    what: &str,
+) -> Result<Const, String> {
+    let (dtype, shape) =
+        tensor_type_of(&v.r#type).ok_or_else(|| format!("{what}: value without a tensor type"))?;
     let count: usize = shape.iter().product();
     let (values, strings) = match &v.value {
         Some(value::Value::ImmediateValue(iv)) => match &iv.value {
             Some(value::immediate_value::Value::Tensor(t)) => match &t.value {
                 Some(tensor_value::Value::Floats(f)) => (f.values.clone(), vec![]),
-                Some(tensor_value::Value::Ints(i)) => (i.values.iter().map(|v| *v as f32).collect(), vec![]),
-                Some(tensor_value::Value::Bools(b)) => (b.values.iter().map(|v| *v as u8 as f32).collect(), vec![]),
+                Some(tensor_value::Value::Ints(i)) => {
+                    (i.values.iter().map(|v| *v as f32).collect(), vec![])
+                }
+                Some(tensor_value::Value::Bools(b)) => {
+                    (b.values.iter().map(|v| *v as u8 as f32).collect(), vec![])
+                }
                 Some(tensor_value::Value::Strings(s)) => (vec![], s.values.clone()),
                 Some(tensor_value::Value::Bytes(b)) => match dtype {
                     DataType::Float16 => (f16_decode(&b.values), vec![]),
@@ -203,8 +237,12 @@ fn read_value(v: &Value, blobs: Option<&BlobFile>, checks: &mut Checks, what: &s
             _ => return Err(format!("{what}: non-tensor immediate")),
         },
         Some(value::Value::BlobFileValue(bf)) => {
-            let blobs = blobs
-                .ok_or_else(|| format!("{what}: refers to {} but the package has no weight file", bf.file_name))?;
+            let blobs = blobs.ok_or_else(|| {
+                format!(
+                    "{what}: refers to {} but the package has no weight file",
+                    bf.file_name
+                )
+            })?;
             let (bt, data) = blobs.blob(bf.offset).map_err(|e| format!("{what}: {e}"))?;
             let expected_bt = match dtype {
                 DataType::Float16 => BlobType::Float16,
@@ -215,7 +253,9 @@ fn read_value(v: &Value, blobs: Option<&BlobFile>, checks: &mut Checks, what: &s
             };
             checks.add(
                 "weight blob",
-                bt == expected_bt && data.len() == count * bt.element_bytes() && bf.file_name == super::WEIGHT_FILE,
+                bt == expected_bt
+                    && data.len() == count * bt.element_bytes()
+                    && bf.file_name == super::WEIGHT_FILE,
                 format!(
                     "{what}: {} at offset {} ({bt:?}, {} bytes for shape {shape:?})",
                     bf.file_name,
@@ -237,7 +277,10 @@ fn read_value(v: &Value, blobs: Option<&BlobFile>, checks: &mut Checks, what: &s
         None => return Err(format!("{what}: empty value")),
     };
     if strings.is_empty() && values.len() != count {
-        return Err(format!("{what}: {} values for shape {shape:?}", values.len()));
+        return Err(format!(
+            "{what}: {} values for shape {shape:?}",
+            values.len()
+        ));
     }
     Ok(Const {
         dtype,
@@ -280,7 +323,10 @@ fn decode_program(
     checks.add(
         "specification version",
         model.specification_version == MLPROGRAM_SPEC_VERSION,
-        format!("{} (iOS 16 is {MLPROGRAM_SPEC_VERSION})", model.specification_version),
+        format!(
+            "{} (iOS 16 is {MLPROGRAM_SPEC_VERSION})",
+            model.specification_version
+        ),
     );
     let blob_file = match weights {
         Some(w) => {
@@ -298,7 +344,11 @@ fn decode_program(
         .functions
         .get("main")
         .ok_or_else(|| bad("no `main` function".into()))?;
-    checks.add("opset", main.opset == super::MLPROGRAM_OPSET, main.opset.clone());
+    checks.add(
+        "opset",
+        main.opset == super::MLPROGRAM_OPSET,
+        main.opset.clone(),
+    );
     let block = main
         .block_specializations
         .get(&main.opset)
@@ -308,7 +358,9 @@ fn decode_program(
         || description.output.len() != 1
         || block.outputs.len() != 1
     {
-        return Err(unsupported("the IR has exactly one input and one output".into()));
+        return Err(unsupported(
+            "the IR has exactly one input and one output".into(),
+        ));
     }
     let (in_name, in_shape, in_image) = feature_info(&description.input[0]);
     let (out_name, out_shape_desc, out_image) = feature_info(&description.output[0]);
@@ -363,16 +415,17 @@ fn decode_program(
             .first()
             .ok_or_else(|| bad(format!("`{}` op without output", op.r#type)))?;
         let out_type = tensor_type_of(&out.r#type);
-        let get_const = |held: &BTreeMap<String, Held>, param: &str| -> Result<Const, CoremlReadError> {
-            let names = arg_names(op, param);
-            match names.first().and_then(|n| held.get(n)) {
-                Some(Held::Const(c)) => Ok(c.clone()),
-                _ => Err(bad(format!(
-                    "`{}` {}: parameter `{param}` is not a constant",
-                    op.r#type, out.name
-                ))),
-            }
-        };
+        let get_const =
+            |held: &BTreeMap<String, Held>, param: &str| -> Result<Const, CoremlReadError> {
+                let names = arg_names(op, param);
+                match names.first().and_then(|n| held.get(n)) {
+                    Some(Held::Const(c)) => Ok(c.clone()),
+                    _ => Err(bad(format!(
+                        "`{}` {}: parameter `{param}` is not a constant",
+                        op.r#type, out.name
+                    ))),
+                }
+            };
         // The IR value an op input reads; an affine map on it is only allowed on the
         // graph input (the image pre-processing).
         let flow = |held: &BTreeMap<String, Held>,
@@ -380,10 +433,14 @@ fn decode_program(
                     input_pixel_map: &mut Option<PixelRange>|
          -> Result<String, CoremlReadError> {
             match held.get(name) {
-                Some(Held::Flow { ir, scale, bias, .. }) => {
+                Some(Held::Flow {
+                    ir, scale, bias, ..
+                }) => {
                     if *scale != 1.0 || *bias != 0.0 {
                         if *ir != ir_input {
-                            return Err(unsupported(format!("an affine map on `{ir}` inside the network")));
+                            return Err(unsupported(format!(
+                                "an affine map on `{ir}` inside the network"
+                            )));
                         }
                         *input_pixel_map = Some(PixelRange {
                             scale: *scale,
@@ -475,9 +532,15 @@ fn decode_program(
             }
             "cast" => {
                 let x = arg_names(op, "x").first().cloned().unwrap_or_default();
-                let dtype = get_const(&held, "dtype")?.strings.first().cloned().unwrap_or_default();
+                let dtype = get_const(&held, "dtype")?
+                    .strings
+                    .first()
+                    .cloned()
+                    .unwrap_or_default();
                 match held.get(&x) {
-                    Some(Held::Flow { ir, scale, bias, .. }) => {
+                    Some(Held::Flow {
+                        ir, scale, bias, ..
+                    }) => {
                         let dt = match dtype.as_str() {
                             "fp16" => DataType::Float16,
                             "fp32" => DataType::Float32,
@@ -511,7 +574,12 @@ fn decode_program(
                 let x = arg_names(op, "x").first().cloned().unwrap_or_default();
                 let k = get_const(&held, "y")?.values[0];
                 match held.get(&x) {
-                    Some(Held::Flow { ir, scale, bias, dtype }) => {
+                    Some(Held::Flow {
+                        ir,
+                        scale,
+                        bias,
+                        dtype,
+                    }) => {
                         let (s, b) = if op.r#type == "mul" {
                             (scale * k, bias * k)
                         } else {
@@ -527,7 +595,12 @@ fn decode_program(
                             },
                         );
                     }
-                    _ => return Err(bad(format!("{} {}: input `{x}` unknown", op.r#type, out.name))),
+                    _ => {
+                        return Err(bad(format!(
+                            "{} {}: input `{x}` unknown",
+                            op.r#type, out.name
+                        )))
+                    }
                 }
             }
             ty => {
@@ -542,7 +615,11 @@ fn decode_program(
                             .cloned()
                             .unwrap_or_default();
                         let dil = get_const(&held, "dilations")?;
-                        let groups = get_const(&held, "groups")?.values.first().copied().unwrap_or(1.0) as usize;
+                        let groups = get_const(&held, "groups")?
+                            .values
+                            .first()
+                            .copied()
+                            .unwrap_or(1.0) as usize;
                         if dil.values.iter().any(|d| *d != 1.0) {
                             return Err(unsupported(format!(
                                 "conv {} with dilations {:?}",
@@ -556,10 +633,18 @@ fn decode_program(
                                 [p[0] as usize, p[2] as usize, p[1] as usize, p[3] as usize]
                             }
                             "valid" => [0; 4],
-                            other => return Err(unsupported(format!("conv {} pad_type {other}", out.name))),
+                            other => {
+                                return Err(unsupported(format!(
+                                    "conv {} pad_type {other}",
+                                    out.name
+                                )))
+                            }
                         };
                         if w.shape.len() != 4 {
-                            return Err(bad(format!("conv {} weight shape {:?}", out.name, w.shape)));
+                            return Err(bad(format!(
+                                "conv {} weight shape {:?}",
+                                out.name, w.shape
+                            )));
                         }
                         let finite = w.values.iter().chain(&b.values).all(|v| v.is_finite());
                         checks.add(
@@ -567,7 +652,8 @@ fn decode_program(
                             finite,
                             format!("{}: {} weights, {:?}", out.name, w.values.len(), w.dtype),
                         );
-                        if weight_precision != WeightPrecision::Int8 && w.dtype == DataType::Float16 {
+                        if weight_precision != WeightPrecision::Int8 && w.dtype == DataType::Float16
+                        {
                             weight_precision = WeightPrecision::Fp16;
                         }
                         Op::Conv2d {
@@ -584,7 +670,11 @@ fn decode_program(
                     "sigmoid" => Op::Sigmoid,
                     "add" => Op::Add,
                     "concat" => {
-                        let axis = get_const(&held, "axis")?.values.first().copied().unwrap_or(-1.0);
+                        let axis = get_const(&held, "axis")?
+                            .values
+                            .first()
+                            .copied()
+                            .unwrap_or(-1.0);
                         if axis != 1.0 && axis != -3.0 {
                             return Err(unsupported(format!("concat {} on axis {axis}", out.name)));
                         }
@@ -594,11 +684,21 @@ fn decode_program(
                         let fh = get_const(&held, "scale_factor_height")?.values[0];
                         let fw = get_const(&held, "scale_factor_width")?.values[0];
                         if fh != fw || fh.fract() != 0.0 || fh < 1.0 {
-                            return Err(unsupported(format!("upsample {} by {fh} x {fw}", out.name)));
+                            return Err(unsupported(format!(
+                                "upsample {} by {fh} x {fw}",
+                                out.name
+                            )));
                         }
-                        Op::UpsampleNearest { factor: fh as usize }
+                        Op::UpsampleNearest {
+                            factor: fh as usize,
+                        }
                     }
-                    other => return Err(unsupported(format!("op `{other}` ({}) has no IR equivalent", out.name))),
+                    other => {
+                        return Err(unsupported(format!(
+                            "op `{other}` ({}) has no IR equivalent",
+                            out.name
+                        )))
+                    }
                 };
                 let params: &[&str] = match ty {
                     "conv" | "relu" | "tanh" | "sigmoid" | "upsample_nearest_neighbor" => &["x"],
@@ -646,21 +746,35 @@ fn decode_program(
         }
     }
     let (ir_output, output_pixel_map, out_dtype) = match held.get(&block.outputs[0]) {
-        Some(Held::Flow { ir, scale, bias, dtype }) => {
+        Some(Held::Flow {
+            ir,
+            scale,
+            bias,
+            dtype,
+        }) => {
             let map = (*scale != 1.0 || *bias != 0.0).then_some(PixelRange {
                 scale: *scale,
                 bias: *bias,
             });
             (ir.clone(), map, *dtype)
         }
-        _ => return Err(bad(format!("block output `{}` is not computed", block.outputs[0]))),
+        _ => {
+            return Err(bad(format!(
+                "block output `{}` is not computed",
+                block.outputs[0]
+            )))
+        }
     };
     checks.add(
         "output name",
         block.outputs[0] == out_name,
         format!("block {} / description {out_name}", block.outputs[0]),
     );
-    checks.add("output dtype", out_dtype == DataType::Float32, format!("{out_dtype:?}"));
+    checks.add(
+        "output dtype",
+        out_dtype == DataType::Float32,
+        format!("{out_dtype:?}"),
+    );
     checks.add(
         "image input has a pixel map",
         in_image == input_pixel_map.is_some(),
@@ -705,7 +819,11 @@ fn decode_program(
     })
 }
 
-fn nn_weights(w: &Option<proto::WeightParams>, what: &str, checks: &mut Checks) -> (Vec<f32>, bool) {
+fn nn_weights(
+    w: &Option<proto::WeightParams>,
+    what: &str,
+    checks: &mut Checks,
+) -> (Vec<f32>, bool) {
     match w {
         Some(w) if !w.float16_value.is_empty() => {
             let v = f16_decode(&w.float16_value);
@@ -745,7 +863,9 @@ fn decode_neural_network(
         ),
     );
     if description.input.len() != 1 || description.output.len() != 1 {
-        return Err(unsupported("the IR has exactly one input and one output".into()));
+        return Err(unsupported(
+            "the IR has exactly one input and one output".into(),
+        ));
     }
     let (in_name, in_shape, in_image) = feature_info(&description.input[0]);
     let (out_name, out_shape_desc, out_image) = feature_info(&description.output[0]);
@@ -754,10 +874,13 @@ fn decode_neural_network(
     }
     let mut input_pixel_map = None;
     for p in &nn.preprocessing {
-        if let Some(proto::neural_network_preprocessing::Preprocessor::Scaler(s)) = &p.preprocessor {
+        if let Some(proto::neural_network_preprocessing::Preprocessor::Scaler(s)) = &p.preprocessor
+        {
             checks.add(
                 "pixel map",
-                s.red_bias == s.green_bias && s.green_bias == s.blue_bias && p.feature_name == in_name,
+                s.red_bias == s.green_bias
+                    && s.green_bias == s.blue_bias
+                    && p.feature_name == in_name,
                 format!(
                     "scale {} biases r {} g {} b {}",
                     s.channel_scale, s.red_bias, s.green_bias, s.blue_bias
@@ -799,7 +922,12 @@ fn decode_neural_network(
                             [0; 4]
                         }
                     }
-                    _ => return Err(unsupported(format!("conv {} with SAME padding", layer.name))),
+                    _ => {
+                        return Err(unsupported(format!(
+                            "conv {} with SAME padding",
+                            layer.name
+                        )))
+                    }
                 };
                 let (weight, w16) = nn_weights(&c.weights, &layer.name, &mut checks);
                 let (bias, _) = nn_weights(&c.bias, &layer.name, &mut checks);
@@ -812,7 +940,8 @@ fn decode_neural_network(
                 ];
                 checks.add(
                     "weight count",
-                    weight.len() == shape.iter().product::<usize>() && (bias.len() == shape[0] || !c.has_bias),
+                    weight.len() == shape.iter().product::<usize>()
+                        && (bias.len() == shape[0] || !c.has_bias),
                     format!(
                         "{}: {} weights for {shape:?}, {} biases",
                         layer.name,
@@ -820,7 +949,11 @@ fn decode_neural_network(
                         bias.len()
                     ),
                 );
-                let bias = if c.has_bias { bias } else { vec![0.0; shape[0]] };
+                let bias = if c.has_bias {
+                    bias
+                } else {
+                    vec![0.0; shape[0]]
+                };
                 Op::Conv2d {
                     weight,
                     weight_shape: shape,
@@ -842,12 +975,22 @@ fn decode_neural_network(
                     output_name = layer.input.first().cloned().unwrap_or_default();
                     continue;
                 }
-                other => return Err(unsupported(format!("activation {other:?} in {}", layer.name))),
+                other => {
+                    return Err(unsupported(format!(
+                        "activation {other:?} in {}",
+                        layer.name
+                    )))
+                }
             },
             Some(neural_network_layer::Layer::Add(_)) => Op::Add,
-            Some(neural_network_layer::Layer::Concat(c)) if !c.sequence_concat => Op::ConcatChannels,
+            Some(neural_network_layer::Layer::Concat(c)) if !c.sequence_concat => {
+                Op::ConcatChannels
+            }
             Some(neural_network_layer::Layer::Upsample(u)) => {
-                if u.scaling_factor.len() != 2 || u.scaling_factor[0] != u.scaling_factor[1] || u.mode != 0 {
+                if u.scaling_factor.len() != 2
+                    || u.scaling_factor[0] != u.scaling_factor[1]
+                    || u.mode != 0
+                {
                     return Err(unsupported(format!(
                         "upsample {} {:?} mode {}",
                         layer.name, u.scaling_factor, u.mode

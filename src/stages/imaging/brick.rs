@@ -43,9 +43,23 @@ const CLASSIC: &[[u8; 3]] = &[
     [146, 57, 120],  // Magenta
     [129, 0, 123],   // Dark Purple
 ];
-const GRAYSCALE: &[[u8; 3]] = &[[242, 243, 242], [160, 165, 169], [108, 110, 104], [27, 42, 52]];
+const GRAYSCALE: &[[u8; 3]] = &[
+    [242, 243, 242],
+    [160, 165, 169],
+    [108, 110, 104],
+    [27, 42, 52],
+];
 
-const PALETTES: &[Palette] = &[Palette { name: "lego-classic", colors: CLASSIC }, Palette { name: "lego-grayscale", colors: GRAYSCALE }];
+const PALETTES: &[Palette] = &[
+    Palette {
+        name: "lego-classic",
+        colors: CLASSIC,
+    },
+    Palette {
+        name: "lego-grayscale",
+        colors: GRAYSCALE,
+    },
+];
 
 pub fn palette_names() -> Vec<&'static str> {
     PALETTES.iter().map(|p| p.name).collect()
@@ -64,7 +78,9 @@ impl Palette {
         for &p in self.colors {
             let rm = (c[0] + p[0] as f32) / 2.0;
             let (dr, dg, db) = (c[0] - p[0] as f32, c[1] - p[1] as f32, c[2] - p[2] as f32);
-            let d = (2.0 + rm / 256.0) * dr * dr + 4.0 * dg * dg + (2.0 + (255.0 - rm) / 256.0) * db * db;
+            let d = (2.0 + rm / 256.0) * dr * dr
+                + 4.0 * dg * dg
+                + (2.0 + (255.0 - rm) / 256.0) * db * db;
             if d < best_d {
                 best_d = d;
                 best = p;
@@ -86,7 +102,15 @@ pub struct BrickStyle {
 
 impl Default for BrickStyle {
     fn default() -> Self {
-        BrickStyle { stud_px: 8, palette: Palette { name: "lego-classic", colors: CLASSIC }, shading: 0.6, outline: 0.5 }
+        BrickStyle {
+            stud_px: 8,
+            palette: Palette {
+                name: "lego-classic",
+                colors: CLASSIC,
+            },
+            shading: 0.6,
+            outline: 0.5,
+        }
     }
 }
 
@@ -149,9 +173,24 @@ pub fn brick_mosaic(src: &RgbImage, style: &BrickStyle) -> RgbImage {
                     let mut c = shade(base, k.max(0.0));
                     // Seams between bricks.
                     if lx < 1.0 && cx > 0 || ly < 1.0 && cy > 0 {
-                        c = shade([c[0].min(255.0) as u8, c[1].min(255.0) as u8, c[2].min(255.0) as u8], 1.0 - 0.6 * style.outline);
+                        c = shade(
+                            [
+                                c[0].min(255.0) as u8,
+                                c[1].min(255.0) as u8,
+                                c[2].min(255.0) as u8,
+                            ],
+                            1.0 - 0.6 * style.outline,
+                        );
                     }
-                    out.put_pixel(x, y, Rgb([c[0].clamp(0.0, 255.0) as u8, c[1].clamp(0.0, 255.0) as u8, c[2].clamp(0.0, 255.0) as u8]));
+                    out.put_pixel(
+                        x,
+                        y,
+                        Rgb([
+                            c[0].clamp(0.0, 255.0) as u8,
+                            c[1].clamp(0.0, 255.0) as u8,
+                            c[2].clamp(0.0, 255.0) as u8,
+                        ]),
+                    );
                 }
             }
         }
@@ -172,22 +211,40 @@ mod tests {
         for cy in (0..64).step_by(8) {
             for cx in (0..64).step_by(8) {
                 let face = out.get_pixel(cx + 1, cy + 4).0;
-                assert!(CLASSIC.contains(&face), "{face:?} at brick ({cx},{cy}) is not a LEGO colour");
+                assert!(
+                    CLASSIC.contains(&face),
+                    "{face:?} at brick ({cx},{cy}) is not a LEGO colour"
+                );
                 colours.insert(face);
             }
         }
-        assert!(colours.len() >= 3, "a portrait should need several brick colours, got {colours:?}");
+        assert!(
+            colours.len() >= 3,
+            "a portrait should need several brick colours, got {colours:?}"
+        );
     }
 
     #[test]
     fn studs_are_lit_top_left_and_shadowed_bottom_right() {
         let src = RgbImage::from_pixel(16, 16, Rgb([201, 26, 9]));
-        let out = brick_mosaic(&src, &BrickStyle { stud_px: 16, ..BrickStyle::default() });
+        let out = brick_mosaic(
+            &src,
+            &BrickStyle {
+                stud_px: 16,
+                ..BrickStyle::default()
+            },
+        );
         let lum = |x: u32, y: u32| {
             let p = out.get_pixel(x, y).0;
             p[0] as u32 + p[1] as u32 + p[2] as u32
         };
-        assert!(lum(6, 6) > lum(10, 10), "stud top-left should be brighter than its bottom-right");
-        assert!(lum(12, 12) < lum(3, 12), "shadow falls down-right of the stud");
+        assert!(
+            lum(6, 6) > lum(10, 10),
+            "stud top-left should be brighter than its bottom-right"
+        );
+        assert!(
+            lum(12, 12) < lum(3, 12),
+            "shadow falls down-right of the stud"
+        );
     }
 }

@@ -87,7 +87,12 @@ pub fn text_width(text: &str, scale: u32) -> u32 {
 
 /// A grid of `cell_px` cells under a header row of `column_titles`.
 pub fn contact_sheet(rows: &[Vec<RgbImage>], column_titles: &[&str], cell_px: u32) -> RgbImage {
-    let cols = rows.iter().map(|r| r.len()).max().unwrap_or(0).max(column_titles.len()) as u32;
+    let cols = rows
+        .iter()
+        .map(|r| r.len())
+        .max()
+        .unwrap_or(0)
+        .max(column_titles.len()) as u32;
     let gap = 4;
     let header = 24;
     let width = cols * (cell_px + gap) + gap;
@@ -117,7 +122,11 @@ mod tests {
     #[test]
     fn sheet_has_a_cell_per_image_and_titles() {
         let img = RgbImage::from_pixel(10, 10, Rgb([200, 0, 0]));
-        let sheet = contact_sheet(&[vec![img.clone(), img.clone()], vec![img.clone(), img]], &["source", "teacher"], 32);
+        let sheet = contact_sheet(
+            &[vec![img.clone(), img.clone()], vec![img.clone(), img]],
+            &["source", "teacher"],
+            32,
+        );
         assert_eq!(sheet.dimensions(), (2 * 36 + 4, 24 + 2 * 36 + 4));
         assert_eq!(sheet.get_pixel(4 + 16, 24 + 16).0, [200, 0, 0]);
         // The title row is not empty.

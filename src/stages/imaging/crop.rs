@@ -9,7 +9,11 @@ pub fn center_crop_resize(src: &RgbImage, size_px: u32) -> RgbImage {
     let scale = size_px as f64 / short as f64;
     let nw = ((w as f64 * scale).round() as u32).max(size_px);
     let nh = ((h as f64 * scale).round() as u32).max(size_px);
-    let resized = if (nw, nh) == (w, h) { src.clone() } else { imageops::resize(src, nw, nh, imageops::FilterType::Lanczos3) };
+    let resized = if (nw, nh) == (w, h) {
+        src.clone()
+    } else {
+        imageops::resize(src, nw, nh, imageops::FilterType::Lanczos3)
+    };
     let x = (nw - size_px) / 2;
     let y = (nh - size_px) / 2;
     imageops::crop_imm(&resized, x, y, size_px, size_px).to_image()

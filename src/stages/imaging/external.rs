@@ -22,15 +22,35 @@ use std::time::{Duration, Instant};
 #[derive(Debug, thiserror::Error)]
 pub enum CommandTeacherError {
     #[error("teacher command `{program}` could not start for {item}: {source}")]
-    Spawn { program: String, item: PathBuf, source: std::io::Error },
+    Spawn {
+        program: String,
+        item: PathBuf,
+        source: std::io::Error,
+    },
     #[error("teacher command `{program}` failed for {item} with exit code {code}:\n{stderr_tail}")]
-    Failed { program: String, item: PathBuf, code: String, stderr_tail: String },
+    Failed {
+        program: String,
+        item: PathBuf,
+        code: String,
+        stderr_tail: String,
+    },
     #[error("teacher command `{program}` timed out after {timeout_s} s on {item}")]
-    Timeout { program: String, item: PathBuf, timeout_s: u64 },
+    Timeout {
+        program: String,
+        item: PathBuf,
+        timeout_s: u64,
+    },
     #[error("teacher command `{program}` gave no usable image for {item}: {what}")]
-    BadOutput { program: String, item: PathBuf, what: String },
+    BadOutput {
+        program: String,
+        item: PathBuf,
+        what: String,
+    },
     #[error("teacher command I/O on {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -47,22 +67,42 @@ fn tail(bytes: &[u8], lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-pub fn run_command_teacher(argv: &[String], input_png: &Path, output_png: &Path, timeout: Duration) -> Result<(), CommandTeacherError> {
+pub fn run_command_teacher(
+    argv: &[String],
+    input_png: &Path,
+    output_png: &Path,
+    timeout: Duration,
+) -> Result<(), CommandTeacherError> {
     let program = argv.first().cloned().unwrap_or_default();
     let item = input_png.to_path_buf();
     let uses_input = argv.iter().any(|a| a.contains("{input}"));
     let uses_output = argv.iter().any(|a| a.contains("{output}"));
     let args: Vec<String> = argv[1.min(argv.len())..]
         .iter()
-        .map(|a| a.replace("{input}", &input_png.to_string_lossy()).replace("{output}", &output_png.to_string_lossy()))
+        .map(|a| {
+            a.replace("{input}", &input_png.to_string_lossy())
+                .replace("{output}", &output_png.to_string_lossy())
+        })
         .collect();
     let mut child = Command::new(&program)
         .args(&args)
-        .stdin(if uses_input { Stdio::null() } else { Stdio::piped() })
-        .stdout(if uses_output { Stdio::null() } else { Stdio::piped() })
+        .stdin(if uses_input {
+            Stdio::null()
+        } else {
+            Stdio::piped()
+        })
+        .stdout(if uses_output {
+            Stdio::null()
+        } else {
+            Stdio::piped()
+        })
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|source| CommandTeacherError::Spawn { program: program.clone(), item: item.clone(), source })?;
+        .map_err(|source| CommandTeacherError::Spawn {
+            program: program.clone(),
+            item: item.clone(),
+            source,
+        })?;
     // Feed stdin and drain stdout/stderr on threads so a chatty program never blocks.
     let stdin_thread = child.stdin.take().map(|mut stdin| {
         let bytes = std::fs::read(input_png);
@@ -93,25 +133,54 @@ pub fn run_command_teacher(argv: &[String], input_png: &Path, output_png: &Path,
             Ok(None) if started.elapsed() > timeout => {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(CommandTeacherError::Timeout { program, item, timeout_s: timeout.as_secs() });
+                return Err(CommandTeacherError::Timeout {
+                    program,
+                    item,
+                    timeout_s: timeout.as_secs(),
+                });
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(10)),
-            Err(source) => return Err(CommandTeacherError::Spawn { program, item, source }),
+            Err(source) => {
+                return Err(CommandTeacherError::Spawn {
+                    program,
+                    item,
+                    source,
+                })
+            }
         }
     };
     if let Some(t) = stdin_thread {
         let _ = t.join();
     }
-    let stdout = stdout_thread.and_then(|t| t.join().ok()).unwrap_or_default();
-    let stderr = stderr_thread.and_then(|t| t.join().ok()).unwrap_or_default();
+    let stdout = stdout_thread
+        .and_then(|t| t.join().ok())
+        .unwrap_or_default();
+    let stderr = stderr_thread
+        .and_then(|t| t.join().ok())
+        .unwrap_or_default();
     if !status.success() {
-        let code = status.code().map(|c| c.to_string()).unwrap_or_else(|| "none (killed by a signal)".into());
-        return Err(CommandTeacherError::Failed { program, item, code, stderr_tail: tail(&stderr, 10) });
+        let code = status
+            .code()
+            .map(|c| c.to_string())
+            .unwrap_or_else(|| "none (killed by a signal)".into());
+        return Err(CommandTeacherError::Failed {
+            program,
+            item,
+            code,
+            stderr_tail: tail(&stderr, 10),
+        });
     }
     if !uses_output {
-        std::fs::write(output_png, &stdout).map_err(|source| CommandTeacherError::Io { path: output_png.to_path_buf(), source })?;
+        std::fs::write(output_png, &stdout).map_err(|source| CommandTeacherError::Io {
+            path: output_png.to_path_buf(),
+            source,
+        })?;
     }
-    let bad = |what: String| CommandTeacherError::BadOutput { program: program.clone(), item: item.clone(), what };
+    let bad = |what: String| CommandTeacherError::BadOutput {
+        program: program.clone(),
+        item: item.clone(),
+        what,
+    };
     let out = image::ImageReader::open(output_png)
         .and_then(|r| r.with_guessed_format())
         .map_err(|e| bad(format!("not a decodable image ({e})")))?
@@ -123,10 +192,18 @@ pub fn run_command_teacher(argv: &[String], input_png: &Path, output_png: &Path,
         .into_dimensions()
         .map_err(|e| bad(format!("cannot read the input back ({e})")))?;
     if (out.width(), out.height()) != input {
-        return Err(bad(format!("size {}x{} differs from the input's {}x{}", out.width(), out.height(), input.0, input.1)));
+        return Err(bad(format!(
+            "size {}x{} differs from the input's {}x{}",
+            out.width(),
+            out.height(),
+            input.0,
+            input.1
+        )));
     }
     // Normalise to PNG so the cache holds one format whatever the program wrote.
-    out.to_rgb8().save_with_format(output_png, image::ImageFormat::Png).map_err(|e| bad(e.to_string()))?;
+    out.to_rgb8()
+        .save_with_format(output_png, image::ImageFormat::Png)
+        .map_err(|e| bad(e.to_string()))?;
     Ok(())
 }
 
@@ -135,7 +212,10 @@ pub fn find_pair_target(dir: &Path, stem: &str) -> Result<Option<PathBuf>, Ambig
     if let Ok(entries) = std::fs::read_dir(dir) {
         for e in entries.flatten() {
             let p = e.path();
-            let ext_ok = p.extension().map(|x| x.to_string_lossy().to_ascii_lowercase()).is_some_and(|x| x == "png" || x == "jpg" || x == "jpeg");
+            let ext_ok = p
+                .extension()
+                .map(|x| x.to_string_lossy().to_ascii_lowercase())
+                .is_some_and(|x| x == "png" || x == "jpg" || x == "jpeg");
             if ext_ok && p.file_stem().is_some_and(|s| s == stem) {
                 found.push(p);
             }
@@ -145,7 +225,11 @@ pub fn find_pair_target(dir: &Path, stem: &str) -> Result<Option<PathBuf>, Ambig
     match found.len() {
         0 => Ok(None),
         1 => Ok(found.pop()),
-        _ => Err(AmbiguousPair { stem: stem.into(), first: found[0].clone(), second: found[1].clone() }),
+        _ => Err(AmbiguousPair {
+            stem: stem.into(),
+            first: found[0].clone(),
+            second: found[1].clone(),
+        }),
     }
 }
 
@@ -159,7 +243,9 @@ mod tests {
 
     fn input(dir: &Path) -> PathBuf {
         let p = dir.join("in.png");
-        image::RgbImage::from_pixel(8, 8, image::Rgb([10, 20, 30])).save(&p).unwrap();
+        image::RgbImage::from_pixel(8, 8, image::Rgb([10, 20, 30]))
+            .save(&p)
+            .unwrap();
         p
     }
 
@@ -169,7 +255,10 @@ mod tests {
         let inp = input(dir.path());
         let out = dir.path().join("out.png");
         run_command_teacher(&sh("cat"), &inp, &out, Duration::from_secs(10)).unwrap();
-        assert_eq!(image::open(&out).unwrap().to_rgb8().get_pixel(0, 0).0, [10, 20, 30]);
+        assert_eq!(
+            image::open(&out).unwrap().to_rgb8().get_pixel(0, 0).0,
+            [10, 20, 30]
+        );
         let out2 = dir.path().join("out2.png");
         let argv = vec!["cp".into(), "{input}".into(), "{output}".into()];
         run_command_teacher(&argv, &inp, &out2, Duration::from_secs(10)).unwrap();
@@ -181,13 +270,39 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let inp = input(dir.path());
         let out = dir.path().join("out.png");
-        let err = run_command_teacher(&sh("echo 'model exploded' >&2; exit 3"), &inp, &out, Duration::from_secs(10)).unwrap_err().to_string();
-        assert!(err.contains("`sh`") && err.contains("exit code 3") && err.contains("model exploded"), "{err}");
-        let err = run_command_teacher(&sh("sleep 5"), &inp, &out, Duration::from_millis(200)).unwrap_err().to_string();
+        let err = run_command_teacher(
+            &sh("echo 'model exploded' >&2; exit 3"),
+            &inp,
+            &out,
+            Duration::from_secs(10),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("`sh`") && err.contains("exit code 3") && err.contains("model exploded"),
+            "{err}"
+        );
+        let err = run_command_teacher(&sh("sleep 5"), &inp, &out, Duration::from_millis(200))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("timed out"), "{err}");
-        let err = run_command_teacher(&sh("echo not-an-image"), &inp, &out, Duration::from_secs(10)).unwrap_err().to_string();
+        let err = run_command_teacher(
+            &sh("echo not-an-image"),
+            &inp,
+            &out,
+            Duration::from_secs(10),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("no usable image"), "{err}");
-        let err = run_command_teacher(&["/no/such/program".to_string()], &inp, &out, Duration::from_secs(10)).unwrap_err().to_string();
+        let err = run_command_teacher(
+            &["/no/such/program".to_string()],
+            &inp,
+            &out,
+            Duration::from_secs(10),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("could not start"), "{err}");
     }
 
@@ -195,7 +310,10 @@ mod tests {
     fn directory_pairs_match_by_stem_and_refuse_ambiguity() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("ann.PNG"), b"x").unwrap();
-        assert_eq!(find_pair_target(dir.path(), "ann").unwrap(), Some(dir.path().join("ann.PNG")));
+        assert_eq!(
+            find_pair_target(dir.path(), "ann").unwrap(),
+            Some(dir.path().join("ann.PNG"))
+        );
         assert_eq!(find_pair_target(dir.path(), "bob").unwrap(), None);
         std::fs::write(dir.path().join("ann.jpg"), b"x").unwrap();
         assert!(find_pair_target(dir.path(), "ann").is_err());

@@ -32,12 +32,32 @@ impl Rng {
         items[(self.next() % items.len() as u64) as usize]
     }
     fn color(&mut self) -> [f32; 3] {
-        [self.range(20.0, 235.0), self.range(20.0, 235.0), self.range(20.0, 235.0)]
+        [
+            self.range(20.0, 235.0),
+            self.range(20.0, 235.0),
+            self.range(20.0, 235.0),
+        ]
     }
 }
 
-const SKIN: &[[f32; 3]] = &[[255.0, 219.0, 172.0], [241.0, 194.0, 125.0], [224.0, 172.0, 105.0], [198.0, 134.0, 66.0], [141.0, 85.0, 36.0], [92.0, 51.0, 23.0], [255.0, 205.0, 180.0]];
-const HAIR: &[[f32; 3]] = &[[20.0, 16.0, 14.0], [60.0, 40.0, 25.0], [110.0, 70.0, 40.0], [200.0, 160.0, 90.0], [165.0, 60.0, 30.0], [150.0, 150.0, 150.0], [230.0, 225.0, 210.0]];
+const SKIN: &[[f32; 3]] = &[
+    [255.0, 219.0, 172.0],
+    [241.0, 194.0, 125.0],
+    [224.0, 172.0, 105.0],
+    [198.0, 134.0, 66.0],
+    [141.0, 85.0, 36.0],
+    [92.0, 51.0, 23.0],
+    [255.0, 205.0, 180.0],
+];
+const HAIR: &[[f32; 3]] = &[
+    [20.0, 16.0, 14.0],
+    [60.0, 40.0, 25.0],
+    [110.0, 70.0, 40.0],
+    [200.0, 160.0, 90.0],
+    [165.0, 60.0, 30.0],
+    [150.0, 150.0, 150.0],
+    [230.0, 225.0, 210.0],
+];
 
 #[derive(Clone, Copy)]
 struct Ellipse {
@@ -57,13 +77,21 @@ impl Ellipse {
     }
     /// Coverage of the ring between f = 1 - t and f = 1.
     fn ring(&self, u: f32, v: f32, t: f32, edge: f32) -> f32 {
-        let inner = Ellipse { rx: self.rx * (1.0 - t), ry: self.ry * (1.0 - t), ..*self };
+        let inner = Ellipse {
+            rx: self.rx * (1.0 - t),
+            ry: self.ry * (1.0 - t),
+            ..*self
+        };
         (self.cover(u, v, edge) - inner.cover(u, v, edge)).max(0.0)
     }
 }
 
 fn mix(a: [f32; 3], b: [f32; 3], t: f32) -> [f32; 3] {
-    [a[0] + (b[0] - a[0]) * t, a[1] + (b[1] - a[1]) * t, a[2] + (b[2] - a[2]) * t]
+    [
+        a[0] + (b[0] - a[0]) * t,
+        a[1] + (b[1] - a[1]) * t,
+        a[2] + (b[2] - a[2]) * t,
+    ]
 }
 
 fn scale(c: [f32; 3], k: f32) -> [f32; 3] {
@@ -75,7 +103,12 @@ pub fn synthetic_portrait(seed: u64, index: u64, size_px: u32) -> RgbImage {
     let mut r = Rng::new(seed, index);
     let bg_top = r.color();
     let bg_bottom = r.color();
-    let bg_disc = Ellipse { cx: r.range(0.0, 1.0), cy: r.range(0.0, 0.6), rx: r.range(0.1, 0.35), ry: r.range(0.1, 0.35) };
+    let bg_disc = Ellipse {
+        cx: r.range(0.0, 1.0),
+        cy: r.range(0.0, 0.6),
+        rx: r.range(0.1, 0.35),
+        ry: r.range(0.1, 0.35),
+    };
     let bg_disc_color = r.color();
     let stripes = r.chance(0.3);
     let skin = r.pick(SKIN);
@@ -84,20 +117,64 @@ pub fn synthetic_portrait(seed: u64, index: u64, size_px: u32) -> RgbImage {
     let clothes = r.color();
     let cx = 0.5 + r.range(-0.06, 0.06);
     let cy = 0.46 + r.range(-0.04, 0.04);
-    let head = Ellipse { cx, cy, rx: r.range(0.19, 0.24), ry: r.range(0.25, 0.3) };
-    let neck = Ellipse { cx, cy: cy + head.ry + 0.02, rx: head.rx * 0.45, ry: 0.12 };
-    let body = Ellipse { cx: cx + r.range(-0.03, 0.03), cy: 1.12, rx: r.range(0.38, 0.5), ry: 0.34 };
-    let hair_back = Ellipse { cx, cy: cy + 0.12, rx: head.rx * 1.25, ry: head.ry * 1.3 };
-    let hair_cap = Ellipse { cx, cy: cy - head.ry * 0.18, rx: head.rx * 1.08, ry: head.ry * 0.92 };
+    let head = Ellipse {
+        cx,
+        cy,
+        rx: r.range(0.19, 0.24),
+        ry: r.range(0.25, 0.3),
+    };
+    let neck = Ellipse {
+        cx,
+        cy: cy + head.ry + 0.02,
+        rx: head.rx * 0.45,
+        ry: 0.12,
+    };
+    let body = Ellipse {
+        cx: cx + r.range(-0.03, 0.03),
+        cy: 1.12,
+        rx: r.range(0.38, 0.5),
+        ry: 0.34,
+    };
+    let hair_back = Ellipse {
+        cx,
+        cy: cy + 0.12,
+        rx: head.rx * 1.25,
+        ry: head.ry * 1.3,
+    };
+    let hair_cap = Ellipse {
+        cx,
+        cy: cy - head.ry * 0.18,
+        rx: head.rx * 1.08,
+        ry: head.ry * 0.92,
+    };
     let eye_dx = head.rx * r.range(0.36, 0.46);
     let eye_y = cy - head.ry * r.range(0.05, 0.15);
     let eye_r = head.rx * r.range(0.14, 0.19);
-    let iris = r.pick(&[[60.0, 40.0, 20.0], [40.0, 90.0, 150.0], [50.0, 110.0, 60.0], [30.0, 30.0, 30.0]]);
+    let iris = r.pick(&[
+        [60.0, 40.0, 20.0],
+        [40.0, 90.0, 150.0],
+        [50.0, 110.0, 60.0],
+        [30.0, 30.0, 30.0],
+    ]);
     let look = r.range(-0.3, 0.3) * eye_r;
-    let mouth = Ellipse { cx, cy: cy + head.ry * r.range(0.45, 0.58), rx: head.rx * r.range(0.28, 0.42), ry: head.ry * r.range(0.05, 0.1) };
-    let nose = Ellipse { cx, cy: cy + head.ry * 0.22, rx: head.rx * 0.1, ry: head.ry * 0.14 };
+    let mouth = Ellipse {
+        cx,
+        cy: cy + head.ry * r.range(0.45, 0.58),
+        rx: head.rx * r.range(0.28, 0.42),
+        ry: head.ry * r.range(0.05, 0.1),
+    };
+    let nose = Ellipse {
+        cx,
+        cy: cy + head.ry * 0.22,
+        rx: head.rx * 0.1,
+        ry: head.ry * 0.14,
+    };
     let glasses = r.chance(0.3);
-    let glasses_color = r.pick(&[[15.0, 15.0, 15.0], [120.0, 20.0, 20.0], [160.0, 130.0, 60.0]]);
+    let glasses_color = r.pick(&[
+        [15.0, 15.0, 15.0],
+        [120.0, 20.0, 20.0],
+        [160.0, 130.0, 60.0],
+    ]);
     let beard = r.chance(0.25);
     let (lx, ly) = (r.range(-1.0, 1.0), r.range(-1.0, 0.3));
     let light_len = (lx * lx + ly * ly).sqrt().max(0.001);
@@ -131,7 +208,12 @@ pub fn synthetic_portrait(seed: u64, index: u64, size_px: u32) -> RgbImage {
             c = mix(c, scale(skin, shade), face);
         }
         if beard {
-            let b = Ellipse { cx, cy: cy + head.ry * 0.55, rx: head.rx * 0.9, ry: head.ry * 0.5 };
+            let b = Ellipse {
+                cx,
+                cy: cy + head.ry * 0.55,
+                rx: head.rx * 0.9,
+                ry: head.ry * 0.5,
+            };
             let below = ((v - (cy + head.ry * 0.25)) / edge).clamp(0.0, 1.0);
             c = mix(c, hair_color, b.cover(u, v, edge) * face * below * 0.95);
         }
@@ -143,26 +225,64 @@ pub fn synthetic_portrait(seed: u64, index: u64, size_px: u32) -> RgbImage {
         c = mix(c, [150.0, 40.0, 50.0], mouth.cover(u, v, edge));
         for side in [-1.0f32, 1.0] {
             let ex = cx + side * eye_dx;
-            let white = Ellipse { cx: ex, cy: eye_y, rx: eye_r * 1.3, ry: eye_r * 0.8 };
-            let pupil = Ellipse { cx: ex + look, cy: eye_y, rx: eye_r * 0.55, ry: eye_r * 0.55 };
-            let brow = Ellipse { cx: ex, cy: eye_y - eye_r * 1.9, rx: eye_r * 1.5, ry: eye_r * 0.28 };
+            let white = Ellipse {
+                cx: ex,
+                cy: eye_y,
+                rx: eye_r * 1.3,
+                ry: eye_r * 0.8,
+            };
+            let pupil = Ellipse {
+                cx: ex + look,
+                cy: eye_y,
+                rx: eye_r * 0.55,
+                ry: eye_r * 0.55,
+            };
+            let brow = Ellipse {
+                cx: ex,
+                cy: eye_y - eye_r * 1.9,
+                rx: eye_r * 1.5,
+                ry: eye_r * 0.28,
+            };
             c = mix(c, [245.0, 245.0, 240.0], white.cover(u, v, edge));
             c = mix(c, iris, pupil.cover(u, v, edge));
-            c = mix(c, [10.0, 10.0, 10.0], Ellipse { rx: eye_r * 0.25, ry: eye_r * 0.25, ..pupil }.cover(u, v, edge));
+            c = mix(
+                c,
+                [10.0, 10.0, 10.0],
+                Ellipse {
+                    rx: eye_r * 0.25,
+                    ry: eye_r * 0.25,
+                    ..pupil
+                }
+                .cover(u, v, edge),
+            );
             c = mix(c, scale(hair_color, 0.8), brow.cover(u, v, edge));
             if glasses {
-                let lens = Ellipse { cx: ex, cy: eye_y, rx: eye_r * 2.1, ry: eye_r * 1.7 };
+                let lens = Ellipse {
+                    cx: ex,
+                    cy: eye_y,
+                    rx: eye_r * 2.1,
+                    ry: eye_r * 1.7,
+                };
                 c = mix(c, glasses_color, lens.ring(u, v, 0.18, edge));
             }
         }
         if glasses {
-            let bridge = Ellipse { cx, cy: eye_y, rx: eye_dx - eye_r * 2.0, ry: eye_r * 0.18 };
+            let bridge = Ellipse {
+                cx,
+                cy: eye_y,
+                rx: eye_dx - eye_r * 2.0,
+                ry: eye_r * 0.18,
+            };
             c = mix(c, glasses_color, bridge.cover(u, v, edge));
         }
         // Sensor grain from a per-pixel hash.
         let mut h = Rng(grain_seed ^ ((y as u64) << 32 | x as u64));
         let g = h.range(-5.0, 5.0);
-        *px = Rgb([(c[0] + g).clamp(0.0, 255.0) as u8, (c[1] + g).clamp(0.0, 255.0) as u8, (c[2] + g).clamp(0.0, 255.0) as u8]);
+        *px = Rgb([
+            (c[0] + g).clamp(0.0, 255.0) as u8,
+            (c[1] + g).clamp(0.0, 255.0) as u8,
+            (c[2] + g).clamp(0.0, 255.0) as u8,
+        ]);
     }
     img
 }
@@ -176,7 +296,16 @@ mod tests {
         let a = synthetic_portrait(1, 0, 64);
         assert_eq!(a, synthetic_portrait(1, 0, 64));
         let b = synthetic_portrait(1, 1, 64);
-        let diff: f64 = a.as_raw().iter().zip(b.as_raw()).map(|(x, y)| (*x as f64 - *y as f64).abs()).sum::<f64>() / a.as_raw().len() as f64;
-        assert!(diff > 10.0, "items should differ clearly, mean abs diff {diff}");
+        let diff: f64 = a
+            .as_raw()
+            .iter()
+            .zip(b.as_raw())
+            .map(|(x, y)| (*x as f64 - *y as f64).abs())
+            .sum::<f64>()
+            / a.as_raw().len() as f64;
+        assert!(
+            diff > 10.0,
+            "items should differ clearly, mean abs diff {diff}"
+        );
     }
 }
