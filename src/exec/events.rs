@@ -50,6 +50,27 @@ pub enum Event {
     },
 }
 
+impl Event {
+    /// The `stage-finished` event of a record (cached stages report 0 ms).
+    pub fn finished(
+        effect: &str,
+        stage: &str,
+        kind: &str,
+        rec: &crate::cache::StageRecord,
+        cached: bool,
+    ) -> Event {
+        Event::StageFinished {
+            effect: effect.to_string(),
+            stage: stage.to_string(),
+            kind: kind.to_string(),
+            key: rec.key.hex(),
+            cached,
+            duration_ms: if cached { 0 } else { rec.duration_ms },
+            metrics: rec.metrics.clone(),
+        }
+    }
+}
+
 pub trait Reporter: Sync {
     fn event(&self, e: &Event);
     /// A stage finished or was found cached. The default sends a `StageFinished` event;
@@ -62,15 +83,7 @@ pub trait Reporter: Sync {
         rec: &crate::cache::StageRecord,
         cached: bool,
     ) {
-        self.event(&Event::StageFinished {
-            effect: effect.to_string(),
-            stage: stage.to_string(),
-            kind: kind.to_string(),
-            key: rec.key.hex(),
-            cached,
-            duration_ms: if cached { 0 } else { rec.duration_ms },
-            metrics: rec.metrics.clone(),
-        });
+        self.event(&Event::finished(effect, stage, kind, rec, cached));
     }
     /// Announces how many stages of each kind the build has, for progress bars.
     fn totals(&self, _effect: &str, _per_kind: &BTreeMap<String, u64>) {}
@@ -182,15 +195,7 @@ impl Reporter for HumanReporter {
             }
             return;
         }
-        self.event(&Event::StageFinished {
-            effect: effect.to_string(),
-            stage: stage.to_string(),
-            kind: kind.to_string(),
-            key: rec.key.hex(),
-            cached,
-            duration_ms: if cached { 0 } else { rec.duration_ms },
-            metrics: rec.metrics.clone(),
-        });
+        self.event(&Event::finished(effect, stage, kind, rec, cached));
     }
 
     fn totals(&self, _effect: &str, per_kind: &BTreeMap<String, u64>) {

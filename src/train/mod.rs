@@ -51,17 +51,10 @@ impl TrainError {
 }
 
 pub fn parse_device(text: &str) -> Result<Device, TrainError> {
-    let device = match text {
-        "auto" => Device::cuda_if_available(),
-        "cpu" => Device::Cpu,
-        "cuda" => Device::Cuda(0),
-        other => match other
-            .strip_prefix("cuda:")
-            .and_then(|n| n.parse::<usize>().ok())
-        {
-            Some(n) => Device::Cuda(n),
-            None => return Err(TrainError::Device(format!("unknown device `{other}`"))),
-        },
+    let device = match crate::plan::DeviceSpec::parse(text).map_err(TrainError::Device)? {
+        crate::plan::DeviceSpec::Auto => Device::cuda_if_available(),
+        crate::plan::DeviceSpec::Cpu => Device::Cpu,
+        crate::plan::DeviceSpec::Cuda(n) => Device::Cuda(n),
     };
     if let Device::Cuda(n) = device {
         let count = tch::Cuda::device_count() as usize;
