@@ -567,9 +567,15 @@ def make_loras(unet, text_encoder, tokenizer, vae, cases, meta, sample, t, ehs, 
     u_sd = get_peft_model_state_dict(u2)
     te_sd = get_peft_model_state_dict(te2)
     folder = os.path.join(ROOT, "_peft")
+    def metadata(cfg):
+        # target_modules is a set: sort it so reruns write identical bytes
+        d = cfg.to_dict()
+        d["target_modules"] = sorted(d["target_modules"])
+        return d
+
     StableDiffusionPipeline.save_lora_weights(
         folder, unet_lora_layers=u_sd, text_encoder_lora_layers=te_sd,
-        unet_lora_adapter_metadata=u_cfg.to_dict(), text_encoder_lora_adapter_metadata=te_cfg.to_dict())
+        unet_lora_adapter_metadata=metadata(u_cfg), text_encoder_lora_adapter_metadata=metadata(te_cfg))
     shutil.move(os.path.join(folder, "pytorch_lora_weights.safetensors"), os.path.join(ROOT, "lora_peft.safetensors"))
     shutil.rmtree(folder)
 
@@ -611,18 +617,19 @@ def write_single_file(unet, vae, text_encoder):
     m["input_blocks.0.0"] = "conv_in"
     m["out.0"] = "conv_norm_out"
     m["out.2"] = "conv_out"
+    per = lpb + 1  # LDM numbers input/output blocks consecutively: lpb resnets (+ a resampler)
     for i in range(n_blocks):
         for j in range(lpb):
-            m[f"input_blocks.{3 * i + j + 1}.0"] = f"down_blocks.{i}.resnets.{j}"
-            m[f"input_blocks.{3 * i + j + 1}.1"] = f"down_blocks.{i}.attentions.{j}"
+            m[f"input_blocks.{per * i + j + 1}.0"] = f"down_blocks.{i}.resnets.{j}"
+            m[f"input_blocks.{per * i + j + 1}.1"] = f"down_blocks.{i}.attentions.{j}"
         if i < n_blocks - 1:
-            m[f"input_blocks.{3 * (i + 1)}.0.op"] = f"down_blocks.{i}.downsamplers.0.conv"
+            m[f"input_blocks.{per * (i + 1)}.0.op"] = f"down_blocks.{i}.downsamplers.0.conv"
         for j in range(lpb + 1):
-            m[f"output_blocks.{3 * i + j}.0"] = f"up_blocks.{i}.resnets.{j}"
-            m[f"output_blocks.{3 * i + j}.1"] = f"up_blocks.{i}.attentions.{j}"
+            m[f"output_blocks.{per * i + j}.0"] = f"up_blocks.{i}.resnets.{j}"
+            m[f"output_blocks.{per * i + j}.1"] = f"up_blocks.{i}.attentions.{j}"
         if i < n_blocks - 1:
             has_attn = "CrossAttn" in cfg.up_block_types[i]
-            m[f"output_blocks.{3 * i + 2}.{2 if has_attn else 1}.conv"] = f"up_blocks.{i}.upsamplers.0.conv"
+            m[f"output_blocks.{per * i + lpb}.{2 if has_attn else 1}.conv"] = f"up_blocks.{i}.upsamplers.0.conv"
     m["middle_block.0"] = "mid_block.resnets.0"
     m["middle_block.1"] = "mid_block.attentions.0"
     m["middle_block.2"] = "mid_block.resnets.1"

@@ -112,8 +112,16 @@ impl ClipTextModel {
     /// (transformers 5, and CLIPTextModel state dicts saved directly).
     pub fn new(weights: &WeightMap, config: &ClipTextConfig) -> Result<Self> {
         let root = weights.root();
-        let p = if weights.contains("text_model.embeddings.token_embedding.weight") { root.pp("text_model") } else { root };
-        let (h, inter, eps) = (config.hidden_size, config.intermediate_size, config.layer_norm_eps);
+        let p = if weights.contains("text_model.embeddings.token_embedding.weight") {
+            root.pp("text_model")
+        } else {
+            root
+        };
+        let (h, inter, eps) = (
+            config.hidden_size,
+            config.intermediate_size,
+            config.layer_norm_eps,
+        );
         let mut layers = Vec::new();
         for i in 0..config.num_hidden_layers {
             let lp: Params = p.pp("encoder.layers").pp(i);
@@ -131,7 +139,10 @@ impl ClipTextModel {
         Ok(ClipTextModel {
             config: config.clone(),
             token_embedding: p.get("embeddings.token_embedding.weight", &[config.vocab_size, h])?,
-            position_embedding: p.get("embeddings.position_embedding.weight", &[config.max_position_embeddings, h])?,
+            position_embedding: p.get(
+                "embeddings.position_embedding.weight",
+                &[config.max_position_embeddings, h],
+            )?,
             layers,
             final_layer_norm: LayerNorm::new(&p.pp("final_layer_norm"), h, eps)?,
         })
@@ -153,15 +164,26 @@ impl ClipTextModel {
         let seq = input_ids.size()[1];
         let positions = Tensor::arange(seq, (Kind::Int64, input_ids.device()));
         let mut x = Tensor::embedding(&self.token_embedding, input_ids, -1, false, false)
-            + Tensor::embedding(&self.position_embedding, &positions, -1, false, false).unsqueeze(0);
+            + Tensor::embedding(&self.position_embedding, &positions, -1, false, false)
+                .unsqueeze(0);
         let heads = self.config.num_attention_heads;
         let quick = self.config.hidden_act == "quick_gelu";
         for layer in &self.layers {
             let h = layer.layer_norm1.forward(&x);
-            let attn = multi_head_attention(&layer.q_proj.forward(&h), &layer.k_proj.forward(&h), &layer.v_proj.forward(&h), heads, true);
+            let attn = multi_head_attention(
+                &layer.q_proj.forward(&h),
+                &layer.k_proj.forward(&h),
+                &layer.v_proj.forward(&h),
+                heads,
+                true,
+            );
             x = x + layer.out_proj.forward(&attn);
             let h = layer.fc1.forward(&layer.layer_norm2.forward(&x));
-            let h = if quick { &h * (&h * 1.702).sigmoid() } else { h.gelu("none") };
+            let h = if quick {
+                &h * (&h * 1.702).sigmoid()
+            } else {
+                h.gelu("none")
+            };
             x = x + layer.fc2.forward(&h);
         }
         self.final_layer_norm.forward(&x)

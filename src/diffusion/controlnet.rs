@@ -46,11 +46,32 @@ impl ControlNetModel {
         let cp = p.pp("controlnet_cond_embedding");
         let mut blocks = Vec::new();
         for i in 0..cc.len().saturating_sub(1) {
-            blocks.push(Conv2d::new(&cp.pp("blocks").pp(2 * i), cc[i], cc[i], 3, 1, 1)?);
-            blocks.push(Conv2d::new(&cp.pp("blocks").pp(2 * i + 1), cc[i], cc[i + 1], 3, 2, 1)?);
+            blocks.push(Conv2d::new(
+                &cp.pp("blocks").pp(2 * i),
+                cc[i],
+                cc[i],
+                3,
+                1,
+                1,
+            )?);
+            blocks.push(Conv2d::new(
+                &cp.pp("blocks").pp(2 * i + 1),
+                cc[i],
+                cc[i + 1],
+                3,
+                2,
+                1,
+            )?);
         }
         let cond_embedding = ConditioningEmbedding {
-            conv_in: Conv2d::new(&cp.pp("conv_in"), config.conditioning_channels, cc[0], 3, 1, 1)?,
+            conv_in: Conv2d::new(
+                &cp.pp("conv_in"),
+                config.conditioning_channels,
+                cc[0],
+                3,
+                1,
+                1,
+            )?,
             blocks,
             conv_out: Conv2d::new(&cp.pp("conv_out"), cc[cc.len() - 1], ch[0], 3, 1, 1)?,
         };
@@ -66,16 +87,30 @@ impl ControlNetModel {
         }
         let mut zero_convs = Vec::new();
         for (k, c) in skip_channels.iter().enumerate() {
-            zero_convs.push(Conv2d::new(&p.pp("controlnet_down_blocks").pp(k), *c, *c, 1, 1, 0)?);
+            zero_convs.push(Conv2d::new(
+                &p.pp("controlnet_down_blocks").pp(k),
+                *c,
+                *c,
+                1,
+                1,
+                0,
+            )?);
         }
-        let mid_zero_conv = Conv2d::new(&p.pp("controlnet_mid_block"), ch[n - 1], ch[n - 1], 1, 1, 0)?;
-        Ok(ControlNetModel { down, cond_embedding, zero_convs, mid_zero_conv })
+        let mid_zero_conv =
+            Conv2d::new(&p.pp("controlnet_mid_block"), ch[n - 1], ch[n - 1], 1, 1, 0)?;
+        Ok(ControlNetModel {
+            down,
+            cond_embedding,
+            zero_convs,
+            mid_zero_conv,
+        })
     }
 
     /// Loads a diffusers ControlNet folder (config.json + diffusion_pytorch_model.safetensors).
     pub fn load(folder: &Path, device: Device, kind: Kind) -> Result<Self> {
         let config = UNetConfig::from_file(&folder.join("config.json"))?;
-        let weights = WeightMap::load_folder_file(folder, "diffusion_pytorch_model.safetensors")?.to(device, kind)?;
+        let weights = WeightMap::load_folder_file(folder, "diffusion_pytorch_model.safetensors")?
+            .to(device, kind)?;
         Self::new(&weights, &config)
     }
 
@@ -86,7 +121,14 @@ impl ControlNetModel {
 
     /// sample: the UNet's (scaled) noisy latents (B, 4, h, w); cond: control images
     /// (B, 3, 8h, 8w) in [0, 1]; `scale`: per-row conditioning scale (B,) or one value (1,).
-    pub fn forward(&self, sample: &Tensor, timesteps: &Tensor, context: &Tensor, cond: &Tensor, scale: &Tensor) -> ControlResiduals {
+    pub fn forward(
+        &self,
+        sample: &Tensor,
+        timesteps: &Tensor,
+        context: &Tensor,
+        cond: &Tensor,
+        scale: &Tensor,
+    ) -> ControlResiduals {
         let batch = sample.size()[0];
         let temb = self.down.time_embedding(timesteps, batch, sample.kind());
         let mut x = self.down.conv_in(sample) + self.cond_embedding.forward(cond);
@@ -96,7 +138,11 @@ impl ControlNetModel {
         }
         let mid = self.down.mid_block.forward(&x, &temb, context);
         let scale = scale.to_kind(sample.kind()).reshape([-1, 1, 1, 1]);
-        let down = skips.iter().zip(&self.zero_convs).map(|(s, z)| z.forward(s) * &scale).collect();
+        let down = skips
+            .iter()
+            .zip(&self.zero_convs)
+            .map(|(s, z)| z.forward(s) * &scale)
+            .collect();
         (down, self.mid_zero_conv.forward(&mid) * &scale)
     }
 }

@@ -6,13 +6,23 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum DiffusionError {
     #[error("cannot read {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: {message}")]
     BadFile { path: PathBuf, message: String },
     #[error("{path}: missing tensor `{name}`")]
     MissingTensor { path: PathBuf, name: String },
-    #[error("{path}: tensor `{name}` has shape {actual:?} but the model config needs {expected:?}")]
-    ShapeMismatch { path: PathBuf, name: String, expected: Vec<i64>, actual: Vec<i64> },
+    #[error(
+        "{path}: tensor `{name}` has shape {actual:?} but the model config needs {expected:?}"
+    )]
+    ShapeMismatch {
+        path: PathBuf,
+        name: String,
+        expected: Vec<i64>,
+        actual: Vec<i64>,
+    },
     #[error("{path}: unsupported model config: {message}")]
     UnsupportedConfig { path: PathBuf, message: String },
     #[error("LoRA {path}: key `{key}` matches no weight of the UNet or the text encoder")]

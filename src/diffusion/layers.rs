@@ -14,7 +14,11 @@ pub struct Linear {
 impl Linear {
     pub fn new(p: &Params, in_dim: i64, out_dim: i64, bias: bool) -> Result<Self> {
         let weight = p.get("weight", &[out_dim, in_dim])?;
-        let bias = if bias { Some(p.get("bias", &[out_dim])?) } else { None };
+        let bias = if bias {
+            Some(p.get("bias", &[out_dim])?)
+        } else {
+            None
+        };
         Ok(Linear { weight, bias })
     }
 
@@ -31,14 +35,33 @@ pub struct Conv2d {
 }
 
 impl Conv2d {
-    pub fn new(p: &Params, in_ch: i64, out_ch: i64, kernel: i64, stride: i64, padding: i64) -> Result<Self> {
+    pub fn new(
+        p: &Params,
+        in_ch: i64,
+        out_ch: i64,
+        kernel: i64,
+        stride: i64,
+        padding: i64,
+    ) -> Result<Self> {
         let weight = p.get("weight", &[out_ch, in_ch, kernel, kernel])?;
         let bias = Some(p.get("bias", &[out_ch])?);
-        Ok(Conv2d { weight, bias, stride, padding })
+        Ok(Conv2d {
+            weight,
+            bias,
+            stride,
+            padding,
+        })
     }
 
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        x.conv2d(&self.weight, self.bias.as_ref(), [self.stride, self.stride], [self.padding, self.padding], [1, 1], 1)
+        x.conv2d(
+            &self.weight,
+            self.bias.as_ref(),
+            [self.stride, self.stride],
+            [self.padding, self.padding],
+            [1, 1],
+            1,
+        )
     }
 }
 
@@ -51,11 +74,22 @@ pub struct GroupNorm {
 
 impl GroupNorm {
     pub fn new(p: &Params, groups: i64, channels: i64, eps: f64) -> Result<Self> {
-        Ok(GroupNorm { weight: p.get("weight", &[channels])?, bias: p.get("bias", &[channels])?, groups, eps })
+        Ok(GroupNorm {
+            weight: p.get("weight", &[channels])?,
+            bias: p.get("bias", &[channels])?,
+            groups,
+            eps,
+        })
     }
 
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        x.group_norm(self.groups, Some(&self.weight), Some(&self.bias), self.eps, true)
+        x.group_norm(
+            self.groups,
+            Some(&self.weight),
+            Some(&self.bias),
+            self.eps,
+            true,
+        )
     }
 }
 
@@ -68,17 +102,36 @@ pub struct LayerNorm {
 
 impl LayerNorm {
     pub fn new(p: &Params, dim: i64, eps: f64) -> Result<Self> {
-        Ok(LayerNorm { weight: p.get("weight", &[dim])?, bias: p.get("bias", &[dim])?, dim, eps })
+        Ok(LayerNorm {
+            weight: p.get("weight", &[dim])?,
+            bias: p.get("bias", &[dim])?,
+            dim,
+            eps,
+        })
     }
 
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        x.layer_norm([self.dim], Some(&self.weight), Some(&self.bias), self.eps, true)
+        x.layer_norm(
+            [self.dim],
+            Some(&self.weight),
+            Some(&self.bias),
+            self.eps,
+            true,
+        )
     }
 }
 
 /// Multi-head attention of (B, N, heads·d) inputs through `scaled_dot_product_attention`.
-pub fn multi_head_attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: i64, causal: bool) -> Tensor {
-    let (b, n_q, inner) = q.size3().expect("attention query is (batch, tokens, channels)");
+pub fn multi_head_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: i64,
+    causal: bool,
+) -> Tensor {
+    let (b, n_q, inner) = q
+        .size3()
+        .expect("attention query is (batch, tokens, channels)");
     let n_kv = k.size()[1];
     let d = inner / heads;
     let split = |t: &Tensor, n: i64| t.reshape([b, n, heads, d]).transpose(1, 2);
@@ -106,7 +159,14 @@ pub struct ResnetBlock2D {
 }
 
 impl ResnetBlock2D {
-    pub fn new(p: &Params, in_ch: i64, out_ch: i64, temb_ch: Option<i64>, groups: i64, eps: f64) -> Result<Self> {
+    pub fn new(
+        p: &Params,
+        in_ch: i64,
+        out_ch: i64,
+        temb_ch: Option<i64>,
+        groups: i64,
+        eps: f64,
+    ) -> Result<Self> {
         Ok(ResnetBlock2D {
             norm1: GroupNorm::new(&p.pp("norm1"), groups, in_ch, eps)?,
             conv1: Conv2d::new(&p.pp("conv1"), in_ch, out_ch, 3, 1, 1)?,
@@ -116,7 +176,11 @@ impl ResnetBlock2D {
             },
             norm2: GroupNorm::new(&p.pp("norm2"), groups, out_ch, eps)?,
             conv2: Conv2d::new(&p.pp("conv2"), out_ch, out_ch, 3, 1, 1)?,
-            conv_shortcut: if in_ch != out_ch { Some(Conv2d::new(&p.pp("conv_shortcut"), in_ch, out_ch, 1, 1, 0)?) } else { None },
+            conv_shortcut: if in_ch != out_ch {
+                Some(Conv2d::new(&p.pp("conv_shortcut"), in_ch, out_ch, 1, 1, 0)?)
+            } else {
+                None
+            },
         })
     }
 
@@ -141,7 +205,10 @@ pub struct Downsample2D {
 
 impl Downsample2D {
     pub fn new(p: &Params, channels: i64, padding: i64) -> Result<Self> {
-        Ok(Downsample2D { conv: Conv2d::new(&p.pp("conv"), channels, channels, 3, 2, padding)?, asymmetric_pad: padding == 0 })
+        Ok(Downsample2D {
+            conv: Conv2d::new(&p.pp("conv"), channels, channels, 3, 2, padding)?,
+            asymmetric_pad: padding == 0,
+        })
     }
 
     pub fn forward(&self, x: &Tensor) -> Tensor {
@@ -160,7 +227,9 @@ pub struct Upsample2D {
 
 impl Upsample2D {
     pub fn new(p: &Params, channels: i64) -> Result<Self> {
-        Ok(Upsample2D { conv: Conv2d::new(&p.pp("conv"), channels, channels, 3, 1, 1)? })
+        Ok(Upsample2D {
+            conv: Conv2d::new(&p.pp("conv"), channels, channels, 3, 1, 1)?,
+        })
     }
 
     /// `size_hw`: the output size (the next skip's size); None doubles.
@@ -174,13 +243,23 @@ impl Upsample2D {
 }
 
 /// Sinusoidal timestep embedding (diffusers' get_timestep_embedding, scale 1, period 10000).
-pub fn timestep_embedding(timesteps: &Tensor, dim: i64, flip_sin_to_cos: bool, freq_shift: f64) -> Tensor {
+pub fn timestep_embedding(
+    timesteps: &Tensor,
+    dim: i64,
+    flip_sin_to_cos: bool,
+    freq_shift: f64,
+) -> Tensor {
     let half = dim / 2;
     let device = timesteps.device();
-    let exponent = Tensor::arange(half, (Kind::Float, device)) * (-(10000f64).ln()) / (half as f64 - freq_shift);
+    let exponent = Tensor::arange(half, (Kind::Float, device)) * (-(10000f64).ln())
+        / (half as f64 - freq_shift);
     let emb = timesteps.to_kind(Kind::Float).unsqueeze(1) * exponent.exp().unsqueeze(0);
     let (sin, cos) = (emb.sin(), emb.cos());
-    let emb = if flip_sin_to_cos { Tensor::cat(&[cos, sin], -1) } else { Tensor::cat(&[sin, cos], -1) };
+    let emb = if flip_sin_to_cos {
+        Tensor::cat(&[cos, sin], -1)
+    } else {
+        Tensor::cat(&[sin, cos], -1)
+    };
     if dim % 2 == 1 {
         emb.constant_pad_nd([0, 1])
     } else {

@@ -43,7 +43,11 @@ struct Pair {
 /// or without transformers' `text_model.` prefix.
 pub fn merge_loras(unet: &WeightMap, text_encoder: &WeightMap, loras: &[LoraSpec]) -> Result<()> {
     let unet_index = index_by_flat_name(unet, "");
-    let te_prefix = if text_encoder.contains("text_model.embeddings.token_embedding.weight") { "" } else { "text_model." };
+    let te_prefix = if text_encoder.contains("text_model.embeddings.token_embedding.weight") {
+        ""
+    } else {
+        "text_model."
+    };
     let te_index = index_by_flat_name(text_encoder, te_prefix);
     for lora in loras {
         merge_one(unet, text_encoder, &unet_index, &te_index, te_prefix, lora)?;
@@ -55,7 +59,10 @@ pub fn merge_loras(unet: &WeightMap, text_encoder: &WeightMap, loras: &[LoraSpec
 fn index_by_flat_name(map: &WeightMap, add_prefix: &str) -> HashMap<String, String> {
     map.names()
         .into_iter()
-        .filter_map(|n| n.strip_suffix(".weight").map(|m| (format!("{add_prefix}{m}").replace('.', "_"), m.to_string())))
+        .filter_map(|n| {
+            n.strip_suffix(".weight")
+                .map(|m| (format!("{add_prefix}{m}").replace('.', "_"), m.to_string()))
+        })
         .collect()
 }
 
@@ -68,20 +75,29 @@ fn merge_one(
     lora: &LoraSpec,
 ) -> Result<()> {
     let path = &lora.path;
-    let bad = |message: String| DiffusionError::BadLora { path: path.clone(), message };
+    let bad = |message: String| DiffusionError::BadLora {
+        path: path.clone(),
+        message,
+    };
     let tensors = WeightMap::load(path)?;
     let metadata = safetensors_metadata(path)?;
     let peft_alpha = peft_alphas(&metadata).map_err(bad)?;
     // (target, module name in the target's weights) -> down/up/alpha
     let mut pairs: BTreeMap<(u8, String), Pair> = BTreeMap::new();
-    let unmatched = |key: &str| DiffusionError::LoraKeyUnmatched { path: path.clone(), key: key.to_string() };
+    let unmatched = |key: &str| DiffusionError::LoraKeyUnmatched {
+        path: path.clone(),
+        key: key.to_string(),
+    };
     for key in tensors.names() {
         let t = tensors.tensor(&key).expect("listed tensor exists");
         let (target, module, part) = if let Some(rest) = key.strip_prefix("lora_unet_") {
             let (flat, part) = split_kohya(rest).ok_or_else(|| unmatched(&key))?;
             let m = unet_index.get(flat).ok_or_else(|| unmatched(&key))?;
             (Target::Unet, m.clone(), part)
-        } else if let Some(rest) = key.strip_prefix("lora_te_").or_else(|| key.strip_prefix("lora_te1_")) {
+        } else if let Some(rest) = key
+            .strip_prefix("lora_te_")
+            .or_else(|| key.strip_prefix("lora_te1_"))
+        {
             let (flat, part) = split_kohya(rest).ok_or_else(|| unmatched(&key))?;
             let m = te_index.get(flat).ok_or_else(|| unmatched(&key))?;
             (Target::TextEncoder, m.clone(), part)
@@ -105,7 +121,11 @@ fn merge_one(
                     }
                 }
             };
-            let map = if target == Target::Unet { unet } else { text_encoder };
+            let map = if target == Target::Unet {
+                unet
+            } else {
+                text_encoder
+            };
             if !map.contains(&format!("{module}.weight")) {
                 return Err(unmatched(&key));
             }
@@ -119,18 +139,35 @@ fn merge_one(
         }
     }
     for ((target, module), pair) in pairs {
-        let target = if target == Target::Unet as u8 { Target::Unet } else { Target::TextEncoder };
+        let target = if target == Target::Unet as u8 {
+            Target::Unet
+        } else {
+            Target::TextEncoder
+        };
         let (Some(down), Some(up)) = (pair.down, pair.up) else {
-            return Err(bad(format!("module `{module}` lacks its down (A) or up (B) matrix")));
+            return Err(bad(format!(
+                "module `{module}` lacks its down (A) or up (B) matrix"
+            )));
         };
         let rank = down.size()[0];
-        let alpha = pair.alpha.or_else(|| peft_alpha.get(&target).copied()).unwrap_or(rank as f64);
-        let map = if target == Target::Unet { unet } else { text_encoder };
+        let alpha = pair
+            .alpha
+            .or_else(|| peft_alpha.get(&target).copied())
+            .unwrap_or(rank as f64);
+        let map = if target == Target::Unet {
+            unet
+        } else {
+            text_encoder
+        };
         let name = format!("{module}.weight");
         let w = map.tensor(&name).expect("matched module has a weight");
         let shape = w.size();
-        let (down_f, up_f) = (down.to_kind(Kind::Float).flatten(1, -1), up.to_kind(Kind::Float).flatten(1, -1));
-        if up_f.size() != [shape[0], rank] || down_f.size()[1] != shape[1..].iter().product::<i64>() {
+        let (down_f, up_f) = (
+            down.to_kind(Kind::Float).flatten(1, -1),
+            up.to_kind(Kind::Float).flatten(1, -1),
+        );
+        if up_f.size() != [shape[0], rank] || down_f.size()[1] != shape[1..].iter().product::<i64>()
+        {
             return Err(bad(format!(
                 "module `{module}`: up {:?} · down {:?} does not fit the weight {:?}",
                 up.size(),
@@ -139,7 +176,9 @@ fn merge_one(
             )));
         }
         let delta = up_f.matmul(&down_f).reshape(&shape[..]) * (lora.weight * alpha / rank as f64);
-        let merged = (w.to_device(delta.device()).to_kind(Kind::Float) + delta).to_kind(w.kind()).to_device(w.device());
+        let merged = (w.to_device(delta.device()).to_kind(Kind::Float) + delta)
+            .to_kind(w.kind())
+            .to_device(w.device());
         map.insert(name, merged);
     }
     Ok(())
@@ -172,11 +211,19 @@ fn split_peft(rest: &str) -> Option<(&str, Part)> {
 }
 
 /// `unet.lora_alpha` / `text_encoder.lora_alpha` from diffusers' adapter metadata.
-fn peft_alphas(metadata: &BTreeMap<String, String>) -> std::result::Result<HashMap<Target, f64>, String> {
+fn peft_alphas(
+    metadata: &BTreeMap<String, String>,
+) -> std::result::Result<HashMap<Target, f64>, String> {
     let mut out = HashMap::new();
-    let Some(json) = metadata.get("lora_adapter_metadata") else { return Ok(out) };
-    let value: serde_json::Value = serde_json::from_str(json).map_err(|e| format!("lora_adapter_metadata is not JSON: {e}"))?;
-    for (target, prefix) in [(Target::Unet, "unet"), (Target::TextEncoder, "text_encoder")] {
+    let Some(json) = metadata.get("lora_adapter_metadata") else {
+        return Ok(out);
+    };
+    let value: serde_json::Value = serde_json::from_str(json)
+        .map_err(|e| format!("lora_adapter_metadata is not JSON: {e}"))?;
+    for (target, prefix) in [
+        (Target::Unet, "unet"),
+        (Target::TextEncoder, "text_encoder"),
+    ] {
         for pattern in ["alpha_pattern", "rank_pattern"] {
             if let Some(serde_json::Value::Object(o)) = value.get(format!("{prefix}.{pattern}")) {
                 if !o.is_empty() {
@@ -184,13 +231,24 @@ fn peft_alphas(metadata: &BTreeMap<String, String>) -> std::result::Result<HashM
                 }
             }
         }
-        if value.get(format!("{prefix}.use_dora")).and_then(|v| v.as_bool()) == Some(true) {
+        if value
+            .get(format!("{prefix}.use_dora"))
+            .and_then(|v| v.as_bool())
+            == Some(true)
+        {
             return Err("DoRA adapters are not supported".into());
         }
-        if value.get(format!("{prefix}.use_rslora")).and_then(|v| v.as_bool()) == Some(true) {
+        if value
+            .get(format!("{prefix}.use_rslora"))
+            .and_then(|v| v.as_bool())
+            == Some(true)
+        {
             return Err("rsLoRA scaling is not supported".into());
         }
-        if let Some(a) = value.get(format!("{prefix}.lora_alpha")).and_then(|v| v.as_f64()) {
+        if let Some(a) = value
+            .get(format!("{prefix}.lora_alpha"))
+            .and_then(|v| v.as_f64())
+        {
             out.insert(target, a);
         }
     }

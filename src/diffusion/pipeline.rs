@@ -109,7 +109,11 @@ impl DiffusionModels {
     /// Loads every part; fp16 on CUDA, fp32 on CPU. LoRAs are merged (in fp32) before the
     /// UNet and text encoder are built.
     pub fn load(files: &ModelFiles, device: Device) -> Result<Self> {
-        let kind = if device.is_cuda() { Kind::Half } else { Kind::Float };
+        let kind = if device.is_cuda() {
+            Kind::Half
+        } else {
+            Kind::Float
+        };
         Self::load_with_kind(files, device, kind)
     }
 
@@ -118,13 +122,23 @@ impl DiffusionModels {
         let te_config = ClipTextConfig::from_file(&files.text_encoder.join("config.json"))?;
         let te_weights = WeightMap::load_folder_file(&files.text_encoder, "model.safetensors")?;
         let unet_config = UNetConfig::from_file(&files.unet.join("config.json"))?;
-        let unet_weights = WeightMap::load_folder_file(&files.unet, "diffusion_pytorch_model.safetensors")?;
+        let unet_weights =
+            WeightMap::load_folder_file(&files.unet, "diffusion_pytorch_model.safetensors")?;
         let vae = AutoencoderKL::load(&files.vae, device, kind)?;
         let mut controlnets = BTreeMap::new();
         for (name, folder) in &files.controlnets {
             controlnets.insert(name.clone(), ControlNetModel::load(folder, device, kind)?);
         }
-        Self::assemble(tokenizer, (te_weights, te_config), (unet_weights, unet_config), vae, controlnets, &files.loras, device, kind)
+        Self::assemble(
+            tokenizer,
+            (te_weights, te_config),
+            (unet_weights, unet_config),
+            vae,
+            controlnets,
+            &files.loras,
+            device,
+            kind,
+        )
     }
 
     /// Builds the models from weight maps (from any source), merging `loras` first.
@@ -149,12 +163,26 @@ impl DiffusionModels {
         }
         let text_encoder = ClipTextModel::new(&te_weights.to(device, kind)?, &te_config)?;
         let unet = UNet2DConditionModel::new(&unet_weights.to(device, kind)?, &unet_config)?;
-        Ok(DiffusionModels { tokenizer, text_encoder, unet, vae, controlnets, device, kind })
+        Ok(DiffusionModels {
+            tokenizer,
+            text_encoder,
+            unet,
+            vae,
+            controlnets,
+            device,
+            kind,
+        })
     }
 
     /// SD 1.5-sized models with random weights (timing without real weights): the ViT-L/14
     /// text tower, SD 1.5's UNet (8 input channels when `ip2p`), VAE and ControlNets.
-    pub fn random_sd15(tokenizer: ClipTokenizer, controlnet_names: &[&str], ip2p: bool, device: Device, kind: Kind) -> Result<Self> {
+    pub fn random_sd15(
+        tokenizer: ClipTokenizer,
+        controlnet_names: &[&str],
+        ip2p: bool,
+        device: Device,
+        kind: Kind,
+    ) -> Result<Self> {
         let _guard = tch::no_grad_guard();
         let te = ClipTextModel::new(&WeightMap::random(device, kind), &ClipTextConfig::vit_l14())?;
         let mut unet_config = UNetConfig::sd15();
@@ -165,26 +193,51 @@ impl DiffusionModels {
         let vae = AutoencoderKL::new(&WeightMap::random(device, kind), &VaeConfig::sd15())?;
         let mut controlnets = BTreeMap::new();
         for name in controlnet_names {
-            controlnets.insert(name.to_string(), ControlNetModel::new(&WeightMap::random(device, kind), &UNetConfig::sd15_controlnet())?);
+            controlnets.insert(
+                name.to_string(),
+                ControlNetModel::new(
+                    &WeightMap::random(device, kind),
+                    &UNetConfig::sd15_controlnet(),
+                )?,
+            );
         }
-        Ok(DiffusionModels { tokenizer, text_encoder: te, unet, vae, controlnets, device, kind })
+        Ok(DiffusionModels {
+            tokenizer,
+            text_encoder: te,
+            unet,
+            vae,
+            controlnets,
+            device,
+            kind,
+        })
     }
 
     /// Text embeddings (B, 77, hidden) of `prompts`.
     pub fn encode_prompts(&self, prompts: &[&str]) -> Tensor {
-        let ids: Vec<i64> = prompts.iter().flat_map(|p| self.tokenizer.encode(p)).collect();
-        let ids = Tensor::from_slice(&ids).reshape([prompts.len() as i64, self.tokenizer.max_length as i64]).to_device(self.device);
+        let ids: Vec<i64> = prompts
+            .iter()
+            .flat_map(|p| self.tokenizer.encode(p))
+            .collect();
+        let ids = Tensor::from_slice(&ids)
+            .reshape([prompts.len() as i64, self.tokenizer.max_length as i64])
+            .to_device(self.device);
         self.text_encoder.forward(&ids)
     }
 }
 
 /// Generates one image per request, batching requests that can share a denoising loop.
 pub fn generate_pair(models: &DiffusionModels, requests: &[PairRequest]) -> Result<Vec<RgbImage>> {
-    generate_pair_tensors(models, requests)?.iter().map(|o| image_from_unit_tensor(&o.image)).collect()
+    generate_pair_tensors(models, requests)?
+        .iter()
+        .map(|o| image_from_unit_tensor(&o.image))
+        .collect()
 }
 
 /// As [`generate_pair`], returning float latents and images.
-pub fn generate_pair_tensors(models: &DiffusionModels, requests: &[PairRequest]) -> Result<Vec<PairOutput>> {
+pub fn generate_pair_tensors(
+    models: &DiffusionModels,
+    requests: &[PairRequest],
+) -> Result<Vec<PairOutput>> {
     let _guard = tch::no_grad_guard();
     // requests that agree on everything the loop shares run as one batch
     let mut groups: BTreeMap<BatchKey, Vec<usize>> = BTreeMap::new();
@@ -199,7 +252,10 @@ pub fn generate_pair_tensors(models: &DiffusionModels, requests: &[PairRequest])
             outputs[*i] = Some(out);
         }
     }
-    Ok(outputs.into_iter().map(|o| o.expect("every request ran")).collect())
+    Ok(outputs
+        .into_iter()
+        .map(|o| o.expect("every request ran"))
+        .collect())
 }
 
 #[derive(PartialEq, Eq, PartialOrd, Ord)]
@@ -222,7 +278,11 @@ impl BatchKey {
             size: r.source.dimensions(),
             ip2p: r.image_guidance_scale.is_some(),
             guided: guided(r),
-            controls: r.controls.iter().map(|c| (c.controlnet.clone(), c.start.to_bits(), c.end.to_bits())).collect(),
+            controls: r
+                .controls
+                .iter()
+                .map(|c| (c.controlnet.clone(), c.start.to_bits(), c.end.to_bits()))
+                .collect(),
         }
     }
 }
@@ -240,7 +300,9 @@ fn validate(models: &DiffusionModels, r: &PairRequest) -> Result<()> {
     let (w, h) = r.source.dimensions();
     let scale = models.vae.config.downscale() as u32;
     if w == 0 || h == 0 || w % scale != 0 || h % scale != 0 {
-        return bad(format!("the source is {w}x{h}; both sides must be non-zero multiples of {scale}"));
+        return bad(format!(
+            "the source is {w}x{h}; both sides must be non-zero multiples of {scale}"
+        ));
     }
     if !(r.strength > 0.0 && r.strength <= 1.0) {
         return bad(format!("strength {} is not in (0, 1]", r.strength));
@@ -249,7 +311,10 @@ fn validate(models: &DiffusionModels, r: &PairRequest) -> Result<()> {
         return bad(format!("steps {} is not in 1..=1000", r.steps));
     }
     if ((r.steps as f32 * r.strength) as usize) == 0 {
-        return bad(format!("strength {} of {} steps runs no step", r.strength, r.steps));
+        return bad(format!(
+            "strength {} of {} steps runs no step",
+            r.strength, r.steps
+        ));
     }
     let latent = models.vae.config.latent_channels;
     let unet_in = models.unet.config().in_channels;
@@ -265,13 +330,23 @@ fn validate(models: &DiffusionModels, r: &PairRequest) -> Result<()> {
     for c in &r.controls {
         if !models.controlnets.contains_key(&c.controlnet) {
             let known: Vec<&String> = models.controlnets.keys().collect();
-            return bad(format!("no ControlNet named `{}` is loaded (loaded: {known:?})", c.controlnet));
+            return bad(format!(
+                "no ControlNet named `{}` is loaded (loaded: {known:?})",
+                c.controlnet
+            ));
         }
         if c.image.dimensions() != (w, h) {
-            return bad(format!("control map for `{}` is {:?}, the source {w}x{h}", c.controlnet, c.image.dimensions()));
+            return bad(format!(
+                "control map for `{}` is {:?}, the source {w}x{h}",
+                c.controlnet,
+                c.image.dimensions()
+            ));
         }
         if !(0.0..=1.0).contains(&c.start) || !(0.0..=1.0).contains(&c.end) || c.start > c.end {
-            return bad(format!("control `{}` start {} / end {} must satisfy 0 ≤ start ≤ end ≤ 1", c.controlnet, c.start, c.end));
+            return bad(format!(
+                "control `{}` start {} / end {} must satisfy 0 ≤ start ≤ end ≤ 1",
+                c.controlnet, c.start, c.end
+            ));
         }
     }
     Ok(())
@@ -285,21 +360,34 @@ static RNG_LOCK: Mutex<()> = Mutex::new(());
 pub fn seeded_normals(seed: u64, shapes: &[Vec<i64>]) -> Vec<Tensor> {
     let _lock = RNG_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     tch::manual_seed(seed as i64);
-    shapes.iter().map(|s| Tensor::randn(&s[..], (Kind::Float, Device::Cpu))).collect()
+    shapes
+        .iter()
+        .map(|s| Tensor::randn(&s[..], (Kind::Float, Device::Cpu)))
+        .collect()
 }
 
 /// HWC u8 -> (1, 3, H, W) float in [0, 1].
 pub fn unit_tensor_from_image(img: &RgbImage) -> Tensor {
     let (w, h) = img.dimensions();
-    Tensor::from_slice(img.as_raw()).reshape([h as i64, w as i64, 3]).permute([2, 0, 1]).unsqueeze(0).to_kind(Kind::Float) / 255.0
+    Tensor::from_slice(img.as_raw())
+        .reshape([h as i64, w as i64, 3])
+        .permute([2, 0, 1])
+        .unsqueeze(0)
+        .to_kind(Kind::Float)
+        / 255.0
 }
 
 /// (1, 3, H, W) in [0, 1] -> RGB, rounding as diffusers' numpy_to_pil does.
 pub fn image_from_unit_tensor(t: &Tensor) -> Result<RgbImage> {
     let (_, _, h, w) = t.size4()?;
-    let bytes = (t.squeeze_dim(0).permute([1, 2, 0]).clamp(0.0, 1.0) * 255.0).round().to_kind(Kind::Uint8).to_device(Device::Cpu).contiguous();
+    let bytes = (t.squeeze_dim(0).permute([1, 2, 0]).clamp(0.0, 1.0) * 255.0)
+        .round()
+        .to_kind(Kind::Uint8)
+        .to_device(Device::Cpu)
+        .contiguous();
     let data = Vec::<u8>::try_from(&bytes.flatten(0, -1))?;
-    RgbImage::from_raw(w as u32, h as u32, data).ok_or_else(|| DiffusionError::InvalidRequest("image buffer size".into()))
+    RgbImage::from_raw(w as u32, h as u32, data)
+        .ok_or_else(|| DiffusionError::InvalidRequest("image buffer size".into()))
 }
 
 fn run_batch(models: &DiffusionModels, reqs: &[&PairRequest]) -> Result<Vec<PairOutput>> {
@@ -315,7 +403,11 @@ fn run_batch(models: &DiffusionModels, reqs: &[&PairRequest]) -> Result<Vec<Pair
     let cfg = guided(r0);
 
     let mut sched = Scheduler::new(r0.scheduler, ScheduleConfig::sd15(), r0.steps)?;
-    let start = if r0.strength < 1.0 { sched.img2img_start(r0.strength as f64) } else { 0 };
+    let start = if r0.strength < 1.0 {
+        sched.img2img_start(r0.strength as f64)
+    } else {
+        0
+    };
     let executed = r0.steps - start;
 
     // random draws, per request, in diffusers' order
@@ -328,8 +420,20 @@ fn run_batch(models: &DiffusionModels, reqs: &[&PairRequest]) -> Result<Vec<Pair
     if sched.needs_step_noise() {
         shapes.extend(std::iter::repeat_n(latent_shape.clone(), executed));
     }
-    let draws: Vec<Vec<Tensor>> = reqs.iter().map(|r| seeded_normals(r.seed, &shapes)).collect();
-    let stack = |k: usize| Tensor::cat(&draws.iter().map(|d| d[k].shallow_clone()).collect::<Vec<_>>(), 0).to_device(device);
+    let draws: Vec<Vec<Tensor>> = reqs
+        .iter()
+        .map(|r| seeded_normals(r.seed, &shapes))
+        .collect();
+    let stack = |k: usize| {
+        Tensor::cat(
+            &draws
+                .iter()
+                .map(|d| d[k].shallow_clone())
+                .collect::<Vec<_>>(),
+            0,
+        )
+        .to_device(device)
+    };
     let first_noise = if img2img { 1 } else { 0 };
 
     // text
@@ -346,11 +450,30 @@ fn run_batch(models: &DiffusionModels, reqs: &[&PairRequest]) -> Result<Vec<Pair
     } else {
         text
     };
-    let copies = if !cfg { 1 } else if ip2p { 3 } else { 2 };
+    let copies = if !cfg {
+        1
+    } else if ip2p {
+        3
+    } else {
+        2
+    };
 
     // source latents
-    let source = Tensor::cat(&reqs.iter().map(|r| unit_tensor_from_image(&r.source)).collect::<Vec<_>>(), 0).to_device(device) * 2.0 - 1.0;
-    let posterior = if img2img || ip2p { Some(models.vae.encode(&source.to_kind(kind))) } else { None };
+    let source = Tensor::cat(
+        &reqs
+            .iter()
+            .map(|r| unit_tensor_from_image(&r.source))
+            .collect::<Vec<_>>(),
+        0,
+    )
+    .to_device(device)
+        * 2.0
+        - 1.0;
+    let posterior = if img2img || ip2p {
+        Some(models.vae.encode(&source.to_kind(kind)))
+    } else {
+        None
+    };
     let mut latents = if let (true, Some(post)) = (img2img, &posterior) {
         let mean = post.mean.to_kind(Kind::Float);
         let std = (post.logvar.to_kind(Kind::Float) * 0.5).exp();
@@ -362,7 +485,11 @@ fn run_batch(models: &DiffusionModels, reqs: &[&PairRequest]) -> Result<Vec<Pair
     let image_latents = match (&posterior, ip2p) {
         (Some(post), true) => {
             let m = post.mode().to_kind(kind);
-            Some(if cfg { Tensor::cat(&[&m, &m, &m.zeros_like()], 0) } else { m })
+            Some(if cfg {
+                Tensor::cat(&[&m, &m, &m.zeros_like()], 0)
+            } else {
+                m
+            })
         }
         _ => None,
     };
@@ -370,12 +497,25 @@ fn run_batch(models: &DiffusionModels, reqs: &[&PairRequest]) -> Result<Vec<Pair
     // controls: images in [0, 1] and per-row weights, repeated for the guidance branches
     let controls: Vec<(&ControlNetModel, Tensor, Tensor, f32, f32)> = (0..r0.controls.len())
         .map(|k| {
-            let imgs = Tensor::cat(&reqs.iter().map(|r| unit_tensor_from_image(&r.controls[k].image)).collect::<Vec<_>>(), 0);
-            let weights = Tensor::from_slice(&reqs.iter().map(|r| r.controls[k].weight).collect::<Vec<f32>>());
+            let imgs = Tensor::cat(
+                &reqs
+                    .iter()
+                    .map(|r| unit_tensor_from_image(&r.controls[k].image))
+                    .collect::<Vec<_>>(),
+                0,
+            );
+            let weights = Tensor::from_slice(
+                &reqs
+                    .iter()
+                    .map(|r| r.controls[k].weight)
+                    .collect::<Vec<f32>>(),
+            );
             let c0 = &r0.controls[k];
             (
                 &models.controlnets[&c0.controlnet],
-                imgs.repeat([copies, 1, 1, 1]).to_device(device).to_kind(kind),
+                imgs.repeat([copies, 1, 1, 1])
+                    .to_device(device)
+                    .to_kind(kind),
                 weights.repeat([copies]).to_device(device),
                 c0.start,
                 c0.end,
@@ -383,14 +523,25 @@ fn run_batch(models: &DiffusionModels, reqs: &[&PairRequest]) -> Result<Vec<Pair
         })
         .collect();
 
-    let gs = Tensor::from_slice(&reqs.iter().map(|r| r.guidance_scale).collect::<Vec<f32>>()).reshape([n, 1, 1, 1]).to_device(device);
-    let igs = Tensor::from_slice(&reqs.iter().map(|r| r.image_guidance_scale.unwrap_or(0.0)).collect::<Vec<f32>>())
+    let gs = Tensor::from_slice(&reqs.iter().map(|r| r.guidance_scale).collect::<Vec<f32>>())
         .reshape([n, 1, 1, 1])
         .to_device(device);
+    let igs = Tensor::from_slice(
+        &reqs
+            .iter()
+            .map(|r| r.image_guidance_scale.unwrap_or(0.0))
+            .collect::<Vec<f32>>(),
+    )
+    .reshape([n, 1, 1, 1])
+    .to_device(device);
     let context = context.to_kind(kind);
     for (local, i) in (start..r0.steps).enumerate() {
         let t = Tensor::from_slice(&[sched.timesteps()[i] as f32]).to_device(device);
-        let model_in = if copies > 1 { latents.repeat([copies, 1, 1, 1]) } else { latents.shallow_clone() };
+        let model_in = if copies > 1 {
+            latents.repeat([copies, 1, 1, 1])
+        } else {
+            latents.shallow_clone()
+        };
         let scaled = sched.scale_model_input(&model_in, i).to_kind(kind);
         let mut residuals: Option<(Vec<Tensor>, Tensor)> = None;
         for (net, cimg, weights, c_start, c_end) in &controls {
@@ -410,7 +561,10 @@ fn run_batch(models: &DiffusionModels, reqs: &[&PairRequest]) -> Result<Vec<Pair
             Some(il) => Tensor::cat(&[&scaled, il], 1),
             None => scaled,
         };
-        let eps = models.unet.forward(&unet_in, &t, &context, residuals.as_ref()).to_kind(Kind::Float);
+        let eps = models
+            .unet
+            .forward(&unet_in, &t, &context, residuals.as_ref())
+            .to_kind(Kind::Float);
         let eps = if cfg && ip2p {
             let e = eps.chunk(3, 0);
             &e[2] + &gs * (&e[0] - &e[1]) + &igs * (&e[1] - &e[2])
@@ -420,10 +574,22 @@ fn run_batch(models: &DiffusionModels, reqs: &[&PairRequest]) -> Result<Vec<Pair
         } else {
             eps
         };
-        let noise = if sched.needs_step_noise() { Some(stack(first_noise + 1 + local)) } else { None };
+        let noise = if sched.needs_step_noise() {
+            Some(stack(first_noise + 1 + local))
+        } else {
+            None
+        };
         latents = sched.step(&eps, i, &latents, noise.as_ref())?;
     }
-    let decoded = models.vae.decode(&(&latents / scaling).to_kind(kind)).to_kind(Kind::Float);
+    let decoded = models
+        .vae
+        .decode(&(&latents / scaling).to_kind(kind))
+        .to_kind(Kind::Float);
     let images = (decoded / 2.0 + 0.5).clamp(0.0, 1.0);
-    Ok((0..n).map(|k| PairOutput { latents: latents.narrow(0, k, 1), image: images.narrow(0, k, 1) }).collect())
+    Ok((0..n)
+        .map(|k| PairOutput {
+            latents: latents.narrow(0, k, 1),
+            image: images.narrow(0, k, 1),
+        })
+        .collect())
 }

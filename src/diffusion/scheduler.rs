@@ -82,7 +82,10 @@ impl ScheduleConfig {
         let opts = (Kind::Float, Device::Cpu);
         let betas = match self.beta_schedule {
             BetaSchedule::Linear => Tensor::linspace(self.beta_start, self.beta_end, n, opts),
-            BetaSchedule::ScaledLinear => Tensor::linspace(self.beta_start.sqrt(), self.beta_end.sqrt(), n, opts).pow_tensor_scalar(2),
+            BetaSchedule::ScaledLinear => {
+                Tensor::linspace(self.beta_start.sqrt(), self.beta_end.sqrt(), n, opts)
+                    .pow_tensor_scalar(2)
+            }
         };
         let ac = (Tensor::ones([n], opts) - betas).cumprod(0, Kind::Float);
         Vec::<f32>::try_from(&ac).expect("a float tensor converts")
@@ -106,7 +109,9 @@ impl Scheduler {
     pub fn new(kind: SchedulerKind, config: ScheduleConfig, steps: usize) -> Result<Self> {
         let n_train = config.num_train_timesteps;
         if steps == 0 || steps > n_train {
-            return Err(DiffusionError::InvalidRequest(format!("steps must be 1..={n_train}, not {steps}")));
+            return Err(DiffusionError::InvalidRequest(format!(
+                "steps must be 1..={n_train}, not {steps}"
+            )));
         }
         let ac = config.alphas_cumprod();
         // σ_t = sqrt((1 - ᾱ)/ᾱ) in float32, as diffusers' tensors are
@@ -120,19 +125,34 @@ impl Scheduler {
                         .into_iter()
                         .rev()
                         // DDIM rounds to integers; Euler keeps float32 values
-                        .map(|t| if kind == SchedulerKind::Ddim { t.round() } else { t as f32 as f64 })
+                        .map(|t| {
+                            if kind == SchedulerKind::Ddim {
+                                t.round()
+                            } else {
+                                t as f32 as f64
+                            }
+                        })
                         .collect(),
                     TimestepSpacing::Leading => {
                         let ratio = n_train / steps;
-                        (0..steps).rev().map(|i| (i * ratio) as f64 + config.steps_offset as f64).collect()
+                        (0..steps)
+                            .rev()
+                            .map(|i| (i * ratio) as f64 + config.steps_offset as f64)
+                            .collect()
                     }
                     TimestepSpacing::Trailing => {
                         let ratio = n_train as f64 / steps as f64;
-                        arange_down(n_train as f64, ratio).into_iter().map(|t| t.round() - 1.0).collect()
+                        arange_down(n_train as f64, ratio)
+                            .into_iter()
+                            .map(|t| t.round() - 1.0)
+                            .collect()
                     }
                 };
                 if kind == SchedulerKind::EulerAncestral {
-                    sigmas = timesteps.iter().map(|t| interp(*t, &train_sigmas) as f32 as f64).collect();
+                    sigmas = timesteps
+                        .iter()
+                        .map(|t| interp(*t, &train_sigmas) as f32 as f64)
+                        .collect();
                     sigmas.push(0.0);
                 }
             }
@@ -140,17 +160,27 @@ impl Scheduler {
                 let last = n_train as f64; // lambda_min_clipped = -inf clips nothing
                 timesteps = match config.spacing {
                     TimestepSpacing::Linspace => {
-                        let mut v: Vec<f64> = linspace(0.0, last - 1.0, steps + 1).into_iter().map(f64::round).rev().collect();
+                        let mut v: Vec<f64> = linspace(0.0, last - 1.0, steps + 1)
+                            .into_iter()
+                            .map(f64::round)
+                            .rev()
+                            .collect();
                         v.pop();
                         v
                     }
                     TimestepSpacing::Leading => {
                         let ratio = (last as usize) / (steps + 1);
-                        (1..=steps).rev().map(|i| (i * ratio) as f64 + config.steps_offset as f64).collect()
+                        (1..=steps)
+                            .rev()
+                            .map(|i| (i * ratio) as f64 + config.steps_offset as f64)
+                            .collect()
                     }
                     TimestepSpacing::Trailing => {
                         let ratio = n_train as f64 / steps as f64;
-                        arange_down(last, ratio).into_iter().map(|t| t.round() - 1.0).collect()
+                        arange_down(last, ratio)
+                            .into_iter()
+                            .map(|t| t.round() - 1.0)
+                            .collect()
                     }
                 };
                 if karras {
@@ -158,18 +188,35 @@ impl Scheduler {
                     let sigma_max = train_sigmas[n_train - 1] as f64;
                     let rho = 7.0;
                     let (min_inv, max_inv) = (sigma_min.powf(1.0 / rho), sigma_max.powf(1.0 / rho));
-                    let karras_sigmas: Vec<f64> =
-                        linspace(0.0, 1.0, steps).into_iter().map(|r| (max_inv + r * (min_inv - max_inv)).powf(rho)).collect();
+                    let karras_sigmas: Vec<f64> = linspace(0.0, 1.0, steps)
+                        .into_iter()
+                        .map(|r| (max_inv + r * (min_inv - max_inv)).powf(rho))
+                        .collect();
                     let log_sigmas: Vec<f32> = train_sigmas.iter().map(|s| s.ln()).collect();
-                    timesteps = karras_sigmas.iter().map(|s| sigma_to_t(*s, &log_sigmas).round()).collect();
+                    timesteps = karras_sigmas
+                        .iter()
+                        .map(|s| sigma_to_t(*s, &log_sigmas).round())
+                        .collect();
                     sigmas = karras_sigmas.iter().map(|s| *s as f32 as f64).collect();
                 } else {
-                    sigmas = timesteps.iter().map(|t| interp(*t, &train_sigmas) as f32 as f64).collect();
+                    sigmas = timesteps
+                        .iter()
+                        .map(|t| interp(*t, &train_sigmas) as f32 as f64)
+                        .collect();
                 }
                 sigmas.push(0.0);
             }
         }
-        Ok(Scheduler { kind, config, alphas_cumprod: ac, timesteps, sigmas, steps, prev_x0: None, steps_taken: 0 })
+        Ok(Scheduler {
+            kind,
+            config,
+            alphas_cumprod: ac,
+            timesteps,
+            sigmas,
+            steps,
+            prev_x0: None,
+            steps_taken: 0,
+        })
     }
 
     pub fn kind(&self) -> SchedulerKind {
@@ -214,7 +261,9 @@ impl Scheduler {
     /// Euler divides the model input by sqrt(σ² + 1); DDIM and DPM++ leave it.
     pub fn scale_model_input(&self, sample: &Tensor, step: usize) -> Tensor {
         match self.kind {
-            SchedulerKind::EulerAncestral => sample / (self.sigmas[step] * self.sigmas[step] + 1.0).sqrt(),
+            SchedulerKind::EulerAncestral => {
+                sample / (self.sigmas[step] * self.sigmas[step] + 1.0).sqrt()
+            }
             _ => sample.shallow_clone(),
         }
     }
@@ -236,9 +285,18 @@ impl Scheduler {
 
     /// One denoising step from step index `step` (0-based over `timesteps()`) given the
     /// predicted noise. `noise` is required for Euler-ancestral (same shape as `sample`).
-    pub fn step(&mut self, model_output: &Tensor, step: usize, sample: &Tensor, noise: Option<&Tensor>) -> Result<Tensor> {
+    pub fn step(
+        &mut self,
+        model_output: &Tensor,
+        step: usize,
+        sample: &Tensor,
+        noise: Option<&Tensor>,
+    ) -> Result<Tensor> {
         if step >= self.steps {
-            return Err(DiffusionError::InvalidRequest(format!("step {step} of a {}-step schedule", self.steps)));
+            return Err(DiffusionError::InvalidRequest(format!(
+                "step {step} of a {}-step schedule",
+                self.steps
+            )));
         }
         let out = match self.kind {
             SchedulerKind::Ddim => {
@@ -246,16 +304,24 @@ impl Scheduler {
                 let prev_t = t - (self.config.num_train_timesteps / self.steps) as i64;
                 let a_t = self.alphas_cumprod[t as usize] as f64;
                 // set_alpha_to_one = false: the step past t=0 uses ᾱ_0
-                let a_prev = if prev_t >= 0 { self.alphas_cumprod[prev_t as usize] } else { self.alphas_cumprod[0] } as f64;
+                let a_prev = if prev_t >= 0 {
+                    self.alphas_cumprod[prev_t as usize]
+                } else {
+                    self.alphas_cumprod[0]
+                } as f64;
                 let x0 = (sample - model_output * (1.0 - a_t).sqrt()) / a_t.sqrt();
                 x0 * a_prev.sqrt() + model_output * (1.0 - a_prev).sqrt()
             }
             SchedulerKind::EulerAncestral => {
-                let noise = noise.ok_or_else(|| DiffusionError::InvalidRequest("Euler-ancestral needs step noise".into()))?;
+                let noise = noise.ok_or_else(|| {
+                    DiffusionError::InvalidRequest("Euler-ancestral needs step noise".into())
+                })?;
                 let sigma = self.sigmas[step];
                 let sigma_to = self.sigmas[step + 1];
                 let x0 = sample - model_output * sigma;
-                let sigma_up = (sigma_to * sigma_to * (sigma * sigma - sigma_to * sigma_to) / (sigma * sigma)).sqrt();
+                let sigma_up = (sigma_to * sigma_to * (sigma * sigma - sigma_to * sigma_to)
+                    / (sigma * sigma))
+                    .sqrt();
                 let sigma_down = (sigma_to * sigma_to - sigma_up * sigma_up).sqrt();
                 let derivative = (sample - x0) / sigma;
                 sample + derivative * (sigma_down - sigma) + noise * sigma_up
@@ -265,7 +331,8 @@ impl Scheduler {
                 let x0 = (sample - model_output * sigma_s0) / alpha_s0;
                 let sigma_next = self.sigmas[step + 1];
                 // final σ = 0 always ends with a first-order step, as does the first step
-                let first_order = self.steps_taken == 0 || step == self.steps - 1 || self.prev_x0.is_none();
+                let first_order =
+                    self.steps_taken == 0 || step == self.steps - 1 || self.prev_x0.is_none();
                 let out = if sigma_next == 0.0 {
                     x0.shallow_clone()
                 } else {
@@ -280,7 +347,10 @@ impl Scheduler {
                         let (alpha_s1, sigma_s1) = alpha_sigma(self.sigmas[step - 1]);
                         let lambda_s1 = alpha_s1.ln() - sigma_s1.ln();
                         let r0 = (lambda_s0 - lambda_s1) / h;
-                        let prev = self.prev_x0.as_ref().expect("second order has a previous x0");
+                        let prev = self
+                            .prev_x0
+                            .as_ref()
+                            .expect("second order has a previous x0");
                         let d1 = (&x0 - prev) * (1.0 / r0);
                         sample * (sigma_t / sigma_s0) - &x0 * c - d1 * (0.5 * c)
                     }
@@ -305,7 +375,15 @@ fn linspace(start: f64, end: f64, n: usize) -> Vec<f64> {
     }
     // numpy's linspace: start + i·step, with the last value exactly `end`
     let step = (end - start) / (n - 1) as f64;
-    (0..n).map(|i| if i == n - 1 { end } else { start + i as f64 * step }).collect()
+    (0..n)
+        .map(|i| {
+            if i == n - 1 {
+                end
+            } else {
+                start + i as f64 * step
+            }
+        })
+        .collect()
 }
 
 /// numpy's arange(start, 0, -step).
@@ -338,7 +416,10 @@ fn sigma_to_t(sigma: f64, log_sigmas: &[f32]) -> f64 {
     let log_sigma = sigma.max(1e-10).ln();
     let n = log_sigmas.len();
     // the last index with log_sigmas[i] <= log_sigma (argmax of the cumulative count)
-    let count = log_sigmas.iter().filter(|l| log_sigma - **l as f64 >= 0.0).count();
+    let count = log_sigmas
+        .iter()
+        .filter(|l| log_sigma - **l as f64 >= 0.0)
+        .count();
     let low = count.saturating_sub(1).min(n - 2);
     let high = low + 1;
     let (lo, hi) = (log_sigmas[low] as f64, log_sigmas[high] as f64);

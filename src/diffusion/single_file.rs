@@ -20,7 +20,11 @@ pub struct SingleFileWeights {
     pub text_encoder: WeightMap,
 }
 
-pub fn load_single_file(path: &Path, unet: &UNetConfig, vae: &VaeConfig) -> Result<SingleFileWeights> {
+pub fn load_single_file(
+    path: &Path,
+    unet: &UNetConfig,
+    vae: &VaeConfig,
+) -> Result<SingleFileWeights> {
     let all = WeightMap::load(path)?;
     let unet_map = unet_block_map(unet);
     let mut unet_out = BTreeMap::new();
@@ -29,24 +33,38 @@ pub fn load_single_file(path: &Path, unet: &UNetConfig, vae: &VaeConfig) -> Resu
     for name in all.names() {
         let t = all.tensor(&name).expect("listed");
         if let Some(rest) = name.strip_prefix("model.diffusion_model.") {
-            let converted = convert_unet_key(rest, &unet_map).ok_or_else(|| DiffusionError::BadFile {
-                path: path.to_path_buf(),
-                message: format!("UNet key `{name}` has no diffusers counterpart for this UNet config"),
-            })?;
+            let converted =
+                convert_unet_key(rest, &unet_map).ok_or_else(|| DiffusionError::BadFile {
+                    path: path.to_path_buf(),
+                    message: format!(
+                        "UNet key `{name}` has no diffusers counterpart for this UNet config"
+                    ),
+                })?;
             unet_out.insert(converted, t);
         } else if let Some(rest) = name.strip_prefix("first_stage_model.") {
             let (converted, t) = convert_vae_key(rest, t, vae.block_out_channels.len());
             vae_out.insert(converted, t);
         } else if let Some(rest) = name.strip_prefix("cond_stage_model.transformer.") {
             if !rest.ends_with("position_ids") {
-                let rest = if rest.starts_with("text_model.") { rest.to_string() } else { format!("text_model.{rest}") };
+                let rest = if rest.starts_with("text_model.") {
+                    rest.to_string()
+                } else {
+                    format!("text_model.{rest}")
+                };
                 te_out.insert(rest, t);
             }
         }
     }
-    for (what, map) in [("UNet (model.diffusion_model.*)", &unet_out), ("VAE (first_stage_model.*)", &vae_out), ("text encoder (cond_stage_model.transformer.*)", &te_out)] {
+    for (what, map) in [
+        ("UNet (model.diffusion_model.*)", &unet_out),
+        ("VAE (first_stage_model.*)", &vae_out),
+        ("text encoder (cond_stage_model.transformer.*)", &te_out),
+    ] {
         if map.is_empty() {
-            return Err(DiffusionError::BadFile { path: path.to_path_buf(), message: format!("no {what} weights: not an SD 1.x single-file checkpoint") });
+            return Err(DiffusionError::BadFile {
+                path: path.to_path_buf(),
+                message: format!("no {what} weights: not an SD 1.x single-file checkpoint"),
+            });
         }
     }
     Ok(SingleFileWeights {
@@ -61,7 +79,10 @@ fn unet_block_map(config: &UNetConfig) -> BTreeMap<String, String> {
     let n = config.block_out_channels.len();
     let layers = config.layers_per_block.expand(n);
     let mut m = BTreeMap::new();
-    m.insert("time_embed.0".to_string(), "time_embedding.linear_1".to_string());
+    m.insert(
+        "time_embed.0".to_string(),
+        "time_embedding.linear_1".to_string(),
+    );
     m.insert("time_embed.2".into(), "time_embedding.linear_2".into());
     m.insert("input_blocks.0.0".into(), "conv_in".into());
     m.insert("out.0".into(), "conv_norm_out".into());
@@ -72,25 +93,46 @@ fn unet_block_map(config: &UNetConfig) -> BTreeMap<String, String> {
     let mut input = 1;
     for i in 0..n {
         for j in 0..layers[i] {
-            m.insert(format!("input_blocks.{input}.0"), format!("down_blocks.{i}.resnets.{j}"));
-            m.insert(format!("input_blocks.{input}.1"), format!("down_blocks.{i}.attentions.{j}"));
+            m.insert(
+                format!("input_blocks.{input}.0"),
+                format!("down_blocks.{i}.resnets.{j}"),
+            );
+            m.insert(
+                format!("input_blocks.{input}.1"),
+                format!("down_blocks.{i}.attentions.{j}"),
+            );
             input += 1;
         }
         if i + 1 < n {
-            m.insert(format!("input_blocks.{input}.0.op"), format!("down_blocks.{i}.downsamplers.0.conv"));
+            m.insert(
+                format!("input_blocks.{input}.0.op"),
+                format!("down_blocks.{i}.downsamplers.0.conv"),
+            );
             input += 1;
         }
     }
     let rev_layers: Vec<i64> = layers.iter().rev().copied().collect();
     let mut output = 0;
     for i in 0..n {
-        let has_attn = config.up_block_types.get(i).is_some_and(|t| t == "CrossAttnUpBlock2D");
+        let has_attn = config
+            .up_block_types
+            .get(i)
+            .is_some_and(|t| t == "CrossAttnUpBlock2D");
         for j in 0..rev_layers[i] + 1 {
-            m.insert(format!("output_blocks.{output}.0"), format!("up_blocks.{i}.resnets.{j}"));
-            m.insert(format!("output_blocks.{output}.1"), format!("up_blocks.{i}.attentions.{j}"));
+            m.insert(
+                format!("output_blocks.{output}.0"),
+                format!("up_blocks.{i}.resnets.{j}"),
+            );
+            m.insert(
+                format!("output_blocks.{output}.1"),
+                format!("up_blocks.{i}.attentions.{j}"),
+            );
             if j == rev_layers[i] && i + 1 < n {
                 let idx = if has_attn { 2 } else { 1 };
-                m.insert(format!("output_blocks.{output}.{idx}.conv"), format!("up_blocks.{i}.upsamplers.0.conv"));
+                m.insert(
+                    format!("output_blocks.{output}.{idx}.conv"),
+                    format!("up_blocks.{i}.upsamplers.0.conv"),
+                );
             }
             output += 1;
         }
@@ -100,7 +142,10 @@ fn unet_block_map(config: &UNetConfig) -> BTreeMap<String, String> {
 
 fn convert_unet_key(key: &str, map: &BTreeMap<String, String>) -> Option<String> {
     // the longest LDM prefix that ends at a dot boundary
-    let (ldm, diffusers) = map.iter().filter(|(k, _)| key.starts_with(&format!("{k}."))).max_by_key(|(k, _)| k.len())?;
+    let (ldm, diffusers) = map
+        .iter()
+        .filter(|(k, _)| key.starts_with(&format!("{k}.")))
+        .max_by_key(|(k, _)| k.len())?;
     let rest = &key[ldm.len() + 1..];
     let rest = if diffusers.contains(".resnets.") {
         let renames = [
@@ -181,6 +226,10 @@ fn convert_vae_key(key: &str, t: Tensor, blocks: usize) -> (String, Tensor) {
     }
     let name = out.join(".");
     // the original stores the mid attention's projections as 1x1 convs
-    let t = if is_attn_matrix && name.ends_with(".weight") && t.dim() == 4 { t.flatten(1, -1) } else { t };
+    let t = if is_attn_matrix && name.ends_with(".weight") && t.dim() == 4 {
+        t.flatten(1, -1)
+    } else {
+        t
+    };
     (name, t)
 }

@@ -52,7 +52,10 @@ impl ClipTokenizer {
         let merges_path = folder.join("merges.txt");
         let encoder: HashMap<String, i64> = read_json(&vocab_path)?;
         let merges_text =
-            std::fs::read_to_string(&merges_path).map_err(|source| DiffusionError::Io { path: merges_path.clone(), source })?;
+            std::fs::read_to_string(&merges_path).map_err(|source| DiffusionError::Io {
+                path: merges_path.clone(),
+                source,
+            })?;
         let mut pad_token = END_OF_TEXT.to_string();
         let special = folder.join("special_tokens_map.json");
         if special.is_file() {
@@ -70,10 +73,21 @@ impl ClipTokenizer {
         Self::from_parts(encoder, &merges_text, &pad_token, &vocab_path, &merges_path)
     }
 
-    fn from_parts(encoder: HashMap<String, i64>, merges_text: &str, pad_token: &str, vocab_path: &Path, merges_path: &Path) -> Result<Self> {
+    fn from_parts(
+        encoder: HashMap<String, i64>,
+        merges_text: &str,
+        pad_token: &str,
+        vocab_path: &Path,
+        merges_path: &Path,
+    ) -> Result<Self> {
         let mut merge_ranks = HashMap::new();
         // like CLIP: skip the "#version" line, keep at most 49152 - 256 - 2 merges
-        for (rank, line) in merges_text.lines().skip(1).take(49152 - 256 - 2).enumerate() {
+        for (rank, line) in merges_text
+            .lines()
+            .skip(1)
+            .take(49152 - 256 - 2)
+            .enumerate()
+        {
             let mut parts = line.split(' ');
             match (parts.next(), parts.next(), parts.next()) {
                 (Some(a), Some(b), None) if !a.is_empty() && !b.is_empty() => {
@@ -89,13 +103,24 @@ impl ClipTokenizer {
             }
         }
         let id = |tok: &str| -> Result<i64> {
-            encoder.get(tok).copied().ok_or_else(|| DiffusionError::BadFile {
-                path: vocab_path.to_path_buf(),
-                message: format!("the vocabulary has no `{tok}`"),
-            })
+            encoder
+                .get(tok)
+                .copied()
+                .ok_or_else(|| DiffusionError::BadFile {
+                    path: vocab_path.to_path_buf(),
+                    message: format!("the vocabulary has no `{tok}`"),
+                })
         };
         let (bos_id, eos_id, pad_id) = (id(START_OF_TEXT)?, id(END_OF_TEXT)?, id(pad_token)?);
-        Ok(ClipTokenizer { encoder, merge_ranks, byte_symbols: bytes_to_unicode(), bos_id, eos_id, pad_id, max_length: 77 })
+        Ok(ClipTokenizer {
+            encoder,
+            merge_ranks,
+            byte_symbols: bytes_to_unicode(),
+            bos_id,
+            eos_id,
+            pad_id,
+            max_length: 77,
+        })
     }
 
     pub fn bos_id(&self) -> i64 {
@@ -115,13 +140,20 @@ impl ClipTokenizer {
         let mut cache: BTreeMap<String, Vec<i64>> = BTreeMap::new();
         for piece in split_pieces(&cleaned) {
             match piece {
-                Piece::Special(tok) => ids.push(if tok == START_OF_TEXT { self.bos_id } else { self.eos_id }),
+                Piece::Special(tok) => ids.push(if tok == START_OF_TEXT {
+                    self.bos_id
+                } else {
+                    self.eos_id
+                }),
                 Piece::Text(word) => {
                     if let Some(v) = cache.get(word) {
                         ids.extend(v);
                         continue;
                     }
-                    let symbols: Vec<String> = word.bytes().map(|b| self.byte_symbols[b as usize].to_string()).collect();
+                    let symbols: Vec<String> = word
+                        .bytes()
+                        .map(|b| self.byte_symbols[b as usize].to_string())
+                        .collect();
                     let v: Vec<i64> = self
                         .bpe(symbols)
                         .iter()
@@ -158,9 +190,15 @@ impl ClipTokenizer {
             // lowest-ranked adjacent pair
             let best = symbols
                 .windows(2)
-                .filter_map(|w| self.merge_ranks.get(&(w[0].clone(), w[1].clone())).map(|r| (*r, w[0].clone(), w[1].clone())))
+                .filter_map(|w| {
+                    self.merge_ranks
+                        .get(&(w[0].clone(), w[1].clone()))
+                        .map(|r| (*r, w[0].clone(), w[1].clone()))
+                })
                 .min();
-            let Some((_, first, second)) = best else { return symbols };
+            let Some((_, first, second)) = best else {
+                return symbols;
+            };
             let mut merged = Vec::with_capacity(symbols.len());
             let mut i = 0;
             while i < symbols.len() {
@@ -216,20 +254,28 @@ fn split_pieces(text: &str) -> Vec<Piece<'_>> {
             i += c.len_utf8();
             continue;
         }
-        if let Some(tok) = [START_OF_TEXT, END_OF_TEXT].into_iter().find(|t| rest.starts_with(t)) {
+        if let Some(tok) = [START_OF_TEXT, END_OF_TEXT]
+            .into_iter()
+            .find(|t| rest.starts_with(t))
+        {
             pieces.push(Piece::Special(&rest[..tok.len()]));
             i += tok.len();
             continue;
         }
         if c == '\'' {
-            if let Some(suffix) = ["'s", "'t", "'re", "'ve", "'m", "'ll", "'d"].into_iter().find(|s| rest.starts_with(s)) {
+            if let Some(suffix) = ["'s", "'t", "'re", "'ve", "'m", "'ll", "'d"]
+                .into_iter()
+                .find(|s| rest.starts_with(s))
+            {
                 pieces.push(Piece::Text(&rest[..suffix.len()]));
                 i += suffix.len();
                 continue;
             }
         }
         let len = if is_letter(c) {
-            rest.char_indices().find(|(_, ch)| !is_letter(*ch)).map_or(rest.len(), |(k, _)| k)
+            rest.char_indices()
+                .find(|(_, ch)| !is_letter(*ch))
+                .map_or(rest.len(), |(k, _)| k)
         } else if is_number(c) {
             c.len_utf8()
         } else {

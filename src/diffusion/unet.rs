@@ -8,7 +8,10 @@ use serde::Deserialize;
 use tch::{Device, Kind, Tensor};
 
 use super::error::{DiffusionError, Result};
-use super::layers::{timestep_embedding, Conv2d, Downsample2D, GroupNorm, LayerNorm, Linear, ResnetBlock2D, Upsample2D};
+use super::layers::{
+    timestep_embedding, Conv2d, Downsample2D, GroupNorm, LayerNorm, Linear, ResnetBlock2D,
+    Upsample2D,
+};
 use super::weights::{read_json, Params, WeightMap};
 
 /// A config value diffusers accepts as one value or one per block.
@@ -119,10 +122,24 @@ fn d_true() -> bool {
     true
 }
 fn d_down() -> Vec<String> {
-    ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"].map(String::from).to_vec()
+    [
+        "CrossAttnDownBlock2D",
+        "CrossAttnDownBlock2D",
+        "CrossAttnDownBlock2D",
+        "DownBlock2D",
+    ]
+    .map(String::from)
+    .to_vec()
 }
 fn d_up() -> Vec<String> {
-    ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"].map(String::from).to_vec()
+    [
+        "UpBlock2D",
+        "CrossAttnUpBlock2D",
+        "CrossAttnUpBlock2D",
+        "CrossAttnUpBlock2D",
+    ]
+    .map(String::from)
+    .to_vec()
 }
 fn d_mid() -> Option<String> {
     Some("UNetMidBlock2DCrossAttn".into())
@@ -176,13 +193,16 @@ fn d_rgb() -> String {
 impl UNetConfig {
     /// Stable Diffusion 1.5's UNet (runwayml/stable-diffusion-v1-5 unet/config.json).
     pub fn sd15() -> Self {
-        serde_json::from_str(r#"{"cross_attention_dim": 768, "attention_head_dim": 8, "sample_size": 64}"#)
-            .expect("the built-in SD 1.5 config parses")
+        serde_json::from_str(
+            r#"{"cross_attention_dim": 768, "attention_head_dim": 8, "sample_size": 64}"#,
+        )
+        .expect("the built-in SD 1.5 config parses")
     }
 
     /// SD 1.5's ControlNet (lllyasviel/control_v11*_sd15 config.json).
     pub fn sd15_controlnet() -> Self {
-        serde_json::from_str(r#"{"cross_attention_dim": 768, "attention_head_dim": 8}"#).expect("the built-in config parses")
+        serde_json::from_str(r#"{"cross_attention_dim": 768, "attention_head_dim": 8}"#)
+            .expect("the built-in config parses")
     }
 
     pub fn from_file(path: &Path) -> Result<Self> {
@@ -192,7 +212,12 @@ impl UNetConfig {
     }
 
     pub fn validate(&self, path: &Path) -> Result<()> {
-        let unsupported = |message: String| Err(DiffusionError::UnsupportedConfig { path: path.to_path_buf(), message });
+        let unsupported = |message: String| {
+            Err(DiffusionError::UnsupportedConfig {
+                path: path.to_path_buf(),
+                message,
+            })
+        };
         let n = self.block_out_channels.len();
         if n == 0 || self.down_block_types.len() != n {
             return unsupported(format!(
@@ -215,34 +240,58 @@ impl UNetConfig {
             Some("UNetMidBlock2DCrossAttn") => {}
             other => return unsupported(format!("mid block type {other:?}")),
         }
-        let checks: [(bool, &str); 12] = [
+        let checks: [(bool, &str); 13] = [
             (self.act_fn != "silu", "act_fn other than silu"),
             (self.center_input_sample, "center_input_sample"),
             (self.dual_cross_attention, "dual_cross_attention"),
             (self.class_embed_type.is_some(), "class_embed_type"),
-            (self.addition_embed_type.is_some(), "addition_embed_type (SDXL)"),
+            (
+                self.addition_embed_type.is_some(),
+                "addition_embed_type (SDXL)",
+            ),
             (self.encoder_hid_dim.is_some(), "encoder_hid_dim"),
             (self.time_cond_proj_dim.is_some(), "time_cond_proj_dim"),
-            (self.resnet_time_scale_shift != "default", "resnet_time_scale_shift other than default"),
-            (self.time_embedding_type != "positional", "time_embedding_type other than positional"),
-            (self.conv_in_kernel != 3 || self.conv_out_kernel != 3, "conv kernels other than 3"),
+            (
+                self.resnet_time_scale_shift != "default",
+                "resnet_time_scale_shift other than default",
+            ),
+            (
+                self.time_embedding_type != "positional",
+                "time_embedding_type other than positional",
+            ),
+            (
+                self.conv_in_kernel != 3 || self.conv_out_kernel != 3,
+                "conv kernels other than 3",
+            ),
             (self.global_pool_conditions, "global_pool_conditions"),
-            (self.controlnet_conditioning_channel_order != "rgb", "BGR conditioning channel order"),
+            (
+                self.controlnet_conditioning_channel_order != "rgb",
+                "BGR conditioning channel order",
+            ),
+            (
+                self.mid_block_scale_factor != 1.0,
+                "mid_block_scale_factor other than 1",
+            ),
         ];
         for (bad, what) in checks {
             if bad {
                 return unsupported(what.to_string());
             }
         }
-        if !matches!(self.only_cross_attention, PerBlockBool::No | PerBlockBool::One(false))
-            && !matches!(&self.only_cross_attention, PerBlockBool::Many(v) if v.iter().all(|b| !b))
+        if !matches!(
+            self.only_cross_attention,
+            PerBlockBool::No | PerBlockBool::One(false)
+        ) && !matches!(&self.only_cross_attention, PerBlockBool::Many(v) if v.iter().all(|b| !b))
         {
             return unsupported("only_cross_attention".into());
         }
         for (what, len) in [
             ("layers_per_block", self.layers_per_block.expand(n).len()),
             ("attention_head_dim", self.heads().len()),
-            ("transformer_layers_per_block", self.transformer_layers_per_block.expand(n).len()),
+            (
+                "transformer_layers_per_block",
+                self.transformer_layers_per_block.expand(n).len(),
+            ),
         ] {
             if len != n {
                 return unsupported(format!("{what} has {len} entries for {n} blocks"));
@@ -250,7 +299,10 @@ impl UNetConfig {
         }
         for (c, h) in self.block_out_channels.iter().zip(self.heads()) {
             if h <= 0 || c % h != 0 || c % self.norm_num_groups != 0 {
-                return unsupported(format!("{c} channels do not split into {h} heads / {} groups", self.norm_num_groups));
+                return unsupported(format!(
+                    "{c} channels do not split into {h} heads / {} groups",
+                    self.norm_num_groups
+                ));
             }
         }
         Ok(())
@@ -348,7 +400,13 @@ impl BasicTransformerBlock {
 }
 
 impl Transformer2D {
-    fn new(p: &Params, channels: i64, heads: i64, layers: i64, config: &UNetConfig) -> Result<Self> {
+    fn new(
+        p: &Params,
+        channels: i64,
+        heads: i64,
+        layers: i64,
+        config: &UNetConfig,
+    ) -> Result<Self> {
         let linear = config.use_linear_projection;
         let mut blocks = Vec::new();
         for i in 0..layers {
@@ -361,11 +419,27 @@ impl Transformer2D {
         }
         Ok(Transformer2D {
             norm: GroupNorm::new(&p.pp("norm"), config.norm_num_groups, channels, 1e-6)?,
-            proj_in_conv: if linear { None } else { Some(Conv2d::new(&p.pp("proj_in"), channels, channels, 1, 1, 0)?) },
-            proj_in_linear: if linear { Some(Linear::new(&p.pp("proj_in"), channels, channels, true)?) } else { None },
+            proj_in_conv: if linear {
+                None
+            } else {
+                Some(Conv2d::new(&p.pp("proj_in"), channels, channels, 1, 1, 0)?)
+            },
+            proj_in_linear: if linear {
+                Some(Linear::new(&p.pp("proj_in"), channels, channels, true)?)
+            } else {
+                None
+            },
             blocks,
-            proj_out_conv: if linear { None } else { Some(Conv2d::new(&p.pp("proj_out"), channels, channels, 1, 1, 0)?) },
-            proj_out_linear: if linear { Some(Linear::new(&p.pp("proj_out"), channels, channels, true)?) } else { None },
+            proj_out_conv: if linear {
+                None
+            } else {
+                Some(Conv2d::new(&p.pp("proj_out"), channels, channels, 1, 1, 0)?)
+            },
+            proj_out_linear: if linear {
+                Some(Linear::new(&p.pp("proj_out"), channels, channels, true)?)
+            } else {
+                None
+            },
         })
     }
 
@@ -374,10 +448,16 @@ impl Transformer2D {
         let mut hs = self.norm.forward(x);
         // (B, C, H, W) -> (B, H·W, C)
         hs = match &self.proj_in_conv {
-            Some(conv) => conv.forward(&hs).permute([0, 2, 3, 1]).reshape([b, h * w, c]),
+            Some(conv) => conv
+                .forward(&hs)
+                .permute([0, 2, 3, 1])
+                .reshape([b, h * w, c]),
             None => {
                 let flat = hs.permute([0, 2, 3, 1]).reshape([b, h * w, c]);
-                self.proj_in_linear.as_ref().expect("linear proj_in").forward(&flat)
+                self.proj_in_linear
+                    .as_ref()
+                    .expect("linear proj_in")
+                    .forward(&flat)
             }
         };
         for block in &self.blocks {
@@ -385,7 +465,13 @@ impl Transformer2D {
         }
         let out = match &self.proj_out_conv {
             Some(conv) => conv.forward(&hs.reshape([b, h, w, c]).permute([0, 3, 1, 2])),
-            None => self.proj_out_linear.as_ref().expect("linear proj_out").forward(&hs).reshape([b, h, w, c]).permute([0, 3, 1, 2]),
+            None => self
+                .proj_out_linear
+                .as_ref()
+                .expect("linear proj_out")
+                .forward(&hs)
+                .reshape([b, h, w, c])
+                .permute([0, 3, 1, 2]),
         };
         out + x
     }
@@ -399,7 +485,13 @@ pub struct DownBlock {
 
 impl DownBlock {
     /// Runs the block, pushing every output the up path (or ControlNet) takes as a skip.
-    pub(crate) fn forward(&self, mut x: Tensor, temb: &Tensor, context: &Tensor, skips: &mut Vec<Tensor>) -> Tensor {
+    pub(crate) fn forward(
+        &self,
+        mut x: Tensor,
+        temb: &Tensor,
+        context: &Tensor,
+        skips: &mut Vec<Tensor>,
+    ) -> Tensor {
         for (i, resnet) in self.resnets.iter().enumerate() {
             x = resnet.forward(&x, Some(temb));
             if let Some(attn) = self.attentions.get(i) {
@@ -468,17 +560,38 @@ impl DownPath {
             let mut attentions = Vec::new();
             for j in 0..layers[i] {
                 let r_in = if j == 0 { in_ch } else { out_ch };
-                resnets.push(ResnetBlock2D::new(&bp.pp("resnets").pp(j), r_in, out_ch, Some(temb), groups, eps)?);
+                resnets.push(ResnetBlock2D::new(
+                    &bp.pp("resnets").pp(j),
+                    r_in,
+                    out_ch,
+                    Some(temb),
+                    groups,
+                    eps,
+                )?);
                 if config.down_block_types[i] == "CrossAttnDownBlock2D" {
-                    attentions.push(Transformer2D::new(&bp.pp("attentions").pp(j), out_ch, heads[i], tlayers[i], config)?);
+                    attentions.push(Transformer2D::new(
+                        &bp.pp("attentions").pp(j),
+                        out_ch,
+                        heads[i],
+                        tlayers[i],
+                        config,
+                    )?);
                 }
             }
             let downsampler = if i + 1 < n {
-                Some(Downsample2D::new(&bp.pp("downsamplers.0"), out_ch, config.downsample_padding)?)
+                Some(Downsample2D::new(
+                    &bp.pp("downsamplers.0"),
+                    out_ch,
+                    config.downsample_padding,
+                )?)
             } else {
                 None
             };
-            down_blocks.push(DownBlock { resnets, attentions, downsampler });
+            down_blocks.push(DownBlock {
+                resnets,
+                attentions,
+                downsampler,
+            });
         }
         let mid_ch = ch[n - 1];
         let mp = p.pp("mid_block");
@@ -487,7 +600,13 @@ impl DownPath {
                 ResnetBlock2D::new(&mp.pp("resnets.0"), mid_ch, mid_ch, Some(temb), groups, eps)?,
                 ResnetBlock2D::new(&mp.pp("resnets.1"), mid_ch, mid_ch, Some(temb), groups, eps)?,
             ],
-            attentions: vec![Transformer2D::new(&mp.pp("attentions.0"), mid_ch, heads[n - 1], tlayers[n - 1], config)?],
+            attentions: vec![Transformer2D::new(
+                &mp.pp("attentions.0"),
+                mid_ch,
+                heads[n - 1],
+                tlayers[n - 1],
+                config,
+            )?],
         };
         Ok(DownPath {
             config: config.clone(),
@@ -501,10 +620,20 @@ impl DownPath {
 
     /// (B,) timesteps (or one, broadcast) -> (B, time_embed_dim) in the sample's dtype.
     pub fn time_embedding(&self, timesteps: &Tensor, batch: i64, kind: Kind) -> Tensor {
-        let t = if timesteps.dim() == 0 || timesteps.size()[0] == 1 { timesteps.reshape([1]).expand([batch], true) } else { timesteps.shallow_clone() };
-        let emb = timestep_embedding(&t, self.config.block_out_channels[0], self.config.flip_sin_to_cos, self.config.freq_shift)
-            .to_kind(kind);
-        self.time_linear_2.forward(&self.time_linear_1.forward(&emb).silu())
+        let t = if timesteps.dim() == 0 || timesteps.size()[0] == 1 {
+            timesteps.reshape([1]).expand([batch], true)
+        } else {
+            timesteps.shallow_clone()
+        };
+        let emb = timestep_embedding(
+            &t,
+            self.config.block_out_channels[0],
+            self.config.flip_sin_to_cos,
+            self.config.freq_shift,
+        )
+        .to_kind(kind);
+        self.time_linear_2
+            .forward(&self.time_linear_1.forward(&emb).silu())
     }
 
     pub fn conv_in(&self, sample: &Tensor) -> Tensor {
@@ -529,13 +658,26 @@ impl UNet2DConditionModel {
         if config.up_block_types.len() != n {
             return Err(DiffusionError::UnsupportedConfig {
                 path: weights.source().to_path_buf(),
-                message: format!("{} up blocks for {n} down blocks", config.up_block_types.len()),
+                message: format!(
+                    "{} up blocks for {n} down blocks",
+                    config.up_block_types.len()
+                ),
             });
         }
         let rev_ch: Vec<i64> = ch.iter().rev().copied().collect();
         let rev_heads: Vec<i64> = config.heads().into_iter().rev().collect();
-        let rev_layers: Vec<i64> = config.layers_per_block.expand(n).into_iter().rev().collect();
-        let rev_tlayers: Vec<i64> = config.transformer_layers_per_block.expand(n).into_iter().rev().collect();
+        let rev_layers: Vec<i64> = config
+            .layers_per_block
+            .expand(n)
+            .into_iter()
+            .rev()
+            .collect();
+        let rev_tlayers: Vec<i64> = config
+            .transformer_layers_per_block
+            .expand(n)
+            .into_iter()
+            .rev()
+            .collect();
         let temb = config.time_embed_dim();
         let (groups, eps) = (config.norm_num_groups, config.norm_eps);
         let mut up_blocks = Vec::new();
@@ -551,13 +693,34 @@ impl UNet2DConditionModel {
             for j in 0..num {
                 let skip_ch = if j == num - 1 { in_ch } else { out_ch };
                 let r_in = if j == 0 { prev_out } else { out_ch };
-                resnets.push(ResnetBlock2D::new(&bp.pp("resnets").pp(j), r_in + skip_ch, out_ch, Some(temb), groups, eps)?);
+                resnets.push(ResnetBlock2D::new(
+                    &bp.pp("resnets").pp(j),
+                    r_in + skip_ch,
+                    out_ch,
+                    Some(temb),
+                    groups,
+                    eps,
+                )?);
                 if config.up_block_types[i] == "CrossAttnUpBlock2D" {
-                    attentions.push(Transformer2D::new(&bp.pp("attentions").pp(j), out_ch, rev_heads[i], rev_tlayers[i], config)?);
+                    attentions.push(Transformer2D::new(
+                        &bp.pp("attentions").pp(j),
+                        out_ch,
+                        rev_heads[i],
+                        rev_tlayers[i],
+                        config,
+                    )?);
                 }
             }
-            let upsampler = if i + 1 < n { Some(Upsample2D::new(&bp.pp("upsamplers.0"), out_ch)?) } else { None };
-            up_blocks.push(UpBlock { resnets, attentions, upsampler });
+            let upsampler = if i + 1 < n {
+                Some(Upsample2D::new(&bp.pp("upsamplers.0"), out_ch)?)
+            } else {
+                None
+            };
+            up_blocks.push(UpBlock {
+                resnets,
+                attentions,
+                upsampler,
+            });
         }
         Ok(UNet2DConditionModel {
             down,
@@ -570,7 +733,8 @@ impl UNet2DConditionModel {
     /// Loads a diffusers `unet` folder (config.json + diffusion_pytorch_model.safetensors).
     pub fn load(folder: &Path, device: Device, kind: Kind) -> Result<Self> {
         let config = UNetConfig::from_file(&folder.join("config.json"))?;
-        let weights = WeightMap::load_folder_file(folder, "diffusion_pytorch_model.safetensors")?.to(device, kind)?;
+        let weights = WeightMap::load_folder_file(folder, "diffusion_pytorch_model.safetensors")?
+            .to(device, kind)?;
         Self::new(&weights, &config)
     }
 
@@ -581,7 +745,13 @@ impl UNet2DConditionModel {
     /// sample (B, in_channels, h, w), timesteps (B,) or (1,), context (B, 77, cross_dim)
     /// -> predicted noise (B, out_channels, h, w). `residuals`: ControlNet's summed
     /// (down skips, mid) to add.
-    pub fn forward(&self, sample: &Tensor, timesteps: &Tensor, context: &Tensor, residuals: Option<&(Vec<Tensor>, Tensor)>) -> Tensor {
+    pub fn forward(
+        &self,
+        sample: &Tensor,
+        timesteps: &Tensor,
+        context: &Tensor,
+        residuals: Option<&(Vec<Tensor>, Tensor)>,
+    ) -> Tensor {
         let batch = sample.size()[0];
         let temb = self.down.time_embedding(timesteps, batch, sample.kind());
         let mut x = self.down.conv_in(sample);
@@ -590,7 +760,11 @@ impl UNet2DConditionModel {
             x = block.forward(x, &temb, context, &mut skips);
         }
         if let Some((down_res, _)) = residuals {
-            assert_eq!(down_res.len(), skips.len(), "ControlNet residuals match the UNet's skips");
+            assert_eq!(
+                down_res.len(),
+                skips.len(),
+                "ControlNet residuals match the UNet's skips"
+            );
             skips = skips.iter().zip(down_res).map(|(s, r)| s + r).collect();
         }
         x = self.down.mid_block.forward(&x, &temb, context);
@@ -614,6 +788,7 @@ impl UNet2DConditionModel {
                 x = up.forward(&x, target);
             }
         }
-        self.conv_out.forward(&self.conv_norm_out.forward(&x).silu())
+        self.conv_out
+            .forward(&self.conv_norm_out.forward(&x).silu())
     }
 }

@@ -6,7 +6,9 @@ use serde::Deserialize;
 use tch::{Device, Kind, Tensor};
 
 use super::error::{DiffusionError, Result};
-use super::layers::{multi_head_attention, Conv2d, Downsample2D, GroupNorm, Linear, ResnetBlock2D, Upsample2D};
+use super::layers::{
+    multi_head_attention, Conv2d, Downsample2D, GroupNorm, Linear, ResnetBlock2D, Upsample2D,
+};
 use super::weights::{read_json, Params, WeightMap};
 
 #[derive(Debug, Clone, Deserialize)]
@@ -74,7 +76,12 @@ impl VaeConfig {
 
     pub fn from_file(path: &Path) -> Result<Self> {
         let config: VaeConfig = read_json(path)?;
-        let bad = |message: String| Err(DiffusionError::UnsupportedConfig { path: path.to_path_buf(), message });
+        let bad = |message: String| {
+            Err(DiffusionError::UnsupportedConfig {
+                path: path.to_path_buf(),
+                message,
+            })
+        };
         if config.act_fn != "silu" {
             return bad(format!("act_fn `{}`", config.act_fn));
         }
@@ -126,9 +133,23 @@ impl SpatialAttention {
     fn forward(&self, x: &Tensor) -> Tensor {
         let (b, c, h, w) = x.size4().expect("NCHW");
         // (B, C, H, W) -> (B, H·W, C)
-        let hs = self.group_norm.forward(x).reshape([b, c, h * w]).transpose(1, 2);
-        let out = multi_head_attention(&self.to_q.forward(&hs), &self.to_k.forward(&hs), &self.to_v.forward(&hs), 1, false);
-        let out = self.to_out.forward(&out).transpose(1, 2).reshape([b, c, h, w]);
+        let hs = self
+            .group_norm
+            .forward(x)
+            .reshape([b, c, h * w])
+            .transpose(1, 2);
+        let out = multi_head_attention(
+            &self.to_q.forward(&hs),
+            &self.to_k.forward(&hs),
+            &self.to_v.forward(&hs),
+            1,
+            false,
+        );
+        let out = self
+            .to_out
+            .forward(&out)
+            .transpose(1, 2)
+            .reshape([b, c, h, w]);
         out + x
     }
 }
@@ -142,9 +163,31 @@ struct VaeMidBlock {
 impl VaeMidBlock {
     fn new(p: &Params, channels: i64, groups: i64, attention: bool) -> Result<Self> {
         Ok(VaeMidBlock {
-            resnet_0: ResnetBlock2D::new(&p.pp("resnets.0"), channels, channels, None, groups, 1e-6)?,
-            attention: if attention { Some(SpatialAttention::new(&p.pp("attentions.0"), channels, groups)?) } else { None },
-            resnet_1: ResnetBlock2D::new(&p.pp("resnets.1"), channels, channels, None, groups, 1e-6)?,
+            resnet_0: ResnetBlock2D::new(
+                &p.pp("resnets.0"),
+                channels,
+                channels,
+                None,
+                groups,
+                1e-6,
+            )?,
+            attention: if attention {
+                Some(SpatialAttention::new(
+                    &p.pp("attentions.0"),
+                    channels,
+                    groups,
+                )?)
+            } else {
+                None
+            },
+            resnet_1: ResnetBlock2D::new(
+                &p.pp("resnets.1"),
+                channels,
+                channels,
+                None,
+                groups,
+                1e-6,
+            )?,
         })
     }
 
@@ -214,18 +257,38 @@ impl AutoencoderKL {
             let bp = ep.pp("down_blocks").pp(i);
             let mut resnets = Vec::new();
             for j in 0..config.layers_per_block {
-                resnets.push(ResnetBlock2D::new(&bp.pp("resnets").pp(j), if j == 0 { in_ch } else { out_ch }, out_ch, None, g, 1e-6)?);
+                resnets.push(ResnetBlock2D::new(
+                    &bp.pp("resnets").pp(j),
+                    if j == 0 { in_ch } else { out_ch },
+                    out_ch,
+                    None,
+                    g,
+                    1e-6,
+                )?);
             }
-            let down = if i + 1 < n { Some(Downsample2D::new(&bp.pp("downsamplers.0"), out_ch, 0)?) } else { None };
+            let down = if i + 1 < n {
+                Some(Downsample2D::new(&bp.pp("downsamplers.0"), out_ch, 0)?)
+            } else {
+                None
+            };
             blocks.push((resnets, down));
         }
         let encoder = Encoder {
             conv_in: Conv2d::new(&ep.pp("conv_in"), config.in_channels, ch[0], 3, 1, 1)?,
             blocks,
-            mid: VaeMidBlock::new(&ep.pp("mid_block"), ch[n - 1], g, config.mid_block_add_attention)?,
+            mid: VaeMidBlock::new(
+                &ep.pp("mid_block"),
+                ch[n - 1],
+                g,
+                config.mid_block_add_attention,
+            )?,
             norm_out: GroupNorm::new(&ep.pp("conv_norm_out"), g, ch[n - 1], 1e-6)?,
             conv_out: Conv2d::new(&ep.pp("conv_out"), ch[n - 1], 2 * lat, 3, 1, 1)?,
-            quant_conv: if config.use_quant_conv { Some(Conv2d::new(&p.pp("quant_conv"), 2 * lat, 2 * lat, 1, 1, 0)?) } else { None },
+            quant_conv: if config.use_quant_conv {
+                Some(Conv2d::new(&p.pp("quant_conv"), 2 * lat, 2 * lat, 1, 1, 0)?)
+            } else {
+                None
+            },
         };
         let dp = p.pp("decoder");
         let rev: Vec<i64> = ch.iter().rev().copied().collect();
@@ -237,26 +300,51 @@ impl AutoencoderKL {
             let bp = dp.pp("up_blocks").pp(i);
             let mut resnets = Vec::new();
             for j in 0..config.layers_per_block + 1 {
-                resnets.push(ResnetBlock2D::new(&bp.pp("resnets").pp(j), if j == 0 { prev } else { out_ch }, out_ch, None, g, 1e-6)?);
+                resnets.push(ResnetBlock2D::new(
+                    &bp.pp("resnets").pp(j),
+                    if j == 0 { prev } else { out_ch },
+                    out_ch,
+                    None,
+                    g,
+                    1e-6,
+                )?);
             }
-            let up = if i + 1 < n { Some(Upsample2D::new(&bp.pp("upsamplers.0"), out_ch)?) } else { None };
+            let up = if i + 1 < n {
+                Some(Upsample2D::new(&bp.pp("upsamplers.0"), out_ch)?)
+            } else {
+                None
+            };
             blocks.push((resnets, up));
         }
         let decoder = Decoder {
-            post_quant_conv: if config.use_post_quant_conv { Some(Conv2d::new(&p.pp("post_quant_conv"), lat, lat, 1, 1, 0)?) } else { None },
+            post_quant_conv: if config.use_post_quant_conv {
+                Some(Conv2d::new(&p.pp("post_quant_conv"), lat, lat, 1, 1, 0)?)
+            } else {
+                None
+            },
             conv_in: Conv2d::new(&dp.pp("conv_in"), lat, ch[n - 1], 3, 1, 1)?,
-            mid: VaeMidBlock::new(&dp.pp("mid_block"), ch[n - 1], g, config.mid_block_add_attention)?,
+            mid: VaeMidBlock::new(
+                &dp.pp("mid_block"),
+                ch[n - 1],
+                g,
+                config.mid_block_add_attention,
+            )?,
             blocks,
             norm_out: GroupNorm::new(&dp.pp("conv_norm_out"), g, ch[0], 1e-6)?,
             conv_out: Conv2d::new(&dp.pp("conv_out"), ch[0], config.out_channels, 3, 1, 1)?,
         };
-        Ok(AutoencoderKL { config: config.clone(), encoder, decoder })
+        Ok(AutoencoderKL {
+            config: config.clone(),
+            encoder,
+            decoder,
+        })
     }
 
     /// Loads a diffusers `vae` folder (config.json + diffusion_pytorch_model.safetensors).
     pub fn load(folder: &Path, device: Device, kind: Kind) -> Result<Self> {
         let config = VaeConfig::from_file(&folder.join("config.json"))?;
-        let weights = WeightMap::load_folder_file(folder, "diffusion_pytorch_model.safetensors")?.to(device, kind)?;
+        let weights = WeightMap::load_folder_file(folder, "diffusion_pytorch_model.safetensors")?
+            .to(device, kind)?;
         Self::new(&weights, &config)
     }
 
@@ -278,7 +366,10 @@ impl AutoencoderKL {
             x = q.forward(&x);
         }
         let parts = x.chunk(2, 1);
-        LatentDistribution { mean: parts[0].shallow_clone(), logvar: parts[1].clamp(-30.0, 20.0) }
+        LatentDistribution {
+            mean: parts[0].shallow_clone(),
+            logvar: parts[1].clamp(-30.0, 20.0),
+        }
     }
 
     /// Unscaled latents (B, latent, h, w) -> image (B, 3, 8h, 8w) in about [-1, 1].

@@ -20,7 +20,11 @@ pub struct WeightMap {
 
 impl WeightMap {
     pub fn from_tensors(source: impl Into<PathBuf>, tensors: BTreeMap<String, Tensor>) -> Self {
-        WeightMap { source: source.into(), tensors: RefCell::new(tensors), random: None }
+        WeightMap {
+            source: source.into(),
+            tensors: RefCell::new(tensors),
+            random: None,
+        }
     }
 
     /// Loads every tensor of a safetensors file (any float dtype; kept as stored).
@@ -47,9 +51,13 @@ impl WeightMap {
         let index_path = folder.join(format!("{name}.index.json"));
         if index_path.is_file() {
             let index: serde_json::Value = read_json(&index_path)?;
-            let map = index.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| {
-                DiffusionError::BadFile { path: index_path.clone(), message: "no `weight_map` object".into() }
-            })?;
+            let map = index
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .ok_or_else(|| DiffusionError::BadFile {
+                    path: index_path.clone(),
+                    message: "no `weight_map` object".into(),
+                })?;
             let mut shards: Vec<&str> = map.values().filter_map(|v| v.as_str()).collect();
             shards.sort();
             shards.dedup();
@@ -65,7 +73,11 @@ impl WeightMap {
 
     /// Weights created on first use: N(0, 1/fan_in) matrices, unit norm scales, zero biases.
     pub fn random(device: Device, kind: Kind) -> Self {
-        WeightMap { source: PathBuf::from("<random weights>"), tensors: RefCell::new(BTreeMap::new()), random: Some((device, kind)) }
+        WeightMap {
+            source: PathBuf::from("<random weights>"),
+            tensors: RefCell::new(BTreeMap::new()),
+            random: Some((device, kind)),
+        }
     }
 
     pub fn source(&self) -> &Path {
@@ -96,15 +108,26 @@ impl WeightMap {
     pub fn to(self, device: Device, kind: Kind) -> Result<Self> {
         let mut out = BTreeMap::new();
         for (name, t) in self.tensors.into_inner() {
-            let t = if t.is_floating_point() { t.f_to_device(device)?.f_to_kind(kind)? } else { t.f_to_device(device)? };
+            let t = if t.is_floating_point() {
+                t.f_to_device(device)?.f_to_kind(kind)?
+            } else {
+                t.f_to_device(device)?
+            };
             out.insert(name, t);
         }
-        Ok(WeightMap { source: self.source, tensors: RefCell::new(out), random: self.random.map(|_| (device, kind)) })
+        Ok(WeightMap {
+            source: self.source,
+            tensors: RefCell::new(out),
+            random: self.random.map(|_| (device, kind)),
+        })
     }
 
     /// A view of the names below `prefix` (joined with a dot).
     pub fn root(&self) -> Params<'_> {
-        Params { map: self, prefix: String::new() }
+        Params {
+            map: self,
+            prefix: String::new(),
+        }
     }
 
     fn get(&self, name: &str, shape: &[i64]) -> Result<Tensor> {
@@ -129,12 +152,18 @@ impl WeightMap {
                     }
                 } else {
                     let fan_in: i64 = shape[1..].iter().product();
-                    (Tensor::f_randn(shape, (Kind::Float, device))? / (fan_in as f64).sqrt()).f_to_kind(kind)?
+                    (Tensor::f_randn(shape, (Kind::Float, device))? / (fan_in as f64).sqrt())
+                        .f_to_kind(kind)?
                 };
-                self.tensors.borrow_mut().insert(name.to_string(), t.shallow_clone());
+                self.tensors
+                    .borrow_mut()
+                    .insert(name.to_string(), t.shallow_clone());
                 Ok(t)
             }
-            None => Err(DiffusionError::MissingTensor { path: self.source.clone(), name: name.to_string() }),
+            None => Err(DiffusionError::MissingTensor {
+                path: self.source.clone(),
+                name: name.to_string(),
+            }),
         }
     }
 }
@@ -148,8 +177,15 @@ pub struct Params<'a> {
 
 impl<'a> Params<'a> {
     pub fn pp(&self, name: impl std::fmt::Display) -> Params<'a> {
-        let prefix = if self.prefix.is_empty() { name.to_string() } else { format!("{}.{}", self.prefix, name) };
-        Params { map: self.map, prefix }
+        let prefix = if self.prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{}", self.prefix, name)
+        };
+        Params {
+            map: self.map,
+            prefix,
+        }
     }
 
     fn full(&self, name: &str) -> String {
@@ -175,26 +211,41 @@ impl<'a> Params<'a> {
 }
 
 pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
-    let text = std::fs::read_to_string(path).map_err(|source| DiffusionError::Io { path: path.to_path_buf(), source })?;
-    serde_json::from_str(&text)
-        .map_err(|e| DiffusionError::BadFile { path: path.to_path_buf(), message: format!("invalid JSON: {e}") })
+    let text = std::fs::read_to_string(path).map_err(|source| DiffusionError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    serde_json::from_str(&text).map_err(|e| DiffusionError::BadFile {
+        path: path.to_path_buf(),
+        message: format!("invalid JSON: {e}"),
+    })
 }
 
 /// The `__metadata__` strings of a safetensors header (8-byte little-endian length, then JSON).
 pub fn safetensors_metadata(path: &Path) -> Result<BTreeMap<String, String>> {
     use std::io::Read;
-    let bad = |message: String| DiffusionError::BadFile { path: path.to_path_buf(), message };
-    let mut file = std::fs::File::open(path).map_err(|source| DiffusionError::Io { path: path.to_path_buf(), source })?;
+    let bad = |message: String| DiffusionError::BadFile {
+        path: path.to_path_buf(),
+        message,
+    };
+    let mut file = std::fs::File::open(path).map_err(|source| DiffusionError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let mut len_bytes = [0u8; 8];
-    file.read_exact(&mut len_bytes).map_err(|e| bad(format!("no safetensors header: {e}")))?;
+    file.read_exact(&mut len_bytes)
+        .map_err(|e| bad(format!("no safetensors header: {e}")))?;
     let header_len = u64::from_le_bytes(len_bytes);
     if header_len > 100_000_000 {
-        return Err(bad(format!("safetensors header of {header_len} bytes is not plausible")));
+        return Err(bad(format!(
+            "safetensors header of {header_len} bytes is not plausible"
+        )));
     }
     let mut header = vec![0u8; header_len as usize];
-    file.read_exact(&mut header).map_err(|e| bad(format!("truncated safetensors header: {e}")))?;
-    let json: serde_json::Value =
-        serde_json::from_slice(&header).map_err(|e| bad(format!("safetensors header is not JSON: {e}")))?;
+    file.read_exact(&mut header)
+        .map_err(|e| bad(format!("truncated safetensors header: {e}")))?;
+    let json: serde_json::Value = serde_json::from_slice(&header)
+        .map_err(|e| bad(format!("safetensors header is not JSON: {e}")))?;
     let mut out = BTreeMap::new();
     if let Some(meta) = json.get("__metadata__").and_then(|m| m.as_object()) {
         for (k, v) in meta {
