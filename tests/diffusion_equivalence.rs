@@ -13,6 +13,7 @@ use effectc::diffusion::controlnet::ControlNetModel;
 use effectc::diffusion::lora::{merge_loras, LoraSpec};
 use effectc::diffusion::pipeline::{
     generate_pair, generate_pair_tensors, ControlInput, DiffusionModels, ModelFiles, PairRequest,
+    SingleFileConfigs,
 };
 use effectc::diffusion::scheduler::{ScheduleConfig, Scheduler, SchedulerKind};
 use effectc::diffusion::single_file::load_single_file;
@@ -524,6 +525,33 @@ fn img2img_with_controlnet_dpmpp_2m_matches_diffusers() {
 #[test]
 fn txt2img_ddim_matches_diffusers() {
     check_pipeline("txt2img_ddim", "unet");
+}
+
+#[test]
+fn single_file_checkpoint_runs_the_pipeline_like_diffusers() {
+    let c = cases();
+    let root = fixtures();
+    let configs = SingleFileConfigs {
+        unet: UNetConfig::from_file(&root.join("unet/config.json")).unwrap(),
+        vae: VaeConfig::from_file(&root.join("vae/config.json")).unwrap(),
+        text_encoder: ClipTextConfig::from_file(&root.join("text_encoder/config.json")).unwrap(),
+    };
+    let models = DiffusionModels::load_single_file(
+        &root.join("sd_single_file.safetensors"),
+        &root.join("tokenizer"),
+        &configs,
+        &[],
+        &[],
+        Device::Cpu,
+        Kind::Float,
+    )
+    .unwrap();
+    let outs = generate_pair_tensors(&models, &requests("txt2img_ddim", &c)).unwrap();
+    assert_close(
+        "single-file txt2img",
+        &outs[0].image,
+        &c["pipe.txt2img_ddim.image"],
+    );
 }
 
 #[test]

@@ -23,6 +23,7 @@ use super::controlnet::ControlNetModel;
 use super::error::{DiffusionError, Result};
 use super::lora::{merge_loras, LoraSpec};
 use super::scheduler::{ScheduleConfig, Scheduler, SchedulerKind};
+use super::single_file::load_single_file;
 use super::tokenizer::ClipTokenizer;
 use super::unet::{UNet2DConditionModel, UNetConfig};
 use super::vae::{AutoencoderKL, VaeConfig};
@@ -63,6 +64,24 @@ pub struct DiffusionModels {
     pub device: Device,
     /// Half on CUDA, Float on CPU (libtorch's CPU half kernels are slow and partial).
     pub kind: Kind,
+}
+
+/// The configs a single-file checkpoint's weights are read with (the file holds none).
+#[derive(Debug, Clone)]
+pub struct SingleFileConfigs {
+    pub unet: UNetConfig,
+    pub vae: VaeConfig,
+    pub text_encoder: ClipTextConfig,
+}
+
+impl SingleFileConfigs {
+    pub fn sd15() -> Self {
+        SingleFileConfigs {
+            unet: UNetConfig::sd15(),
+            vae: VaeConfig::sd15(),
+            text_encoder: ClipTextConfig::vit_l14(),
+        }
+    }
 }
 
 /// One ControlNet's input for a request.
@@ -136,6 +155,37 @@ impl DiffusionModels {
             vae,
             controlnets,
             &files.loras,
+            device,
+            kind,
+        )
+    }
+
+    /// Loads an original single-file SD checkpoint (UNet, VAE and text encoder in one
+    /// safetensors file) with the configs it was trained with (`SingleFileConfigs::sd15()`
+    /// for SD 1.x), plus diffusers-layout ControlNets and LoRAs.
+    pub fn load_single_file(
+        checkpoint: &Path,
+        tokenizer: &Path,
+        configs: &SingleFileConfigs,
+        controlnets: &[(String, PathBuf)],
+        loras: &[LoraSpec],
+        device: Device,
+        kind: Kind,
+    ) -> Result<Self> {
+        let tokenizer = ClipTokenizer::load(tokenizer)?;
+        let w = load_single_file(checkpoint, &configs.unet, &configs.vae)?;
+        let vae = AutoencoderKL::new(&w.vae.to(device, kind)?, &configs.vae)?;
+        let mut nets = BTreeMap::new();
+        for (name, folder) in controlnets {
+            nets.insert(name.clone(), ControlNetModel::load(folder, device, kind)?);
+        }
+        Self::assemble(
+            tokenizer,
+            (w.text_encoder, configs.text_encoder.clone()),
+            (w.unet, configs.unet.clone()),
+            vae,
+            nets,
+            loras,
             device,
             kind,
         )
