@@ -10,6 +10,7 @@ pub mod diffusion;
 pub mod digest;
 pub mod exec;
 pub mod export;
+pub mod models;
 pub mod nn;
 pub mod plan;
 pub mod project;

@@ -1,5 +1,5 @@
 //! The tensor worker: the only effectc process that loads libtorch. A stage writes a job
-//! (JSON) and runs `effectc-nn train JOB.json`; progress comes back as JSON lines on
+//! (JSON) and runs `effectc-nn train|export|diffuse JOB.json`; progress comes back as JSON lines on
 //! stdout (`{"progress": ...}`), then `{"report": ...}`. Exit codes: 0 done, 1 the
 //! recipe's or data's fault, 3 the machine's, 130 cancelled (SIGINT/SIGTERM: a
 //! checkpoint is saved first).
@@ -12,21 +12,32 @@ use std::time::Instant;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    if args.len() != 3 || !["train", "export"].contains(&args[1].as_str()) {
-        eprintln!("usage: effectc-nn train|export JOB.json");
+    if args.len() != 3 || !["train", "export", "diffuse"].contains(&args[1].as_str()) {
+        eprintln!("usage: effectc-nn train|export|diffuse JOB.json");
         std::process::exit(2);
     }
-    if args[1] == "export" {
-        let job: train::ExportJob = match std::fs::read(&args[2])
-            .map_err(|e| e.to_string())
-            .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
-        {
-            Ok(j) => j,
+    if args[1] == "diffuse" {
+        let job: effectc::diffusion::job::DiffuseJob = read_job(&args[2]);
+        let device = match effectc::plan::DeviceSpec::parse(&job.device) {
+            Ok(effectc::plan::DeviceSpec::Cpu) => tch::Device::Cpu,
+            Ok(effectc::plan::DeviceSpec::Cuda(n)) => tch::Device::Cuda(n),
+            Ok(effectc::plan::DeviceSpec::Auto) => tch::Device::cuda_if_available(),
             Err(e) => {
-                eprintln!("effectc-nn: cannot read job {}: {e}", args[2]);
-                std::process::exit(2);
+                eprintln!("{e}");
+                std::process::exit(1);
             }
         };
+        match effectc::diffusion::job::run(&job, device) {
+            Ok(report) => println!("{}", serde_json::json!({ "report": report })),
+            Err(e) => {
+                eprintln!("{e}");
+                std::process::exit(if e.is_user_error() { 1 } else { 3 });
+            }
+        }
+        return;
+    }
+    if args[1] == "export" {
+        let job: train::ExportJob = read_job(&args[2]);
         match train::export_student(&job) {
             Ok(report) => println!("{}", serde_json::json!({ "report": report })),
             Err(e) => {
@@ -36,16 +47,7 @@ fn main() {
         }
         return;
     }
-    let job: TrainJob = match std::fs::read(&args[2])
-        .map_err(|e| e.to_string())
-        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
-    {
-        Ok(j) => j,
-        Err(e) => {
-            eprintln!("effectc-nn: cannot read job {}: {e}", args[2]);
-            std::process::exit(2);
-        }
-    };
+    let job: TrainJob = read_job(&args[2]);
     let cancel = Arc::new(AtomicBool::new(false));
     {
         let cancel = cancel.clone();
@@ -73,6 +75,20 @@ fn main() {
                 _ => 3,
             };
             std::process::exit(code);
+        }
+    }
+}
+
+/// Reads a job file; a bad one is a usage error (exit 2).
+fn read_job<T: serde::de::DeserializeOwned>(path: &str) -> T {
+    match std::fs::read(path)
+        .map_err(|e| e.to_string())
+        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+    {
+        Ok(j) => j,
+        Err(e) => {
+            eprintln!("effectc-nn: cannot read job {path}: {e}");
+            std::process::exit(2);
         }
     }
 }

@@ -77,6 +77,7 @@ pub fn run(cli: Cli) -> i32 {
             device,
         } => release(&env, effects, &out, jobs, &device),
         Command::Cache { action } => cache_cmd(&env, action),
+        Command::Models { action } => super::models::run(&env.project, action),
     };
     match result {
         Ok(code) | Err(code) => code,

@@ -3,6 +3,7 @@
 //! 3 infrastructure error, 130 interrupted).
 
 mod commands;
+mod models;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -66,11 +67,32 @@ pub enum Command {
     },
     /// Check recipes (all of them by default) without running anything.
     Check { effects: Vec<String> },
+    /// The models directory ($EFFECTC_MODELS, else the project's `models/`, else
+    /// ~/.cache/effectc/models): what the registry names, present or not, pinned or not.
+    Models {
+        #[command(subcommand)]
+        action: ModelsAction,
+    },
     /// Inspect and maintain the cache.
     Cache {
         #[command(subcommand)]
         action: CacheAction,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ModelsAction {
+    /// Every model of the registry: architecture, present or missing, pinned, path.
+    List,
+    /// Copy a weight file or diffusers folder into the models directory, checking it
+    /// against the registry's pin when `--name` names a registry entry.
+    Import {
+        path: PathBuf,
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Re-hash every present model and compare with its pin; non-zero on a mismatch.
+    Verify,
 }
 
 #[derive(Subcommand, Debug)]

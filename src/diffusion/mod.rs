@@ -14,6 +14,7 @@ pub mod clip;
 pub mod control_image;
 pub mod controlnet;
 pub mod error;
+pub mod job;
 pub mod layers;
 pub mod lora;
 pub mod pipeline;

@@ -154,9 +154,43 @@ pub fn lower(
         };
         diags.push(d.help("use `crop \"center\" size=...` until face detection lands"));
     }
-    if let Teacher::Diffusion(_) = &recipe.teacher {
-        // Checked before any work: every model the teacher names must be present.
-        stages::diffusion_pairs::check_models_present(recipe, &mut diags);
+    let mut models = std::collections::BTreeMap::new();
+    if let Teacher::Diffusion(t) = &recipe.teacher {
+        // Checked before any work: every model the teacher names is present and pinned,
+        // every control image can be drawn.
+        for (name, (path, digest)) in
+            crate::models::check_models(project, recipe, digest_of, &mut diags)
+        {
+            let entry = t.models.iter().find(|m| m.name == name).cloned();
+            if let Some(entry) = entry {
+                models.insert(
+                    name,
+                    stages::diffusion_pairs::ResolvedModel {
+                        entry,
+                        path,
+                        digest,
+                    },
+                );
+            }
+        }
+        for c in &t.controlnets {
+            if stages::control_map::BUILT_PREPROCESSORS.contains(&c.preprocessor.as_str()) {
+                continue;
+            }
+            let message = format!(
+                "ControlNet preset `{}` needs the `{}` preprocessor, which is not built yet",
+                c.preset.value, c.preprocessor
+            );
+            let d = match &c.preset.loc {
+                Some(loc) => RecipeDiagnostic::at(loc, "not-built-yet", message)
+                    .label("preprocessor not built yet"),
+                None => RecipeDiagnostic::nowhere("not-built-yet", message),
+            };
+            diags.push(d.help(format!(
+                "presets whose preprocessors exist: those using {}",
+                stages::control_map::BUILT_PREPROCESSORS.join(", ")
+            )));
+        }
     }
     if !diags.is_empty() {
         return Err(diags);
@@ -262,10 +296,96 @@ pub fn lower(
                     }
                 }
             }
-            Teacher::Diffusion(d) => (
-                Box::new(stages::diffusion_pairs::DiffusionPairs::new(d, &item.name)),
-                vec![source],
-            ),
+            Teacher::Diffusion(t) => {
+                let mut inputs = vec![source];
+                let with_attributes = !recipe.attributes.is_empty();
+                if with_attributes {
+                    let sidecar = match &item.origin {
+                        ItemOrigin::File { path, .. } => {
+                            let p = stages::attributes::sidecar_path(path);
+                            p.is_file().then_some(p)
+                        }
+                        ItemOrigin::Synthetic { .. } => None,
+                    };
+                    let mut attr_inputs = Vec::new();
+                    if let Some(path) = &sidecar {
+                        match digest_of(path) {
+                            Ok(digest) => attr_inputs.push(Input {
+                                name: "sidecar".into(),
+                                from: InputRef::File {
+                                    path: path.clone(),
+                                    digest,
+                                },
+                            }),
+                            Err(e) => {
+                                diags.push(RecipeDiagnostic::nowhere(
+                                    "unreadable-source",
+                                    format!("cannot read {}: {e}", path.display()),
+                                ));
+                                continue;
+                            }
+                        }
+                    }
+                    nodes.push(PlanNode {
+                        id: format!("attributes/{}", item.name),
+                        item: Some(item.name.clone()),
+                        stage: Box::new(stages::attributes::ItemAttributes {
+                            item: item.name.clone(),
+                            uses: recipe.attributes.clone(),
+                            has_sidecar: sidecar.is_some(),
+                        }),
+                        inputs: attr_inputs,
+                    });
+                    inputs.push(Input {
+                        name: "attributes".into(),
+                        from: InputRef::Stage {
+                            node: nodes.len() - 1,
+                            output: "attributes".into(),
+                        },
+                    });
+                }
+                // One control map per preprocessor, shared by presets that use it.
+                let mut drawn: Vec<(String, usize)> = Vec::new();
+                for c in &t.controlnets {
+                    let node = match drawn.iter().find(|(p, _)| *p == c.preprocessor) {
+                        Some((_, n)) => *n,
+                        None => {
+                            nodes.push(PlanNode {
+                                id: format!("control:{}/{}", c.preprocessor, item.name),
+                                item: Some(item.name.clone()),
+                                stage: Box::new(stages::control_map::ControlMap {
+                                    preprocessor: c.preprocessor.clone(),
+                                }),
+                                inputs: vec![Input {
+                                    name: "image".into(),
+                                    from: InputRef::Stage {
+                                        node: crop,
+                                        output: "image".into(),
+                                    },
+                                }],
+                            });
+                            drawn.push((c.preprocessor.clone(), nodes.len() - 1));
+                            nodes.len() - 1
+                        }
+                    };
+                    inputs.push(Input {
+                        name: stages::diffusion_pairs::control_input(&c.preset.value),
+                        from: InputRef::Stage {
+                            node,
+                            output: "control".into(),
+                        },
+                    });
+                }
+                (
+                    Box::new(stages::diffusion_pairs::DiffusionPairs {
+                        item: item.name.clone(),
+                        teacher: (**t).clone(),
+                        models: models.clone(),
+                        with_attributes,
+                    }) as Box<dyn super::Stage>,
+                    inputs,
+                )
+            }
         };
         inputs.sort_by(|a, b| a.name.cmp(&b.name));
         nodes.push(PlanNode {
@@ -281,6 +401,14 @@ pub fn lower(
     }
     // A contact sheet of the first pairs, so a person sees what the teacher made.
     let shown: Vec<_> = pairs.iter().take(8).collect();
+    let controls: Vec<String> = match &recipe.teacher {
+        Teacher::Diffusion(t) => t
+            .controlnets
+            .iter()
+            .map(|c| c.preset.value.clone())
+            .collect(),
+        _ => Vec::new(),
+    };
     let mut inputs = Vec::new();
     for (i, (_, crop, pair)) in shown.iter().enumerate() {
         inputs.push(Input {
@@ -290,6 +418,18 @@ pub fn lower(
                 output: "image".into(),
             },
         });
+        for c in &controls {
+            if let Some(from) = nodes[*pair]
+                .inputs
+                .iter()
+                .find(|inp| inp.name == stages::diffusion_pairs::control_input(c))
+            {
+                inputs.push(Input {
+                    name: format!("{i:02}-control-{c}"),
+                    from: from.from.clone(),
+                });
+            }
+        }
         inputs.push(Input {
             name: format!("{i:02}-target"),
             from: InputRef::Stage {
@@ -302,7 +442,10 @@ pub fn lower(
         nodes.push(PlanNode {
             id: "pairs-sheet".into(),
             item: None,
-            stage: Box::new(stages::pairs_sheet::PairsSheet { rows: shown.len() }),
+            stage: Box::new(stages::pairs_sheet::PairsSheet {
+                rows: shown.len(),
+                controls,
+            }),
             inputs,
         });
     }

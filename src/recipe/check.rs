@@ -9,6 +9,9 @@ use super::stdlib::{self, Registry};
 use super::tree::{Node, Val};
 use crate::project::Project;
 
+/// The registry entry single-file SD checkpoints take their tokenizer from.
+pub const CLIP_TOKENIZER: &str = "clip-tokenizer";
+
 pub const EFFECT_NODES: &[&str] = &[
     "extends",
     "version",
@@ -470,7 +473,7 @@ impl<'a> Checker<'a> {
             let Some(preset) = self.d.string(v, "a ControlNet preset") else {
                 continue;
             };
-            if !self.registry.controlnets.contains_key(&preset) {
+            let Some(found) = self.registry.controlnets.get(&preset) else {
                 self.d.error(
                     RecipeDiagnostic::at(
                         &v.loc,
@@ -484,9 +487,12 @@ impl<'a> Checker<'a> {
                     ),
                 );
                 continue;
-            }
+            };
+            let (preprocessor, model) = (found.preprocessor.clone(), found.model.clone());
             controlnets.push(ControlNetUse {
                 preset: Spanned::new(preset, Some(v.loc.clone())),
+                preprocessor,
+                model,
                 weight,
                 start,
                 end,
@@ -533,7 +539,18 @@ impl<'a> Checker<'a> {
                 .map(|p| p.model.clone()),
         );
         model_names.extend(instruct_pix2pix.iter().map(|ip| ip.model.value.clone()));
-        model_names.dedup();
+        // An original single-file checkpoint carries no tokenizer: CLIP's vocabulary
+        // comes from its own registry entry.
+        if self
+            .registry
+            .models
+            .get(&base.value)
+            .is_some_and(|m| m.arch == "sd15")
+        {
+            model_names.push(CLIP_TOKENIZER.to_string());
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        model_names.retain(|n| seen.insert(n.clone()));
         let models = model_names
             .iter()
             .filter_map(|n| self.registry.models.get(n).cloned())
@@ -554,17 +571,27 @@ impl<'a> Checker<'a> {
         })
     }
 
-    fn attributes(&mut self, node: &Node) -> Vec<Spanned<String>> {
-        self.d.known_props(node, &[]);
+    /// `attributes "gender" "hair-color" glasses="none"`: arguments are attributes each
+    /// item's sidecar gives; properties fix an attribute's option for every item.
+    fn attributes(&mut self, node: &Node) -> Vec<AttributeUse> {
         let mut out = Vec::new();
-        for v in &node.args {
-            let Some(name) = self.d.string(v, "an attribute name") else {
-                continue;
+        let named = node.args.iter().map(|v| (v, None));
+        let fixed = node.props.iter().map(|p| (&p.val, Some(p.name.clone())));
+        for (v, prop) in named.chain(fixed) {
+            let (name, loc, fixed) = match prop {
+                None => match self.d.string(v, "an attribute name") {
+                    Some(n) => (n, v.loc.clone(), None),
+                    None => continue,
+                },
+                Some(key) => match self.d.string(v, "an attribute option") {
+                    Some(option) => (key, v.loc.clone(), Some(option)),
+                    None => continue,
+                },
             };
-            if !self.registry.attributes.contains_key(&name) {
+            let Some(set) = self.registry.attributes.get(&name) else {
                 self.d.error(
                     RecipeDiagnostic::at(
-                        &v.loc,
+                        &loc,
                         "unknown-attribute",
                         format!("unknown attribute `{name}`"),
                     )
@@ -572,8 +599,26 @@ impl<'a> Checker<'a> {
                     .suggest(&name, self.registry.attributes.keys().map(|s| s.as_str())),
                 );
                 continue;
+            };
+            if let Some(option) = &fixed {
+                if !set.options.iter().any(|o| &o.name == option) {
+                    self.d.error(
+                        RecipeDiagnostic::at(
+                            &loc,
+                            "unknown-option",
+                            format!("attribute `{name}` has no option `{option}`"),
+                        )
+                        .label("not an option")
+                        .suggest(option, set.options.iter().map(|o| o.name.as_str())),
+                    );
+                    continue;
+                }
             }
-            out.push(Spanned::new(name, Some(v.loc.clone())));
+            out.push(AttributeUse {
+                name: Spanned::new(name, Some(loc)),
+                set: set.clone(),
+                fixed,
+            });
         }
         out
     }

@@ -27,10 +27,21 @@ pub struct Recipe {
     pub files: Vec<Arc<SourceFile>>,
     pub sources: Sources,
     pub teacher: Teacher,
-    pub attributes: Vec<Spanned<String>>,
+    /// Face attributes written into the prompt's `{attributes}`, in recipe order.
+    pub attributes: Vec<AttributeUse>,
     pub student: Student,
     pub train: Train,
     pub targets: Vec<TargetSpec>,
+}
+
+#[derive(Clone, Debug)]
+pub struct AttributeUse {
+    pub name: Spanned<String>,
+    /// The attribute's options (from stdlib/attributes.kdl).
+    pub set: super::stdlib::AttributeSet,
+    /// A value the recipe gives for every item (`attributes glasses="none"`); otherwise
+    /// each item's sidecar file gives it.
+    pub fixed: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -128,6 +139,10 @@ pub struct Lora {
 #[derive(Clone, Debug)]
 pub struct ControlNetUse {
     pub preset: Spanned<String>,
+    /// From the preset (stdlib/controlnets.kdl): what draws the control image, and the
+    /// ControlNet model that reads it.
+    pub preprocessor: String,
+    pub model: String,
     pub weight: f64,
     pub start: f64,
     pub end: f64,

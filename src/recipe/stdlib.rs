@@ -35,6 +35,18 @@ const EMBEDDED_TARGETS: &[(&str, &str)] = &[
     ),
     ("onnx.kdl", include_str!("../../targets/onnx.kdl")),
 ];
+/// The weight layouts effectc reads (see stdlib/models.kdl).
+pub const MODEL_ARCHS: &[&str] = &[
+    "sd15",
+    "sd15-diffusers",
+    "sd15-ip2p",
+    "sd15-ip2p-diffusers",
+    "controlnet-sd15",
+    "lora-sd15",
+    "clip-tokenizer",
+    "clip-vit-l14",
+];
+
 const REGISTRY_FILES: &[&str] = &["models.kdl", "controlnets.kdl", "attributes.kdl"];
 
 /// Parses KDL text into a located tree, turning syntax errors into diagnostics.
@@ -245,6 +257,19 @@ impl Registry {
                         .prop("arch")
                         .and_then(|v| d.string(v, "`arch`"))
                         .unwrap_or_default();
+                    if !MODEL_ARCHS.contains(&arch.as_str()) {
+                        let at = node.prop("arch").map(|v| &v.loc).unwrap_or(&node.name_loc);
+                        d.error(
+                            RecipeDiagnostic::at(
+                                at,
+                                "unknown-arch",
+                                format!("model `{name}`: unknown arch `{arch}`"),
+                            )
+                            .label("not an architecture effectc reads")
+                            .suggest(&arch, MODEL_ARCHS.iter().copied()),
+                        );
+                        continue;
+                    }
                     let url = node.prop("url").and_then(|v| d.string(v, "`url`"));
                     self.models.insert(
                         name.clone(),

@@ -1,75 +1,62 @@
 //! `pairs` with the diffusion teacher (SD 1.5 + LoRA + ControlNets + InstructPix2Pix).
-//! Before any work, every model it names must be in the models directory.
+//! The plan checks every model before any work (crate::models); this stage fills the
+//! prompt's `{attributes}`, derives the item's seed, and runs the generation in the
+//! `effectc-nn diffuse` worker (the CLI never loads libtorch).
 
-use crate::plan::{Params, RunContext, RunOutput, Stage, StageError};
-use crate::recipe::{Diagnostics, DiffusionTeacher, Recipe, RecipeDiagnostic, Teacher};
+use crate::diffusion::job::{ControlJob, DiffuseJob, ModelRef};
+use crate::digest::{Digest, KeyHasher};
+use crate::plan::{Params, Resource, RunContext, RunOutput, Stage, StageError};
+use crate::recipe::stdlib::ModelEntry;
+use crate::recipe::DiffusionTeacher;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-/// `$EFFECTC_MODELS`, or `~/.cache/effectc/models`.
-pub fn models_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("EFFECTC_MODELS") {
-        return PathBuf::from(dir);
-    }
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("."));
-    home.join(".cache/effectc/models")
-}
-
-/// One diagnostic listing every missing model: name, file, expected SHA-256, path searched.
-pub fn check_models_present(recipe: &Recipe, diags: &mut Diagnostics) {
-    let Teacher::Diffusion(t) = &recipe.teacher else {
-        return;
-    };
-    let dir = models_dir();
-    let mut missing = Vec::new();
-    for m in &t.models {
-        let path = dir.join(&m.file);
-        if !path.is_file() {
-            missing.push(format!(
-                "  {} — file {} (sha256 {}) not found at {}",
-                m.name,
-                m.file,
-                m.sha256.as_deref().unwrap_or("not pinned"),
-                path.display()
-            ));
-        }
-    }
-    if !missing.is_empty() {
-        let d = match &t.base.loc {
-            Some(loc) => RecipeDiagnostic::at(
-                loc,
-                "missing-models",
-                format!(
-                    "{} model(s) missing for the diffusion teacher:\n{}",
-                    missing.len(),
-                    missing.join("\n")
-                ),
-            )
-            .label("this teacher needs them"),
-            None => RecipeDiagnostic::nowhere(
-                "missing-models",
-                format!("models missing:\n{}", missing.join("\n")),
-            ),
-        };
-        diags.push(d.help(format!(
-            "put the files in {} (or set EFFECTC_MODELS), or `effectc models import FILE`",
-            dir.display()
-        )));
-    }
+/// A model as this stage reads it: registry entry, resolved path, content digest.
+#[derive(Clone, Debug)]
+pub struct ResolvedModel {
+    pub entry: ModelEntry,
+    pub path: PathBuf,
+    pub digest: Digest,
 }
 
 pub struct DiffusionPairs {
-    item: String,
-    teacher: DiffusionTeacher,
+    pub item: String,
+    pub teacher: DiffusionTeacher,
+    /// Every model the teacher names, by registry name.
+    pub models: BTreeMap<String, ResolvedModel>,
+    /// Whether the plan gave an `attributes` input.
+    pub with_attributes: bool,
+}
+
+/// The input name of a ControlNet preset's control image.
+pub fn control_input(preset: &str) -> String {
+    format!("control-{preset}")
+}
+
+/// The prompt with `{attributes}` filled in (and the commas around an empty fill tidied).
+pub fn fill_prompt(template: &str, attributes: &str) -> String {
+    let filled = template.replace("{attributes}", attributes);
+    let parts: Vec<&str> = filled
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .collect();
+    parts.join(", ")
 }
 
 impl DiffusionPairs {
-    pub fn new(teacher: &DiffusionTeacher, item: &str) -> DiffusionPairs {
-        DiffusionPairs {
-            item: item.to_string(),
-            teacher: teacher.clone(),
-        }
+    fn model(&self, name: &str) -> Result<&ResolvedModel, StageError> {
+        self.models.get(name).ok_or_else(|| {
+            StageError::infra(format!("model `{name}` was not resolved (planner bug)"))
+        })
+    }
+
+    fn model_ref(&self, name: &str) -> Result<ModelRef, StageError> {
+        let m = self.model(name)?;
+        Ok(ModelRef {
+            arch: m.entry.arch.clone(),
+            path: m.path.clone(),
+        })
     }
 }
 
@@ -78,11 +65,15 @@ impl Stage for DiffusionPairs {
         "pairs"
     }
     fn version(&self) -> u32 {
-        1
+        2
+    }
+    fn resource(&self) -> Resource {
+        // One generation at a time: it fills the GPU (or every CPU core).
+        Resource::Exclusive
     }
     fn params(&self) -> Params {
         let t = &self.teacher;
-        Params::from([
+        let mut p = Params::from([
             ("teacher.kind".into(), "diffusion".into()),
             ("teacher.base".into(), t.base.value.clone()),
             ("teacher.prompt".into(), t.prompt.clone()),
@@ -91,12 +82,123 @@ impl Stage for DiffusionPairs {
             ("teacher.scheduler".into(), t.scheduler.clone()),
             ("teacher.guidance".into(), format!("{:?}", t.guidance)),
             ("teacher.seed".into(), t.seed.to_string()),
-        ])
+        ]);
+        for l in &t.loras {
+            p.insert(
+                format!("teacher.lora.{}", l.model.value),
+                format!("{:?}", l.weight),
+            );
+        }
+        for c in &t.controlnets {
+            p.insert(
+                format!("teacher.controlnet.{}", c.preset.value),
+                format!("{}@{:?} {:?}..{:?}", c.model, c.weight, c.start, c.end),
+            );
+        }
+        if let Some(ip) = &t.instruct_pix2pix {
+            p.insert(
+                "teacher.instruct-pix2pix".into(),
+                format!(
+                    "{}@{:?}: {}",
+                    ip.model.value, ip.image_guidance, ip.instruction
+                ),
+            );
+        }
+        if let Some(s) = t.img2img_strength {
+            p.insert("teacher.img2img".into(), format!("{s:?}"));
+        }
+        // The weights themselves: replacing a model file re-generates the pairs.
+        for (name, m) in &self.models {
+            p.insert(format!("model.{name}"), m.digest.hex());
+        }
+        p
     }
-    fn run(&self, _ctx: &mut RunContext) -> Result<RunOutput, StageError> {
-        Err(StageError::user(format!(
-            "pairs/{}: the diffusion teacher's pipeline is not wired into builds yet; use the procedural, directory or command teacher",
-            self.item
-        )))
+
+    fn run(&self, ctx: &mut RunContext) -> Result<RunOutput, StageError> {
+        let t = &self.teacher;
+        let source = ctx.input("source")?.to_path_buf();
+        let attributes = if self.with_attributes {
+            let path = ctx.input("attributes")?;
+            let json: serde_json::Value = std::fs::read(path)
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok())
+                .ok_or_else(|| {
+                    StageError::infra(format!("{} is not attributes JSON", path.display()))
+                })?;
+            json["prompt"].as_str().unwrap_or_default().to_string()
+        } else {
+            String::new()
+        };
+        let mut prompt = fill_prompt(&t.prompt, &attributes);
+        if let Some(ip) = &t.instruct_pix2pix {
+            // IP2P reads an instruction; the style prompt follows it.
+            prompt = fill_prompt(&format!("{}, {prompt}", ip.instruction), "");
+        }
+        // Each item's seed: the recipe's seed and the item's content, so adding items
+        // never changes another item's pair.
+        let source_digest = Digest::of_file(&source).map_err(|e| StageError::io(&source, e))?;
+        let mut h = KeyHasher::new("effectc/pair-seed/v1");
+        h.u64(t.seed).digest(&source_digest);
+        let seed = u64::from_le_bytes(h.finish().0[..8].try_into().unwrap_or([0; 8])) >> 1;
+        let mut controlnets = BTreeMap::new();
+        let mut controls = Vec::new();
+        for c in &t.controlnets {
+            controlnets.insert(c.model.clone(), self.model(&c.model)?.path.clone());
+            controls.push(ControlJob {
+                controlnet: c.model.clone(),
+                image: ctx.input(&control_input(&c.preset.value))?.to_path_buf(),
+                weight: c.weight as f32,
+                start: c.start as f32,
+                end: c.end as f32,
+            });
+        }
+        let tokenizer = self
+            .models
+            .get(crate::recipe::check::CLIP_TOKENIZER)
+            .map(|m| m.path.clone());
+        let job = DiffuseJob {
+            base: self.model_ref(&t.base.value)?,
+            tokenizer,
+            ip2p: match &t.instruct_pix2pix {
+                Some(ip) => Some(self.model_ref(&ip.model.value)?),
+                None => None,
+            },
+            controlnets,
+            loras: t
+                .loras
+                .iter()
+                .map(|l| Ok((self.model(&l.model.value)?.path.clone(), l.weight)))
+                .collect::<Result<_, StageError>>()?,
+            prompt: prompt.clone(),
+            negative_prompt: t.negative_prompt.clone(),
+            source,
+            controls,
+            image_guidance: t
+                .instruct_pix2pix
+                .as_ref()
+                .map(|ip| ip.image_guidance as f32),
+            guidance: t.guidance as f32,
+            steps: t.steps as usize,
+            scheduler: t.scheduler.clone(),
+            seed,
+            strength: t.img2img_strength.unwrap_or(1.0) as f32,
+            device: ctx.device.to_string(),
+            out: ctx.out_dir.join("target.png"),
+        };
+        let report = super::worker::run_worker(
+            ctx,
+            "diffuse",
+            &serde_json::to_value(&job).unwrap_or_default(),
+        )?;
+        let mut out = RunOutput {
+            metrics: report.metrics,
+            ..Default::default()
+        };
+        out.metrics.insert("prompt".into(), prompt.into());
+        out.metrics.insert("seed".into(), seed.into());
+        for (name, path) in report.files {
+            out.files.insert(name, path);
+        }
+        Ok(out)
     }
 }

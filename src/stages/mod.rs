@@ -1,8 +1,10 @@
 //! Stage kinds, one file each. A kind is one `plan::Stage` impl: its params, its
 //! version, its run.
 
+pub mod attributes;
 pub mod bundle;
 pub mod command_teacher;
+pub mod control_map;
 pub mod crop;
 pub mod diffusion_pairs;
 pub mod directory_teacher;

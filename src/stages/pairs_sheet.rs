@@ -1,5 +1,5 @@
-//! `pairs-sheet`: a contact sheet (source | teacher) of the first pairs, a PNG a person
-//! opens to judge the teacher before training on it.
+//! `pairs-sheet`: a contact sheet (source | control maps | teacher) of the first pairs,
+//! a PNG a person opens to judge the teacher before training on it.
 
 use super::imaging::contact_sheet::contact_sheet;
 use super::png::{read_rgb, write_png};
@@ -7,6 +7,8 @@ use crate::plan::{Params, RunContext, RunOutput, Stage, StageError};
 
 pub struct PairsSheet {
     pub rows: usize,
+    /// Control maps shown between source and teacher (inputs `NN-control-PRESET`).
+    pub controls: Vec<String>,
 }
 
 impl Stage for PairsSheet {
@@ -17,16 +19,27 @@ impl Stage for PairsSheet {
         1
     }
     fn params(&self) -> Params {
-        Params::from([("rows".into(), self.rows.to_string())])
+        let mut p = Params::from([("rows".into(), self.rows.to_string())]);
+        if !self.controls.is_empty() {
+            p.insert("controls".into(), self.controls.join(","));
+        }
+        p
     }
     fn run(&self, ctx: &mut RunContext) -> Result<RunOutput, StageError> {
         let mut rows = Vec::new();
         for i in 0..self.rows {
             let src = read_rgb(ctx.input(&format!("{i:02}-source"))?)?;
-            let tgt = read_rgb(ctx.input(&format!("{i:02}-target"))?)?;
-            rows.push(vec![src, tgt]);
+            let mut row = vec![src];
+            for c in &self.controls {
+                row.push(read_rgb(ctx.input(&format!("{i:02}-control-{c}"))?)?);
+            }
+            row.push(read_rgb(ctx.input(&format!("{i:02}-target"))?)?);
+            rows.push(row);
         }
-        let sheet = contact_sheet(&rows, &["source", "teacher"], 128);
+        let mut titles = vec!["source"];
+        titles.extend(self.controls.iter().map(|c| c.as_str()));
+        titles.push("teacher");
+        let sheet = contact_sheet(&rows, &titles, 128);
         let path = ctx.out_dir.join("pairs.png");
         write_png(&sheet, &path)?;
         let mut out = RunOutput::default();

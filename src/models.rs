@@ -1,0 +1,163 @@
+//! The models directory: where the weight files `stdlib/models.kdl` names live, how a
+//! model's SHA-256 is computed (a file's bytes; for a diffusers folder, the digest of
+//! its `sha256sum` listing), and the before-any-work check that every model a recipe
+//! needs is present and is the pinned one.
+
+use crate::digest::Digest;
+use crate::project::Project;
+use crate::recipe::stdlib::ModelEntry;
+use crate::recipe::{Diagnostics, Recipe, RecipeDiagnostic, Teacher};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// `$EFFECTC_MODELS`; else the project's own `models/` folder when it has one (so a
+/// project can carry small models, like tests/projects/tiny-diffusion); else
+/// `~/.cache/effectc/models`.
+pub fn models_dir(project: &Project) -> PathBuf {
+    if let Some(dir) = std::env::var_os("EFFECTC_MODELS") {
+        return PathBuf::from(dir);
+    }
+    let local = project.root.join("models");
+    if local.is_dir() {
+        return local;
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
+    home.join(".cache/effectc/models")
+}
+
+/// The model's SHA-256. A file: the SHA-256 of its bytes. A folder (diffusers layout):
+/// the SHA-256 of the listing `sha256sum` prints for its files, sorted by relative path,
+/// which a shell reproduces with
+/// `cd DIR && find -L . -type f -printf '%P\n' | LC_ALL=C sort | xargs sha256sum | sha256sum`.
+/// `digest_of` hashes one file (through the stat cache, so a model is hashed once).
+pub fn model_digest(
+    path: &Path,
+    digest_of: &mut dyn FnMut(&Path) -> std::io::Result<Digest>,
+) -> std::io::Result<Digest> {
+    if !path.is_dir() {
+        return digest_of(path);
+    }
+    let mut files: Vec<(String, PathBuf)> = walkdir::WalkDir::new(path)
+        .follow_links(true)
+        .into_iter()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_file())
+        .map(|e| {
+            let rel = e
+                .path()
+                .strip_prefix(path)
+                .unwrap_or(e.path())
+                .to_string_lossy()
+                .into_owned();
+            (rel, e.path().to_path_buf())
+        })
+        .collect();
+    files.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+    let mut listing = String::new();
+    for (rel, file) in files {
+        listing.push_str(&format!("{}  {rel}\n", digest_of(&file)?.hex()));
+    }
+    Ok(Digest::of_bytes(listing.as_bytes()))
+}
+
+/// The models a recipe's teacher needs, by name (empty for model-free teachers).
+pub fn needed_models(recipe: &Recipe) -> Vec<ModelEntry> {
+    match &recipe.teacher {
+        Teacher::Diffusion(t) => t.models.clone(),
+        _ => Vec::new(),
+    }
+}
+
+/// Checks, before any work, that every model the recipe needs is present and matches
+/// its pinned SHA-256. One diagnostic lists every missing model (name, file, expected
+/// digest, path searched); another every mismatch. Returns each present model's path
+/// and digest, which go into the keys of the stages that read it.
+pub fn check_models(
+    project: &Project,
+    recipe: &Recipe,
+    digest_of: &mut dyn FnMut(&Path) -> std::io::Result<Digest>,
+    diags: &mut Diagnostics,
+) -> BTreeMap<String, (PathBuf, Digest)> {
+    let needed = needed_models(recipe);
+    let dir = models_dir(project);
+    let mut found = BTreeMap::new();
+    let mut missing = Vec::new();
+    let mut wrong = Vec::new();
+    for m in &needed {
+        let path = dir.join(&m.file);
+        if !path.exists() {
+            missing.push(format!(
+                "  {} — {} (sha256 {}) not found at {}",
+                m.name,
+                m.file,
+                m.sha256.as_deref().unwrap_or("not pinned"),
+                path.display()
+            ));
+            continue;
+        }
+        match model_digest(&path, digest_of) {
+            Ok(d) => {
+                if let Some(want) = &m.sha256 {
+                    if !d.hex().eq_ignore_ascii_case(want) {
+                        wrong.push(format!(
+                            "  {} — {} has sha256 {}, expected {}",
+                            m.name,
+                            path.display(),
+                            d.hex(),
+                            want
+                        ));
+                        continue;
+                    }
+                }
+                found.insert(m.name.clone(), (path, d));
+            }
+            Err(e) => wrong.push(format!(
+                "  {} — cannot read {}: {e}",
+                m.name,
+                path.display()
+            )),
+        }
+    }
+    let loc = match &recipe.teacher {
+        Teacher::Diffusion(t) => t.base.loc.clone(),
+        _ => None,
+    };
+    let diag = |code: &'static str, message: String, label: &str| match &loc {
+        Some(loc) => RecipeDiagnostic::at(loc, code, message).label(label.to_string()),
+        None => RecipeDiagnostic::nowhere(code, message),
+    };
+    if !missing.is_empty() {
+        diags.push(
+            diag(
+                "missing-models",
+                format!(
+                    "{} model(s) missing for the diffusion teacher:\n{}",
+                    missing.len(),
+                    missing.join("\n")
+                ),
+                "this teacher needs them",
+            )
+            .help(format!(
+                "put the files in {} (or set EFFECTC_MODELS), or `effectc models import PATH --name NAME`",
+                dir.display()
+            )),
+        );
+    }
+    if !wrong.is_empty() {
+        diags.push(
+            diag(
+                "wrong-model",
+                format!(
+                    "{} model(s) are not the pinned files:\n{}",
+                    wrong.len(),
+                    wrong.join("\n")
+                ),
+                "this teacher needs them",
+            )
+            .help("replace the files, or update sha256= in stdlib/models.kdl if the new ones are intended"),
+        );
+    }
+    found
+}

@@ -1,0 +1,61 @@
+//! `control:PREPROCESSOR`: the control image a ControlNet reads, drawn from the cropped
+//! source without any model (canny, softedge), saved as a PNG a person can open.
+
+use super::png::{read_rgb, write_png};
+use crate::diffusion::control_image::{canny, gray_to_rgb, softedge, CannyParams, SoftEdgeParams};
+use crate::plan::{Params, RunContext, RunOutput, Stage, StageError};
+
+/// The preprocessors effectc can draw so far. Pose and face mesh need their detectors.
+pub const BUILT_PREPROCESSORS: &[&str] = &["canny", "softedge"];
+
+pub struct ControlMap {
+    pub preprocessor: String,
+}
+
+impl Stage for ControlMap {
+    fn kind(&self) -> &'static str {
+        "control"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn params(&self) -> Params {
+        let mut p = Params::from([("preprocessor".into(), self.preprocessor.clone())]);
+        // The parameters themselves, so changing a default re-draws the maps.
+        match self.preprocessor.as_str() {
+            "canny" => {
+                let c = CannyParams::default();
+                p.insert(
+                    "canny".into(),
+                    format!(
+                        "{:?}/{:?}/{:?}",
+                        c.low_threshold, c.high_threshold, c.blur_sigma
+                    ),
+                );
+            }
+            "softedge" => {
+                let s = SoftEdgeParams::default();
+                p.insert("softedge".into(), format!("{:?}/{:?}", s.sigmas, s.gain));
+            }
+            _ => {}
+        }
+        p
+    }
+    fn run(&self, ctx: &mut RunContext) -> Result<RunOutput, StageError> {
+        let src = read_rgb(ctx.input("image")?)?;
+        let map = match self.preprocessor.as_str() {
+            "canny" => canny(&src, &CannyParams::default()),
+            "softedge" => softedge(&src, &SoftEdgeParams::default()),
+            other => {
+                return Err(StageError::user(format!(
+                    "the `{other}` preprocessor is not built yet"
+                )))
+            }
+        };
+        let path = ctx.out_dir.join("control.png");
+        write_png(&gray_to_rgb(&map), &path)?;
+        let mut out = RunOutput::default();
+        out.files.insert("control".into(), path);
+        Ok(out)
+    }
+}
