@@ -89,7 +89,7 @@ pub fn check_models(
         let path = dir.join(&m.file);
         if !path.exists() {
             missing.push(format!(
-                "  {} — {} (sha256 {}) not found at {}",
+                "  {} — file {} (sha256 {}) not found at {}",
                 m.name,
                 m.file,
                 m.sha256.as_deref().unwrap_or("not pinned"),

@@ -151,6 +151,7 @@ fn lego_without_weights_fails_before_any_work_listing_every_missing_model() {
         "control-openpose",
         "control-mediapipe-face",
         "instruct-pix2pix",
+        "clip-tokenizer",
     ] {
         assert!(
             err.contains(&format!("  {model} — file")),

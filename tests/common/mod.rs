@@ -94,7 +94,8 @@ impl TestProject {
         let mut cmd = Command::new(effectc_bin());
         cmd.current_dir(self.root())
             .args(args)
-            .env_remove("EFFECTC_CACHE");
+            .env_remove("EFFECTC_CACHE")
+            .env_remove("EFFECTC_MODELS");
         cmd
     }
 

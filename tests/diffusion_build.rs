@@ -1,0 +1,232 @@
+//! The diffusion teacher through the stage graph, on the tiny random models of
+//! tests/projects/tiny-diffusion: pairs built end to end, rebuilt only where a change
+//! reaches, models checked before any work, `effectc models` keeping the folder honest.
+
+mod common;
+
+use common::TestProject;
+use std::path::Path;
+
+const TINY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/projects/tiny-diffusion");
+
+/// A copy of the tiny-diffusion project (symlinked models copied as real files).
+fn tiny_project() -> TestProject {
+    let p = TestProject::new();
+    for entry in walkdir::WalkDir::new(TINY).follow_links(true) {
+        let entry = entry.unwrap();
+        let rel = entry.path().strip_prefix(TINY).unwrap();
+        if rel.starts_with("cache") || rel.starts_with("out") {
+            continue;
+        }
+        let to = p.root().join(rel);
+        if entry.file_type().is_dir() {
+            std::fs::create_dir_all(&to).unwrap();
+        } else {
+            std::fs::copy(entry.path(), &to).unwrap();
+        }
+    }
+    p
+}
+
+fn edit(p: &TestProject, rel: &str, from: &str, to: &str) {
+    let path = p.root().join(rel);
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains(from), "{rel} has no `{from}`");
+    std::fs::write(&path, text.replace(from, to)).unwrap();
+}
+
+#[test]
+fn tiny_diffusion_builds_pairs_end_to_end_and_rebuilds_only_what_an_edit_reaches() {
+    let p = tiny_project();
+    let first = p.build("tiny");
+    assert_eq!(first.ran_of_kind("pairs"), 6);
+    assert_eq!(
+        first.ran_of_kind("control"),
+        12,
+        "canny and softedge per item"
+    );
+    // The recipe fixes every attribute of synthetic items: one key, computed once.
+    assert_eq!(first.ran_of_kind("attributes"), 1);
+    assert_eq!(first.ran_of_kind("bundle"), 1, "the pairs train and ship");
+    let pair = first.stage("pairs/synthetic-0000");
+    assert_eq!(
+        pair["metrics"]["prompt"],
+        "make it a lego minifigure, a lego minifigure, plastic toy, a woman",
+        "instruction first, attributes filled, the empty `glasses` option leaves no comma"
+    );
+    let sheet = image::open(p.root().join("out/tiny/pairs-sheet-pairs.png")).unwrap();
+    assert!(
+        sheet.width() > 3 * 128,
+        "source | two control maps | teacher"
+    );
+
+    let sheet_bytes = std::fs::read(p.root().join("out/tiny/pairs-sheet-pairs.png")).unwrap();
+
+    let again = p.build("tiny");
+    assert_eq!(again.ran(), 0, "{:?}", again.ran_stages());
+
+    // The prompt reaches the pairs (and what trains on them), never the control maps.
+    edit(&p, "effects/tiny.kdl", "plastic toy", "shiny plastic toy");
+    let prompt = p.build("tiny");
+    assert_eq!(prompt.ran_of_kind("pairs"), 6);
+    assert_eq!(prompt.ran_of_kind("control"), 0);
+    assert_eq!(prompt.ran_of_kind("attributes"), 0);
+
+    // A ControlNet's weight reaches the pairs only.
+    edit(&p, "effects/tiny.kdl", "weight=0.7", "weight=0.6");
+    let weight = p.build("tiny");
+    assert_eq!(weight.ran_of_kind("pairs"), 6);
+    assert_eq!(weight.ran_of_kind("control"), 0);
+
+    // Back to the first recipe: every pair comes from the cache, bit for bit.
+    edit(&p, "effects/tiny.kdl", "weight=0.6", "weight=0.7");
+    edit(&p, "effects/tiny.kdl", "shiny plastic toy", "plastic toy");
+    let back = p.build("tiny");
+    assert_eq!(back.ran(), 0, "{:?}", back.ran_stages());
+
+    // Pairs are deterministic: an empty cache draws the same pairs, byte for byte.
+    let fresh = tempfile::tempdir().unwrap();
+    let r = p.run(&[
+        "build",
+        "--json",
+        "--cache",
+        fresh.path().to_str().unwrap(),
+        "tiny",
+    ]);
+    assert_eq!(r.code(), 0, "{}", r.stderr());
+    assert_eq!(r.ran_of_kind("pairs"), 6);
+    assert_eq!(
+        std::fs::read(p.root().join("out/tiny/pairs-sheet-pairs.png")).unwrap(),
+        sheet_bytes
+    );
+}
+
+#[test]
+fn a_sidecar_gives_each_photo_its_attributes_and_a_missing_one_is_a_clear_error() {
+    let p = tiny_project();
+    edit(
+        &p,
+        "effects/tiny.kdl",
+        "synthetic count=6 seed=3",
+        "images \"photos/*.png\"",
+    );
+    edit(
+        &p,
+        "effects/tiny.kdl",
+        "attributes gender=\"woman\" glasses=\"none\"",
+        "attributes \"hair-color\" gender=\"woman\"",
+    );
+    for (i, name) in ["anna", "ben"].iter().enumerate() {
+        common::write_png(
+            &p.root().join(format!("photos/{name}.png")),
+            i as u8 * 40,
+            40,
+        );
+    }
+    p.write("photos/anna.png.attributes", "hair-color = blond\n");
+    let failed = p.run(&["build", "--json", "tiny"]);
+    assert_eq!(failed.code(), 1, "{}", failed.stderr());
+    let err = failed.stdout();
+    assert!(
+        err.contains("photos/ben.png: no value for attribute `hair-color`"),
+        "names the item and the attribute:\n{err}"
+    );
+    assert!(
+        !err.contains("photos/anna.png: no value"),
+        "anna has her sidecar:\n{err}"
+    );
+
+    p.write(
+        "photos/ben.png.attributes",
+        "# checked by hand\nhair-color = red\ngender = man\n",
+    );
+    let ok = p.build("tiny");
+    assert_eq!(
+        ok.stage("pairs/photos/ben.png")["metrics"]["prompt"],
+        "make it a lego minifigure, a lego minifigure, plastic toy, red hair, a man",
+        "the sidecar overrides the recipe's gender"
+    );
+
+    // Editing one sidecar re-generates that item's pair only.
+    p.write("photos/anna.png.attributes", "hair-color = gray\n");
+    let one = p.build("tiny");
+    assert_eq!(one.ran_of_kind("attributes"), 1);
+    assert_eq!(one.ran_of_kind("pairs"), 1);
+    assert_eq!(one.ran_of_kind("control"), 0);
+}
+
+#[test]
+fn a_model_that_is_not_the_pinned_file_fails_before_any_work() {
+    let p = tiny_project();
+    let lora = p.root().join("models/tiny-lora.safetensors");
+    let mut bytes = std::fs::read(&lora).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x55;
+    std::fs::write(&lora, &bytes).unwrap();
+    let run = p.run(&["build", "--json", "tiny"]);
+    assert_eq!(run.code(), 2, "{}", run.stderr());
+    let err = run.stderr();
+    assert!(err.contains("tiny-lora"), "{err}");
+    assert!(
+        err.contains("a4a236c46ae6d68542967371058389a12718f0fdbabedb44b09f21f0b45a9b1f"),
+        "the pinned digest is shown:\n{err}"
+    );
+    assert!(
+        !run.events.iter().any(|e| e["event"] == "stage-finished"),
+        "nothing ran"
+    );
+    let verify = p.run(&["models", "verify"]);
+    assert_eq!(verify.code(), 1);
+    assert!(
+        verify.stdout().contains("MISMATCH tiny-lora"),
+        "{}",
+        verify.stdout()
+    );
+}
+
+#[test]
+fn models_import_checks_the_pin_and_verify_accepts_the_shipped_tiny_models() {
+    let p = tiny_project();
+    let verify = p.run(&["models", "verify"]);
+    assert_eq!(verify.code(), 0, "{}", verify.stdout());
+    assert!(verify
+        .stdout()
+        .contains("5 present model(s) checked, 0 mismatch(es)"));
+
+    // Into an empty models directory: the pinned LoRA goes in under its registry name...
+    let models = tempfile::tempdir().unwrap();
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/diffusion/lora_kohya.safetensors");
+    let import = |what: &Path, name: &str| {
+        p.command(&["models", "import", what.to_str().unwrap(), "--name", name])
+            .env("EFFECTC_MODELS", models.path())
+            .output()
+            .unwrap()
+    };
+    let ok = import(&fixture, "tiny-lora");
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert_eq!(
+        std::fs::read(models.path().join("tiny-lora.safetensors")).unwrap(),
+        std::fs::read(&fixture).unwrap()
+    );
+    // ...a diffusers folder too, with the same digest the registry pins...
+    let folder =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/diffusion/controlnet_a");
+    let ok = import(&folder, "tiny-control-a");
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    // ...and a file that is not the pinned one is refused, leaving nothing behind.
+    let other = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/diffusion/lora_peft.safetensors");
+    let refused = import(&other, "tiny-sd");
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("pinned"));
+    assert!(!models.path().join("tiny-sd").exists());
+}
