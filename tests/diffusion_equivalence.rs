@@ -5,7 +5,7 @@
 //! with fixed inputs and the reference outputs. Every comparison asserts
 //! max|ours − theirs| / max|theirs| ≤ 1e-4 and prints the measured value.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::PathBuf;
 
 use effectc::diffusion::clip::{ClipTextConfig, ClipTextModel};
@@ -603,70 +603,4 @@ fn pipeline_rejects_bad_requests_with_reasons() {
         assert!(err.to_string().contains(needle), "{err}");
         assert!(err.is_user_error());
     }
-}
-
-/// Time per 512x512 pair for SD 1.5 sizes with random weights: 2 ControlNets, InstructPix2Pix
-/// three-way guidance (batch 3 through UNet and ControlNets), 20 steps extrapolated from a
-/// 1-step and a 2-step run (per-step cost = difference; fixed cost = text + VAE).
-/// `cargo test --release --test diffusion_equivalence -- --ignored --nocapture sd15_timing`
-#[test]
-#[ignore]
-fn sd15_timing_512px_2_controlnets_guidance() {
-    let device = if tch::Cuda::is_available() {
-        Device::Cuda(0)
-    } else {
-        Device::Cpu
-    };
-    let kind = if device.is_cuda() {
-        Kind::Half
-    } else {
-        Kind::Float
-    };
-    let tok = ClipTokenizer::load(&fixtures().join("tokenizer")).unwrap();
-    let t0 = std::time::Instant::now();
-    let models =
-        DiffusionModels::random_sd15(tok, &["softedge", "pose"], true, device, kind).unwrap();
-    println!(
-        "random SD 1.5 models on {device:?} ({kind:?}) built in {:.1}s",
-        t0.elapsed().as_secs_f64()
-    );
-    let img = RgbImage::from_fn(512, 512, |x, y| {
-        image::Rgb([(x % 256) as u8, (y % 256) as u8, 128])
-    });
-    let req = |steps| PairRequest {
-        prompt: "a lego minifigure".into(),
-        negative_prompt: "blurry".into(),
-        source: img.clone(),
-        controls: ["softedge", "pose"]
-            .iter()
-            .map(|n| ControlInput {
-                controlnet: n.to_string(),
-                image: img.clone(),
-                weight: 0.8,
-                start: 0.0,
-                end: 1.0,
-            })
-            .collect(),
-        image_guidance_scale: Some(1.5),
-        guidance_scale: 7.5,
-        steps,
-        scheduler: SchedulerKind::DpmPp2M { karras: true },
-        seed: 1,
-        strength: 1.0,
-    };
-    let mut timings = BTreeMap::new();
-    for steps in [1usize, 2] {
-        let t = std::time::Instant::now();
-        let out = generate_pair(&models, &[req(steps)]).unwrap();
-        assert_eq!(out[0].dimensions(), (512, 512));
-        timings.insert(steps, t.elapsed().as_secs_f64());
-        println!("{steps} step(s): {:.1}s", timings[&steps]);
-    }
-    let per_step = timings[&2] - timings[&1];
-    let fixed = timings[&1] - per_step;
-    println!(
-        "SD 1.5 512x512, 2 ControlNets, IP2P 3-way guidance on {device:?}: {per_step:.1}s per step, {fixed:.1}s fixed, \
-         20 steps ≈ {:.0}s per pair (extrapolated)",
-        fixed + 20.0 * per_step
-    );
 }
