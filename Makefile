@@ -11,6 +11,7 @@ demo: setup
 	@echo "demo: open out/brick/bundle-report.html (contact sheet: out/brick/bundle-contact-sheet.png; bundle: out/brick/bundle-bundle.tar.gz)"
 
 test: setup
+	@scripts/test-deps.sh
 	$(ENV) cargo test --locked -- --test-threads=2
 
 bench: setup

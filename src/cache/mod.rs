@@ -17,6 +17,8 @@ mod record;
 mod stat_cache;
 mod store;
 
+pub mod remote;
+
 pub use record::{OutputRef, Snapshot, SnapshotEntry, StageRecord};
 pub use stat_cache::StatCache;
 pub use store::{BuildLock, Cache, CacheError, GcReport, KeyLock, VerifyReport};

@@ -1,6 +1,7 @@
 //! One function per subcommand.
 
 use super::{CacheAction, Cli, Command};
+use crate::cache::remote::RemoteCache;
 use crate::cache::Cache;
 use crate::exec::dry::{dry_run, DryStatus};
 use crate::exec::{self, BuildOptions, HumanReporter, JsonReporter, NodeOutcome, Reporter};
@@ -19,14 +20,15 @@ pub const EXIT_USER: i32 = 2;
 pub const EXIT_INFRA: i32 = 3;
 pub const EXIT_INTERRUPTED: i32 = 130;
 
-struct Env {
-    project: Project,
-    cache_dir: PathBuf,
-    json: bool,
+pub(super) struct Env {
+    pub(super) project: Project,
+    pub(super) cache_dir: PathBuf,
+    pub(super) json: bool,
+    pub(super) remote: Option<Arc<RemoteCache>>,
 }
 
 impl Env {
-    fn cache(&self) -> Result<Cache, i32> {
+    pub(super) fn cache(&self) -> Result<Cache, i32> {
         Cache::open(&self.cache_dir).map_err(|e| {
             eprintln!(
                 "error: cannot open the cache at {}: {e}",
@@ -54,10 +56,18 @@ pub fn run(cli: Cli) -> i32 {
         .clone()
         .or_else(|| std::env::var_os("EFFECTC_CACHE").map(PathBuf::from))
         .unwrap_or_else(|| project.root.join("cache"));
+    let remote_url = cli
+        .remote_cache
+        .clone()
+        .or_else(|| std::env::var("EFFECTC_REMOTE_CACHE").ok())
+        .or_else(|| super::config::remote_cache(&project.root));
     let env = Env {
         project,
         cache_dir,
         json: cli.json,
+        remote: remote_url
+            .filter(|u| !u.is_empty())
+            .map(|u| Arc::new(RemoteCache::new(&u))),
     };
     let result = match cli.command {
         Command::Build {
@@ -65,7 +75,8 @@ pub fn run(cli: Cli) -> i32 {
             jobs,
             keep_going,
             device,
-        } => build(&env, effects, jobs, keep_going, &device),
+            shard,
+        } => build(&env, effects, jobs, keep_going, &device, shard),
         Command::Plan { effect } => plan(&env, &effect),
         Command::Explain { effect, stage } => explain(&env, &effect, &stage),
         Command::Graph { effect, dot: _ } => graph(&env, &effect),
@@ -78,6 +89,11 @@ pub fn run(cli: Cli) -> i32 {
         } => release(&env, effects, &out, jobs, &device),
         Command::Cache { action } => cache_cmd(&env, action),
         Command::Models { action } => super::models::run(&env.project, action),
+        Command::Watch {
+            effect,
+            jobs,
+            device,
+        } => super::watch::run(&env, &effect, jobs, &device),
     };
     match result {
         Ok(code) | Err(code) => code,
@@ -97,7 +113,12 @@ fn load(env: &Env, loader: &Loader, name: &str) -> Result<Recipe, i32> {
 }
 
 /// Checks the recipe and lowers it into a plan (hashing sources through the stat cache).
-fn plan_for(env: &Env, cache: &Cache, loader: &Loader, name: &str) -> Result<(Recipe, Plan), i32> {
+pub(super) fn plan_for(
+    env: &Env,
+    cache: &Cache,
+    loader: &Loader,
+    name: &str,
+) -> Result<(Recipe, Plan), i32> {
     let recipe = load(env, loader, name)?;
     let mut stat = crate::cache::StatCache::load(cache.root());
     let plan = lower::lower(&env.project, &recipe, &mut |p| stat.digest_of(p)).map_err(|d| {
@@ -116,6 +137,7 @@ fn build(
     jobs: usize,
     keep_going: bool,
     device: &str,
+    shard: Option<(usize, usize)>,
 ) -> Result<i32, i32> {
     let device = crate::plan::DeviceSpec::parse(device).map_err(|e| {
         eprintln!("error: {e}");
@@ -141,6 +163,12 @@ fn build(
     if bad {
         return Err(EXIT_USER);
     }
+    if let Some((index, count)) = shard {
+        plans = plans
+            .into_iter()
+            .map(|(recipe, plan)| (recipe, shard_of(plan, index, count)))
+            .collect();
+    }
     let cancel = Arc::new(AtomicBool::new(false));
     {
         let cancel = cancel.clone();
@@ -159,11 +187,10 @@ fn build(
     } else {
         Box::new(HumanReporter::new())
     };
-    let opts = BuildOptions {
-        jobs,
-        keep_going,
-        device,
-    };
+    let mut opts = BuildOptions::new(jobs, device);
+    opts.keep_going = keep_going;
+    opts.remote = env.remote.clone();
+    opts.write_snapshot = shard.is_none();
     let mut code = EXIT_OK;
     for (_recipe, plan) in &plans {
         let summary = match exec::build(
@@ -190,6 +217,25 @@ fn build(
             }
             continue;
         }
+        if let Some(remote) = &env.remote {
+            if !env.json {
+                eprintln!(
+                    "remote cache {}: {} stage(s) fetched, {} pushed{}",
+                    remote.url(),
+                    remote.fetched.load(Ordering::SeqCst),
+                    remote.pushed.load(Ordering::SeqCst),
+                    if remote.is_down() {
+                        " (unreachable)"
+                    } else {
+                        ""
+                    }
+                );
+            }
+        }
+        if shard.is_some() {
+            // A slice of the items: nothing whole to show.
+            continue;
+        }
         if let Err(e) = materialize(env, &cache, plan, &summary) {
             eprintln!(
                 "warning: could not copy outputs to out/{}: {e}",
@@ -200,8 +246,26 @@ fn build(
     Ok(code)
 }
 
+/// The I-th of N slices of the plan's per-item stages: items are dealt round-robin in
+/// plan order (sorted item names), so every shard gets a near-equal share and the same
+/// recipe always slices the same way. Whole-dataset stages are left to the final build.
+fn shard_of(plan: Plan, index: usize, count: usize) -> Plan {
+    let mut slot: BTreeMap<String, usize> = BTreeMap::new();
+    for node in &plan.nodes {
+        if let Some(item) = &node.item {
+            let next = slot.len();
+            slot.entry(item.clone()).or_insert(next);
+        }
+    }
+    plan.retain(|node| {
+        node.item
+            .as_ref()
+            .is_some_and(|item| slot[item] % count == index)
+    })
+}
+
 /// Copies the outputs a person looks at (sheets, reports, bundles) to `out/<effect>/`.
-fn materialize(
+pub(super) fn materialize(
     env: &Env,
     cache: &Cache,
     plan: &Plan,
@@ -253,7 +317,7 @@ fn release(
     }
     // Every recipe checks before anything builds.
     check(env, effects.clone())?;
-    let code = build(env, effects.clone(), jobs, false, device)?;
+    let code = build(env, effects.clone(), jobs, false, device, None)?;
     if code != EXIT_OK {
         return Err(code);
     }
@@ -501,11 +565,20 @@ fn check(env: &Env, mut effects: Vec<String>) -> Result<i32, i32> {
     Ok(EXIT_OK)
 }
 
+enum TransferKind {
+    Push,
+    Pull,
+}
+
 fn cache_cmd(env: &Env, action: CacheAction) -> Result<i32, i32> {
     let cache = env.cache()?;
     let infra = |e: crate::cache::CacheError| {
         eprintln!("error: {e}");
         EXIT_INFRA
+    };
+    let action_kind = match &action {
+        CacheAction::Push { .. } => TransferKind::Push,
+        _ => TransferKind::Pull,
     };
     match action {
         CacheAction::Ls => {
@@ -530,6 +603,31 @@ fn cache_cmd(env: &Env, action: CacheAction) -> Result<i32, i32> {
             if !report.is_clean() {
                 return Err(EXIT_BUILD_FAILED);
             }
+        }
+        CacheAction::Push { effect } | CacheAction::Pull { effect } => {
+            let pushing = matches!(action_kind, TransferKind::Push);
+            let Some(remote) = &env.remote else {
+                eprintln!("error: no remote cache: pass --remote-cache URL, set EFFECTC_REMOTE_CACHE, or write `remote-cache \"URL\"` in effectc.kdl");
+                return Err(EXIT_USER);
+            };
+            let loader = Loader::new(&env.project);
+            let (_recipe, plan) = plan_for(env, &cache, &loader, &effect)?;
+            let report = if pushing {
+                exec::transfer::push(&cache, &plan, remote)
+            } else {
+                exec::transfer::pull(&cache, &plan, remote)
+            }
+            .map_err(|e| {
+                eprintln!("error: {e}");
+                EXIT_INFRA
+            })?;
+            println!(
+                "{effect}: {} stage(s) {}, {} already here, {} not built anywhere yet",
+                report.moved,
+                if pushing { "pushed" } else { "pulled" },
+                report.present,
+                report.missing
+            );
         }
         CacheAction::Gc => {
             // Keep what the current recipes reach: each effect's last-build records.

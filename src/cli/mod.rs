@@ -3,7 +3,9 @@
 //! 3 infrastructure error, 130 interrupted).
 
 mod commands;
+mod config;
 mod models;
+mod watch;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -24,6 +26,10 @@ pub struct Cli {
     /// One JSON event per line on stdout, for CI.
     #[arg(long, global = true)]
     pub json: bool,
+    /// A shared cache speaking the Bazel remote-cache HTTP protocol (default:
+    /// $EFFECTC_REMOTE_CACHE, else `remote-cache "URL"` in the project's effectc.kdl).
+    #[arg(long, global = true, value_name = "URL")]
+    pub remote_cache: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -40,6 +46,20 @@ pub enum Command {
         #[arg(long)]
         keep_going: bool,
         /// auto | cpu | cuda | cuda:N (auto: CUDA when present).
+        #[arg(long, default_value = "auto")]
+        device: String,
+        /// Build only slice I of N (0 ≤ I < N) of every per-item stage, and nothing
+        /// else: one job of a Kubernetes Indexed Job, a Slurm array or a CI matrix.
+        /// Use with --remote-cache; a final unsharded build then finds every item.
+        #[arg(long, value_name = "I/N", value_parser = parse_shard)]
+        shard: Option<(usize, usize)>,
+    },
+    /// Build, then rebuild on every edit that changes something (recipe, its bases,
+    /// registries, target profiles, sources), refreshing out/EFFECT/ each time.
+    Watch {
+        effect: String,
+        #[arg(long, short, default_value_t = default_jobs())]
+        jobs: usize,
         #[arg(long, default_value = "auto")]
         device: String,
     },
@@ -103,6 +123,23 @@ pub enum CacheAction {
     Verify,
     /// Delete what the current recipes no longer reach.
     Gc,
+    /// Upload one effect's built stages to the remote cache.
+    Push { effect: String },
+    /// Download one effect's stages from the remote cache.
+    Pull { effect: String },
+}
+
+fn parse_shard(text: &str) -> Result<(usize, usize), String> {
+    let bad = || format!("`{text}`: expected I/N with 0 <= I < N, e.g. 0/4");
+    let (i, n) = text.split_once('/').ok_or_else(bad)?;
+    let (i, n): (usize, usize) = (
+        i.trim().parse().map_err(|_| bad())?,
+        n.trim().parse().map_err(|_| bad())?,
+    );
+    if n == 0 || i >= n {
+        return Err(bad());
+    }
+    Ok((i, n))
 }
 
 fn default_jobs() -> usize {

@@ -4,7 +4,7 @@
 
 use crate::cache::{Cache, Snapshot, StageRecord};
 use crate::digest::Digest;
-use crate::plan::{stage_key, InputRef, Plan};
+use crate::plan::{stage_key, Plan};
 use std::collections::BTreeMap;
 
 #[derive(Clone, Debug)]
@@ -32,39 +32,15 @@ pub fn dry_run(
     let mut status: Vec<Option<DryStatus>> = vec![None; plan.nodes.len()];
     for &i in &plan.order {
         let node = &plan.nodes[i];
-        let mut inputs = BTreeMap::new();
-        let mut blocked = None;
-        for inp in &node.inputs {
-            match &inp.from {
-                InputRef::File { digest, .. } => {
-                    inputs.insert(inp.name.clone(), *digest);
-                }
-                InputRef::Stage { node: up, output } => match &records[*up] {
-                    Some(r) => {
-                        if let Some(o) = r.outputs.get(output) {
-                            inputs.insert(inp.name.clone(), o.digest);
-                        }
-                    }
-                    None => {
-                        blocked.get_or_insert_with(|| plan.nodes[*up].id.clone());
-                    }
-                },
-                InputRef::StageAll { node: up } => match &records[*up] {
-                    Some(r) => {
-                        for (output, o) in &r.outputs {
-                            inputs.insert(format!("{}/{output}", inp.name), o.digest);
-                        }
-                    }
-                    None => {
-                        blocked.get_or_insert_with(|| plan.nodes[*up].id.clone());
-                    }
-                },
+        let inputs = match plan.key_inputs(i, |up| records[up].as_ref()) {
+            Ok(inputs) => inputs,
+            Err(up) => {
+                status[i] = Some(DryStatus::Blocked {
+                    upstream: plan.nodes[up].id.clone(),
+                });
+                continue;
             }
-        }
-        if let Some(upstream) = blocked {
-            status[i] = Some(DryStatus::Blocked { upstream });
-            continue;
-        }
+        };
         let params = node.stage.params();
         let key = stage_key(node.stage.kind(), node.stage.version(), &params, &inputs);
         let hit = match snapshot.entries.get(&node.id) {

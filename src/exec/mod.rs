@@ -4,6 +4,7 @@
 pub mod dry;
 pub mod events;
 mod scheduler;
+pub mod transfer;
 
 pub use events::{Event, HumanReporter, JsonReporter, Reporter};
 pub use scheduler::{build, BuildOptions, BuildSummary, NodeOutcome};

@@ -5,6 +5,7 @@
 //! never leaves a record without its outputs.
 
 use super::events::{Event, Reporter};
+use crate::cache::remote::RemoteCache;
 use crate::cache::{Cache, OutputRef, Snapshot, SnapshotEntry, StageRecord};
 use crate::digest::Digest;
 use crate::plan::{stage_key, InputRef, Plan, Progress, Resource, RunContext, StageError};
@@ -15,11 +16,28 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct BuildOptions {
     pub jobs: usize,
     pub keep_going: bool,
     pub device: crate::plan::DeviceSpec,
+    /// A shared cache: misses are looked up there, fresh results pushed there.
+    pub remote: Option<Arc<RemoteCache>>,
+    /// Whether this build's outcome becomes the effect's snapshot (not for shards,
+    /// which build a slice of the plan).
+    pub write_snapshot: bool,
+}
+
+impl BuildOptions {
+    pub fn new(jobs: usize, device: crate::plan::DeviceSpec) -> BuildOptions {
+        BuildOptions {
+            jobs,
+            keep_going: false,
+            device,
+            remote: None,
+            write_snapshot: true,
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -328,7 +346,7 @@ pub fn build(
         }
     }
     changed |= !unchanged && next.entries.len() != snapshot.entries.len();
-    if changed {
+    if changed && opts.write_snapshot {
         cache.write_snapshot(&plan.effect, &next)?;
     }
     let count = |f: fn(&NodeOutcome) -> bool| outcomes.iter().filter(|o| f(o)).count();
@@ -396,6 +414,17 @@ fn run_job(
     if cancel.load(Ordering::SeqCst) {
         return Err(StageError::Cancelled);
     }
+    if let Some(remote) = &opts.remote {
+        match remote.fetch(cache, &job.key) {
+            Ok(Some(mut rec)) => {
+                rec.stage_id = node.id.clone();
+                rec.duration_ms = u64::MAX; // cached, from the shared cache
+                return Ok(rec);
+            }
+            Ok(None) => {}
+            Err(e) => remote.warn(&e),
+        }
+    }
     let scratch = cache.scratch_dir().map_err(infra)?;
     let started = Instant::now();
     let progress = |p: Progress| {
@@ -441,6 +470,11 @@ fn run_job(
         log: ctx.log,
     };
     cache.put_record(&rec).map_err(infra)?;
+    if let Some(remote) = &opts.remote {
+        if let Err(e) = remote.push(cache, &rec) {
+            remote.warn(&e);
+        }
+    }
     // The checkpoints served their purpose once the record exists.
     let _ = std::fs::remove_dir_all(cache.checkpoint_dir(&job.key));
     Ok(rec)

@@ -34,6 +34,14 @@ pub struct Plan {
 
 impl Plan {
     pub fn new(recipe: &Recipe, nodes: Vec<PlanNode>) -> Plan {
+        let mut h = KeyHasher::new("effectc/recipe/v1");
+        for f in &recipe.files {
+            h.str(&f.name).str(&f.text);
+        }
+        Plan::from_parts(recipe.name.clone(), h.finish(), nodes)
+    }
+
+    fn from_parts(effect: String, recipe_digest: Digest, nodes: Vec<PlanNode>) -> Plan {
         let mut graph = DiGraph::with_capacity(nodes.len(), nodes.len() * 2);
         for _ in &nodes {
             graph.add_node(());
@@ -49,17 +57,76 @@ impl Plan {
         let order = petgraph::algo::toposort(&graph, None)
             .map(|v| v.into_iter().map(|n| n.index()).collect())
             .unwrap_or_else(|_| (0..nodes.len()).collect());
-        let mut h = KeyHasher::new("effectc/recipe/v1");
-        for f in &recipe.files {
-            h.str(&f.name).str(&f.text);
-        }
         Plan {
-            effect: recipe.name.clone(),
-            recipe_digest: h.finish(),
+            effect,
+            recipe_digest,
             nodes,
             graph,
             order,
         }
+    }
+
+    /// The input digests node `i`'s key covers, read from its upstream records; Err with
+    /// the first upstream node whose record is not known.
+    pub fn key_inputs<'a>(
+        &self,
+        i: usize,
+        record_of: impl Fn(usize) -> Option<&'a crate::cache::StageRecord>,
+    ) -> Result<std::collections::BTreeMap<String, Digest>, usize> {
+        let mut inputs = std::collections::BTreeMap::new();
+        for inp in &self.nodes[i].inputs {
+            match &inp.from {
+                InputRef::File { digest, .. } => {
+                    inputs.insert(inp.name.clone(), *digest);
+                }
+                InputRef::Stage { node: up, output } => {
+                    let r = record_of(*up).ok_or(*up)?;
+                    if let Some(o) = r.outputs.get(output) {
+                        inputs.insert(inp.name.clone(), o.digest);
+                    }
+                }
+                InputRef::StageAll { node: up } => {
+                    let r = record_of(*up).ok_or(*up)?;
+                    for (output, o) in &r.outputs {
+                        inputs.insert(format!("{}/{output}", inp.name), o.digest);
+                    }
+                }
+            }
+        }
+        Ok(inputs)
+    }
+
+    /// The key of node `i` given its inputs' digests.
+    pub fn key_of(&self, i: usize, inputs: &std::collections::BTreeMap<String, Digest>) -> Digest {
+        let stage = &self.nodes[i].stage;
+        stage_key(stage.kind(), stage.version(), &stage.params(), inputs)
+    }
+
+    /// The plan restricted to the nodes `keep` selects; a kept node must not read from a
+    /// dropped one (shards keep whole per-item chains).
+    pub fn retain(self, keep: impl Fn(&PlanNode) -> bool) -> Plan {
+        let mut new_index = vec![usize::MAX; self.nodes.len()];
+        let mut kept = Vec::new();
+        for (i, node) in self.nodes.into_iter().enumerate() {
+            if keep(&node) {
+                new_index[i] = kept.len();
+                kept.push(node);
+            }
+        }
+        for node in &mut kept {
+            for inp in &mut node.inputs {
+                if let InputRef::Stage { node: up, .. } | InputRef::StageAll { node: up } =
+                    &mut inp.from
+                {
+                    assert!(
+                        new_index[*up] != usize::MAX,
+                        "retain dropped an upstream node"
+                    );
+                    *up = new_index[*up];
+                }
+            }
+        }
+        Plan::from_parts(self.effect, self.recipe_digest, kept)
     }
 
     pub fn node_index(&self, id: &str) -> Option<usize> {
