@@ -27,10 +27,10 @@ use std::time::Duration;
 const DEBOUNCE: Duration = Duration::from_millis(300);
 
 /// What a plan's keys can depend on before anything runs: ids, stage kinds and versions,
-/// params, source file digests. Equal fingerprints: nothing to rebuild.
+/// params, source file digests (not the recipe's text: a comment changes nothing).
+/// Equal fingerprints: nothing to rebuild.
 fn fingerprint(plan: &Plan) -> Digest {
     let mut h = KeyHasher::new("effectc/watch/v1");
-    h.digest(&plan.recipe_digest);
     for node in &plan.nodes {
         h.str(&node.id)
             .str(node.stage.kind())

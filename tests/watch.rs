@@ -1,0 +1,190 @@
+//! `effectc watch`, driven by real file edits in a temp project: an edit is picked up
+//! promptly and rebuilds only what it reaches, a burst of saves is one rebuild, saves
+//! that change nothing build nothing, and a broken recipe is shown, not fatal.
+
+mod common;
+
+use common::{TestProject, SMALL_BRICK};
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Stdio};
+use std::sync::mpsc::{self, Receiver};
+use std::time::{Duration, Instant};
+
+struct Watch {
+    child: Child,
+    events: Receiver<(Instant, Value)>,
+}
+
+impl Watch {
+    fn start(p: &TestProject) -> Watch {
+        let mut child = p
+            .command(&["watch", "--json", "small"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, events) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    if tx.send((Instant::now(), v)).is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        Watch { child, events }
+    }
+
+    /// Events up to and including the first named `event`, or panics after `timeout`.
+    fn until(&self, event: &str, timeout: Duration) -> (Instant, Vec<Value>) {
+        let deadline = Instant::now() + timeout;
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.events.recv_timeout(left) {
+                Ok((at, v)) => {
+                    let done = v["event"] == event;
+                    seen.push(v);
+                    if done {
+                        return (at, seen);
+                    }
+                }
+                Err(_) => panic!("no `{event}` within {timeout:?}; saw {seen:?}"),
+            }
+        }
+    }
+
+    /// Every event for `period`.
+    fn quiet_for(&self, period: Duration) -> Vec<Value> {
+        let deadline = Instant::now() + period;
+        let mut seen = Vec::new();
+        while let Ok((_, v)) = self
+            .events
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
+            seen.push(v);
+        }
+        seen
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn ran_of_kind(events: &[Value], kind: &str) -> usize {
+    events
+        .iter()
+        .filter(|e| e["event"] == "stage-finished" && e["cached"] == false && e["kind"] == kind)
+        .count()
+}
+
+fn recipe_path(p: &TestProject) -> std::path::PathBuf {
+    p.root().join("effects/small.kdl")
+}
+
+#[test]
+fn an_edit_is_picked_up_promptly_and_rebuilds_only_what_it_reaches() {
+    let p = TestProject::new();
+    p.recipe("small", SMALL_BRICK);
+    let w = Watch::start(&p);
+    let (_, first) = w.until("watch-waiting", Duration::from_secs(300));
+    assert_eq!(
+        ran_of_kind(&first, "pairs"),
+        6,
+        "the first build builds everything"
+    );
+
+    let edited_at = Instant::now();
+    std::fs::write(
+        recipe_path(&p),
+        SMALL_BRICK.replace("stud-size 4", "stud-size 6"),
+    )
+    .unwrap();
+    let (seen_at, stale) = w.until("watch-stale", Duration::from_secs(10));
+    let latency = seen_at - edited_at;
+    println!("edit → stale report: {latency:?}");
+    assert!(latency < Duration::from_secs(2), "picked up in {latency:?}");
+    let why = stale.last().unwrap()["lines"].to_string();
+    assert!(
+        why.contains("teacher.stud-size changed") && why.contains("6 pairs stale"),
+        "says what went stale and why: {why}"
+    );
+    let (_, rebuild) = w.until("watch-waiting", Duration::from_secs(300));
+    assert_eq!(ran_of_kind(&rebuild, "pairs"), 6);
+    assert_eq!(ran_of_kind(&rebuild, "crop"), 0, "sources untouched");
+    assert_eq!(ran_of_kind(&rebuild, "synthetic"), 0);
+    assert!(
+        p.root().join("out/small/pairs-sheet-pairs.png").is_file(),
+        "preview refreshed"
+    );
+
+    // Saves that change nothing: a touch, an editor's write-rename of the same bytes,
+    // a comment, and writes to the cache and output folders.
+    let text = std::fs::read_to_string(recipe_path(&p)).unwrap();
+    let f = std::fs::File::options()
+        .append(true)
+        .open(recipe_path(&p))
+        .unwrap();
+    f.set_modified(std::time::SystemTime::now()).unwrap();
+    let tmp = p.root().join("effects/.small.kdl.swp");
+    std::fs::write(&tmp, &text).unwrap();
+    std::fs::rename(&tmp, recipe_path(&p)).unwrap();
+    std::fs::write(recipe_path(&p), format!("// tweaked the look\n{text}")).unwrap();
+    std::fs::write(p.root().join("out/small/scratch.txt"), "x").unwrap();
+    let after = w.quiet_for(Duration::from_secs(3));
+    assert!(
+        !after.iter().any(|e| e["event"] == "build-started"),
+        "no spurious build: {after:?}"
+    );
+}
+
+#[test]
+fn a_burst_of_saves_is_one_rebuild_and_a_broken_recipe_keeps_watching() {
+    let p = TestProject::new();
+    p.recipe("small", SMALL_BRICK);
+    let w = Watch::start(&p);
+    w.until("watch-waiting", Duration::from_secs(300));
+
+    // 20 saves, 5 ms apart, as an editor's autosave or a formatter might.
+    for i in 0..20 {
+        let size = if i % 2 == 0 { 5 } else { 6 };
+        std::fs::write(
+            recipe_path(&p),
+            SMALL_BRICK.replace("stud-size 4", &format!("stud-size {size}")),
+        )
+        .unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let (_, events) = w.until("watch-waiting", Duration::from_secs(300));
+    let later = w.quiet_for(Duration::from_secs(2));
+    let builds = events
+        .iter()
+        .chain(&later)
+        .filter(|e| e["event"] == "build-started")
+        .count();
+    assert_eq!(builds, 1, "one rebuild for the burst: {events:?} {later:?}");
+    assert_eq!(ran_of_kind(&events, "pairs"), 6);
+
+    // A recipe that stops checking: the diagnostic, then watching goes on.
+    std::fs::write(
+        recipe_path(&p),
+        SMALL_BRICK.replace("stud-size 4", "stud-size \"big\""),
+    )
+    .unwrap();
+    w.until("watch-error", Duration::from_secs(10));
+    std::fs::write(
+        recipe_path(&p),
+        SMALL_BRICK.replace("stud-size 4", "stud-size 5"),
+    )
+    .unwrap();
+    let (_, fixed) = w.until("build-finished", Duration::from_secs(300));
+    assert_eq!(fixed.last().unwrap()["ok"], true, "{fixed:?}");
+    assert_eq!(ran_of_kind(&fixed, "pairs"), 6);
+}
