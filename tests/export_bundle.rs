@@ -87,9 +87,41 @@ fn every_target_is_verified_and_the_bundle_is_reproducible() {
     assert_eq!(rel.code(), 0, "{}", rel.stderr());
     let sums = std::fs::read_to_string(p.root().join("dist/SHA256SUMS")).unwrap();
     assert!(sums.contains("  small-"), "{sums}");
-    p.run(&["release", "small", "--out", "dist"]);
+    let again = p.run(&["release", "small", "--out", "dist"]);
     assert_eq!(
         std::fs::read_to_string(p.root().join("dist/SHA256SUMS")).unwrap(),
         sums
+    );
+    // The summary table CI logs show: targets with PSNR, sizes, latency, what ran.
+    let table = again.stdout();
+    assert!(table.contains("| small | "), "{table}");
+    assert!(table.contains("onnx ") && table.contains(" dB"), "{table}");
+    assert!(
+        table.contains("| 0 / "),
+        "the second release ran nothing:\n{table}"
+    );
+
+    // One effect that fails to build: the others still build, the release fails.
+    p.recipe(
+        "broken",
+        &with_targets(SMALL_BRICK)
+            .replace("effect \"small\"", "effect \"broken\"")
+            .replace(
+                "teacher \"procedural\" {\n        style \"brick-mosaic\"\n        stud-size 4\n        palette \"lego-classic\"\n    }",
+                "teacher \"command\" { run \"sh\" \"-c\" \"exit 3\"; }",
+            ),
+    );
+    let failed = p.run(&["release", "--out", "dist2"]);
+    assert_eq!(failed.code(), 1, "{}", failed.stderr());
+    assert!(
+        failed.stdout().contains("| broken | FAILED |"),
+        "{}",
+        failed.stdout()
+    );
+    assert!(
+        std::fs::read_to_string(p.root().join("dist2/SHA256SUMS"))
+            .unwrap()
+            .contains("  small-"),
+        "the good effect is still released"
     );
 }

@@ -76,7 +76,7 @@ pub fn run(cli: Cli) -> i32 {
             keep_going,
             device,
             shard,
-        } => build(&env, effects, jobs, keep_going, &device, shard),
+        } => build(&env, effects, jobs, keep_going, &device, shard, None),
         Command::Plan { effect } => plan(&env, &effect),
         Command::Explain { effect, stage } => explain(&env, &effect, &stage),
         Command::Graph { effect, dot: _ } => graph(&env, &effect),
@@ -138,6 +138,7 @@ fn build(
     keep_going: bool,
     device: &str,
     shard: Option<(usize, usize)>,
+    mut results: Option<&mut BTreeMap<String, EffectResult>>,
 ) -> Result<i32, i32> {
     let device = crate::plan::DeviceSpec::parse(device).map_err(|e| {
         eprintln!("error: {e}");
@@ -210,6 +211,16 @@ fn build(
         if summary.cancelled {
             return Err(EXIT_INTERRUPTED);
         }
+        if let Some(results) = results.as_deref_mut() {
+            results.insert(
+                plan.effect.clone(),
+                EffectResult {
+                    ok: summary.ok(),
+                    ran: summary.ran,
+                    cached: summary.cached,
+                },
+            );
+        }
         if !summary.ok() {
             code = EXIT_BUILD_FAILED;
             if !keep_going {
@@ -244,6 +255,13 @@ fn build(
         }
     }
     Ok(code)
+}
+
+/// How one effect's build went, for `release`'s table.
+pub(super) struct EffectResult {
+    ok: bool,
+    ran: usize,
+    cached: usize,
 }
 
 /// The I-th of N slices of the plan's per-item stages: items are dealt round-robin in
@@ -315,12 +333,19 @@ fn release(
             EXIT_USER
         })?;
     }
-    // Every recipe checks before anything builds.
+    // Every recipe checks before anything builds; then every effect builds, even past
+    // a failed one, so CI sees every problem in one run.
     check(env, effects.clone())?;
-    let code = build(env, effects.clone(), jobs, false, device, None)?;
-    if code != EXIT_OK {
-        return Err(code);
-    }
+    let mut results = BTreeMap::new();
+    let mut code = build(
+        env,
+        effects.clone(),
+        jobs,
+        true,
+        device,
+        None,
+        Some(&mut results),
+    )?;
     let cache = env.cache()?;
     let loader = Loader::new(&env.project);
     std::fs::create_dir_all(out).map_err(|e| {
@@ -329,11 +354,16 @@ fn release(
     })?;
     let mut sums = String::new();
     let mut table = vec![
-        "| effect | targets | student PSNR vs teacher | sizes | latency (tract, 1 thread) |"
+        "| effect | version | targets (PSNR vs student) | sizes | latency (tract, 1 thread) | stages ran / cached |"
             .to_string(),
-        "|---|---|---:|---|---|".to_string(),
+        "|---|---|---|---|---|---:|".to_string(),
     ];
     for name in &effects {
+        let Some(result) = results.get(name).filter(|r| r.ok) else {
+            table.push(format!("| {name} | FAILED | | | | |"));
+            code = EXIT_BUILD_FAILED;
+            continue;
+        };
         let (recipe, plan) = plan_for(env, &cache, &loader, name)?;
         let Some(snapshot) = cache.read_snapshot(&plan.effect).ok().flatten() else {
             return Err(EXIT_INFRA);
@@ -367,21 +397,20 @@ fn release(
             .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
         {
             let targets = manifest["targets"].as_object().cloned().unwrap_or_default();
-            let names: Vec<String> = targets.keys().cloned().collect();
-            let sizes: Vec<String> = targets
-                .iter()
-                .map(|(k, t)| format!("{k} {} B", t["size_bytes"]))
-                .collect();
-            let lat: Vec<String> = targets
-                .iter()
-                .map(|(k, t)| format!("{k} {:.2} ms", t["latency_ms"].as_f64().unwrap_or(f64::NAN)))
-                .collect();
+            let list = |f: &dyn Fn(&str, &serde_json::Value) -> String| {
+                targets
+                    .iter()
+                    .map(|(k, t)| f(k, t))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
             table.push(format!(
-                "| {name} | {} | {} dB | {} | {} |",
-                names.join(", "),
-                manifest["student"]["psnr_db"],
-                sizes.join(", "),
-                lat.join(", ")
+                "| {name} | {label} | {} | {} | {} | {} / {} |",
+                list(&|k, t| format!("{k} {:.1} dB", t["psnr_db"].as_f64().unwrap_or(f64::NAN))),
+                list(&|k, t| format!("{k} {} KB", t["size_bytes"].as_u64().unwrap_or(0) / 1000)),
+                list(&|k, t| format!("{k} {:.2} ms", t["latency_ms"].as_f64().unwrap_or(f64::NAN))),
+                result.ran,
+                result.cached
             ));
         }
     }
@@ -390,9 +419,16 @@ fn release(
         eprintln!("error: cannot write {}: {e}", sums_path.display());
         EXIT_INFRA
     })?;
-    if !env.json {
+    // CI logs always show the table; with --json it goes to stderr beside the events.
+    if env.json {
+        eprintln!("{}", table.join("\n"));
+    } else {
         println!("{}", table.join("\n"));
         println!("bundles and SHA256SUMS in {}", out.display());
+    }
+    if code != EXIT_OK {
+        eprintln!("release failed: see the effects marked FAILED above");
+        return Err(code);
     }
     Ok(EXIT_OK)
 }
