@@ -76,7 +76,19 @@ pub fn run(cli: Cli) -> i32 {
             keep_going,
             device,
             shard,
-        } => build(&env, effects, jobs, keep_going, &device, shard, None),
+            gpus,
+        } => build(
+            &env,
+            BuildArgs {
+                effects,
+                jobs,
+                keep_going,
+                device,
+                shard,
+                gpus,
+            },
+            None,
+        ),
         Command::Plan { effect } => plan(&env, &effect),
         Command::Explain { effect, stage } => explain(&env, &effect, &stage),
         Command::Graph { effect, dot: _ } => graph(&env, &effect),
@@ -131,16 +143,30 @@ pub(super) fn plan_for(
     Ok((recipe, plan))
 }
 
-fn build(
-    env: &Env,
-    mut effects: Vec<String>,
+/// What `build` (and `release`) were asked for.
+struct BuildArgs {
+    effects: Vec<String>,
     jobs: usize,
     keep_going: bool,
-    device: &str,
+    device: String,
     shard: Option<(usize, usize)>,
+    gpus: Vec<usize>,
+}
+
+fn build(
+    env: &Env,
+    args: BuildArgs,
     mut results: Option<&mut BTreeMap<String, EffectResult>>,
 ) -> Result<i32, i32> {
-    let device = crate::plan::DeviceSpec::parse(device).map_err(|e| {
+    let BuildArgs {
+        mut effects,
+        jobs,
+        keep_going,
+        device,
+        shard,
+        gpus,
+    } = args;
+    let device = crate::plan::DeviceSpec::parse(&device).map_err(|e| {
         eprintln!("error: {e}");
         EXIT_USER
     })?;
@@ -192,6 +218,7 @@ fn build(
     opts.keep_going = keep_going;
     opts.remote = env.remote.clone();
     opts.write_snapshot = shard.is_none();
+    opts.gpus = gpus;
     let mut code = EXIT_OK;
     for (_recipe, plan) in &plans {
         let summary = match exec::build(
@@ -337,15 +364,15 @@ fn release(
     // a failed one, so CI sees every problem in one run.
     check(env, effects.clone())?;
     let mut results = BTreeMap::new();
-    let mut code = build(
-        env,
-        effects.clone(),
+    let args = BuildArgs {
+        effects: effects.clone(),
         jobs,
-        true,
-        device,
-        None,
-        Some(&mut results),
-    )?;
+        keep_going: true,
+        device: device.to_string(),
+        shard: None,
+        gpus: Vec::new(),
+    };
+    let mut code = build(env, args, Some(&mut results))?;
     let cache = env.cache()?;
     let loader = Loader::new(&env.project);
     std::fs::create_dir_all(out).map_err(|e| {

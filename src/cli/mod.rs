@@ -53,6 +53,10 @@ pub enum Command {
         /// Use with --remote-cache; a final unsharded build then finds every item.
         #[arg(long, value_name = "I/N", value_parser = parse_shard)]
         shard: Option<(usize, usize)>,
+        /// Local GPUs for per-item GPU stages (pair generation), one worker per device
+        /// and never more GPU jobs than devices: `--gpus 0,1`.
+        #[arg(long, value_delimiter = ',', value_name = "N,N...")]
+        gpus: Vec<usize>,
     },
     /// Build, then rebuild on every edit that changes something (recipe, its bases,
     /// registries, target profiles, sources), refreshing out/EFFECT/ each time.

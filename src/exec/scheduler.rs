@@ -26,6 +26,10 @@ pub struct BuildOptions {
     /// Whether this build's outcome becomes the effect's snapshot (not for shards,
     /// which build a slice of the plan).
     pub write_snapshot: bool,
+    /// `--gpus 0,1`: per-item exclusive (GPU) stages run side by side, one per device;
+    /// whole-dataset exclusive stages (training) still run alone. Empty: one at a time
+    /// on `device`.
+    pub gpus: Vec<usize>,
 }
 
 impl BuildOptions {
@@ -36,6 +40,7 @@ impl BuildOptions {
             device,
             remote: None,
             write_snapshot: true,
+            gpus: Vec::new(),
         }
     }
 }
@@ -78,6 +83,8 @@ impl BuildSummary {
 
 struct Job {
     node: usize,
+    /// The GPU this job holds (with `--gpus`), else None: the build's device.
+    gpu: Option<usize>,
     key: Digest,
     inputs: BTreeMap<String, Digest>,
     input_paths: BTreeMap<String, std::path::PathBuf>,
@@ -85,6 +92,7 @@ struct Job {
 
 struct Done {
     node: usize,
+    gpu: Option<usize>,
     result: Result<StageRecord, StageError>,
 }
 
@@ -137,6 +145,7 @@ pub fn build(
     let mut queued: VecDeque<Job> = VecDeque::new();
     let mut running = 0usize;
     let mut exclusive_running = false;
+    let mut free_gpus: VecDeque<usize> = opts.gpus.iter().copied().collect();
     let mut stop = false;
     let jobs = opts.jobs.max(1);
 
@@ -145,7 +154,7 @@ pub fn build(
     let (done_tx, done_rx) = mpsc::channel::<Done>();
 
     std::thread::scope(|scope| {
-        for _ in 0..jobs {
+        for _ in 0..jobs.max(opts.gpus.len()) {
             let job_rx = job_rx.clone();
             let done_tx = done_tx.clone();
             scope.spawn(move || loop {
@@ -154,9 +163,9 @@ pub fn build(
                     rx.recv()
                 };
                 let Ok(job) = job else { break };
-                let node = job.node;
+                let (node, gpu) = (job.node, job.gpu);
                 let result = run_job(project_root, cache, plan, opts, reporter, cancel, job);
-                if done_tx.send(Done { node, result }).is_err() {
+                if done_tx.send(Done { node, gpu, result }).is_err() {
                     break;
                 }
             });
@@ -235,21 +244,38 @@ pub fn build(
                     }
                     None => queued.push_back(Job {
                         node: i,
+                        gpu: None,
                         key,
                         inputs,
                         input_paths,
                     }),
                 }
             }
-            // Start queued work: CPU stages side by side, exclusive ones alone.
-            while !stop && !exclusive_running && running < jobs {
+            // Start queued work: CPU stages side by side; exclusive ones alone, except
+            // per-item ones with `--gpus`, one per free device.
+            while !stop && !exclusive_running && running < jobs.max(opts.gpus.len()) {
+                let per_gpu = |j: &Job| {
+                    !opts.gpus.is_empty()
+                        && plan.nodes[j.node].item.is_some()
+                        && plan.nodes[j.node].stage.resource() == Resource::Exclusive
+                };
                 let Some(pos) = queued.iter().position(|j| {
-                    plan.nodes[j.node].stage.resource() == Resource::Cpu || running == 0
+                    if per_gpu(j) {
+                        !free_gpus.is_empty() && running < jobs.max(opts.gpus.len())
+                    } else if plan.nodes[j.node].stage.resource() == Resource::Cpu {
+                        running < jobs
+                    } else {
+                        running == 0
+                    }
                 }) else {
                     break;
                 };
-                let Some(job) = queued.remove(pos) else { break };
-                if plan.nodes[job.node].stage.resource() == Resource::Exclusive {
+                let Some(mut job) = queued.remove(pos) else {
+                    break;
+                };
+                if per_gpu(&job) {
+                    job.gpu = free_gpus.pop_front();
+                } else if plan.nodes[job.node].stage.resource() == Resource::Exclusive {
                     exclusive_running = true;
                 }
                 running += 1;
@@ -262,8 +288,12 @@ pub fn build(
             }
             let Ok(done) = done_rx.recv() else { break };
             running -= 1;
-            if plan.nodes[done.node].stage.resource() == Resource::Exclusive {
-                exclusive_running = false;
+            match done.gpu {
+                Some(g) => free_gpus.push_back(g),
+                None if plan.nodes[done.node].stage.resource() == Resource::Exclusive => {
+                    exclusive_running = false;
+                }
+                None => {}
             }
             let i = done.node;
             match done.result {
@@ -444,7 +474,10 @@ fn run_job(
         cancel,
         progress: &progress,
         log: String::new(),
-        device: opts.device,
+        device: match job.gpu {
+            Some(g) => crate::plan::DeviceSpec::Cuda(g),
+            None => opts.device,
+        },
         project_root,
     };
     let output = node.stage.run(&mut ctx)?;

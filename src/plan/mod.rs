@@ -41,7 +41,8 @@ impl Plan {
         Plan::from_parts(recipe.name.clone(), h.finish(), nodes)
     }
 
-    fn from_parts(effect: String, recipe_digest: Digest, nodes: Vec<PlanNode>) -> Plan {
+    /// A plan from nodes assembled directly (tests, tools); `new` is the recipe's way.
+    pub fn from_parts(effect: String, recipe_digest: Digest, nodes: Vec<PlanNode>) -> Plan {
         let mut graph = DiGraph::with_capacity(nodes.len(), nodes.len() * 2);
         for _ in &nodes {
             graph.add_node(());
