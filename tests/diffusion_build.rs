@@ -230,3 +230,62 @@ fn models_import_checks_the_pin_and_verify_accepts_the_shipped_tiny_models() {
     assert!(String::from_utf8_lossy(&refused.stderr).contains("pinned"));
     assert!(!models.path().join("tiny-sd").exists());
 }
+
+#[test]
+fn one_worker_loads_the_models_once_and_batch_groups_pairs_without_changing_them() {
+    let p = tiny_project();
+    let single = p.build("tiny");
+    let pairs = |run: &common::Run| -> Vec<serde_json::Value> {
+        run.events
+            .iter()
+            .filter(|e| e["event"] == "stage-finished" && e["kind"] == "pairs")
+            .map(|e| e["metrics"].clone())
+            .collect()
+    };
+    let loads = |m: &[serde_json::Value]| m.iter().filter(|m| m["models_loaded"] == true).count();
+    assert_eq!(loads(&pairs(&single)), 1, "six pairs, one model load");
+    let sheet_single = image::open(p.root().join("out/tiny/pairs-sheet-pairs.png"))
+        .unwrap()
+        .to_rgb8();
+
+    let fresh = tempfile::tempdir().unwrap();
+    let batched = p.run(&[
+        "build",
+        "--json",
+        "--batch",
+        "3",
+        "--cache",
+        fresh.path().to_str().unwrap(),
+        "tiny",
+    ]);
+    assert_eq!(batched.code(), 0, "{}", batched.stderr());
+    let metrics = pairs(&batched);
+    assert_eq!(metrics.len(), 6);
+    assert!(
+        metrics.iter().any(|m| m["batch"].as_u64().unwrap() > 1),
+        "pairs shared a batch: {metrics:?}"
+    );
+    assert!(metrics.iter().all(|m| m["batch"].as_u64().unwrap() <= 3));
+    let loaded: Vec<_> = metrics
+        .iter()
+        .filter(|m| m["models_loaded"] == true)
+        .collect();
+    assert_eq!(
+        loaded.len() as u64,
+        loaded[0]["batch"].as_u64().unwrap(),
+        "only the first batch loads the models: {metrics:?}"
+    );
+    // Batching is an execution choice, not part of the key: the pairs agree to within
+    // one level of rounding.
+    let sheet_batched = image::open(p.root().join("out/tiny/pairs-sheet-pairs.png"))
+        .unwrap()
+        .to_rgb8();
+    let worst = sheet_single
+        .as_raw()
+        .iter()
+        .zip(sheet_batched.as_raw())
+        .map(|(a, b)| a.abs_diff(*b))
+        .max()
+        .unwrap();
+    assert!(worst <= 2, "batched pairs differ by {worst} levels");
+}

@@ -12,16 +12,18 @@ use std::time::Instant;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if args.len() == 2 && args[1] == "serve" {
+        serve();
+        return;
+    }
     if args.len() != 3 || !["train", "export", "diffuse"].contains(&args[1].as_str()) {
-        eprintln!("usage: effectc-nn train|export|diffuse JOB.json");
+        eprintln!("usage: effectc-nn train|export|diffuse JOB.json | effectc-nn serve");
         std::process::exit(2);
     }
     if args[1] == "diffuse" {
         let job: effectc::diffusion::job::DiffuseJob = read_job(&args[2]);
-        let device = match effectc::plan::DeviceSpec::parse(&job.device) {
-            Ok(effectc::plan::DeviceSpec::Cpu) => tch::Device::Cpu,
-            Ok(effectc::plan::DeviceSpec::Cuda(n)) => tch::Device::Cuda(n),
-            Ok(effectc::plan::DeviceSpec::Auto) => tch::Device::cuda_if_available(),
+        let device = match tch_device(&job.device) {
+            Ok(d) => d,
             Err(e) => {
                 eprintln!("{e}");
                 std::process::exit(1);
@@ -89,6 +91,52 @@ fn read_job<T: serde::de::DeserializeOwned>(path: &str) -> T {
         Err(e) => {
             eprintln!("effectc-nn: cannot read job {path}: {e}");
             std::process::exit(2);
+        }
+    }
+}
+
+fn tch_device(text: &str) -> Result<tch::Device, String> {
+    Ok(match effectc::plan::DeviceSpec::parse(text)? {
+        effectc::plan::DeviceSpec::Cpu => tch::Device::Cpu,
+        effectc::plan::DeviceSpec::Cuda(n) => tch::Device::Cuda(n),
+        effectc::plan::DeviceSpec::Auto => tch::Device::cuda_if_available(),
+    })
+}
+
+/// `effectc-nn serve`: a long-lived pair generator. Each stdin line is
+/// `{"jobs": [DiffuseJob...]}` (one batch); each answer one stdout line,
+/// `{"reports": [...]}` or `{"error": "...", "user": bool}`. Models stay loaded between
+/// batches. Ends at EOF (its build ended).
+fn serve() {
+    use std::io::BufRead;
+    #[derive(serde::Deserialize)]
+    struct Batch {
+        jobs: Vec<effectc::diffusion::job::DiffuseJob>,
+    }
+    let mut worker = effectc::diffusion::job::Worker::default();
+    for line in std::io::stdin().lock().lines().map_while(Result::ok) {
+        let answer = match serde_json::from_str::<Batch>(&line) {
+            Err(e) => serde_json::json!({"error": format!("bad request: {e}"), "user": false}),
+            Ok(batch) => {
+                let device = batch
+                    .jobs
+                    .first()
+                    .map(|j| tch_device(&j.device))
+                    .unwrap_or(Ok(tch::Device::Cpu));
+                match device {
+                    Err(e) => serde_json::json!({"error": e, "user": true}),
+                    Ok(device) => match worker.run(&batch.jobs, device) {
+                        Ok(reports) => serde_json::json!({ "reports": reports }),
+                        Err(e) => {
+                            serde_json::json!({"error": e.to_string(), "user": e.is_user_error()})
+                        }
+                    },
+                }
+            }
+        };
+        let mut out = std::io::stdout().lock();
+        if writeln!(out, "{answer}").and_then(|_| out.flush()).is_err() {
+            break;
         }
     }
 }

@@ -77,6 +77,7 @@ pub fn run(cli: Cli) -> i32 {
             device,
             shard,
             gpus,
+            batch,
         } => build(
             &env,
             BuildArgs {
@@ -86,6 +87,7 @@ pub fn run(cli: Cli) -> i32 {
                 device,
                 shard,
                 gpus,
+                batch: batch as usize,
             },
             None,
         ),
@@ -151,6 +153,7 @@ struct BuildArgs {
     device: String,
     shard: Option<(usize, usize)>,
     gpus: Vec<usize>,
+    batch: usize,
 }
 
 fn build(
@@ -165,6 +168,7 @@ fn build(
         device,
         shard,
         gpus,
+        batch,
     } = args;
     let device = crate::plan::DeviceSpec::parse(&device).map_err(|e| {
         eprintln!("error: {e}");
@@ -214,7 +218,9 @@ fn build(
     } else {
         Box::new(HumanReporter::new())
     };
-    let mut opts = BuildOptions::new(jobs, device);
+    // Batched stages run side by side, so there must be room for a whole batch.
+    let mut opts = BuildOptions::new(jobs.max(batch), device);
+    opts.batch = batch;
     opts.keep_going = keep_going;
     opts.remote = env.remote.clone();
     opts.write_snapshot = shard.is_none();
@@ -371,6 +377,7 @@ fn release(
         device: device.to_string(),
         shard: None,
         gpus: Vec::new(),
+        batch: 1,
     };
     let mut code = build(env, args, Some(&mut results))?;
     let cache = env.cache()?;

@@ -57,6 +57,9 @@ pub enum Command {
         /// and never more GPU jobs than devices: `--gpus 0,1`.
         #[arg(long, value_delimiter = ',', value_name = "N,N...")]
         gpus: Vec<usize>,
+        /// Pairs generated together in one batch through the diffusion models.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+        batch: u16,
     },
     /// Build, then rebuild on every edit that changes something (recipe, its bases,
     /// registries, target profiles, sources), refreshing out/EFFECT/ each time.

@@ -158,11 +158,82 @@ fn read_rgb(path: &Path) -> Result<image::RgbImage> {
         .map_err(|e| bad(e.to_string()))
 }
 
-/// Generates the job's pair and writes its target PNG.
+/// The models a job loads, as one comparable key: jobs with equal keys share them.
+fn models_key(job: &DiffuseJob) -> String {
+    serde_json::json!([
+        job.base.arch,
+        job.base.path,
+        job.tokenizer,
+        job.ip2p.as_ref().map(|m| (&m.arch, &m.path)),
+        job.controlnets,
+        job.loras,
+        job.device
+    ])
+    .to_string()
+}
+
+/// A worker process's state across jobs: the last models loaded stay loaded, so a build
+/// of many pairs reads the weights once (SD 1.5 is gigabytes).
+#[derive(Default)]
+pub struct Worker {
+    loaded: Option<(String, DiffusionModels)>,
+}
+
+impl Worker {
+    /// Generates every job's pair (jobs that agree on the loop's settings share one
+    /// batch through the UNet) and writes each target PNG.
+    pub fn run(&mut self, jobs: &[DiffuseJob], device: Device) -> Result<Vec<TrainReport>> {
+        let Some(first) = jobs.first() else {
+            return Ok(Vec::new());
+        };
+        let key = models_key(first);
+        if jobs.iter().any(|j| models_key(j) != key) {
+            return Err(DiffusionError::InvalidRequest(
+                "one batch must share its models".into(),
+            ));
+        }
+        let started = std::time::Instant::now();
+        let fresh = self.loaded.as_ref().is_none_or(|(k, _)| *k != key);
+        if fresh {
+            self.loaded = None; // free the old models before loading the new ones
+            self.loaded = Some((key, load_models(first, device)?));
+        }
+        let loaded_s = started.elapsed().as_secs_f64();
+        let models = &self.loaded.as_ref().expect("just loaded").1;
+        let requests = jobs.iter().map(request).collect::<Result<Vec<_>>>()?;
+        let images = generate_pair(models, &requests)?;
+        let generate_s = started.elapsed().as_secs_f64() - loaded_s;
+        let mut reports = Vec::new();
+        for (job, image) in jobs.iter().zip(images) {
+            image
+                .save_with_format(&job.out, image::ImageFormat::Png)
+                .map_err(|e| DiffusionError::Io {
+                    path: job.out.clone(),
+                    source: std::io::Error::other(e),
+                })?;
+            let mut metrics = serde_json::Map::new();
+            metrics.insert("load_s".into(), loaded_s.into());
+            metrics.insert("generate_s".into(), generate_s.into());
+            metrics.insert("batch".into(), jobs.len().into());
+            metrics.insert("models_loaded".into(), fresh.into());
+            reports.push(TrainReport {
+                metrics,
+                files: BTreeMap::from([("target".to_string(), job.out.clone())]),
+            });
+        }
+        Ok(reports)
+    }
+}
+
+/// Generates the job's pair and writes its target PNG (a one-job worker).
 pub fn run(job: &DiffuseJob, device: Device) -> Result<TrainReport> {
-    let started = std::time::Instant::now();
-    let models = load_models(job, device)?;
-    let loaded_s = started.elapsed().as_secs_f64();
+    let mut reports = Worker::default().run(std::slice::from_ref(job), device)?;
+    reports
+        .pop()
+        .ok_or_else(|| DiffusionError::InvalidRequest("no image came back".into()))
+}
+
+fn request(job: &DiffuseJob) -> Result<PairRequest> {
     let scheduler = SchedulerKind::parse(&job.scheduler).ok_or_else(|| {
         DiffusionError::InvalidRequest(format!("unknown scheduler `{}`", job.scheduler))
     })?;
@@ -176,7 +247,7 @@ pub fn run(job: &DiffuseJob, device: Device) -> Result<TrainReport> {
             end: c.end,
         });
     }
-    let request = PairRequest {
+    Ok(PairRequest {
         prompt: job.prompt.clone(),
         negative_prompt: job.negative_prompt.clone(),
         source: read_rgb(&job.source)?,
@@ -187,24 +258,5 @@ pub fn run(job: &DiffuseJob, device: Device) -> Result<TrainReport> {
         scheduler,
         seed: job.seed,
         strength: job.strength,
-    };
-    let image = generate_pair(&models, &[request])?
-        .pop()
-        .ok_or_else(|| DiffusionError::InvalidRequest("no image came back".into()))?;
-    image
-        .save_with_format(&job.out, image::ImageFormat::Png)
-        .map_err(|e| DiffusionError::Io {
-            path: job.out.clone(),
-            source: std::io::Error::other(e),
-        })?;
-    let mut metrics = serde_json::Map::new();
-    metrics.insert("load_s".into(), loaded_s.into());
-    metrics.insert(
-        "generate_s".into(),
-        (started.elapsed().as_secs_f64() - loaded_s).into(),
-    );
-    Ok(TrainReport {
-        metrics,
-        files: BTreeMap::from([("target".to_string(), job.out.clone())]),
     })
 }

@@ -30,6 +30,9 @@ pub struct BuildOptions {
     /// whole-dataset exclusive stages (training) still run alone. Empty: one at a time
     /// on `device`.
     pub gpus: Vec<usize>,
+    /// `--batch N`: stages that batch (pair generation) run up to N at once on the
+    /// build's device, so their work can share one batch. 1: one at a time.
+    pub batch: usize,
 }
 
 impl BuildOptions {
@@ -41,6 +44,7 @@ impl BuildOptions {
             remote: None,
             write_snapshot: true,
             gpus: Vec::new(),
+            batch: 1,
         }
     }
 }
@@ -257,12 +261,14 @@ pub fn build(
                 let per_gpu = |j: &Job| {
                     !opts.gpus.is_empty()
                         && plan.nodes[j.node].item.is_some()
-                        && plan.nodes[j.node].stage.resource() == Resource::Exclusive
+                        && resource_of(plan.nodes[j.node].stage.as_ref(), opts)
+                            == Resource::Exclusive
                 };
                 let Some(pos) = queued.iter().position(|j| {
                     if per_gpu(j) {
                         !free_gpus.is_empty() && running < jobs.max(opts.gpus.len())
-                    } else if plan.nodes[j.node].stage.resource() == Resource::Cpu {
+                    } else if resource_of(plan.nodes[j.node].stage.as_ref(), opts) == Resource::Cpu
+                    {
                         running < jobs
                     } else {
                         running == 0
@@ -275,7 +281,9 @@ pub fn build(
                 };
                 if per_gpu(&job) {
                     job.gpu = free_gpus.pop_front();
-                } else if plan.nodes[job.node].stage.resource() == Resource::Exclusive {
+                } else if resource_of(plan.nodes[job.node].stage.as_ref(), opts)
+                    == Resource::Exclusive
+                {
                     exclusive_running = true;
                 }
                 running += 1;
@@ -290,7 +298,9 @@ pub fn build(
             running -= 1;
             match done.gpu {
                 Some(g) => free_gpus.push_back(g),
-                None if plan.nodes[done.node].stage.resource() == Resource::Exclusive => {
+                None if resource_of(plan.nodes[done.node].stage.as_ref(), opts)
+                    == Resource::Exclusive =>
+                {
                     exclusive_running = false;
                 }
                 None => {}
@@ -403,6 +413,16 @@ pub fn build(
     Ok(summary)
 }
 
+/// How a stage shares the machine in this build: batchable stages run side by side when
+/// batching is on (their batcher serialises the device).
+fn resource_of(stage: &dyn crate::plan::Stage, opts: &BuildOptions) -> Resource {
+    if opts.batch > 1 && stage.batchable() {
+        Resource::Cpu
+    } else {
+        stage.resource()
+    }
+}
+
 fn unreachable_input() -> ! {
     // A node becomes ready only when every upstream node finished successfully.
     panic!("scheduler invariant broken: a stage became ready before its inputs")
@@ -478,6 +498,7 @@ fn run_job(
             Some(g) => crate::plan::DeviceSpec::Cuda(g),
             None => opts.device,
         },
+        batch: opts.batch,
         project_root,
     };
     let output = node.stage.run(&mut ctx)?;

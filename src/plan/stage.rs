@@ -50,6 +50,8 @@ pub struct RunContext<'a> {
     pub progress: &'a (dyn Fn(Progress) + Sync),
     pub log: String,
     pub device: DeviceSpec,
+    /// Up to how many batchable jobs may share one batch (`build --batch`).
+    pub batch: usize,
     pub project_root: &'a Path,
 }
 
@@ -149,6 +151,10 @@ pub trait Stage: Send + Sync {
     fn params(&self) -> Params;
     fn resource(&self) -> Resource {
         Resource::Cpu
+    }
+    /// Whether several of this kind can share one batch of device work (`--batch`).
+    fn batchable(&self) -> bool {
+        false
     }
     fn run(&self, ctx: &mut RunContext) -> Result<RunOutput, StageError>;
 }

@@ -1,7 +1,7 @@
 //! `pairs` with the diffusion teacher (SD 1.5 + LoRA + ControlNets + InstructPix2Pix).
 //! The plan checks every model before any work (crate::models); this stage fills the
-//! prompt's `{attributes}`, derives the item's seed, and runs the generation in the
-//! `effectc-nn diffuse` worker (the CLI never loads libtorch).
+//! prompt's `{attributes}`, derives the item's seed, and hands the generation to the
+//! `effectc-nn serve` worker, batched with its neighbours (the CLI never loads libtorch).
 
 use crate::diffusion::job::{ControlJob, DiffuseJob, ModelRef};
 use crate::digest::{Digest, KeyHasher};
@@ -70,6 +70,9 @@ impl Stage for DiffusionPairs {
     fn resource(&self) -> Resource {
         // One generation at a time: it fills the GPU (or every CPU core).
         Resource::Exclusive
+    }
+    fn batchable(&self) -> bool {
+        true
     }
     fn params(&self) -> Params {
         let t = &self.teacher;
@@ -185,11 +188,7 @@ impl Stage for DiffusionPairs {
             device: ctx.device.to_string(),
             out: ctx.out_dir.join("target.png"),
         };
-        let report = super::worker::run_worker(
-            ctx,
-            "diffuse",
-            &serde_json::to_value(&job).unwrap_or_default(),
-        )?;
+        let report = super::diffusion_worker::generate(ctx, job)?;
         let mut out = RunOutput {
             metrics: report.metrics,
             ..Default::default()

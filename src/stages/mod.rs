@@ -7,6 +7,7 @@ pub mod command_teacher;
 pub mod control_map;
 pub mod crop;
 pub mod diffusion_pairs;
+pub mod diffusion_worker;
 pub mod directory_teacher;
 pub mod export;
 pub mod imaging;

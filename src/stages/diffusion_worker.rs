@@ -1,0 +1,211 @@
+//! The pair generator as a long-lived `effectc-nn serve` process per device, so a build
+//! loads the diffusion models once rather than once per pair, and a batcher that gathers
+//! the pair jobs running at the same moment into one batch (`build --batch N`).
+//!
+//! Pair stages call [`generate`]; the first caller to find the device idle becomes the
+//! batch's leader: it waits a moment for others (up to N jobs), sends them as one
+//! request, hands each caller its answer, and repeats while jobs are waiting.
+
+use crate::diffusion::job::DiffuseJob;
+use crate::plan::{RunContext, StageError};
+use crate::train::job::TrainReport;
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::atomic::Ordering;
+use std::sync::mpsc;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// How long a leader waits for more jobs to join its batch.
+const GATHER: Duration = Duration::from_millis(150);
+
+type Answer = Result<TrainReport, StageError>;
+
+struct Waiting {
+    job: DiffuseJob,
+    reply: mpsc::Sender<Answer>,
+}
+
+#[derive(Default)]
+struct Device {
+    pending: Vec<Waiting>,
+    leading: bool,
+}
+
+struct Server {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+fn devices() -> &'static Mutex<HashMap<String, Device>> {
+    static D: OnceLock<Mutex<HashMap<String, Device>>> = OnceLock::new();
+    D.get_or_init(Default::default)
+}
+
+fn servers() -> &'static Mutex<HashMap<String, Server>> {
+    static S: OnceLock<Mutex<HashMap<String, Server>>> = OnceLock::new();
+    S.get_or_init(Default::default)
+}
+
+/// Generates `job`'s pair, batched with whatever other pair jobs of the same device
+/// arrive together (at most `ctx.batch`).
+pub fn generate(ctx: &RunContext, job: DiffuseJob) -> Answer {
+    let device = job.device.clone();
+    let (tx, rx) = mpsc::channel();
+    let lead = {
+        let mut all = devices().lock().unwrap_or_else(|p| p.into_inner());
+        let d = all.entry(device.clone()).or_default();
+        d.pending.push(Waiting { job, reply: tx });
+        !std::mem::replace(&mut d.leading, true)
+    };
+    if lead {
+        lead_batches(&device, ctx.batch.max(1), ctx);
+    }
+    rx.recv()
+        .unwrap_or_else(|_| Err(StageError::infra("the pair batch ended without an answer")))
+}
+
+/// Runs batches for `device` until no job is waiting.
+fn lead_batches(device: &str, batch: usize, ctx: &RunContext) {
+    loop {
+        // Let the jobs started alongside this one join (or stop early when full).
+        let started = Instant::now();
+        while started.elapsed() < GATHER {
+            let n = devices()
+                .lock()
+                .map(|all| all.get(device).map_or(0, |d| d.pending.len()))
+                .unwrap_or(0);
+            if n >= batch || batch == 1 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let group: Vec<Waiting> = {
+            let mut all = devices().lock().unwrap_or_else(|p| p.into_inner());
+            let d = all.entry(device.to_string()).or_default();
+            if d.pending.is_empty() {
+                d.leading = false;
+                return;
+            }
+            let n = d.pending.len().min(batch);
+            d.pending.drain(..n).collect()
+        };
+        let jobs: Vec<DiffuseJob> = group.iter().map(|w| w.job.clone()).collect();
+        match run_batch(device, &jobs, ctx) {
+            Ok(reports) => {
+                for (w, r) in group.into_iter().zip(reports) {
+                    let _ = w.reply.send(Ok(r));
+                }
+            }
+            Err(e) => {
+                let message = e.to_string();
+                let user = matches!(e, StageError::User(_));
+                let cancelled = matches!(e, StageError::Cancelled);
+                for w in group {
+                    let _ = w.reply.send(Err(if cancelled {
+                        StageError::Cancelled
+                    } else if user {
+                        StageError::user(message.clone())
+                    } else {
+                        StageError::infra(message.clone())
+                    }));
+                }
+            }
+        }
+    }
+}
+
+fn start_server() -> Result<Server, StageError> {
+    let mut child = Command::new(super::worker::worker_path()?)
+        .arg("serve")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| StageError::infra(format!("cannot start the tensor worker: {e}")))?;
+    let stdin = child.stdin.take().expect("piped");
+    let stdout = BufReader::new(child.stdout.take().expect("piped"));
+    Ok(Server {
+        child,
+        stdin,
+        stdout,
+    })
+}
+
+/// Sends one batch to the device's server (started on first use) and reads its answer;
+/// a cancelled build kills the server (the next build starts a fresh one).
+fn run_batch(
+    device: &str,
+    jobs: &[DiffuseJob],
+    ctx: &RunContext,
+) -> Result<Vec<TrainReport>, StageError> {
+    let mut all = servers().lock().unwrap_or_else(|p| p.into_inner());
+    if !all.contains_key(device) {
+        all.insert(device.to_string(), start_server()?);
+    }
+    let server = all.get_mut(device).expect("inserted");
+    let line = serde_json::json!({ "jobs": jobs }).to_string();
+    let sent = writeln!(server.stdin, "{line}").and_then(|_| server.stdin.flush());
+    if let Err(e) = sent {
+        all.remove(device);
+        return Err(StageError::infra(format!(
+            "the tensor worker went away: {e}"
+        )));
+    }
+    // Read the answer on a helper thread so a cancel can interrupt the wait.
+    let answer = std::thread::scope(|scope| {
+        let reader = scope.spawn(|| {
+            let mut text = String::new();
+            server.stdout.read_line(&mut text).map(|_| text)
+        });
+        while !reader.is_finished() {
+            if ctx.cancel.load(Ordering::SeqCst) {
+                // Unblocks the reader: the worker's stdout closes when it dies.
+                let _ = Command::new("kill")
+                    .arg("-KILL")
+                    .arg(server.child.id().to_string())
+                    .status();
+                let _ = reader.join();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(reader.join().ok().and_then(|r| r.ok()).unwrap_or_default())
+    });
+    let Some(text) = answer else {
+        if let Some(mut s) = all.remove(device) {
+            let _ = s.child.wait();
+        }
+        return Err(StageError::Cancelled);
+    };
+    let value: serde_json::Value = match serde_json::from_str(&text) {
+        Ok(v) => v,
+        Err(_) => {
+            if let Some(mut s) = all.remove(device) {
+                let _ = s.child.kill();
+                let _ = s.child.wait();
+            }
+            return Err(StageError::infra(
+                "the tensor worker died while generating pairs (out of memory?)",
+            ));
+        }
+    };
+    if let Some(error) = value.get("error") {
+        let message = error.as_str().unwrap_or("unknown error").to_string();
+        return Err(if value["user"].as_bool().unwrap_or(false) {
+            StageError::user(message)
+        } else {
+            StageError::infra(message)
+        });
+    }
+    let reports: Vec<TrainReport> = serde_json::from_value(value["reports"].clone())
+        .map_err(|e| StageError::infra(format!("unreadable answer from the tensor worker: {e}")))?;
+    if reports.len() != jobs.len() {
+        return Err(StageError::infra(
+            "the tensor worker answered the wrong number of pairs",
+        ));
+    }
+    Ok(reports)
+}
