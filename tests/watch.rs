@@ -120,10 +120,12 @@ fn an_edit_is_picked_up_promptly_and_rebuilds_only_what_it_reaches() {
     assert_eq!(ran_of_kind(&rebuild, "pairs"), 6);
     assert_eq!(ran_of_kind(&rebuild, "crop"), 0, "sources untouched");
     assert_eq!(ran_of_kind(&rebuild, "synthetic"), 0);
+    let preview = std::fs::read_to_string(p.root().join("out/small/preview.html")).unwrap();
     assert!(
-        p.root().join("out/small/pairs-sheet-pairs.png").is_file(),
-        "preview refreshed"
+        preview.contains("http-equiv=\"refresh\"") && preview.contains("pairs-sheet-pairs.png"),
+        "a self-refreshing preview: {preview}"
     );
+    assert!(preview.contains("built: "), "{preview}");
 
     // Saves that change nothing: a touch, an editor's write-rename of the same bytes,
     // a comment, and writes to the cache and output folders.

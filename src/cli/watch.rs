@@ -79,6 +79,41 @@ fn stale_lines(env: &Env, plan: &Plan) -> Vec<String> {
     lines
 }
 
+/// `out/EFFECT/preview.html`: a page that reloads itself every 2 s, showing the last
+/// build's state and sheets, for a person to keep open beside the editor.
+fn write_preview(env: &Env, effect: &str, status: &str) {
+    let dir = env.project.root.join("out").join(effect);
+    let when = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let mut images = String::new();
+    for (file, title) in [
+        (
+            "bundle-contact-sheet.png",
+            "source | teacher | student | targets",
+        ),
+        ("pairs-sheet-pairs.png", "pairs"),
+        ("distill-student-samples.png", "student samples"),
+    ] {
+        if dir.join(file).is_file() {
+            images.push_str(&format!(
+                "<h2>{title}</h2><img src=\"{file}?t={when}\" style=\"max-width:100%\">\n"
+            ));
+        }
+    }
+    let html = format!(
+        "<!doctype html><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"2\">\n\
+         <title>{effect} (effectc watch)</title>\n<body style=\"font-family:sans-serif\">\n\
+         <h1>{effect}</h1><p>{status} (at unix time {when}). <a href=\"bundle-report.html\">report</a></p>\n{images}</body>\n"
+    );
+    let _ = std::fs::create_dir_all(&dir);
+    let tmp = dir.join(".preview.html.tmp");
+    if std::fs::write(&tmp, html).is_ok() {
+        let _ = std::fs::rename(&tmp, dir.join("preview.html"));
+    }
+}
+
 /// Folders to watch: the recipe folders and each image glob's literal prefix.
 fn watched_dirs(env: &Env, loader: &Loader, effect: &str) -> Vec<PathBuf> {
     let root = &env.project.root;
@@ -194,6 +229,7 @@ pub fn run(env: &Env, effect: &str, jobs: usize, device: &str) -> Result<i32, i3
                     "watch-error",
                     &["the recipe has errors (above); waiting for a fix".to_string()],
                 );
+                write_preview(env, effect, "the recipe has errors: see the terminal");
             }
             Some((_recipe, plan)) => {
                 let fp = fingerprint(&plan);
@@ -250,6 +286,12 @@ pub fn run(env: &Env, effect: &str, jobs: usize, device: &str) -> Result<i32, i3
                     if let Err(e) = materialize(env, &cache, &plan, &s) {
                         eprintln!("warning: could not refresh out/{effect}: {e}");
                     }
+                    let status = format!("built: {} ran, {} cached", s.ran, s.cached);
+                    write_preview(env, effect, &status);
+                }
+                Ok(s) if !s.cancelled => {
+                    let status = format!("build FAILED: {} stage(s) failed", s.failed);
+                    write_preview(env, effect, &status);
                 }
                 Ok(s) if s.cancelled && changed => {
                     say(
