@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 fn main() {
+    ensure_malloc_settings();
     let args: Vec<String> = std::env::args().collect();
     if args.len() == 2 && args[1] == "serve" {
         serve();
@@ -139,4 +140,28 @@ fn serve() {
             break;
         }
     }
+}
+
+/// glibc reads its malloc settings at process start: when started without the worker's
+/// (see `stages::worker::WORKER_MALLOC_ENV`), set them and execute again. `effectc`
+/// always passes them, so this only costs a manual or benchmark run one exec.
+fn ensure_malloc_settings() {
+    use effectc::stages::worker::WORKER_MALLOC_ENV;
+    use std::os::unix::process::CommandExt;
+    if WORKER_MALLOC_ENV
+        .iter()
+        .all(|(k, v)| std::env::var(k).as_deref() == Ok(*v))
+    {
+        return;
+    }
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
+    let err = std::process::Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .envs(WORKER_MALLOC_ENV.iter().copied())
+        .exec();
+    eprintln!(
+        "effectc-nn: could not re-execute with the allocator settings ({err}); going on without"
+    );
 }

@@ -118,7 +118,7 @@ fn lead_batches(device: &str, batch: usize, ctx: &RunContext) {
 }
 
 fn start_server() -> Result<Server, StageError> {
-    let mut child = Command::new(super::worker::worker_path()?)
+    let mut child = super::worker::worker_command()?
         .arg("serve")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

@@ -538,6 +538,9 @@ impl Trainer<'_> {
         let names = ["l1", "ssim", "g_adv", "d", "r1"];
         let amp = self.device.is_cuda() && std::env::var_os("EFFECTC_NO_AMP").is_none();
         let mut scaler = LossScaler::new(amp);
+        // Throughput counts the training loop only, as a PyTorch loop timer would (not
+        // building nets, reading the teacher or resuming a checkpoint).
+        let loop_started = Instant::now();
         for step in self.start_step..h.steps {
             if cancel.load(Ordering::SeqCst) {
                 self.save_checkpoint(
@@ -606,7 +609,7 @@ impl Trainer<'_> {
             }
         }
         let steps_per_s =
-            (h.steps - self.start_step) as f64 / self.started.elapsed().as_secs_f64().max(1e-9);
+            (h.steps - self.start_step) as f64 / loop_started.elapsed().as_secs_f64().max(1e-9);
         let mut files = BTreeMap::new();
         let weights = self.job.out_dir.join("weights.safetensors");
         write_safetensors_atomic(&named_vars(&ema_vs, ""), &weights)?;
@@ -666,6 +669,9 @@ impl Trainer<'_> {
         let names = ["out_teacher", "out_target", "ssim", "features"];
         let amp = self.device.is_cuda() && std::env::var_os("EFFECTC_NO_AMP").is_none();
         let mut scaler = LossScaler::new(amp);
+        // Throughput counts the training loop only, as a PyTorch loop timer would (not
+        // building nets, reading the teacher or resuming a checkpoint).
+        let loop_started = Instant::now();
         for step in self.start_step..h.steps {
             if cancel.load(Ordering::SeqCst) {
                 self.save_checkpoint(
@@ -721,7 +727,7 @@ impl Trainer<'_> {
             }
         }
         let steps_per_s =
-            (h.steps - self.start_step) as f64 / self.started.elapsed().as_secs_f64().max(1e-9);
+            (h.steps - self.start_step) as f64 / loop_started.elapsed().as_secs_f64().max(1e-9);
         let mut files = BTreeMap::new();
         let weights = self.job.out_dir.join("weights.safetensors");
         write_safetensors_atomic(&named_vars(&ema_vs, ""), &weights)?;
