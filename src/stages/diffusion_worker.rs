@@ -14,7 +14,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// How long a leader waits for more jobs to join its batch.
@@ -44,9 +44,14 @@ fn devices() -> &'static Mutex<HashMap<String, Device>> {
     D.get_or_init(Default::default)
 }
 
-fn servers() -> &'static Mutex<HashMap<String, Server>> {
-    static S: OnceLock<Mutex<HashMap<String, Server>>> = OnceLock::new();
-    S.get_or_init(Default::default)
+/// One server slot per device, each behind its own lock, so devices work in parallel.
+fn server_slot(device: &str) -> Arc<Mutex<Option<Server>>> {
+    static S: OnceLock<Mutex<HashMap<String, Arc<Mutex<Option<Server>>>>>> = OnceLock::new();
+    let mut all = S
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    all.entry(device.to_string()).or_default().clone()
 }
 
 /// Generates `job`'s pair, batched with whatever other pair jobs of the same device
@@ -141,15 +146,16 @@ fn run_batch(
     jobs: &[DiffuseJob],
     ctx: &RunContext,
 ) -> Result<Vec<TrainReport>, StageError> {
-    let mut all = servers().lock().unwrap_or_else(|p| p.into_inner());
-    if !all.contains_key(device) {
-        all.insert(device.to_string(), start_server()?);
+    let slot = server_slot(device);
+    let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
+    if slot.is_none() {
+        *slot = Some(start_server()?);
     }
-    let server = all.get_mut(device).expect("inserted");
+    let server = slot.as_mut().expect("started");
     let line = serde_json::json!({ "jobs": jobs }).to_string();
     let sent = writeln!(server.stdin, "{line}").and_then(|_| server.stdin.flush());
     if let Err(e) = sent {
-        all.remove(device);
+        *slot = None;
         return Err(StageError::infra(format!(
             "the tensor worker went away: {e}"
         )));
@@ -175,7 +181,7 @@ fn run_batch(
         Some(reader.join().ok().and_then(|r| r.ok()).unwrap_or_default())
     });
     let Some(text) = answer else {
-        if let Some(mut s) = all.remove(device) {
+        if let Some(mut s) = slot.take() {
             let _ = s.child.wait();
         }
         return Err(StageError::Cancelled);
@@ -183,7 +189,7 @@ fn run_batch(
     let value: serde_json::Value = match serde_json::from_str(&text) {
         Ok(v) => v,
         Err(_) => {
-            if let Some(mut s) = all.remove(device) {
+            if let Some(mut s) = slot.take() {
                 let _ = s.child.kill();
                 let _ = s.child.wait();
             }
