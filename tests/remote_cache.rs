@@ -37,7 +37,7 @@ impl Nginx {
                  location / {{ dav_methods PUT; create_full_put_path on; dav_access user:rw group:r all:r; }}\n  }}\n}}\n"
         );
         std::fs::write(dir.path().join("nginx.conf"), conf).unwrap();
-        let child = Command::new(bin)
+        let mut child = Command::new(bin)
             .args(["-p", &d.to_string(), "-e", &format!("{d}/error.log"), "-c"])
             .arg(dir.path().join("nginx.conf"))
             .stdout(Stdio::null())
@@ -50,6 +50,8 @@ impl Nginx {
             }
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
+        let _ = child.kill();
+        let _ = child.wait();
         panic!(
             "nginx did not start: {}",
             std::fs::read_to_string(dir.path().join("error.log")).unwrap_or_default()

@@ -44,9 +44,12 @@ fn devices() -> &'static Mutex<HashMap<String, Device>> {
     D.get_or_init(Default::default)
 }
 
+/// A device's server, started on first use.
+type Slot = Arc<Mutex<Option<Server>>>;
+
 /// One server slot per device, each behind its own lock, so devices work in parallel.
-fn server_slot(device: &str) -> Arc<Mutex<Option<Server>>> {
-    static S: OnceLock<Mutex<HashMap<String, Arc<Mutex<Option<Server>>>>>> = OnceLock::new();
+fn server_slot(device: &str) -> Slot {
+    static S: OnceLock<Mutex<HashMap<String, Slot>>> = OnceLock::new();
     let mut all = S
         .get_or_init(Default::default)
         .lock()
