@@ -1,7 +1,8 @@
 //! effectc: an effect compiler. Folders mirror the pipeline:
 //! recipe (parse, extends, check) → plan (DAG, keys) → cache → exec (scheduler, events)
 //! → stages (one file per stage kind) → nn / train (tch models) → export (IR, writers,
-//! quantization) → verify (tract) → bundle.
+//! quantization) → verify (tract) → bundle. `diffusion` is the diffusion teacher,
+//! `models` the models directory it reads.
 
 pub mod bundle;
 pub mod cache;

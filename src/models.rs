@@ -70,16 +70,24 @@ pub fn needed_models(recipe: &Recipe) -> Vec<ModelEntry> {
     }
 }
 
+/// A model as the stages read it: registry entry, resolved path, content digest (which
+/// goes into the keys of the stages that read it).
+#[derive(Clone, Debug)]
+pub struct ResolvedModel {
+    pub entry: ModelEntry,
+    pub path: PathBuf,
+    pub digest: Digest,
+}
+
 /// Checks, before any work, that every model the recipe needs is present and matches
 /// its pinned SHA-256. One diagnostic lists every missing model (name, file, expected
-/// digest, path searched); another every mismatch. Returns each present model's path
-/// and digest, which go into the keys of the stages that read it.
+/// digest, path searched); another every mismatch. Returns the present ones by name.
 pub fn check_models(
     project: &Project,
     recipe: &Recipe,
     digest_of: &mut dyn FnMut(&Path) -> std::io::Result<Digest>,
     diags: &mut Diagnostics,
-) -> BTreeMap<String, (PathBuf, Digest)> {
+) -> BTreeMap<String, ResolvedModel> {
     let needed = needed_models(recipe);
     let dir = models_dir(project);
     let mut found = BTreeMap::new();
@@ -111,7 +119,14 @@ pub fn check_models(
                         continue;
                     }
                 }
-                found.insert(m.name.clone(), (path, d));
+                found.insert(
+                    m.name.clone(),
+                    ResolvedModel {
+                        entry: m.clone(),
+                        path,
+                        digest: d,
+                    },
+                );
             }
             Err(e) => wrong.push(format!(
                 "  {} — cannot read {}: {e}",

@@ -1,5 +1,5 @@
 //! The tensor worker: the only effectc process that loads libtorch. A stage writes a job
-//! (JSON) and runs `effectc-nn train|export|diffuse JOB.json`; progress comes back as JSON lines on
+//! (JSON) and runs `effectc-nn train|export JOB.json` (pairs go through `serve`); progress comes back as JSON lines on
 //! stdout (`{"progress": ...}`), then `{"report": ...}`. Exit codes: 0 done, 1 the
 //! recipe's or data's fault, 3 the machine's, 130 cancelled (SIGINT/SIGTERM: a
 //! checkpoint is saved first).
@@ -17,27 +17,9 @@ fn main() {
         serve();
         return;
     }
-    if args.len() != 3 || !["train", "export", "diffuse"].contains(&args[1].as_str()) {
-        eprintln!("usage: effectc-nn train|export|diffuse JOB.json | effectc-nn serve");
+    if args.len() != 3 || !["train", "export"].contains(&args[1].as_str()) {
+        eprintln!("usage: effectc-nn train|export JOB.json | effectc-nn serve");
         std::process::exit(2);
-    }
-    if args[1] == "diffuse" {
-        let job: effectc::diffusion::job::DiffuseJob = read_job(&args[2]);
-        let device = match tch_device(&job.device) {
-            Ok(d) => d,
-            Err(e) => {
-                eprintln!("{e}");
-                std::process::exit(1);
-            }
-        };
-        match effectc::diffusion::job::run(&job, device) {
-            Ok(report) => println!("{}", serde_json::json!({ "report": report })),
-            Err(e) => {
-                eprintln!("{e}");
-                std::process::exit(if e.is_user_error() { 1 } else { 3 });
-            }
-        }
-        return;
     }
     if args[1] == "export" {
         let job: train::ExportJob = read_job(&args[2]);

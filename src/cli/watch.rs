@@ -18,7 +18,7 @@ use crate::recipe::Loader;
 use notify::RecursiveMode;
 use notify_debouncer_full::{new_debouncer, DebounceEventResult};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
@@ -124,14 +124,7 @@ fn watched_dirs(env: &Env, loader: &Loader, effect: &str) -> Vec<PathBuf> {
         .collect();
     if let Ok(recipe) = loader.load(effect) {
         for glob in &recipe.sources.images {
-            let prefix: PathBuf = Path::new(&glob.value)
-                .components()
-                .take_while(|c| {
-                    !c.as_os_str()
-                        .to_string_lossy()
-                        .contains(['*', '?', '[', '{'])
-                })
-                .collect();
+            let prefix = crate::plan::lower::glob_literal_prefix(&glob.value);
             let mut dir = root.join(prefix);
             while !dir.is_dir() {
                 match dir.parent() {

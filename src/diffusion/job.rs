@@ -1,4 +1,4 @@
-//! One pair to generate, as the `pairs` stage hands it to the `effectc-nn diffuse`
+//! One pair to generate, as the `pairs` stage hands it to the `effectc-nn serve`
 //! worker: which model files to load (by architecture), the request, where to write the
 //! target. The types are plain data so the libtorch-free CLI can write them.
 
@@ -223,14 +223,6 @@ impl Worker {
         }
         Ok(reports)
     }
-}
-
-/// Generates the job's pair and writes its target PNG (a one-job worker).
-pub fn run(job: &DiffuseJob, device: Device) -> Result<TrainReport> {
-    let mut reports = Worker::default().run(std::slice::from_ref(job), device)?;
-    reports
-        .pop()
-        .ok_or_else(|| DiffusionError::InvalidRequest("no image came back".into()))
 }
 
 fn request(job: &DiffuseJob) -> Result<PairRequest> {

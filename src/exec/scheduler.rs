@@ -8,7 +8,7 @@ use super::events::{Event, Reporter};
 use crate::cache::remote::RemoteCache;
 use crate::cache::{Cache, OutputRef, Snapshot, SnapshotEntry, StageRecord};
 use crate::digest::Digest;
-use crate::plan::{stage_key, InputRef, Plan, Progress, Resource, RunContext, StageError};
+use crate::plan::{InputRef, Plan, Progress, Resource, RunContext, StageError};
 use std::collections::{BTreeMap, VecDeque};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -218,12 +218,7 @@ pub fn build(
                         }
                     }
                 }
-                let key = stage_key(
-                    node.stage.kind(),
-                    node.stage.version(),
-                    &node.stage.params(),
-                    &inputs,
-                );
+                let key = plan.key_of(i, &inputs);
                 let hit = match snapshot.entries.get(&node.id) {
                     Some(e)
                         if e.key == key

@@ -19,7 +19,7 @@ pub struct TransferReport {
 /// whose inputs are unknown is missing, and so is everything downstream of it.
 fn walk(
     plan: &Plan,
-    mut find: impl FnMut(usize, &crate::digest::Digest) -> Result<Option<StageRecord>, RemoteError>,
+    mut find: impl FnMut(&crate::digest::Digest) -> Result<Option<StageRecord>, RemoteError>,
 ) -> Result<(Vec<Option<StageRecord>>, usize), RemoteError> {
     let mut records: Vec<Option<StageRecord>> = vec![None; plan.nodes.len()];
     let mut missing = 0;
@@ -29,7 +29,7 @@ fn walk(
             continue;
         };
         let key = plan.key_of(i, &inputs);
-        match find(i, &key)? {
+        match find(&key)? {
             Some(r) => records[i] = Some(r),
             None => missing += 1,
         }
@@ -39,7 +39,7 @@ fn walk(
 
 /// Uploads every stage of the plan the local cache holds.
 pub fn push(cache: &Cache, plan: &Plan, remote: &RemoteCache) -> Result<TransferReport, String> {
-    let local = |_: usize, key: &crate::digest::Digest| {
+    let local = |key: &crate::digest::Digest| {
         cache
             .get_record(key)
             .map_err(|e: CacheError| RemoteError::Local(e.to_string()))
@@ -59,7 +59,7 @@ pub fn push(cache: &Cache, plan: &Plan, remote: &RemoteCache) -> Result<Transfer
 /// Downloads every stage of the plan the remote holds (and the local cache lacks).
 pub fn pull(cache: &Cache, plan: &Plan, remote: &RemoteCache) -> Result<TransferReport, String> {
     let mut report = TransferReport::default();
-    let find = |_: usize, key: &crate::digest::Digest| {
+    let find = |key: &crate::digest::Digest| {
         if let Some(r) = cache
             .get_record(key)
             .map_err(|e| RemoteError::Local(e.to_string()))?

@@ -33,13 +33,25 @@ pub fn is_holdout(item: &str, fraction: f64) -> bool {
     (x as f64 / u64::MAX as f64) < fraction
 }
 
+fn is_glob(text: &str) -> bool {
+    text.contains(['*', '?', '[', '{'])
+}
+
+/// The folders of a glob before its first wildcard (`data/*/x.jpg` → `data`).
+pub fn glob_literal_prefix(pattern: &str) -> PathBuf {
+    Path::new(pattern)
+        .components()
+        .take_while(|c| !is_glob(&c.as_os_str().to_string_lossy()))
+        .collect()
+}
+
 /// Expands the recipe's image globs (relative to the project root), sorted by name.
 pub fn image_files(project: &Project, recipe: &Recipe, diags: &mut Diagnostics) -> Vec<PathBuf> {
     let mut files = Vec::new();
     for glob in &recipe.sources.images {
         let pattern = &glob.value;
         let mut matched = 0;
-        if !pattern.contains(['*', '?', '[', '{']) {
+        if !is_glob(pattern) {
             files.push(project.root.join(pattern));
             continue;
         }
@@ -51,14 +63,7 @@ pub fn image_files(project: &Project, recipe: &Recipe, diags: &mut Diagnostics) 
         };
         let matcher = g.compile_matcher();
         // Walk only below the glob's literal prefix.
-        let prefix: PathBuf = Path::new(pattern)
-            .components()
-            .take_while(|c| {
-                !c.as_os_str()
-                    .to_string_lossy()
-                    .contains(['*', '?', '[', '{'])
-            })
-            .collect();
+        let prefix = glob_literal_prefix(pattern);
         let start = project.root.join(&prefix);
         for entry in walkdir::WalkDir::new(&start)
             .follow_links(true)
@@ -154,25 +159,16 @@ pub fn lower(
         };
         diags.push(d.help("use `crop \"center\" size=...` until face detection lands"));
     }
-    let mut models = std::collections::BTreeMap::new();
+    // One copy of the teacher and its models, shared by every item's pair stage.
+    let mut models = std::sync::Arc::default();
+    let mut teacher = None;
     if let Teacher::Diffusion(t) = &recipe.teacher {
         // Checked before any work: every model the teacher names is present and pinned,
         // every control image can be drawn.
-        for (name, (path, digest)) in
-            crate::models::check_models(project, recipe, digest_of, &mut diags)
-        {
-            let entry = t.models.iter().find(|m| m.name == name).cloned();
-            if let Some(entry) = entry {
-                models.insert(
-                    name,
-                    stages::diffusion_pairs::ResolvedModel {
-                        entry,
-                        path,
-                        digest,
-                    },
-                );
-            }
-        }
+        models = std::sync::Arc::new(crate::models::check_models(
+            project, recipe, digest_of, &mut diags,
+        ));
+        teacher = Some(std::sync::Arc::new((**t).clone()));
         for c in &t.controlnets {
             if stages::control_map::BUILT_PREPROCESSORS.contains(&c.preprocessor.as_str()) {
                 continue;
@@ -379,7 +375,7 @@ pub fn lower(
                 (
                     Box::new(stages::diffusion_pairs::DiffusionPairs {
                         item: item.name.clone(),
-                        teacher: (**t).clone(),
+                        teacher: teacher.clone().expect("set above for a diffusion teacher"),
                         models: models.clone(),
                         with_attributes,
                     }) as Box<dyn super::Stage>,

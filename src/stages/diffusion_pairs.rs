@@ -5,25 +5,18 @@
 
 use crate::diffusion::job::{ControlJob, DiffuseJob, ModelRef};
 use crate::digest::{Digest, KeyHasher};
+use crate::models::ResolvedModel;
 use crate::plan::{Params, Resource, RunContext, RunOutput, Stage, StageError};
-use crate::recipe::stdlib::ModelEntry;
 use crate::recipe::DiffusionTeacher;
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-
-/// A model as this stage reads it: registry entry, resolved path, content digest.
-#[derive(Clone, Debug)]
-pub struct ResolvedModel {
-    pub entry: ModelEntry,
-    pub path: PathBuf,
-    pub digest: Digest,
-}
+use std::sync::Arc;
 
 pub struct DiffusionPairs {
     pub item: String,
-    pub teacher: DiffusionTeacher,
+    /// Shared by every item's stage.
+    pub teacher: Arc<DiffusionTeacher>,
     /// Every model the teacher names, by registry name.
-    pub models: BTreeMap<String, ResolvedModel>,
+    pub models: Arc<BTreeMap<String, ResolvedModel>>,
     /// Whether the plan gave an `attributes` input.
     pub with_attributes: bool,
 }
@@ -111,7 +104,7 @@ impl Stage for DiffusionPairs {
             p.insert("teacher.img2img".into(), format!("{s:?}"));
         }
         // The weights themselves: replacing a model file re-generates the pairs.
-        for (name, m) in &self.models {
+        for (name, m) in self.models.iter() {
             p.insert(format!("model.{name}"), m.digest.hex());
         }
         p
