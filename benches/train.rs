@@ -167,7 +167,9 @@ fn main() {
         ema_beta: 0.99,
         checkpoint_every: 1_000_000,
         seed: 0,
-        shift_px: 2,
+        shift_px: 0,
+        flip: false,
+        jitter: 0.0,
     };
     let job =
         |role: &str, width: i64, teacher: Option<(PathBuf, AccordionConfig)>, tag: &str| TrainJob {

@@ -1,7 +1,7 @@
 """Eager PyTorch twin of effectc's training step, for the training benchmark only.
 
-Same architecture (accordion with equalized-lr convs, [1,3,3,1] blurs, depthwise-separable
-down/up blocks, residual bridge, skips), same discriminator, losses (L1, SSIM, non-saturating
+Same architecture (accordion with equalized-lr convs, 2x2 stride-2 depthwise downsamplers,
+sub-pixel (depth-to-space) upsamplers, residual bridge, skips), same discriminator, losses (L1, SSIM, non-saturating
 GAN, lazy R1 every 16 steps), Adam(0, 0.99) and EMA. Prints steps/s as JSON.
 
     python bench_train_torch.py --role teacher --width 32 --blocks 6 --size 256 --batch 1 --steps 5 --device cpu
@@ -35,32 +35,30 @@ class Accordion(torch.nn.Module):
         super().__init__()
         c = [w, 2 * w, 4 * w, 4 * w]
         self.stem = EqConv(3, c[0], 3, 1, 1)
-        self.down_dw = torch.nn.ModuleList([EqConv(c[i - 1], c[i - 1], 3, 2, 0, c[i - 1]) for i in range(1, 4)])
+        self.down_dw = torch.nn.ModuleList([EqConv(c[i - 1], c[i - 1], 2, 2, 0, c[i - 1]) for i in range(1, 4)])
         self.down_pw = torch.nn.ModuleList([EqConv(c[i - 1], c[i], 1) for i in range(1, 4)])
         self.br = torch.nn.ModuleList([torch.nn.ModuleList([EqConv(c[3], c[3], 1), EqConv(c[3], c[3], 3, 1, 1, c[3]), EqConv(c[3], c[3], 1)]) for _ in range(blocks)])
         self.up_dw = torch.nn.ModuleList([EqConv(c[i], c[i], 3, 1, 1, c[i]) for i in (3, 2, 1)])
-        self.up_pw = torch.nn.ModuleList([EqConv(c[i], c[i - 1], 1) for i in (3, 2, 1)])
+        self.up_pw = torch.nn.ModuleList([EqConv(c[i], 4 * c[i - 1], 1) for i in (3, 2, 1)])
         self.out = EqConv(c[0], 3, 3, 1, 1)
-        self.b4 = [blur_kernel([1, 3, 3, 1], c[i - 1], device) for i in range(1, 4)]
-        self.b3 = [blur_kernel([1, 2, 1], c[i], device) for i in (3, 2, 1)]
 
     def forward(self, x):
         feats = []
         h = F.relu(self.stem(x))
         skips = [h]
         feats.append(h)
-        for dw, pw, k in zip(self.down_dw, self.down_pw, self.b4):
-            h = F.conv2d(F.pad(h, (2, 2, 2, 2)), k, None, 1, 0, 1, h.shape[1])
+        for dw, pw in zip(self.down_dw, self.down_pw):
             h = F.relu(pw(dw(h)))
             skips.append(h)
             feats.append(h)
         for a, dw, b in self.br:
             h = h + b(F.relu(dw(F.relu(a(h)))))
         feats.append(h)
-        for level, (dw, pw, k) in enumerate(zip(self.up_dw, self.up_pw, self.b3)):
-            u = F.interpolate(h, scale_factor=2, mode="nearest")
-            u = F.conv2d(u, k, None, 1, 1, 1, u.shape[1])
-            h = F.relu(pw(dw(u))) + skips[2 - level]
+        for level, (dw, pw) in enumerate(zip(self.up_dw, self.up_pw)):
+            u = F.relu(pw(dw(h)))
+            n, c4, hh, ww = u.shape  # depth-to-space, DCR order as effectc's
+            u = u.view(n, 2, 2, c4 // 4, hh, ww).permute(0, 3, 4, 1, 5, 2).reshape(n, c4 // 4, hh * 2, ww * 2)
+            h = u + skips[2 - level]
             feats.append(h)
         return torch.tanh(self.out(h)), feats
 

@@ -84,6 +84,7 @@ pub fn eval_with_hook(
                 out
             }
             Op::UpsampleNearest { factor } => upsample_nearest(ins[0], in_shapes[0], *factor),
+            Op::DepthToSpace { block } => depth_to_space(ins[0], in_shapes[0], *block),
         };
         hook(&node.name, &mut out);
         data.insert(node.name.clone(), out);
@@ -150,6 +151,26 @@ fn upsample_nearest(x: &[f32], xs: [usize; 4], factor: usize) -> Vec<f32> {
             let row = &x[(plane * h + oy / factor) * w..(plane * h + oy / factor + 1) * w];
             for ox in 0..ow {
                 out.push(row[ox / factor]);
+            }
+        }
+    }
+    out
+}
+
+/// DCR depth-to-space (see `Op::DepthToSpace`).
+pub fn depth_to_space(x: &[f32], xs: [usize; 4], block: usize) -> Vec<f32> {
+    let [n, c_in, h, w] = xs;
+    let c = c_in / (block * block);
+    let (oh, ow) = (h * block, w * block);
+    let mut out = vec![0f32; n * c * oh * ow];
+    for b in 0..n {
+        for oc in 0..c {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let ic = ((oy % block) * block + ox % block) * c + oc;
+                    out[((b * c + oc) * oh + oy) * ow + ox] =
+                        x[((b * c_in + ic) * h + oy / block) * w + ox / block];
+                }
             }
         }
     }

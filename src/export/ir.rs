@@ -29,6 +29,15 @@ pub enum Op {
     UpsampleNearest {
         factor: usize,
     },
+    /// Sub-pixel upsampling (ESPCN's pixel shuffle) in DCR order, as TFLite's
+    /// DEPTH_TO_SPACE, ONNX's DepthToSpace (mode DCR) and Core ML's depth_to_space:
+    /// input channel `(dy * block + dx) * C + c` lands on output channel `c` at pixel
+    /// `(y * block + dy, x * block + dx)`. Unlike a nearest upsample it gives every
+    /// sub-pixel its own learned value, so a decoder can draw patterns locked to the
+    /// frame's grid (bricks, studs, halftone dots) inside flat regions.
+    DepthToSpace {
+        block: usize,
+    },
     Tanh,
     Sigmoid,
 }
@@ -101,6 +110,7 @@ impl Op {
             Op::Add => "Add",
             Op::ConcatChannels => "ConcatChannels",
             Op::UpsampleNearest { .. } => "UpsampleNearest",
+            Op::DepthToSpace { .. } => "DepthToSpace",
             Op::Tanh => "Tanh",
             Op::Sigmoid => "Sigmoid",
         }
@@ -299,6 +309,18 @@ fn node_output_shape(node: &Node, ins: &[[usize; 4]]) -> Result<[usize; 4], IrEr
             let x = ins[0];
             Ok([x[0], x[1], x[2] * factor, x[3] * factor])
         }
+        Op::DepthToSpace { block } => {
+            arity(node, ins, "1", ins.len() == 1)?;
+            let x = ins[0];
+            if *block == 0 || x[1] % (block * block) != 0 {
+                return Err(bad(format!(
+                    "depth-to-space by {block} needs channels divisible by {}, input has {}",
+                    block * block,
+                    x[1]
+                )));
+            }
+            Ok([x[0], x[1] / (block * block), x[2] * block, x[3] * block])
+        }
     }
 }
 
@@ -403,5 +425,29 @@ mod tests {
         );
         assert_eq!(v.shapes["c"], [1, 2, 2, 4]);
         assert_eq!(v.get("c").unwrap().len(), 16);
+    }
+
+    #[test]
+    fn depth_to_space_is_dcr() {
+        // 4 channels of one pixel, 2 channels of a 1x2 image: channel (dy*2+dx)*C + c.
+        let g = Graph {
+            input_name: "x".into(),
+            input_shape: [1, 8, 1, 1],
+            nodes: vec![Node {
+                name: "d".into(),
+                op: Op::DepthToSpace { block: 2 },
+                inputs: vec!["x".into()],
+            }],
+            output_name: "d".into(),
+        };
+        let v = eval(&g, &[0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]).unwrap();
+        assert_eq!(v.shapes["d"], [1, 2, 2, 2]);
+        // Output channel 0 is [[0, 2], [4, 6]], channel 1 [[1, 3], [5, 7]].
+        assert_eq!(v.get("d").unwrap(), &[0.0, 2.0, 4.0, 6.0, 1.0, 3.0, 5.0, 7.0]);
+        let bad = Graph {
+            input_shape: [1, 6, 1, 1],
+            ..g
+        };
+        assert!(matches!(bad.validate(), Err(IrError::Shape { .. })));
     }
 }

@@ -368,6 +368,13 @@ pub fn write(graph: &Graph, precision: OnnxPrecision) -> Result<Vec<u8>, OnnxErr
                     ],
                 ));
             }
+            Op::DepthToSpace { block } => b.nodes.push(node(
+                "DepthToSpace",
+                &n.name,
+                &ins_ref,
+                &[&out],
+                vec![attr_int("blocksize", *block as i64), attr_str("mode", "DCR")],
+            )),
         }
         // How consumers read this value.
         let readable = if let Some(q) = quantized(&n.name) {

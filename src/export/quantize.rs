@@ -349,7 +349,10 @@ impl QuantPlan {
         for node in &graph.nodes {
             let out = index[node.name.as_str()];
             match &node.op {
-                Op::Add | Op::ConcatChannels | Op::UpsampleNearest { .. } => {
+                Op::Add
+                | Op::ConcatChannels
+                | Op::UpsampleNearest { .. }
+                | Op::DepthToSpace { .. } => {
                     for i in &node.inputs {
                         uf.union(index[i.as_str()], out);
                     }

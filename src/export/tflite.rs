@@ -20,8 +20,9 @@ use tract_tflite::tflite::{
     self, ActivationFunctionType, AddOptions, AddOptionsArgs, BuiltinOptions, ConcatenationOptions,
     ConcatenationOptionsArgs, Conv2DOptions, Conv2DOptionsArgs, DepthwiseConv2DOptions,
     DepthwiseConv2DOptionsArgs, DequantizeOptions, DequantizeOptionsArgs, PadOptions,
-    PadOptionsArgs, Padding, QuantizeOptions, QuantizeOptionsArgs, ResizeNearestNeighborOptions,
-    ResizeNearestNeighborOptionsArgs,
+    PadOptionsArgs, Padding, QuantizeOptions, QuantizeOptionsArgs, ReshapeOptions,
+    ReshapeOptionsArgs, ResizeNearestNeighborOptions, ResizeNearestNeighborOptionsArgs,
+    TransposeOptions, TransposeOptionsArgs,
 };
 pub use tract_tflite::tflite::{BuiltinOperator, TensorType};
 
@@ -102,6 +103,10 @@ pub enum OptionsDesc {
     Pad,
     Quantize,
     Dequantize,
+    Reshape {
+        new_shape: Vec<i32>,
+    },
+    Transpose,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -334,6 +339,28 @@ pub fn serialize(desc: &ModelDesc) -> Vec<u8> {
                             .as_union_value(),
                     ),
                 ),
+                OptionsDesc::Reshape { new_shape } => {
+                    let new_shape = fb.create_vector(new_shape);
+                    (
+                        BuiltinOptions::ReshapeOptions,
+                        Some(
+                            ReshapeOptions::create(
+                                &mut fb,
+                                &ReshapeOptionsArgs {
+                                    new_shape: Some(new_shape),
+                                },
+                            )
+                            .as_union_value(),
+                        ),
+                    )
+                }
+                OptionsDesc::Transpose => (
+                    BuiltinOptions::TransposeOptions,
+                    Some(
+                        TransposeOptions::create(&mut fb, &TransposeOptionsArgs {})
+                            .as_union_value(),
+                    ),
+                ),
             };
             tflite::Operator::create(
                 &mut fb,
@@ -480,6 +507,14 @@ pub fn parse(bytes: &[u8]) -> Result<ModelDesc, TfliteError> {
             BuiltinOptions::PadOptions => OptionsDesc::Pad,
             BuiltinOptions::QuantizeOptions => OptionsDesc::Quantize,
             BuiltinOptions::DequantizeOptions => OptionsDesc::Dequantize,
+            BuiltinOptions::ReshapeOptions => OptionsDesc::Reshape {
+                new_shape: op
+                    .builtin_options_as_reshape_options()
+                    .and_then(|o| o.new_shape())
+                    .map(|v| v.iter().collect())
+                    .unwrap_or_default(),
+            },
+            BuiltinOptions::TransposeOptions => OptionsDesc::Transpose,
             other => {
                 return Err(TfliteError::Read(format!(
                     "unexpected options type {other:?}"
@@ -648,6 +683,8 @@ impl Lowering<'_> {
             match code {
                 BuiltinOperator::CONV_2D | BuiltinOperator::DEPTHWISE_CONV_2D => 3,
                 BuiltinOperator::QUANTIZE | BuiltinOperator::DEQUANTIZE => 2,
+                // RESHAPE's first version already covers int8 (it only moves bytes).
+                BuiltinOperator::RESHAPE => 1,
                 _ => 2,
             }
         };
@@ -923,6 +960,64 @@ fn lower(graph: &Graph, plan: Option<&QuantPlan>) -> Result<ModelDesc, TfliteErr
                     vec![out],
                     OptionsDesc::ResizeNearest,
                 );
+            }
+            Op::DepthToSpace { block } => {
+                // NNAPI runs DEPTH_TO_SPACE, but tract (our verifier) does not read it:
+                // write the same permutation as RESHAPE → TRANSPOSE → RESHAPE, 4-D
+                // throughout, which both run. NHWC [1, H, W, b*b*C] is [H, W, b, b*C]
+                // with the row offset outermost (DCR); swapping W and the row offset
+                // gives [H, b, W, b*C], which is [1, H*b, W*b, C].
+                let [_, c_in, h, w] = shapes[&node.inputs[0]];
+                let (b, q) = (*block, params(&node.inputs[0]));
+                let split = [h, w, b, c_in / b];
+                let swapped = [h, b, w, c_in / b];
+                let dtype = l.act_dtype();
+                let reshape = |l: &mut Lowering, input: i32, to: &[usize], output: i32| {
+                    let to_i32: Vec<i32> = to.iter().map(|d| *d as i32).collect();
+                    let shape = l.add_tensor(
+                        &format!("{}_shape{}", node.name, l.desc.tensors.len()),
+                        &[to.len()],
+                        TensorType::INT32,
+                        Some(i32_bytes(to_i32.iter().copied())),
+                        None,
+                    );
+                    l.op(
+                        BuiltinOperator::RESHAPE,
+                        vec![input, shape],
+                        vec![output],
+                        OptionsDesc::Reshape { new_shape: to_i32 },
+                    );
+                };
+                let split_t = l.add_tensor(
+                    &format!("{}_split", node.name),
+                    &split,
+                    dtype,
+                    None,
+                    Lowering::act_quant(q),
+                );
+                reshape(&mut l, ins[0], &split, split_t);
+                let perm = l.add_tensor(
+                    &format!("{}_perm", node.name),
+                    &[4],
+                    TensorType::INT32,
+                    Some(i32_bytes([0, 2, 1, 3])),
+                    None,
+                );
+                let swapped_t = l.add_tensor(
+                    &format!("{}_swapped", node.name),
+                    &swapped,
+                    dtype,
+                    None,
+                    Lowering::act_quant(q),
+                );
+                l.op(
+                    BuiltinOperator::TRANSPOSE,
+                    vec![split_t, perm],
+                    vec![swapped_t],
+                    OptionsDesc::Transpose,
+                );
+                let [_, c, oh, ow] = out_shape;
+                reshape(&mut l, swapped_t, &[1, oh, ow, c], out);
             }
         }
         l.tensor_of.insert(out_value, out);

@@ -1,11 +1,19 @@
 //! The accordion: encoder down 8x, a bridge of residual blocks, decoder back up, with
 //! U-Net skips. Width `w` sets every channel count (w, 2w, 4w, 4w), so teacher and
 //! student differ only in width. Mobile habits keep the default student (w=32, 6
-//! blocks) near 4 GMACs at 512x512: depthwise-separable down/up blocks and a bridge of
+//! blocks) under 4 GMACs at 512x512: depthwise-separable down/up blocks and a bridge of
 //! depthwise residual blocks, all plain convs a phone runs natively.
+//!
+//! The decoder upsamples sub-pixel style (ESPCN): a pointwise conv at the low
+//! resolution makes 4x the channels and depth-to-space lays them out as 2x2 pixels.
+//! Each of the four gets its own learned value, so the decoder can draw what is locked
+//! to the frame's grid (brick studs, seams, halftone dots) even where the photo is
+//! flat; a nearest upsample followed by convs cannot, since in a flat region every
+//! sub-pixel sees the same neighbourhood (docs/design-notes.md, "Why the teacher
+//! plateaued").
 
 pub use super::config::AccordionConfig;
-use super::layers::{blur3_kernel, blur4_kernel, blur_down, up_blur, EqConv};
+use super::layers::{depth_to_space, EqConv};
 use crate::export::ir::{Graph, Node, Op};
 use tch::{nn, Device, Tensor};
 
@@ -32,25 +40,23 @@ pub struct Accordion {
     bridge: Vec<Bridge>,
     ups: Vec<Up>, // from the 1/8 level up to full resolution
     out: EqConv,
-    blur4: Vec<Tensor>, // per down level, [c, 1, 4, 4]
-    blur3: Vec<Tensor>, // per up level
 }
 
 impl Accordion {
     /// Builds the net's variables under `p` (names are the checkpoint's names).
     pub fn new(p: &nn::Path, cfg: AccordionConfig) -> Accordion {
         let c = cfg.channels();
-        let device = p.device();
         let stem = EqConv::new(p / "stem", 3, c[0], 3, 1, 1, 1);
         let mut downs = Vec::new();
-        let mut blur4 = Vec::new();
         for i in 1..4 {
             let q = p / format!("down{i}");
+            // A learned 2x2 stride-2 depthwise window: each low-resolution pixel sees
+            // exactly its own 2x2 block, so cells of a grid-locked style (bricks, pixel
+            // art) stay separate instead of being blurred into their neighbours.
             downs.push(Down {
-                dw: EqConv::new(&q / "dw", c[i - 1], c[i - 1], 3, 2, 0, c[i - 1]),
+                dw: EqConv::new(&q / "dw", c[i - 1], c[i - 1], 2, 2, 0, c[i - 1]),
                 pw: EqConv::new(&q / "pw", c[i - 1], c[i], 1, 1, 0, 1),
             });
-            blur4.push(blur4_kernel(c[i - 1]).to_device(device));
         }
         let bridge = (0..cfg.blocks)
             .map(|j| {
@@ -63,14 +69,14 @@ impl Accordion {
             })
             .collect();
         let mut ups = Vec::new();
-        let mut blur3 = Vec::new();
         for i in (1..4).rev() {
             let q = p / format!("up{i}");
+            // At the low resolution: depthwise 3x3, then pointwise to the 2x2 sub-pixels
+            // of the next level's channels (laid out by depth-to-space).
             ups.push(Up {
                 dw: EqConv::new(&q / "dw", c[i], c[i], 3, 1, 1, c[i]),
-                pw: EqConv::new(&q / "pw", c[i], c[i - 1], 1, 1, 0, 1),
+                pw: EqConv::new(&q / "pw", c[i], 4 * c[i - 1], 1, 1, 0, 1),
             });
-            blur3.push(blur3_kernel(c[i]).to_device(device));
         }
         let out = EqConv::new(p / "out", c[0], 3, 3, 1, 1, 1);
         Accordion {
@@ -80,8 +86,6 @@ impl Accordion {
             bridge,
             ups,
             out,
-            blur4,
-            blur3,
         }
     }
 
@@ -96,8 +100,8 @@ impl Accordion {
         let mut h = self.stem.forward(x).relu();
         let mut skips = vec![h.shallow_clone()];
         feats.push(h.shallow_clone());
-        for (d, k) in self.downs.iter().zip(&self.blur4) {
-            h = d.pw.forward(&d.dw.forward(&blur_down(&h, k))).relu();
+        for d in &self.downs {
+            h = d.pw.forward(&d.dw.forward(&h)).relu();
             skips.push(h.shallow_clone());
             feats.push(h.shallow_clone());
         }
@@ -106,9 +110,11 @@ impl Accordion {
             h = h + r;
         }
         feats.push(h.shallow_clone());
-        for (level, (u, k)) in self.ups.iter().zip(&self.blur3).enumerate() {
+        for (level, u) in self.ups.iter().enumerate() {
             let skip = &skips[2 - level];
-            h = u.pw.forward(&u.dw.forward(&up_blur(&h, k))).relu() + skip;
+            // ReLU before depth-to-space (they commute): the conv and its ReLU fuse
+            // into one int8 op on the phone.
+            h = depth_to_space(&u.pw.forward(&u.dw.forward(&h)).relu(), 2) + skip;
             feats.push(h.shallow_clone());
         }
         (self.out.forward(&h).tanh(), feats)
@@ -129,21 +135,10 @@ impl Accordion {
         );
         h = b.relu("stem.relu", &h);
         let mut skips = vec![h.clone()];
-        for (i, (d, k)) in self.downs.iter().zip(&self.blur4).enumerate() {
-            let c = k.size()[0];
-            let zero = Tensor::zeros([c], (tch::Kind::Float, Device::Cpu));
-            let blurred = b.conv(
-                &format!("down{}.blur", i + 1),
-                &h,
-                k,
-                &zero,
-                1,
-                [2, 2, 2, 2],
-                c as usize,
-            );
+        for (i, d) in self.downs.iter().enumerate() {
             let dw = b.conv(
                 &format!("down{}.dw", i + 1),
-                &blurred,
+                &h,
                 &d.dw.effective_weight(),
                 &d.dw.bias,
                 2,
@@ -194,27 +189,11 @@ impl Accordion {
             );
             h = b.add(&format!("bridge{j}.add"), &h, &bb);
         }
-        for (level, (u, k)) in self.ups.iter().zip(&self.blur3).enumerate() {
+        for (level, u) in self.ups.iter().enumerate() {
             let i = 3 - level;
-            let c = k.size()[0];
-            let zero = Tensor::zeros([c], (tch::Kind::Float, Device::Cpu));
-            let up = b.push(
-                &format!("up{i}.upsample"),
-                Op::UpsampleNearest { factor: 2 },
-                vec![h.clone()],
-            );
-            let blurred = b.conv(
-                &format!("up{i}.blur"),
-                &up,
-                k,
-                &zero,
-                1,
-                [1, 1, 1, 1],
-                c as usize,
-            );
             let dw = b.conv(
                 &format!("up{i}.dw"),
-                &blurred,
+                &h,
                 &u.dw.effective_weight(),
                 &u.dw.bias,
                 1,
@@ -231,7 +210,12 @@ impl Accordion {
                 1,
             );
             let act = b.relu(&format!("up{i}.relu"), &pw);
-            h = b.add(&format!("up{i}.skip"), &act, &skips[2 - level]);
+            let up = b.push(
+                &format!("up{i}.d2s"),
+                Op::DepthToSpace { block: 2 },
+                vec![act],
+            );
+            h = b.add(&format!("up{i}.skip"), &up, &skips[2 - level]);
         }
         let out = b.conv(
             "out",

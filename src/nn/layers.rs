@@ -70,15 +70,6 @@ pub fn blur4_kernel(channels: i64) -> Tensor {
     k2.view([1, 1, 4, 4]).repeat([channels, 1, 1, 1])
 }
 
-/// The [1,2,1] FIR as a 3x3 depthwise kernel. After a nearest x2 upsample it makes
-/// exactly StyleGAN2's [1,3,3,1] upsampling filter, centred.
-pub fn blur3_kernel(channels: i64) -> Tensor {
-    let k = Tensor::from_slice(&[1f32, 2.0, 1.0]);
-    let k2 = k.outer(&k);
-    let k2 = &k2 / k2.sum(Kind::Float);
-    k2.view([1, 1, 3, 3]).repeat([channels, 1, 1, 1])
-}
-
 /// Blur before a stride-2 conv: pad 2 each side, 4x4 [1,3,3,1] depthwise (H → H + 1).
 pub fn blur_down(x: &Tensor, kernel: &Tensor) -> Tensor {
     let c = x.size()[1];
@@ -86,10 +77,12 @@ pub fn blur_down(x: &Tensor, kernel: &Tensor) -> Tensor {
         .conv2d(kernel, None::<Tensor>, [1, 1], [0, 0], [1, 1], c)
 }
 
-/// Nearest x2 upsample then the centred [1,2,1] blur.
-pub fn up_blur(x: &Tensor, kernel: &Tensor) -> Tensor {
+/// Depth-to-space in DCR order (`export::ir::Op::DepthToSpace`): input channel
+/// `(dy * block + dx) * C + c` becomes channel `c` at sub-pixel `(dy, dx)`.
+pub fn depth_to_space(x: &Tensor, block: i64) -> Tensor {
     let s = x.size();
-    let c = s[1];
-    x.upsample_nearest2d([s[2] * 2, s[3] * 2], None, None)
-        .conv2d(kernel, None::<Tensor>, [1, 1], [1, 1], [1, 1], c)
+    let (n, c, h, w) = (s[0], s[1] / (block * block), s[2], s[3]);
+    x.view([n, block, block, c, h, w])
+        .permute([0, 3, 4, 1, 5, 2])
+        .reshape([n, c, h * block, w * block])
 }

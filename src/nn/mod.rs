@@ -2,8 +2,8 @@
 //! and the real-time student), the PatchGAN discriminator, losses and metrics, and the
 //! optimizer whose state we can checkpoint.
 //!
-//! Only ops every phone target runs natively: conv, depthwise conv, add, relu, nearest
-//! upsample, pad, tanh. No normalisation layers, so nothing needs folding at export.
+//! Only ops every phone target runs natively: conv, depthwise conv, add, relu,
+//! depth-to-space, pad, tanh. No normalisation layers, so nothing needs folding at export.
 
 pub mod accordion;
 pub mod adam;

@@ -664,6 +664,8 @@ impl<'a> Checker<'a> {
             "checkpoint-every",
             "seed",
             "shift-px",
+            "flip",
+            "jitter",
         ];
         self.d.known_children(n, &known);
         self.d.known_props(n, &known);
@@ -681,7 +683,11 @@ impl<'a> Checker<'a> {
                 .d
                 .setting_u32(n, "checkpoint-every", 100, 1, 10_000_000),
             seed: self.d.setting_u64(n, "seed", 0),
-            shift_px: self.d.setting_u32(n, "shift-px", 2, 0, 64),
+            // Augmentations default off: each must commute with the teacher, and most
+            // effects have a grid, a light direction or a palette that they would blur.
+            shift_px: self.d.setting_u32(n, "shift-px", 0, 0, 64),
+            flip: self.d.setting_bool(n, "flip", false),
+            jitter: self.d.setting_f64(n, "jitter", 0.0, 0.0, 0.5),
         }
     }
 

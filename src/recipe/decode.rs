@@ -251,6 +251,19 @@ impl<'a> Decoder<'a> {
         }
     }
 
+    pub fn setting_bool(&mut self, node: &Node, name: &str, default: bool) -> bool {
+        match self.setting(node, name) {
+            Some(v) => match &v.value {
+                KdlValue::Bool(b) => *b,
+                _ => {
+                    self.type_error(v, &format!("`{name}`"), "#true or #false");
+                    default
+                }
+            },
+            None => default,
+        }
+    }
+
     pub fn setting_string(&mut self, node: &Node, name: &str, default: &str) -> String {
         match self.setting(node, name) {
             Some(v) => self

@@ -178,6 +178,11 @@ pub struct Train {
     pub seed: u64,
     /// Largest random shift of the augmentation, in pixels (0 for grid-locked styles).
     pub shift_px: u32,
+    /// Random horizontal flips (only for effects that look the same mirrored).
+    pub flip: bool,
+    /// Largest random gain/offset applied alike to source and target (only for
+    /// effects that commute with a brightness change).
+    pub jitter: f64,
 }
 
 #[derive(Clone, Debug)]

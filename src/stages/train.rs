@@ -61,6 +61,8 @@ impl TrainStage {
             checkpoint_every: t.checkpoint_every,
             seed: t.seed,
             shift_px: t.shift_px,
+            flip: t.flip,
+            jitter: t.jitter,
         }
     }
 }
@@ -74,7 +76,8 @@ impl Stage for TrainStage {
     }
     fn version(&self) -> u32 {
         // 2: in-place Adam/EMA kernels (different rounding than version 1).
-        2
+        // 3: sub-pixel (depth-to-space) decoder; checkpoints of 2 do not fit it.
+        3
     }
     fn resource(&self) -> Resource {
         Resource::Exclusive
@@ -98,6 +101,8 @@ impl Stage for TrainStage {
             ),
             ("train.seed".into(), t.seed.to_string()),
             ("train.shift-px".into(), t.shift_px.to_string()),
+            ("train.flip".into(), t.flip.to_string()),
+            ("train.jitter".into(), format!("{:?}", t.jitter)),
         ]);
         match self.role {
             Role::Teacher => {

@@ -31,6 +31,10 @@ pub struct Hyper {
     pub seed: u64,
     /// Largest random shift in pixels (the same for source and target).
     pub shift_px: u32,
+    /// Random horizontal flips of source and target.
+    pub flip: bool,
+    /// Largest random gain/offset, the same for source and target.
+    pub jitter: f64,
 }
 
 /// What the worker is asked to do (written as JSON by the stage, read by `effectc-nn`).

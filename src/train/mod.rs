@@ -181,7 +181,8 @@ fn load_data(pairs: &[PairFiles], device: Device) -> Result<Data, TrainError> {
 }
 
 /// A deterministic augmented batch: the same flip, shift and colour jitter for source and target.
-fn batch(data: &Data, seed: u64, step: u64, size: i64, shift_px: u32) -> (Tensor, Tensor) {
+fn batch(data: &Data, seed: u64, step: u64, hyper: &Hyper) -> (Tensor, Tensor) {
+    let (size, shift_px) = (hyper.batch as i64, hyper.shift_px);
     let n = data.train_src.size()[0] as u64;
     let (h, w) = (data.train_src.size()[2], data.train_src.size()[3]);
     let (mut ss, mut tt) = (vec![], vec![]);
@@ -190,7 +191,7 @@ fn batch(data: &Data, seed: u64, step: u64, size: i64, shift_px: u32) -> (Tensor
         let idx = (mix(seed, step, salt) % n) as i64;
         let mut s = data.train_src.get(idx).unsqueeze(0);
         let mut t = data.train_tgt.get(idx).unsqueeze(0);
-        if unit(seed, step, salt + 1) < 0.5 {
+        if hyper.flip && unit(seed, step, salt + 1) < 0.5 {
             s = s.flip([3]);
             t = t.flip([3]);
         }
@@ -207,10 +208,12 @@ fn batch(data: &Data, seed: u64, step: u64, size: i64, shift_px: u32) -> (Tensor
                 .narrow(2, dy, h)
                 .narrow(3, dx, w);
         }
-        let gain = 0.95 + 0.1 * unit(seed, step, salt + 4);
-        let offset = -0.05 + 0.1 * unit(seed, step, salt + 5);
-        s = (s * gain + offset).clamp(-1.0, 1.0);
-        t = (t * gain + offset).clamp(-1.0, 1.0);
+        if hyper.jitter > 0.0 {
+            let gain = 1.0 + hyper.jitter * (2.0 * unit(seed, step, salt + 4) - 1.0);
+            let offset = hyper.jitter * (2.0 * unit(seed, step, salt + 5) - 1.0);
+            s = (s * gain + offset).clamp(-1.0, 1.0);
+            t = (t * gain + offset).clamp(-1.0, 1.0);
+        }
         ss.push(s);
         tt.push(t);
     }
@@ -551,7 +554,7 @@ impl Trainer<'_> {
                 )?;
                 return Err(TrainError::Cancelled { step });
             }
-            let (src, tgt) = batch(&self.data, h.seed, step as u64, h.batch as i64, h.shift_px);
+            let (src, tgt) = batch(&self.data, h.seed, step as u64, &h);
             // Discriminator: non-saturating logistic loss, lazy R1 every r1_every steps.
             let fake = tch::autocast(amp, || g.forward(&src)).to_kind(Kind::Float);
             let d_loss = tch::autocast(amp, || {
@@ -682,7 +685,7 @@ impl Trainer<'_> {
                 )?;
                 return Err(TrainError::Cancelled { step });
             }
-            let (src, tgt) = batch(&self.data, h.seed, step as u64, h.batch as i64, h.shift_px);
+            let (src, tgt) = batch(&self.data, h.seed, step as u64, &h);
             let (t_out, t_feats) =
                 tch::no_grad(|| tch::autocast(amp, || teacher.forward_with_features(&src)));
             let (s_out, s_feats) = tch::autocast(amp, || s.forward_with_features(&src));
@@ -993,6 +996,8 @@ mod tests {
                 checkpoint_every: 5,
                 seed: 9,
                 shift_px: 2,
+                flip: true,
+                jitter: 0.05,
             },
             device: "cpu".into(),
             checkpoint_dir: dir.join("ckpt"),

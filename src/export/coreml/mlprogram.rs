@@ -551,6 +551,20 @@ pub fn mlprogram_files(graph: &Graph, opts: &CoremlOptions) -> Result<MlPackageF
                     ty,
                 );
             }
+            // MIL's depth_to_space is TensorFlow's (DCR), the IR's order; its
+            // pixel_shuffle would be PyTorch's CRD.
+            Op::DepthToSpace { block } => {
+                let bs = b.constant(
+                    &format!("{name}_block_size"),
+                    ints_value(&[*block as i32], &[]),
+                );
+                b.op(
+                    "depth_to_space",
+                    &name,
+                    &[("x", ins), ("block_size", vec![bs])],
+                    ty,
+                );
+            }
         }
         read.insert(node.name.clone(), name);
     }

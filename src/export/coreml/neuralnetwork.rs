@@ -5,11 +5,12 @@
 
 use coreml_proto::proto::{
     activation_params, border_amounts, convolution_layer_params, model, neural_network_layer,
-    neural_network_preprocessing, upsample_layer_params, ActivationLinear, ActivationParams,
+    neural_network_preprocessing, reorganize_data_layer_params, upsample_layer_params,
+    ActivationLinear, ActivationParams,
     ActivationReLu, ActivationSigmoid, ActivationTanh, AddLayerParams, BorderAmounts,
     ConcatLayerParams, ConvolutionLayerParams, Model, NeuralNetwork, NeuralNetworkImageScaler,
     NeuralNetworkImageShapeMapping, NeuralNetworkLayer, NeuralNetworkMultiArrayShapeMapping,
-    NeuralNetworkPreprocessing, UpsampleLayerParams, ValidPadding, WeightParams,
+    NeuralNetworkPreprocessing, ReorganizeDataLayerParams, UpsampleLayerParams, ValidPadding, WeightParams,
 };
 use prost::Message;
 
@@ -112,6 +113,13 @@ pub fn write_mlmodel(graph: &Graph, opts: &CoremlOptions) -> Result<Vec<u8>, Cor
                     scaling_factor: vec![*factor as u64, *factor as u64],
                     mode: upsample_layer_params::InterpolationMode::Nn as i32,
                     ..Default::default()
+                })
+            }
+            // DEPTH_TO_SPACE is the IR's DCR order (PIXEL_SHUFFLE would be CRD).
+            Op::DepthToSpace { block } => {
+                neural_network_layer::Layer::ReorganizeData(ReorganizeDataLayerParams {
+                    mode: reorganize_data_layer_params::ReorganizationType::DepthToSpace as i32,
+                    block_size: *block as u64,
                 })
             }
         };

@@ -693,6 +693,16 @@ fn decode_program(
                             factor: fh as usize,
                         }
                     }
+                    "depth_to_space" => {
+                        let bs = get_const(&held, "block_size")?.values[0];
+                        if bs.fract() != 0.0 || bs < 1.0 {
+                            return Err(unsupported(format!(
+                                "depth_to_space {} by {bs}",
+                                out.name
+                            )));
+                        }
+                        Op::DepthToSpace { block: bs as usize }
+                    }
                     other => {
                         return Err(unsupported(format!(
                             "op `{other}` ({}) has no IR equivalent",
@@ -701,7 +711,8 @@ fn decode_program(
                     }
                 };
                 let params: &[&str] = match ty {
-                    "conv" | "relu" | "tanh" | "sigmoid" | "upsample_nearest_neighbor" => &["x"],
+                    "conv" | "relu" | "tanh" | "sigmoid" | "upsample_nearest_neighbor"
+                    | "depth_to_space" => &["x"],
                     "add" => &["x", "y"],
                     _ => &["values"],
                 };
@@ -998,6 +1009,19 @@ fn decode_neural_network(
                 }
                 Op::UpsampleNearest {
                     factor: u.scaling_factor[0] as usize,
+                }
+            }
+            Some(neural_network_layer::Layer::ReorganizeData(r)) => {
+                let depth_to_space =
+                    proto::reorganize_data_layer_params::ReorganizationType::DepthToSpace as i32;
+                if r.mode != depth_to_space || r.block_size < 2 {
+                    return Err(unsupported(format!(
+                        "reorganize {} mode {} block {}",
+                        layer.name, r.mode, r.block_size
+                    )));
+                }
+                Op::DepthToSpace {
+                    block: r.block_size as usize,
                 }
             }
             other => {
