@@ -240,6 +240,46 @@ fn a_sigkilled_build_leaves_no_tensor_worker_behind() {
 }
 
 #[test]
+#[cfg(target_os = "linux")]
+fn a_sigkilled_build_leaves_no_teacher_command_behind() {
+    let p = TestProject::new();
+    // The teacher writes its pid (sh execs sleep: the same process) and never finishes.
+    p.recipe(
+        "slow",
+        &SLOW.replace(
+            r#"run "sh" "-c" "sleep 0.3; cat""#,
+            r#"run "sh" "-c" "echo $$ > teacher.pid.tmp && mv teacher.pid.tmp teacher.pid && exec sleep 600""#,
+        ),
+    );
+    let mut build = LiveBuild::start(&p, &["build", "--json", "--jobs", "1", "slow"]);
+    let pidfile = p.root().join("teacher.pid");
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let pid: u32 = loop {
+        if let Some(pid) = std::fs::read_to_string(&pidfile)
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+        {
+            break pid;
+        }
+        assert!(Instant::now() < deadline, "the teacher never started");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let running = |pid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.contains("sleep"))
+    };
+    assert!(running(pid), "the teacher runs while the build does");
+    build.sigkill();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while running(pid) {
+        assert!(
+            Instant::now() < deadline,
+            "the teacher command {pid} outlived its killed build"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
 fn two_builds_at_once_both_succeed_and_leave_a_clean_cache() {
     let p = TestProject::new();
     p.recipe(
