@@ -228,6 +228,7 @@ pub fn exit_when_orphaned() {
 #[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;
+    use std::os::unix::process::ExitStatusExt;
     use std::time::{Duration, Instant};
 
     fn alive(pid: i32) -> bool {
@@ -239,8 +240,6 @@ mod tests {
             })
             .unwrap_or(false)
     }
-
-    use std::os::unix::process::ExitStatusExt;
 
     /// A child that outlives the thread that asked for it by two seconds.
     fn slow_child() -> Command {
