@@ -2,7 +2,8 @@
 //! recipe (parse, extends, check) → plan (DAG, keys) → cache → exec (scheduler, events)
 //! → stages (one file per stage kind) → nn / train (tch models) → export (IR, writers,
 //! quantization) → verify (tract) → bundle. `diffusion` is the diffusion teacher,
-//! `models` the models directory it reads.
+//! `models` the models directory it reads, `process` the child processes that die with
+//! effectc.
 
 pub mod bundle;
 pub mod cache;
@@ -14,6 +15,7 @@ pub mod export;
 pub mod models;
 pub mod nn;
 pub mod plan;
+pub mod process;
 pub mod project;
 pub mod recipe;
 pub mod stages;

@@ -38,17 +38,33 @@ fn every_target_is_verified_and_the_bundle_is_reproducible() {
             "precision",
             "psnr_db",
             "ssim",
-            "latency_ms",
             "size_bytes",
         ] {
             assert!(!e[key].is_null(), "{t} lacks {key}");
         }
+        assert!(
+            e.get("latency_ms").is_none(),
+            "{t}: measured figures stay out of the bundle"
+        );
         assert!(
             !e["golden"].as_array().unwrap().is_empty(),
             "{t} has golden frames"
         );
     }
     assert!(manifest["student"]["macs_512"].as_u64().unwrap() > 0);
+    // What this machine measured lies beside the bundle, and the report out/ shows it.
+    let measured: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("bundle-measurements.json")).unwrap())
+            .unwrap();
+    for t in ["onnx", "ios-coreml", "android-nnapi"] {
+        assert!(
+            measured["targets"][t]["latency_ms"].as_f64().unwrap() > 0.0,
+            "{measured}"
+        );
+    }
+    assert!(measured["machine"]["cpus"].as_u64().unwrap() >= 1);
+    let report = std::fs::read_to_string(out.join("bundle-report.html")).unwrap();
+    assert!(report.contains("<th>latency_ms</th>"), "{report}");
     // Every file the manifest lists is in the tarball with that digest.
     let tar_bytes = std::fs::read(out.join("bundle-bundle.tar.gz")).unwrap();
     let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(&tar_bytes[..]));
@@ -87,6 +103,20 @@ fn every_target_is_verified_and_the_bundle_is_reproducible() {
     assert_eq!(rel.code(), 0, "{}", rel.stderr());
     let sums = std::fs::read_to_string(p.root().join("dist/SHA256SUMS")).unwrap();
     assert!(sums.contains("  small-"), "{sums}");
+    assert_eq!(
+        sums.lines().count(),
+        1,
+        "only the tarball is summed: {sums}"
+    );
+    let dist: Vec<String> = std::fs::read_dir(p.root().join("dist"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        dist.iter().any(|f| f.ends_with(".measurements.json"))
+            && dist.iter().any(|f| f == "release-report.md"),
+        "measurements and the report beside the tarball: {dist:?}"
+    );
     let again = p.run(&["release", "small", "--out", "dist"]);
     assert_eq!(
         std::fs::read_to_string(p.root().join("dist/SHA256SUMS")).unwrap(),
@@ -124,4 +154,34 @@ fn every_target_is_verified_and_the_bundle_is_reproducible() {
             .contains("  small-"),
         "the good effect is still released"
     );
+}
+
+#[test]
+fn two_clean_builds_in_two_checkouts_give_the_same_bundle_bytes() {
+    // Two projects (other paths) with empty caches: nothing shared but the recipe.
+    let build = || {
+        let p = TestProject::new();
+        p.recipe("small", &with_targets(SMALL_BRICK));
+        let r = p.build("small");
+        assert_eq!(r.cached(), 0, "a clean cache runs everything");
+        let out = p.root().join("out/small");
+        let read = |f: &str| std::fs::read(out.join(f)).unwrap();
+        (
+            read("bundle-bundle.tar.gz"),
+            read("bundle-measurements.json"),
+        )
+    };
+    let (a, measured_a) = build();
+    let (b, measured_b) = build();
+    assert!(
+        a == b,
+        "bundle.tar.gz differs between two clean builds ({} vs {} bytes)",
+        a.len(),
+        b.len()
+    );
+    // The measurements beside it are this run's own (and may differ); they exist.
+    for m in [measured_a, measured_b] {
+        let m: serde_json::Value = serde_json::from_slice(&m).unwrap();
+        assert!(m["targets"]["onnx"]["latency_ms"].as_f64().unwrap() > 0.0);
+    }
 }

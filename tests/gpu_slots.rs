@@ -10,7 +10,7 @@ use effectc::plan::{
 };
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 #[derive(Default)]
@@ -20,6 +20,10 @@ struct Board {
     training: AtomicBool,
     overlapped: AtomicBool,
     devices: Mutex<BTreeSet<String>>,
+    /// With two devices: hold each GPU job until two have run at once, so "both GPUs
+    /// busy" is an event the test waits for, not a race a busy machine can lose.
+    rendezvous: bool,
+    met: (Mutex<bool>, Condvar),
 }
 
 struct FakeGpuStage {
@@ -59,7 +63,21 @@ impl Stage for FakeGpuStage {
                 b.overlapped.store(true, Ordering::SeqCst);
             }
             b.devices.lock().unwrap().insert(ctx.device.to_string());
+            if b.rendezvous {
+                let (met, cv) = &b.met;
+                let mut met = met.lock().unwrap();
+                if now >= 2 {
+                    *met = true;
+                    cv.notify_all();
+                }
+                // The guard only bounds a scheduler that never runs two at once.
+                let (met, _) = cv
+                    .wait_timeout_while(met, Duration::from_secs(60), |m| !*m)
+                    .unwrap();
+                drop(met);
+            }
         }
+        // Slow stages, so that an overlap the scheduler wrongly allowed is seen.
         std::thread::sleep(Duration::from_millis(150));
         if self.whole_dataset {
             b.training.store(false, Ordering::SeqCst);
@@ -80,7 +98,10 @@ impl Reporter for Quiet {
 }
 
 fn run(gpus: Vec<usize>) -> Arc<Board> {
-    let board = Arc::new(Board::default());
+    let board = Arc::new(Board {
+        rendezvous: gpus.len() >= 2,
+        ..Board::default()
+    });
     let mut nodes = Vec::new();
     for n in 0..6 {
         nodes.push(PlanNode {

@@ -12,6 +12,8 @@ use std::time::Instant;
 
 fn main() {
     ensure_malloc_settings();
+    // effectc sets the parent-death signal; this also covers systems without it.
+    effectc::process::exit_when_orphaned();
     let args: Vec<String> = std::env::args().collect();
     if args.len() == 2 && args[1] == "serve" {
         serve();

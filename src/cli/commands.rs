@@ -206,6 +206,8 @@ fn build(
         // First Ctrl-C: stop at the next safe point; a second one exits at once.
         let _ = ctrlc::set_handler(move || {
             if cancel.swap(true, Ordering::SeqCst) {
+                // exit skips destructors: end the teachers' process groups here.
+                crate::process::kill_all_groups();
                 std::process::exit(EXIT_INTERRUPTED);
             }
             eprintln!(
@@ -387,6 +389,7 @@ fn release(
         EXIT_INFRA
     })?;
     let mut sums = String::new();
+    let mut machine: Option<serde_json::Value> = None;
     let mut table = vec![
         "| effect | version | targets (PSNR vs student) | sizes | latency (tract, 1 thread) | stages ran / cached |"
             .to_string(),
@@ -423,14 +426,35 @@ fn release(
                 EXIT_INFRA
             })?;
         sums.push_str(&format!("{}  {file}\n", tar.digest.hex()));
-        if let Some(manifest) = entry
-            .outputs
-            .iter()
-            .find(|(n, _)| n == "manifest.json")
-            .and_then(|(_, o)| std::fs::read(cache.blob_path(&o.digest)).ok())
+        let output = |name: &str| {
+            entry
+                .outputs
+                .iter()
+                .find(|(n, _)| n == name)
+                .and_then(|(_, o)| std::fs::read(cache.blob_path(&o.digest)).ok())
+        };
+        // What this machine measured stays outside the tarball and SHA256SUMS, so
+        // two builders of the same commit publish the same checksums.
+        let measurements = output("measurements.json")
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .unwrap_or_default();
+        if let Some(bytes) = output("measurements.json") {
+            let path = out.join(format!("{name}-{label}.measurements.json"));
+            std::fs::write(&path, bytes).map_err(|e| {
+                eprintln!("error: cannot write {}: {e}", path.display());
+                EXIT_INFRA
+            })?;
+        }
+        if machine.is_none() {
+            machine = measurements.get("machine").cloned();
+        }
+        if let Some(manifest) = output("manifest.json")
             .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
         {
-            let targets = manifest["targets"].as_object().cloned().unwrap_or_default();
+            let mut targets = manifest["targets"].as_object().cloned().unwrap_or_default();
+            for (k, t) in targets.iter_mut() {
+                t["latency_ms"] = measurements["targets"][k]["latency_ms"].clone();
+            }
             let list = |f: &dyn Fn(&str, &serde_json::Value) -> String| {
                 targets
                     .iter()
@@ -451,6 +475,25 @@ fn release(
     let sums_path = out.join("SHA256SUMS");
     std::fs::write(&sums_path, &sums).map_err(|e| {
         eprintln!("error: cannot write {}: {e}", sums_path.display());
+        EXIT_INFRA
+    })?;
+    // The table and the machine it measured on, beside (not in) SHA256SUMS.
+    let report_path = out.join("release-report.md");
+    let mut report = format!("# effectc release\n\n{}\n", table.join("\n"));
+    if let Some(m) = &machine {
+        report.push_str(&format!(
+            "\nLatency measured on: {} {}, {} CPUs{}\n",
+            m["os"].as_str().unwrap_or("?"),
+            m["arch"].as_str().unwrap_or("?"),
+            m["cpus"],
+            m["cpu"]
+                .as_str()
+                .map(|c| format!(" ({c})"))
+                .unwrap_or_default()
+        ));
+    }
+    std::fs::write(&report_path, report).map_err(|e| {
+        eprintln!("error: cannot write {}: {e}", report_path.display());
         EXIT_INFRA
     })?;
     // CI logs always show the table; with --json it goes to stderr beside the events.

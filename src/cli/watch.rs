@@ -157,6 +157,8 @@ pub fn run(env: &Env, effect: &str, jobs: usize, device: &str) -> Result<i32, i3
         let (stop, cancel) = (stop.clone(), cancel.clone());
         let _ = ctrlc::set_handler(move || {
             if stop.swap(true, Ordering::SeqCst) {
+                // exit skips destructors: end the teachers' process groups here.
+                crate::process::kill_all_groups();
                 std::process::exit(EXIT_INTERRUPTED);
             }
             cancel.store(true, Ordering::SeqCst);

@@ -3,16 +3,24 @@
 //! app team can assert on the phone that it ships what effectc verified), a contact
 //! sheet (source | teacher | student | each target), `manifest.json` and `report.html`.
 //! Sorted entries, zeroed metadata, fixed gzip: the same inputs give the same bytes.
+//!
+//! The tarball holds only what is a function of the recipe and its inputs, so two clean
+//! builds on two machines agree byte for byte. What the build machine measured (each
+//! target's latency, the machine itself) goes beside it in `measurements.json`; the
+//! `report.html` output (out/EFFECT/bundle-report.html) shows both, the report inside
+//! the tarball only the manifest.
 
 use super::target::read_frames;
 use crate::bundle::{write_reproducible_tar_gz, EntrySource};
 use crate::digest::{Digest, KeyHasher};
-use crate::plan::{Params, RunContext, RunOutput, Stage, StageError};
+use crate::plan::{InputRef, Params, PlanNode, RunContext, RunOutput, Stage, StageError};
 use crate::recipe::Student;
 use image::RgbImage;
 use serde_json::{json, Map, Value};
 
 pub struct BundleStage {
+    /// [`recipe_inputs_digest`] of the plan: the manifest's `recipe_digest`.
+    pub recipe_digest: Digest,
     pub effect: String,
     pub version: Option<String>,
     pub student: Student,
@@ -20,6 +28,57 @@ pub struct BundleStage {
     pub targets: Vec<(String, String, String)>,
     /// How many held-out rows the contact sheet and golden frames show.
     pub rows: usize,
+}
+
+/// What a bundle is a function of: every stage of the plan before it (kind,
+/// implementation version, canonical params, how its inputs are wired) and every file
+/// the plan reads, by content. Not the stages' outputs: those carry measurements
+/// (latency) that differ from machine to machine. Canonical params, so a comment in the
+/// recipe changes nothing; no absolute paths, so two checkouts agree.
+pub fn recipe_inputs_digest(nodes: &[PlanNode]) -> Digest {
+    let mut h = KeyHasher::new("effectc/recipe-inputs/v1");
+    for node in nodes {
+        h.str(&node.id)
+            .str(node.stage.kind())
+            .u64(node.stage.version() as u64);
+        let params = node.stage.params();
+        h.u64(params.len() as u64);
+        for (k, v) in &params {
+            h.str(k).str(v);
+        }
+        h.u64(node.inputs.len() as u64);
+        for inp in &node.inputs {
+            h.str(&inp.name);
+            match &inp.from {
+                InputRef::Stage { node: up, output } => {
+                    h.str("stage").str(&nodes[*up].id).str(output);
+                }
+                InputRef::StageAll { node: up } => {
+                    h.str("stage-all").str(&nodes[*up].id);
+                }
+                InputRef::File { digest, .. } => {
+                    h.str("file").digest(digest);
+                }
+            }
+        }
+    }
+    h.finish()
+}
+
+/// The machine a build ran on, for `measurements.json`.
+fn build_machine() -> Value {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|t| {
+        t.lines()
+            .find(|l| l.starts_with("model name"))
+            .and_then(|l| l.split(':').nth(1))
+            .map(|m| m.trim().to_string())
+    });
+    json!({
+        "os": std::env::consts::OS,
+        "arch": std::env::consts::ARCH,
+        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        "cpu": cpu,
+    })
 }
 
 fn frame_to_image(frame: &[f32], h: usize, w: usize) -> RgbImage {
@@ -43,11 +102,13 @@ impl Stage for BundleStage {
         "bundle"
     }
     fn version(&self) -> u32 {
-        1
+        // 2: measurements moved out of the tarball into measurements.json.
+        2
     }
     fn params(&self) -> Params {
         let mut p = Params::from([
             ("effect".into(), self.effect.clone()),
+            ("recipe-digest".into(), self.recipe_digest.hex()),
             ("version".into(), self.version.clone().unwrap_or_default()),
             ("student.width".into(), self.student.width.to_string()),
             ("rows".into(), self.rows.to_string()),
@@ -65,6 +126,7 @@ impl Stage for BundleStage {
         let rows = self.rows.min(inputs.len());
         let mut entries: Vec<(String, EntrySource)> = Vec::new();
         let mut targets = Map::new();
+        let mut measured = Map::new();
         let mut target_outputs = Vec::new();
         for (name, format, precision) in &self.targets {
             let prefix = format!("target/{name}/");
@@ -104,7 +166,13 @@ impl Stage for BundleStage {
                 entries.push((op.clone(), EntrySource::Bytes(enc(y)?)));
                 golden.push(json!({"input": ip, "output": op}));
             }
-            let latency = check["latency"]["median_ms"].as_f64();
+            measured.insert(
+                name.clone(),
+                json!({
+                    "latency_ms": check["latency"]["median_ms"],
+                    "latency": check["latency"],
+                }),
+            );
             targets.insert(
                 name.clone(),
                 json!({
@@ -114,7 +182,6 @@ impl Stage for BundleStage {
                     "psnr_db": check["psnr_db"],
                     "ssim": check["ssim"],
                     "max_abs": check["max_abs"],
-                    "latency_ms": latency,
                     "size_bytes": check["size_bytes"],
                     "verified": check["passed"],
                     "golden": golden,
@@ -158,16 +225,10 @@ impl Stage for BundleStage {
             };
             files.insert(path.clone(), json!(d.hex()));
         }
-        // The recipe as built: a digest of everything this bundle was made from.
-        let mut h_in = KeyHasher::new("effectc/bundle-inputs/v1");
-        for (name, path) in &ctx.inputs {
-            h_in.str(name)
-                .digest(&Digest::of_file(path).map_err(|e| StageError::io(path, e))?);
-        }
         let manifest = json!({
             "effect": self.effect,
             "version": self.version,
-            "recipe_digest": h_in.finish().hex(),
+            "recipe_digest": self.recipe_digest.hex(),
             "files": files,
             "student": {
                 "width": self.student.width,
@@ -187,13 +248,41 @@ impl Stage for BundleStage {
         std::fs::write(&manifest_path, &manifest_bytes)
             .map_err(|e| StageError::io(&manifest_path, e))?;
         entries.push(("manifest.json".into(), EntrySource::Bytes(manifest_bytes)));
-        let report_path = ctx.out_dir.join("report.html");
-        crate::bundle::report::write_html(&manifest, Some("contact-sheet.png"), &report_path)
-            .map_err(|e| StageError::infra(e.to_string()))?;
-        entries.push(("report.html".into(), EntrySource::File(report_path.clone())));
+        let report = |doc: &Value, name: &str| {
+            let path = ctx.out_dir.join(name);
+            crate::bundle::report::write_html(doc, Some("contact-sheet.png"), &path)
+                .map(|_| path)
+                .map_err(|e| StageError::infra(e.to_string()))
+        };
+        let inner_report = report(&manifest, "report-in-bundle.html")?;
+        entries.push(("report.html".into(), EntrySource::File(inner_report)));
         let tar = ctx.out_dir.join("bundle.tar.gz");
         write_reproducible_tar_gz(&entries, &tar).map_err(|e| StageError::infra(e.to_string()))?;
+
+        // Beside the tarball: what this machine measured, and a report showing it too.
+        let measurements = json!({
+            "effect": self.effect,
+            "recipe_digest": self.recipe_digest.hex(),
+            "machine": build_machine(),
+            "targets": measured,
+        });
+        let measurements_path = ctx.out_dir.join("measurements.json");
+        std::fs::write(
+            &measurements_path,
+            serde_json::to_vec_pretty(&measurements).unwrap_or_default(),
+        )
+        .map_err(|e| StageError::io(&measurements_path, e))?;
+        let mut shown = manifest.clone();
+        for (name, m) in &measured {
+            if let Some(t) = shown["targets"].get_mut(name) {
+                t["latency_ms"] = m["latency_ms"].clone();
+            }
+        }
+        shown["measured_on"] = measurements["machine"].clone();
+        let report_path = report(&shown, "report.html")?;
         let mut out = RunOutput::default();
+        out.files
+            .insert("measurements.json".into(), measurements_path);
         out.files.insert("bundle.tar.gz".into(), tar);
         out.files.insert("manifest.json".into(), manifest_path);
         out.files.insert("contact-sheet.png".into(), sheet_path);

@@ -11,7 +11,7 @@ use crate::plan::{RunContext, StageError};
 use crate::train::job::TrainReport;
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::process::{Child, ChildStdin, ChildStdout, Stdio};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -126,12 +126,14 @@ fn lead_batches(device: &str, batch: usize, ctx: &RunContext) {
 }
 
 fn start_server() -> Result<Server, StageError> {
-    let mut child = super::worker::worker_command()?
-        .arg("serve")
+    let mut cmd = super::worker::worker_command()?;
+    cmd.arg("serve")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
+        .stderr(Stdio::null());
+    // The server outlives the stage (and the scheduler thread) that started it: spawned
+    // from the long-lived spawner thread, it dies with effectc and only with effectc.
+    let mut child = crate::process::spawn(cmd)
         .map_err(|e| StageError::infra(format!("cannot start the tensor worker: {e}")))?;
     let stdin = child.stdin.take().expect("piped");
     let stdout = BufReader::new(child.stdout.take().expect("piped"));
@@ -172,10 +174,10 @@ fn run_batch(
         while !reader.is_finished() {
             if ctx.cancel.load(Ordering::SeqCst) {
                 // Unblocks the reader: the worker's stdout closes when it dies.
-                let _ = Command::new("kill")
-                    .arg("-KILL")
-                    .arg(server.child.id().to_string())
-                    .status();
+                // SAFETY: a plain syscall to our own, not yet reaped, child.
+                unsafe {
+                    libc::kill(server.child.id() as libc::pid_t, libc::SIGKILL);
+                }
                 let _ = reader.join();
                 return None;
             }

@@ -243,10 +243,12 @@ pub fn add_model_stages(
         });
         target_list.push((name, t.profile.format.clone(), t.precision.clone()));
     }
+    let recipe_digest = bundle::recipe_inputs_digest(nodes);
     nodes.push(PlanNode {
         id: "bundle".into(),
         item: None,
         stage: Box::new(bundle::BundleStage {
+            recipe_digest,
             effect: recipe.name.clone(),
             version: recipe.version.clone(),
             student: recipe.student.clone(),

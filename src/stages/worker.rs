@@ -54,12 +54,13 @@ pub fn run_worker(
         serde_json::to_vec_pretty(job).unwrap_or_default(),
     )
     .map_err(|e| StageError::io(&job_path, e))?;
-    let mut child = worker_command()?
-        .arg(subcommand)
+    let mut cmd = worker_command()?;
+    cmd.arg(subcommand)
         .arg(&job_path)
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
+        .stderr(Stdio::piped());
+    // Dies with effectc, however effectc dies (no orphan writing into the checkpoint).
+    let mut child = crate::process::spawn(cmd)
         .map_err(|e| StageError::infra(format!("cannot start the tensor worker: {e}")))?;
     let stderr = child.stderr.take();
     let stderr_thread = std::thread::spawn(move || {
@@ -80,10 +81,10 @@ pub fn run_worker(
         scope.spawn(|| {
             while !done.load(Ordering::SeqCst) {
                 if cancel.load(Ordering::SeqCst) {
-                    let _ = Command::new("kill")
-                        .arg("-INT")
-                        .arg(pid.to_string())
-                        .status();
+                    // SAFETY: a plain syscall to our own, not yet reaped, child.
+                    unsafe {
+                        libc::kill(pid as libc::pid_t, libc::SIGINT);
+                    }
                     break;
                 }
                 std::thread::sleep(std::time::Duration::from_millis(100));

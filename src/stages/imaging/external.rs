@@ -84,8 +84,8 @@ pub fn run_command_teacher(
                 .replace("{output}", &output_png.to_string_lossy())
         })
         .collect();
-    let mut child = Command::new(&program)
-        .args(&args)
+    let mut cmd = Command::new(&program);
+    cmd.args(&args)
         .stdin(if uses_input {
             Stdio::null()
         } else {
@@ -96,15 +96,18 @@ pub fn run_command_teacher(
         } else {
             Stdio::piped()
         })
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|source| CommandTeacherError::Spawn {
+        .stderr(Stdio::piped());
+    // Its own process group, killed whole on a timeout or when this function returns
+    // (dropping the guard), so what the program started goes with it; the direct child
+    // also dies with effectc (src/process.rs).
+    let mut group =
+        crate::process::spawn_group(cmd).map_err(|source| CommandTeacherError::Spawn {
             program: program.clone(),
             item: item.clone(),
             source,
         })?;
     // Feed stdin and drain stdout/stderr on threads so a chatty program never blocks.
-    let stdin_thread = child.stdin.take().map(|mut stdin| {
+    let stdin_thread = group.child.stdin.take().map(|mut stdin| {
         let bytes = std::fs::read(input_png);
         std::thread::spawn(move || {
             if let Ok(b) = bytes {
@@ -112,14 +115,14 @@ pub fn run_command_teacher(
             }
         })
     });
-    let stdout_thread = child.stdout.take().map(|mut out| {
+    let stdout_thread = group.child.stdout.take().map(|mut out| {
         std::thread::spawn(move || {
             let mut buf = Vec::new();
             let _ = out.read_to_end(&mut buf);
             buf
         })
     });
-    let stderr_thread = child.stderr.take().map(|mut err| {
+    let stderr_thread = group.child.stderr.take().map(|mut err| {
         std::thread::spawn(move || {
             let mut buf = Vec::new();
             let _ = err.read_to_end(&mut buf);
@@ -128,11 +131,10 @@ pub fn run_command_teacher(
     });
     let started = Instant::now();
     let status = loop {
-        match child.try_wait() {
+        match group.try_wait() {
             Ok(Some(status)) => break status,
             Ok(None) if started.elapsed() > timeout => {
-                let _ = child.kill();
-                let _ = child.wait();
+                let _ = group.kill_and_wait();
                 return Err(CommandTeacherError::Timeout {
                     program,
                     item,
