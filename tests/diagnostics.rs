@@ -207,7 +207,8 @@ fn every_path_in_a_recipe_stays_inside_its_folder_by_one_rule() {
         "is absolute: paths are relative to the project and stay inside it",
         "`photos/../../x/*.jpg` climbs out with `..`: paths are relative to the project",
         "a target profile `../onnx` climbs out with `..`",
-        "`../../etc/weights.safetensors` climbs out with `..`: paths are relative to the models directory",
+        "`../../etc/weights.safetensors` climbs out with `..`: paths are relative to the models",
+        "outside the models directory",
     ] {
         assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
     }

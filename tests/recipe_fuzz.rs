@@ -233,7 +233,7 @@ fn mutate(rng: &mut Rng, text: &str, corpus: &[(String, String)]) -> String {
             9 => {
                 // Long runs the parser might walk one step at a time.
                 let unit = *rng.pick(&["*", "/", "}", "\\", " ", "\n", ";", "#", "a", "/-"]);
-                let s = unit.repeat(*rng.pick(&[100, 5000, 50000]));
+                let s = unit.repeat(*rng.pick(&[100, 1000, 5000, 50000]));
                 insert(&mut b, at, s.as_bytes());
             }
             _ => {

@@ -278,7 +278,7 @@ impl<'a> Decoder<'a> {
         self.error(
             RecipeDiagnostic::at(&val.loc, "bad-path", format!("{what} `{name}` {why}"))
                 .label("must be a plain name")
-                .help(format!("{what}s are file names without folders or `..`")),
+                .help("the name becomes a file name: no folders, no `..`"),
         );
         false
     }

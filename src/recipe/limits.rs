@@ -28,6 +28,7 @@ pub struct LimitError {
     pub code: &'static str,
     pub message: String,
     pub label: &'static str,
+    pub help: Option<&'static str>,
 }
 
 /// Scans KDL text for nesting the parser cannot take, skipping strings and comments.
@@ -49,19 +50,19 @@ pub fn scan(text: &str) -> Result<(), LimitError> {
                 i = block_comment(b, i)?;
                 continue;
             }
-            // An unterminated string is an error anyway, and the parser's recovery
-            // would re-scan to the end of the file from every later quote (quadratic).
             b'"' => {
-                i = quoted(b, i).ok_or_else(|| unterminated(i, 1, "\""))?;
+                i = quoted(b, i).map_err(|how| unclosed(i, how, false))?;
                 continue;
             }
             b'#' => {
                 let hashes = b[i..].iter().take_while(|&&c| c == b'#').count();
                 if b.get(i + hashes) == Some(&b'"') {
-                    i = raw(b, i, hashes)
-                        .ok_or_else(|| unterminated(i, hashes + 1, &"#".repeat(hashes)))?;
-                    continue;
+                    i = raw(b, i, hashes).map_err(|how| unclosed(i, how, true))?;
+                } else {
+                    // Past the whole run: counting it again from each `#` is quadratic.
+                    i += hashes;
                 }
+                continue;
             }
             b'{' => {
                 depth += 1;
@@ -74,6 +75,7 @@ pub fn scan(text: &str) -> Result<(), LimitError> {
                             "nodes nest deeper than {MAX_DEPTH} levels (a recipe needs 3 or 4)"
                         ),
                         label: "one level too deep",
+                        help: None,
                     });
                 }
             }
@@ -89,6 +91,7 @@ pub fn scan(text: &str) -> Result<(), LimitError> {
                                 "more than {MAX_STRAY_CLOSES} `}}` close blocks that were never opened"
                             ),
                             label: "no `{` opened this",
+                            help: None,
                         });
                     }
                 } else {
@@ -102,22 +105,6 @@ pub fn scan(text: &str) -> Result<(), LimitError> {
     Ok(())
 }
 
-fn unterminated(offset: usize, len: usize, closer: &str) -> LimitError {
-    LimitError {
-        offset,
-        len,
-        code: "syntax",
-        message: if closer.starts_with('*') {
-            "KDL syntax error: this comment is never closed with `*/`".to_string()
-        } else if closer == "\"" {
-            "KDL syntax error: this string is never closed with `\"`".to_string()
-        } else {
-            format!("KDL syntax error: this raw string is never closed with `\"{closer}`")
-        },
-        label: "opened here",
-    }
-}
-
 /// Skips `/* ... */` (nested) from `start`; returns the index after it.
 fn block_comment(b: &[u8], start: usize) -> Result<usize, LimitError> {
     let (mut i, mut nest, mut tokens) = (start + 2, 1usize, 0usize);
@@ -128,6 +115,7 @@ fn block_comment(b: &[u8], start: usize) -> Result<usize, LimitError> {
         code: "too-deep",
         message: format!("this `/* ... */` comment is too {what} for the KDL parser (it recurses on each nested comment and each `*` or `/` inside)"),
         label: "comment starts here",
+        help: None,
     }
     };
     while i < b.len() {
@@ -158,26 +146,51 @@ fn block_comment(b: &[u8], start: usize) -> Result<usize, LimitError> {
         }
         i += 1;
     }
-    Err(unterminated(start, 2, "*/"))
+    Err(LimitError {
+        offset: start,
+        len: 2,
+        code: "syntax",
+        message: "KDL syntax error: this comment is never closed with `*/`".into(),
+        label: "opened here",
+        help: None,
+    })
+}
+
+/// How a string ended when it did not close.
+enum Open {
+    /// A single-line string met a newline (KDL 2 forbids it).
+    Newline(usize),
+    Eof,
 }
 
 /// Skips a `"..."` or `"""..."""` string (with escapes) from `start`.
-fn quoted(b: &[u8], start: usize) -> Option<usize> {
+fn quoted(b: &[u8], start: usize) -> Result<usize, Open> {
     let triple = b[start..].starts_with(b"\"\"\"");
     let mut i = start + if triple { 3 } else { 1 };
     while i < b.len() {
         match b[i] {
-            b'\\' => i += 2,
-            b'"' if !triple => return Some(i + 1),
-            b'"' if b[i..].starts_with(b"\"\"\"") => return Some(i + 3),
+            b'\\' => {
+                i += 1;
+                // A whitespace escape swallows every space and newline after it.
+                if b.get(i).is_some_and(|c| c.is_ascii_whitespace()) {
+                    while b.get(i).is_some_and(|c| c.is_ascii_whitespace()) {
+                        i += 1;
+                    }
+                } else {
+                    i += 1;
+                }
+            }
+            b'\n' if !triple => return Err(Open::Newline(i)),
+            b'"' if !triple => return Ok(i + 1),
+            b'"' if b[i..].starts_with(b"\"\"\"") => return Ok(i + 3),
             _ => i += 1,
         }
     }
-    None
+    Err(Open::Eof)
 }
 
 /// Skips a raw string `#"..."#` / `##"""..."""##` from `start` (`hashes` leading `#`).
-fn raw(b: &[u8], start: usize, hashes: usize) -> Option<usize> {
+fn raw(b: &[u8], start: usize, hashes: usize) -> Result<usize, Open> {
     let open = start + hashes;
     let quotes = if b[open..].starts_with(b"\"\"\"") {
         3
@@ -186,6 +199,9 @@ fn raw(b: &[u8], start: usize, hashes: usize) -> Option<usize> {
     };
     let mut i = open + quotes;
     while i < b.len() {
+        if b[i] == b'\n' && quotes == 1 {
+            return Err(Open::Newline(i));
+        }
         if b[i..].starts_with(&b"\"\"\""[..quotes])
             && b[i + quotes..]
                 .iter()
@@ -194,11 +210,37 @@ fn raw(b: &[u8], start: usize, hashes: usize) -> Option<usize> {
                 .count()
                 == hashes
         {
-            return Some(i + quotes + hashes);
+            return Ok(i + quotes + hashes);
         }
         i += 1;
     }
-    None
+    Err(Open::Eof)
+}
+
+/// The diagnostic for a string that does not close. Reported here, not left to the
+/// parser: its recovery re-scans from every later quote, quadratic in the line.
+fn unclosed(start: usize, how: Open, raw: bool) -> LimitError {
+    match how {
+        Open::Newline(at) => LimitError {
+            offset: start,
+            len: at - start,
+            code: "syntax",
+            message: format!(
+                "KDL syntax error: Unexpected newline in single-line {} string",
+                if raw { "raw" } else { "quoted" }
+            ),
+            label: "not closed on this line",
+            help: Some("close it on the same line, or make it multi-line with `\"\"\"` and a newline right after the opening quotes"),
+        },
+        Open::Eof => LimitError {
+            offset: start,
+            len: 1,
+            code: "syntax",
+            message: "KDL syntax error: this string is never closed".into(),
+            label: "opened here",
+            help: None,
+        },
+    }
 }
 
 /// Why a path written in a recipe would leave the folder it is relative to, if it would.
@@ -268,7 +310,17 @@ mod tests {
         assert!(scan(&format!("/*{}*/", "*".repeat(MAX_COMMENT_TOKENS + 1))).is_err());
         assert!(scan(&"/*".repeat(MAX_DEPTH + 1)).is_err());
         assert_eq!(scan("/* a long comment with few stars */ n"), Ok(()));
-        for open in ["n \"abc", "n #\"abc\"", "/* abc", "n \"\"\"abc\"\""] {
+        assert_eq!(
+            scan("n \"a\\  \n  b\" \"\"\"\nx\n\"\"\" #\"\"\"\n\"\"\"#"),
+            Ok(())
+        );
+        for open in [
+            "n \"abc",
+            "n #\"abc\"",
+            "/* abc",
+            "n \"\"\"abc\"\"",
+            "n \"a\nb\"",
+        ] {
             assert_eq!(scan(open).unwrap_err().code, "syntax", "{open}");
         }
     }

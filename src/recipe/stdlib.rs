@@ -70,10 +70,13 @@ pub fn parse_file(file: &Arc<SourceFile>, diags: &mut Diagnostics) -> Option<Vec
     }
     // The parser recurses per nesting level: refuse what would overflow its stack.
     if let Err(e) = limits::scan(&file.text) {
-        diags.push(
+        let mut d =
             RecipeDiagnostic::at(&Loc::new(file, (e.offset, e.len).into()), e.code, e.message)
-                .label(e.label),
-        );
+                .label(e.label);
+        if let Some(h) = e.help {
+            d = d.help(h);
+        }
+        diags.push(d);
         return None;
     }
     // Its error recovery also recurses, once per bad token (`))))...`), in ways no
