@@ -85,6 +85,7 @@ fn typos_get_did_you_mean() {
             "unknown-top-node",
             "unknown-property",
             "unknown-palette",
+            "misspelt-placeholder",
         ]
         .contains(&name.as_str())
         {
@@ -100,6 +101,7 @@ fn typos_get_did_you_mean() {
         "did you mean `teacher`?",
         "did you mean `width`?",
         "did you mean `lego-classic`?",
+        "did you mean `{attributes}`?",
     ] {
         assert!(err.contains(hint), "missing hint {hint:?} in:\n{err}");
     }
@@ -174,4 +176,50 @@ fn lego_without_weights_fails_before_any_work_listing_every_missing_model() {
                 == 0,
         "nothing ran"
     );
+}
+
+#[test]
+fn every_path_in_a_recipe_stays_inside_its_folder_by_one_rule() {
+    let p = TestProject::new();
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(outside.path().join("pairs")).unwrap();
+    let abs = outside.path().join("pairs").display().to_string();
+    p.recipe(
+        "dir-abs",
+        &format!("effect \"dir-abs\" {{\n    sources {{ synthetic count=2; }}\n    teacher \"directory\" {{ path \"{abs}\"; }}\n}}\n"),
+    );
+    p.recipe(
+        "images-up",
+        "effect \"images-up\" {\n    sources { images \"photos/../../x/*.jpg\"; }\n    teacher \"procedural\"\n}\n",
+    );
+    p.recipe(
+        "target-up",
+        "effect \"target-up\" {\n    sources { synthetic count=2; }\n    teacher \"procedural\"\n    target \"../onnx\"\n}\n",
+    );
+    p.write(
+        "stdlib/models.kdl",
+        "model \"escapee\" file=\"../../etc/weights.safetensors\" arch=\"lora-sd15\"\n",
+    );
+    let run = p.run(&["check"]);
+    assert_eq!(run.code(), 2);
+    let err = run.stderr();
+    for needle in [
+        "is absolute: paths are relative to the project and stay inside it",
+        "`photos/../../x/*.jpg` climbs out with `..`: paths are relative to the project",
+        "a target profile `../onnx` climbs out with `..`",
+        "`../../etc/weights.safetensors` climbs out with `..`: paths are relative to the models",
+        "outside the models directory",
+    ] {
+        assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
+    }
+
+    // The documented way to use data elsewhere: a symlink inside the project.
+    let q = TestProject::new();
+    std::os::unix::fs::symlink(outside.path(), q.root().join("elsewhere")).unwrap();
+    q.recipe(
+        "linked",
+        "effect \"linked\" {\n    sources { synthetic count=2; }\n    teacher \"directory\" { path \"elsewhere/pairs\"; }\n}\n",
+    );
+    let run = q.run(&["check"]);
+    assert_eq!(run.code(), 0, "{}", run.stderr());
 }

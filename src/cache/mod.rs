@@ -4,7 +4,8 @@
 //! cache/
 //!   blobs/sha256/ab/abcd…     every output, by the SHA-256 of its bytes (read-only)
 //!   records/ab/<key>.json     one record per stage key: outputs, metrics, timings, log
-//!   snapshots/<effect>.json   the records of an effect's last build, in one file
+//!   snapshots/<effect>@<project>.bin   an effect's last build in one project (also
+//!                             `.shard-I-of-N.bin` per slice), in one file
 //!   checkpoints/<key>/        training checkpoints, kept across interrupted builds
 //!   stat-cache.json           (path, size, mtime, inode) → digest of source files
 //!   locks/, tmp/
@@ -21,4 +22,6 @@ pub mod remote;
 
 pub use record::{OutputRef, Snapshot, SnapshotEntry, StageRecord};
 pub use stat_cache::StatCache;
-pub use store::{BuildLock, Cache, CacheError, GcReport, KeyLock, VerifyReport};
+pub use store::{
+    BuildLock, Cache, CacheError, GcPolicy, GcReport, KeyLock, SnapshotId, VerifyReport,
+};

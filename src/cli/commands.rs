@@ -8,7 +8,7 @@ use crate::exec::{self, BuildOptions, HumanReporter, JsonReporter, NodeOutcome, 
 use crate::plan::{lower, Plan};
 use crate::project::Project;
 use crate::recipe::{Diagnostics, Loader, Recipe};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -225,7 +225,7 @@ fn build(
     opts.batch = batch;
     opts.keep_going = keep_going;
     opts.remote = env.remote.clone();
-    opts.write_snapshot = shard.is_none();
+    opts.shard = shard;
     opts.gpus = gpus;
     let mut code = EXIT_OK;
     for (_recipe, plan) in &plans {
@@ -402,7 +402,8 @@ fn release(
             continue;
         };
         let (recipe, plan) = plan_for(env, &cache, &loader, name)?;
-        let Some(snapshot) = cache.read_snapshot(&plan.effect).ok().flatten() else {
+        let id = crate::cache::SnapshotId::new(&env.project.root, &plan.effect);
+        let Some(snapshot) = cache.read_snapshot(&id).ok().and_then(|s| s.0) else {
             return Err(EXIT_INFRA);
         };
         let Some(entry) = snapshot.entries.get("bundle") else {
@@ -514,7 +515,7 @@ fn plan(env: &Env, effect: &str) -> Result<i32, i32> {
     let cache = env.cache()?;
     let loader = Loader::new(&env.project);
     let (_recipe, plan) = plan_for(env, &cache, &loader, effect)?;
-    let (status, _) = dry_run(&cache, &plan).map_err(|e| {
+    let (status, _) = dry_run(&cache, &env.project.root, &plan).map_err(|e| {
         eprintln!("error: {e}");
         EXIT_INFRA
     })?;
@@ -597,7 +598,7 @@ fn explain(env: &Env, effect: &str, stage: &str) -> Result<i32, i32> {
         eprintln!("error: effect `{effect}` has no stage `{stage}`{hint}; `effectc plan {effect}` lists them");
         return Err(EXIT_USER);
     };
-    let (status, _) = dry_run(&cache, &plan).map_err(|e| {
+    let (status, _) = dry_run(&cache, &env.project.root, &plan).map_err(|e| {
         eprintln!("error: {e}");
         EXIT_INFRA
     })?;
@@ -742,15 +743,17 @@ fn cache_cmd(env: &Env, action: CacheAction) -> Result<i32, i32> {
                 report.missing
             );
         }
-        CacheAction::Gc => {
-            // Keep what the current recipes reach: each effect's last-build records.
-            let mut keep = BTreeSet::new();
-            for name in env.project.effect_names().unwrap_or_default() {
-                if let Ok(Some(snap)) = cache.read_snapshot(&name) {
-                    keep.extend(snap.entries.values().map(|e| e.key));
-                }
-            }
-            let report = cache.gc(&keep).map_err(infra)?;
+        CacheAction::Gc {
+            older_than,
+            max_size,
+        } => {
+            // Keep what any project's or shard's last build named (the cache may be
+            // shared), or, with a policy, what was used recently.
+            let policy = crate::cache::GcPolicy {
+                older_than,
+                max_size,
+            };
+            let report = cache.gc(&policy).map_err(infra)?;
             print!("{report}");
         }
     }

@@ -128,8 +128,19 @@ pub enum CacheAction {
     Ls,
     /// Re-hash every blob; damaged ones are removed and rebuilt by the next build.
     Verify,
-    /// Delete what the current recipes no longer reach.
-    Gc,
+    /// Delete what no build still uses. By default: every record that no snapshot in
+    /// the cache names (any project's, any shard's). With a policy (shared caches):
+    /// records not used within --older-than, then the least recently used beyond
+    /// --max-size. Refuses (exit 3) when a snapshot is damaged.
+    Gc {
+        /// Remove records not used within this long: `30d`, `12h`, `2w` (s, m, h, d, w).
+        #[arg(long, value_name = "AGE", value_parser = parse_age)]
+        older_than: Option<std::time::Duration>,
+        /// Then remove the least recently used until the cache fits: `50G`, `800M`
+        /// (B, K, M, G, T; powers of 1024).
+        #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+        max_size: Option<u64>,
+    },
     /// Upload one effect's built stages to the remote cache.
     Push { effect: String },
     /// Download one effect's stages from the remote cache.
@@ -149,6 +160,48 @@ fn parse_shard(text: &str) -> Result<(usize, usize), String> {
     Ok((i, n))
 }
 
+/// `30d` → 30 days. A bare number is seconds.
+fn parse_age(text: &str) -> Result<std::time::Duration, String> {
+    let bad = || format!("`{text}`: expected an age such as 30d, 12h, 90m, 2w or 3600s");
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    let secs = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 7 * 86_400,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(secs)
+        .map(std::time::Duration::from_secs)
+        .ok_or_else(bad)
+}
+
+/// `50G` → 50 GiB. A bare number is bytes.
+fn parse_size(text: &str) -> Result<u64, String> {
+    let bad = || format!("`{text}`: expected a size such as 50G, 800M, 10K or 4096");
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    let shift = match unit
+        .to_ascii_uppercase()
+        .trim_end_matches("IB")
+        .trim_end_matches('B')
+    {
+        "" => 0,
+        "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        "T" => 40,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(1u64 << shift).ok_or_else(bad)
+}
+
 fn default_jobs() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get())
@@ -158,4 +211,22 @@ fn default_jobs() -> usize {
 pub fn main() -> i32 {
     let cli = Cli::parse();
     commands::run(cli)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gc_ages_and_sizes_parse_with_units() {
+        assert_eq!(parse_age("30d").unwrap().as_secs(), 30 * 86_400);
+        assert_eq!(parse_age("12h").unwrap().as_secs(), 12 * 3600);
+        assert_eq!(parse_age("90").unwrap().as_secs(), 90);
+        assert!(parse_age("30x").is_err() && parse_age("d").is_err());
+        assert_eq!(parse_size("50G").unwrap(), 50 << 30);
+        assert_eq!(parse_size("800MiB").unwrap(), 800 << 20);
+        assert_eq!(parse_size("10kb").unwrap(), 10 << 10);
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert!(parse_size("1Q").is_err() && parse_size("99999999999T").is_err());
+    }
 }

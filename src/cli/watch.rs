@@ -52,7 +52,7 @@ fn stale_lines(env: &Env, plan: &Plan) -> Vec<String> {
     let Ok(cache) = env.cache() else {
         return Vec::new();
     };
-    let Ok((status, _)) = dry_run(&cache, plan) else {
+    let Ok((status, _)) = dry_run(&cache, &env.project.root, plan) else {
         return Vec::new();
     };
     let mut counts: BTreeMap<(String, String), usize> = BTreeMap::new();

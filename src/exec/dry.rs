@@ -2,7 +2,7 @@
 //! as known digests allow, and each stale stage is compared with the record of the same
 //! stage from the effect's last build.
 
-use crate::cache::{Cache, Snapshot, StageRecord};
+use crate::cache::{Cache, Snapshot, SnapshotId, StageRecord};
 use crate::digest::Digest;
 use crate::plan::{stage_key, Plan};
 use std::collections::BTreeMap;
@@ -25,9 +25,11 @@ pub enum DryStatus {
 
 pub fn dry_run(
     cache: &Cache,
+    project_root: &std::path::Path,
     plan: &Plan,
 ) -> Result<(Vec<DryStatus>, Snapshot), crate::cache::CacheError> {
-    let snapshot = cache.read_snapshot(&plan.effect)?.unwrap_or_default();
+    let id = SnapshotId::new(project_root, &plan.effect);
+    let snapshot = cache.read_snapshot(&id)?.0.unwrap_or_default();
     let mut records: Vec<Option<StageRecord>> = vec![None; plan.nodes.len()];
     let mut status: Vec<Option<DryStatus>> = vec![None; plan.nodes.len()];
     for &i in &plan.order {

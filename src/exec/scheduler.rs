@@ -6,7 +6,7 @@
 
 use super::events::{Event, Reporter};
 use crate::cache::remote::RemoteCache;
-use crate::cache::{Cache, OutputRef, Snapshot, SnapshotEntry, StageRecord};
+use crate::cache::{Cache, OutputRef, Snapshot, SnapshotEntry, SnapshotId, StageRecord};
 use crate::digest::Digest;
 use crate::plan::{InputRef, Plan, Progress, Resource, RunContext, StageError};
 use std::collections::{BTreeMap, VecDeque};
@@ -23,9 +23,11 @@ pub struct BuildOptions {
     pub device: crate::plan::DeviceSpec,
     /// A shared cache: misses are looked up there, fresh results pushed there.
     pub remote: Option<Arc<RemoteCache>>,
-    /// Whether this build's outcome becomes the effect's snapshot (not for shards,
-    /// which build a slice of the plan).
+    /// Whether this build's outcome is written as its snapshot.
     pub write_snapshot: bool,
+    /// `--shard I/N`: the slice this build is; its snapshot is the slice's own, so the
+    /// effect's whole-build snapshot is untouched while gc still sees what it built.
+    pub shard: Option<(usize, usize)>,
     /// `--gpus 0,1`: per-item exclusive (GPU) stages run side by side, one per device;
     /// whole-dataset exclusive stages (training) still run alone. Empty: one at a time
     /// on `device`.
@@ -43,6 +45,7 @@ impl BuildOptions {
             device,
             remote: None,
             write_snapshot: true,
+            shard: None,
             gpus: Vec::new(),
             batch: 1,
         }
@@ -112,7 +115,9 @@ pub fn build(
 ) -> Result<BuildSummary, crate::cache::CacheError> {
     let started = Instant::now();
     let _build_lock = cache.build_lock()?;
-    let snapshot = cache.read_snapshot(&plan.effect)?.unwrap_or_default();
+    let snapshot_id = SnapshotId::new(project_root, &plan.effect).with_shard(opts.shard);
+    let (snapshot, own_snapshot) = cache.read_snapshot(&snapshot_id)?;
+    let snapshot = snapshot.unwrap_or_default();
     // Big builds check blobs against one listing of the store instead of a stat each.
     let blob_index = (snapshot.entries.len() > 2000).then(|| cache.blob_index());
     let blob_present = |d: &Digest| match &blob_index {
@@ -381,8 +386,17 @@ pub fn build(
         }
     }
     changed |= !unchanged && next.entries.len() != snapshot.entries.len();
-    if changed && opts.write_snapshot {
-        cache.write_snapshot(&plan.effect, &next)?;
+    if opts.write_snapshot {
+        if !own_snapshot {
+            // First build under this project's own name (or after damage): write it,
+            // so gc sees what this project uses.
+            let next = if unchanged { snapshot.clone() } else { next };
+            cache.write_snapshot(&snapshot_id, &next)?;
+        } else if changed {
+            cache.write_snapshot(&snapshot_id, &next)?;
+        } else {
+            cache.mark_snapshot_used(&snapshot_id);
+        }
     }
     let count = |f: fn(&NodeOutcome) -> bool| outcomes.iter().filter(|o| f(o)).count();
     let summary = BuildSummary {

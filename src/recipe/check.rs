@@ -26,6 +26,8 @@ pub const EFFECT_NODES: &[&str] = &[
 pub const TEACHER_KINDS: &[&str] = &["procedural", "directory", "command", "diffusion"];
 pub const PROCEDURAL_STYLES: &[&str] = &["brick-mosaic"];
 pub const PALETTES: &[&str] = &["lego-classic", "lego-grayscale"];
+/// What a diffusion prompt may hold, filled per item by the `pairs` stage.
+pub const PROMPT_PLACEHOLDERS: &[&str] = &["attributes"];
 pub const SCHEDULERS: &[&str] = &["ddim", "euler-a", "dpm++2m", "dpm++2m-karras"];
 
 pub struct Checker<'a> {
@@ -209,15 +211,7 @@ impl<'a> Checker<'a> {
     /// A path or glob relative to the project root: valid syntax, and a plain path must exist.
     fn glob(&mut self, v: &Val) -> Option<String> {
         let g = self.d.string(v, "a path or glob")?;
-        if g.starts_with('/') || g.contains("..") {
-            self.d.error(
-                RecipeDiagnostic::at(
-                    &v.loc,
-                    "bad-path",
-                    format!("`{g}` must be relative to the project root and stay inside it"),
-                )
-                .label("outside the project"),
-            );
+        if !self.d.path_inside(v, &g, "the project") {
             return None;
         }
         if is_glob(&g) {
@@ -298,6 +292,9 @@ impl<'a> Checker<'a> {
                     return None;
                 };
                 let path = self.d.string(v, "`path`")?;
+                if !self.d.path_inside(v, &path, "the project") {
+                    return None;
+                }
                 if !self.project.root.join(&path).is_dir() {
                     self.d.error(
                         RecipeDiagnostic::at(
@@ -320,11 +317,16 @@ impl<'a> Checker<'a> {
                     self.d.error(RecipeDiagnostic::at(&node.name_loc, "missing-node", "a `command` teacher needs `run \"program\" \"arg\"...`").help("`{input}` and `{output}` in arguments are replaced by PNG paths; without them the PNG goes through stdin / stdout"));
                     return None;
                 };
-                let argv: Vec<String> = run
-                    .args
-                    .iter()
-                    .filter_map(|v| self.d.string(v, "a command argument"))
-                    .collect();
+                let mut argv: Vec<String> = Vec::new();
+                for v in &run.args {
+                    if let Some(a) = self.d.string(v, "a command argument") {
+                        // The program and its arguments are commands, not project paths:
+                        // no path rule; `{inptu}` is still caught as a typo.
+                        self.d
+                            .placeholders(v, &a, &["input", "output"], true, "a `run` argument");
+                        argv.push(a);
+                    }
+                }
                 if argv.is_empty() {
                     self.d.error(RecipeDiagnostic::at(
                         &run.name_loc,
@@ -355,6 +357,18 @@ impl<'a> Checker<'a> {
                 None
             }
         }
+    }
+
+    /// A prompt setting, its `{placeholders}` checked against `known`.
+    fn prompt(&mut self, node: &Node, name: &str, known: &[&str], what: &str) -> String {
+        let Some(v) = self.d.setting(node, name) else {
+            return String::new();
+        };
+        let Some(text) = self.d.string(v, &format!("`{name}`")) else {
+            return String::new();
+        };
+        self.d.placeholders(v, &text, known, false, what);
+        text
     }
 
     fn choice(&mut self, node: &Node, name: &str, default: &str, allowed: &[&str]) -> String {
@@ -447,7 +461,7 @@ impl<'a> Checker<'a> {
                 loras.push(Lora { model: m, weight });
             }
         }
-        let prompt = self.d.setting_string(node, "prompt", "");
+        let prompt = self.prompt(node, "prompt", PROMPT_PLACEHOLDERS, "a prompt");
         if prompt.is_empty() {
             self.d.error(RecipeDiagnostic::at(
                 &node.name_loc,
@@ -455,7 +469,8 @@ impl<'a> Checker<'a> {
                 "a diffusion teacher needs a `prompt`",
             ));
         }
-        let negative_prompt = self.d.setting_string(node, "negative-prompt", "");
+        // Only the prompt is filled per item; a placeholder elsewhere would stay text.
+        let negative_prompt = self.prompt(node, "negative-prompt", &[], "a negative prompt");
         let mut controlnets = Vec::new();
         for n in node.children.iter().filter(|c| c.name == "controlnet") {
             self.d.known_props(n, &["weight", "start", "end"]);
@@ -502,6 +517,15 @@ impl<'a> Checker<'a> {
             Some(n) => {
                 self.d.known_props(n, &["image-guidance", "model"]);
                 let instruction = self.d.arg_string(n, "the instruction").unwrap_or_default();
+                if let Some(v) = n.args.first() {
+                    self.d.placeholders(
+                        v,
+                        &instruction,
+                        &[],
+                        false,
+                        "an InstructPix2Pix instruction",
+                    );
+                }
                 let image_guidance = self.d.setting_f64(n, "image-guidance", 1.5, 0.0, 20.0);
                 let model = match n.prop("model") {
                     Some(v) => self.model_ref(v, "the InstructPix2Pix model"),
@@ -711,6 +735,9 @@ impl<'a> Checker<'a> {
             let Some(name) = self.d.string(v, "a target profile name") else {
                 continue;
             };
+            if !self.d.plain_name(v, &name, "a target profile") {
+                continue;
+            }
             let Some(profile) = stdlib::load_target_profile(self.project, &name, self.d.diags)
             else {
                 if !known.contains(&name) {

@@ -264,6 +264,92 @@ impl<'a> Decoder<'a> {
         }
     }
 
+    /// The one path rule (see `limits::path_escape`): `path`, written at `val`, must
+    /// stay inside `folder` ("the project", "the models directory"). False after
+    /// reporting it.
+    pub fn path_inside(&mut self, val: &Val, path: &str, folder: &str) -> bool {
+        let Some(why) = super::limits::path_escape(path) else {
+            return true;
+        };
+        self.error(
+            RecipeDiagnostic::at(
+                &val.loc,
+                "bad-path",
+                format!("`{path}` {why}: paths are relative to {folder} and stay inside it"),
+            )
+            .label(format!("outside {folder}"))
+            .help("a symlink inside the folder can point elsewhere, e.g. at a big dataset disk"),
+        );
+        false
+    }
+
+    /// A name that becomes a file name (`extends "BASE"`, `target "PROFILE"`).
+    pub fn plain_name(&mut self, val: &Val, name: &str, what: &str) -> bool {
+        let Some(why) = super::limits::name_escape(name) else {
+            return true;
+        };
+        self.error(
+            RecipeDiagnostic::at(&val.loc, "bad-path", format!("{what} `{name}` {why}"))
+                .label("must be a plain name")
+                .help("the name becomes a file name: no folders, no `..`"),
+        );
+        false
+    }
+
+    /// Reports every `{name}` in the string at `val` that is not in `known`, with a
+    /// "did you mean". `only_typos`: leave alone names far from every known one (shell
+    /// arguments use braces of their own).
+    pub fn placeholders(
+        &mut self,
+        val: &Val,
+        text: &str,
+        known: &[&str],
+        only_typos: bool,
+        what: &str,
+    ) {
+        for (_, name) in super::limits::placeholders(text) {
+            if known.contains(&name) {
+                continue;
+            }
+            let close = super::diagnostic::closest(name, known.iter().copied());
+            if only_typos && close.is_none() {
+                continue;
+            }
+            // Point at the placeholder itself when it is written as is in the file.
+            let written = format!("{{{name}}}");
+            let (start, len) = (val.loc.span.offset(), val.loc.span.len());
+            let loc = val
+                .loc
+                .file
+                .text
+                .get(start..start + len)
+                .and_then(|src| src.find(&written))
+                .map(|at| {
+                    super::diagnostic::Loc::new(&val.loc.file, (start + at, written.len()).into())
+                })
+                .unwrap_or_else(|| val.loc.clone());
+            let d = RecipeDiagnostic::at(
+                &loc,
+                "unknown-placeholder",
+                format!("unknown placeholder `{{{name}}}` in {what}"),
+            )
+            .label("not filled in: it would reach the teacher as text");
+            let d = match close {
+                Some(best) => d.help(format!("did you mean `{{{best}}}`?")),
+                None if known.is_empty() => d.help(format!("{what} takes no placeholders")),
+                None => d.help(format!(
+                    "{what} takes {}",
+                    known
+                        .iter()
+                        .map(|k| format!("`{{{k}}}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )),
+            };
+            self.error(d);
+        }
+    }
+
     pub fn setting_string(&mut self, node: &Node, name: &str, default: &str) -> String {
         match self.setting(node, name) {
             Some(v) => self

@@ -128,8 +128,46 @@ impl Diagnostic for RecipeDiagnostic {
     }
 }
 
+/// Longest source line shown under a diagnostic. miette panics past 65,535 columns
+/// (a format width), and nobody reads such a line anyway.
+const MAX_SHOWN_LINE: usize = 2000;
+
+/// `file:line:col` of `loc` when its line is too long to show, else None.
+fn long_line_position(loc: &Loc) -> Option<String> {
+    let bytes = loc.file.text.as_bytes();
+    let start = loc.span.offset().min(bytes.len());
+    let end = (start + loc.span.len()).min(bytes.len());
+    let line_start = bytes[..start]
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |i| i + 1);
+    let line_end = bytes[end..]
+        .iter()
+        .position(|&b| b == b'\n')
+        .map_or(bytes.len(), |i| end + i);
+    let longest = bytes[line_start..line_end]
+        .split(|&b| b == b'\n')
+        .map(|l| l.len())
+        .max()
+        .unwrap_or(0);
+    if longest <= MAX_SHOWN_LINE {
+        return None;
+    }
+    let line = 1 + bytes[..start].iter().filter(|&&b| b == b'\n').count();
+    let col = 1 + String::from_utf8_lossy(&bytes[line_start..start])
+        .chars()
+        .count();
+    Some(format!("{}:{line}:{col}", loc.file.name))
+}
+
 /// Renders a diagnostic with its file name in the header, as miette's NamedSource does.
 pub fn render(diag: &RecipeDiagnostic, color: bool) -> String {
+    if let Some(at) = diag.loc.as_ref().and_then(long_line_position) {
+        let mut plain = diag.clone();
+        plain.loc = None;
+        plain.message = format!("{} (at {at}; the line is too long to show)", diag.message);
+        return render(&plain, color);
+    }
     let handler = if color {
         miette::GraphicalReportHandler::new()
     } else {

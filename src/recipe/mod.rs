@@ -4,6 +4,7 @@
 pub mod check;
 pub mod decode;
 pub mod diagnostic;
+pub mod limits;
 pub mod model;
 pub mod stdlib;
 pub mod tree;
@@ -58,6 +59,23 @@ impl<'p> Loader<'p> {
                 return Err(diags);
             }
         };
+        self.check_text(name, text, diags)
+    }
+
+    /// Checks `text` as the recipe `effects/<name>.kdl` (the file need not exist): what
+    /// `load` does once the file is read. `effectc check` and the fuzz test come here.
+    pub fn load_text(&self, name: &str, text: String) -> Result<Recipe, Diagnostics> {
+        let mut diags = Diagnostics::default();
+        diags.0.extend(self.registry_diags.0.iter().cloned());
+        self.check_text(name, text, diags)
+    }
+
+    fn check_text(
+        &self,
+        name: &str,
+        text: String,
+        mut diags: Diagnostics,
+    ) -> Result<Recipe, Diagnostics> {
         let file = SourceFile::new(format!("effects/{name}.kdl"), text);
         let recipe = self.load_file(name, file, &mut diags);
         match recipe {
@@ -88,6 +106,9 @@ impl<'p> Loader<'p> {
             let Some(base_name) = d.arg_string(ext, "the name of a base recipe") else {
                 return None;
             };
+            if !d.plain_name(&ext.args[0], &base_name, "a base recipe") {
+                return None;
+            }
             let at = ext
                 .args
                 .first()

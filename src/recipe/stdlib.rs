@@ -51,9 +51,96 @@ const REGISTRY_FILES: &[&str] = &["models.kdl", "controlnets.kdl", "attributes.k
 
 /// Parses KDL text into a located tree, turning syntax errors into diagnostics.
 pub fn parse_file(file: &Arc<SourceFile>, diags: &mut Diagnostics) -> Option<Vec<Node>> {
+    use super::limits;
+    if file.text.len() > limits::MAX_FILE_BYTES {
+        diags.push(
+            RecipeDiagnostic::at(
+                &Loc::new(file, (0, 0).into()),
+                "too-large",
+                format!(
+                    "{} is {} bytes; recipe files are at most {} KiB (a recipe is a few KiB)",
+                    file.name,
+                    file.text.len(),
+                    limits::MAX_FILE_BYTES / 1024
+                ),
+            )
+            .label("this file"),
+        );
+        return None;
+    }
+    // The parser recurses per nesting level: refuse what would overflow its stack.
+    if let Err(e) = limits::scan(&file.text) {
+        let mut d =
+            RecipeDiagnostic::at(&Loc::new(file, (e.offset, e.len).into()), e.code, e.message)
+                .label(e.label);
+        if let Some(h) = e.help {
+            d = d.help(h);
+        }
+        diags.push(d);
+        return None;
+    }
+    // Its error recovery also recurses, once per bad token (`))))...`), in ways no
+    // pre-scan can list: parse on a thread whose stack grows with the text, so a
+    // hostile file gets diagnostics, never a stack overflow.
+    let stack = limits::PARSE_STACK_BASE + limits::PARSE_STACK_PER_BYTE * file.text.len();
+    let parsed = std::thread::scope(|s| {
+        std::thread::Builder::new()
+            .name("kdl-parse".into())
+            .stack_size(stack)
+            .spawn_scoped(s, || parse_on_this_thread(file))
+            .ok()
+            .and_then(|h| h.join().ok())
+    });
+    let parsed = parsed.unwrap_or_else(|| {
+        Err(vec![RecipeDiagnostic::at(
+            &Loc::new(file, (0, 0).into()),
+            "syntax",
+            "the KDL parser failed on this file",
+        )])
+    });
+    match parsed {
+        Ok(nodes) => Some(nodes),
+        Err(found) => {
+            let total = found.len();
+            diags
+                .0
+                .extend(found.into_iter().take(limits::MAX_SYNTAX_ERRORS));
+            if total > limits::MAX_SYNTAX_ERRORS {
+                diags.push(RecipeDiagnostic::nowhere(
+                    "syntax",
+                    format!(
+                        "{} more KDL syntax errors in {} not shown",
+                        total - limits::MAX_SYNTAX_ERRORS,
+                        file.name
+                    ),
+                ));
+            }
+            None
+        }
+    }
+}
+
+fn parse_on_this_thread(file: &Arc<SourceFile>) -> Result<Vec<Node>, Vec<RecipeDiagnostic>> {
     match file.text.parse::<kdl::KdlDocument>() {
-        Ok(doc) => Some(nodes_from_kdl(&doc, file)),
+        Ok(doc) => {
+            let nodes = nodes_from_kdl(&doc, file);
+            // The pre-scan can be fooled by text the parser reads differently: measure
+            // the tree too (deep trees are also dropped here, on the big stack).
+            match too_deep(&nodes, 1) {
+                Some(loc) => Err(vec![RecipeDiagnostic::at(
+                    &loc,
+                    "too-deep",
+                    format!(
+                        "nodes nest deeper than {} levels (a recipe needs 3 or 4)",
+                        super::limits::MAX_DEPTH
+                    ),
+                )
+                .label("one level too deep")]),
+                None => Ok(nodes),
+            }
+        }
         Err(err) => {
+            let mut out = Vec::new();
             for d in &err.diagnostics {
                 let message = d.message.clone().unwrap_or_else(|| "invalid KDL".into());
                 let mut diag = RecipeDiagnostic::at(
@@ -65,18 +152,31 @@ pub fn parse_file(file: &Arc<SourceFile>, diags: &mut Diagnostics) -> Option<Vec
                 if let Some(h) = &d.help {
                     diag = diag.help(h.clone());
                 }
-                diags.push(diag);
+                out.push(diag);
             }
-            if err.diagnostics.is_empty() {
-                diags.push(RecipeDiagnostic::at(
+            if out.is_empty() {
+                out.push(RecipeDiagnostic::at(
                     &Loc::new(file, (0, 0).into()),
                     "syntax",
                     "KDL syntax error",
                 ));
             }
-            None
+            Err(out)
         }
     }
+}
+
+/// The name of the first node deeper than `MAX_DEPTH` levels, if any.
+fn too_deep(nodes: &[Node], depth: usize) -> Option<Loc> {
+    for n in nodes {
+        if depth > super::limits::MAX_DEPTH {
+            return Some(n.name_loc.clone());
+        }
+        if let Some(loc) = too_deep(&n.children, depth + 1) {
+            return Some(loc);
+        }
+    }
+    None
 }
 
 /// Finds a stdlib file: the project's `stdlib/` first, then the built-in copy.
@@ -232,6 +332,11 @@ impl Registry {
                         continue;
                     };
                     let file = node.prop("file").and_then(|v| d.string(v, "`file`"));
+                    if let (Some(f), Some(v)) = (&file, node.prop("file")) {
+                        if !d.path_inside(v, f, "the models directory") {
+                            continue;
+                        }
+                    }
                     let Some(file) = file else {
                         d.error(RecipeDiagnostic::at(
                             &node.name_loc,
