@@ -443,7 +443,10 @@ mod tests {
         let v = eval(&g, &[0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]).unwrap();
         assert_eq!(v.shapes["d"], [1, 2, 2, 2]);
         // Output channel 0 is [[0, 2], [4, 6]], channel 1 [[1, 3], [5, 7]].
-        assert_eq!(v.get("d").unwrap(), &[0.0, 2.0, 4.0, 6.0, 1.0, 3.0, 5.0, 7.0]);
+        assert_eq!(
+            v.get("d").unwrap(),
+            &[0.0, 2.0, 4.0, 6.0, 1.0, 3.0, 5.0, 7.0]
+        );
         let bad = Graph {
             input_shape: [1, 6, 1, 1],
             ..g

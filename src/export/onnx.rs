@@ -373,7 +373,10 @@ pub fn write(graph: &Graph, precision: OnnxPrecision) -> Result<Vec<u8>, OnnxErr
                 &n.name,
                 &ins_ref,
                 &[&out],
-                vec![attr_int("blocksize", *block as i64), attr_str("mode", "DCR")],
+                vec![
+                    attr_int("blocksize", *block as i64),
+                    attr_str("mode", "DCR"),
+                ],
             )),
         }
         // How consumers read this value.

@@ -6,11 +6,11 @@
 use coreml_proto::proto::{
     activation_params, border_amounts, convolution_layer_params, model, neural_network_layer,
     neural_network_preprocessing, reorganize_data_layer_params, upsample_layer_params,
-    ActivationLinear, ActivationParams,
-    ActivationReLu, ActivationSigmoid, ActivationTanh, AddLayerParams, BorderAmounts,
-    ConcatLayerParams, ConvolutionLayerParams, Model, NeuralNetwork, NeuralNetworkImageScaler,
-    NeuralNetworkImageShapeMapping, NeuralNetworkLayer, NeuralNetworkMultiArrayShapeMapping,
-    NeuralNetworkPreprocessing, ReorganizeDataLayerParams, UpsampleLayerParams, ValidPadding, WeightParams,
+    ActivationLinear, ActivationParams, ActivationReLu, ActivationSigmoid, ActivationTanh,
+    AddLayerParams, BorderAmounts, ConcatLayerParams, ConvolutionLayerParams, Model, NeuralNetwork,
+    NeuralNetworkImageScaler, NeuralNetworkImageShapeMapping, NeuralNetworkLayer,
+    NeuralNetworkMultiArrayShapeMapping, NeuralNetworkPreprocessing, ReorganizeDataLayerParams,
+    UpsampleLayerParams, ValidPadding, WeightParams,
 };
 use prost::Message;
 

@@ -711,7 +711,11 @@ fn decode_program(
                     }
                 };
                 let params: &[&str] = match ty {
-                    "conv" | "relu" | "tanh" | "sigmoid" | "upsample_nearest_neighbor"
+                    "conv"
+                    | "relu"
+                    | "tanh"
+                    | "sigmoid"
+                    | "upsample_nearest_neighbor"
                     | "depth_to_space" => &["x"],
                     "add" => &["x", "y"],
                     _ => &["values"],
