@@ -65,6 +65,17 @@ fn every_target_is_verified_and_the_bundle_is_reproducible() {
     assert!(measured["machine"]["cpus"].as_u64().unwrap() >= 1);
     let report = std::fs::read_to_string(out.join("bundle-report.html")).unwrap();
     assert!(report.contains("<th>latency_ms</th>"), "{report}");
+    // The picture the README sends people to loads where the report lies.
+    let mut images = 0;
+    for src in report.split("<img src=\"").skip(1) {
+        let name = &src[..src.find('"').unwrap()];
+        assert!(
+            out.join(name).is_file(),
+            "report shows {name}, absent from out/"
+        );
+        images += 1;
+    }
+    assert!(images >= 1, "the report shows the contact sheet: {report}");
     // Every file the manifest lists is in the tarball with that digest.
     let tar_bytes = std::fs::read(out.join("bundle-bundle.tar.gz")).unwrap();
     let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(&tar_bytes[..]));

@@ -103,7 +103,8 @@ impl Stage for BundleStage {
     }
     fn version(&self) -> u32 {
         // 2: measurements moved out of the tarball into measurements.json.
-        2
+        // 3: the report beside the tarball shows out/EFFECT/'s name of the sheet.
+        3
     }
     fn params(&self) -> Params {
         let mut p = Params::from([
@@ -248,13 +249,15 @@ impl Stage for BundleStage {
         std::fs::write(&manifest_path, &manifest_bytes)
             .map_err(|e| StageError::io(&manifest_path, e))?;
         entries.push(("manifest.json".into(), EntrySource::Bytes(manifest_bytes)));
-        let report = |doc: &Value, name: &str| {
+        // Inside the tarball the sheet is `contact-sheet.png`; the report beside it is
+        // read from out/EFFECT/, where outputs carry the stage's prefix.
+        let report = |doc: &Value, name: &str, sheet: &str| {
             let path = ctx.out_dir.join(name);
-            crate::bundle::report::write_html(doc, Some("contact-sheet.png"), &path)
+            crate::bundle::report::write_html(doc, Some(sheet), &path)
                 .map(|_| path)
                 .map_err(|e| StageError::infra(e.to_string()))
         };
-        let inner_report = report(&manifest, "report-in-bundle.html")?;
+        let inner_report = report(&manifest, "report-in-bundle.html", "contact-sheet.png")?;
         entries.push(("report.html".into(), EntrySource::File(inner_report)));
         let tar = ctx.out_dir.join("bundle.tar.gz");
         write_reproducible_tar_gz(&entries, &tar).map_err(|e| StageError::infra(e.to_string()))?;
@@ -279,7 +282,7 @@ impl Stage for BundleStage {
             }
         }
         shown["measured_on"] = measurements["machine"].clone();
-        let report_path = report(&shown, "report.html")?;
+        let report_path = report(&shown, "report.html", "bundle-contact-sheet.png")?;
         let mut out = RunOutput::default();
         out.files
             .insert("measurements.json".into(), measurements_path);
