@@ -143,6 +143,30 @@ effect "{name}" {{
     )
 }
 
+/// Builds `effect` and checks that the teacher and the student beat the identity
+/// baseline by `margin_db` and that the student lands within 1 dB of its teacher.
+fn assert_learned(p: &TestProject, effect: &str, margin_db: f64) {
+    let r = p.build(effect);
+    let identity = metric(&r, "distill-student", "identity_psnr_db");
+    let teacher = metric(&r, "train-teacher", "psnr_db");
+    let student = metric(&r, "distill-student", "psnr_db");
+    eprintln!(
+        "{effect}: identity {identity:.2} dB, teacher {teacher:.2} dB, student {student:.2} dB"
+    );
+    assert!(
+        teacher > identity + margin_db,
+        "teacher {teacher:.2} dB vs identity {identity:.2} dB"
+    );
+    assert!(
+        student > identity + margin_db,
+        "student {student:.2} dB vs identity {identity:.2} dB"
+    );
+    assert!(
+        student > teacher - 1.0,
+        "student {student:.2} dB vs teacher {teacher:.2} dB"
+    );
+}
+
 #[test]
 fn a_local_colour_grade_is_learned_by_teacher_and_student() {
     let p = TestProject::new();
@@ -154,25 +178,9 @@ fn a_local_colour_grade_is_learned_by_teacher_and_student() {
             "eq=contrast=1.4:saturation=1.6:gamma=0.9,hue=h=25",
         ),
     );
-    let r = p.build("grade");
-    let identity = metric(&r, "distill-student", "identity_psnr_db");
-    let teacher = metric(&r, "train-teacher", "psnr_db");
-    let student = metric(&r, "distill-student", "psnr_db");
-    eprintln!("grade: identity {identity:.2} dB, teacher {teacher:.2} dB, student {student:.2} dB");
     // Measured here: identity 17.3 dB, teacher 24.4 dB, student 23.6 dB (the old decoder
     // and lr 0.002: teacher 20.0 dB, student 18.4 dB).
-    assert!(
-        teacher > identity + 5.0,
-        "teacher {teacher:.2} dB vs identity {identity:.2} dB"
-    );
-    assert!(
-        student > identity + 5.0,
-        "student {student:.2} dB vs identity {identity:.2} dB"
-    );
-    assert!(
-        student > teacher - 1.0,
-        "student {student:.2} dB vs teacher {teacher:.2} dB"
-    );
+    assert_learned(&p, "grade", 5.0);
 }
 
 #[test]
@@ -181,22 +189,6 @@ fn a_comic_style_with_flat_colours_and_outlines_is_learned() {
     // Posterised flat colour regions multiplied by dark edge strokes.
     let filter = "split[a][b];[a]gblur=sigma=1,lutrgb=r='floor(val/64)*64+32':g='floor(val/64)*64+32':b='floor(val/64)*64+32'[p];[b]edgedetect=low=0.08:high=0.2,format=rgb24,negate[e];[p][e]blend=all_mode=multiply";
     p.recipe("comic", &ffmpeg_effect("comic", "-filter_complex", filter));
-    let r = p.build("comic");
-    let identity = metric(&r, "distill-student", "identity_psnr_db");
-    let teacher = metric(&r, "train-teacher", "psnr_db");
-    let student = metric(&r, "distill-student", "psnr_db");
-    eprintln!("comic: identity {identity:.2} dB, teacher {teacher:.2} dB, student {student:.2} dB");
     // Measured here: identity 16.2 dB, teacher 17.0 dB, student 17.1 dB (old: 16.4, 16.1).
-    assert!(
-        teacher > identity + 0.3,
-        "teacher {teacher:.2} dB vs identity {identity:.2} dB"
-    );
-    assert!(
-        student > identity + 0.3,
-        "student {student:.2} dB vs identity {identity:.2} dB"
-    );
-    assert!(
-        student > teacher - 1.0,
-        "student {student:.2} dB vs teacher {teacher:.2} dB"
-    );
+    assert_learned(&p, "comic", 0.3);
 }
