@@ -969,9 +969,12 @@ fn lower(graph: &Graph, plan: Option<&QuantPlan>) -> Result<ModelDesc, TfliteErr
                 // gives [H, b, W, b*C], which is [1, H*b, W*b, C].
                 let [_, c_in, h, w] = shapes[&node.inputs[0]];
                 let (b, q) = (*block, params(&node.inputs[0]));
-                let split = [h, w, b, c_in / b];
-                let swapped = [h, b, w, c_in / b];
-                let dtype = l.act_dtype();
+                // The two intermediate tensors keep the input's grid (a permutation).
+                let intermediate = |l: &mut Lowering, what: &str, shape: &[usize]| {
+                    let dtype = l.act_dtype();
+                    let name = format!("{}_{what}", node.name);
+                    l.add_tensor(&name, shape, dtype, None, Lowering::act_quant(q))
+                };
                 let reshape = |l: &mut Lowering, input: i32, to: &[usize], output: i32| {
                     let to_i32: Vec<i32> = to.iter().map(|d| *d as i32).collect();
                     let shape = l.add_tensor(
@@ -988,13 +991,8 @@ fn lower(graph: &Graph, plan: Option<&QuantPlan>) -> Result<ModelDesc, TfliteErr
                         OptionsDesc::Reshape { new_shape: to_i32 },
                     );
                 };
-                let split_t = l.add_tensor(
-                    &format!("{}_split", node.name),
-                    &split,
-                    dtype,
-                    None,
-                    Lowering::act_quant(q),
-                );
+                let split = [h, w, b, c_in / b];
+                let split_t = intermediate(&mut l, "split", &split);
                 reshape(&mut l, ins[0], &split, split_t);
                 let perm = l.add_tensor(
                     &format!("{}_perm", node.name),
@@ -1003,13 +1001,7 @@ fn lower(graph: &Graph, plan: Option<&QuantPlan>) -> Result<ModelDesc, TfliteErr
                     Some(i32_bytes([0, 2, 1, 3])),
                     None,
                 );
-                let swapped_t = l.add_tensor(
-                    &format!("{}_swapped", node.name),
-                    &swapped,
-                    dtype,
-                    None,
-                    Lowering::act_quant(q),
-                );
+                let swapped_t = intermediate(&mut l, "swapped", &[h, b, w, c_in / b]);
                 l.op(
                     BuiltinOperator::TRANSPOSE,
                     vec![split_t, perm],

@@ -1,6 +1,7 @@
 //! StyleGAN2 habits: equalized-learning-rate convolutions (weights stored N(0, 1) and
 //! scaled at run time by the He constant 1/sqrt(fan_in), so Adam sees every layer at the
-//! same scale) and fixed binomial blurs around resampling.
+//! same scale), the fixed binomial blur the discriminator downsamples behind, and the
+//! accordion's depth-to-space.
 
 use tch::{nn, Kind, Tensor};
 
