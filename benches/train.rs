@@ -158,6 +158,8 @@ fn main() {
         steps,
         batch,
         lr: 0.002,
+        lr_schedule: effectc::train::LrSchedule::Cosine,
+        beta1: 0.9,
         l1_weight: 1.0,
         ssim_weight: 0.5,
         gan_weight: 0.05,

@@ -169,6 +169,9 @@ pub struct Train {
     pub student_steps: u32,
     pub batch: u32,
     pub lr: f64,
+    pub lr_schedule: crate::train::LrSchedule,
+    /// Adam's beta1 for the teacher's generator and the student.
+    pub beta1: f64,
     pub l1_weight: f64,
     pub ssim_weight: f64,
     pub gan_weight: f64,

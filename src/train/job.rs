@@ -19,7 +19,12 @@ pub struct PairFiles {
 pub struct Hyper {
     pub steps: u32,
     pub batch: u32,
+    /// Peak learning rate; `lr_schedule` says how it moves over the run.
     pub lr: f64,
+    pub lr_schedule: LrSchedule,
+    /// Adam's first-moment decay for the generator/student (the discriminator keeps 0,
+    /// as StyleGAN2 does: it chases a moving target).
+    pub beta1: f64,
     pub l1_weight: f64,
     pub ssim_weight: f64,
     pub gan_weight: f64,
@@ -35,6 +40,39 @@ pub struct Hyper {
     pub flip: bool,
     /// Largest random gain/offset, the same for source and target.
     pub jitter: f64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LrSchedule {
+    Constant,
+    /// Half a cosine from `lr` down to 0 at the last step: the late, small steps are
+    /// what lets a short run settle into a minimum instead of bouncing around it.
+    Cosine,
+}
+
+impl LrSchedule {
+    /// The recipe's spelling (`lr-schedule "cosine"`).
+    pub fn name(self) -> &'static str {
+        match self {
+            LrSchedule::Constant => "constant",
+            LrSchedule::Cosine => "cosine",
+        }
+    }
+}
+
+impl Hyper {
+    /// The learning rate for `step` (0-based) of `steps`. A pure function of the step,
+    /// so a resumed run follows exactly the schedule an uninterrupted one did.
+    pub fn lr_at(&self, step: u32) -> f64 {
+        match self.lr_schedule {
+            LrSchedule::Constant => self.lr,
+            LrSchedule::Cosine => {
+                let t = step as f64 / self.steps.max(1) as f64;
+                self.lr * 0.5 * (1.0 + (std::f64::consts::PI * t).cos())
+            }
+        }
+    }
 }
 
 /// What the worker is asked to do (written as JSON by the stage, read by `effectc-nn`).

@@ -8,7 +8,7 @@
 pub mod job;
 pub mod plot;
 
-pub use job::{ExportJob, Hyper, PairFiles, TrainJob, TrainProgress, TrainReport};
+pub use job::{ExportJob, Hyper, LrSchedule, PairFiles, TrainJob, TrainProgress, TrainReport};
 
 use crate::nn::adam::Adam;
 use crate::nn::discriminator::PatchDiscriminator;
@@ -530,7 +530,7 @@ impl Trainer<'_> {
         ema_vs.copy(&g_vs)?;
         let mut d_vs = nn::VarStore::new(self.device);
         let d = PatchDiscriminator::new(&d_vs.root(), (self.job.arch.width).clamp(8, 64));
-        let mut opt_g = Adam::new(named_vars(&g_vs, ""), h.lr, 0.0, 0.99);
+        let mut opt_g = Adam::new(named_vars(&g_vs, ""), h.lr, h.beta1, 0.99);
         let mut opt_d = Adam::new(named_vars(&d_vs, ""), h.lr, 0.0, 0.99);
         let mut history: Vec<Vec<f64>> = Vec::new();
         self.load_checkpoint(
@@ -555,6 +555,8 @@ impl Trainer<'_> {
                 return Err(TrainError::Cancelled { step });
             }
             let (src, tgt) = batch(&self.data, h.seed, step as u64, &h);
+            opt_g.lr = h.lr_at(step);
+            opt_d.lr = opt_g.lr;
             // Discriminator: non-saturating logistic loss, lazy R1 every r1_every steps.
             let fake = tch::autocast(amp, || g.forward(&src)).to_kind(Kind::Float);
             let d_loss = tch::autocast(amp, || {
@@ -662,7 +664,7 @@ impl Trainer<'_> {
             .collect();
         let mut params = named_vars(&s_vs, "s.");
         params.extend(named_vars(&a_vs, "a."));
-        let mut opt = Adam::new(params, h.lr, 0.0, 0.99);
+        let mut opt = Adam::new(params, h.lr, h.beta1, 0.99);
         let mut history: Vec<Vec<f64>> = Vec::new();
         self.load_checkpoint(
             &mut [("s.", &mut s_vs), ("ema.", &mut ema_vs), ("a.", &mut a_vs)],
@@ -686,6 +688,7 @@ impl Trainer<'_> {
                 return Err(TrainError::Cancelled { step });
             }
             let (src, tgt) = batch(&self.data, h.seed, step as u64, &h);
+            opt.lr = h.lr_at(step);
             let (t_out, t_feats) =
                 tch::no_grad(|| tch::autocast(amp, || teacher.forward_with_features(&src)));
             let (s_out, s_feats) = tch::autocast(amp, || s.forward_with_features(&src));
@@ -986,6 +989,9 @@ mod tests {
                 steps,
                 batch: 2,
                 lr,
+                // Cosine: a resumed run must land on the same schedule.
+                lr_schedule: LrSchedule::Cosine,
+                beta1: 0.9,
                 l1_weight: 1.0,
                 ssim_weight: 0.5,
                 gan_weight: 0.05,
