@@ -74,3 +74,33 @@ fn graph_prints_the_dag_as_dot() {
     );
     assert!(dot.contains("6 items"));
 }
+
+#[test]
+fn a_new_lr_schedule_retrains_teacher_and_student_but_draws_no_pair() {
+    let p = TestProject::new();
+    p.recipe("small", SMALL_BRICK);
+    p.build("small");
+    p.recipe(
+        "small",
+        &SMALL_BRICK.replace("batch 2;", "batch 2; lr-schedule \"cosine\"; beta1 0.9;"),
+    );
+    let explain = p.run(&["explain", "small", "train-teacher"]);
+    assert!(
+        explain
+            .stdout()
+            .contains("train.lr-schedule changed: constant → cosine"),
+        "{}",
+        explain.stdout()
+    );
+    let r = p.build("small");
+    assert_eq!(r.ran_of_kind("pairs"), 0);
+    assert_eq!(
+        r.ran_stages()
+            .iter()
+            .filter(|s| s.starts_with("train-teacher") || s.starts_with("distill-student"))
+            .count(),
+        2,
+        "{:?}",
+        r.ran_stages()
+    );
+}

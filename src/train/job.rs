@@ -46,8 +46,8 @@ pub struct Hyper {
 #[serde(rename_all = "lowercase")]
 pub enum LrSchedule {
     Constant,
-    /// Half a cosine from `lr` down to 0 at the last step: the late, small steps are
-    /// what lets a short run settle into a minimum instead of bouncing around it.
+    /// Half a cosine from `lr` down to 0 at the last step. It helps smooth effects settle;
+    /// the underfitting brick teacher lost 0.7 dB with it, so it is opt-in.
     Cosine,
 }
 
