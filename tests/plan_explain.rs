@@ -94,13 +94,8 @@ fn a_new_lr_schedule_retrains_teacher_and_student_but_draws_no_pair() {
     );
     let r = p.build("small");
     assert_eq!(r.ran_of_kind("pairs"), 0);
-    assert_eq!(
-        r.ran_stages()
-            .iter()
-            .filter(|s| s.starts_with("train-teacher") || s.starts_with("distill-student"))
-            .count(),
-        2,
-        "{:?}",
-        r.ran_stages()
-    );
+    let ran = r.ran_stages();
+    for stage in ["train-teacher", "distill-student"] {
+        assert!(ran.iter().any(|s| s == stage), "{stage} must retrain: {ran:?}");
+    }
 }
