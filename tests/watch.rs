@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{TestProject, SMALL_BRICK};
+use common::{write_png, TestProject, SMALL_BRICK};
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Stdio};
@@ -189,4 +189,75 @@ fn a_burst_of_saves_is_one_rebuild_and_a_broken_recipe_keeps_watching() {
     let (_, fixed) = w.until("build-finished", Duration::from_secs(300));
     assert_eq!(fixed.last().unwrap()["ok"], true, "{fixed:?}");
     assert_eq!(ran_of_kind(&fixed, "pairs"), 6);
+}
+
+/// A photo project named `small` (the name `Watch::start` watches).
+const PHOTOS: &str = r#"
+effect "small" {
+    sources {
+        images "photos/*.png"
+        crop "center" size=32
+        holdout 0.25
+    }
+    teacher "procedural" { stud-size 4; }
+    student width=4 blocks=1 teacher-width=4
+    train { teacher-steps 5; student-steps 5; batch 2; }
+}
+"#;
+
+/// User and system CPU seconds of a running process, from `/proc/<pid>/stat`.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = rest.split(' ').collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    ticks / hz
+}
+
+#[test]
+fn idle_watch_says_waiting_once_and_uses_no_cpu() {
+    let p = TestProject::new();
+    p.recipe("small", PHOTOS);
+    for i in 0..8u8 {
+        write_png(&p.root().join(format!("photos/p{i}.png")), i + 1, 40);
+    }
+    let w = Watch::start(&p);
+    let (_, first) = w.until("watch-waiting", Duration::from_secs(300));
+    assert_eq!(ran_of_kind(&first, "pairs"), 8, "{first:?}");
+    // Reading the sources (as a viewer or a backup would) is not a change either.
+    for i in 0..8u8 {
+        std::fs::read(p.root().join(format!("photos/p{i}.png"))).unwrap();
+    }
+    let before = cpu_seconds(w.child.id());
+    let idle = w.quiet_for(Duration::from_secs(10));
+    let cpu = cpu_seconds(w.child.id()) - before;
+    println!("idle for 10 s: {cpu:.3} s of CPU, events {idle:?}");
+    assert!(idle.is_empty(), "nothing to say while nothing changes: {idle:?}");
+    assert!(cpu < 0.2, "idle watch used {cpu:.3} s of CPU in 10 s");
+}
+
+#[test]
+fn one_changed_photo_rebuilds_only_its_item() {
+    let p = TestProject::new();
+    p.recipe("small", PHOTOS);
+    for i in 0..8u8 {
+        write_png(&p.root().join(format!("photos/p{i}.png")), i + 1, 40);
+    }
+    let w = Watch::start(&p);
+    w.until("watch-waiting", Duration::from_secs(300));
+    write_png(&p.root().join("photos/p3.png"), 77, 40);
+    let (_, stale) = w.until("watch-stale", Duration::from_secs(10));
+    let why = stale.last().unwrap()["lines"].to_string();
+    assert!(why.contains("1 crop stale"), "{why}");
+    let (_, rebuild) = w.until("watch-waiting", Duration::from_secs(300));
+    assert_eq!(ran_of_kind(&rebuild, "crop"), 1, "{rebuild:?}");
+    assert!(
+        rebuild.iter().any(|e| e["event"] == "stage-finished"
+            && e["cached"] == false
+            && e["stage"] == "crop/photos/p3.png"),
+        "{rebuild:?}"
+    );
+    assert!(ran_of_kind(&rebuild, "pairs") <= 1, "{rebuild:?}");
 }

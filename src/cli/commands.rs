@@ -133,15 +133,27 @@ pub(super) fn plan_for(
     loader: &Loader,
     name: &str,
 ) -> Result<(Recipe, Plan), i32> {
-    let recipe = load(env, loader, name)?;
     let mut stat = crate::cache::StatCache::load(cache.root());
-    let plan = lower::lower(&env.project, &recipe, &mut |p| stat.digest_of(p)).map_err(|d| {
-        print_diags(&d);
-        EXIT_USER
-    })?;
+    let planned = plan_with(env, loader, name, &mut |p| stat.digest_of(p))?;
     if let Err(e) = stat.save() {
         eprintln!("warning: could not save the stat cache: {e}");
     }
+    Ok(planned)
+}
+
+/// Checks the recipe and lowers it, with source digests from `digest_of` (watch keeps
+/// the digests it knows between plans and hashes only what changed).
+pub(super) fn plan_with(
+    env: &Env,
+    loader: &Loader,
+    name: &str,
+    digest_of: &mut dyn FnMut(&std::path::Path) -> std::io::Result<crate::digest::Digest>,
+) -> Result<(Recipe, Plan), i32> {
+    let recipe = load(env, loader, name)?;
+    let plan = lower::lower(&env.project, &recipe, digest_of).map_err(|d| {
+        print_diags(&d);
+        EXIT_USER
+    })?;
     Ok((recipe, plan))
 }
 

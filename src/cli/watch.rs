@@ -8,17 +8,24 @@
 //! running build (training checkpoints first and resumes; finished stages stay cached)
 //! and builds again, then refreshes `out/<effect>/` (contact sheet and report). A recipe
 //! that stops checking shows its diagnostics and watching goes on.
+//!
+//! Idle means idle: only events that can change content (create, data write, rename,
+//! remove) wake it, never an open or a read (its own reads while it hashes would wake it
+//! forever), a metadata change, or anything under `cache/` and `out/`. After an event it
+//! re-hashes only the paths the event named; every other source keeps the digest it had.
 
-use super::commands::{materialize, plan_for, Env, EXIT_INFRA, EXIT_INTERRUPTED};
+use super::commands::{materialize, plan_with, Env, EXIT_INFRA, EXIT_INTERRUPTED};
+use crate::cache::StatCache;
 use crate::digest::{Digest, KeyHasher};
 use crate::exec::dry::{dry_run, DryStatus};
 use crate::exec::{self, BuildOptions, HumanReporter, JsonReporter, Reporter};
 use crate::plan::{InputRef, Plan};
-use crate::recipe::Loader;
+use crate::recipe::{Loader, Recipe};
+use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
 use notify::RecursiveMode;
-use notify_debouncer_full::{new_debouncer, DebounceEventResult};
+use notify_debouncer_full::{new_debouncer, DebounceEventResult, DebouncedEvent};
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
@@ -114,6 +121,132 @@ fn write_preview(env: &Env, effect: &str, status: &str) {
     }
 }
 
+/// Whether an event can change a file's content or the set of files: creates, data
+/// writes, renames and removes can; opens, reads and metadata changes cannot.
+fn can_change_content(kind: &EventKind) -> bool {
+    match kind {
+        EventKind::Create(_) | EventKind::Remove(_) | EventKind::Any => true,
+        EventKind::Modify(ModifyKind::Metadata(_)) => false,
+        EventKind::Modify(_) => true,
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) | EventKind::Other => false,
+    }
+}
+
+/// What a batch of file events may have changed.
+#[derive(Debug, PartialEq)]
+enum Touched {
+    Nothing,
+    Paths(Vec<PathBuf>),
+    /// The watcher lost events (queue overflow, an error): trust no digest.
+    Everything,
+}
+
+/// The paths in `events` that can have changed content, outside the `ignored` folders
+/// (the cache and `out/`, which the build itself writes).
+fn touched(events: &[DebouncedEvent], ignored: &[PathBuf]) -> Touched {
+    let mut paths = Vec::new();
+    for e in events {
+        if e.need_rescan() {
+            return Touched::Everything;
+        }
+        if !can_change_content(&e.kind) {
+            continue;
+        }
+        paths.extend(
+            e.paths
+                .iter()
+                .filter(|p| !ignored.iter().any(|ig| p.starts_with(ig)))
+                .cloned(),
+        );
+    }
+    if paths.is_empty() {
+        Touched::Nothing
+    } else {
+        Touched::Paths(paths)
+    }
+}
+
+/// Source digests known since the last plan, so that re-planning after an event hashes
+/// (and stats) only the files the event named, not every source of the project.
+struct KnownDigests {
+    stat: StatCache,
+    known: BTreeMap<PathBuf, Digest>,
+}
+
+impl KnownDigests {
+    fn new(cache_root: &Path) -> KnownDigests {
+        KnownDigests {
+            stat: StatCache::load(cache_root),
+            known: BTreeMap::new(),
+        }
+    }
+
+    fn plan(&mut self, env: &Env, effect: &str) -> Option<(Recipe, Plan)> {
+        let loader = Loader::new(&env.project);
+        let KnownDigests { stat, known } = self;
+        let planned = plan_with(env, &loader, effect, &mut |p| {
+            if let Some(d) = known.get(p) {
+                return Ok(*d);
+            }
+            let d = stat.digest_of(p)?;
+            known.insert(p.to_path_buf(), d);
+            Ok(d)
+        });
+        if let Err(e) = stat.save() {
+            eprintln!("warning: could not save the stat cache: {e}");
+        }
+        planned.ok()
+    }
+
+    /// Forgets what `touched` may have changed: each path and everything below it (a
+    /// renamed or removed folder). Paths order by component, so a folder's files follow
+    /// it in the map.
+    fn forget(&mut self, touched: &Touched) {
+        match touched {
+            Touched::Nothing => {}
+            Touched::Everything => self.known.clear(),
+            Touched::Paths(paths) => {
+                for path in paths {
+                    if self.known.remove(path).is_some() {
+                        continue;
+                    }
+                    let below: Vec<PathBuf> = self
+                        .known
+                        .range(path.clone()..)
+                        .map(|(k, _)| k)
+                        .take_while(|k| k.starts_with(path))
+                        .cloned()
+                        .collect();
+                    for k in below {
+                        self.known.remove(&k);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Says once that the system's inotify limit is too low, with the setting to raise.
+fn warn_watch_limit(warned: &mut bool, dir: &Path) {
+    if std::mem::replace(warned, true) {
+        return;
+    }
+    let now = std::fs::read_to_string("/proc/sys/fs/inotify/max_user_watches")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into());
+    eprintln!(
+        "warning: the system's inotify watch limit (fs.inotify.max_user_watches = {now}) is too \
+         low to watch {}: edits there are not seen. Raise it, e.g. \
+         `sudo sysctl fs.inotify.max_user_watches=524288` (add it to /etc/sysctl.conf to keep it)",
+        dir.display()
+    );
+}
+
+fn is_watch_limit(e: &notify::Error) -> bool {
+    matches!(e.kind, notify::ErrorKind::MaxFilesWatch)
+}
+
 /// Folders to watch: the recipe folders and each image glob's literal prefix.
 fn watched_dirs(env: &Env, loader: &Loader, effect: &str) -> Vec<PathBuf> {
     let root = &env.project.root;
@@ -188,19 +321,25 @@ pub fn run(env: &Env, effect: &str, jobs: usize, device: &str) -> Result<i32, i3
     })?;
     let mut watching: Vec<PathBuf> = Vec::new();
     let ignored = [env.cache_dir.clone(), env.project.root.join("out")];
-    // Whether a debounced batch touches anything but our own cache and outputs.
-    let relevant = |res: &DebounceEventResult| match res {
-        Ok(events) => events.iter().any(|e| {
-            e.paths
-                .iter()
-                .any(|p| !ignored.iter().any(|ig| p.starts_with(ig)))
-        }),
-        Err(_) => true,
+    let mut limit_warned = false;
+    // What a debounced batch may have changed; errors (a lost event, the watch limit)
+    // make every digest suspect.
+    let take_in = |res: &DebounceEventResult, limit_warned: &mut bool| match res {
+        Ok(events) => touched(events, &ignored),
+        Err(errors) => {
+            for e in errors.iter().filter(|e| is_watch_limit(e)) {
+                let dir = e.paths.first().cloned().unwrap_or_default();
+                warn_watch_limit(limit_warned, &dir);
+            }
+            Touched::Everything
+        }
     };
+    let mut digests = KnownDigests::new(&env.cache()?.root().to_path_buf());
     let mut last: Option<Digest> = None;
     let mut opts = BuildOptions::new(jobs, device);
     opts.remote = env.remote.clone();
     let mut first = true;
+    let mut said_waiting = false;
     loop {
         if stop.load(Ordering::SeqCst) {
             return Ok(EXIT_INTERRUPTED);
@@ -210,12 +349,16 @@ pub fn run(env: &Env, effect: &str, jobs: usize, device: &str) -> Result<i32, i3
         let dirs = watched_dirs(env, &loader, effect);
         for d in dirs.iter().filter(|d| !watching.contains(d)) {
             if let Err(e) = debouncer.watch(d, RecursiveMode::Recursive) {
-                eprintln!("warning: cannot watch {}: {e}", d.display());
+                if is_watch_limit(&e) {
+                    warn_watch_limit(&mut limit_warned, d);
+                } else {
+                    eprintln!("warning: cannot watch {}: {e}", d.display());
+                }
             }
         }
         watching = dirs;
         let cache = env.cache()?;
-        let planned = plan_for(env, &cache, &loader, effect).ok();
+        let planned = digests.plan(env, effect);
         let mut build_now = None;
         match planned {
             None => {
@@ -225,6 +368,7 @@ pub fn run(env: &Env, effect: &str, jobs: usize, device: &str) -> Result<i32, i3
                     &["the recipe has errors (above); waiting for a fix".to_string()],
                 );
                 write_preview(env, effect, "the recipe has errors: see the terminal");
+                said_waiting = false;
             }
             Some((_recipe, plan)) => {
                 let fp = fingerprint(&plan);
@@ -239,8 +383,9 @@ pub fn run(env: &Env, effect: &str, jobs: usize, device: &str) -> Result<i32, i3
         }
         first = false;
         if let Some(plan) = build_now {
+            said_waiting = false;
             cancel.store(stop.load(Ordering::SeqCst), Ordering::SeqCst);
-            // Build on a thread; a relevant change meanwhile cancels it and re-plans.
+            // Build on a thread; a content change meanwhile cancels it and re-plans.
             let mut changed = false;
             let summary = std::thread::scope(|scope| {
                 let handle = scope.spawn(|| {
@@ -255,12 +400,11 @@ pub fn run(env: &Env, effect: &str, jobs: usize, device: &str) -> Result<i32, i3
                 });
                 while !handle.is_finished() {
                     if let Ok(res) = rx.recv_timeout(Duration::from_millis(50)) {
-                        if relevant(&res) && !changed {
+                        let t = take_in(&res, &mut limit_warned);
+                        digests.forget(&t);
+                        if t != Touched::Nothing && !changed {
                             // Only a real content change is worth cancelling for.
-                            let loader = Loader::new(&env.project);
-                            let now = plan_for(env, &cache, &loader, effect)
-                                .ok()
-                                .map(|(_, p)| fingerprint(&p));
+                            let now = digests.plan(env, effect).map(|(_, p)| fingerprint(&p));
                             if now != Some(fingerprint(&plan)) {
                                 changed = true;
                                 cancel.store(true, Ordering::SeqCst);
@@ -300,18 +444,29 @@ pub fn run(env: &Env, effect: &str, jobs: usize, device: &str) -> Result<i32, i3
                 Err(e) => eprintln!("error: {e}"),
             }
         }
-        say(
-            "watch-waiting",
-            &["waiting for changes (Ctrl-C to stop)".to_string()],
-        );
-        // Wait for a relevant change (or Ctrl-C).
+        // One "waiting" line per build or error: an event that changes nothing (a
+        // touch, a comment) re-plans silently.
+        if !said_waiting {
+            say(
+                "watch-waiting",
+                &["waiting for changes (Ctrl-C to stop)".to_string()],
+            );
+            said_waiting = true;
+        }
+        // Wait for a change of content (or Ctrl-C).
         loop {
             if stop.load(Ordering::SeqCst) {
                 return Ok(EXIT_INTERRUPTED);
             }
             match rx.recv_timeout(Duration::from_millis(100)) {
-                Ok(res) if relevant(&res) => break,
-                Ok(_) | Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Ok(res) => {
+                    let t = take_in(&res, &mut limit_warned);
+                    digests.forget(&t);
+                    if t != Touched::Nothing {
+                        break;
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => return Err(EXIT_INFRA),
             }
         }
