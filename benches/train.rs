@@ -163,6 +163,7 @@ fn main() {
         l1_weight: 1.0,
         ssim_weight: 0.5,
         gan_weight: 0.05,
+        gan_start: 0.0,
         r1_gamma: 1.0,
         r1_every: 16,
         feature_weight: 0.1,

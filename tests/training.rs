@@ -124,12 +124,12 @@ fn a_diverging_recipe_fails_with_the_step_and_term() {
 
 /// Two teachers of other kinds than bricks, through ffmpeg (set-up installs it): nothing
 /// in the net or the defaults may be tuned to the demo.
-fn ffmpeg_effect(name: &str, filter_flag: &str, filter: &str) -> String {
+fn ffmpeg_effect(name: &str, count: u32, filter_flag: &str, filter: &str) -> String {
     format!(
         r#"
 effect "{name}" {{
     sources {{
-        synthetic count=24 seed=4
+        synthetic count={count} seed=4
         crop "center" size=32
         holdout 0.2
     }}
@@ -137,15 +137,16 @@ effect "{name}" {{
         run "ffmpeg" "-loglevel" "error" "-y" "-i" "{{input}}" "{filter_flag}" "{filter}" "-pix_fmt" "rgb24" "{{output}}"
     }}
     student width=8 blocks=1 teacher-width=16
-    train {{ teacher-steps 300; student-steps 300; batch 4; checkpoint-every 100; }}
+    train {{ teacher-steps 600; student-steps 1200; batch 4; checkpoint-every 100; }}
 }}
 "#
     )
 }
 
 /// Builds `effect` and checks that the teacher and the student beat the identity
-/// baseline by `margin_db` and that the student lands within 1 dB of its teacher.
-fn assert_learned(p: &TestProject, effect: &str, margin_db: f64) {
+/// baseline by `margin_db`, that the student reaches `student_db` and that it lands
+/// within 1 dB of its teacher.
+fn assert_learned(p: &TestProject, effect: &str, margin_db: f64, student_db: f64) {
     let r = p.build(effect);
     let identity = metric(&r, "distill-student", "identity_psnr_db");
     let teacher = metric(&r, "train-teacher", "psnr_db");
@@ -165,6 +166,7 @@ fn assert_learned(p: &TestProject, effect: &str, margin_db: f64) {
         student > teacher - 1.0,
         "student {student:.2} dB vs teacher {teacher:.2} dB"
     );
+    assert!(student > student_db, "student {student:.2} dB, bar {student_db} dB");
 }
 
 #[test]
@@ -174,13 +176,14 @@ fn a_local_colour_grade_is_learned_by_teacher_and_student() {
         "grade",
         &ffmpeg_effect(
             "grade",
+            24,
             "-vf",
             "eq=contrast=1.4:saturation=1.6:gamma=0.9,hue=h=25",
         ),
     );
-    // Measured here: identity 17.3 dB, teacher 24.4 dB, student 23.6 dB (the old decoder
-    // and lr 0.002: teacher 20.0 dB, student 18.4 dB).
-    assert_learned(&p, "grade", 5.0);
+    // Measured here: identity 17.33 dB, teacher 32.22 dB, student 32.38 dB. Before the
+    // input → output colour path (300 + 300 steps): teacher 24.4 dB, student 23.6 dB.
+    assert_learned(&p, "grade", 10.0, 30.0);
 }
 
 #[test]
@@ -188,7 +191,10 @@ fn a_comic_style_with_flat_colours_and_outlines_is_learned() {
     let p = TestProject::new();
     // Posterised flat colour regions multiplied by dark edge strokes.
     let filter = "split[a][b];[a]gblur=sigma=1,lutrgb=r='floor(val/64)*64+32':g='floor(val/64)*64+32':b='floor(val/64)*64+32'[p];[b]edgedetect=low=0.08:high=0.2,format=rgb24,negate[e];[p][e]blend=all_mode=multiply";
-    p.recipe("comic", &ffmpeg_effect("comic", "-filter_complex", filter));
-    // Measured here: identity 16.2 dB, teacher 17.0 dB, student 17.1 dB (old: 16.4, 16.1).
-    assert_learned(&p, "comic", 0.3);
+    // 96 portraits: with 24 the teacher learns the hard posterise thresholds of 19
+    // training images and generalises by less than 1 dB.
+    p.recipe("comic", &ffmpeg_effect("comic", 96, "-filter_complex", filter));
+    // Measured here: identity 16.76 dB, teacher 19.12 dB, student 19.19 dB. With 24
+    // portraits and 300 + 300 steps, before the colour path: 16.2, 17.0, 17.1.
+    assert_learned(&p, "comic", 1.5, 18.3);
 }

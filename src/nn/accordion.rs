@@ -11,6 +11,13 @@
 //! flat; a nearest upsample followed by convs cannot, since in a flat region every
 //! sub-pixel sees the same neighbourhood (docs/design-notes.md, "Why the teacher
 //! plateaued").
+//!
+//! A 1x1 conv from the input straight to the output (before the tanh) gives the net a
+//! full-resolution linear colour path: the rest of the net learns only what a colour
+//! matrix cannot do. Without it every pixel's colour had to pass through the stem's `w`
+//! ReLU features and the last 3x3 conv, and a plain colour grade stopped at 24 dB
+//! (docs/design-notes.md, "A colour path from input to output"). It costs 9 MACs per
+//! pixel and uses only Conv and Add, which every target runs.
 
 pub use super::config::AccordionConfig;
 use super::layers::{depth_to_space, EqConv};
@@ -40,6 +47,8 @@ pub struct Accordion {
     bridge: Vec<Bridge>,
     ups: Vec<Up>, // from the 1/8 level up to full resolution
     out: EqConv,
+    /// Input → output pointwise colour path (see the module comment).
+    skip: EqConv,
 }
 
 impl Accordion {
@@ -79,6 +88,12 @@ impl Accordion {
             });
         }
         let out = EqConv::new(p / "out", c[0], 3, 3, 1, 1, 1);
+        // Starts as the identity: an untrained net passes the photo through.
+        let skip = EqConv::new(p / "skip", 3, 3, 1, 1, 0, 1);
+        tch::no_grad(|| {
+            let eye = Tensor::eye(3, (tch::Kind::Float, skip.weight.device())) / skip.scale;
+            let _ = skip.weight.view([3, 3]).copy_(&eye);
+        });
         Accordion {
             cfg,
             stem,
@@ -86,6 +101,7 @@ impl Accordion {
             bridge,
             ups,
             out,
+            skip,
         }
     }
 
@@ -117,7 +133,8 @@ impl Accordion {
             h = depth_to_space(&u.pw.forward(&u.dw.forward(&h)).relu(), 2) + skip;
             feats.push(h.shallow_clone());
         }
-        (self.out.forward(&h).tanh(), feats)
+        let y = self.out.forward(&h) + self.skip.forward(x);
+        (y.tanh(), feats)
     }
 
     /// Lowers the net to the export IR with equalized-lr scales and blur kernels folded
@@ -217,7 +234,7 @@ impl Accordion {
             );
             h = b.add(&format!("up{i}.skip"), &up, &skips[2 - level]);
         }
-        let out = b.conv(
+        let mut out = b.conv(
             "out",
             &h,
             &self.out.effective_weight(),
@@ -226,6 +243,16 @@ impl Accordion {
             [1, 1, 1, 1],
             1,
         );
+        let skip = b.conv(
+            "skip",
+            "input",
+            &self.skip.effective_weight(),
+            &self.skip.bias,
+            1,
+            [0, 0, 0, 0],
+            1,
+        );
+        out = b.add("skip.add", &out, &skip);
         let out = b.push("output", Op::Tanh, vec![out]);
         Graph {
             input_name: "input".into(),

@@ -175,6 +175,9 @@ pub struct Train {
     pub l1_weight: f64,
     pub ssim_weight: f64,
     pub gan_weight: f64,
+    /// Fraction of the teacher's steps before the adversarial term (and its
+    /// discriminator) switches on.
+    pub gan_start: f64,
     pub r1_gamma: f64,
     pub ema_beta: f64,
     pub checkpoint_every: u32,

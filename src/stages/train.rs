@@ -56,6 +56,7 @@ impl TrainStage {
             l1_weight: t.l1_weight,
             ssim_weight: t.ssim_weight,
             gan_weight: t.gan_weight,
+            gan_start: t.gan_start,
             r1_gamma: t.r1_gamma,
             r1_every: 16,
             feature_weight: 0.1,
@@ -79,7 +80,8 @@ impl Stage for TrainStage {
     fn version(&self) -> u32 {
         // 2: in-place Adam/EMA kernels (different rounding than version 1).
         // 3: sub-pixel (depth-to-space) decoder; checkpoints of 2 do not fit it.
-        3
+        // 4: the input → output colour path (`skip` weights), and `gan-start`.
+        4
     }
     fn resource(&self) -> Resource {
         Resource::Exclusive
@@ -112,6 +114,7 @@ impl Stage for TrainStage {
             Role::Teacher => {
                 p.insert("train.teacher-steps".into(), t.teacher_steps.to_string());
                 p.insert("train.gan".into(), format!("{:?}", t.gan_weight));
+                p.insert("train.gan-start".into(), format!("{:?}", t.gan_start));
                 p.insert("train.r1-gamma".into(), format!("{:?}", t.r1_gamma));
             }
             Role::Student => {

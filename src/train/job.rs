@@ -28,6 +28,10 @@ pub struct Hyper {
     pub l1_weight: f64,
     pub ssim_weight: f64,
     pub gan_weight: f64,
+    /// Fraction of `steps` trained on reconstruction alone before the discriminator and
+    /// the adversarial term switch on: a GAN on a net that has not learned the mapping
+    /// yet only fights it.
+    pub gan_start: f64,
     pub r1_gamma: f64,
     pub r1_every: u32,
     pub feature_weight: f64,

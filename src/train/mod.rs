@@ -557,33 +557,44 @@ impl Trainer<'_> {
             let (src, tgt) = batch(&self.data, h.seed, step as u64, &h);
             opt_g.lr = h.lr_at(step);
             opt_d.lr = opt_g.lr;
-            // Discriminator: non-saturating logistic loss, lazy R1 every r1_every steps.
             let fake = tch::autocast(amp, || g.forward(&src)).to_kind(Kind::Float);
-            let d_loss = tch::autocast(amp, || {
-                d.forward(&src, &fake.detach()).softplus().mean(Kind::Float)
-                    + (-d.forward(&src, &tgt)).softplus().mean(Kind::Float)
-            })
-            .to_kind(Kind::Float);
-            scaler.backward_step(&d_loss, &mut opt_d);
-            // Between lazy R1 steps the curve shows the last value measured.
-            let mut r1 = Tensor::from(history.last().map(|r| r[4]).unwrap_or(0.0) as f32);
-            if h.r1_gamma > 0.0 && step % h.r1_every == 0 {
-                let real = tgt.detach().set_requires_grad(true);
-                let out = d.forward(&src, &real);
-                let grad =
-                    Tensor::run_backward(&[out.sum(Kind::Float)], &[&real], true, true).remove(0);
-                r1 = grad
-                    .square()
-                    .sum_dim_intlist([1i64, 2, 3].as_slice(), false, Kind::Float)
-                    .mean(Kind::Float)
-                    * (h.r1_gamma / 2.0);
-                scaler.backward_step(&(&r1 * h.r1_every as f64), &mut opt_d);
-            }
+            // Before `gan-start` (or with `gan 0`) the discriminator would learn for
+            // nothing: skip it (its terms read 0 on the curves).
+            let adversarial =
+                h.gan_weight > 0.0 && step as f64 >= h.gan_start * h.steps as f64;
+            let (d_loss, r1, g_adv) = if adversarial {
+                // Discriminator: non-saturating logistic loss, lazy R1 every r1_every steps.
+                let d_loss = tch::autocast(amp, || {
+                    d.forward(&src, &fake.detach()).softplus().mean(Kind::Float)
+                        + (-d.forward(&src, &tgt)).softplus().mean(Kind::Float)
+                })
+                .to_kind(Kind::Float);
+                scaler.backward_step(&d_loss, &mut opt_d);
+                // Between lazy R1 steps the curve shows the last value measured.
+                let mut r1 = Tensor::from(history.last().map(|r| r[4]).unwrap_or(0.0) as f32);
+                if h.r1_gamma > 0.0 && step % h.r1_every == 0 {
+                    let real = tgt.detach().set_requires_grad(true);
+                    let out = d.forward(&src, &real);
+                    let grad = Tensor::run_backward(&[out.sum(Kind::Float)], &[&real], true, true)
+                        .remove(0);
+                    r1 = grad
+                        .square()
+                        .sum_dim_intlist([1i64, 2, 3].as_slice(), false, Kind::Float)
+                        .mean(Kind::Float)
+                        * (h.r1_gamma / 2.0);
+                    scaler.backward_step(&(&r1 * h.r1_every as f64), &mut opt_d);
+                }
+                // The generator's adversarial term.
+                let g_adv = tch::autocast(amp, || {
+                    (-d.forward(&src, &fake)).softplus().mean(Kind::Float)
+                })
+                .to_kind(Kind::Float);
+                (d_loss, r1, g_adv)
+            } else {
+                let zero = || Tensor::from(0f32).to_device(self.device);
+                (zero(), zero(), zero())
+            };
             // Generator: reconstruction (L1 + SSIM) plus the adversarial term.
-            let g_adv = tch::autocast(amp, || {
-                (-d.forward(&src, &fake)).softplus().mean(Kind::Float)
-            })
-            .to_kind(Kind::Float);
             let l1 = (&fake - &tgt).abs().mean(Kind::Float);
             let ssim_loss = 1.0 - ssim(&((&fake + 1.0) / 2.0), &((&tgt + 1.0) / 2.0));
             let g_loss = &l1 * h.l1_weight + &ssim_loss * h.ssim_weight + &g_adv * h.gan_weight;
@@ -995,6 +1006,7 @@ mod tests {
                 l1_weight: 1.0,
                 ssim_weight: 0.5,
                 gan_weight: 0.05,
+                gan_start: 0.0,
                 r1_gamma: 1.0,
                 r1_every: 4,
                 feature_weight: 1.0,
