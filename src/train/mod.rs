@@ -1006,7 +1006,8 @@ mod tests {
                 l1_weight: 1.0,
                 ssim_weight: 0.5,
                 gan_weight: 0.05,
-                gan_start: 0.0,
+                // The discriminator starts at step 7: a resume at step 8 crosses it.
+                gan_start: 0.5,
                 r1_gamma: 1.0,
                 r1_every: 4,
                 feature_weight: 1.0,
@@ -1061,6 +1062,24 @@ mod tests {
             15,
             "the loss history survives the interruption"
         );
+    }
+
+    #[test]
+    fn the_discriminator_runs_only_from_gan_start() {
+        let _one_at_a_time = serial();
+        let dir = tempfile::tempdir().unwrap();
+        let j = job(dir.path(), 14, 0.002);
+        run(&j, &mut |_| {}, &AtomicBool::new(false)).unwrap();
+        let csv = std::fs::read_to_string(j.out_dir.join("loss.csv")).unwrap();
+        let mut lines = csv.lines();
+        let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+        let d = header.iter().position(|c| *c == "d").unwrap();
+        let d_loss: Vec<f64> = lines
+            .map(|l| l.split(',').nth(d).unwrap().parse().unwrap())
+            .collect();
+        assert_eq!(d_loss.len(), 14);
+        assert!(d_loss[..7].iter().all(|v| *v == 0.0), "{d_loss:?}");
+        assert!(d_loss[7..].iter().all(|v| *v > 0.0), "{d_loss:?}");
     }
 
     #[test]
