@@ -717,7 +717,7 @@ impl<'a> Checker<'a> {
             ssim_weight: self.d.setting_f64(n, "ssim", 0.5, 0.0, 1e6),
             gan_weight: self.d.setting_f64(n, "gan", 0.05, 0.0, 1e6),
             // Half the teacher's steps on reconstruction alone, then the GAN sharpens: on
-            // the brick teacher the same dB (25.26 vs 25.30) in 0.7x the time.
+            // the brick teacher the same dB (25.26 vs 25.30) in about 0.7x the time.
             gan_start: self.d.setting_f64(n, "gan-start", 0.5, 0.0, 1.0),
             r1_gamma: self.d.setting_f64(n, "r1-gamma", 1.0, 0.0, 1e6),
             ema_beta: self.d.setting_f64(n, "ema", 0.99, 0.0, 1.0),
