@@ -92,7 +92,9 @@ fn main() {
         // The first build: every item.
         let mut stages = 0;
         loop {
-            let (_, v) = rx.recv_timeout(Duration::from_secs(1800)).expect("first build");
+            let (_, v) = rx
+                .recv_timeout(Duration::from_secs(1800))
+                .expect("first build");
             if v["event"] == "build-finished" {
                 stages = v["ran"].as_u64().unwrap_or(0) + v["cached"].as_u64().unwrap_or(0);
             }

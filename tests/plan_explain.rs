@@ -96,6 +96,9 @@ fn a_new_lr_schedule_retrains_teacher_and_student_but_draws_no_pair() {
     assert_eq!(r.ran_of_kind("pairs"), 0);
     let ran = r.ran_stages();
     for stage in ["train-teacher", "distill-student"] {
-        assert!(ran.iter().any(|s| s == stage), "{stage} must retrain: {ran:?}");
+        assert!(
+            ran.iter().any(|s| s == stage),
+            "{stage} must retrain: {ran:?}"
+        );
     }
 }

@@ -166,7 +166,10 @@ fn assert_learned(p: &TestProject, effect: &str, margin_db: f64, student_db: f64
         student > teacher - 1.0,
         "student {student:.2} dB vs teacher {teacher:.2} dB"
     );
-    assert!(student > student_db, "student {student:.2} dB, bar {student_db} dB");
+    assert!(
+        student > student_db,
+        "student {student:.2} dB, bar {student_db} dB"
+    );
 }
 
 #[test]
@@ -193,7 +196,10 @@ fn a_comic_style_with_flat_colours_and_outlines_is_learned() {
     let filter = "split[a][b];[a]gblur=sigma=1,lutrgb=r='floor(val/64)*64+32':g='floor(val/64)*64+32':b='floor(val/64)*64+32'[p];[b]edgedetect=low=0.08:high=0.2,format=rgb24,negate[e];[p][e]blend=all_mode=multiply";
     // 96 portraits: with 24 the teacher learns the hard posterise thresholds of 19
     // training images and generalises by less than 1 dB.
-    p.recipe("comic", &ffmpeg_effect("comic", 96, "-filter_complex", filter));
+    p.recipe(
+        "comic",
+        &ffmpeg_effect("comic", 96, "-filter_complex", filter),
+    );
     // Measured here: identity 16.76 dB, teacher 19.12 dB, student 19.19 dB. With 24
     // portraits and 300 + 300 steps, before the colour path: 16.2, 17.0, 17.1.
     assert_learned(&p, "comic", 1.5, 18.3);

@@ -234,7 +234,10 @@ fn idle_watch_says_waiting_once_and_uses_no_cpu() {
     let idle = w.quiet_for(Duration::from_secs(10));
     let cpu = cpu_seconds(w.child.id()) - before;
     println!("idle for 10 s: {cpu:.3} s of CPU, events {idle:?}");
-    assert!(idle.is_empty(), "nothing to say while nothing changes: {idle:?}");
+    assert!(
+        idle.is_empty(),
+        "nothing to say while nothing changes: {idle:?}"
+    );
     assert!(cpu < 0.2, "idle watch used {cpu:.3} s of CPU in 10 s");
 }
 

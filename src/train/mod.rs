@@ -560,8 +560,7 @@ impl Trainer<'_> {
             let fake = tch::autocast(amp, || g.forward(&src)).to_kind(Kind::Float);
             // Before `gan-start` (or with `gan 0`) the discriminator would learn for
             // nothing: skip it (its terms read 0 on the curves).
-            let adversarial =
-                h.gan_weight > 0.0 && step as f64 >= h.gan_start * h.steps as f64;
+            let adversarial = h.gan_weight > 0.0 && step as f64 >= h.gan_start * h.steps as f64;
             let (d_loss, r1, g_adv) = if adversarial {
                 // Discriminator: non-saturating logistic loss, lazy R1 every r1_every steps.
                 let d_loss = tch::autocast(amp, || {
