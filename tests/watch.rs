@@ -205,6 +205,16 @@ effect "small" {
 }
 "#;
 
+/// `PHOTOS` with 8 photos, `photos/p0.png` .. `p7.png`.
+fn photo_project() -> TestProject {
+    let p = TestProject::new();
+    p.recipe("small", PHOTOS);
+    for i in 0..8u8 {
+        write_png(&p.root().join(format!("photos/p{i}.png")), i + 1, 40);
+    }
+    p
+}
+
 /// User and system CPU seconds of a running process, from `/proc/<pid>/stat`.
 fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
@@ -218,11 +228,7 @@ fn cpu_seconds(pid: u32) -> f64 {
 
 #[test]
 fn idle_watch_says_waiting_once_and_uses_no_cpu() {
-    let p = TestProject::new();
-    p.recipe("small", PHOTOS);
-    for i in 0..8u8 {
-        write_png(&p.root().join(format!("photos/p{i}.png")), i + 1, 40);
-    }
+    let p = photo_project();
     let w = Watch::start(&p);
     let (_, first) = w.until("watch-waiting", Duration::from_secs(300));
     assert_eq!(ran_of_kind(&first, "pairs"), 8, "{first:?}");
@@ -243,11 +249,7 @@ fn idle_watch_says_waiting_once_and_uses_no_cpu() {
 
 #[test]
 fn one_changed_photo_rebuilds_only_its_item() {
-    let p = TestProject::new();
-    p.recipe("small", PHOTOS);
-    for i in 0..8u8 {
-        write_png(&p.root().join(format!("photos/p{i}.png")), i + 1, 40);
-    }
+    let p = photo_project();
     let w = Watch::start(&p);
     w.until("watch-waiting", Duration::from_secs(300));
     write_png(&p.root().join("photos/p3.png"), 77, 40);
