@@ -334,7 +334,7 @@ pub fn run(env: &Env, effect: &str, jobs: usize, device: &str) -> Result<i32, i3
             Touched::Everything
         }
     };
-    let mut digests = KnownDigests::new(&env.cache()?.root().to_path_buf());
+    let mut digests = KnownDigests::new(env.cache()?.root());
     let mut last: Option<Digest> = None;
     let mut opts = BuildOptions::new(jobs, device);
     opts.remote = env.remote.clone();
