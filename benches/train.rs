@@ -11,9 +11,9 @@
 //! Environment: EFFECTC_BENCH_DEVICE (cpu | cuda), EFFECTC_BENCH_STEPS, EFFECTC_BENCH_BATCH,
 //! EFFECTC_BENCH_SIZE, EFFECTC_BENCH_PYTHON (default: the set-up's torch venv).
 
+use effectc::imaging::{brick, synthetic};
 use effectc::nn::accordion::{count_params, macs};
 use effectc::nn::AccordionConfig;
-use effectc::stages::imaging::{brick, synthetic};
 use effectc::train::{Hyper, PairFiles, TrainJob};
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -1,10 +1,11 @@
 //! effectc: an effect compiler. Folders mirror the pipeline:
 //! recipe (parse, extends, check) → plan (DAG, keys) → cache → exec (scheduler, events)
-//! → stages (one file per stage kind) → nn / train (tch models) → export (IR, writers,
+//! → stages (one file per stage kind; `imaging` their pixel work) → nn / train (tch models) → export (IR, writers,
 //! quantization) → verify (tract) → bundle. `diffusion` is the diffusion teacher,
 //! `models` the models directory it reads, `process` the child processes that die with
 //! effectc.
 
+pub mod atomic;
 pub mod bundle;
 pub mod cache;
 pub mod cli;
@@ -12,11 +13,13 @@ pub mod diffusion;
 pub mod digest;
 pub mod exec;
 pub mod export;
+pub mod imaging;
 pub mod models;
 pub mod nn;
 pub mod plan;
 pub mod process;
 pub mod project;
+pub mod protocol;
 pub mod recipe;
 pub mod stages;
 pub mod train;

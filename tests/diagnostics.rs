@@ -107,26 +107,85 @@ fn typos_get_did_you_mean() {
     }
 }
 
+/// The `effectc::...` codes of the diagnostics a run printed, sorted.
+fn diagnostic_codes(stderr: &str) -> Vec<String> {
+    let mut codes: Vec<String> = stderr
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("effectc::") && !l.contains(' '))
+        .map(String::from)
+        .collect();
+    codes.sort();
+    codes
+}
+
 #[test]
-fn check_passes_on_the_shipped_recipes_and_runs_nothing() {
+fn check_says_what_build_says_on_the_shipped_recipes_and_runs_nothing() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let cache = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(effectc_bin())
-        .current_dir(root)
-        .args(["check", "--cache"])
-        .arg(cache.path())
-        .output()
-        .unwrap();
+    let models = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        std::process::Command::new(effectc_bin())
+            .current_dir(root)
+            .args(args)
+            .arg("--cache")
+            .arg(cache.path())
+            .env("EFFECTC_MODELS", models.path())
+            .output()
+            .unwrap()
+    };
+    let brick = run(&["check", "brick"]);
     assert!(
-        out.status.success(),
+        brick.status.success(),
         "{}",
-        String::from_utf8_lossy(&out.stderr)
+        String::from_utf8_lossy(&brick.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("ok: lego"));
+    assert!(String::from_utf8_lossy(&brick.stdout).contains("ok: brick"));
+    // lego cannot be built here (no photos, no weights, stages not built yet), and
+    // check, which lowers the plan as build does, says so with the same diagnostics.
+    let check = run(&["check", "lego"]);
+    let build = run(&["build", "lego"]);
+    let (check_err, build_err) = (
+        String::from_utf8_lossy(&check.stderr),
+        String::from_utf8_lossy(&build.stderr),
+    );
+    assert_eq!(check.status.code(), Some(2), "{check_err}");
+    assert_eq!(build.status.code(), Some(2), "{build_err}");
+    assert!(!diagnostic_codes(&check_err).is_empty(), "{check_err}");
+    assert_eq!(
+        diagnostic_codes(&check_err),
+        diagnostic_codes(&build_err),
+        "check:\n{check_err}\nbuild:\n{build_err}"
+    );
     assert!(
         !cache.path().join("records").exists(),
-        "check never touches the cache"
+        "neither touched the cache"
     );
+}
+
+#[test]
+fn check_and_build_agree_on_every_broken_recipe() {
+    for (name, text) in corpus() {
+        let (p, _) = project_for(&name, &text);
+        let check = p.run(&["check", &name]);
+        let build = p.run(&["build", &name]);
+        assert_eq!(
+            check.code(),
+            build.code(),
+            "{name}: check exits {}, build {}:\n{}\n{}",
+            check.code(),
+            build.code(),
+            check.stderr(),
+            build.stderr()
+        );
+        assert_eq!(
+            diagnostic_codes(&check.stderr()),
+            diagnostic_codes(&build.stderr()),
+            "{name}:\ncheck:\n{}\nbuild:\n{}",
+            check.stderr(),
+            build.stderr()
+        );
+    }
 }
 
 #[test]

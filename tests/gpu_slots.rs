@@ -6,7 +6,7 @@ use effectc::cache::Cache;
 use effectc::digest::Digest;
 use effectc::exec::{self, BuildOptions, Event, Reporter};
 use effectc::plan::{
-    DeviceSpec, Params, Plan, PlanNode, Resource, RunContext, RunOutput, Stage, StageError,
+    DeviceSpec, Params, Plan, PlanNode, Resource, RunContext, RunOutput, Stage, StageError, StageId,
 };
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -39,6 +39,9 @@ impl Stage for FakeGpuStage {
         } else {
             "fake-pairs"
         }
+    }
+    fn outputs(&self) -> Vec<String> {
+        vec!["out".into()]
     }
     fn version(&self) -> u32 {
         1
@@ -105,7 +108,7 @@ fn run(gpus: Vec<usize>) -> Arc<Board> {
     let mut nodes = Vec::new();
     for n in 0..6 {
         nodes.push(PlanNode {
-            id: format!("fake-pairs/item-{n}"),
+            id: StageId::parse(&format!("fake-pairs/item-{n}")),
             item: Some(format!("item-{n}")),
             stage: Box::new(FakeGpuStage {
                 board: board.clone(),
@@ -116,7 +119,7 @@ fn run(gpus: Vec<usize>) -> Arc<Board> {
         });
     }
     nodes.push(PlanNode {
-        id: "fake-train".into(),
+        id: StageId::parse("fake-train"),
         item: None,
         stage: Box::new(FakeGpuStage {
             board: board.clone(),

@@ -4,6 +4,7 @@
 //! recipe's or data's fault, 3 the machine's, 130 cancelled (SIGINT/SIGTERM: a
 //! checkpoint is saved first).
 
+use effectc::protocol::{ServeAnswer, ServeRequest, WorkerLine};
 use effectc::train::{self, TrainError, TrainJob};
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,7 +27,7 @@ fn main() {
     if args[1] == "export" {
         let job: train::ExportJob = read_job(&args[2]);
         match train::export_student(&job) {
-            Ok(report) => println!("{}", serde_json::json!({ "report": report })),
+            Ok(report) => print_line(&WorkerLine::Report(report)),
             Err(e) => {
                 eprintln!("{e}");
                 std::process::exit(if e.is_user_error() { 1 } else { 3 });
@@ -46,14 +47,12 @@ fn main() {
         if last.elapsed().as_millis() >= 250 || p.step == p.total_steps {
             last = Instant::now();
             let mut out = std::io::stdout().lock();
-            let _ = writeln!(out, "{}", serde_json::json!({ "progress": p }));
+            let _ = writeln!(out, "{}", line_text(&WorkerLine::Progress(p.clone())));
             let _ = out.flush();
         }
     };
     match train::run(&job, &mut progress, &cancel) {
-        Ok(report) => {
-            println!("{}", serde_json::json!({ "report": report }));
-        }
+        Ok(report) => print_line(&WorkerLine::Report(report)),
         Err(e) => {
             eprintln!("{e}");
             let code = match e {
@@ -64,6 +63,14 @@ fn main() {
             std::process::exit(code);
         }
     }
+}
+
+fn line_text(line: &WorkerLine) -> String {
+    serde_json::to_string(line).expect("protocol lines are plain data")
+}
+
+fn print_line(line: &WorkerLine) {
+    println!("{}", line_text(line));
 }
 
 /// Reads a job file; a bad one is a usage error (exit 2).
@@ -81,11 +88,7 @@ fn read_job<T: serde::de::DeserializeOwned>(path: &str) -> T {
 }
 
 fn tch_device(text: &str) -> Result<tch::Device, String> {
-    Ok(match effectc::plan::DeviceSpec::parse(text)? {
-        effectc::plan::DeviceSpec::Cpu => tch::Device::Cpu,
-        effectc::plan::DeviceSpec::Cuda(n) => tch::Device::Cuda(n),
-        effectc::plan::DeviceSpec::Auto => tch::Device::cuda_if_available(),
-    })
+    Ok(effectc::nn::DeviceSpec::parse(text)?.to_tch())
 }
 
 /// `effectc-nn serve`: a long-lived pair generator. Each stdin line is
@@ -94,14 +97,14 @@ fn tch_device(text: &str) -> Result<tch::Device, String> {
 /// batches. Ends at EOF (its build ended).
 fn serve() {
     use std::io::BufRead;
-    #[derive(serde::Deserialize)]
-    struct Batch {
-        jobs: Vec<effectc::diffusion::job::DiffuseJob>,
-    }
+    type Batch = ServeRequest<effectc::diffusion::job::DiffuseJob>;
     let mut worker = effectc::diffusion::job::Worker::default();
     for line in std::io::stdin().lock().lines().map_while(Result::ok) {
         let answer = match serde_json::from_str::<Batch>(&line) {
-            Err(e) => serde_json::json!({"error": format!("bad request: {e}"), "user": false}),
+            Err(e) => ServeAnswer::Error {
+                error: format!("bad request: {e}"),
+                user: false,
+            },
             Ok(batch) => {
                 let device = batch
                     .jobs
@@ -109,18 +112,23 @@ fn serve() {
                     .map(|j| tch_device(&j.device))
                     .unwrap_or(Ok(tch::Device::Cpu));
                 match device {
-                    Err(e) => serde_json::json!({"error": e, "user": true}),
+                    Err(e) => ServeAnswer::Error {
+                        error: e,
+                        user: true,
+                    },
                     Ok(device) => match worker.run(&batch.jobs, device) {
-                        Ok(reports) => serde_json::json!({ "reports": reports }),
-                        Err(e) => {
-                            serde_json::json!({"error": e.to_string(), "user": e.is_user_error()})
-                        }
+                        Ok(reports) => ServeAnswer::Reports { reports },
+                        Err(e) => ServeAnswer::Error {
+                            error: e.to_string(),
+                            user: e.is_user_error(),
+                        },
                     },
                 }
             }
         };
         let mut out = std::io::stdout().lock();
-        if writeln!(out, "{answer}").and_then(|_| out.flush()).is_err() {
+        let text = serde_json::to_string(&answer).expect("protocol lines are plain data");
+        if writeln!(out, "{text}").and_then(|_| out.flush()).is_err() {
             break;
         }
     }

@@ -2,7 +2,6 @@
 //! Header: magic `\x93NUMPY`, version 1.0, u16 header length, a Python dict literal
 //! padded with spaces and ending in `\n` so that the data starts on a 64-byte boundary.
 
-use std::io::Write;
 use std::path::Path;
 
 #[derive(Debug, thiserror::Error)]
@@ -72,7 +71,7 @@ pub fn encode_f32(shape: &[usize], data: &[f32]) -> Result<Vec<u8>, NpyError> {
     Ok(out)
 }
 
-/// Writes a `.npy` file atomically (temporary file, then rename).
+/// Writes a `.npy` file atomically (`crate::atomic`).
 pub fn write_f32(path: &Path, shape: &[usize], data: &[f32]) -> Result<(), NpyError> {
     let p = path.display().to_string();
     let bytes = encode_f32(shape, data).map_err(|e| match e {
@@ -93,22 +92,7 @@ pub fn write_f32(path: &Path, shape: &[usize], data: &[f32]) -> Result<(), NpyEr
         path: p.clone(),
         source,
     };
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(werr)?;
-    tmp.write_all(&bytes).map_err(werr)?;
-    tmp.as_file().sync_all().map_err(werr)?;
-    // tempfile creates 0600; bundle inputs are ordinary readable files.
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o644))
-            .map_err(werr)?;
-    }
-    tmp.persist(path).map_err(|e| werr(e.error))?;
-    Ok(())
+    crate::atomic::write(path, &bytes).map_err(werr)
 }
 
 /// Reads a `.npy` file this module (or numpy, for `<f4` C-order v1 data) wrote.

@@ -167,21 +167,7 @@ pub fn write_html(
         path: p.clone(),
         source,
     };
-    let dir = out
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let tmp = tempfile::NamedTempFile::new_in(dir).map_err(werr)?;
-    std::fs::write(tmp.path(), render(manifest, contact_sheet)).map_err(werr)?;
-    // tempfile creates 0600; bundle inputs are ordinary readable files.
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o644))
-            .map_err(werr)?;
-    }
-    tmp.persist(out).map_err(|e| werr(e.error))?;
-    Ok(())
+    crate::atomic::write(out, render(manifest, contact_sheet).as_bytes()).map_err(werr)
 }
 
 #[cfg(test)]

@@ -2,7 +2,6 @@
 //! or group names, fixed modes, fixed gzip level, no timestamp or file name in the gzip
 //! header; written to a temporary file next to the target and renamed into place.
 
-use std::io::{Read, Write};
 use std::path::{Component, Path, PathBuf};
 
 use flate2::{Compression, GzBuilder};
@@ -72,35 +71,29 @@ pub fn write_reproducible_tar_gz(
         path: out.to_path_buf(),
         source,
     };
-    let dir = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let tmp = tempfile::NamedTempFile::new_in(&dir).map_err(write_err)?;
-    {
+    // A source that cannot be read is reported as itself, not as a write error.
+    let mut read_error = None;
+    let written = crate::atomic::write_with(out, |file| {
         // No file name, no mtime, fixed OS byte ("unknown") in the gzip header.
         let gz = GzBuilder::new()
             .mtime(0)
             .operating_system(255)
-            .write(tmp.as_file(), Compression::new(GZIP_LEVEL));
+            .write(&mut *file, Compression::new(GZIP_LEVEL));
         let mut tar = tar::Builder::new(gz);
         tar.mode(tar::HeaderMode::Deterministic);
         for (path, source) in sorted {
             let data = match source {
                 EntrySource::Bytes(b) => b.clone(),
-                EntrySource::File(p) => {
-                    let mut f = std::fs::File::open(p).map_err(|source| BundleError::Read {
-                        path: p.clone(),
-                        source,
-                    })?;
-                    let mut buf = Vec::new();
-                    f.read_to_end(&mut buf)
-                        .map_err(|source| BundleError::Read {
+                EntrySource::File(p) => match std::fs::read(p) {
+                    Ok(buf) => buf,
+                    Err(source) => {
+                        read_error = Some(BundleError::Read {
                             path: p.clone(),
                             source,
-                        })?;
-                    buf
-                }
+                        });
+                        return Err(std::io::Error::other("unreadable bundle entry"));
+                    }
+                },
             };
             let mut header = tar::Header::new_gnu();
             header.set_entry_type(tar::EntryType::Regular);
@@ -109,18 +102,18 @@ pub fn write_reproducible_tar_gz(
             header.set_uid(0);
             header.set_gid(0);
             header.set_mtime(0);
-            header.set_username("").map_err(write_err)?;
-            header.set_groupname("").map_err(write_err)?;
-            tar.append_data(&mut header, path, &data[..])
-                .map_err(write_err)?;
+            header.set_username("")?;
+            header.set_groupname("")?;
+            tar.append_data(&mut header, path, &data[..])?;
         }
-        let gz = tar.into_inner().map_err(write_err)?;
-        let mut file = gz.finish().map_err(write_err)?;
-        file.flush().map_err(write_err)?;
-        file.sync_all().map_err(write_err)?;
+        tar.into_inner()?.finish()?;
+        Ok(())
+    });
+    match (read_error, written) {
+        (Some(e), _) => Err(e),
+        (None, Err(e)) => Err(write_err(e)),
+        (None, Ok(())) => Ok(()),
     }
-    tmp.persist(out).map_err(|e| write_err(e.error))?;
-    Ok(())
 }
 
 /// Every file under `dir` as entries named `prefix/<relative path>` (for directory

@@ -8,6 +8,7 @@ use crate::exec::{self, BuildOptions, HumanReporter, JsonReporter, NodeOutcome, 
 use crate::plan::{lower, Plan};
 use crate::project::Project;
 use crate::recipe::{Diagnostics, Loader, Recipe};
+use crate::stages::stage::Tier;
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -269,7 +270,12 @@ fn build(
             );
         }
         if !summary.ok() {
-            code = EXIT_BUILD_FAILED;
+            // The worst failure decides: a machine's problem outranks a recipe's.
+            let this = match summary.worst_tier() {
+                Some(Tier::Environment | Tier::Bug) => EXIT_INFRA,
+                _ => EXIT_BUILD_FAILED,
+            };
+            code = code.max(this);
             if !keep_going {
                 break;
             }
@@ -355,9 +361,8 @@ pub(super) fn materialize(
             if let Some(parent) = dest.parent() {
                 std::fs::create_dir_all(parent)?;
             }
-            let tmp = dir.join(format!(".{}.tmp", out.digest.hex()));
-            std::fs::copy(cache.blob_path(&out.digest), &tmp)?;
-            std::fs::rename(&tmp, &dest)?;
+            let blob = cache.blob_path(&out.digest);
+            crate::atomic::write_at(&dest, |tmp| std::fs::copy(&blob, tmp).map(|_| ()))?;
         }
     }
     if !env.json {
@@ -431,13 +436,13 @@ fn release(
             .unwrap_or_else(|| plan.recipe_digest.hex()[..12].to_string());
         let file = format!("{name}-{label}.tar.gz");
         let dest = out.join(&file);
-        let tmp = out.join(format!(".{file}.tmp"));
-        std::fs::copy(cache.blob_path(&tar.digest), &tmp)
-            .and_then(|_| std::fs::rename(&tmp, &dest))
-            .map_err(|e| {
+        let blob = cache.blob_path(&tar.digest);
+        crate::atomic::write_at(&dest, |tmp| std::fs::copy(&blob, tmp).map(|_| ())).map_err(
+            |e| {
                 eprintln!("error: cannot write {}: {e}", dest.display());
                 EXIT_INFRA
-            })?;
+            },
+        )?;
         sums.push_str(&format!("{}  {file}\n", tar.digest.hex()));
         let output = |name: &str| {
             entry
@@ -453,7 +458,7 @@ fn release(
             .unwrap_or_default();
         if let Some(bytes) = output("measurements.json") {
             let path = out.join(format!("{name}-{label}.measurements.json"));
-            std::fs::write(&path, bytes).map_err(|e| {
+            crate::atomic::write(&path, &bytes).map_err(|e| {
                 eprintln!("error: cannot write {}: {e}", path.display());
                 EXIT_INFRA
             })?;
@@ -462,14 +467,12 @@ fn release(
             machine = measurements.get("machine").cloned();
         }
         if let Some(manifest) = output("manifest.json")
-            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|b| serde_json::from_slice::<crate::bundle::Manifest>(&b).ok())
         {
-            let mut targets = manifest["targets"].as_object().cloned().unwrap_or_default();
-            for (k, t) in targets.iter_mut() {
-                t["latency_ms"] = measurements["targets"][k]["latency_ms"].clone();
-            }
-            let list = |f: &dyn Fn(&str, &serde_json::Value) -> String| {
-                targets
+            let latency = |k: &str| measurements["targets"][k]["latency_ms"].as_f64();
+            let list = |f: &dyn Fn(&str, &crate::bundle::manifest::TargetSummary) -> String| {
+                manifest
+                    .targets
                     .iter()
                     .map(|(k, t)| f(k, t))
                     .collect::<Vec<_>>()
@@ -477,16 +480,16 @@ fn release(
             };
             table.push(format!(
                 "| {name} | {label} | {} | {} | {} | {} / {} |",
-                list(&|k, t| format!("{k} {:.1} dB", t["psnr_db"].as_f64().unwrap_or(f64::NAN))),
-                list(&|k, t| format!("{k} {} KB", t["size_bytes"].as_u64().unwrap_or(0) / 1000)),
-                list(&|k, t| format!("{k} {:.2} ms", t["latency_ms"].as_f64().unwrap_or(f64::NAN))),
+                list(&|k, t| format!("{k} {:.1} dB", t.psnr_db.unwrap_or(f64::NAN))),
+                list(&|k, t| format!("{k} {} KB", t.size_bytes.unwrap_or(0) / 1000)),
+                list(&|k, _| format!("{k} {:.2} ms", latency(k).unwrap_or(f64::NAN))),
                 result.ran,
                 result.cached
             ));
         }
     }
     let sums_path = out.join("SHA256SUMS");
-    std::fs::write(&sums_path, &sums).map_err(|e| {
+    crate::atomic::write(&sums_path, sums.as_bytes()).map_err(|e| {
         eprintln!("error: cannot write {}: {e}", sums_path.display());
         EXIT_INFRA
     })?;
@@ -505,7 +508,7 @@ fn release(
                 .unwrap_or_default()
         ));
     }
-    std::fs::write(&report_path, report).map_err(|e| {
+    crate::atomic::write(&report_path, report.as_bytes()).map_err(|e| {
         eprintln!("error: cannot write {}: {e}", report_path.display());
         EXIT_INFRA
     })?;
@@ -542,7 +545,7 @@ fn plan(env: &Env, effect: &str) -> Result<i32, i32> {
             };
             println!(
                 "{}",
-                serde_json::json!({"event": "plan", "effect": effect, "stage": node.id, "kind": node.stage.kind(), "state": state, "reasons": reasons})
+                serde_json::json!({"event": "plan", "effect": effect, "stage": node.id, "kind": node.stage.family(), "state": state, "reasons": reasons})
             );
         }
         return Ok(EXIT_OK);
@@ -554,14 +557,14 @@ fn plan(env: &Env, effect: &str) -> Result<i32, i32> {
         .iter()
         .enumerate()
         .rev()
-        .map(|(pos, &i)| (plan.nodes[i].stage.kind().to_string(), pos))
+        .map(|(pos, &i)| (plan.nodes[i].stage.family().to_string(), pos))
         .collect();
     for (node, s) in plan.nodes.iter().zip(&status) {
-        let kind = node.stage.kind().to_string();
+        let kind = node.stage.family().to_string();
         let label = if node.item.is_some() {
             kind.clone()
         } else {
-            node.id.clone()
+            node.id.to_string()
         };
         let text = match s {
             DryStatus::Cached { .. } => "cached".to_string(),
@@ -661,7 +664,11 @@ fn check(env: &Env, mut effects: Vec<String>) -> Result<i32, i32> {
     let loader = Loader::new(&env.project);
     let mut bad = 0;
     for name in &effects {
-        match loader.load(name) {
+        // Lowered as build lowers it (without reading content), so check and build agree.
+        match loader
+            .load(name)
+            .and_then(|r| lower::lower_for_check(&env.project, &r).map(|_| r))
+        {
             Ok(r) => {
                 if !env.json {
                     println!(

@@ -16,10 +16,10 @@
 
 use super::commands::{materialize, plan_with, Env, EXIT_INFRA, EXIT_INTERRUPTED};
 use crate::cache::StatCache;
-use crate::digest::{Digest, KeyHasher};
+use crate::digest::Digest;
 use crate::exec::dry::{dry_run, DryStatus};
 use crate::exec::{self, BuildOptions, HumanReporter, JsonReporter, Reporter};
-use crate::plan::{InputRef, Plan};
+use crate::plan::Plan;
 use crate::recipe::{Loader, Recipe};
 use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
 use notify::RecursiveMode;
@@ -33,25 +33,11 @@ use std::time::Duration;
 /// Saves closer together than this are one change.
 const DEBOUNCE: Duration = Duration::from_millis(300);
 
-/// What a plan's keys can depend on before anything runs: ids, stage kinds and versions,
-/// params, source file digests (not the recipe's text: a comment changes nothing).
-/// Equal fingerprints: nothing to rebuild.
+/// What a plan's keys can depend on before anything runs (the stages, their params and
+/// wiring, the source files' digests; not the recipe's text: a comment changes
+/// nothing). Equal fingerprints: nothing to rebuild.
 fn fingerprint(plan: &Plan) -> Digest {
-    let mut h = KeyHasher::new("effectc/watch/v1");
-    for node in &plan.nodes {
-        h.str(&node.id)
-            .str(node.stage.kind())
-            .u64(node.stage.version() as u64);
-        for (k, v) in node.stage.params() {
-            h.str(&k).str(&v);
-        }
-        for inp in &node.inputs {
-            if let InputRef::File { digest, .. } = &inp.from {
-                h.str(&inp.name).digest(digest);
-            }
-        }
-    }
-    h.finish()
+    crate::plan::lower::recipe_inputs_digest(&plan.nodes)
 }
 
 /// "teacher.prompt changed: 6 pairs stale", one line per (reason, stage kind).
@@ -114,10 +100,9 @@ fn write_preview(env: &Env, effect: &str, status: &str) {
          <title>{effect} (effectc watch)</title>\n<body style=\"font-family:sans-serif\">\n\
          <h1>{effect}</h1><p>{status} (at unix time {when}). <a href=\"bundle-report.html\">report</a></p>\n{images}</body>\n"
     );
-    let _ = std::fs::create_dir_all(&dir);
-    let tmp = dir.join(".preview.html.tmp");
-    if std::fs::write(&tmp, html).is_ok() {
-        let _ = std::fs::rename(&tmp, dir.join("preview.html"));
+    let path = dir.join("preview.html");
+    if let Err(e) = crate::atomic::write(&path, html.as_bytes()) {
+        eprintln!("warning: cannot write {}: {e}", path.display());
     }
 }
 

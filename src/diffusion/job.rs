@@ -13,7 +13,7 @@ use super::tokenizer::ClipTokenizer;
 use super::unet::UNetConfig;
 use super::vae::{AutoencoderKL, VaeConfig};
 use super::weights::WeightMap;
-use crate::train::job::TrainReport;
+use crate::protocol::WorkerReport;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -182,7 +182,7 @@ pub struct Worker {
 impl Worker {
     /// Generates every job's pair (jobs that agree on the loop's settings share one
     /// batch through the UNet) and writes each target PNG.
-    pub fn run(&mut self, jobs: &[DiffuseJob], device: Device) -> Result<Vec<TrainReport>> {
+    pub fn run(&mut self, jobs: &[DiffuseJob], device: Device) -> Result<Vec<WorkerReport>> {
         let Some(first) = jobs.first() else {
             return Ok(Vec::new());
         };
@@ -216,7 +216,7 @@ impl Worker {
             metrics.insert("generate_s".into(), generate_s.into());
             metrics.insert("batch".into(), jobs.len().into());
             metrics.insert("models_loaded".into(), fresh.into());
-            reports.push(TrainReport {
+            reports.push(WorkerReport {
                 metrics,
                 files: BTreeMap::from([("target".to_string(), job.out.clone())]),
             });

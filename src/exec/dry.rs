@@ -4,7 +4,7 @@
 
 use crate::cache::{Cache, Snapshot, SnapshotId, StageRecord};
 use crate::digest::Digest;
-use crate::plan::{stage_key, Plan};
+use crate::plan::{Plan, Unresolved};
 use std::collections::BTreeMap;
 
 #[derive(Clone, Debug)]
@@ -36,16 +36,23 @@ pub fn dry_run(
         let node = &plan.nodes[i];
         let inputs = match plan.key_inputs(i, |up| records[up].as_ref()) {
             Ok(inputs) => inputs,
-            Err(up) => {
+            Err(Unresolved::Upstream(up)) => {
                 status[i] = Some(DryStatus::Blocked {
-                    upstream: plan.nodes[up].id.clone(),
+                    upstream: plan.nodes[up].id.to_string(),
+                });
+                continue;
+            }
+            // Its upstream record lacks an output it reads: the build fails it.
+            Err(Unresolved::MissingOutput { upstream, .. }) => {
+                status[i] = Some(DryStatus::Blocked {
+                    upstream: upstream.to_string(),
                 });
                 continue;
             }
         };
         let params = node.stage.params();
-        let key = stage_key(node.stage.kind(), node.stage.version(), &params, &inputs);
-        let hit = match snapshot.entries.get(&node.id) {
+        let key = plan.key_of(i, &inputs);
+        let hit = match snapshot.entries.get(node.id.as_str()) {
             Some(e) if e.key == key && e.outputs.iter().all(|(_, o)| cache.has_blob(&o.digest)) => {
                 Some(e.to_record(&node.id, &plan.effect))
             }
@@ -57,7 +64,7 @@ pub fn dry_run(
                 status[i] = Some(DryStatus::Cached { key });
             }
             None => {
-                let reasons = match snapshot.entries.get(&node.id) {
+                let reasons = match snapshot.entries.get(node.id.as_str()) {
                     None => vec!["never built".to_string()],
                     Some(old) => match cache.read_record_raw(&old.key) {
                         Some(old) => diff_reasons(&old, key, &params, &inputs),

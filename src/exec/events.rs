@@ -29,7 +29,10 @@ pub enum Event {
         stage: String,
         kind: String,
         error: String,
+        /// Whether the recipe or the data is at fault (`tier` is `input`).
         user_error: bool,
+        /// `input`, `environment` or `bug`: whose problem it is.
+        tier: crate::stages::stage::Tier,
     },
     StageProgress {
         effect: String,

@@ -8,7 +8,8 @@ use super::events::{Event, Reporter};
 use crate::cache::remote::RemoteCache;
 use crate::cache::{Cache, OutputRef, Snapshot, SnapshotEntry, SnapshotId, StageRecord};
 use crate::digest::Digest;
-use crate::plan::{InputRef, Plan, Progress, Resource, RunContext, StageError};
+use crate::plan::{InputRef, Plan, Progress, Resource, RunContext, StageError, Unresolved};
+use crate::stages::stage::Tier;
 use std::collections::{BTreeMap, VecDeque};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -58,7 +59,7 @@ pub enum NodeOutcome {
     Ran(StageRecord),
     Failed {
         error: String,
-        user_error: bool,
+        tier: Tier,
     },
     /// Not run: an upstream stage failed, or the build stopped first.
     Skipped,
@@ -79,6 +80,17 @@ pub struct BuildSummary {
 impl BuildSummary {
     pub fn ok(&self) -> bool {
         self.failed == 0 && self.skipped == 0 && !self.cancelled
+    }
+    /// The worst tier among the failed stages (None when nothing failed): what the
+    /// build's exit code says.
+    pub fn worst_tier(&self) -> Option<Tier> {
+        self.outcomes
+            .iter()
+            .filter_map(|o| match o {
+                NodeOutcome::Failed { tier, .. } => Some(*tier),
+                _ => None,
+            })
+            .max()
     }
     pub fn record(&self, plan: &Plan, id: &str) -> Option<&StageRecord> {
         match &self.outcomes[plan.node_index(id)?] {
@@ -131,7 +143,7 @@ pub fn build(
     });
     let mut per_kind: BTreeMap<String, u64> = BTreeMap::new();
     for node in &plan.nodes {
-        *per_kind.entry(node.stage.kind().to_string()).or_default() += 1;
+        *per_kind.entry(node.stage.family().to_string()).or_default() += 1;
     }
     reporter.totals(&plan.effect, &per_kind);
 
@@ -191,40 +203,41 @@ pub fn build(
                     continue;
                 }
                 let node = &plan.nodes[i];
-                let mut inputs = BTreeMap::new();
-                let mut input_paths = BTreeMap::new();
-                for inp in &node.inputs {
-                    match &inp.from {
-                        InputRef::File { path, digest } => {
-                            inputs.insert(inp.name.clone(), *digest);
-                            input_paths.insert(inp.name.clone(), path.clone());
+                let resolved = plan.resolve_inputs(
+                    i,
+                    |up| match &outcomes[up] {
+                        Some(NodeOutcome::Cached(r)) | Some(NodeOutcome::Ran(r)) => Some(r),
+                        _ => None,
+                    },
+                    Some(&|d: &Digest| cache.blob_path(d)),
+                );
+                let (inputs, input_paths) = match resolved {
+                    Ok(r) => (r.digests, r.paths),
+                    Err(Unresolved::Upstream(_)) => unreachable_input(),
+                    // An upstream record without an output this stage reads: fail the
+                    // stage loudly rather than key it on fewer inputs.
+                    Err(e) => {
+                        let error = StageError::bug(e.to_string());
+                        reporter.event(&Event::StageFailed {
+                            effect: plan.effect.clone(),
+                            stage: node.id.to_string(),
+                            kind: node.stage.family().into(),
+                            error: error.to_string(),
+                            user_error: false,
+                            tier: Tier::Bug,
+                        });
+                        outcomes[i] = Some(NodeOutcome::Failed {
+                            error: error.to_string(),
+                            tier: Tier::Bug,
+                        });
+                        if !opts.keep_going {
+                            stop = true;
                         }
-                        InputRef::Stage { node: up, output } => {
-                            let rec = match &outcomes[*up] {
-                                Some(NodeOutcome::Cached(r)) | Some(NodeOutcome::Ran(r)) => r,
-                                _ => unreachable_input(),
-                            };
-                            let Some(out) = rec.outputs.get(output) else {
-                                continue;
-                            };
-                            inputs.insert(inp.name.clone(), out.digest);
-                            input_paths.insert(inp.name.clone(), cache.blob_path(&out.digest));
-                        }
-                        InputRef::StageAll { node: up } => {
-                            let rec = match &outcomes[*up] {
-                                Some(NodeOutcome::Cached(r)) | Some(NodeOutcome::Ran(r)) => r,
-                                _ => unreachable_input(),
-                            };
-                            for (output, out) in &rec.outputs {
-                                let name = format!("{}/{output}", inp.name);
-                                inputs.insert(name.clone(), out.digest);
-                                input_paths.insert(name, cache.blob_path(&out.digest));
-                            }
-                        }
+                        continue;
                     }
-                }
+                };
                 let key = plan.key_of(i, &inputs);
-                let hit = match snapshot.entries.get(&node.id) {
+                let hit = match snapshot.entries.get(node.id.as_str()) {
                     Some(e)
                         if e.key == key
                             && e.outputs.iter().all(|(_, o)| blob_present(&o.digest)) =>
@@ -235,11 +248,11 @@ pub fn build(
                 };
                 match hit {
                     Some(mut rec) => {
-                        rec.stage_id = node.id.clone();
+                        rec.stage_id = node.id.to_string();
                         reporter.stage_finished(
                             &plan.effect,
                             &node.id,
-                            node.stage.kind(),
+                            node.stage.family(),
                             &rec,
                             true,
                         );
@@ -317,7 +330,7 @@ pub fn build(
                     reporter.stage_finished(
                         &plan.effect,
                         &node.id,
-                        node.stage.kind(),
+                        node.stage.family(),
                         &rec,
                         cached,
                     );
@@ -333,18 +346,19 @@ pub fn build(
                     outcomes[i] = Some(NodeOutcome::Skipped);
                 }
                 Err(e) => {
-                    let user_error = matches!(e, StageError::User(_));
+                    let tier = e.tier().unwrap_or(Tier::Bug);
                     let node = &plan.nodes[i];
                     reporter.event(&Event::StageFailed {
                         effect: plan.effect.clone(),
-                        stage: node.id.clone(),
-                        kind: node.stage.kind().into(),
+                        stage: node.id.to_string(),
+                        kind: node.stage.family().into(),
                         error: e.to_string(),
-                        user_error,
+                        user_error: tier == Tier::Input,
+                        tier,
                     });
                     outcomes[i] = Some(NodeOutcome::Failed {
                         error: e.to_string(),
-                        user_error,
+                        tier,
                     });
                     if !opts.keep_going {
                         stop = true;
@@ -363,7 +377,7 @@ pub fn build(
     let unchanged = outcomes.iter().zip(&plan.nodes).all(|(o, node)| match o {
         NodeOutcome::Cached(r) | NodeOutcome::Ran(r) => snapshot
             .entries
-            .get(&node.id)
+            .get(node.id.as_str())
             .is_some_and(|e| e.key == r.key),
         _ => true,
     }) && snapshot.entries.len() == plan.nodes.len();
@@ -372,17 +386,18 @@ pub fn build(
     for (i, o) in outcomes.iter().enumerate().filter(|_| !unchanged) {
         if let NodeOutcome::Cached(r) | NodeOutcome::Ran(r) = o {
             let id = &plan.nodes[i].id;
-            let entry = match snapshot.entries.get(id) {
+            let entry = match snapshot.entries.get(id.as_str()) {
                 Some(old) if old.key == r.key => old.clone(),
                 _ => {
                     changed = true;
                     SnapshotEntry::from_record(r)
                 }
             };
-            next.entries.insert(id.clone(), entry);
-        } else if let Some(old) = snapshot.entries.get(&plan.nodes[i].id) {
+            next.entries.insert(id.to_string(), entry);
+        } else if let Some(old) = snapshot.entries.get(plan.nodes[i].id.as_str()) {
             // Keep what an earlier build knew, so `explain` still has it.
-            next.entries.insert(plan.nodes[i].id.clone(), old.clone());
+            next.entries
+                .insert(plan.nodes[i].id.to_string(), old.clone());
         }
     }
     changed |= !unchanged && next.entries.len() != snapshot.entries.len();
@@ -463,10 +478,10 @@ fn run_job(
     job: Job,
 ) -> Result<StageRecord, StageError> {
     let node = &plan.nodes[job.node];
-    let infra = |e: crate::cache::CacheError| StageError::infra(e.to_string());
+    let infra = StageError::from;
     let _lock = cache.lock_key(&job.key).map_err(infra)?;
     if let Some(mut rec) = cache.get_record(&job.key).map_err(infra)? {
-        rec.stage_id = node.id.clone();
+        rec.stage_id = node.id.to_string();
         rec.duration_ms = u64::MAX; // marks "found cached after waiting"
         return Ok(rec);
     }
@@ -476,7 +491,7 @@ fn run_job(
     if let Some(remote) = &opts.remote {
         match remote.fetch(cache, &job.key) {
             Ok(Some(mut rec)) => {
-                rec.stage_id = node.id.clone();
+                rec.stage_id = node.id.to_string();
                 rec.duration_ms = u64::MAX; // cached, from the shared cache
                 return Ok(rec);
             }
@@ -489,7 +504,7 @@ fn run_job(
     let progress = |p: Progress| {
         reporter.event(&Event::StageProgress {
             effect: plan.effect.clone(),
-            stage: node.id.clone(),
+            stage: node.id.to_string(),
             done: p.done,
             total: p.total,
             message: p.message,
@@ -518,7 +533,7 @@ fn run_job(
     }
     let rec = StageRecord {
         key: job.key,
-        stage_id: node.id.clone(),
+        stage_id: node.id.to_string(),
         kind: node.stage.kind().to_string(),
         effect: plan.effect.clone(),
         outputs,

@@ -8,9 +8,11 @@
 pub mod accordion;
 pub mod adam;
 pub mod config;
+pub mod device;
 pub mod discriminator;
 pub mod layers;
 pub mod metrics;
 
 pub use accordion::Accordion;
 pub use config::AccordionConfig;
+pub use device::DeviceSpec;

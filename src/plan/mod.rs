@@ -1,25 +1,86 @@
 //! The planner: lowers a checked recipe into a DAG of stages (petgraph), one node per
 //! stage and per source item for per-item stages.
 
+mod id;
 pub mod lower;
-pub mod stage;
 
-pub use stage::{
-    stage_key, DeviceSpec, Input, InputRef, Params, Progress, Resource, RunContext, RunOutput,
-    Stage, StageError,
+pub use id::StageId;
+
+pub use crate::nn::DeviceSpec;
+pub use crate::stages::stage::{
+    stage_key, Params, Progress, Resource, RunContext, RunOutput, Stage, StageError,
 };
+use std::path::PathBuf;
 
 use crate::digest::{Digest, KeyHasher};
 use crate::recipe::Recipe;
 use petgraph::graph::{DiGraph, NodeIndex};
 
+/// What a stage reads.
+#[derive(Clone, Debug)]
+pub enum InputRef {
+    /// An output of another stage of the plan (by node index and output name).
+    Stage { node: usize, output: String },
+    /// Every output of another stage, as inputs named `<input name>/<output name>`
+    /// (a Core ML package is a folder of files).
+    StageAll { node: usize },
+    /// A source file of the project, with its content digest.
+    File { path: PathBuf, digest: Digest },
+}
+
+#[derive(Clone, Debug)]
+pub struct Input {
+    pub name: String,
+    pub from: InputRef,
+}
+
 pub struct PlanNode {
     /// Unique and stable across builds: `crop/synthetic-0003`, `train-teacher`.
-    pub id: String,
+    pub id: StageId,
     /// The source item of a per-item stage.
     pub item: Option<String>,
     pub stage: Box<dyn Stage>,
     pub inputs: Vec<Input>,
+}
+
+/// A node's resolved inputs: name → digest (what its key covers) and name → file.
+#[derive(Debug, Default)]
+pub struct ResolvedInputs {
+    pub digests: std::collections::BTreeMap<String, Digest>,
+    pub paths: std::collections::BTreeMap<String, PathBuf>,
+}
+
+/// Why a node's inputs cannot be resolved yet.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unresolved {
+    /// This upstream node has no known record yet (stale, or not built).
+    #[error("its upstream stage has not been built")]
+    Upstream(usize),
+    /// The upstream record lacks an output the node consumes.
+    #[error("stage {upstream} did not produce its declared output `{output}`")]
+    MissingOutput { upstream: StageId, output: String },
+}
+
+/// Checks that every consumed port is one its producer declares (`Stage::outputs`).
+pub fn check_wiring(nodes: &[PlanNode]) -> Result<(), String> {
+    for n in nodes {
+        for inp in &n.inputs {
+            if let InputRef::Stage { node: up, output } = &inp.from {
+                let producer = nodes.get(*up).ok_or_else(|| {
+                    format!("stage {} reads node {up}, which the plan lacks", n.id)
+                })?;
+                if !producer.stage.outputs().iter().any(|o| o == output) {
+                    return Err(format!(
+                        "stage {} reads `{output}` from {}, which declares only {:?}",
+                        n.id,
+                        producer.id,
+                        producer.stage.outputs()
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 pub struct Plan {
@@ -58,6 +119,10 @@ impl Plan {
         let order = petgraph::algo::toposort(&graph, None)
             .map(|v| v.into_iter().map(|n| n.index()).collect())
             .unwrap_or_else(|_| (0..nodes.len()).collect());
+        if let Err(e) = check_wiring(&nodes) {
+            // Only a planner change can miswire stages: fail loudly, never skip an input.
+            panic!("{e} (a bug in effectc's planner)");
+        }
         Plan {
             effect,
             recipe_digest,
@@ -67,34 +132,57 @@ impl Plan {
         }
     }
 
-    /// The input digests node `i`'s key covers, read from its upstream records; Err with
-    /// the first upstream node whose record is not known.
-    pub fn key_inputs<'a>(
+    /// Node `i`'s inputs as its key covers them (name → digest) and, with `blob_path`,
+    /// where each one is on disk: the one resolver the scheduler, dry run, transfer and
+    /// watch use. Fails on the first upstream node whose record is not known, or whose
+    /// record lacks an output the node consumes (never a silent skip).
+    pub fn resolve_inputs<'a>(
         &self,
         i: usize,
         record_of: impl Fn(usize) -> Option<&'a crate::cache::StageRecord>,
-    ) -> Result<std::collections::BTreeMap<String, Digest>, usize> {
-        let mut inputs = std::collections::BTreeMap::new();
+        blob_path: Option<&dyn Fn(&Digest) -> PathBuf>,
+    ) -> Result<ResolvedInputs, Unresolved> {
+        let mut r = ResolvedInputs::default();
+        let mut add = |name: String, digest: Digest, path: Option<PathBuf>| {
+            if let Some(p) = path.or_else(|| blob_path.map(|f| f(&digest))) {
+                r.paths.insert(name.clone(), p);
+            }
+            r.digests.insert(name, digest);
+        };
         for inp in &self.nodes[i].inputs {
             match &inp.from {
-                InputRef::File { digest, .. } => {
-                    inputs.insert(inp.name.clone(), *digest);
+                InputRef::File { path, digest } => {
+                    add(inp.name.clone(), *digest, blob_path.map(|_| path.clone()));
                 }
                 InputRef::Stage { node: up, output } => {
-                    let r = record_of(*up).ok_or(*up)?;
-                    if let Some(o) = r.outputs.get(output) {
-                        inputs.insert(inp.name.clone(), o.digest);
-                    }
+                    let rec = record_of(*up).ok_or(Unresolved::Upstream(*up))?;
+                    let o = rec
+                        .outputs
+                        .get(output)
+                        .ok_or_else(|| Unresolved::MissingOutput {
+                            upstream: self.nodes[*up].id.clone(),
+                            output: output.clone(),
+                        })?;
+                    add(inp.name.clone(), o.digest, None);
                 }
                 InputRef::StageAll { node: up } => {
-                    let r = record_of(*up).ok_or(*up)?;
-                    for (output, o) in &r.outputs {
-                        inputs.insert(format!("{}/{output}", inp.name), o.digest);
+                    let rec = record_of(*up).ok_or(Unresolved::Upstream(*up))?;
+                    for (output, o) in &rec.outputs {
+                        add(format!("{}/{output}", inp.name), o.digest, None);
                     }
                 }
             }
         }
-        Ok(inputs)
+        Ok(r)
+    }
+
+    /// The digests node `i`'s key covers (`resolve_inputs` without paths).
+    pub fn key_inputs<'a>(
+        &self,
+        i: usize,
+        record_of: impl Fn(usize) -> Option<&'a crate::cache::StageRecord>,
+    ) -> Result<std::collections::BTreeMap<String, Digest>, Unresolved> {
+        self.resolve_inputs(i, record_of, None).map(|r| r.digests)
     }
 
     /// The key of node `i` given its inputs' digests.
@@ -131,7 +219,7 @@ impl Plan {
     }
 
     pub fn node_index(&self, id: &str) -> Option<usize> {
-        self.nodes.iter().position(|n| n.id == id)
+        self.nodes.iter().position(|n| n.id.as_str() == id)
     }
 
     /// Indices of the nodes that read an output of `i`.
@@ -147,9 +235,9 @@ impl Plan {
         use std::collections::BTreeMap;
         let label = |n: &PlanNode| {
             if n.item.is_some() {
-                format!("{} (per item)", n.stage.kind())
+                format!("{} (per item)", n.stage.family())
             } else {
-                n.id.clone()
+                n.id.to_string()
             }
         };
         let mut counts: BTreeMap<String, usize> = BTreeMap::new();

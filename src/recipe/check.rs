@@ -36,7 +36,8 @@ pub struct Checker<'a> {
     pub registry: &'a Registry,
 }
 
-fn is_glob(s: &str) -> bool {
+/// Whether a source path is a glob pattern rather than one file.
+pub fn is_glob(s: &str) -> bool {
     s.contains(['*', '?', '[', '{'])
 }
 
@@ -709,8 +710,8 @@ impl<'a> Checker<'a> {
                 .choice(n, "lr-schedule", "constant", &["constant", "cosine"])
                 .as_str()
             {
-                "cosine" => crate::train::LrSchedule::Cosine,
-                _ => crate::train::LrSchedule::Constant,
+                "cosine" => crate::recipe::LrSchedule::Cosine,
+                _ => crate::recipe::LrSchedule::Constant,
             },
             beta1: self.d.setting_f64(n, "beta1", 0.0, 0.0, 0.999),
             l1_weight: self.d.setting_f64(n, "l1", 1.0, 0.0, 1e6),

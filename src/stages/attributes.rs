@@ -4,8 +4,8 @@
 //! `#` comments), which overrides the recipe. CLIP zero-shot detection replaces the
 //! sidecar in a later stage; until then a value missing from both is an error.
 
-use crate::plan::{Params, RunContext, RunOutput, Stage, StageError};
 use crate::recipe::AttributeUse;
+use crate::stages::{Params, RunContext, RunOutput, Stage, StageError};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -32,7 +32,7 @@ pub fn parse_sidecar(text: &str, path: &Path) -> Result<BTreeMap<String, String>
             continue;
         }
         let Some((k, v)) = line.split_once('=') else {
-            return Err(StageError::user(format!(
+            return Err(StageError::input(format!(
                 "{}:{}: expected `attribute = option`, found `{line}`",
                 path.display(),
                 n + 1
@@ -46,6 +46,9 @@ pub fn parse_sidecar(text: &str, path: &Path) -> Result<BTreeMap<String, String>
 impl Stage for ItemAttributes {
     fn kind(&self) -> &'static str {
         "attributes"
+    }
+    fn outputs(&self) -> Vec<String> {
+        ["attributes"].map(String::from).to_vec()
     }
     fn version(&self) -> u32 {
         1
@@ -83,13 +86,13 @@ impl Stage for ItemAttributes {
         for u in &self.uses {
             let name = &u.name.value;
             let Some(option) = sidecar.get(name).or(u.fixed.as_ref()) else {
-                return Err(StageError::user(format!(
+                return Err(StageError::input(format!(
                     "{}: no value for attribute `{name}`: write `{name} = OPTION` in its sidecar `<source>.attributes`, or fix it in the recipe (`attributes {name}=\"...\"`); detecting it with CLIP is not built yet",
                     self.item
                 )));
             };
             let Some(opt) = u.set.options.iter().find(|o| &o.name == option) else {
-                return Err(StageError::user(format!(
+                return Err(StageError::input(format!(
                     "{}: attribute `{name}` has no option `{option}` (options: {})",
                     self.item,
                     u.set

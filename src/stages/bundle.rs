@@ -11,15 +11,20 @@
 //! the tarball only the manifest.
 
 use super::target::read_frames;
+use crate::bundle::manifest::{
+    GoldenPair, Manifest, StudentSummary, TargetSummary, TeacherSummary,
+};
 use crate::bundle::{write_reproducible_tar_gz, EntrySource};
-use crate::digest::{Digest, KeyHasher};
-use crate::plan::{InputRef, Params, PlanNode, RunContext, RunOutput, Stage, StageError};
+use crate::digest::Digest;
+use crate::protocol::metric;
 use crate::recipe::Student;
+use crate::stages::{Params, RunContext, RunOutput, Stage, StageError};
 use image::RgbImage;
 use serde_json::{json, Map, Value};
+use std::collections::BTreeMap;
 
 pub struct BundleStage {
-    /// [`recipe_inputs_digest`] of the plan: the manifest's `recipe_digest`.
+    /// `plan::lower::recipe_inputs_digest` of the plan: the manifest's `recipe_digest`.
     pub recipe_digest: Digest,
     pub effect: String,
     pub version: Option<String>,
@@ -28,41 +33,6 @@ pub struct BundleStage {
     pub targets: Vec<(String, String, String)>,
     /// How many held-out rows the contact sheet and golden frames show.
     pub rows: usize,
-}
-
-/// What a bundle is a function of: every stage of the plan before it (kind,
-/// implementation version, canonical params, how its inputs are wired) and every file
-/// the plan reads, by content. Not the stages' outputs: those carry measurements
-/// (latency) that differ from machine to machine. Canonical params, so a comment in the
-/// recipe changes nothing; no absolute paths, so two checkouts agree.
-pub fn recipe_inputs_digest(nodes: &[PlanNode]) -> Digest {
-    let mut h = KeyHasher::new("effectc/recipe-inputs/v1");
-    for node in nodes {
-        h.str(&node.id)
-            .str(node.stage.kind())
-            .u64(node.stage.version() as u64);
-        let params = node.stage.params();
-        h.u64(params.len() as u64);
-        for (k, v) in &params {
-            h.str(k).str(v);
-        }
-        h.u64(node.inputs.len() as u64);
-        for inp in &node.inputs {
-            h.str(&inp.name);
-            match &inp.from {
-                InputRef::Stage { node: up, output } => {
-                    h.str("stage").str(&nodes[*up].id).str(output);
-                }
-                InputRef::StageAll { node: up } => {
-                    h.str("stage-all").str(&nodes[*up].id);
-                }
-                InputRef::File { digest, .. } => {
-                    h.str("file").digest(digest);
-                }
-            }
-        }
-    }
-    h.finish()
 }
 
 /// The machine a build ran on, for `measurements.json`.
@@ -94,17 +64,29 @@ fn frame_to_image(frame: &[f32], h: usize, w: usize) -> RgbImage {
 fn read_json(ctx: &RunContext, name: &str) -> Result<Value, StageError> {
     let path = ctx.input(name)?;
     let bytes = std::fs::read(path).map_err(|e| StageError::io(path, e))?;
-    serde_json::from_slice(&bytes).map_err(|e| StageError::infra(format!("{name}: {e}")))
+    serde_json::from_slice(&bytes).map_err(|e| StageError::environment(format!("{name}: {e}")))
 }
 
 impl Stage for BundleStage {
     fn kind(&self) -> &'static str {
         "bundle"
     }
+    fn outputs(&self) -> Vec<String> {
+        [
+            "bundle.tar.gz",
+            "contact-sheet.png",
+            "manifest.json",
+            "measurements.json",
+            "report.html",
+        ]
+        .map(String::from)
+        .to_vec()
+    }
     fn version(&self) -> u32 {
         // 2: measurements moved out of the tarball into measurements.json.
         // 3: the report beside the tarball shows out/EFFECT/'s name of the sheet.
-        3
+        // 4: the manifest is the typed `bundle::Manifest` (its fields in declared order).
+        4
     }
     fn params(&self) -> Params {
         let mut p = Params::from([
@@ -126,7 +108,7 @@ impl Stage for BundleStage {
         let (h, w) = (shape[2], shape[3]);
         let rows = self.rows.min(inputs.len());
         let mut entries: Vec<(String, EntrySource)> = Vec::new();
-        let mut targets = Map::new();
+        let mut targets = BTreeMap::new();
         let mut measured = Map::new();
         let mut target_outputs = Vec::new();
         for (name, format, precision) in &self.targets {
@@ -157,7 +139,7 @@ impl Stage for BundleStage {
             for (i, (x, y)) in inputs.iter().zip(&outs).take(rows).enumerate() {
                 let enc = |d: &[f32]| {
                     crate::bundle::npy::encode_f32(&[1, shape[1], h, w], d)
-                        .map_err(|e| StageError::infra(format!("npy: {e}")))
+                        .map_err(|e| StageError::environment(format!("npy: {e}")))
                 };
                 let (ip, op) = (
                     format!("golden/{name}/input-{i}.npy"),
@@ -165,7 +147,10 @@ impl Stage for BundleStage {
                 );
                 entries.push((ip.clone(), EntrySource::Bytes(enc(x)?)));
                 entries.push((op.clone(), EntrySource::Bytes(enc(y)?)));
-                golden.push(json!({"input": ip, "output": op}));
+                golden.push(GoldenPair {
+                    input: ip,
+                    output: op,
+                });
             }
             measured.insert(
                 name.clone(),
@@ -176,17 +161,17 @@ impl Stage for BundleStage {
             );
             targets.insert(
                 name.clone(),
-                json!({
-                    "file": format!("models/{name}/{main_file}"),
-                    "format": format,
-                    "precision": precision,
-                    "psnr_db": check["psnr_db"],
-                    "ssim": check["ssim"],
-                    "max_abs": check["max_abs"],
-                    "size_bytes": check["size_bytes"],
-                    "verified": check["passed"],
-                    "golden": golden,
-                }),
+                TargetSummary {
+                    file: format!("models/{name}/{main_file}"),
+                    format: format.clone(),
+                    precision: precision.clone(),
+                    psnr_db: check["psnr_db"].as_f64(),
+                    ssim: check["ssim"].as_f64(),
+                    max_abs: check["max_abs"].as_f64(),
+                    size_bytes: check["size_bytes"].as_u64(),
+                    verified: check["passed"].as_bool().unwrap_or(false),
+                    golden,
+                },
             );
             target_outputs.push((name.clone(), outs));
         }
@@ -207,7 +192,7 @@ impl Stage for BundleStage {
         }
         let mut titles = vec!["source", "teacher", "student"];
         titles.extend(target_outputs.iter().map(|(n, _)| n.as_str()));
-        let sheet = super::imaging::contact_sheet::contact_sheet(&sheet_rows, &titles, 128);
+        let sheet = crate::imaging::contact_sheet::contact_sheet(&sheet_rows, &titles, 128);
         let sheet_path = ctx.out_dir.join("contact-sheet.png");
         super::png::write_png(&sheet, &sheet_path)?;
         entries.push((
@@ -218,33 +203,38 @@ impl Stage for BundleStage {
         let student = read_json(ctx, "student-metrics.json")?;
         let teacher = read_json(ctx, "teacher-metrics.json")?;
         // Every file's digest, then the manifest that lists them.
-        let mut files = Map::new();
+        let mut files = BTreeMap::new();
         for (path, src) in &entries {
             let d = match src {
                 EntrySource::Bytes(b) => Digest::of_bytes(b),
                 EntrySource::File(p) => Digest::of_file(p).map_err(|e| StageError::io(p, e))?,
             };
-            files.insert(path.clone(), json!(d.hex()));
+            files.insert(path.clone(), d.hex());
         }
-        let manifest = json!({
-            "effect": self.effect,
-            "version": self.version,
-            "recipe_digest": self.recipe_digest.hex(),
-            "files": files,
-            "student": {
-                "width": self.student.width,
-                "blocks": self.student.blocks,
-                "params": student["params"],
-                "macs_512": student["macs_512"],
-                "psnr_db": student["psnr_vs_teacher_db"],
-                "psnr_vs_target_db": student["psnr_db"],
-                "ssim": student["ssim"],
-                "flicker_ratio": student["flicker_ratio"],
+        let manifest = Manifest {
+            effect: self.effect.clone(),
+            version: self.version.clone(),
+            recipe_digest: self.recipe_digest.hex(),
+            files,
+            student: StudentSummary {
+                width: self.student.width,
+                blocks: self.student.blocks,
+                params: student["params"].as_u64(),
+                macs_512: student["macs_512"].as_u64(),
+                psnr_db: student[metric::PSNR_VS_TEACHER_DB].as_f64(),
+                psnr_vs_target_db: student[metric::PSNR_DB].as_f64(),
+                ssim: student[metric::SSIM].as_f64(),
+                flicker_ratio: student["flicker_ratio"].as_f64(),
             },
-            "teacher": {"width": self.student.teacher_width, "psnr_db": teacher["psnr_db"], "identity_psnr_db": teacher["identity_psnr_db"]},
-            "targets": targets,
-        });
+            teacher: TeacherSummary {
+                width: self.student.teacher_width,
+                psnr_db: teacher[metric::PSNR_DB].as_f64(),
+                identity_psnr_db: teacher[metric::IDENTITY_PSNR_DB].as_f64(),
+            },
+            targets,
+        };
         let manifest_bytes = serde_json::to_vec_pretty(&manifest).unwrap_or_default();
+        let manifest_doc = serde_json::to_value(&manifest).unwrap_or_default();
         let manifest_path = ctx.out_dir.join("manifest.json");
         std::fs::write(&manifest_path, &manifest_bytes)
             .map_err(|e| StageError::io(&manifest_path, e))?;
@@ -255,12 +245,13 @@ impl Stage for BundleStage {
             let path = ctx.out_dir.join(name);
             crate::bundle::report::write_html(doc, Some(sheet), &path)
                 .map(|_| path)
-                .map_err(|e| StageError::infra(e.to_string()))
+                .map_err(|e| StageError::environment(e.to_string()))
         };
-        let inner_report = report(&manifest, "report-in-bundle.html", "contact-sheet.png")?;
+        let inner_report = report(&manifest_doc, "report-in-bundle.html", "contact-sheet.png")?;
         entries.push(("report.html".into(), EntrySource::File(inner_report)));
         let tar = ctx.out_dir.join("bundle.tar.gz");
-        write_reproducible_tar_gz(&entries, &tar).map_err(|e| StageError::infra(e.to_string()))?;
+        write_reproducible_tar_gz(&entries, &tar)
+            .map_err(|e| StageError::environment(e.to_string()))?;
 
         // Beside the tarball: what this machine measured, and a report showing it too.
         let measurements = json!({
@@ -275,7 +266,7 @@ impl Stage for BundleStage {
             serde_json::to_vec_pretty(&measurements).unwrap_or_default(),
         )
         .map_err(|e| StageError::io(&measurements_path, e))?;
-        let mut shown = manifest.clone();
+        let mut shown = manifest_doc.clone();
         for (name, m) in &measured {
             if let Some(t) = shown["targets"].get_mut(name) {
                 t["latency_ms"] = m["latency_ms"].clone();
@@ -290,8 +281,9 @@ impl Stage for BundleStage {
         out.files.insert("manifest.json".into(), manifest_path);
         out.files.insert("contact-sheet.png".into(), sheet_path);
         out.files.insert("report.html".into(), report_path);
-        let verified = targets.values().all(|t| t["verified"] == true);
-        out.metrics.insert("targets".into(), json!(targets.len()));
+        let verified = manifest.targets.values().all(|t| t.verified);
+        out.metrics
+            .insert("targets".into(), json!(manifest.targets.len()));
         out.metrics.insert("verified".into(), json!(verified));
         Ok(out)
     }

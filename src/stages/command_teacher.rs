@@ -1,8 +1,8 @@
 //! `pairs` from an external command run per item (see `imaging::external` for the
 //! argv / stdin / stdout contract).
 
-use super::imaging::external::run_command_teacher;
-use crate::plan::{Params, RunContext, RunOutput, Stage, StageError};
+use crate::imaging::external::{run_command_teacher, CommandTeacherError};
+use crate::stages::{Params, RunContext, RunOutput, Stage, StageError};
 use std::time::Duration;
 
 pub struct CommandPairs {
@@ -12,7 +12,13 @@ pub struct CommandPairs {
 
 impl Stage for CommandPairs {
     fn kind(&self) -> &'static str {
+        "pairs-command"
+    }
+    fn family(&self) -> &'static str {
         "pairs"
+    }
+    fn outputs(&self) -> Vec<String> {
+        vec!["target".into()]
     }
     fn version(&self) -> u32 {
         1
@@ -39,9 +45,20 @@ impl Stage for CommandPairs {
             &path,
             Duration::from_secs(self.timeout_s),
         )
-        .map_err(|e| StageError::user(e.to_string()))?;
+        .map_err(StageError::from)?;
         let mut out = RunOutput::default();
         out.files.insert("target".into(), path);
         Ok(out)
+    }
+}
+
+impl From<CommandTeacherError> for StageError {
+    /// The command is the recipe's: its failures, time-outs and bad images are input
+    /// errors; only I/O around it is judged by the I/O error's kind.
+    fn from(e: CommandTeacherError) -> StageError {
+        match e {
+            CommandTeacherError::Io { path, source } => StageError::io(&path, source),
+            e => StageError::input(e.to_string()),
+        }
     }
 }

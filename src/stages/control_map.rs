@@ -3,7 +3,7 @@
 
 use super::png::{read_rgb, write_png};
 use crate::diffusion::control_image::{canny, gray_to_rgb, softedge, CannyParams, SoftEdgeParams};
-use crate::plan::{Params, RunContext, RunOutput, Stage, StageError};
+use crate::stages::{Params, RunContext, RunOutput, Stage, StageError};
 
 /// The preprocessors effectc can draw so far. Pose and face mesh need their detectors.
 pub const BUILT_PREPROCESSORS: &[&str] = &["canny", "softedge"];
@@ -15,6 +15,9 @@ pub struct ControlMap {
 impl Stage for ControlMap {
     fn kind(&self) -> &'static str {
         "control"
+    }
+    fn outputs(&self) -> Vec<String> {
+        ["control"].map(String::from).to_vec()
     }
     fn version(&self) -> u32 {
         1
@@ -47,7 +50,7 @@ impl Stage for ControlMap {
             "canny" => canny(&src, &CannyParams::default()),
             "softedge" => softedge(&src, &SoftEdgeParams::default()),
             other => {
-                return Err(StageError::user(format!(
+                return Err(StageError::input(format!(
                     "the `{other}` preprocessor is not built yet"
                 )))
             }

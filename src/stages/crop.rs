@@ -1,9 +1,9 @@
 //! `crop`: scales each source so its short side is the recipe's size and centre-crops
 //! it square. (The face crop comes with face detection.)
 
-use super::imaging::crop::center_crop_resize;
 use super::png::{read_rgb, write_png};
-use crate::plan::{Params, RunContext, RunOutput, Stage, StageError};
+use crate::imaging::crop::center_crop_resize;
+use crate::stages::{Params, RunContext, RunOutput, Stage, StageError};
 
 pub struct CenterCrop {
     pub size_px: u32,
@@ -12,6 +12,9 @@ pub struct CenterCrop {
 impl Stage for CenterCrop {
     fn kind(&self) -> &'static str {
         "crop"
+    }
+    fn outputs(&self) -> Vec<String> {
+        ["image"].map(String::from).to_vec()
     }
     fn version(&self) -> u32 {
         1

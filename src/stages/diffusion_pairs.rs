@@ -6,8 +6,8 @@
 use crate::diffusion::job::{ControlJob, DiffuseJob, ModelRef};
 use crate::digest::{Digest, KeyHasher};
 use crate::models::ResolvedModel;
-use crate::plan::{Params, Resource, RunContext, RunOutput, Stage, StageError};
 use crate::recipe::DiffusionTeacher;
+use crate::stages::{Params, Resource, RunContext, RunOutput, Stage, StageError};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -40,7 +40,7 @@ pub fn fill_prompt(template: &str, attributes: &str) -> String {
 impl DiffusionPairs {
     fn model(&self, name: &str) -> Result<&ResolvedModel, StageError> {
         self.models.get(name).ok_or_else(|| {
-            StageError::infra(format!("model `{name}` was not resolved (planner bug)"))
+            StageError::environment(format!("model `{name}` was not resolved (planner bug)"))
         })
     }
 
@@ -55,7 +55,13 @@ impl DiffusionPairs {
 
 impl Stage for DiffusionPairs {
     fn kind(&self) -> &'static str {
+        "pairs-diffusion"
+    }
+    fn family(&self) -> &'static str {
         "pairs"
+    }
+    fn outputs(&self) -> Vec<String> {
+        vec!["target".into()]
     }
     fn version(&self) -> u32 {
         2
@@ -119,7 +125,7 @@ impl Stage for DiffusionPairs {
                 .ok()
                 .and_then(|b| serde_json::from_slice(&b).ok())
                 .ok_or_else(|| {
-                    StageError::infra(format!("{} is not attributes JSON", path.display()))
+                    StageError::environment(format!("{} is not attributes JSON", path.display()))
                 })?;
             json["prompt"].as_str().unwrap_or_default().to_string()
         } else {

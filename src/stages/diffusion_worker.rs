@@ -7,8 +7,8 @@
 //! request, hands each caller its answer, and repeats while jobs are waiting.
 
 use crate::diffusion::job::DiffuseJob;
-use crate::plan::{RunContext, StageError};
-use crate::train::job::TrainReport;
+use crate::protocol::{ServeAnswer, ServeRequest, WorkerReport};
+use crate::stages::{RunContext, StageError};
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, ChildStdout, Stdio};
@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 /// How long a leader waits for more jobs to join its batch.
 const GATHER: Duration = Duration::from_millis(150);
 
-type Answer = Result<TrainReport, StageError>;
+type Answer = Result<WorkerReport, StageError>;
 
 struct Waiting {
     job: DiffuseJob,
@@ -71,8 +71,11 @@ pub fn generate(ctx: &RunContext, job: DiffuseJob) -> Answer {
     if lead {
         lead_batches(&device, ctx.batch.max(1), ctx);
     }
-    rx.recv()
-        .unwrap_or_else(|_| Err(StageError::infra("the pair batch ended without an answer")))
+    rx.recv().unwrap_or_else(|_| {
+        Err(StageError::environment(
+            "the pair batch ended without an answer",
+        ))
+    })
 }
 
 /// Runs batches for `device` until no job is waiting.
@@ -109,15 +112,14 @@ fn lead_batches(device: &str, batch: usize, ctx: &RunContext) {
             }
             Err(e) => {
                 let message = e.to_string();
-                let user = matches!(e, StageError::User(_));
-                let cancelled = matches!(e, StageError::Cancelled);
+                let tier = e.tier();
                 for w in group {
-                    let _ = w.reply.send(Err(if cancelled {
-                        StageError::Cancelled
-                    } else if user {
-                        StageError::user(message.clone())
-                    } else {
-                        StageError::infra(message.clone())
+                    let _ = w.reply.send(Err(match tier {
+                        None => StageError::Cancelled,
+                        Some(tier) => StageError::Failed {
+                            tier,
+                            message: message.clone(),
+                        },
                     }));
                 }
             }
@@ -134,7 +136,7 @@ fn start_server() -> Result<Server, StageError> {
     // The server outlives the stage (and the scheduler thread) that started it: spawned
     // from the long-lived spawner thread, it dies with effectc and only with effectc.
     let mut child = crate::process::spawn(cmd)
-        .map_err(|e| StageError::infra(format!("cannot start the tensor worker: {e}")))?;
+        .map_err(|e| StageError::environment(format!("cannot start the tensor worker: {e}")))?;
     let stdin = child.stdin.take().expect("piped");
     let stdout = BufReader::new(child.stdout.take().expect("piped"));
     Ok(Server {
@@ -150,18 +152,21 @@ fn run_batch(
     device: &str,
     jobs: &[DiffuseJob],
     ctx: &RunContext,
-) -> Result<Vec<TrainReport>, StageError> {
+) -> Result<Vec<WorkerReport>, StageError> {
     let slot = server_slot(device);
     let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
     if slot.is_none() {
         *slot = Some(start_server()?);
     }
     let server = slot.as_mut().expect("started");
-    let line = serde_json::json!({ "jobs": jobs }).to_string();
+    let line = serde_json::to_string(&ServeRequest {
+        jobs: jobs.to_vec(),
+    })
+    .map_err(|e| StageError::bug(format!("cannot encode pair jobs: {e}")))?;
     let sent = writeln!(server.stdin, "{line}").and_then(|_| server.stdin.flush());
     if let Err(e) = sent {
         *slot = None;
-        return Err(StageError::infra(format!(
+        return Err(StageError::environment(format!(
             "the tensor worker went away: {e}"
         )));
     }
@@ -191,32 +196,29 @@ fn run_batch(
         }
         return Err(StageError::Cancelled);
     };
-    let value: serde_json::Value = match serde_json::from_str(&text) {
-        Ok(v) => v,
-        Err(_) => {
+    let answer: ServeAnswer = match serde_json::from_str(&text) {
+        Ok(a) => a,
+        Err(_) if text.trim().is_empty() => {
             if let Some(mut s) = slot.take() {
                 let _ = s.child.kill();
                 let _ = s.child.wait();
             }
-            return Err(StageError::infra(
+            return Err(StageError::environment(
                 "the tensor worker died while generating pairs (out of memory?)",
             ));
         }
+        Err(e) => {
+            return Err(StageError::bug(format!(
+                "unreadable answer from the tensor worker: {e}"
+            )))
+        }
     };
-    if let Some(error) = value.get("error") {
-        let message = error.as_str().unwrap_or("unknown error").to_string();
-        return Err(if value["user"].as_bool().unwrap_or(false) {
-            StageError::user(message)
-        } else {
-            StageError::infra(message)
-        });
-    }
-    let reports: Vec<TrainReport> = serde_json::from_value(value["reports"].clone())
-        .map_err(|e| StageError::infra(format!("unreadable answer from the tensor worker: {e}")))?;
-    if reports.len() != jobs.len() {
-        return Err(StageError::infra(
+    match answer {
+        ServeAnswer::Error { error, user: true } => Err(StageError::input(error)),
+        ServeAnswer::Error { error, user: false } => Err(StageError::environment(error)),
+        ServeAnswer::Reports { reports } if reports.len() != jobs.len() => Err(StageError::bug(
             "the tensor worker answered the wrong number of pairs",
-        ));
+        )),
+        ServeAnswer::Reports { reports } => Ok(reports),
     }
-    Ok(reports)
 }

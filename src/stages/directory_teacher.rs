@@ -1,8 +1,8 @@
 //! `pairs` a team already has: a folder of stylized images matched to sources by stem.
 
-use super::imaging::crop::center_crop_resize;
 use super::png::{read_rgb, write_png};
-use crate::plan::{Params, RunContext, RunOutput, Stage, StageError};
+use crate::imaging::crop::center_crop_resize;
+use crate::stages::{Params, RunContext, RunOutput, Stage, StageError};
 use std::path::{Path, PathBuf};
 
 pub struct DirectoryPairs {
@@ -12,12 +12,18 @@ pub struct DirectoryPairs {
 /// The pair target for a source stem (`.png`, `.jpg` or `.jpeg`, any case); an
 /// error message when two files match.
 pub fn find_target(dir: &Path, stem: &str) -> Result<Option<PathBuf>, String> {
-    super::imaging::external::find_pair_target(dir, stem).map_err(|e| e.to_string())
+    crate::imaging::external::find_pair_target(dir, stem).map_err(|e| e.to_string())
 }
 
 impl Stage for DirectoryPairs {
     fn kind(&self) -> &'static str {
+        "pairs-directory"
+    }
+    fn family(&self) -> &'static str {
         "pairs"
+    }
+    fn outputs(&self) -> Vec<String> {
+        vec!["target".into()]
     }
     fn version(&self) -> u32 {
         1

@@ -4,7 +4,7 @@
 
 use super::worker::run_worker;
 use crate::nn::config::AccordionConfig;
-use crate::plan::{Params, Resource, RunContext, RunOutput, Stage, StageError};
+use crate::stages::{Params, Resource, RunContext, RunOutput, Stage, StageError};
 use crate::train::job::ExportJob;
 
 pub struct ExportStudent {
@@ -18,6 +18,16 @@ pub struct ExportStudent {
 impl Stage for ExportStudent {
     fn kind(&self) -> &'static str {
         "export"
+    }
+    fn outputs(&self) -> Vec<String> {
+        [
+            "student.ir",
+            "holdout-inputs.npy",
+            "holdout-reference.npy",
+            "calibration-inputs.npy",
+        ]
+        .map(String::from)
+        .to_vec()
     }
     fn version(&self) -> u32 {
         1

@@ -1,9 +1,9 @@
 //! `pairs-sheet`: a contact sheet (source | control maps | teacher) of the first pairs,
 //! a PNG a person opens to judge the teacher before training on it.
 
-use super::imaging::contact_sheet::contact_sheet;
 use super::png::{read_rgb, write_png};
-use crate::plan::{Params, RunContext, RunOutput, Stage, StageError};
+use crate::imaging::contact_sheet::contact_sheet;
+use crate::stages::{Params, RunContext, RunOutput, Stage, StageError};
 
 pub struct PairsSheet {
     pub rows: usize,
@@ -14,6 +14,9 @@ pub struct PairsSheet {
 impl Stage for PairsSheet {
     fn kind(&self) -> &'static str {
         "pairs-sheet"
+    }
+    fn outputs(&self) -> Vec<String> {
+        ["pairs.png"].map(String::from).to_vec()
     }
     fn version(&self) -> u32 {
         1

@@ -1,6 +1,7 @@
-//! Reading and writing the PNGs stages exchange; errors name the file.
+//! Reading and writing the PNGs stages exchange; errors name the file, and their tier
+//! comes from the error (undecodable bytes are the data's, a full disk the machine's).
 
-use crate::plan::StageError;
+use crate::stages::StageError;
 use image::RgbImage;
 use std::path::Path;
 
@@ -10,13 +11,11 @@ pub fn read_rgb(path: &Path) -> Result<RgbImage, StageError> {
         .with_guessed_format()
         .map_err(|e| StageError::io(path, e))?
         .decode()
-        .map_err(|e| {
-            StageError::user(format!("{} is not a readable image: {e}", path.display()))
-        })?;
+        .map_err(|e| StageError::image(path, e))?;
     Ok(img.to_rgb8())
 }
 
 pub fn write_png(img: &RgbImage, path: &Path) -> Result<(), StageError> {
     img.save_with_format(path, image::ImageFormat::Png)
-        .map_err(|e| StageError::io(path, e))
+        .map_err(|e| StageError::image(path, e))
 }

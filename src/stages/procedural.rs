@@ -1,9 +1,9 @@
 //! `pairs` with the procedural teacher: a LEGO brick mosaic of each crop, on CPU, no models.
 
-use super::imaging::brick::{brick_mosaic, BrickStyle, Palette};
 use super::png::{read_rgb, write_png};
-use crate::plan::{Params, RunContext, RunOutput, Stage, StageError};
+use crate::imaging::brick::{brick_mosaic, BrickStyle, Palette};
 use crate::recipe::ProceduralTeacher;
+use crate::stages::{Params, RunContext, RunOutput, Stage, StageError};
 
 pub struct ProceduralPairs {
     teacher: ProceduralTeacher,
@@ -19,7 +19,13 @@ impl ProceduralPairs {
 
 impl Stage for ProceduralPairs {
     fn kind(&self) -> &'static str {
+        "pairs-procedural"
+    }
+    fn family(&self) -> &'static str {
         "pairs"
+    }
+    fn outputs(&self) -> Vec<String> {
+        vec!["target".into()]
     }
     fn version(&self) -> u32 {
         1
@@ -38,7 +44,7 @@ impl Stage for ProceduralPairs {
     fn run(&self, ctx: &mut RunContext) -> Result<RunOutput, StageError> {
         let src = read_rgb(ctx.input("source")?)?;
         let palette = Palette::from_name(&self.teacher.palette).ok_or_else(|| {
-            StageError::user(format!("unknown palette `{}`", self.teacher.palette))
+            StageError::input(format!("unknown palette `{}`", self.teacher.palette))
         })?;
         let style = BrickStyle {
             stud_px: self.teacher.stud_px,

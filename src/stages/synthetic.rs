@@ -1,9 +1,9 @@
 //! `synthetic`: draws one deterministic portrait-like test image per item, so the demo
 //! and the tests need no photos.
 
-use super::imaging::synthetic::synthetic_portrait;
 use super::png::write_png;
-use crate::plan::{Params, RunContext, RunOutput, Stage, StageError};
+use crate::imaging::synthetic::synthetic_portrait;
+use crate::stages::{Params, RunContext, RunOutput, Stage, StageError};
 
 pub struct SyntheticSource {
     pub seed: u64,
@@ -14,6 +14,9 @@ pub struct SyntheticSource {
 impl Stage for SyntheticSource {
     fn kind(&self) -> &'static str {
         "synthetic"
+    }
+    fn outputs(&self) -> Vec<String> {
+        ["image"].map(String::from).to_vec()
     }
     fn version(&self) -> u32 {
         1

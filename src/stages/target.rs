@@ -9,8 +9,8 @@ use crate::export::ir::Graph;
 use crate::export::onnx::{self, OnnxPrecision};
 use crate::export::quantize::{calibrate, ActivationType, Calibration, CalibrationMethod};
 use crate::export::tflite::{self, TflitePrecision};
-use crate::plan::{Params, RunContext, RunOutput, Stage, StageError};
 use crate::recipe::TargetSpec;
+use crate::stages::{Params, RunContext, RunOutput, Stage, StageError};
 use std::path::Path;
 
 pub struct WriteTarget {
@@ -20,15 +20,15 @@ pub struct WriteTarget {
 pub fn read_ir(path: &Path) -> Result<Graph, StageError> {
     let bytes = std::fs::read(path).map_err(|e| StageError::io(path, e))?;
     postcard::from_bytes(&bytes)
-        .map_err(|e| StageError::infra(format!("{}: not a student IR: {e}", path.display())))
+        .map_err(|e| StageError::environment(format!("{}: not a student IR: {e}", path.display())))
 }
 
 /// NCHW frames from an `.npy` of shape [N, C, H, W], one `Vec` per frame.
 pub fn read_frames(path: &Path) -> Result<(Vec<Vec<f32>>, [usize; 4]), StageError> {
     let (shape, data) = crate::bundle::npy::read_f32(path)
-        .map_err(|e| StageError::infra(format!("{}: {e}", path.display())))?;
+        .map_err(|e| StageError::environment(format!("{}: {e}", path.display())))?;
     let [n, c, h, w] = <[usize; 4]>::try_from(shape.as_slice())
-        .map_err(|_| StageError::infra(format!("{}: expected 4-D frames", path.display())))?;
+        .map_err(|_| StageError::environment(format!("{}: expected 4-D frames", path.display())))?;
     let per = c * h * w;
     Ok((
         (0..n)
@@ -46,7 +46,7 @@ pub fn calibration_for(
     let (frames, _) = read_frames(ctx.input("calibration-inputs.npy")?)?;
     let take: Vec<Vec<f32>> = frames.into_iter().take(size.max(1)).collect();
     calibrate(graph, &take, CalibrationMethod::Percentile(99.99))
-        .map_err(|e| StageError::infra(format!("calibration: {e}")))
+        .map_err(|e| StageError::environment(format!("calibration: {e}")))
 }
 
 fn write(path: &Path, bytes: &[u8]) -> Result<(), StageError> {
@@ -56,6 +56,11 @@ fn write(path: &Path, bytes: &[u8]) -> Result<(), StageError> {
 impl Stage for WriteTarget {
     fn kind(&self) -> &'static str {
         "target"
+    }
+    /// A target is a folder of files whose names depend on the format (a Core ML
+    /// package is many): consumers take all of them (`InputRef::StageAll`), no port.
+    fn outputs(&self) -> Vec<String> {
+        Vec::new()
     }
     fn version(&self) -> u32 {
         1
@@ -80,7 +85,7 @@ impl Stage for WriteTarget {
         let cal_size = self.target.profile.calibration_size as usize;
         let mut out = RunOutput::default();
         let fail = |e: &dyn std::fmt::Display| {
-            StageError::user(format!("target {}: {e}", self.target.profile.name))
+            StageError::input(format!("target {}: {e}", self.target.profile.name))
         };
         match format {
             "onnx" => {

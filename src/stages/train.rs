@@ -5,8 +5,8 @@
 //! the next build of the same key resumes from.
 
 use crate::nn::config::AccordionConfig;
-use crate::plan::{Params, Resource, RunContext, RunOutput, Stage, StageError};
 use crate::recipe::{Student, Train};
+use crate::stages::{Params, Resource, RunContext, RunOutput, Stage, StageError};
 use crate::train::job::{Hyper, PairFiles, TrainJob};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -76,6 +76,17 @@ impl Stage for TrainStage {
             Role::Teacher => "train-teacher",
             Role::Student => "distill-student",
         }
+    }
+    fn outputs(&self) -> Vec<String> {
+        [
+            "metrics.json",
+            "weights.safetensors",
+            "loss.csv",
+            "loss.png",
+            "samples.png",
+        ]
+        .map(String::from)
+        .to_vec()
     }
     fn version(&self) -> u32 {
         // 2: in-place Adam/EMA kernels (different rounding than version 1).

@@ -7,8 +7,9 @@
 use super::target::{read_frames, read_ir};
 use crate::export::coreml::PixelRange;
 use crate::export::quantize::{ActivationType, Calibration, QuantPlan};
-use crate::plan::{Params, RunContext, RunOutput, Stage, StageError};
+use crate::protocol::metric;
 use crate::recipe::TargetSpec;
+use crate::stages::{Params, RunContext, RunOutput, Stage, StageError};
 use crate::verify::{
     verify_artifact, Artifact, ChecksTable, Thresholds, TractModel, VerifyOptions,
 };
@@ -37,6 +38,9 @@ impl Stage for VerifyTarget {
     fn kind(&self) -> &'static str {
         "verify"
     }
+    fn outputs(&self) -> Vec<String> {
+        ["check.json", "outputs.npy"].map(String::from).to_vec()
+    }
     fn version(&self) -> u32 {
         1
     }
@@ -57,9 +61,10 @@ impl Stage for VerifyTarget {
         let (inputs, shape) = read_frames(ctx.input("holdout-inputs.npy")?)?;
         let (references, _) = read_frames(ctx.input("holdout-reference.npy")?)?;
         let name = self.target.profile.name.clone();
-        let infra = |e: &dyn std::fmt::Display| StageError::infra(format!("verify {name}: {e}"));
+        let infra =
+            |e: &dyn std::fmt::Display| StageError::environment(format!("verify {name}: {e}"));
         let read = |n: &str| {
-            std::fs::read(ctx.input(n)?).map_err(|e| StageError::infra(format!("{n}: {e}")))
+            std::fs::read(ctx.input(n)?).map_err(|e| StageError::environment(format!("{n}: {e}")))
         };
         let thresholds = Thresholds {
             min_psnr_db: self.min_psnr_db(),
@@ -161,13 +166,13 @@ impl Stage for VerifyTarget {
                 (check, outs)
             }
             other => {
-                return Err(StageError::user(format!(
+                return Err(StageError::input(format!(
                     "verify {name}: unknown format `{other}`"
                 )))
             }
         };
         if !check.passed {
-            return Err(StageError::user(format!(
+            return Err(StageError::input(format!(
                 "target {name} missed its bar:\n{}",
                 ChecksTable(std::slice::from_ref(&check))
             )));
@@ -192,11 +197,11 @@ impl Stage for VerifyTarget {
         out.files.insert("outputs.npy".into(), outputs_path);
         let m = &mut out.metrics;
         m.insert(
-            "psnr_db".into(),
+            metric::PSNR_DB.into(),
             serde_json::json!((check.psnr_db * 100.0).round() / 100.0),
         );
         m.insert(
-            "ssim".into(),
+            metric::SSIM.into(),
             serde_json::json!((check.ssim * 10000.0).round() / 10000.0),
         );
         m.insert(
@@ -224,7 +229,7 @@ fn run_all(model: &TractModel, inputs: &[Vec<f32>]) -> Result<Vec<Vec<f32>>, Sta
             model
                 .run(x)
                 .map(|(y, _)| y)
-                .map_err(|e| StageError::infra(format!("tract: {e}")))
+                .map_err(|e| StageError::environment(format!("tract: {e}")))
         })
         .collect()
 }

@@ -2,8 +2,8 @@
 //! forwards a cancel as SIGINT (the worker checkpoints first), and maps its exit code
 //! (0 done, 1 the user's problem, 130 cancelled, else the machine's).
 
-use crate::plan::{Progress, RunContext, StageError};
-use crate::train::job::TrainReport;
+use crate::protocol::{WorkerLine, WorkerReport};
+use crate::stages::{Progress, RunContext, StageError};
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -12,10 +12,10 @@ use std::sync::atomic::Ordering;
 /// The worker binary, next to the running `effectc`.
 pub fn worker_path() -> Result<PathBuf, StageError> {
     let exe = std::env::current_exe()
-        .map_err(|e| StageError::infra(format!("cannot locate effectc itself: {e}")))?;
+        .map_err(|e| StageError::environment(format!("cannot locate effectc itself: {e}")))?;
     let path = exe.with_file_name("effectc-nn");
     if !path.is_file() {
-        return Err(StageError::infra(format!(
+        return Err(StageError::environment(format!(
             "the tensor worker {} is missing: build it with `cargo build --release` (make setup)",
             path.display()
         )));
@@ -47,7 +47,7 @@ pub fn run_worker(
     ctx: &mut RunContext,
     subcommand: &str,
     job: &serde_json::Value,
-) -> Result<TrainReport, StageError> {
+) -> Result<WorkerReport, StageError> {
     let job_path = ctx.out_dir.join(format!("{subcommand}-job.json"));
     std::fs::write(
         &job_path,
@@ -61,7 +61,7 @@ pub fn run_worker(
         .stderr(Stdio::piped());
     // Dies with effectc, however effectc dies (no orphan writing into the checkpoint).
     let mut child = crate::process::spawn(cmd)
-        .map_err(|e| StageError::infra(format!("cannot start the tensor worker: {e}")))?;
+        .map_err(|e| StageError::environment(format!("cannot start the tensor worker: {e}")))?;
     let stderr = child.stderr.take();
     let stderr_thread = std::thread::spawn(move || {
         let mut text = String::new();
@@ -92,30 +92,24 @@ pub fn run_worker(
         });
         if let Some(stdout) = stdout {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
-                    continue;
-                };
-                if let Some(p) = v.get("progress") {
-                    let losses = p["losses"]
-                        .as_object()
-                        .map(|m| {
-                            m.iter()
-                                .filter(|(k, _)| *k != "total")
-                                .map(|(k, v)| format!("{k} {:.3}", v.as_f64().unwrap_or(0.0)))
-                                .collect::<Vec<_>>()
-                                .join(" ")
-                        })
-                        .unwrap_or_default();
-                    progress(Progress {
-                        done: p["step"].as_u64().unwrap_or(0),
-                        total: p["total_steps"].as_u64().unwrap_or(0),
-                        message: format!(
-                            "{losses} | {:.1} steps/s",
-                            p["steps_per_s"].as_f64().unwrap_or(0.0)
-                        ),
-                    });
-                } else if let Some(r) = v.get("report") {
-                    report = serde_json::from_value::<TrainReport>(r.clone()).ok();
+                // Lines that are not protocol (a library printing) are not ours to read.
+                match serde_json::from_str::<WorkerLine>(&line) {
+                    Ok(WorkerLine::Progress(p)) => {
+                        let losses = p
+                            .losses
+                            .iter()
+                            .filter(|(k, _)| *k != "total")
+                            .map(|(k, v)| format!("{k} {v:.3}"))
+                            .collect::<Vec<_>>()
+                            .join(" ");
+                        progress(Progress {
+                            done: p.step as u64,
+                            total: p.total_steps as u64,
+                            message: format!("{losses} | {:.1} steps/s", p.steps_per_s),
+                        });
+                    }
+                    Ok(WorkerLine::Report(r)) => report = Some(r),
+                    Err(_) => {}
                 }
             }
         }
@@ -123,15 +117,22 @@ pub fn run_worker(
     });
     let status = child
         .wait()
-        .map_err(|e| StageError::infra(format!("tensor worker: {e}")))?;
+        .map_err(|e| StageError::environment(format!("tensor worker: {e}")))?;
     let stderr = stderr_thread.join().unwrap_or_default();
     ctx.log.push_str(&stderr);
     match status.code() {
         Some(0) => {}
         Some(130) => return Err(StageError::Cancelled),
-        Some(1) => return Err(StageError::user(stderr.trim().to_string())),
+        Some(1) => return Err(StageError::input(stderr.trim().to_string())),
+        // A Rust panic in the worker.
+        Some(101) => {
+            return Err(StageError::bug(format!(
+                "the tensor worker panicked: {}",
+                stderr.trim()
+            )))
+        }
         code => {
-            return Err(StageError::infra(format!(
+            return Err(StageError::environment(format!(
                 "tensor worker failed ({}): {}",
                 code.map(|c| c.to_string())
                     .unwrap_or_else(|| "killed".into()),
@@ -139,5 +140,5 @@ pub fn run_worker(
             )))
         }
     }
-    report.ok_or_else(|| StageError::infra("the tensor worker ended without a report"))
+    report.ok_or_else(|| StageError::bug("the tensor worker ended without a report"))
 }

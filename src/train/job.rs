@@ -3,7 +3,6 @@
 
 use crate::nn::AccordionConfig;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 /// One pair of the dataset: PNGs at the training resolution.
@@ -46,24 +45,8 @@ pub struct Hyper {
     pub jitter: f64,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LrSchedule {
-    Constant,
-    /// Half a cosine from `lr` down to 0 at the last step. It helps smooth effects settle;
-    /// the underfitting brick teacher lost 0.7 dB with it, so it is opt-in.
-    Cosine,
-}
-
-impl LrSchedule {
-    /// The recipe's spelling (`lr-schedule "cosine"`).
-    pub fn name(self) -> &'static str {
-        match self {
-            LrSchedule::Constant => "constant",
-            LrSchedule::Cosine => "cosine",
-        }
-    }
-}
+pub use crate::protocol::{TrainProgress, WorkerReport};
+pub use crate::recipe::LrSchedule;
 
 impl Hyper {
     /// The learning rate for `step` (0-based) of `steps`. A pure function of the step,
@@ -92,21 +75,6 @@ pub struct TrainJob {
     pub device: String,
     pub checkpoint_dir: PathBuf,
     pub out_dir: PathBuf,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct TrainProgress {
-    pub step: u32,
-    pub total_steps: u32,
-    pub losses: BTreeMap<String, f64>,
-    pub steps_per_s: f64,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct TrainReport {
-    pub metrics: serde_json::Map<String, serde_json::Value>,
-    /// Output name → file in the job's out_dir.
-    pub files: BTreeMap<String, PathBuf>,
 }
 
 /// Lowering the trained student for export: the IR, the held-out frames with the tch

@@ -1,6 +1,6 @@
 //! Loss curves as a PNG a person can look at (log-scale y, one colour per term).
 
-use crate::stages::imaging::contact_sheet::draw_text;
+use crate::imaging::contact_sheet::draw_text;
 use image::{Rgb, RgbImage};
 
 const COLORS: &[[u8; 3]] = &[

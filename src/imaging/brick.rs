@@ -204,7 +204,7 @@ mod tests {
 
     #[test]
     fn flat_brick_faces_use_only_palette_colours() {
-        let src = super::super::synthetic::synthetic_portrait(3, 0, 64);
+        let src = crate::imaging::synthetic::synthetic_portrait(3, 0, 64);
         let out = brick_mosaic(&src, &BrickStyle::default());
         // Local (1, 4) of each 8 px brick is on its flat face: no bevel, seam or stud.
         let mut colours = std::collections::BTreeSet::new();

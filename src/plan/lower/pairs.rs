@@ -1,205 +1,83 @@
-//! Lowering a checked recipe into plan nodes: sources → crop → pairs (per item) →
-//! whole-dataset stages. Problems that need the file system (a glob that matches
-//! nothing, a pair missing from a directory teacher) are diagnostics with spans too.
+//! The per-item stages: crop, then per teacher kind the pairs (with a diffusion
+//! teacher: the item's attributes and one control map per preprocessor first), and the
+//! pairs sheet a person opens to see what the teacher made.
 
-use super::{Input, InputRef, Plan, PlanNode};
-use crate::digest::{Digest, KeyHasher};
+use super::items::{ItemOrigin, SourceItem};
+use crate::digest::Digest;
+use crate::plan::{Input, InputRef, PlanNode, StageId};
 use crate::project::Project;
-use crate::recipe::{CropMode, Diagnostics, Recipe, RecipeDiagnostic, Teacher};
-use crate::stages;
-use std::path::{Path, PathBuf};
+use crate::recipe::{Diagnostics, Recipe, RecipeDiagnostic, Teacher};
+use crate::stages::{self, Stage};
+use std::path::Path;
+use std::sync::Arc;
 
-/// A source item: a name stable across builds (relative path, or `synthetic-0007`).
-#[derive(Clone, Debug)]
-pub struct SourceItem {
-    pub name: String,
-    pub origin: ItemOrigin,
-    pub holdout: bool,
+/// One copy of the diffusion teacher and its checked models, shared by every item's
+/// pair stage.
+#[derive(Default)]
+pub struct SharedTeacher {
+    teacher: Option<Arc<crate::recipe::DiffusionTeacher>>,
+    models: Arc<std::collections::BTreeMap<String, crate::models::ResolvedModel>>,
 }
 
-#[derive(Clone, Debug)]
-pub enum ItemOrigin {
-    File { path: PathBuf, digest: Digest },
-    Synthetic { seed: u64, index: u64 },
-}
-
-/// Held-out items are chosen by a stable hash of the item's name, so adding or removing
-/// items never moves another item between splits.
-pub fn is_holdout(item: &str, fraction: f64) -> bool {
-    let mut h = KeyHasher::new("effectc/holdout/v1");
-    h.str(item);
-    let d = h.finish();
-    let x = u64::from_le_bytes(d.0[..8].try_into().unwrap_or([0; 8]));
-    (x as f64 / u64::MAX as f64) < fraction
-}
-
-fn is_glob(text: &str) -> bool {
-    text.contains(['*', '?', '[', '{'])
-}
-
-/// The folders of a glob before its first wildcard (`data/*/x.jpg` → `data`).
-pub fn glob_literal_prefix(pattern: &str) -> PathBuf {
-    Path::new(pattern)
-        .components()
-        .take_while(|c| !is_glob(&c.as_os_str().to_string_lossy()))
-        .collect()
-}
-
-/// Expands the recipe's image globs (relative to the project root), sorted by name.
-pub fn image_files(project: &Project, recipe: &Recipe, diags: &mut Diagnostics) -> Vec<PathBuf> {
-    let mut files = Vec::new();
-    for glob in &recipe.sources.images {
-        let pattern = &glob.value;
-        let mut matched = 0;
-        if !is_glob(pattern) {
-            files.push(project.root.join(pattern));
-            continue;
-        }
-        let Ok(g) = globset::GlobBuilder::new(pattern)
-            .literal_separator(true)
-            .build()
-        else {
-            continue;
-        };
-        let matcher = g.compile_matcher();
-        // Walk only below the glob's literal prefix.
-        let prefix = glob_literal_prefix(pattern);
-        let start = project.root.join(&prefix);
-        for entry in walkdir::WalkDir::new(&start)
-            .follow_links(true)
-            .sort_by_file_name()
-            .into_iter()
-            .filter_map(|e| e.ok())
-        {
-            if !entry.file_type().is_file() {
-                continue;
-            }
-            let rel = project.relative(entry.path());
-            if matcher.is_match(&rel) {
-                files.push(entry.path().to_path_buf());
-                matched += 1;
-            }
-        }
-        if matched == 0 {
-            let d = match &glob.loc {
-                Some(loc) => {
-                    RecipeDiagnostic::at(loc, "empty-glob", format!("`{pattern}` matches no files"))
-                        .label("no match")
-                }
-                None => {
-                    RecipeDiagnostic::nowhere("empty-glob", format!("`{pattern}` matches no files"))
-                }
-            };
-            diags.push(d.help(format!(
-                "paths are relative to the project root {}",
-                project.root.display()
-            )));
-        }
-    }
-    files.sort();
-    files.dedup();
-    files
-}
-
-/// Lowers `recipe` into a plan. `digest_of` hashes a source file (through the stat cache).
-pub fn lower(
+/// Checked before any work: every model the teacher names is present and pinned, every
+/// control image can be drawn.
+pub fn shared_teacher(
     project: &Project,
     recipe: &Recipe,
     digest_of: &mut dyn FnMut(&Path) -> std::io::Result<Digest>,
-) -> Result<Plan, Diagnostics> {
-    let mut diags = Diagnostics::default();
-    let mut items = Vec::new();
-    let holdout = recipe.sources.holdout;
-    if let Some(s) = &recipe.sources.synthetic {
-        for index in 0..s.count as u64 {
-            let name = format!("synthetic-{index:04}");
-            items.push(SourceItem {
-                holdout: is_holdout(&name, holdout),
-                name,
-                origin: ItemOrigin::Synthetic {
-                    seed: s.seed,
-                    index,
-                },
-            });
+    verify_pins: bool,
+    diags: &mut Diagnostics,
+) -> SharedTeacher {
+    let mut shared = SharedTeacher::default();
+    let Teacher::Diffusion(t) = &recipe.teacher else {
+        return shared;
+    };
+    shared.models = Arc::new(crate::models::check_models(
+        project,
+        recipe,
+        digest_of,
+        verify_pins,
+        diags,
+    ));
+    shared.teacher = Some(Arc::new((**t).clone()));
+    for c in &t.controlnets {
+        if stages::control_map::BUILT_PREPROCESSORS.contains(&c.preprocessor.as_str()) {
+            continue;
         }
-    }
-    for path in image_files(project, recipe, &mut diags) {
-        let name = project.relative(&path);
-        match digest_of(&path) {
-            Ok(digest) => items.push(SourceItem {
-                holdout: is_holdout(&name, holdout),
-                name,
-                origin: ItemOrigin::File { path, digest },
-            }),
-            Err(e) => diags.push(RecipeDiagnostic::nowhere(
-                "unreadable-source",
-                format!("cannot read source image {}: {e}", path.display()),
-            )),
-        }
-    }
-    for v in &recipe.sources.videos {
-        let d = match &v.glob.loc {
-            Some(loc) => {
-                RecipeDiagnostic::at(loc, "not-built-yet", "video sources are not built yet")
-                    .label("video")
-            }
-            None => RecipeDiagnostic::nowhere("not-built-yet", "video sources are not built yet"),
+        let message = format!(
+            "ControlNet preset `{}` needs the `{}` preprocessor, which is not built yet",
+            c.preset.value, c.preprocessor
+        );
+        let d = match &c.preset.loc {
+            Some(loc) => RecipeDiagnostic::at(loc, "not-built-yet", message)
+                .label("preprocessor not built yet"),
+            None => RecipeDiagnostic::nowhere("not-built-yet", message),
         };
-        diags.push(d.help("extract frames to images (e.g. `ffmpeg -i clip.mp4 -vf fps=2 frames/%04d.png`) and list them with `images`"));
+        diags.push(d.help(format!(
+            "presets whose preprocessors exist: those using {}",
+            stages::control_map::BUILT_PREPROCESSORS.join(", ")
+        )));
     }
-    if recipe.sources.crop.mode.value == CropMode::Face {
-        let d = match &recipe.sources.crop.mode.loc {
-            Some(loc) => RecipeDiagnostic::at(
-                loc,
-                "not-built-yet",
-                "the `face` crop needs the face detector, which is not built yet",
-            )
-            .label("face crop"),
-            None => RecipeDiagnostic::nowhere("not-built-yet", "the `face` crop is not built yet"),
-        };
-        diags.push(d.help("use `crop \"center\" size=...` until face detection lands"));
-    }
-    // One copy of the teacher and its models, shared by every item's pair stage.
-    let mut models = std::sync::Arc::default();
-    let mut teacher = None;
-    if let Teacher::Diffusion(t) = &recipe.teacher {
-        // Checked before any work: every model the teacher names is present and pinned,
-        // every control image can be drawn.
-        models = std::sync::Arc::new(crate::models::check_models(
-            project, recipe, digest_of, &mut diags,
-        ));
-        teacher = Some(std::sync::Arc::new((**t).clone()));
-        for c in &t.controlnets {
-            if stages::control_map::BUILT_PREPROCESSORS.contains(&c.preprocessor.as_str()) {
-                continue;
-            }
-            let message = format!(
-                "ControlNet preset `{}` needs the `{}` preprocessor, which is not built yet",
-                c.preset.value, c.preprocessor
-            );
-            let d = match &c.preset.loc {
-                Some(loc) => RecipeDiagnostic::at(loc, "not-built-yet", message)
-                    .label("preprocessor not built yet"),
-                None => RecipeDiagnostic::nowhere("not-built-yet", message),
-            };
-            diags.push(d.help(format!(
-                "presets whose preprocessors exist: those using {}",
-                stages::control_map::BUILT_PREPROCESSORS.join(", ")
-            )));
-        }
-    }
-    if !diags.is_empty() {
-        return Err(diags);
-    }
+    shared
+}
 
-    let mut nodes: Vec<PlanNode> = Vec::with_capacity(items.len() * 3 + 8);
+/// Adds each item's stages; returns (item, crop node, pairs node) per item.
+pub fn add_item_stages(
+    project: &Project,
+    recipe: &Recipe,
+    items: &[SourceItem],
+    shared: &SharedTeacher,
+    digest_of: &mut dyn FnMut(&Path) -> std::io::Result<Digest>,
+    nodes: &mut Vec<PlanNode>,
+    diags: &mut Diagnostics,
+) -> Vec<(SourceItem, usize, usize)> {
     let size_px = recipe.sources.crop.size_px;
     let mut pairs = Vec::new();
-    for item in &items {
+    for item in items {
         let image_input = match &item.origin {
             ItemOrigin::Synthetic { seed, index } => {
                 nodes.push(PlanNode {
-                    id: format!("synthetic/{}", item.name),
+                    id: StageId::synthetic(&item.name),
                     item: Some(item.name.clone()),
                     stage: Box::new(stages::synthetic::SyntheticSource {
                         seed: *seed,
@@ -219,7 +97,7 @@ pub fn lower(
             },
         };
         nodes.push(PlanNode {
-            id: format!("crop/{}", item.name),
+            id: StageId::crop(&item.name),
             item: Some(item.name.clone()),
             stage: Box::new(stages::crop::CenterCrop { size_px }),
             inputs: vec![Input {
@@ -235,7 +113,7 @@ pub fn lower(
                 output: "image".into(),
             },
         };
-        let (stage, mut inputs): (Box<dyn super::Stage>, Vec<Input>) = match &recipe.teacher {
+        let (stage, mut inputs): (Box<dyn Stage>, Vec<Input>) = match &recipe.teacher {
             Teacher::Procedural(p) => (
                 Box::new(stages::procedural::ProceduralPairs::new(p)),
                 vec![source],
@@ -323,7 +201,7 @@ pub fn lower(
                         }
                     }
                     nodes.push(PlanNode {
-                        id: format!("attributes/{}", item.name),
+                        id: StageId::attributes(&item.name),
                         item: Some(item.name.clone()),
                         stage: Box::new(stages::attributes::ItemAttributes {
                             item: item.name.clone(),
@@ -347,7 +225,7 @@ pub fn lower(
                         Some((_, n)) => *n,
                         None => {
                             nodes.push(PlanNode {
-                                id: format!("control:{}/{}", c.preprocessor, item.name),
+                                id: StageId::control(&c.preprocessor, &item.name),
                                 item: Some(item.name.clone()),
                                 stage: Box::new(stages::control_map::ControlMap {
                                     preprocessor: c.preprocessor.clone(),
@@ -375,27 +253,36 @@ pub fn lower(
                 (
                     Box::new(stages::diffusion_pairs::DiffusionPairs {
                         item: item.name.clone(),
-                        teacher: teacher.clone().expect("set above for a diffusion teacher"),
-                        models: models.clone(),
+                        teacher: shared
+                            .teacher
+                            .clone()
+                            .expect("set above for a diffusion teacher"),
+                        models: shared.models.clone(),
                         with_attributes,
-                    }) as Box<dyn super::Stage>,
+                    }) as Box<dyn Stage>,
                     inputs,
                 )
             }
         };
         inputs.sort_by(|a, b| a.name.cmp(&b.name));
         nodes.push(PlanNode {
-            id: format!("pairs/{}", item.name),
+            id: StageId::pairs(&item.name),
             item: Some(item.name.clone()),
             stage,
             inputs,
         });
         pairs.push((item.clone(), crop, nodes.len() - 1));
     }
-    if !diags.is_empty() {
-        return Err(diags);
-    }
-    // A contact sheet of the first pairs, so a person sees what the teacher made.
+    pairs
+}
+
+/// A contact sheet of the first pairs (with their control maps), so a person sees what
+/// the teacher made.
+pub fn add_pairs_sheet(
+    recipe: &Recipe,
+    pairs: &[(SourceItem, usize, usize)],
+    nodes: &mut Vec<PlanNode>,
+) {
     let shown: Vec<_> = pairs.iter().take(8).collect();
     let controls: Vec<String> = match &recipe.teacher {
         Teacher::Diffusion(t) => t
@@ -436,7 +323,7 @@ pub fn lower(
     }
     if !inputs.is_empty() {
         nodes.push(PlanNode {
-            id: "pairs-sheet".into(),
+            id: StageId::pairs_sheet(),
             item: None,
             stage: Box::new(stages::pairs_sheet::PairsSheet {
                 rows: shown.len(),
@@ -445,6 +332,4 @@ pub fn lower(
             inputs,
         });
     }
-    stages::add_model_stages(recipe, &pairs, &mut nodes);
-    Ok(Plan::new(recipe, nodes))
 }

@@ -1,0 +1,161 @@
+//! Source items: what the recipe's `sources` block names, each with a name stable across
+//! builds and its side of the holdout split.
+
+use crate::digest::{Digest, KeyHasher};
+use crate::project::Project;
+use crate::recipe::check::is_glob;
+use crate::recipe::{CropMode, Diagnostics, Recipe, RecipeDiagnostic};
+use std::path::{Path, PathBuf};
+
+/// A source item: a name stable across builds (relative path, or `synthetic-0007`).
+#[derive(Clone, Debug)]
+pub struct SourceItem {
+    pub name: String,
+    pub origin: ItemOrigin,
+    pub holdout: bool,
+}
+
+#[derive(Clone, Debug)]
+pub enum ItemOrigin {
+    File { path: PathBuf, digest: Digest },
+    Synthetic { seed: u64, index: u64 },
+}
+
+/// Held-out items are chosen by a stable hash of the item's name, so adding or removing
+/// items never moves another item between splits.
+pub fn is_holdout(item: &str, fraction: f64) -> bool {
+    let mut h = KeyHasher::new("effectc/holdout/v1");
+    h.str(item);
+    let d = h.finish();
+    let x = u64::from_le_bytes(d.0[..8].try_into().unwrap_or([0; 8]));
+    (x as f64 / u64::MAX as f64) < fraction
+}
+
+/// The folders of a glob before its first wildcard (`data/*/x.jpg` → `data`).
+pub fn glob_literal_prefix(pattern: &str) -> PathBuf {
+    Path::new(pattern)
+        .components()
+        .take_while(|c| !is_glob(&c.as_os_str().to_string_lossy()))
+        .collect()
+}
+
+/// Expands the recipe's image globs (relative to the project root), sorted by name.
+pub fn image_files(project: &Project, recipe: &Recipe, diags: &mut Diagnostics) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for glob in &recipe.sources.images {
+        let pattern = &glob.value;
+        let mut matched = 0;
+        if !is_glob(pattern) {
+            files.push(project.root.join(pattern));
+            continue;
+        }
+        let Ok(g) = globset::GlobBuilder::new(pattern)
+            .literal_separator(true)
+            .build()
+        else {
+            continue;
+        };
+        let matcher = g.compile_matcher();
+        // Walk only below the glob's literal prefix.
+        let prefix = glob_literal_prefix(pattern);
+        let start = project.root.join(&prefix);
+        for entry in walkdir::WalkDir::new(&start)
+            .follow_links(true)
+            .sort_by_file_name()
+            .into_iter()
+            .filter_map(|e| e.ok())
+        {
+            if !entry.file_type().is_file() {
+                continue;
+            }
+            let rel = project.relative(entry.path());
+            if matcher.is_match(&rel) {
+                files.push(entry.path().to_path_buf());
+                matched += 1;
+            }
+        }
+        if matched == 0 {
+            let d = match &glob.loc {
+                Some(loc) => {
+                    RecipeDiagnostic::at(loc, "empty-glob", format!("`{pattern}` matches no files"))
+                        .label("no match")
+                }
+                None => {
+                    RecipeDiagnostic::nowhere("empty-glob", format!("`{pattern}` matches no files"))
+                }
+            };
+            diags.push(d.help(format!(
+                "paths are relative to the project root {}",
+                project.root.display()
+            )));
+        }
+    }
+    files.sort();
+    files.dedup();
+    files
+}
+
+/// Every source item of the recipe, synthetic ones first, then image files by name.
+pub fn source_items(
+    project: &Project,
+    recipe: &Recipe,
+    digest_of: &mut dyn FnMut(&Path) -> std::io::Result<Digest>,
+    diags: &mut Diagnostics,
+) -> Vec<SourceItem> {
+    let mut items = Vec::new();
+    let holdout = recipe.sources.holdout;
+    if let Some(s) = &recipe.sources.synthetic {
+        for index in 0..s.count as u64 {
+            let name = format!("synthetic-{index:04}");
+            items.push(SourceItem {
+                holdout: is_holdout(&name, holdout),
+                name,
+                origin: ItemOrigin::Synthetic {
+                    seed: s.seed,
+                    index,
+                },
+            });
+        }
+    }
+    for path in image_files(project, recipe, diags) {
+        let name = project.relative(&path);
+        match digest_of(&path) {
+            Ok(digest) => items.push(SourceItem {
+                holdout: is_holdout(&name, holdout),
+                name,
+                origin: ItemOrigin::File { path, digest },
+            }),
+            Err(e) => diags.push(RecipeDiagnostic::nowhere(
+                "unreadable-source",
+                format!("cannot read source image {}: {e}", path.display()),
+            )),
+        }
+    }
+    items
+}
+
+/// Sources the recipe may name but that cannot be built yet: said before any work.
+pub fn unbuilt_sources(recipe: &Recipe, diags: &mut Diagnostics) {
+    for v in &recipe.sources.videos {
+        let d = match &v.glob.loc {
+            Some(loc) => {
+                RecipeDiagnostic::at(loc, "not-built-yet", "video sources are not built yet")
+                    .label("video")
+            }
+            None => RecipeDiagnostic::nowhere("not-built-yet", "video sources are not built yet"),
+        };
+        diags.push(d.help("extract frames to images (e.g. `ffmpeg -i clip.mp4 -vf fps=2 frames/%04d.png`) and list them with `images`"));
+    }
+    if recipe.sources.crop.mode.value == CropMode::Face {
+        let d = match &recipe.sources.crop.mode.loc {
+            Some(loc) => RecipeDiagnostic::at(
+                loc,
+                "not-built-yet",
+                "the `face` crop needs the face detector, which is not built yet",
+            )
+            .label("face crop"),
+            None => RecipeDiagnostic::nowhere("not-built-yet", "the `face` crop is not built yet"),
+        };
+        diags.push(d.help("use `crop \"center\" size=...` until face detection lands"));
+    }
+}

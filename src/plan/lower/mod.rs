@@ -1,0 +1,71 @@
+//! Lowering a checked recipe into plan nodes, in pipeline order: the source items
+//! (`items.rs`) → per item the crop, control maps, attributes and pairs (`pairs.rs`) →
+//! training, export, targets and the bundle (`model.rs`). Problems that need the file
+//! system (a glob that matches nothing, a pair missing from a directory teacher) are
+//! diagnostics with spans too.
+
+mod items;
+mod model;
+mod pairs;
+
+pub use items::{glob_literal_prefix, image_files, is_holdout, ItemOrigin, SourceItem};
+pub use model::recipe_inputs_digest;
+
+use super::{Plan, PlanNode};
+use crate::digest::Digest;
+use crate::project::Project;
+use crate::recipe::{Diagnostics, Recipe, RecipeDiagnostic};
+use std::path::Path;
+
+/// Lowers `recipe` into a plan. `digest_of` hashes a source file (through the stat cache).
+pub fn lower(
+    project: &Project,
+    recipe: &Recipe,
+    digest_of: &mut dyn FnMut(&Path) -> std::io::Result<Digest>,
+) -> Result<Plan, Diagnostics> {
+    lower_with(project, recipe, digest_of, true)
+}
+
+/// `effectc check`: the same lowering, so check finds what build would, without reading
+/// any file's content. A source only has to be readable (its "digest" stands for its
+/// path: the plan's keys are meaningless and never used); model pins are left to the
+/// build.
+pub fn lower_for_check(project: &Project, recipe: &Recipe) -> Result<Plan, Diagnostics> {
+    let mut readable = |p: &Path| -> std::io::Result<Digest> {
+        std::fs::File::open(p)?;
+        Ok(Digest::of_bytes(p.as_os_str().as_encoded_bytes()))
+    };
+    lower_with(project, recipe, &mut readable, false)
+}
+
+fn lower_with(
+    project: &Project,
+    recipe: &Recipe,
+    digest_of: &mut dyn FnMut(&Path) -> std::io::Result<Digest>,
+    verify_pins: bool,
+) -> Result<Plan, Diagnostics> {
+    let mut diags = Diagnostics::default();
+    let items = items::source_items(project, recipe, digest_of, &mut diags);
+    items::unbuilt_sources(recipe, &mut diags);
+    let shared = pairs::shared_teacher(project, recipe, digest_of, verify_pins, &mut diags);
+    if !diags.is_empty() {
+        return Err(diags);
+    }
+    let mut nodes: Vec<PlanNode> = Vec::with_capacity(items.len() * 3 + 8);
+    let pairs = pairs::add_item_stages(
+        project, recipe, &items, &shared, digest_of, &mut nodes, &mut diags,
+    );
+    if !diags.is_empty() {
+        return Err(diags);
+    }
+    pairs::add_pairs_sheet(recipe, &pairs, &mut nodes);
+    model::add_model_stages(recipe, &pairs, &mut nodes);
+    if let Err(e) = super::check_wiring(&nodes) {
+        diags.push(RecipeDiagnostic::nowhere(
+            "planner-bug",
+            format!("{e} (a bug in effectc's planner: please report it)"),
+        ));
+        return Err(diags);
+    }
+    Ok(Plan::new(recipe, nodes))
+}

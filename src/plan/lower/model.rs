@@ -1,0 +1,278 @@
+//! The whole-dataset stages after the pairs: teacher training, the student's
+//! distillation, its export, one target and one verification per target profile, and
+//! the bundle.
+
+use super::items::SourceItem;
+use crate::digest::{Digest, KeyHasher};
+use crate::plan::{Input, InputRef, PlanNode, StageId};
+use crate::recipe::Recipe;
+use crate::stages::train::{input_name, Role, TrainStage};
+use crate::stages::{bundle, export, target, verify};
+
+/// Adds the whole-dataset stages after the pairs (training, export, verification,
+/// bundle) as they are built. `pairs` is (item, crop node, pairs node) per item.
+pub fn add_model_stages(
+    recipe: &Recipe,
+    pairs: &[(SourceItem, usize, usize)],
+    nodes: &mut Vec<PlanNode>,
+) {
+    if pairs.is_empty() {
+        return;
+    }
+    let items: Vec<(String, bool)> = pairs
+        .iter()
+        .map(|(item, _, _)| (item.name.clone(), item.holdout))
+        .collect();
+    let mut data_inputs = Vec::new();
+    for (item, crop, pair) in pairs {
+        data_inputs.push(Input {
+            name: input_name(&item.name, item.holdout, "source"),
+            from: InputRef::Stage {
+                node: *crop,
+                output: "image".into(),
+            },
+        });
+        data_inputs.push(Input {
+            name: input_name(&item.name, item.holdout, "target"),
+            from: InputRef::Stage {
+                node: *pair,
+                output: "target".into(),
+            },
+        });
+    }
+    nodes.push(PlanNode {
+        id: StageId::train_teacher(),
+        item: None,
+        stage: Box::new(TrainStage {
+            role: Role::Teacher,
+            student: recipe.student.clone(),
+            train: recipe.train.clone(),
+            items: items.clone(),
+        }),
+        inputs: data_inputs.clone(),
+    });
+    let teacher = nodes.len() - 1;
+    let mut student_inputs = data_inputs;
+    student_inputs.push(Input {
+        name: "teacher-weights".into(),
+        from: InputRef::Stage {
+            node: teacher,
+            output: "weights.safetensors".into(),
+        },
+    });
+    nodes.push(PlanNode {
+        id: StageId::distill_student(),
+        item: None,
+        stage: Box::new(TrainStage {
+            role: Role::Student,
+            student: recipe.student.clone(),
+            train: recipe.train.clone(),
+            items,
+        }),
+        inputs: student_inputs,
+    });
+    let student = nodes.len() - 1;
+    if recipe.targets.is_empty() {
+        return;
+    }
+    // Export: held-out crops (references, golden frames) and training crops (calibration).
+    let holdout: Vec<&(SourceItem, usize, usize)> =
+        pairs.iter().filter(|(i, _, _)| i.holdout).take(8).collect();
+    let holdout: Vec<&(SourceItem, usize, usize)> = if holdout.is_empty() {
+        pairs.iter().take(1).collect()
+    } else {
+        holdout
+    };
+    let cal_size = recipe
+        .targets
+        .iter()
+        .map(|t| t.profile.calibration_size as usize)
+        .max()
+        .unwrap_or(0)
+        .max(1);
+    let calibration: Vec<&(SourceItem, usize, usize)> = pairs
+        .iter()
+        .filter(|(i, _, _)| !i.holdout)
+        .take(cal_size)
+        .collect();
+    let mut inputs = vec![Input {
+        name: "student-weights".into(),
+        from: InputRef::Stage {
+            node: student,
+            output: "weights.safetensors".into(),
+        },
+    }];
+    let mut holdout_names = Vec::new();
+    for (k, (_, crop, _)) in holdout.iter().enumerate() {
+        holdout_names.push(format!("holdout/{k:03}"));
+        inputs.push(Input {
+            name: format!("holdout/{k:03}"),
+            from: InputRef::Stage {
+                node: *crop,
+                output: "image".into(),
+            },
+        });
+    }
+    let mut cal_names = Vec::new();
+    for (k, (_, crop, _)) in calibration.iter().enumerate() {
+        cal_names.push(format!("calibration/{k:03}"));
+        inputs.push(Input {
+            name: format!("calibration/{k:03}"),
+            from: InputRef::Stage {
+                node: *crop,
+                output: "image".into(),
+            },
+        });
+    }
+    let arch = crate::nn::config::AccordionConfig {
+        width: recipe.student.width as i64,
+        blocks: recipe.student.blocks as i64,
+    };
+    nodes.push(PlanNode {
+        id: StageId::export(),
+        item: None,
+        stage: Box::new(export::ExportStudent {
+            arch,
+            resolution_px: recipe.sources.crop.size_px,
+            holdout: holdout_names,
+            calibration: cal_names,
+        }),
+        inputs,
+    });
+    let export = nodes.len() - 1;
+    let from_export = |name: &str| Input {
+        name: name.into(),
+        from: InputRef::Stage {
+            node: export,
+            output: name.into(),
+        },
+    };
+    let mut bundle_inputs = vec![
+        from_export("holdout-inputs.npy"),
+        from_export("holdout-reference.npy"),
+        Input {
+            name: "student-metrics.json".into(),
+            from: InputRef::Stage {
+                node: student,
+                output: "metrics.json".into(),
+            },
+        },
+        Input {
+            name: "teacher-metrics.json".into(),
+            from: InputRef::Stage {
+                node: teacher,
+                output: "metrics.json".into(),
+            },
+        },
+    ];
+    let rows = holdout.len().min(4);
+    for (i, (_, _, pair)) in holdout.iter().take(rows).enumerate() {
+        bundle_inputs.push(Input {
+            name: format!("teacher/{i}"),
+            from: InputRef::Stage {
+                node: *pair,
+                output: "target".into(),
+            },
+        });
+    }
+    let mut target_list = Vec::new();
+    for t in &recipe.targets {
+        let name = t.name.value.clone();
+        nodes.push(PlanNode {
+            id: StageId::target(&name),
+            item: None,
+            stage: Box::new(target::WriteTarget { target: t.clone() }),
+            inputs: vec![
+                from_export("student.ir"),
+                from_export("calibration-inputs.npy"),
+            ],
+        });
+        let target_node = nodes.len() - 1;
+        nodes.push(PlanNode {
+            id: StageId::verify(&name),
+            item: None,
+            stage: Box::new(verify::VerifyTarget {
+                target: t.clone(),
+                latency_runs: 5,
+            }),
+            inputs: vec![
+                from_export("student.ir"),
+                from_export("holdout-inputs.npy"),
+                from_export("holdout-reference.npy"),
+                Input {
+                    name: "model".into(),
+                    from: InputRef::StageAll { node: target_node },
+                },
+            ],
+        });
+        let verify_node = nodes.len() - 1;
+        bundle_inputs.push(Input {
+            name: format!("target/{name}"),
+            from: InputRef::StageAll { node: target_node },
+        });
+        bundle_inputs.push(Input {
+            name: format!("verify/{name}/check.json"),
+            from: InputRef::Stage {
+                node: verify_node,
+                output: "check.json".into(),
+            },
+        });
+        bundle_inputs.push(Input {
+            name: format!("verify/{name}/outputs.npy"),
+            from: InputRef::Stage {
+                node: verify_node,
+                output: "outputs.npy".into(),
+            },
+        });
+        target_list.push((name, t.profile.format.clone(), t.precision.clone()));
+    }
+    let recipe_digest = recipe_inputs_digest(nodes);
+    nodes.push(PlanNode {
+        id: StageId::bundle(),
+        item: None,
+        stage: Box::new(bundle::BundleStage {
+            recipe_digest,
+            effect: recipe.name.clone(),
+            version: recipe.version.clone(),
+            student: recipe.student.clone(),
+            targets: target_list,
+            rows,
+        }),
+        inputs: bundle_inputs,
+    });
+}
+
+/// What a bundle is a function of: every stage of the plan before it (kind,
+/// implementation version, canonical params, how its inputs are wired) and every file
+/// the plan reads, by content. Not the stages' outputs: those carry measurements
+/// (latency) that differ from machine to machine. Canonical params, so a comment in the
+/// recipe changes nothing; no absolute paths, so two checkouts agree.
+pub fn recipe_inputs_digest(nodes: &[PlanNode]) -> Digest {
+    let mut h = KeyHasher::new("effectc/recipe-inputs/v1");
+    for node in nodes {
+        h.str(&node.id)
+            .str(node.stage.kind())
+            .u64(node.stage.version() as u64);
+        let params = node.stage.params();
+        h.u64(params.len() as u64);
+        for (k, v) in &params {
+            h.str(k).str(v);
+        }
+        h.u64(node.inputs.len() as u64);
+        for inp in &node.inputs {
+            h.str(&inp.name);
+            match &inp.from {
+                InputRef::Stage { node: up, output } => {
+                    h.str("stage").str(&nodes[*up].id).str(output);
+                }
+                InputRef::StageAll { node: up } => {
+                    h.str("stage-all").str(&nodes[*up].id);
+                }
+                InputRef::File { digest, .. } => {
+                    h.str("file").digest(digest);
+                }
+            }
+        }
+    }
+    h.finish()
+}

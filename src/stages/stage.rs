@@ -1,0 +1,206 @@
+//! The interface every stage kind implements. A stage is one unit of cached work; its
+//! key covers its kind, implementation version, canonical params and the content
+//! digests of its inputs — never file names, order or formatting in the recipe.
+
+use crate::digest::{Digest, KeyHasher};
+use crate::nn::DeviceSpec;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+/// Canonical params: recipe path (`teacher.stud-size`) → canonical value text. A
+/// BTreeMap, so the order they were written in never reaches the key.
+pub type Params = BTreeMap<String, String>;
+
+/// Where the stage's work runs: per-item CPU work runs in parallel; heavy stages
+/// (training, which parallelises inside libtorch) run alone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resource {
+    Cpu,
+    Exclusive,
+}
+
+/// Everything a running stage sees.
+pub struct RunContext<'a> {
+    pub stage_id: &'a str,
+    /// Input name → read-only file (a cache blob or a source file).
+    pub inputs: BTreeMap<String, PathBuf>,
+    /// Empty folder for the outputs; files named in `RunOutput` move into the cache.
+    pub out_dir: &'a Path,
+    /// Survives interrupted builds of the same key (training resumes from it).
+    pub checkpoint_dir: PathBuf,
+    pub cancel: &'a AtomicBool,
+    pub progress: &'a (dyn Fn(Progress) + Sync),
+    pub log: String,
+    pub device: DeviceSpec,
+    /// Up to how many batchable jobs may share one batch (`build --batch`).
+    pub batch: usize,
+    pub project_root: &'a Path,
+}
+
+impl RunContext<'_> {
+    pub fn input(&self, name: &str) -> Result<&Path, StageError> {
+        self.inputs.get(name).map(|p| p.as_path()).ok_or_else(|| {
+            StageError::bug(format!("stage {} has no input `{name}`", self.stage_id))
+        })
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Progress {
+    pub done: u64,
+    pub total: u64,
+    pub message: String,
+}
+
+#[derive(Debug, Default)]
+pub struct RunOutput {
+    /// Output name → file in `out_dir`.
+    pub files: BTreeMap<String, PathBuf>,
+    pub metrics: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Whose problem a failed stage is. The type of the error decides (an I/O error by its
+/// kind, a cache error is always the machine's), not the call site; the build's exit
+/// code is the worst tier of its failures (1 input, 3 environment or bug).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Tier {
+    /// The recipe's or the data's: fix it and rebuild.
+    Input,
+    /// The machine's (disk full, out of memory, a missing tool): fix it and retry.
+    Environment,
+    /// effectc's own: a planner or protocol invariant broke. Please report it.
+    Bug,
+}
+
+impl Tier {
+    pub fn name(self) -> &'static str {
+        match self {
+            Tier::Input => "input",
+            Tier::Environment => "environment",
+            Tier::Bug => "bug",
+        }
+    }
+
+    /// The tier of an I/O error, by its kind: a full or read-only disk, a file over the
+    /// size limit or a lost connection are the machine's; bytes that do not parse are
+    /// the data's.
+    pub fn of_io(e: &std::io::Error) -> Tier {
+        use std::io::ErrorKind as K;
+        match e.kind() {
+            K::InvalidData | K::UnexpectedEof => Tier::Input,
+            _ => Tier::Environment,
+        }
+    }
+}
+
+/// A failed stage, never cached.
+#[derive(Debug, thiserror::Error)]
+pub enum StageError {
+    #[error("{message}")]
+    Failed { tier: Tier, message: String },
+    #[error("cancelled")]
+    Cancelled,
+}
+
+impl StageError {
+    pub fn input(msg: impl Into<String>) -> StageError {
+        StageError::Failed {
+            tier: Tier::Input,
+            message: msg.into(),
+        }
+    }
+    pub fn environment(msg: impl Into<String>) -> StageError {
+        StageError::Failed {
+            tier: Tier::Environment,
+            message: msg.into(),
+        }
+    }
+    pub fn bug(msg: impl Into<String>) -> StageError {
+        StageError::Failed {
+            tier: Tier::Bug,
+            message: format!("{} (a bug in effectc: please report it)", msg.into()),
+        }
+    }
+    /// An I/O error on `path`, its tier by the error's kind.
+    pub fn io(path: &Path, e: std::io::Error) -> StageError {
+        StageError::Failed {
+            tier: Tier::of_io(&e),
+            message: format!("{}: {e}", path.display()),
+        }
+    }
+    /// An image that cannot be read or written: undecodable bytes are the data's, the
+    /// rest by its I/O error.
+    pub fn image(path: &Path, e: image::ImageError) -> StageError {
+        match e {
+            image::ImageError::IoError(e) => StageError::io(path, e),
+            image::ImageError::Decoding(_)
+            | image::ImageError::Unsupported(_)
+            | image::ImageError::Limits(_) => {
+                StageError::input(format!("{} is not a readable image: {e}", path.display()))
+            }
+            e => StageError::bug(format!("{}: {e}", path.display())),
+        }
+    }
+    pub fn tier(&self) -> Option<Tier> {
+        match self {
+            StageError::Failed { tier, .. } => Some(*tier),
+            StageError::Cancelled => None,
+        }
+    }
+}
+
+impl From<crate::cache::CacheError> for StageError {
+    /// The cache is the machine's: a cache error is never the recipe's fault.
+    fn from(e: crate::cache::CacheError) -> StageError {
+        StageError::environment(e.to_string())
+    }
+}
+
+/// One stage kind (one file in `stages/`): its params, version and run.
+pub trait Stage: Send + Sync {
+    /// Unique per implementation: part of every key, so bumping one implementation's
+    /// version never changes another's keys.
+    fn kind(&self) -> &'static str;
+    /// The name shown to people and in events (`pairs` for every teacher's pairs).
+    fn family(&self) -> &'static str {
+        self.kind()
+    }
+    /// The outputs (ports) this stage writes: consumers may wire only to these, which
+    /// the planner checks before anything runs.
+    fn outputs(&self) -> Vec<String>;
+    /// Bump when the implementation changes its output bytes: every key of the kind changes.
+    fn version(&self) -> u32;
+    fn params(&self) -> Params;
+    fn resource(&self) -> Resource {
+        Resource::Cpu
+    }
+    /// Whether several of this kind can share one batch of device work (`--batch`).
+    fn batchable(&self) -> bool {
+        false
+    }
+    fn run(&self, ctx: &mut RunContext) -> Result<RunOutput, StageError>;
+}
+
+/// A stage's key from its kind, version, params and input digests (uv's stable-hash habit:
+/// every field length-prefixed, maps ordered).
+pub fn stage_key(
+    kind: &str,
+    version: u32,
+    params: &Params,
+    inputs: &BTreeMap<String, Digest>,
+) -> Digest {
+    let mut h = KeyHasher::new("effectc/stage-key/v1");
+    h.str(kind).u64(version as u64);
+    h.u64(params.len() as u64);
+    for (k, v) in params {
+        h.str(k).str(v);
+    }
+    h.u64(inputs.len() as u64);
+    for (k, d) in inputs {
+        h.str(k).digest(d);
+    }
+    h.finish()
+}

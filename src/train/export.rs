@@ -1,0 +1,61 @@
+//! Lowering the trained student for export: the IR, the holdout frames with the tch
+//! student's outputs (the references every target is verified against) and the
+//! calibration frames.
+
+use super::*;
+
+/// Lowers the student to the export IR and computes its reference outputs (CPU, fp32:
+/// the references must not depend on the machine that happened to build them).
+pub fn export_student(job: &ExportJob) -> Result<WorkerReport, TrainError> {
+    let device = Device::Cpu;
+    let (_vs, net) = load_generator(&job.weights, job.arch, device)?;
+    let size = job.resolution_px as usize;
+    let graph = net.to_ir([1, 3, size, size]);
+    std::fs::create_dir_all(&job.out_dir).map_err(|source| TrainError::Io {
+        path: job.out_dir.clone(),
+        source,
+    })?;
+    let mut files = BTreeMap::new();
+    let ir_path = job.out_dir.join("student.ir");
+    let bytes = postcard::to_allocvec(&graph).map_err(|e| TrainError::Io {
+        path: ir_path.clone(),
+        source: std::io::Error::other(e),
+    })?;
+    std::fs::write(&ir_path, bytes).map_err(|source| TrainError::Io {
+        path: ir_path.clone(),
+        source,
+    })?;
+    files.insert("student.ir".to_string(), ir_path);
+    let stack = |paths: &[PathBuf]| -> Result<Tensor, TrainError> {
+        let ts = paths
+            .iter()
+            .map(|p| load_png(p))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Tensor::stack(&ts, 0))
+    };
+    let write_npy =
+        |name: &str, t: &Tensor, files: &mut BTreeMap<String, PathBuf>| -> Result<(), TrainError> {
+            let path = job.out_dir.join(name);
+            let shape: Vec<usize> = t.size().iter().map(|d| *d as usize).collect();
+            let data = Vec::<f32>::try_from(&t.contiguous().view([-1])).unwrap_or_default();
+            crate::bundle::npy::write_f32(&path, &shape, &data).map_err(|e| TrainError::Io {
+                path: path.clone(),
+                source: std::io::Error::other(e.to_string()),
+            })?;
+            files.insert(name.to_string(), path);
+            Ok(())
+        };
+    let holdout = stack(&job.holdout)?;
+    let reference = tch::no_grad(|| net.forward(&holdout));
+    write_npy("holdout-inputs.npy", &holdout, &mut files)?;
+    write_npy("holdout-reference.npy", &reference, &mut files)?;
+    write_npy(
+        "calibration-inputs.npy",
+        &stack(&job.calibration)?,
+        &mut files,
+    )?;
+    let mut metrics = serde_json::Map::new();
+    metrics.insert("macs".into(), serde_json::json!(graph.macs().unwrap_or(0)));
+    metrics.insert("params".into(), serde_json::json!(graph.param_count()));
+    Ok(WorkerReport { metrics, files })
+}

@@ -1,0 +1,348 @@
+//! The two training loops: the teacher on the pairs (reconstruction, then the GAN from
+//! `gan-start`), and the student distilled from the teacher layer by layer.
+
+use super::*;
+use crate::protocol::metric;
+
+/// Dynamic loss scaling for fp16 autocast on CUDA (a no-op on CPU, where we train in fp32).
+pub(super) struct LossScaler {
+    enabled: bool,
+    scale: f64,
+    good_steps: u32,
+}
+
+impl LossScaler {
+    fn new(enabled: bool) -> LossScaler {
+        LossScaler {
+            enabled,
+            scale: 16384.0,
+            good_steps: 0,
+        }
+    }
+
+    /// Backward and update; on overflow skip the update and halve the scale.
+    fn backward_step(&mut self, loss: &Tensor, opt: &mut Adam) {
+        opt.zero_grad();
+        if !self.enabled {
+            loss.backward();
+            opt.step();
+            return;
+        }
+        (loss * self.scale).backward();
+        if opt.step_unscaled(1.0 / self.scale) {
+            self.good_steps += 1;
+            if self.good_steps % 500 == 0 {
+                self.scale *= 2.0;
+            }
+        } else {
+            self.scale = (self.scale / 2.0).max(1.0);
+        }
+    }
+}
+
+pub(super) fn check_finite(
+    step: u32,
+    terms: &[(&str, &Tensor)],
+) -> Result<BTreeMap<String, f64>, TrainError> {
+    // One device-to-host copy for all terms (each `double_value` would sync the GPU).
+    let device = terms
+        .first()
+        .map(|(_, t)| t.device())
+        .unwrap_or(Device::Cpu);
+    let stacked = Tensor::stack(
+        &terms
+            .iter()
+            .map(|(_, t)| {
+                t.detach()
+                    .to_device(device)
+                    .to_kind(Kind::Double)
+                    .reshape([1])
+            })
+            .collect::<Vec<_>>(),
+        0,
+    );
+    let values =
+        Vec::<f64>::try_from(&stacked.to_device(Device::Cpu).view([-1])).unwrap_or_default();
+    let mut out = BTreeMap::new();
+    for ((name, _), v) in terms.iter().zip(values) {
+        if !v.is_finite() {
+            return Err(TrainError::Diverged {
+                step,
+                term: name.to_string(),
+                value: v,
+            });
+        }
+        out.insert(name.to_string(), v);
+    }
+    Ok(out)
+}
+
+pub(super) fn ema_update(ema: &nn::VarStore, g: &nn::VarStore, beta: f64) {
+    tch::no_grad(|| {
+        for ((_, mut e), (_, p)) in named_vars(ema, "").into_iter().zip(named_vars(g, "")) {
+            // e = beta * e + (1 - beta) * p, in place.
+            let _ = e.lerp_(&p, 1.0 - beta);
+        }
+    });
+}
+
+impl Trainer<'_> {
+    pub(super) fn report_progress(
+        &self,
+        progress: &mut dyn FnMut(&TrainProgress),
+        step: u32,
+        losses: &BTreeMap<String, f64>,
+    ) {
+        let done = (step + 1 - self.start_step) as f64;
+        progress(&TrainProgress {
+            step: step + 1,
+            total_steps: self.job.hyper.steps,
+            losses: losses.clone(),
+            steps_per_s: done / self.started.elapsed().as_secs_f64().max(1e-9),
+        });
+    }
+
+    pub(super) fn teacher(
+        mut self,
+        progress: &mut dyn FnMut(&TrainProgress),
+        cancel: &AtomicBool,
+    ) -> Result<WorkerReport, TrainError> {
+        let h = self.job.hyper.clone();
+        let mut g_vs = nn::VarStore::new(self.device);
+        let g = Accordion::new(&g_vs.root(), self.job.arch);
+        let mut ema_vs = nn::VarStore::new(self.device);
+        let ema = Accordion::new(&ema_vs.root(), self.job.arch);
+        ema_vs.copy(&g_vs)?;
+        let mut d_vs = nn::VarStore::new(self.device);
+        let d = PatchDiscriminator::new(&d_vs.root(), (self.job.arch.width).clamp(8, 64));
+        let mut opt_g = Adam::new(named_vars(&g_vs, ""), h.lr, h.beta1, 0.99);
+        let mut opt_d = Adam::new(named_vars(&d_vs, ""), h.lr, 0.0, 0.99);
+        let mut history: Vec<Vec<f64>> = Vec::new();
+        self.load_checkpoint(
+            &mut [("g.", &mut g_vs), ("ema.", &mut ema_vs), ("d.", &mut d_vs)],
+            &mut [("adam_g", &mut opt_g), ("adam_d", &mut opt_d)],
+            &mut history,
+        )?;
+        let names = ["l1", "ssim", "g_adv", "d", "r1"];
+        let amp = self.device.is_cuda() && std::env::var_os("EFFECTC_NO_AMP").is_none();
+        let mut scaler = LossScaler::new(amp);
+        // Throughput counts the training loop only, as a PyTorch loop timer would (not
+        // building nets, reading the teacher or resuming a checkpoint).
+        let loop_started = Instant::now();
+        for step in self.start_step..h.steps {
+            if cancel.load(Ordering::SeqCst) {
+                self.save_checkpoint(
+                    step,
+                    &[("g.", &g_vs), ("ema.", &ema_vs), ("d.", &d_vs)],
+                    &[("adam_g", &opt_g), ("adam_d", &opt_d)],
+                    &history,
+                )?;
+                return Err(TrainError::Cancelled { step });
+            }
+            let (src, tgt) = batch(&self.data, h.seed, step as u64, &h);
+            opt_g.lr = h.lr_at(step);
+            opt_d.lr = opt_g.lr;
+            let fake = tch::autocast(amp, || g.forward(&src)).to_kind(Kind::Float);
+            // Before `gan-start` (or with `gan 0`) the discriminator would learn for
+            // nothing: skip it (its terms read 0 on the curves).
+            let adversarial = h.gan_weight > 0.0 && step as f64 >= h.gan_start * h.steps as f64;
+            let (d_loss, r1, g_adv) = if adversarial {
+                // Discriminator: non-saturating logistic loss, lazy R1 every r1_every steps.
+                let d_loss = tch::autocast(amp, || {
+                    d.forward(&src, &fake.detach()).softplus().mean(Kind::Float)
+                        + (-d.forward(&src, &tgt)).softplus().mean(Kind::Float)
+                })
+                .to_kind(Kind::Float);
+                scaler.backward_step(&d_loss, &mut opt_d);
+                // Between lazy R1 steps the curve shows the last value measured.
+                let mut r1 = Tensor::from(history.last().map(|r| r[4]).unwrap_or(0.0) as f32);
+                if h.r1_gamma > 0.0 && step % h.r1_every == 0 {
+                    let real = tgt.detach().set_requires_grad(true);
+                    let out = d.forward(&src, &real);
+                    let grad = Tensor::run_backward(&[out.sum(Kind::Float)], &[&real], true, true)
+                        .remove(0);
+                    r1 = grad
+                        .square()
+                        .sum_dim_intlist([1i64, 2, 3].as_slice(), false, Kind::Float)
+                        .mean(Kind::Float)
+                        * (h.r1_gamma / 2.0);
+                    scaler.backward_step(&(&r1 * h.r1_every as f64), &mut opt_d);
+                }
+                // The generator's adversarial term.
+                let g_adv = tch::autocast(amp, || {
+                    (-d.forward(&src, &fake)).softplus().mean(Kind::Float)
+                })
+                .to_kind(Kind::Float);
+                (d_loss, r1, g_adv)
+            } else {
+                let zero = || Tensor::from(0f32).to_device(self.device);
+                (zero(), zero(), zero())
+            };
+            // Generator: reconstruction (L1 + SSIM) plus the adversarial term.
+            let l1 = (&fake - &tgt).abs().mean(Kind::Float);
+            let ssim_loss = 1.0 - ssim(&((&fake + 1.0) / 2.0), &((&tgt + 1.0) / 2.0));
+            let g_loss = &l1 * h.l1_weight + &ssim_loss * h.ssim_weight + &g_adv * h.gan_weight;
+            let losses = check_finite(
+                step,
+                &[
+                    ("l1", &l1),
+                    ("ssim", &ssim_loss),
+                    ("g_adv", &g_adv),
+                    ("d", &d_loss),
+                    ("r1", &r1),
+                    ("total", &g_loss),
+                ],
+            )?;
+            scaler.backward_step(&g_loss, &mut opt_g);
+            // EMA with a warm-up, so short runs are not dominated by the initial weights.
+            let beta = h.ema_beta.min((1.0 + step as f64) / (10.0 + step as f64));
+            ema_update(&ema_vs, &g_vs, beta);
+            history.push(names.iter().map(|n| losses[*n]).collect());
+            self.report_progress(progress, step, &losses);
+            if (step + 1) % h.checkpoint_every == 0 && step + 1 < h.steps {
+                self.save_checkpoint(
+                    step + 1,
+                    &[("g.", &g_vs), ("ema.", &ema_vs), ("d.", &d_vs)],
+                    &[("adam_g", &opt_g), ("adam_d", &opt_d)],
+                    &history,
+                )?;
+            }
+        }
+        let steps_per_s =
+            (h.steps - self.start_step) as f64 / loop_started.elapsed().as_secs_f64().max(1e-9);
+        let mut files = BTreeMap::new();
+        let weights = self.job.out_dir.join("weights.safetensors");
+        write_safetensors_atomic(&named_vars(&ema_vs, ""), &weights)?;
+        files.insert("weights".into(), weights);
+        let mut metrics = self.eval_metrics(&ema, None)?;
+        metrics.insert(
+            metric::STEPS_PER_S.into(),
+            serde_json::json!(round3(steps_per_s)),
+        );
+        self.write_curves(&names, &history, "teacher", &mut files)?;
+        self.write_samples(&ema, None, &mut files)?;
+        Ok(WorkerReport { metrics, files })
+    }
+
+    pub(super) fn student(
+        mut self,
+        progress: &mut dyn FnMut(&TrainProgress),
+        cancel: &AtomicBool,
+    ) -> Result<WorkerReport, TrainError> {
+        let h = self.job.hyper.clone();
+        let Some((teacher_weights, teacher_arch)) = self.job.teacher.clone() else {
+            return Err(TrainError::BadInput {
+                path: PathBuf::from("<job>"),
+                what: "a student job needs the teacher's weights".into(),
+            });
+        };
+        let (_t_vs, teacher) = load_generator(&teacher_weights, teacher_arch, self.device)?;
+        let mut s_vs = nn::VarStore::new(self.device);
+        let s = Accordion::new(&s_vs.root(), self.job.arch);
+        let mut ema_vs = nn::VarStore::new(self.device);
+        let ema = Accordion::new(&ema_vs.root(), self.job.arch);
+        ema_vs.copy(&s_vs)?;
+        // 1x1 adapters lift each student feature to the teacher's width (GAN-Compression).
+        let mut a_vs = nn::VarStore::new(self.device);
+        let (sc, tc) = (self.job.arch.channels(), teacher_arch.channels());
+        let feat_channels: Vec<(i64, i64)> = vec![
+            (sc[0], tc[0]),
+            (sc[1], tc[1]),
+            (sc[2], tc[2]),
+            (sc[3], tc[3]),
+            (sc[3], tc[3]),
+            (sc[2], tc[2]),
+            (sc[1], tc[1]),
+            (sc[0], tc[0]),
+        ];
+        let adapters: Vec<EqConv> = feat_channels
+            .iter()
+            .enumerate()
+            .map(|(i, (cs, ct))| EqConv::new(a_vs.root() / format!("a{i}"), *cs, *ct, 1, 1, 0, 1))
+            .collect();
+        let mut params = named_vars(&s_vs, "s.");
+        params.extend(named_vars(&a_vs, "a."));
+        let mut opt = Adam::new(params, h.lr, h.beta1, 0.99);
+        let mut history: Vec<Vec<f64>> = Vec::new();
+        self.load_checkpoint(
+            &mut [("s.", &mut s_vs), ("ema.", &mut ema_vs), ("a.", &mut a_vs)],
+            &mut [("adam", &mut opt)],
+            &mut history,
+        )?;
+        let names = ["out_teacher", "out_target", "ssim", "features"];
+        let amp = self.device.is_cuda() && std::env::var_os("EFFECTC_NO_AMP").is_none();
+        let mut scaler = LossScaler::new(amp);
+        // Throughput counts the training loop only, as a PyTorch loop timer would (not
+        // building nets, reading the teacher or resuming a checkpoint).
+        let loop_started = Instant::now();
+        for step in self.start_step..h.steps {
+            if cancel.load(Ordering::SeqCst) {
+                self.save_checkpoint(
+                    step,
+                    &[("s.", &s_vs), ("ema.", &ema_vs), ("a.", &a_vs)],
+                    &[("adam", &opt)],
+                    &history,
+                )?;
+                return Err(TrainError::Cancelled { step });
+            }
+            let (src, tgt) = batch(&self.data, h.seed, step as u64, &h);
+            opt.lr = h.lr_at(step);
+            let (t_out, t_feats) =
+                tch::no_grad(|| tch::autocast(amp, || teacher.forward_with_features(&src)));
+            let (s_out, s_feats) = tch::autocast(amp, || s.forward_with_features(&src));
+            let (t_out, s_out) = (t_out.to_kind(Kind::Float), s_out.to_kind(Kind::Float));
+            let out_teacher = (&s_out - &t_out).abs().mean(Kind::Float);
+            let out_target = (&s_out - &tgt).abs().mean(Kind::Float);
+            let ssim_loss = 1.0 - ssim(&((&s_out + 1.0) / 2.0), &((&t_out + 1.0) / 2.0));
+            let mut features = Tensor::from(0f32).to_device(self.device);
+            for ((sf, tf), a) in s_feats.iter().zip(&t_feats).zip(&adapters) {
+                let sf = sf.to_kind(Kind::Float);
+                let tf = tf.to_kind(Kind::Float);
+                // Normalise by the teacher feature's scale so every stage counts alike.
+                let scale = tf.square().mean(Kind::Float).detach() + 1e-6;
+                features = features + (a.forward(&sf) - tf).square().mean(Kind::Float) / scale;
+            }
+            let features = features / s_feats.len() as f64;
+            let loss = (&out_teacher + &out_target * 0.5) * h.l1_weight
+                + &ssim_loss * h.ssim_weight
+                + &features * h.feature_weight;
+            let losses = check_finite(
+                step,
+                &[
+                    ("out_teacher", &out_teacher),
+                    ("out_target", &out_target),
+                    ("ssim", &ssim_loss),
+                    ("features", &features),
+                    ("total", &loss),
+                ],
+            )?;
+            scaler.backward_step(&loss, &mut opt);
+            let beta = h.ema_beta.min((1.0 + step as f64) / (10.0 + step as f64));
+            ema_update(&ema_vs, &s_vs, beta);
+            history.push(names.iter().map(|n| losses[*n]).collect());
+            self.report_progress(progress, step, &losses);
+            if (step + 1) % h.checkpoint_every == 0 && step + 1 < h.steps {
+                self.save_checkpoint(
+                    step + 1,
+                    &[("s.", &s_vs), ("ema.", &ema_vs), ("a.", &a_vs)],
+                    &[("adam", &opt)],
+                    &history,
+                )?;
+            }
+        }
+        let steps_per_s =
+            (h.steps - self.start_step) as f64 / loop_started.elapsed().as_secs_f64().max(1e-9);
+        let mut files = BTreeMap::new();
+        let weights = self.job.out_dir.join("weights.safetensors");
+        write_safetensors_atomic(&named_vars(&ema_vs, ""), &weights)?;
+        files.insert("weights".into(), weights);
+        let mut metrics = self.eval_metrics(&ema, Some(&teacher))?;
+        metrics.insert(
+            metric::STEPS_PER_S.into(),
+            serde_json::json!(round3(steps_per_s)),
+        );
+        self.write_curves(&names, &history, "student", &mut files)?;
+        self.write_samples(&ema, Some(&teacher), &mut files)?;
+        Ok(WorkerReport { metrics, files })
+    }
+}
