@@ -14,6 +14,7 @@ pub mod digest;
 pub mod exec;
 pub mod export;
 pub mod imaging;
+pub mod ir;
 pub mod models;
 pub mod nn;
 pub mod plan;

@@ -196,3 +196,44 @@ fn two_clean_builds_in_two_checkouts_give_the_same_bundle_bytes() {
         assert!(m["targets"]["onnx"]["latency_ms"].as_f64().unwrap() > 0.0);
     }
 }
+
+#[test]
+fn a_target_whose_device_lacks_an_op_is_refused_naming_the_op() {
+    let p = TestProject::new();
+    // A device profile that runs no Tanh: the student ends in one.
+    p.write(
+        "targets/no-tanh.kdl",
+        r#"target "no-tanh" {
+    format "onnx"
+    precision "fp32"
+    ops "Conv" "Relu" "Add" "DepthToSpace" "Pad"
+    min-psnr-db fp32=60
+    calibration-size 0
+}
+"#,
+    );
+    p.recipe(
+        "small",
+        &SMALL_BRICK.replace("    train {", "    target \"no-tanh\"\n    train {"),
+    );
+    let r = p.run(&["build", "--json", "small"]);
+    assert_eq!(r.code(), 1, "{}", r.stderr());
+    let failed = r
+        .events
+        .iter()
+        .find(|e| e["event"] == "stage-failed")
+        .unwrap_or_else(|| panic!("no stage failed: {}", r.stdout()));
+    assert_eq!(failed["stage"], "target:no-tanh");
+    assert_eq!(failed["tier"], "input");
+    let error = failed["error"].as_str().unwrap();
+    assert!(
+        error.contains("`Tanh`") && error.contains("targets/no-tanh.kdl"),
+        "the refused op and the profile are named: {error}"
+    );
+    assert!(
+        !p.root()
+            .join("out/small/target-no-tanh-model.onnx")
+            .exists(),
+        "nothing was written for the refused target"
+    );
+}

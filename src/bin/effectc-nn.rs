@@ -26,7 +26,7 @@ fn main() {
     }
     if args[1] == "export" {
         let job: train::ExportJob = read_job(&args[2]);
-        match train::export_student(&job) {
+        match effectc::export::student::export_student(&job) {
             Ok(report) => print_line(&WorkerLine::Report(report)),
             Err(e) => {
                 eprintln!("{e}");

@@ -5,6 +5,7 @@
 use crate::cache::{Cache, Snapshot, SnapshotId, StageRecord};
 use crate::digest::Digest;
 use crate::plan::{Plan, Unresolved};
+use crate::stages::stage::show_param;
 use std::collections::BTreeMap;
 
 #[derive(Clone, Debug)]
@@ -100,8 +101,12 @@ pub fn diff_reasons(
     let mut reasons = Vec::new();
     for (k, v) in params {
         match old.params.get(k) {
-            Some(o) if o != v => reasons.push(format!("{k} changed: {o} → {v}")),
-            None => reasons.push(format!("{k} added: {v}")),
+            Some(o) if o != v => reasons.push(format!(
+                "{k} changed: {} → {}",
+                show_param(o),
+                show_param(v)
+            )),
+            None => reasons.push(format!("{k} added: {}", show_param(v))),
             _ => {}
         }
     }

@@ -1,8 +1,8 @@
-//! Export: the graph IR and the ONNX / TFLite / CoreML writers.
+//! Export: the trained student lowered for shipping (`student.rs`), and the ONNX /
+//! TFLite / Core ML writers of the graph IR (`crate::ir`).
 pub mod coreml;
-pub mod interp;
-pub mod ir;
+
 pub mod onnx;
 pub mod quantize;
-pub mod sample;
+pub mod student;
 pub mod tflite;

@@ -14,8 +14,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use super::interp::{eval, eval_with_hook};
-use super::ir::{Graph, IrError, Node, Op};
+use crate::ir::interp::{eval, eval_with_hook};
+use crate::ir::{Graph, IrError, Node, Op};
 
 #[derive(Debug, thiserror::Error)]
 pub enum QuantError {
@@ -464,7 +464,7 @@ impl QuantPlan {
         &self,
         graph: &Graph,
         input_nchw: &[f32],
-    ) -> Result<super::interp::Values, QuantError> {
+    ) -> Result<crate::ir::interp::Values, QuantError> {
         let dq = self.dequantized_weights(graph);
         Ok(eval_with_hook(&dq, input_nchw, |name, data| {
             if let Some(q) = self.activations.get(name) {
@@ -659,7 +659,7 @@ pub fn layer_table(
 /// grid it is stored on (a conv fused into a ReLU is rounded after the ReLU's max).
 fn local_output(
     dq_node: &Node,
-    reference: &super::interp::Values,
+    reference: &crate::ir::interp::Values,
     plan: &QuantPlan,
 ) -> Result<Vec<f32>, QuantError> {
     let ins: Vec<&[f32]> = dq_node

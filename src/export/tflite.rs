@@ -26,8 +26,8 @@ use tract_tflite::tflite::{
 };
 pub use tract_tflite::tflite::{BuiltinOperator, TensorType};
 
-use super::ir::{Graph, IrError, Op};
 use super::quantize::{ActivationType, Calibration, QParams, QuantError, QuantPlan};
+use crate::ir::{Graph, IrError, Op};
 
 /// TFLite schema version.
 pub const SCHEMA_VERSION: u32 = 3;
@@ -424,6 +424,21 @@ pub fn serialize(desc: &ModelDesc) -> Vec<u8> {
     );
     tflite::finish_model_buffer(&mut fb, model);
     fb.finished_data().to_vec()
+}
+
+/// The builtin operator names (`CONV_2D`, `ADD`...) a TFLite file uses: what a target
+/// profile's `ops` allow-list is checked against.
+pub fn op_names(bytes: &[u8]) -> Result<std::collections::BTreeSet<String>, TfliteError> {
+    Ok(parse(bytes)?
+        .ops
+        .iter()
+        .map(|op| {
+            op.code
+                .variant_name()
+                .map(String::from)
+                .unwrap_or_else(|| format!("BUILTIN_{}", op.code.0))
+        })
+        .collect())
 }
 
 /// Reads a file `serialize` wrote back into its description.
@@ -1090,10 +1105,6 @@ pub fn write(graph: &Graph, precision: TflitePrecision) -> Result<TfliteFiles, T
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::export::interp::eval;
-    use crate::export::quantize::{calibrate, CalibrationMethod};
-    use crate::export::sample::{image_like, sigmoid_head, student_like};
-    use crate::verify::{compare, Thresholds, TractModel};
 
     #[test]
     fn padding_modes() {
@@ -1104,135 +1115,5 @@ mod tests {
         assert_eq!(axis_padding(32, 3, 1, 0, 30), AxisPadding::Valid);
         assert_eq!(axis_padding(16, 4, 1, 1, 16), AxisPadding::Same);
         assert_eq!(axis_padding(16, 4, 1, 2, 16), AxisPadding::Explicit(2, 1));
-    }
-
-    #[test]
-    fn float_tflite_matches_the_interpreter() {
-        let g = student_like(4, 32, 11);
-        let files = write(&g, TflitePrecision::Float32).unwrap();
-        assert_eq!(files.shipped, files.core);
-        let input = image_like(g.input_shape, 4);
-        let reference = eval(&g, &input).unwrap();
-        let (out, shape) = TractModel::tflite(&files.shipped, g.input_shape)
-            .unwrap()
-            .run(&input)
-            .unwrap();
-        assert_eq!(shape, [1, 3, 32, 32]);
-        let c = compare(
-            &out,
-            reference.get("out").unwrap(),
-            shape,
-            2.0,
-            &Thresholds::fp32(),
-        );
-        eprintln!(
-            "tflite float: {:.1} dB, {} bytes",
-            c.psnr_db,
-            files.shipped.len()
-        );
-        assert!(c.passed, "{c:?}");
-        let desc = parse(&files.shipped).unwrap();
-        assert_eq!(
-            serialize(&desc),
-            files.shipped,
-            "parse/serialize round trip"
-        );
-    }
-
-    #[test]
-    fn int8_core_passes_in_tract_and_is_the_shipped_file_minus_its_edges() {
-        let g = student_like(8, 32, 12);
-        let calib: Vec<Vec<f32>> = (0..4).map(|s| image_like(g.input_shape, 200 + s)).collect();
-        let calibration = calibrate(&g, &calib, CalibrationMethod::Percentile(99.99)).unwrap();
-        let files = write(&g, TflitePrecision::Int8(&calibration)).unwrap();
-        assert_eq!(core_of_shipped(&files.shipped).unwrap(), files.core);
-        let shipped = parse(&files.shipped).unwrap();
-        let allowed = [
-            BuiltinOperator::CONV_2D,
-            BuiltinOperator::DEPTHWISE_CONV_2D,
-            BuiltinOperator::ADD,
-            BuiltinOperator::RELU,
-            BuiltinOperator::RESIZE_NEAREST_NEIGHBOR,
-            BuiltinOperator::PAD,
-            BuiltinOperator::CONCATENATION,
-            BuiltinOperator::TANH,
-            BuiltinOperator::LOGISTIC,
-            BuiltinOperator::QUANTIZE,
-            BuiltinOperator::DEQUANTIZE,
-        ];
-        assert!(shipped.ops.iter().all(|o| allowed.contains(&o.code)));
-        assert_eq!(
-            shipped.tensors[shipped.inputs[0] as usize].dtype,
-            TensorType::FLOAT32
-        );
-        assert_eq!(
-            shipped.tensors[shipped.outputs[0] as usize].dtype,
-            TensorType::FLOAT32
-        );
-        // Every non-edge activation is int8, every ADD's inputs and output share a grid.
-        for op in &shipped.ops {
-            if op.code == BuiltinOperator::ADD {
-                let q: Vec<_> = op
-                    .inputs
-                    .iter()
-                    .chain(&op.outputs)
-                    .map(|t| shipped.tensors[*t as usize].quant.clone())
-                    .collect();
-                assert!(q.windows(2).all(|w| w[0] == w[1]), "{q:?}");
-            }
-        }
-        let input = image_like(g.input_shape, 5);
-        let reference = eval(&g, &input).unwrap();
-        let model = TractModel::tflite(&files.core, g.input_shape).unwrap();
-        let (out, shape) = model.run(&input).unwrap();
-        let c = compare(
-            &out,
-            reference.get("out").unwrap(),
-            shape,
-            2.0,
-            &Thresholds::int8(),
-        );
-        eprintln!(
-            "tflite int8 core: {:.1} dB ssim {:.4}, shipped {} bytes",
-            c.psnr_db,
-            c.ssim,
-            files.shipped.len()
-        );
-        assert!(c.passed, "{c:?}");
-        // tract's integer run and the Rust simulation of the same plan agree much more
-        // closely than either agrees with fp32: the file holds the planned numbers.
-        let plan = QuantPlan::new(&g, &calibration, ActivationType::Int8).unwrap();
-        let sim = plan.simulate(&g, &input).unwrap();
-        let agree = compare(
-            &out,
-            sim.get("out").unwrap(),
-            shape,
-            2.0,
-            &Thresholds::int8(),
-        );
-        eprintln!("tflite int8 core vs simulator: {:.1} dB", agree.psnr_db);
-        assert!(agree.psnr_db > c.psnr_db + 3.0);
-    }
-
-    #[test]
-    fn sigmoid_head_int8() {
-        let g = sigmoid_head(4, 16, 3);
-        let input = image_like(g.input_shape, 5);
-        let calibration = calibrate(&g, &[input.clone()], CalibrationMethod::MinMax).unwrap();
-        let files = write(&g, TflitePrecision::Int8(&calibration)).unwrap();
-        let reference = eval(&g, &input).unwrap();
-        let (out, shape) = TractModel::tflite(&files.core, g.input_shape)
-            .unwrap()
-            .run(&input)
-            .unwrap();
-        let c = compare(
-            &out,
-            reference.get("mask").unwrap(),
-            shape,
-            1.0,
-            &Thresholds::int8(),
-        );
-        eprintln!("tflite int8 sigmoid: {:.1} dB", c.psnr_db);
-        assert!(c.passed, "{c:?}");
     }
 }

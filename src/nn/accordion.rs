@@ -21,7 +21,7 @@
 
 pub use super::config::AccordionConfig;
 use super::layers::{depth_to_space, EqConv};
-use crate::export::ir::{Graph, Node, Op};
+use crate::ir::{Graph, Node, Op};
 use tch::{nn, Device, Tensor};
 
 struct Down {

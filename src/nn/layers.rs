@@ -78,7 +78,7 @@ pub fn blur_down(x: &Tensor, kernel: &Tensor) -> Tensor {
         .conv2d(kernel, None::<Tensor>, [1, 1], [0, 0], [1, 1], c)
 }
 
-/// Depth-to-space in DCR order (`export::ir::Op::DepthToSpace`): input channel
+/// Depth-to-space in DCR order (`ir::Op::DepthToSpace`): input channel
 /// `(dy * block + dx) * C + c` becomes channel `c` at sub-pixel `(dy, dx)`.
 pub fn depth_to_space(x: &Tensor, block: i64) -> Tensor {
     let s = x.size();

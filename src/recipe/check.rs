@@ -373,25 +373,9 @@ impl<'a> Checker<'a> {
     }
 
     fn choice(&mut self, node: &Node, name: &str, default: &str, allowed: &[&str]) -> String {
-        let Some(v) = self.d.setting(node, name) else {
-            return default.to_string();
-        };
-        let Some(s) = self.d.string(v, &format!("`{name}`")) else {
-            return default.to_string();
-        };
-        if !allowed.contains(&s.as_str()) {
-            let d = RecipeDiagnostic::at(&v.loc, "unknown-value", format!("unknown {name} `{s}`"))
-                .label(format!("not a known {name}"))
-                .suggest(&s, allowed.iter().copied());
-            let d = if d.help.is_none() {
-                d.help(format!("one of: {}", allowed.join(", ")))
-            } else {
-                d
-            };
-            self.d.error(d);
-            return default.to_string();
-        }
-        s
+        self.d
+            .choice(node, name, allowed)
+            .unwrap_or_else(|| default.to_string())
     }
 
     fn model_ref(&mut self, v: &Val, what: &str) -> Option<Spanned<String>> {
@@ -785,7 +769,9 @@ impl<'a> Checker<'a> {
             }
             let precision = match n.prop("quantize") {
                 Some(q) => match self.d.string(q, "`quantize`") {
-                    Some(p) if profile.precisions.contains(&p) => p,
+                    Some(p) if profile.precisions.iter().any(|o| o.name() == p) => {
+                        Precision::parse(&p).expect("a profile's precisions are known names")
+                    }
                     Some(p) => {
                         self.d.error(
                             RecipeDiagnostic::at(
@@ -796,14 +782,19 @@ impl<'a> Checker<'a> {
                             .label("not offered by the profile")
                             .help(format!(
                                 "`{name}` offers: {}",
-                                profile.precisions.join(", ")
+                                profile
+                                    .precisions
+                                    .iter()
+                                    .map(|p| p.name())
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
                             )),
                         );
                         continue;
                     }
                     None => continue,
                 },
-                None => profile.default_precision.clone(),
+                None => profile.default_precision,
             };
             out.push(TargetSpec {
                 name: Spanned::new(name, Some(v.loc.clone())),

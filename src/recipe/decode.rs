@@ -350,6 +350,26 @@ impl<'a> Decoder<'a> {
         }
     }
 
+    /// A setting that must be one of `allowed` (with a did-you-mean); None when absent
+    /// or wrong (the error is reported).
+    pub fn choice(&mut self, node: &Node, name: &str, allowed: &[&str]) -> Option<String> {
+        let v = self.setting(node, name)?;
+        let s = self.string(v, &format!("`{name}`"))?;
+        if allowed.contains(&s.as_str()) {
+            return Some(s);
+        }
+        let d = RecipeDiagnostic::at(&v.loc, "unknown-value", format!("unknown {name} `{s}`"))
+            .label(format!("not a known {name}"))
+            .suggest(&s, allowed.iter().copied());
+        let d = if d.help.is_none() {
+            d.help(format!("one of: {}", allowed.join(", ")))
+        } else {
+            d
+        };
+        self.error(d);
+        None
+    }
+
     pub fn setting_string(&mut self, node: &Node, name: &str, default: &str) -> String {
         match self.setting(node, name) {
             Some(v) => self

@@ -195,7 +195,7 @@ pub struct Train {
 #[derive(Clone, Debug)]
 pub struct TargetSpec {
     pub name: Spanned<String>,
-    pub precision: String,
+    pub precision: Precision,
     pub profile: TargetProfile,
 }
 
@@ -203,10 +203,13 @@ pub struct TargetSpec {
 #[derive(Clone, Debug)]
 pub struct TargetProfile {
     pub name: String,
-    pub format: String,
-    pub precisions: Vec<String>,
-    pub default_precision: String,
-    pub io: String,
+    pub format: TargetFormat,
+    /// Those the format has a writer for, in the profile's order (the first is the default).
+    pub precisions: Vec<Precision>,
+    pub default_precision: Precision,
+    pub io: TargetIo,
+    /// The format's own op names (`CONV_2D`, `Conv`, `conv`) the device runs: a model
+    /// using any other op is refused before it is written.
     pub ops: Vec<String>,
     /// Minimum PSNR vs the trained student per precision, in dB.
     pub min_psnr_db: BTreeMap<String, f64>,
@@ -229,6 +232,72 @@ impl LrSchedule {
         match self {
             LrSchedule::Constant => "constant",
             LrSchedule::Cosine => "cosine",
+        }
+    }
+}
+
+/// Declares a closed set of names read from a profile: `parse`, `name` and `NAMES`.
+macro_rules! named_enum {
+    ($(#[$m:meta])* $ty:ident { $($(#[$vm:meta])* $v:ident = $n:literal),+ $(,)? }) => {
+        $(#[$m])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub enum $ty { $($(#[$vm])* $v),+ }
+        impl $ty {
+            pub const NAMES: &'static [&'static str] = &[$($n),+];
+            pub fn parse(text: &str) -> Option<$ty> {
+                match text { $($n => Some($ty::$v),)+ _ => None }
+            }
+            pub fn name(self) -> &'static str {
+                match self { $($ty::$v => $n),+ }
+            }
+        }
+        impl std::fmt::Display for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.name())
+            }
+        }
+    };
+}
+
+named_enum!(
+    /// The file a target ships.
+    TargetFormat {
+        Onnx = "onnx",
+        Tflite = "tflite",
+        /// Core ML ML Program package.
+        Mlpackage = "mlpackage",
+    }
+);
+
+named_enum!(
+    /// How the shipped model takes and gives frames.
+    TargetIo {
+        TensorNchw = "tensor-nchw",
+        TensorNhwc = "tensor-nhwc",
+        /// Core ML image in and out (a camera CVPixelBuffer).
+        Image = "image",
+    }
+);
+
+named_enum!(
+    /// Numeric precision of a shipped model.
+    Precision {
+        Fp32 = "fp32",
+        Fp16 = "fp16",
+        /// Integer weights and activations (calibrated).
+        Int8 = "int8",
+        /// Integer weights only, float compute (Core ML).
+        Int8Weights = "int8-weights",
+    }
+);
+
+impl TargetFormat {
+    /// The precisions effectc has a writer for in this format.
+    pub fn precisions(self) -> &'static [Precision] {
+        match self {
+            TargetFormat::Onnx => &[Precision::Fp32, Precision::Fp16, Precision::Int8],
+            TargetFormat::Tflite => &[Precision::Fp32, Precision::Int8],
+            TargetFormat::Mlpackage => &[Precision::Fp32, Precision::Fp16, Precision::Int8Weights],
         }
     }
 }

@@ -4,7 +4,7 @@
 
 use super::decode::Decoder;
 use super::diagnostic::{Diagnostics, Loc, RecipeDiagnostic, SourceFile};
-use super::model::TargetProfile;
+use super::model::{Precision, TargetFormat, TargetIo, TargetProfile};
 use super::tree::{nodes_from_kdl, Node};
 use crate::project::Project;
 use std::collections::BTreeMap;
@@ -485,7 +485,9 @@ pub fn load_target_profile(
             "calibration-size",
         ],
     );
-    let format = d.setting_string(node, "format", "");
+    let format = d
+        .choice(node, "format", TargetFormat::NAMES)
+        .and_then(|f| TargetFormat::parse(&f));
     let strings = |d: &mut Decoder, n: Option<&Node>| -> Vec<String> {
         n.map(|n| {
             n.args
@@ -496,10 +498,43 @@ pub fn load_target_profile(
         .unwrap_or_default()
     };
     let precision_node = d.single(&node.children, "precision");
-    let precisions = strings(&mut d, precision_node);
+    let mut precisions = Vec::new();
+    if let Some(n) = precision_node {
+        for v in &n.args {
+            let Some(p) = d.string(v, "a precision") else {
+                continue;
+            };
+            match (Precision::parse(&p), format) {
+                (Some(p), Some(f)) if f.precisions().contains(&p) => precisions.push(p),
+                (_, Some(f)) => d.error(
+                    RecipeDiagnostic::at(
+                        &v.loc,
+                        "unknown-value",
+                        format!("effectc has no {f} writer for precision `{p}`"),
+                    )
+                    .label("not offered")
+                    .help(format!(
+                        "{f} offers: {}",
+                        f.precisions()
+                            .iter()
+                            .map(|p| p.name())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )),
+                ),
+                (_, None) => {}
+            }
+        }
+    }
     let ops_node = d.single(&node.children, "ops");
     let ops = strings(&mut d, ops_node);
-    let io = d.setting_string(node, "io", "tensor-nchw");
+    let given = |n: &str| node.prop(n).is_some() || node.children.iter().any(|c| c.name == n);
+    let io = match given("io") {
+        false => Some(TargetIo::TensorNchw),
+        true => d
+            .choice(node, "io", TargetIo::NAMES)
+            .and_then(|i| TargetIo::parse(&i)),
+    };
     let mut min_psnr_db = BTreeMap::new();
     if let Some(n) = d.single(&node.children, "min-psnr-db") {
         for p in &n.props {
@@ -509,6 +544,20 @@ pub fn load_target_profile(
         }
     }
     let calibration_size = d.setting_u32(node, "calibration-size", 32, 0, 100_000);
+    let Some(format) = format else {
+        if !given("format") {
+            d.error(
+                RecipeDiagnostic::at(
+                    &node.name_loc,
+                    "missing-node",
+                    format!("target profile `{name}` needs `format`"),
+                )
+                .help(format!("one of: {}", TargetFormat::NAMES.join(", "))),
+            );
+        }
+        return None;
+    };
+    let io = io?;
     if precisions.is_empty() {
         d.error(RecipeDiagnostic::at(
             &node.name_loc,
@@ -520,7 +569,7 @@ pub fn load_target_profile(
     Some(TargetProfile {
         name: name.to_string(),
         format,
-        default_precision: precisions[0].clone(),
+        default_precision: precisions[0],
         precisions,
         io,
         ops,

@@ -5,7 +5,8 @@
 //! sidecar in a later stage; until then a value missing from both is an error.
 
 use crate::recipe::AttributeUse;
-use crate::stages::{Params, RunContext, RunOutput, Stage, StageError};
+use crate::stages::{params_of, Params, RunContext, RunOutput, Stage, StageError};
+use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -54,24 +55,32 @@ impl Stage for ItemAttributes {
         1
     }
     fn params(&self) -> Params {
-        let mut p = Params::new();
-        for u in &self.uses {
-            let options: Vec<String> = u
-                .set
-                .options
-                .iter()
-                .map(|o| format!("{}={}", o.name, o.prompt))
-                .collect();
-            p.insert(
-                format!("attributes.{}", u.name.value),
-                format!(
-                    "{}|{}",
-                    u.fixed.as_deref().unwrap_or("per-item"),
-                    options.join(";")
-                ),
-            );
+        #[derive(Serialize)]
+        struct Attribute<'a> {
+            /// The recipe's value for every item, or `per-item` (from sidecars).
+            value: &'a str,
+            /// Option name → its prompt text.
+            options: BTreeMap<&'a str, &'a str>,
         }
-        p
+        let attributes: BTreeMap<&str, Attribute> = self
+            .uses
+            .iter()
+            .map(|u| {
+                (
+                    u.name.value.as_str(),
+                    Attribute {
+                        value: u.fixed.as_deref().unwrap_or("per-item"),
+                        options: u
+                            .set
+                            .options
+                            .iter()
+                            .map(|o| (o.name.as_str(), o.prompt.as_str()))
+                            .collect(),
+                    },
+                )
+            })
+            .collect();
+        params_of(&serde_json::json!({ "attributes": attributes }))
     }
     fn run(&self, ctx: &mut RunContext) -> Result<RunOutput, StageError> {
         let sidecar = if self.has_sidecar {

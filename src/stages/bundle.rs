@@ -18,8 +18,9 @@ use crate::bundle::{write_reproducible_tar_gz, EntrySource};
 use crate::digest::Digest;
 use crate::protocol::metric;
 use crate::recipe::Student;
-use crate::stages::{Params, RunContext, RunOutput, Stage, StageError};
+use crate::stages::{params_of, Params, RunContext, RunOutput, Stage, StageError};
 use image::RgbImage;
+use serde::Serialize;
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
 
@@ -89,17 +90,30 @@ impl Stage for BundleStage {
         4
     }
     fn params(&self) -> Params {
-        let mut p = Params::from([
-            ("effect".into(), self.effect.clone()),
-            ("recipe-digest".into(), self.recipe_digest.hex()),
-            ("version".into(), self.version.clone().unwrap_or_default()),
-            ("student.width".into(), self.student.width.to_string()),
-            ("rows".into(), self.rows.to_string()),
-        ]);
-        for (name, format, precision) in &self.targets {
-            p.insert(format!("target.{name}"), format!("{format} {precision}"));
+        #[derive(Serialize)]
+        struct P<'a> {
+            effect: &'a str,
+            #[serde(rename = "recipe-digest")]
+            recipe_digest: String,
+            version: &'a str,
+            #[serde(rename = "student.width")]
+            width: u32,
+            rows: usize,
+            /// Target name → `format precision`.
+            target: BTreeMap<&'a str, String>,
         }
-        p
+        params_of(&P {
+            effect: &self.effect,
+            recipe_digest: self.recipe_digest.hex(),
+            version: self.version.as_deref().unwrap_or_default(),
+            width: self.student.width,
+            rows: self.rows,
+            target: self
+                .targets
+                .iter()
+                .map(|(name, format, precision)| (name.as_str(), format!("{format} {precision}")))
+                .collect(),
+        })
     }
 
     fn run(&self, ctx: &mut RunContext) -> Result<RunOutput, StageError> {

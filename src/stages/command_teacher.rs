@@ -2,7 +2,8 @@
 //! argv / stdin / stdout contract).
 
 use crate::imaging::external::{run_command_teacher, CommandTeacherError};
-use crate::stages::{Params, RunContext, RunOutput, Stage, StageError};
+use crate::stages::{params_of, Params, RunContext, RunOutput, Stage, StageError};
+use serde::Serialize;
 use std::time::Duration;
 
 pub struct CommandPairs {
@@ -24,15 +25,18 @@ impl Stage for CommandPairs {
         1
     }
     fn params(&self) -> Params {
-        // argv as JSON: unambiguous however the arguments are spelled.
-        Params::from([
-            ("teacher.kind".into(), "command".into()),
-            (
-                "teacher.run".into(),
-                serde_json::to_string(&self.argv).unwrap_or_default(),
-            ),
-            ("teacher.timeout-s".into(), self.timeout_s.to_string()),
-        ])
+        #[derive(Serialize)]
+        struct P<'a> {
+            kind: &'static str,
+            run: &'a [String],
+            #[serde(rename = "timeout-s")]
+            timeout_s: u64,
+        }
+        params_of(&serde_json::json!({ "teacher": P {
+            kind: "command",
+            run: &self.argv,
+            timeout_s: self.timeout_s,
+        }}))
     }
     fn run(&self, ctx: &mut RunContext) -> Result<RunOutput, StageError> {
         // Programs may go by the file extension: hand them a real `.png` path.

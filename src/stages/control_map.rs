@@ -3,7 +3,8 @@
 
 use super::png::{read_rgb, write_png};
 use crate::diffusion::control_image::{canny, gray_to_rgb, softedge, CannyParams, SoftEdgeParams};
-use crate::stages::{Params, RunContext, RunOutput, Stage, StageError};
+use crate::stages::{params_of, Params, RunContext, RunOutput, Stage, StageError};
+use serde::Serialize;
 
 /// The preprocessors effectc can draw so far. Pose and face mesh need their detectors.
 pub const BUILT_PREPROCESSORS: &[&str] = &["canny", "softedge"];
@@ -23,26 +24,38 @@ impl Stage for ControlMap {
         1
     }
     fn params(&self) -> Params {
-        let mut p = Params::from([("preprocessor".into(), self.preprocessor.clone())]);
         // The parameters themselves, so changing a default re-draws the maps.
+        #[derive(Serialize)]
+        struct Canny {
+            low: f32,
+            high: f32,
+            blur: f32,
+        }
+        #[derive(Serialize)]
+        struct SoftEdge {
+            sigmas: Vec<f32>,
+            gain: f32,
+        }
+        let mut doc = serde_json::json!({ "preprocessor": self.preprocessor });
         match self.preprocessor.as_str() {
             "canny" => {
                 let c = CannyParams::default();
-                p.insert(
-                    "canny".into(),
-                    format!(
-                        "{:?}/{:?}/{:?}",
-                        c.low_threshold, c.high_threshold, c.blur_sigma
-                    ),
-                );
+                doc["canny"] = serde_json::json!(Canny {
+                    low: c.low_threshold,
+                    high: c.high_threshold,
+                    blur: c.blur_sigma,
+                });
             }
             "softedge" => {
                 let s = SoftEdgeParams::default();
-                p.insert("softedge".into(), format!("{:?}/{:?}", s.sigmas, s.gain));
+                doc["softedge"] = serde_json::json!(SoftEdge {
+                    sigmas: s.sigmas,
+                    gain: s.gain,
+                });
             }
             _ => {}
         }
-        p
+        params_of(&doc)
     }
     fn run(&self, ctx: &mut RunContext) -> Result<RunOutput, StageError> {
         let src = read_rgb(ctx.input("image")?)?;

@@ -3,7 +3,8 @@
 
 use super::png::{read_rgb, write_png};
 use crate::imaging::crop::center_crop_resize;
-use crate::stages::{Params, RunContext, RunOutput, Stage, StageError};
+use crate::stages::{params_of, Params, RunContext, RunOutput, Stage, StageError};
+use serde::Serialize;
 
 pub struct CenterCrop {
     pub size_px: u32,
@@ -20,10 +21,17 @@ impl Stage for CenterCrop {
         1
     }
     fn params(&self) -> Params {
-        Params::from([
-            ("sources.crop.mode".into(), "center".into()),
-            ("sources.crop.size".into(), self.size_px.to_string()),
-        ])
+        #[derive(Serialize)]
+        struct P {
+            #[serde(rename = "sources.crop.mode")]
+            mode: &'static str,
+            #[serde(rename = "sources.crop.size")]
+            size: u32,
+        }
+        params_of(&P {
+            mode: "center",
+            size: self.size_px,
+        })
     }
     fn run(&self, ctx: &mut RunContext) -> Result<RunOutput, StageError> {
         let src = read_rgb(ctx.input("image")?)?;

@@ -7,7 +7,8 @@ use crate::diffusion::job::{ControlJob, DiffuseJob, ModelRef};
 use crate::digest::{Digest, KeyHasher};
 use crate::models::ResolvedModel;
 use crate::recipe::DiffusionTeacher;
-use crate::stages::{Params, Resource, RunContext, RunOutput, Stage, StageError};
+use crate::stages::{params_of, Params, Resource, RunContext, RunOutput, Stage, StageError};
+use serde::Serialize;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -74,46 +75,82 @@ impl Stage for DiffusionPairs {
         true
     }
     fn params(&self) -> Params {
+        #[derive(Serialize)]
+        struct ControlNet<'a> {
+            model: &'a str,
+            weight: f64,
+            start: f64,
+            end: f64,
+        }
+        #[derive(Serialize)]
+        struct Ip2p<'a> {
+            model: &'a str,
+            #[serde(rename = "image-guidance")]
+            image_guidance: f64,
+            instruction: &'a str,
+        }
+        #[derive(Serialize)]
+        struct P<'a> {
+            kind: &'static str,
+            base: &'a str,
+            prompt: &'a str,
+            #[serde(rename = "negative-prompt")]
+            negative_prompt: &'a str,
+            steps: u32,
+            scheduler: &'a str,
+            guidance: f64,
+            seed: u64,
+            lora: BTreeMap<&'a str, f64>,
+            controlnet: BTreeMap<&'a str, ControlNet<'a>>,
+            #[serde(rename = "instruct-pix2pix", skip_serializing_if = "Option::is_none")]
+            instruct_pix2pix: Option<Ip2p<'a>>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            img2img: Option<f64>,
+        }
         let t = &self.teacher;
-        let mut p = Params::from([
-            ("teacher.kind".into(), "diffusion".into()),
-            ("teacher.base".into(), t.base.value.clone()),
-            ("teacher.prompt".into(), t.prompt.clone()),
-            ("teacher.negative-prompt".into(), t.negative_prompt.clone()),
-            ("teacher.steps".into(), t.steps.to_string()),
-            ("teacher.scheduler".into(), t.scheduler.clone()),
-            ("teacher.guidance".into(), format!("{:?}", t.guidance)),
-            ("teacher.seed".into(), t.seed.to_string()),
-        ]);
-        for l in &t.loras {
-            p.insert(
-                format!("teacher.lora.{}", l.model.value),
-                format!("{:?}", l.weight),
-            );
-        }
-        for c in &t.controlnets {
-            p.insert(
-                format!("teacher.controlnet.{}", c.preset.value),
-                format!("{}@{:?} {:?}..{:?}", c.model, c.weight, c.start, c.end),
-            );
-        }
-        if let Some(ip) = &t.instruct_pix2pix {
-            p.insert(
-                "teacher.instruct-pix2pix".into(),
-                format!(
-                    "{}@{:?}: {}",
-                    ip.model.value, ip.image_guidance, ip.instruction
-                ),
-            );
-        }
-        if let Some(s) = t.img2img_strength {
-            p.insert("teacher.img2img".into(), format!("{s:?}"));
-        }
+        let teacher = P {
+            kind: "diffusion",
+            base: &t.base.value,
+            prompt: &t.prompt,
+            negative_prompt: &t.negative_prompt,
+            steps: t.steps,
+            scheduler: &t.scheduler,
+            guidance: t.guidance,
+            seed: t.seed,
+            lora: t
+                .loras
+                .iter()
+                .map(|l| (l.model.value.as_str(), l.weight))
+                .collect(),
+            controlnet: t
+                .controlnets
+                .iter()
+                .map(|c| {
+                    (
+                        c.preset.value.as_str(),
+                        ControlNet {
+                            model: &c.model,
+                            weight: c.weight,
+                            start: c.start,
+                            end: c.end,
+                        },
+                    )
+                })
+                .collect(),
+            instruct_pix2pix: t.instruct_pix2pix.as_ref().map(|ip| Ip2p {
+                model: &ip.model.value,
+                image_guidance: ip.image_guidance,
+                instruction: &ip.instruction,
+            }),
+            img2img: t.img2img_strength,
+        };
         // The weights themselves: replacing a model file re-generates the pairs.
-        for (name, m) in self.models.iter() {
-            p.insert(format!("model.{name}"), m.digest.hex());
-        }
-        p
+        let models: BTreeMap<&str, String> = self
+            .models
+            .iter()
+            .map(|(name, m)| (name.as_str(), m.digest.hex()))
+            .collect();
+        params_of(&serde_json::json!({ "teacher": teacher, "model": models }))
     }
 
     fn run(&self, ctx: &mut RunContext) -> Result<RunOutput, StageError> {

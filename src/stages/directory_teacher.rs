@@ -2,7 +2,8 @@
 
 use super::png::{read_rgb, write_png};
 use crate::imaging::crop::center_crop_resize;
-use crate::stages::{Params, RunContext, RunOutput, Stage, StageError};
+use crate::stages::{params_of, Params, RunContext, RunOutput, Stage, StageError};
+use serde::Serialize;
 use std::path::{Path, PathBuf};
 
 pub struct DirectoryPairs {
@@ -29,10 +30,17 @@ impl Stage for DirectoryPairs {
         1
     }
     fn params(&self) -> Params {
-        Params::from([
-            ("teacher.kind".into(), "directory".into()),
-            ("sources.crop.size".into(), self.size_px.to_string()),
-        ])
+        #[derive(Serialize)]
+        struct P {
+            #[serde(rename = "teacher.kind")]
+            kind: &'static str,
+            #[serde(rename = "sources.crop.size")]
+            size: u32,
+        }
+        params_of(&P {
+            kind: "directory",
+            size: self.size_px,
+        })
     }
     fn run(&self, ctx: &mut RunContext) -> Result<RunOutput, StageError> {
         let target = read_rgb(ctx.input("target-file")?)?;

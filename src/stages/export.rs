@@ -4,8 +4,9 @@
 
 use super::worker::run_worker;
 use crate::nn::config::AccordionConfig;
-use crate::stages::{Params, Resource, RunContext, RunOutput, Stage, StageError};
+use crate::stages::{params_of, Params, Resource, RunContext, RunOutput, Stage, StageError};
 use crate::train::job::ExportJob;
+use serde::Serialize;
 
 pub struct ExportStudent {
     pub arch: AccordionConfig,
@@ -36,11 +37,20 @@ impl Stage for ExportStudent {
         Resource::Exclusive
     }
     fn params(&self) -> Params {
-        Params::from([
-            ("student.width".into(), self.arch.width.to_string()),
-            ("student.blocks".into(), self.arch.blocks.to_string()),
-            ("sources.crop.size".into(), self.resolution_px.to_string()),
-        ])
+        #[derive(Serialize)]
+        struct P {
+            #[serde(rename = "student.width")]
+            width: i64,
+            #[serde(rename = "student.blocks")]
+            blocks: i64,
+            #[serde(rename = "sources.crop.size")]
+            size: u32,
+        }
+        params_of(&P {
+            width: self.arch.width,
+            blocks: self.arch.blocks,
+            size: self.resolution_px,
+        })
     }
     fn run(&self, ctx: &mut RunContext) -> Result<RunOutput, StageError> {
         let paths = |names: &[String], ctx: &RunContext| {

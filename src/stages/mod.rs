@@ -21,4 +21,6 @@ pub mod train;
 pub mod verify;
 pub mod worker;
 
-pub use stage::{stage_key, Params, Progress, Resource, RunContext, RunOutput, Stage, StageError};
+pub use stage::{
+    params_of, stage_key, Params, Progress, Resource, RunContext, RunOutput, Stage, StageError,
+};

@@ -3,7 +3,8 @@
 
 use super::png::{read_rgb, write_png};
 use crate::imaging::contact_sheet::contact_sheet;
-use crate::stages::{Params, RunContext, RunOutput, Stage, StageError};
+use crate::stages::{params_of, Params, RunContext, RunOutput, Stage, StageError};
+use serde::Serialize;
 
 pub struct PairsSheet {
     pub rows: usize,
@@ -22,11 +23,15 @@ impl Stage for PairsSheet {
         1
     }
     fn params(&self) -> Params {
-        let mut p = Params::from([("rows".into(), self.rows.to_string())]);
-        if !self.controls.is_empty() {
-            p.insert("controls".into(), self.controls.join(","));
+        #[derive(Serialize)]
+        struct P<'a> {
+            rows: usize,
+            controls: &'a [String],
         }
-        p
+        params_of(&P {
+            rows: self.rows,
+            controls: &self.controls,
+        })
     }
     fn run(&self, ctx: &mut RunContext) -> Result<RunOutput, StageError> {
         let mut rows = Vec::new();

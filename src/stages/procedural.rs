@@ -3,7 +3,8 @@
 use super::png::{read_rgb, write_png};
 use crate::imaging::brick::{brick_mosaic, BrickStyle, Palette};
 use crate::recipe::ProceduralTeacher;
-use crate::stages::{Params, RunContext, RunOutput, Stage, StageError};
+use crate::stages::{params_of, Params, RunContext, RunOutput, Stage, StageError};
+use serde::Serialize;
 
 pub struct ProceduralPairs {
     teacher: ProceduralTeacher,
@@ -31,15 +32,25 @@ impl Stage for ProceduralPairs {
         1
     }
     fn params(&self) -> Params {
+        #[derive(Serialize)]
+        struct P<'a> {
+            kind: &'static str,
+            style: &'a str,
+            #[serde(rename = "stud-size")]
+            stud_size: u32,
+            palette: &'a str,
+            shading: f64,
+            outline: f64,
+        }
         let t = &self.teacher;
-        Params::from([
-            ("teacher.kind".into(), "procedural".into()),
-            ("teacher.style".into(), t.style.clone()),
-            ("teacher.stud-size".into(), t.stud_px.to_string()),
-            ("teacher.palette".into(), t.palette.clone()),
-            ("teacher.shading".into(), format!("{:?}", t.shading)),
-            ("teacher.outline".into(), format!("{:?}", t.outline)),
-        ])
+        params_of(&serde_json::json!({ "teacher": P {
+            kind: "procedural",
+            style: &t.style,
+            stud_size: t.stud_px,
+            palette: &t.palette,
+            shading: t.shading,
+            outline: t.outline,
+        }}))
     }
     fn run(&self, ctx: &mut RunContext) -> Result<RunOutput, StageError> {
         let src = read_rgb(ctx.input("source")?)?;

@@ -10,8 +10,74 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
 /// Canonical params: recipe path (`teacher.stud-size`) → canonical value text. A
-/// BTreeMap, so the order they were written in never reaches the key.
+/// BTreeMap, so the order they were written in never reaches the key. Made by
+/// [`params_of`] from each kind's `#[derive(Serialize)]` params struct.
 pub type Params = BTreeMap<String, String>;
+
+/// Flattens a stage kind's params struct into [`Params`], one canonical way: nested
+/// fields joined by `.`, list items by index (`.0`, `.1`; an empty list is `[]`),
+/// strings as themselves, integers and bools in decimal, floats by their IEEE-754 bits
+/// (`f64:3fe3333333333333`). So no float formatting, field order or map order ever
+/// reaches a key; [`show_param`] turns a value back into what a person reads.
+pub fn params_of<T: Serialize>(value: &T) -> Params {
+    fn walk(path: &str, v: &serde_json::Value, out: &mut Params) {
+        use serde_json::Value as V;
+        let join = |k: &str| {
+            if path.is_empty() {
+                k.to_string()
+            } else {
+                format!("{path}.{k}")
+            }
+        };
+        match v {
+            V::Object(m) => {
+                for (k, v) in m {
+                    walk(&join(k), v, out);
+                }
+            }
+            V::Array(a) if a.is_empty() => {
+                out.insert(path.to_string(), "[]".into());
+            }
+            V::Array(a) => {
+                for (i, v) in a.iter().enumerate() {
+                    walk(&join(&i.to_string()), v, out);
+                }
+            }
+            V::String(s) => {
+                out.insert(path.to_string(), s.clone());
+            }
+            V::Number(n) if n.is_f64() => {
+                let bits = n.as_f64().unwrap_or(f64::NAN).to_bits();
+                out.insert(path.to_string(), format!("f64:{bits:016x}"));
+            }
+            V::Number(n) => {
+                out.insert(path.to_string(), n.to_string());
+            }
+            V::Bool(b) => {
+                out.insert(path.to_string(), b.to_string());
+            }
+            V::Null => {
+                out.insert(path.to_string(), "null".into());
+            }
+        }
+    }
+    let mut out = Params::new();
+    // Plain data (numbers, strings, maps with string keys) always serializes.
+    let value = serde_json::to_value(value).expect("stage params are plain data");
+    walk("", &value, &mut out);
+    out
+}
+
+/// A canonical param value as a person reads it (floats decoded from their bits).
+pub fn show_param(value: &str) -> String {
+    match value
+        .strip_prefix("f64:")
+        .and_then(|h| u64::from_str_radix(h, 16).ok())
+    {
+        Some(bits) => format!("{:?}", f64::from_bits(bits)),
+        None => value.to_string(),
+    }
+}
 
 /// Where the stage's work runs: per-item CPU work runs in parallel; heavy stages
 /// (training, which parallelises inside libtorch) run alone.
@@ -203,4 +269,47 @@ pub fn stage_key(
         h.str(k).digest(d);
     }
     h.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn params_are_encoded_one_canonical_way() {
+        #[derive(Serialize)]
+        struct P {
+            #[serde(rename = "teacher.shading")]
+            shading: f64,
+            #[serde(rename = "teacher.stud-size")]
+            stud: u32,
+            flip: bool,
+            lora: BTreeMap<String, f64>,
+            argv: Vec<String>,
+            none: Vec<u8>,
+        }
+        let p = params_of(&P {
+            shading: 0.6,
+            stud: 8,
+            flip: false,
+            lora: BTreeMap::from([("lego".to_string(), 1.0)]),
+            argv: vec!["sh".into(), "-c".into()],
+            none: vec![],
+        });
+        assert_eq!(
+            p["teacher.shading"],
+            format!("f64:{:016x}", 0.6f64.to_bits())
+        );
+        assert_eq!(show_param(&p["teacher.shading"]), "0.6");
+        assert_eq!(show_param(&p["lora.lego"]), "1.0");
+        assert_eq!(p["teacher.stud-size"], "8");
+        assert_eq!(p["flip"], "false");
+        assert_eq!((p["argv.0"].as_str(), p["argv.1"].as_str()), ("sh", "-c"));
+        assert_eq!(p["none"], "[]");
+        // 0.1 + 0.2 and 0.3 print alike in some formats; their bits differ, so do keys.
+        assert_ne!(
+            params_of(&serde_json::json!({"x": 0.1 + 0.2})),
+            params_of(&serde_json::json!({"x": 0.3}))
+        );
+    }
 }

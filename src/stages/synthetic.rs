@@ -3,7 +3,8 @@
 
 use super::png::write_png;
 use crate::imaging::synthetic::synthetic_portrait;
-use crate::stages::{Params, RunContext, RunOutput, Stage, StageError};
+use crate::stages::{params_of, Params, RunContext, RunOutput, Stage, StageError};
+use serde::Serialize;
 
 pub struct SyntheticSource {
     pub seed: u64,
@@ -22,11 +23,20 @@ impl Stage for SyntheticSource {
         1
     }
     fn params(&self) -> Params {
-        Params::from([
-            ("sources.synthetic.seed".into(), self.seed.to_string()),
-            ("item.index".into(), self.index.to_string()),
-            ("sources.crop.size".into(), self.size_px.to_string()),
-        ])
+        #[derive(Serialize)]
+        struct P {
+            #[serde(rename = "sources.synthetic.seed")]
+            seed: u64,
+            #[serde(rename = "item.index")]
+            index: u64,
+            #[serde(rename = "sources.crop.size")]
+            size: u32,
+        }
+        params_of(&P {
+            seed: self.seed,
+            index: self.index,
+            size: self.size_px,
+        })
     }
     fn run(&self, ctx: &mut RunContext) -> Result<RunOutput, StageError> {
         let img = synthetic_portrait(self.seed, self.index, self.size_px);

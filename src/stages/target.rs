@@ -4,17 +4,44 @@
 //! `io` is `image`). int8 targets calibrate activation ranges on training crops
 //! (99.99th percentile clipping).
 
+use crate::export::coreml::mlprogram::mlprogram_files;
 use crate::export::coreml::{write_mlpackage, CoremlOptions, WeightPrecision};
-use crate::export::ir::Graph;
 use crate::export::onnx::{self, OnnxPrecision};
 use crate::export::quantize::{calibrate, ActivationType, Calibration, CalibrationMethod};
 use crate::export::tflite::{self, TflitePrecision};
-use crate::recipe::TargetSpec;
-use crate::stages::{Params, RunContext, RunOutput, Stage, StageError};
+use crate::ir::Graph;
+use crate::recipe::{Precision, TargetFormat, TargetIo, TargetSpec};
+use crate::stages::{params_of, Params, RunContext, RunOutput, Stage, StageError};
+use serde::Serialize;
+use std::collections::BTreeSet;
 use std::path::Path;
 
 pub struct WriteTarget {
     pub target: TargetSpec,
+}
+
+impl WriteTarget {
+    /// Refuses a model that uses an op the profile's device does not run, naming it,
+    /// before anything is written.
+    fn check_ops(&self, used: &BTreeSet<String>) -> Result<(), StageError> {
+        let p = &self.target.profile;
+        let refused: Vec<&str> = used
+            .iter()
+            .filter(|op| !p.ops.iter().any(|a| a == *op))
+            .map(String::as_str)
+            .collect();
+        if refused.is_empty() {
+            return Ok(());
+        }
+        Err(StageError::input(format!(
+            "target {}: the model needs {} `{}`, which {} does not allow (its `ops`: {})",
+            p.name,
+            if refused.len() == 1 { "op" } else { "ops" },
+            refused.join("`, `"),
+            p.file.name,
+            p.ops.join(" ")
+        )))
+    }
 }
 
 pub fn read_ir(path: &Path) -> Result<Graph, StageError> {
@@ -63,91 +90,112 @@ impl Stage for WriteTarget {
         Vec::new()
     }
     fn version(&self) -> u32 {
-        1
+        // 2: the profile's `ops` allow-list is enforced (and part of the key).
+        2
     }
     fn params(&self) -> Params {
+        #[derive(Serialize)]
+        struct P<'a> {
+            name: &'a str,
+            format: &'static str,
+            quantize: &'static str,
+            io: &'static str,
+            ops: &'a [String],
+            #[serde(rename = "calibration-size")]
+            calibration_size: u32,
+        }
         let p = &self.target.profile;
-        Params::from([
-            ("target.name".into(), p.name.clone()),
-            ("target.format".into(), p.format.clone()),
-            ("target.quantize".into(), self.target.precision.clone()),
-            ("target.io".into(), p.io.clone()),
-            (
-                "target.calibration-size".into(),
-                p.calibration_size.to_string(),
-            ),
-        ])
+        params_of(&serde_json::json!({ "target": P {
+            name: &p.name,
+            format: p.format.name(),
+            quantize: self.target.precision.name(),
+            io: p.io.name(),
+            ops: &p.ops,
+            calibration_size: p.calibration_size,
+        }}))
     }
     fn run(&self, ctx: &mut RunContext) -> Result<RunOutput, StageError> {
         let graph = read_ir(ctx.input("student.ir")?)?;
-        let precision = self.target.precision.as_str();
-        let format = self.target.profile.format.as_str();
+        let precision = self.target.precision;
         let cal_size = self.target.profile.calibration_size as usize;
         let mut out = RunOutput::default();
         let fail = |e: &dyn std::fmt::Display| {
             StageError::input(format!("target {}: {e}", self.target.profile.name))
         };
-        match format {
-            "onnx" => {
+        // Precisions were matched to the format's writers when the profile was read.
+        let unsupported = || {
+            StageError::bug(format!(
+                "target {}: no {} writer for {precision}",
+                self.target.profile.name, self.target.profile.format
+            ))
+        };
+        match self.target.profile.format {
+            TargetFormat::Onnx => {
                 let cal;
                 let prec = match precision {
-                    "fp32" => OnnxPrecision::Fp32,
-                    "fp16" => OnnxPrecision::Fp16,
-                    "int8" => {
+                    Precision::Fp32 => OnnxPrecision::Fp32,
+                    Precision::Fp16 => OnnxPrecision::Fp16,
+                    Precision::Int8 => {
                         cal = calibration_for(&graph, ctx, cal_size)?;
                         OnnxPrecision::Int8Qdq {
                             calibration: &cal,
                             activations: ActivationType::Int8,
                         }
                     }
-                    other => return Err(fail(&format!("no ONNX writer for precision `{other}`"))),
+                    Precision::Int8Weights => return Err(unsupported()),
                 };
                 let bytes = onnx::write(&graph, prec).map_err(|e| fail(&e))?;
+                let ops = onnx::op_types(&bytes)
+                    .map_err(|e| StageError::bug(format!("the ONNX writer's own output: {e}")))?;
+                self.check_ops(&ops)?;
                 let path = ctx.out_dir.join("model.onnx");
                 write(&path, &bytes)?;
                 out.files.insert("model.onnx".into(), path);
             }
-            "tflite" => {
-                let cal;
-                let prec = match precision {
-                    "fp32" => TflitePrecision::Float32,
-                    "int8" => {
-                        cal = calibration_for(&graph, ctx, cal_size)?;
-                        let p = ctx.out_dir.join("calibration.json");
-                        write(&p, &serde_json::to_vec(&cal).unwrap_or_default())?;
-                        out.files.insert("calibration.json".into(), p);
-                        TflitePrecision::Int8(&cal)
-                    }
-                    other => {
-                        return Err(fail(&format!("no TFLite writer for precision `{other}`")))
-                    }
+            TargetFormat::Tflite => {
+                let cal = match precision {
+                    Precision::Int8 => Some(calibration_for(&graph, ctx, cal_size)?),
+                    _ => None,
+                };
+                let prec = match (precision, &cal) {
+                    (Precision::Fp32, _) => TflitePrecision::Float32,
+                    (Precision::Int8, Some(cal)) => TflitePrecision::Int8(cal),
+                    _ => return Err(unsupported()),
                 };
                 let files = tflite::write(&graph, prec).map_err(|e| fail(&e))?;
+                let ops =
+                    tflite::op_names(&files.shipped).map_err(|e| StageError::bug(e.to_string()))?;
+                self.check_ops(&ops)?;
+                if let Some(cal) = &cal {
+                    let p = ctx.out_dir.join("calibration.json");
+                    write(&p, &serde_json::to_vec(cal).unwrap_or_default())?;
+                    out.files.insert("calibration.json".into(), p);
+                }
                 let shipped = ctx.out_dir.join("model.tflite");
                 write(&shipped, &files.shipped)?;
                 out.files.insert("model.tflite".into(), shipped);
-                if precision == "int8" {
+                if precision == Precision::Int8 {
                     let core = ctx.out_dir.join("model.core.tflite");
                     write(&core, &files.core)?;
                     out.files.insert("model.core.tflite".into(), core);
                 }
             }
-            "mlpackage" => {
+            TargetFormat::Mlpackage => {
                 let weights = match precision {
-                    "fp16" => WeightPrecision::Fp16,
-                    "fp32" => WeightPrecision::Fp32,
-                    "int8-weights" => WeightPrecision::Int8,
-                    other => {
-                        return Err(fail(&format!("no Core ML writer for precision `{other}`")))
-                    }
+                    Precision::Fp16 => WeightPrecision::Fp16,
+                    Precision::Fp32 => WeightPrecision::Fp32,
+                    Precision::Int8Weights => WeightPrecision::Int8,
+                    Precision::Int8 => return Err(unsupported()),
                 };
-                let image = self.target.profile.io == "image";
+                let image = self.target.profile.io == TargetIo::Image;
                 let opts = CoremlOptions {
                     weights,
                     image_input: image,
                     image_output: image,
                     ..CoremlOptions::default()
                 };
+                let files = mlprogram_files(&graph, &opts).map_err(|e| fail(&e))?;
+                self.check_ops(&files.op_types)?;
                 let dir = ctx.out_dir.join("model.mlpackage");
                 write_mlpackage(&graph, &dir, &opts).map_err(|e| fail(&e))?;
                 for e in walkdir::WalkDir::new(&dir)
@@ -165,7 +213,6 @@ impl Stage for WriteTarget {
                     out.files.insert(rel, e.path().to_path_buf());
                 }
             }
-            other => return Err(fail(&format!("unknown target format `{other}`"))),
         }
         Ok(out)
     }

@@ -6,8 +6,9 @@
 
 use crate::nn::config::AccordionConfig;
 use crate::recipe::{Student, Train};
-use crate::stages::{Params, Resource, RunContext, RunOutput, Stage, StageError};
+use crate::stages::{params_of, Params, Resource, RunContext, RunOutput, Stage, StageError};
 use crate::train::job::{Hyper, PairFiles, TrainJob};
+use serde::Serialize;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
@@ -98,42 +99,78 @@ impl Stage for TrainStage {
         Resource::Exclusive
     }
     fn params(&self) -> Params {
-        let t = &self.train;
-        let mut p = Params::from([
-            ("student.blocks".into(), self.student.blocks.to_string()),
-            (
-                "student.teacher-width".into(),
-                self.student.teacher_width.to_string(),
-            ),
-            ("train.batch".into(), t.batch.to_string()),
-            ("train.lr".into(), format!("{:?}", t.lr)),
-            ("train.lr-schedule".into(), t.lr_schedule.name().to_string()),
-            ("train.beta1".into(), format!("{:?}", t.beta1)),
-            ("train.l1".into(), format!("{:?}", t.l1_weight)),
-            ("train.ssim".into(), format!("{:?}", t.ssim_weight)),
-            ("train.ema".into(), format!("{:?}", t.ema_beta)),
-            (
-                "train.checkpoint-every".into(),
-                t.checkpoint_every.to_string(),
-            ),
-            ("train.seed".into(), t.seed.to_string()),
-            ("train.shift-px".into(), t.shift_px.to_string()),
-            ("train.flip".into(), t.flip.to_string()),
-            ("train.jitter".into(), format!("{:?}", t.jitter)),
-        ]);
-        match self.role {
-            Role::Teacher => {
-                p.insert("train.teacher-steps".into(), t.teacher_steps.to_string());
-                p.insert("train.gan".into(), format!("{:?}", t.gan_weight));
-                p.insert("train.gan-start".into(), format!("{:?}", t.gan_start));
-                p.insert("train.r1-gamma".into(), format!("{:?}", t.r1_gamma));
-            }
-            Role::Student => {
-                p.insert("student.width".into(), self.student.width.to_string());
-                p.insert("train.student-steps".into(), t.student_steps.to_string());
-            }
+        /// What both trainings depend on; the role adds its own below.
+        #[derive(Serialize)]
+        struct Common {
+            batch: u32,
+            lr: f64,
+            #[serde(rename = "lr-schedule")]
+            lr_schedule: &'static str,
+            beta1: f64,
+            l1: f64,
+            ssim: f64,
+            ema: f64,
+            #[serde(rename = "checkpoint-every")]
+            checkpoint_every: u32,
+            seed: u64,
+            #[serde(rename = "shift-px")]
+            shift_px: u32,
+            flip: bool,
+            jitter: f64,
         }
-        p
+        #[derive(Serialize)]
+        struct Teacher {
+            #[serde(rename = "teacher-steps")]
+            steps: u32,
+            gan: f64,
+            #[serde(rename = "gan-start")]
+            gan_start: f64,
+            #[serde(rename = "r1-gamma")]
+            r1_gamma: f64,
+        }
+        #[derive(Serialize)]
+        struct Student {
+            #[serde(rename = "student-steps")]
+            steps: u32,
+        }
+        let t = &self.train;
+        let common = Common {
+            batch: t.batch,
+            lr: t.lr,
+            lr_schedule: t.lr_schedule.name(),
+            beta1: t.beta1,
+            l1: t.l1_weight,
+            ssim: t.ssim_weight,
+            ema: t.ema_beta,
+            checkpoint_every: t.checkpoint_every,
+            seed: t.seed,
+            shift_px: t.shift_px,
+            flip: t.flip,
+            jitter: t.jitter,
+        };
+        let s = &self.student;
+        let (student, role) = match self.role {
+            Role::Teacher => (
+                serde_json::json!({"blocks": s.blocks, "teacher-width": s.teacher_width}),
+                serde_json::to_value(Teacher {
+                    steps: t.teacher_steps,
+                    gan: t.gan_weight,
+                    gan_start: t.gan_start,
+                    r1_gamma: t.r1_gamma,
+                }),
+            ),
+            Role::Student => (
+                serde_json::json!({"blocks": s.blocks, "teacher-width": s.teacher_width, "width": s.width}),
+                serde_json::to_value(Student {
+                    steps: t.student_steps,
+                }),
+            ),
+        };
+        let mut train = serde_json::to_value(common).expect("plain data");
+        if let (Some(train), Ok(serde_json::Value::Object(role))) = (train.as_object_mut(), role) {
+            train.extend(role);
+        }
+        params_of(&serde_json::json!({"student": student, "train": train}))
     }
 
     fn run(&self, ctx: &mut RunContext) -> Result<RunOutput, StageError> {

@@ -8,11 +8,12 @@ use super::target::{read_frames, read_ir};
 use crate::export::coreml::PixelRange;
 use crate::export::quantize::{ActivationType, Calibration, QuantPlan};
 use crate::protocol::metric;
-use crate::recipe::TargetSpec;
-use crate::stages::{Params, RunContext, RunOutput, Stage, StageError};
+use crate::recipe::{Precision, TargetFormat, TargetSpec};
+use crate::stages::{params_of, Params, RunContext, RunOutput, Stage, StageError};
 use crate::verify::{
     verify_artifact, Artifact, ChecksTable, Thresholds, TractModel, VerifyOptions,
 };
+use serde::Serialize;
 
 pub struct VerifyTarget {
     pub target: TargetSpec,
@@ -24,11 +25,11 @@ impl VerifyTarget {
     fn min_psnr_db(&self) -> f64 {
         let p = &self.target.profile;
         p.min_psnr_db
-            .get(&self.target.precision)
+            .get(self.target.precision.name())
             .copied()
-            .unwrap_or(match self.target.precision.as_str() {
-                "fp32" => 60.0,
-                "fp16" => 50.0,
+            .unwrap_or(match self.target.precision {
+                Precision::Fp32 => 60.0,
+                Precision::Fp16 => 50.0,
                 _ => 35.0,
             })
     }
@@ -45,16 +46,26 @@ impl Stage for VerifyTarget {
         1
     }
     fn params(&self) -> Params {
-        Params::from([
-            ("target.name".into(), self.target.profile.name.clone()),
-            ("target.format".into(), self.target.profile.format.clone()),
-            ("target.quantize".into(), self.target.precision.clone()),
-            (
-                "target.min-psnr-db".into(),
-                format!("{:?}", self.min_psnr_db()),
-            ),
-            ("latency-runs".into(), self.latency_runs.to_string()),
-        ])
+        #[derive(Serialize)]
+        struct P<'a> {
+            #[serde(rename = "target.name")]
+            name: &'a str,
+            #[serde(rename = "target.format")]
+            format: &'static str,
+            #[serde(rename = "target.quantize")]
+            quantize: &'static str,
+            #[serde(rename = "target.min-psnr-db")]
+            min_psnr_db: f64,
+            #[serde(rename = "latency-runs")]
+            latency_runs: usize,
+        }
+        params_of(&P {
+            name: &self.target.profile.name,
+            format: self.target.profile.format.name(),
+            quantize: self.target.precision.name(),
+            min_psnr_db: self.min_psnr_db(),
+            latency_runs: self.latency_runs,
+        })
     }
     fn run(&self, ctx: &mut RunContext) -> Result<RunOutput, StageError> {
         let graph = read_ir(ctx.input("student.ir")?)?;
@@ -81,8 +92,8 @@ impl Stage for VerifyTarget {
         let (onnx, tflite, core);
         // Rebuild the Core ML package folder from its files.
         let pkg_dir = ctx.out_dir.join("model.mlpackage");
-        let (check, sample_outputs) = match self.target.profile.format.as_str() {
-            "onnx" => {
+        let (check, sample_outputs) = match self.target.profile.format {
+            TargetFormat::Onnx => {
                 onnx = read("model/model.onnx")?;
                 let model = TractModel::onnx(&onnx, shape).map_err(|e| infra(&e))?;
                 let check = verify_artifact(
@@ -96,9 +107,9 @@ impl Stage for VerifyTarget {
                 .map_err(|e| infra(&e))?;
                 (check, run_all(&model, &inputs)?)
             }
-            "tflite" => {
+            TargetFormat::Tflite => {
                 tflite = read("model/model.tflite")?;
-                if self.target.precision == "int8" {
+                if self.target.precision == Precision::Int8 {
                     core = read("model/model.core.tflite")?;
                     let cal: Calibration = serde_json::from_slice(&read("model/calibration.json")?)
                         .map_err(|e| infra(&e))?;
@@ -133,7 +144,7 @@ impl Stage for VerifyTarget {
                     (check, run_all(&model, &inputs)?)
                 }
             }
-            "mlpackage" => {
+            TargetFormat::Mlpackage => {
                 for (input, path) in &ctx.inputs {
                     if let Some(rel) = input.strip_prefix("model/model.mlpackage/") {
                         let dest = pkg_dir.join(rel);
@@ -164,11 +175,6 @@ impl Stage for VerifyTarget {
                     );
                 }
                 (check, outs)
-            }
-            other => {
-                return Err(StageError::input(format!(
-                    "verify {name}: unknown format `{other}`"
-                )))
             }
         };
         if !check.passed {

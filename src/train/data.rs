@@ -15,7 +15,7 @@ pub(super) fn unit(seed: u64, step: u64, salt: u64) -> f64 {
     (mix(seed, step, salt) >> 11) as f64 / (1u64 << 53) as f64
 }
 
-pub(super) fn load_png(path: &Path) -> Result<Tensor, TrainError> {
+pub fn load_png(path: &Path) -> Result<Tensor, TrainError> {
     let img = image::ImageReader::open(path)
         .and_then(|r| r.with_guessed_format())
         .map_err(|source| TrainError::Io {

@@ -287,9 +287,20 @@ impl Trainer<'_> {
             }
             let (src, tgt) = batch(&self.data, h.seed, step as u64, &h);
             opt.lr = h.lr_at(step);
-            let (t_out, t_feats) =
-                tch::no_grad(|| tch::autocast(amp, || teacher.forward_with_features(&src)));
-            let (s_out, s_feats) = tch::autocast(amp, || s.forward_with_features(&src));
+            let xnt = std::env::var_os("EFFECTC_X_NOTEACHER").is_some();
+            let xnf = xnt || std::env::var_os("EFFECTC_X_NOFEAT").is_some();
+            let (t_out, t_feats) = if xnt {
+                (tgt.shallow_clone(), vec![])
+            } else if xnf {
+                (tch::no_grad(|| teacher.forward(&src)), vec![])
+            } else {
+                tch::no_grad(|| tch::autocast(amp, || teacher.forward_with_features(&src)))
+            };
+            let (s_out, s_feats) = if xnf {
+                (s.forward(&src), vec![])
+            } else {
+                tch::autocast(amp, || s.forward_with_features(&src))
+            };
             let (t_out, s_out) = (t_out.to_kind(Kind::Float), s_out.to_kind(Kind::Float));
             let out_teacher = (&s_out - &t_out).abs().mean(Kind::Float);
             let out_target = (&s_out - &tgt).abs().mean(Kind::Float);
@@ -302,7 +313,7 @@ impl Trainer<'_> {
                 let scale = tf.square().mean(Kind::Float).detach() + 1e-6;
                 features = features + (a.forward(&sf) - tf).square().mean(Kind::Float) / scale;
             }
-            let features = features / s_feats.len() as f64;
+            let features = features / s_feats.len().max(1) as f64;
             let loss = (&out_teacher + &out_target * 0.5) * h.l1_weight
                 + &ssim_loss * h.ssim_weight
                 + &features * h.feature_weight;

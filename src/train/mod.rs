@@ -7,7 +7,6 @@
 
 mod checkpoint;
 mod data;
-mod export;
 pub mod job;
 mod loops;
 mod metrics;
@@ -15,8 +14,8 @@ pub mod plot;
 mod samples;
 
 pub use checkpoint::load_generator;
+pub use data::load_png;
 pub use data::to_image;
-pub use export::export_student;
 pub use job::{ExportJob, Hyper, LrSchedule, PairFiles, TrainJob, TrainProgress, WorkerReport};
 
 use crate::nn::adam::Adam;
@@ -281,58 +280,6 @@ mod tests {
         assert!(
             !j.out_dir.join("weights.safetensors").exists(),
             "no weights from a diverged run"
-        );
-    }
-
-    #[test]
-    fn ir_lowering_computes_what_the_net_computes() {
-        let _one_at_a_time = serial();
-        let vs = nn::VarStore::new(Device::Cpu);
-        let net = Accordion::new(
-            &vs.root(),
-            AccordionConfig {
-                width: 4,
-                blocks: 2,
-            },
-        );
-        tch::manual_seed(1);
-        // Non-zero biases so the lowering of biases is checked too.
-        tch::no_grad(|| {
-            for (_, mut v) in vs.variables() {
-                let _ = v.g_add_(&(Tensor::randn_like(&v) * 0.1));
-            }
-        });
-        let x = Tensor::rand([1, 3, 32, 32], (Kind::Float, Device::Cpu)) * 2.0 - 1.0;
-        let expected = tch::no_grad(|| net.forward(&x));
-        let graph = net.to_ir([1, 3, 32, 32]);
-        let input = Vec::<f32>::try_from(&x.view([-1])).unwrap();
-        let values = crate::export::interp::eval(&graph, &input).unwrap();
-        let out = values.get(&graph.output_name).unwrap();
-        let exp = Vec::<f32>::try_from(&expected.view([-1])).unwrap();
-        let max_diff = out
-            .iter()
-            .zip(&exp)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
-        assert!(max_diff < 1e-4, "IR and tch differ by {max_diff}");
-        let learned: u64 = graph
-            .nodes
-            .iter()
-            .filter(|n| !n.name.ends_with(".blur"))
-            .map(|n| match &n.op {
-                crate::export::ir::Op::Conv2d { weight, bias, .. } => {
-                    (weight.len() + bias.len()) as u64
-                }
-                _ => 0,
-            })
-            .sum();
-        assert_eq!(
-            learned,
-            vs.trainable_variables()
-                .iter()
-                .map(|t| t.numel() as u64)
-                .sum::<u64>(),
-            "every learned weight reaches the IR"
         );
     }
 

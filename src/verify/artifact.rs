@@ -8,9 +8,9 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::export::coreml::{PixelRange, StructuralCheck};
-use crate::export::ir::Graph;
 use crate::export::quantize::{layer_table, LayerTable, QuantPlan};
 use crate::export::tflite::core_of_shipped;
+use crate::ir::Graph;
 
 use super::compare::{compare, Thresholds};
 use super::coreml::{run_mlmodel, run_mlpackage, CoremlVerifyError};
@@ -273,11 +273,11 @@ impl fmt::Display for ChecksTable<'_> {
 mod tests {
     use super::*;
     use crate::export::coreml::{write_mlpackage, CoremlOptions};
-    use crate::export::interp::eval;
     use crate::export::onnx::{self, OnnxPrecision};
     use crate::export::quantize::{calibrate, ActivationType, CalibrationMethod};
-    use crate::export::sample::{image_like, student_like};
     use crate::export::tflite::{self, TflitePrecision};
+    use crate::ir::interp::eval;
+    use crate::ir::sample::{image_like, student_like};
 
     /// Every artifact of one graph through the same call; the table shows them all,
     /// and a badly calibrated int8 file is a MISS with its per-layer table.
@@ -422,11 +422,11 @@ mod tests {
 mod dump {
     use crate::bundle::npy;
     use crate::export::coreml::{write_mlmodel, write_mlpackage, CoremlOptions, WeightPrecision};
-    use crate::export::interp::eval;
     use crate::export::onnx::{self, OnnxPrecision};
     use crate::export::quantize::{calibrate, ActivationType, CalibrationMethod};
-    use crate::export::sample::{image_like, student_like};
     use crate::export::tflite::{self, TflitePrecision};
+    use crate::ir::interp::eval;
+    use crate::ir::sample::{image_like, student_like};
 
     #[test]
     #[ignore]

@@ -26,7 +26,7 @@ pub enum CoremlVerifyError {
     #[error(transparent)]
     Run(#[from] RunError),
     #[error("reference interpreter failed on the decoded model: {0}")]
-    Eval(#[from] crate::export::ir::IrError),
+    Eval(#[from] crate::ir::IrError),
 }
 
 #[derive(Clone, Debug)]
@@ -103,7 +103,7 @@ pub fn run_decoded(
     let mut checks = decoded.checks.clone();
     if decoded.weight_precision != WeightPrecision::Fp32 {
         // fp16 compute: no activation may leave the fp16 range on this input.
-        let values = crate::export::ir::eval(graph, &net_input)?;
+        let values = crate::ir::eval(graph, &net_input)?;
         let (worst, peak) = values
             .data
             .iter()

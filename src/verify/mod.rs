@@ -3,6 +3,8 @@
 pub mod artifact;
 pub mod compare;
 pub mod coreml;
+#[cfg(test)]
+mod export_tests;
 pub mod tract_run;
 
 pub use artifact::{

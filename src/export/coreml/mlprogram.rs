@@ -29,8 +29,8 @@ use super::{
     check_identifiers, f16_bytes, identifier, CoremlError, CoremlOptions, WeightPrecision,
 };
 use super::{MLPROGRAM_OPSET, MLPROGRAM_SPEC_VERSION, WEIGHT_FILE};
-use crate::export::ir::{Graph, Op};
 use crate::export::quantize::quantize_conv;
+use crate::ir::{Graph, Op};
 
 #[derive(Clone, PartialEq, Message)]
 pub(crate) struct MirrorOperation {
@@ -297,6 +297,9 @@ pub(crate) fn description(
 /// The three files of a `.mlpackage`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct MlPackageFiles {
+    /// The MIL op types of the program (`conv`, `add`...), constants left out: what
+    /// a target profile's `ops` allow-list is checked against.
+    pub op_types: std::collections::BTreeSet<String>,
     /// `Data/com.apple.CoreML/model.mlmodel`
     pub model: Vec<u8>,
     /// `Data/com.apple.CoreML/weights/weight.bin`
@@ -611,6 +614,12 @@ pub fn mlprogram_files(graph: &Graph, opts: &CoremlOptions) -> Result<MlPackageF
         );
     }
 
+    let op_types = b
+        .ops
+        .iter()
+        .map(|op| op.r#type.clone())
+        .filter(|t| t != "const")
+        .collect();
     let mut blocks = BTreeMap::new();
     blocks.insert(
         MLPROGRAM_OPSET.to_string(),
@@ -640,6 +649,7 @@ pub fn mlprogram_files(graph: &Graph, opts: &CoremlOptions) -> Result<MlPackageF
         }),
     };
     Ok(MlPackageFiles {
+        op_types,
         model: model.encode_to_vec(),
         weights: b.blobs.finish(),
         manifest: manifest(),

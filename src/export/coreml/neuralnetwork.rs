@@ -19,7 +19,7 @@ use super::{
     check_identifiers, f16_bytes, identifier, CoremlError, CoremlOptions, WeightPrecision,
     NEURALNETWORK_SPEC_VERSION,
 };
-use crate::export::ir::{Graph, Op};
+use crate::ir::{Graph, Op};
 
 fn weights(values: &[f32], precision: WeightPrecision) -> WeightParams {
     match precision {

@@ -23,7 +23,7 @@ use super::blob::{BlobFile, BlobType};
 use super::{
     f16_decode, PixelRange, WeightPrecision, MLPROGRAM_SPEC_VERSION, NEURALNETWORK_SPEC_VERSION,
 };
-use crate::export::ir::{Graph, Node, Op};
+use crate::ir::{Graph, Node, Op};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CoremlReadError {

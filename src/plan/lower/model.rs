@@ -224,7 +224,11 @@ pub fn add_model_stages(
                 output: "outputs.npy".into(),
             },
         });
-        target_list.push((name, t.profile.format.clone(), t.precision.clone()));
+        target_list.push((
+            name,
+            t.profile.format.name().to_string(),
+            t.precision.name().to_string(),
+        ));
     }
     let recipe_digest = recipe_inputs_digest(nodes);
     nodes.push(PlanNode {

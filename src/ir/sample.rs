@@ -4,7 +4,7 @@
 //! tests use them; so can integration tests and demos that need a graph without
 //! training one.
 
-use super::ir::{Graph, Node, Op};
+use crate::ir::{Graph, Node, Op};
 
 /// Deterministic xorshift generator: tests must not depend on a `rand` version.
 pub struct SplitRng(u64);

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use super::ir::{Graph, IrError, Op};
+use crate::ir::{Graph, IrError, Op};
 
 /// Every value of one forward pass (the graph input and each node's output), NCHW.
 #[derive(Clone, Debug, Default)]

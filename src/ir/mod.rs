@@ -63,7 +63,9 @@ pub struct Graph {
 // read them.
 // ---------------------------------------------------------------------------------
 
-pub use super::interp::{eval, Values};
+pub mod interp;
+pub mod sample;
+pub use interp::{eval, Values};
 
 /// A graph that does not make sense: a writer or the interpreter refuses it.
 #[derive(Debug, thiserror::Error, Clone, PartialEq)]
@@ -327,7 +329,7 @@ fn node_output_shape(node: &Node, ins: &[[usize; 4]]) -> Result<[usize; 4], IrEr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::export::sample::student_like;
+    use crate::ir::sample::student_like;
 
     #[test]
     fn student_shapes_macs_and_params() {

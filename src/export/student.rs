@@ -1,8 +1,12 @@
-//! Lowering the trained student for export: the IR, the holdout frames with the tch
-//! student's outputs (the references every target is verified against) and the
-//! calibration frames.
+//! The trained student made ready for the writers (the `effectc-nn export` job): its
+//! IR, the holdout frames with the tch student's outputs (the references every target
+//! is verified against and the bundle's golden frames) and the calibration frames.
 
-use super::*;
+use crate::protocol::WorkerReport;
+use crate::train::{load_generator, load_png, ExportJob, TrainError};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use tch::{Device, Tensor};
 
 /// Lowers the student to the export IR and computes its reference outputs (CPU, fp32:
 /// the references must not depend on the machine that happened to build them).
@@ -58,4 +62,59 @@ pub fn export_student(job: &ExportJob) -> Result<WorkerReport, TrainError> {
     metrics.insert("macs".into(), serde_json::json!(graph.macs().unwrap_or(0)));
     metrics.insert("params".into(), serde_json::json!(graph.param_count()));
     Ok(WorkerReport { metrics, files })
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::nn::{Accordion, AccordionConfig};
+    use tch::{nn, Device, Kind, Tensor};
+
+    #[test]
+    fn ir_lowering_computes_what_the_net_computes() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let net = Accordion::new(
+            &vs.root(),
+            AccordionConfig {
+                width: 4,
+                blocks: 2,
+            },
+        );
+        tch::manual_seed(1);
+        // Non-zero biases so the lowering of biases is checked too.
+        tch::no_grad(|| {
+            for (_, mut v) in vs.variables() {
+                let _ = v.g_add_(&(Tensor::randn_like(&v) * 0.1));
+            }
+        });
+        let x = Tensor::rand([1, 3, 32, 32], (Kind::Float, Device::Cpu)) * 2.0 - 1.0;
+        let expected = tch::no_grad(|| net.forward(&x));
+        let graph = net.to_ir([1, 3, 32, 32]);
+        let input = Vec::<f32>::try_from(&x.view([-1])).unwrap();
+        let values = crate::ir::interp::eval(&graph, &input).unwrap();
+        let out = values.get(&graph.output_name).unwrap();
+        let exp = Vec::<f32>::try_from(&expected.view([-1])).unwrap();
+        let max_diff = out
+            .iter()
+            .zip(&exp)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(max_diff < 1e-4, "IR and tch differ by {max_diff}");
+        let learned: u64 = graph
+            .nodes
+            .iter()
+            .filter(|n| !n.name.ends_with(".blur"))
+            .map(|n| match &n.op {
+                crate::ir::Op::Conv2d { weight, bias, .. } => (weight.len() + bias.len()) as u64,
+                _ => 0,
+            })
+            .sum();
+        assert_eq!(
+            learned,
+            vs.trainable_variables()
+                .iter()
+                .map(|t| t.numel() as u64)
+                .sum::<u64>(),
+            "every learned weight reaches the IR"
+        );
+    }
 }
