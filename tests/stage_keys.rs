@@ -47,14 +47,38 @@ fn the_demo_stage_keys_do_not_change_by_accident() {
         "bundle",
     ]);
     let pinned: BTreeMap<String, String> = [
-        ("synthetic/synthetic-0000", "PIN"),
-        ("crop/synthetic-0000", "PIN"),
-        ("pairs/synthetic-0000", "PIN"),
-        ("train-teacher", "PIN"),
-        ("distill-student", "PIN"),
-        ("export", "PIN"),
-        ("target:onnx", "PIN"),
-        ("bundle", "PIN"),
+        (
+            "synthetic/synthetic-0000",
+            "1968a700bd102679a37784b114cbd67c295835bd63d06ee2dc88cd2854f9bb3b",
+        ),
+        (
+            "crop/synthetic-0000",
+            "12865eea175215a7d5fb9b7b54bf035b578624e3402b9d7fed4af6835a1942ae",
+        ),
+        (
+            "pairs/synthetic-0000",
+            "316587769e2f51f2d3ce4e167e476e5124b7b89a21b1505c585c8b6c93d15195",
+        ),
+        (
+            "train-teacher",
+            "5c1b48599694d8357d5f76c4354a5e6864b92de7f04863049c367aa7f4e63ed7",
+        ),
+        (
+            "distill-student",
+            "a40de448c2533c0645fe797c3aa33180c312c4f7a2aa854bdc9e895edef95569",
+        ),
+        (
+            "export",
+            "a97242c70084da70dccc5c01f2980548e3075396f7084eef1893f64c4cfefd6c",
+        ),
+        (
+            "target:onnx",
+            "2fbb9d237b25e336a9d6abe1cef08a215ffe953db9fa4d2f94b09cadc912377a",
+        ),
+        (
+            "bundle",
+            "3920d3506a5a12b1c62e488d414edb3118183acc26107c60fea881d956e811c7",
+        ),
     ]
     .into_iter()
     .map(|(a, b)| (a.to_string(), b.to_string()))

@@ -572,7 +572,7 @@ fn plan(env: &Env, effect: &str) -> Result<i32, i32> {
             DryStatus::Blocked { upstream } => {
                 let up_kind = plan
                     .node_index(upstream)
-                    .map(|i| plan.nodes[i].stage.kind())
+                    .map(|i| plan.nodes[i].stage.family())
                     .unwrap_or("?");
                 format!("stale unless {up_kind} reproduces its outputs")
             }

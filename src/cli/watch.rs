@@ -55,7 +55,7 @@ fn stale_lines(env: &Env, plan: &Plan) -> Vec<String> {
             DryStatus::Stale { reasons, .. } => {
                 let reason = reasons.first().cloned().unwrap_or_else(|| "changed".into());
                 *counts
-                    .entry((reason, plan.nodes[i].stage.kind().to_string()))
+                    .entry((reason, plan.nodes[i].stage.family().to_string()))
                     .or_default() += 1;
             }
             DryStatus::Blocked { .. } => downstream += 1,

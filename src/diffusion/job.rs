@@ -205,12 +205,10 @@ impl Worker {
         let generate_s = started.elapsed().as_secs_f64() - loaded_s;
         let mut reports = Vec::new();
         for (job, image) in jobs.iter().zip(images) {
-            image
-                .save_with_format(&job.out, image::ImageFormat::Png)
-                .map_err(|e| DiffusionError::Io {
-                    path: job.out.clone(),
-                    source: std::io::Error::other(e),
-                })?;
+            crate::imaging::write_png(&image, &job.out).map_err(|e| DiffusionError::Io {
+                path: job.out.clone(),
+                source: e,
+            })?;
             let mut metrics = serde_json::Map::new();
             metrics.insert("load_s".into(), loaded_s.into());
             metrics.insert("generate_s".into(), generate_s.into());

@@ -203,9 +203,10 @@ pub fn run_command_teacher(
         )));
     }
     // Normalise to PNG so the cache holds one format whatever the program wrote.
-    out.to_rgb8()
-        .save_with_format(output_png, image::ImageFormat::Png)
-        .map_err(|e| bad(e.to_string()))?;
+    super::write_png(&out.to_rgb8(), output_png).map_err(|source| CommandTeacherError::Io {
+        path: output_png.to_path_buf(),
+        source,
+    })?;
     Ok(())
 }
 

@@ -672,6 +672,7 @@ impl<'a> Checker<'a> {
             "gan",
             "gan-start",
             "r1-gamma",
+            "features",
             "ema",
             "checkpoint-every",
             "seed",
@@ -705,6 +706,10 @@ impl<'a> Checker<'a> {
             // the brick teacher the same dB (25.26 vs 25.30) in about 0.7x the time.
             gan_start: self.d.setting_f64(n, "gan-start", 0.5, 0.0, 1.0),
             r1_gamma: self.d.setting_f64(n, "r1-gamma", 1.0, 0.0, 1e6),
+            // Layer-wise distillation: each student stage matches the teacher's (through
+            // a 1x1 adapter). 0 keeps only the outputs, and then, without augmentation,
+            // the teacher's outputs are computed once instead of at every step.
+            feature_weight: self.d.setting_f64(n, "features", 0.1, 0.0, 1e6),
             ema_beta: self.d.setting_f64(n, "ema", 0.99, 0.0, 1.0),
             checkpoint_every: self
                 .d

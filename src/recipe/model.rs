@@ -180,6 +180,8 @@ pub struct Train {
     /// discriminator) switches on.
     pub gan_start: f64,
     pub r1_gamma: f64,
+    /// Weight of the student's layer-wise feature distillation (0: outputs only).
+    pub feature_weight: f64,
     pub ema_beta: f64,
     pub checkpoint_every: u32,
     pub seed: u64,

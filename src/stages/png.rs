@@ -16,6 +16,5 @@ pub fn read_rgb(path: &Path) -> Result<RgbImage, StageError> {
 }
 
 pub fn write_png(img: &RgbImage, path: &Path) -> Result<(), StageError> {
-    img.save_with_format(path, image::ImageFormat::Png)
-        .map_err(|e| StageError::image(path, e))
+    crate::imaging::write_png(img, path).map_err(|e| StageError::io(path, e))
 }

@@ -60,7 +60,7 @@ impl TrainStage {
             gan_start: t.gan_start,
             r1_gamma: t.r1_gamma,
             r1_every: 16,
-            feature_weight: 0.1,
+            feature_weight: t.feature_weight,
             ema_beta: t.ema_beta,
             checkpoint_every: t.checkpoint_every,
             seed: t.seed,
@@ -132,6 +132,7 @@ impl Stage for TrainStage {
         struct Student {
             #[serde(rename = "student-steps")]
             steps: u32,
+            features: f64,
         }
         let t = &self.train;
         let common = Common {
@@ -163,6 +164,7 @@ impl Stage for TrainStage {
                 serde_json::json!({"blocks": s.blocks, "teacher-width": s.teacher_width, "width": s.width}),
                 serde_json::to_value(Student {
                     steps: t.student_steps,
+                    features: t.feature_weight,
                 }),
             ),
         };

@@ -115,6 +115,15 @@ pub(super) fn load_data(pairs: &[PairFiles], device: Device) -> Result<Data, Tra
     })
 }
 
+/// Which training items step `step` draws: a pure function of (seed, step).
+pub(super) fn batch_indices(data: &Data, seed: u64, step: u64, hyper: &Hyper) -> Tensor {
+    let n = data.train_src.size()[0] as u64;
+    let idx: Vec<i64> = (0..hyper.batch as u64)
+        .map(|b| (mix(seed, step, b * 16) % n) as i64)
+        .collect();
+    Tensor::from_slice(&idx).to_device(data.train_src.device())
+}
+
 /// A deterministic augmented batch: the same flip, shift and colour jitter for source and target.
 pub(super) fn batch(data: &Data, seed: u64, step: u64, hyper: &Hyper) -> (Tensor, Tensor) {
     let (size, shift_px) = (hyper.batch as i64, hyper.shift_px);

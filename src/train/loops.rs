@@ -271,6 +271,24 @@ impl Trainer<'_> {
         )?;
         let names = ["out_teacher", "out_target", "ssim", "features"];
         let amp = self.device.is_cuda() && std::env::var_os("EFFECTC_NO_AMP").is_none();
+        // Without the feature term and without augmentation, the teacher's output for a
+        // training item never changes: compute it once, not at every step (on the brick
+        // demo the teacher's forward and the feature term were half of a student step).
+        let with_features = h.feature_weight > 0.0;
+        let augmented = h.shift_px > 0 || h.flip || h.jitter > 0.0;
+        let fixed_teacher = (!with_features && !augmented).then(|| {
+            tch::no_grad(|| {
+                let n = self.data.train_src.size()[0];
+                let chunks: Vec<Tensor> = (0..n)
+                    .step_by(32)
+                    .map(|i| {
+                        let x = self.data.train_src.narrow(0, i, 32.min(n - i));
+                        tch::autocast(amp, || teacher.forward(&x)).to_kind(Kind::Float)
+                    })
+                    .collect();
+                Tensor::cat(&chunks, 0)
+            })
+        });
         let mut scaler = LossScaler::new(amp);
         // Throughput counts the training loop only, as a PyTorch loop timer would (not
         // building nets, reading the teacher or resuming a checkpoint).
@@ -287,19 +305,17 @@ impl Trainer<'_> {
             }
             let (src, tgt) = batch(&self.data, h.seed, step as u64, &h);
             opt.lr = h.lr_at(step);
-            let xnt = std::env::var_os("EFFECTC_X_NOTEACHER").is_some();
-            let xnf = xnt || std::env::var_os("EFFECTC_X_NOFEAT").is_some();
-            let (t_out, t_feats) = if xnt {
-                (tgt.shallow_clone(), vec![])
-            } else if xnf {
-                (tch::no_grad(|| teacher.forward(&src)), vec![])
-            } else {
-                tch::no_grad(|| tch::autocast(amp, || teacher.forward_with_features(&src)))
+            let (t_out, t_feats) = match &fixed_teacher {
+                Some(all) => (
+                    all.index_select(0, &batch_indices(&self.data, h.seed, step as u64, &h)),
+                    Vec::new(),
+                ),
+                None => tch::no_grad(|| tch::autocast(amp, || teacher.forward_with_features(&src))),
             };
-            let (s_out, s_feats) = if xnf {
-                (s.forward(&src), vec![])
-            } else {
+            let (s_out, s_feats) = if with_features {
                 tch::autocast(amp, || s.forward_with_features(&src))
+            } else {
+                (tch::autocast(amp, || s.forward(&src)), Vec::new())
             };
             let (t_out, s_out) = (t_out.to_kind(Kind::Float), s_out.to_kind(Kind::Float));
             let out_teacher = (&s_out - &t_out).abs().mean(Kind::Float);

@@ -34,12 +34,14 @@ impl Trainer<'_> {
             .map(|(k, n)| (n.to_string(), history.iter().map(|r| r[k]).collect()))
             .collect();
         let png = self.job.out_dir.join("loss.png");
-        plot::loss_plot(&format!("{title} losses"), &series, 640, 360)
-            .save(&png)
-            .map_err(|e| TrainError::Io {
-                path: png.clone(),
-                source: std::io::Error::other(e),
-            })?;
+        crate::imaging::write_png(
+            &plot::loss_plot(&format!("{title} losses"), &series, 640, 360),
+            &png,
+        )
+        .map_err(|source| TrainError::Io {
+            path: png.clone(),
+            source,
+        })?;
         files.insert("loss.png".into(), png);
         Ok(())
     }
@@ -70,9 +72,9 @@ impl Trainer<'_> {
         };
         let sheet = crate::imaging::contact_sheet::contact_sheet(&rows, &titles, 128);
         let path = self.job.out_dir.join("samples.png");
-        sheet.save(&path).map_err(|e| TrainError::Io {
+        crate::imaging::write_png(&sheet, &path).map_err(|source| TrainError::Io {
             path: path.clone(),
-            source: std::io::Error::other(e),
+            source,
         })?;
         files.insert("samples.png".into(), path);
         Ok(())
