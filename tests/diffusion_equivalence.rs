@@ -569,11 +569,10 @@ fn mixed_requests_are_grouped_and_returned_in_order() {
         &outs[1].image,
         &c["pipe.txt2img_ddim.image"],
     );
-    assert_eq!(
-        rel_err(&outs[0].image, &outs[2].image),
-        0.0,
-        "same request, same seed, same image"
-    );
+    // Same request, same seed: the same image, up to float rounding (two rows of one
+    // batch may take different SIMD paths: 1.5e-6 on an AVX-512 machine).
+    let same = rel_err(&outs[0].image, &outs[2].image);
+    assert!(same < 1e-5, "same request, same seed, same image: {same}");
     assert!(rel_err(&outs[0].image, &outs[1].image) > 1e-3);
 }
 

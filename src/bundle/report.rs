@@ -2,10 +2,10 @@
 //! sheet image: what a person opens to judge a release. No scripts, no external
 //! resources; the same manifest gives the same bytes.
 //!
-//! Reads, when present: `effect` (string), `recipe_digest` (string), `targets`
-//! (object of target name → object of metrics), `files` (object of path → sha256, or
-//! array of objects with `path` and `sha256`). Everything else still appears in the
-//! full manifest listing at the end.
+//! A bundle manifest (`bundle::Manifest`) gets its targets with units (KB, dB, ms),
+//! pass/fail and golden frames as links, and the student and teacher figures; any other
+//! JSON gets its `targets` metrics as they are. `files` (path → sha256) is listed, and
+//! the full manifest is printed at the end.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -81,33 +81,9 @@ pub fn render(manifest: &Value, contact_sheet: Option<&str>) -> String {
     if let Some(d) = manifest.get("recipe_digest").and_then(Value::as_str) {
         let _ = writeln!(h, "<p>Recipe digest: <code>{}</code></p>", escape(d));
     }
-    if let Some(targets) = manifest.get("targets").and_then(Value::as_object) {
-        // Columns: the union of metric names, in first-seen order.
-        let mut columns: Vec<&String> = Vec::new();
-        for metrics in targets.values() {
-            if let Some(m) = metrics.as_object() {
-                for k in m.keys() {
-                    if !columns.contains(&k) {
-                        columns.push(k);
-                    }
-                }
-            }
-        }
-        h.push_str("<h2>Targets</h2>\n<table>\n<tr><th>target</th>");
-        for c in &columns {
-            let _ = write!(h, "<th>{}</th>", escape(c));
-        }
-        h.push_str("</tr>\n");
-        for (name, metrics) in targets {
-            let _ = write!(h, "<tr><td>{}</td>", escape(name));
-            for c in &columns {
-                let v = metrics.get(c.as_str()).unwrap_or(&Value::Null);
-                let class = if v.is_number() { " class=\"num\"" } else { "" };
-                let _ = write!(h, "<td{class}>{}</td>", cell(v));
-            }
-            h.push_str("</tr>\n");
-        }
-        h.push_str("</table>\n");
+    match serde_json::from_value::<super::Manifest>(manifest.clone()) {
+        Ok(m) => typed_sections(&mut h, &m, manifest),
+        Err(_) => generic_targets(&mut h, manifest),
     }
     let files: Vec<(String, String)> = match manifest.get("files") {
         Some(Value::Object(m)) => m
@@ -156,6 +132,122 @@ pub fn render(manifest: &Value, contact_sheet: Option<&str>) -> String {
     h
 }
 
+/// A manifest this version does not know: every target metric as it is.
+fn generic_targets(h: &mut String, manifest: &Value) {
+    if let Some(targets) = manifest.get("targets").and_then(Value::as_object) {
+        // Columns: the union of metric names, in first-seen order.
+        let mut columns: Vec<&String> = Vec::new();
+        for metrics in targets.values() {
+            if let Some(m) = metrics.as_object() {
+                for k in m.keys() {
+                    if !columns.contains(&k) {
+                        columns.push(k);
+                    }
+                }
+            }
+        }
+        h.push_str("<h2>Targets</h2>\n<table>\n<tr><th>target</th>");
+        for c in &columns {
+            let _ = write!(h, "<th>{}</th>", escape(c));
+        }
+        h.push_str("</tr>\n");
+        for (name, metrics) in targets {
+            let _ = write!(h, "<tr><td>{}</td>", escape(name));
+            for c in &columns {
+                let v = metrics.get(c.as_str()).unwrap_or(&Value::Null);
+                let class = if v.is_number() { " class=\"num\"" } else { "" };
+                let _ = write!(h, "<td{class}>{}</td>", cell(v));
+            }
+            h.push_str("</tr>\n");
+        }
+        h.push_str("</table>\n");
+    }
+}
+
+fn num(v: Option<f64>, digits: usize, unit: &str) -> String {
+    match v {
+        Some(v) if v.is_finite() => format!("{v:.digits$} {unit}"),
+        _ => "—".into(),
+    }
+}
+
+/// The report of a bundle manifest: targets with units, bars and golden frames as
+/// links; the student and its teacher. `doc` is the manifest as JSON, where the report
+/// beside the tarball adds each target's `latency_ms` measured on the building machine.
+fn typed_sections(h: &mut String, m: &super::Manifest, doc: &Value) {
+    h.push_str(
+        "<h2>Targets</h2>\n<table>\n<tr><th>target</th><th>format</th><th>precision</th>\
+         <th>model</th><th>size</th><th>PSNR vs student</th><th>SSIM</th><th>max abs error</th>\
+         <th>latency (tract, 1 thread)</th><th>verified</th><th>golden frames</th></tr>\n",
+    );
+    for (name, t) in &m.targets {
+        let latency = doc["targets"][name]["latency_ms"].as_f64();
+        let golden: Vec<String> = t
+            .golden
+            .iter()
+            .enumerate()
+            .map(|(i, g)| {
+                format!(
+                    "{i}: <a href=\"{}\">in</a> / <a href=\"{}\">out</a>",
+                    escape(&g.input),
+                    escape(&g.output)
+                )
+            })
+            .collect();
+        let _ = writeln!(
+            h,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td><code>{}</code></td>\
+             <td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td>\
+             <td class=\"num\">{}</td><td class=\"num\">{}</td><td>{}</td><td>{}</td></tr>",
+            escape(name),
+            escape(&t.format),
+            escape(&t.precision),
+            escape(&t.file),
+            num(t.size_bytes.map(|b| b as f64 / 1000.0), 1, "KB"),
+            num(t.psnr_db, 2, "dB"),
+            num(t.ssim, 4, ""),
+            num(t.max_abs, 4, ""),
+            num(latency, 2, "ms"),
+            if t.verified {
+                "<span class=\"pass\">pass</span>"
+            } else {
+                "<span class=\"fail\">fail</span>"
+            },
+            golden.join("<br>")
+        );
+    }
+    h.push_str("</table>\n<p>Golden frames are float32 <code>.npy</code> files: the input a target is fed and the output it must give.</p>\n");
+    let s = &m.student;
+    let _ = writeln!(
+        h,
+        "<h2>Student and teacher</h2>\n<table>\n<tr><th></th><th>width</th><th>params</th>\
+         <th>GMACs at 512²</th><th>PSNR vs pairs</th><th>PSNR vs teacher</th><th>SSIM</th>\
+         <th>flicker ratio</th></tr>\n<tr><td>student</td><td class=\"num\">{} ({} blocks)</td>\
+         <td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td>\
+         <td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td></tr>",
+        s.width,
+        s.blocks,
+        s.params
+            .map(|p| p.to_string())
+            .unwrap_or_else(|| "—".into()),
+        num(s.macs_512.map(|m| m as f64 / 1e9), 2, ""),
+        num(s.psnr_vs_target_db, 2, "dB"),
+        num(s.psnr_db, 2, "dB"),
+        num(s.ssim, 4, ""),
+        num(s.flicker_ratio, 3, ""),
+    );
+    let t = &m.teacher;
+    let _ = writeln!(
+        h,
+        "<tr><td>teacher</td><td class=\"num\">{}</td><td></td><td></td>\
+         <td class=\"num\">{}</td><td></td><td></td><td></td></tr>\n</table>\n\
+         <p>Output = input scores {} against the pairs: the floor a net must beat.</p>",
+        t.width,
+        num(t.psnr_db, 2, "dB"),
+        num(t.identity_psnr_db, 2, "dB"),
+    );
+}
+
 /// Writes `report.html` atomically.
 pub fn write_html(
     manifest: &Value,
@@ -175,15 +267,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn report_shows_targets_files_and_sheet_and_escapes_text() {
+    fn report_shows_targets_with_units_links_and_the_sheet_and_escapes_text() {
         let manifest = serde_json::json!({
             "effect": "lego <b>",
+            "version": "1.0.0",
             "recipe_digest": "abc123",
+            "files": {"models/android-nnapi/model.tflite": "deadbeef"},
+            "student": {"width": 16, "blocks": 4, "params": 72783, "macs_512": 829947904u64,
+                        "psnr_db": 31.5, "psnr_vs_target_db": 25.66, "ssim": 0.93, "flicker_ratio": 0.58},
+            "teacher": {"width": 32, "psnr_db": 26.12, "identity_psnr_db": 15.96},
             "targets": {
-                "android-nnapi": {"psnr_db": 41.25, "ssim": 0.987, "passed": true, "size_bytes": 81234},
-                "ios-coreml": {"psnr_db": 58.5, "passed": false, "latency_ms": 3.2}
-            },
-            "files": {"models/student.tflite": "deadbeef"}
+                "android-nnapi": {"file": "models/android-nnapi/model.tflite", "format": "tflite",
+                    "precision": "int8", "psnr_db": 41.25, "ssim": 0.987, "max_abs": 0.02,
+                    "size_bytes": 81234, "verified": true,
+                    "golden": [{"input": "golden/android-nnapi/input-0.npy", "output": "golden/android-nnapi/output-0.npy"}],
+                    "latency_ms": 3.21},
+                "ios-coreml": {"file": "models/ios-coreml/model.mlpackage", "format": "mlpackage",
+                    "precision": "fp16", "psnr_db": 58.5, "ssim": 0.999, "max_abs": 0.001,
+                    "size_bytes": 150000, "verified": false, "golden": []}
+            }
         });
         let html = render(&manifest, Some("preview/sheet.png"));
         assert!(html.contains("<h1>lego &lt;b&gt;</h1>"));
@@ -191,14 +293,25 @@ mod tests {
             .lines()
             .find(|l| l.starts_with("<tr><td>android-nnapi</td>"))
             .unwrap();
+        for cell in [
+            "81.2 KB",
+            "41.25 dB",
+            "3.21 ms",
+            "<span class=\"pass\">pass</span>",
+        ] {
+            assert!(row.contains(cell), "{cell} missing from {row}");
+        }
         assert!(
-            row.contains("<td class=\"num\">41.2500</td>")
-                && row.contains("<span class=\"pass\">yes</span>"),
-            "{row}"
+            row.contains("<a href=\"golden/android-nnapi/input-0.npy\">in</a>"),
+            "golden frames are links: {row}"
         );
-        assert!(html.contains("<span class=\"fail\">no</span>"));
-        assert!(html.contains("<th>latency_ms</th>"));
-        assert!(html.contains("<code>models/student.tflite</code>"));
+        assert!(!row.contains("[{"), "no JSON in a cell: {row}");
+        assert!(html.contains("<span class=\"fail\">fail</span>"));
+        assert!(
+            html.contains("25.66 dB") && html.contains("0.83"),
+            "the student's figures"
+        );
+        assert!(html.contains("<code>models/android-nnapi/model.tflite</code>"));
         assert!(html.contains("<img src=\"preview/sheet.png\""));
         assert!(!html.contains("<script"));
         assert_eq!(html, render(&manifest, Some("preview/sheet.png")));
