@@ -271,3 +271,105 @@ impl Plan {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::{OutputRef, StageRecord};
+    use crate::stages::{Params, RunContext, RunOutput, StageError};
+
+    /// A stage that declares one port, `image`.
+    struct Declares;
+    impl Stage for Declares {
+        fn kind(&self) -> &'static str {
+            "declares"
+        }
+        fn outputs(&self) -> Vec<String> {
+            vec!["image".into()]
+        }
+        fn version(&self) -> u32 {
+            1
+        }
+        fn params(&self) -> Params {
+            Params::new()
+        }
+        fn run(&self, _: &mut RunContext) -> Result<RunOutput, StageError> {
+            Ok(RunOutput::default())
+        }
+    }
+
+    fn node(id: &str, inputs: Vec<Input>) -> PlanNode {
+        PlanNode {
+            id: StageId::parse(id),
+            item: None,
+            stage: Box::new(Declares),
+            inputs,
+        }
+    }
+
+    fn reads(output: &str) -> Vec<Input> {
+        vec![Input {
+            name: "in".into(),
+            from: InputRef::Stage {
+                node: 0,
+                output: output.into(),
+            },
+        }]
+    }
+
+    #[test]
+    fn a_consumer_of_an_undeclared_port_is_a_planner_error() {
+        assert!(check_wiring(&[node("a", vec![]), node("b", reads("image"))]).is_ok());
+        let e = check_wiring(&[node("a", vec![]), node("b", reads("picture"))]).unwrap_err();
+        assert!(
+            e.contains("stage b reads `picture` from a") && e.contains("image"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn an_upstream_record_without_a_consumed_output_fails_resolution() {
+        let plan = Plan::from_parts(
+            "t".into(),
+            Digest::of_bytes(b"t"),
+            vec![node("a", vec![]), node("b", reads("image"))],
+        );
+        let record = |outputs: &[&str]| StageRecord {
+            key: Digest::of_bytes(b"a"),
+            stage_id: "a".into(),
+            kind: "declares".into(),
+            effect: "t".into(),
+            outputs: outputs
+                .iter()
+                .map(|o| {
+                    (
+                        o.to_string(),
+                        OutputRef {
+                            digest: Digest::of_bytes(o.as_bytes()),
+                            size_bytes: 1,
+                        },
+                    )
+                })
+                .collect(),
+            metrics: Default::default(),
+            params: Default::default(),
+            inputs: Default::default(),
+            duration_ms: 0,
+            finished_at_unix: 0,
+            log: String::new(),
+        };
+        let good = record(&["image"]);
+        let inputs = plan.key_inputs(1, |_| Some(&good)).unwrap();
+        assert_eq!(inputs["in"], Digest::of_bytes(b"image"));
+        assert_eq!(plan.key_inputs(1, |_| None), Err(Unresolved::Upstream(0)));
+        let bad = record(&["other"]);
+        assert_eq!(
+            plan.key_inputs(1, |_| Some(&bad)),
+            Err(Unresolved::MissingOutput {
+                upstream: StageId::parse("a"),
+                output: "image".into()
+            }),
+            "never keyed on fewer inputs"
+        );
+    }
+}

@@ -1,5 +1,6 @@
 //! The two training loops: the teacher on the pairs (reconstruction, then the GAN from
-//! `gan-start`), and the student distilled from the teacher layer by layer.
+//! `gan-start`), and the student distilled from the teacher, layer by layer or (with
+//! `features 0`) from its outputs alone.
 
 use super::*;
 use crate::protocol::metric;
