@@ -558,6 +558,11 @@ pub fn load_target_profile(
         return None;
     };
     let io = io?;
+    // Precisions given but refused were reported one by one above.
+    let refused = precision_node.is_some_and(|n| !n.args.is_empty());
+    if precisions.is_empty() && refused {
+        return None;
+    }
     if precisions.is_empty() {
         d.error(RecipeDiagnostic::at(
             &node.name_loc,
