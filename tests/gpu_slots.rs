@@ -40,8 +40,8 @@ impl Stage for FakeGpuStage {
             "fake-pairs"
         }
     }
-    fn outputs(&self) -> Vec<String> {
-        vec!["out".into()]
+    fn outputs(&self) -> &'static [&'static str] {
+        &["out"]
     }
     fn version(&self) -> u32 {
         1

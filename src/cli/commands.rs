@@ -357,7 +357,7 @@ pub(super) fn materialize(
         };
         for (name, out) in &rec.outputs {
             // `train-teacher-samples.png`, `pairs-sheet-pairs.png`...
-            let dest = dir.join(format!("{}-{name}", node.id.replace([':', '/'], "-")));
+            let dest = dir.join(node.id.out_file_name(name));
             if let Some(parent) = dest.parent() {
                 std::fs::create_dir_all(parent)?;
             }
@@ -423,7 +423,10 @@ fn release(
         let Some(snapshot) = cache.read_snapshot(&id).ok().and_then(|s| s.0) else {
             return Err(EXIT_INFRA);
         };
-        let Some(entry) = snapshot.entries.get("bundle") else {
+        let Some(entry) = snapshot
+            .entries
+            .get(crate::plan::StageId::bundle().as_str())
+        else {
             eprintln!("error: effect `{name}` has no bundle (it names no `target`)");
             return Err(EXIT_USER);
         };

@@ -81,14 +81,20 @@ fn write_preview(env: &Env, effect: &str, status: &str) {
         .map(|d| d.as_secs())
         .unwrap_or(0);
     let mut images = String::new();
+    // The names `materialize` gives these outputs in out/EFFECT/.
+    use crate::plan::StageId;
     for (file, title) in [
         (
-            "bundle-contact-sheet.png",
+            StageId::bundle().out_file_name("contact-sheet.png"),
             "source | teacher | student | targets",
         ),
-        ("pairs-sheet-pairs.png", "pairs"),
-        ("distill-student-samples.png", "student samples"),
+        (StageId::pairs_sheet().out_file_name("pairs.png"), "pairs"),
+        (
+            StageId::distill_student().out_file_name("samples.png"),
+            "student samples",
+        ),
     ] {
+        let file = file.as_str();
         if dir.join(file).is_file() {
             images.push_str(&format!(
                 "<h2>{title}</h2><img src=\"{file}?t={when}\" style=\"max-width:100%\">\n"

@@ -48,8 +48,8 @@ impl Stage for ItemAttributes {
     fn kind(&self) -> &'static str {
         "attributes"
     }
-    fn outputs(&self) -> Vec<String> {
-        ["attributes"].map(String::from).to_vec()
+    fn outputs(&self) -> &'static [&'static str] {
+        &["attributes"]
     }
     fn version(&self) -> u32 {
         1

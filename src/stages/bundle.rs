@@ -72,16 +72,14 @@ impl Stage for BundleStage {
     fn kind(&self) -> &'static str {
         "bundle"
     }
-    fn outputs(&self) -> Vec<String> {
-        [
+    fn outputs(&self) -> &'static [&'static str] {
+        &[
             "bundle.tar.gz",
             "contact-sheet.png",
             "manifest.json",
             "measurements.json",
             "report.html",
         ]
-        .map(String::from)
-        .to_vec()
     }
     fn version(&self) -> u32 {
         // 2: measurements moved out of the tarball into measurements.json.

@@ -17,8 +17,8 @@ impl Stage for ControlMap {
     fn kind(&self) -> &'static str {
         "control"
     }
-    fn outputs(&self) -> Vec<String> {
-        ["control"].map(String::from).to_vec()
+    fn outputs(&self) -> &'static [&'static str] {
+        &["control"]
     }
     fn version(&self) -> u32 {
         1

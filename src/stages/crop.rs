@@ -14,8 +14,8 @@ impl Stage for CenterCrop {
     fn kind(&self) -> &'static str {
         "crop"
     }
-    fn outputs(&self) -> Vec<String> {
-        ["image"].map(String::from).to_vec()
+    fn outputs(&self) -> &'static [&'static str] {
+        &["image"]
     }
     fn version(&self) -> u32 {
         1

@@ -61,8 +61,8 @@ impl Stage for DiffusionPairs {
     fn family(&self) -> &'static str {
         "pairs"
     }
-    fn outputs(&self) -> Vec<String> {
-        vec!["target".into()]
+    fn outputs(&self) -> &'static [&'static str] {
+        &["target"]
     }
     fn version(&self) -> u32 {
         2

@@ -23,8 +23,8 @@ impl Stage for DirectoryPairs {
     fn family(&self) -> &'static str {
         "pairs"
     }
-    fn outputs(&self) -> Vec<String> {
-        vec!["target".into()]
+    fn outputs(&self) -> &'static [&'static str] {
+        &["target"]
     }
     fn version(&self) -> u32 {
         1

@@ -20,15 +20,13 @@ impl Stage for ExportStudent {
     fn kind(&self) -> &'static str {
         "export"
     }
-    fn outputs(&self) -> Vec<String> {
-        [
+    fn outputs(&self) -> &'static [&'static str] {
+        &[
             "student.ir",
             "holdout-inputs.npy",
             "holdout-reference.npy",
             "calibration-inputs.npy",
         ]
-        .map(String::from)
-        .to_vec()
     }
     fn version(&self) -> u32 {
         1

@@ -16,8 +16,8 @@ impl Stage for PairsSheet {
     fn kind(&self) -> &'static str {
         "pairs-sheet"
     }
-    fn outputs(&self) -> Vec<String> {
-        ["pairs.png"].map(String::from).to_vec()
+    fn outputs(&self) -> &'static [&'static str] {
+        &["pairs.png"]
     }
     fn version(&self) -> u32 {
         1

@@ -25,8 +25,8 @@ impl Stage for ProceduralPairs {
     fn family(&self) -> &'static str {
         "pairs"
     }
-    fn outputs(&self) -> Vec<String> {
-        vec!["target".into()]
+    fn outputs(&self) -> &'static [&'static str] {
+        &["target"]
     }
     fn version(&self) -> u32 {
         1

@@ -142,14 +142,6 @@ pub enum Tier {
 }
 
 impl Tier {
-    pub fn name(self) -> &'static str {
-        match self {
-            Tier::Input => "input",
-            Tier::Environment => "environment",
-            Tier::Bug => "bug",
-        }
-    }
-
     /// The tier of an I/O error, by its kind: a full or read-only disk, a file over the
     /// size limit or a lost connection are the machine's; bytes that do not parse are
     /// the data's.
@@ -236,7 +228,7 @@ pub trait Stage: Send + Sync {
     }
     /// The outputs (ports) this stage writes: consumers may wire only to these, which
     /// the planner checks before anything runs.
-    fn outputs(&self) -> Vec<String>;
+    fn outputs(&self) -> &'static [&'static str];
     /// Bump when the implementation changes its output bytes: every key of the kind changes.
     fn version(&self) -> u32;
     fn params(&self) -> Params;

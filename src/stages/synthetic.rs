@@ -16,8 +16,8 @@ impl Stage for SyntheticSource {
     fn kind(&self) -> &'static str {
         "synthetic"
     }
-    fn outputs(&self) -> Vec<String> {
-        ["image"].map(String::from).to_vec()
+    fn outputs(&self) -> &'static [&'static str] {
+        &["image"]
     }
     fn version(&self) -> u32 {
         1

@@ -4,8 +4,7 @@
 //! `io` is `image`). int8 targets calibrate activation ranges on training crops
 //! (99.99th percentile clipping).
 
-use crate::export::coreml::mlprogram::mlprogram_files;
-use crate::export::coreml::{write_mlpackage, CoremlOptions, WeightPrecision};
+use crate::export::coreml::{mlprogram_files, write_package_files, CoremlOptions, WeightPrecision};
 use crate::export::onnx::{self, OnnxPrecision};
 use crate::export::quantize::{calibrate, ActivationType, Calibration, CalibrationMethod};
 use crate::export::tflite::{self, TflitePrecision};
@@ -86,8 +85,8 @@ impl Stage for WriteTarget {
     }
     /// A target is a folder of files whose names depend on the format (a Core ML
     /// package is many): consumers take all of them (`InputRef::StageAll`), no port.
-    fn outputs(&self) -> Vec<String> {
-        Vec::new()
+    fn outputs(&self) -> &'static [&'static str] {
+        &[]
     }
     fn version(&self) -> u32 {
         // 2: the profile's `ops` allow-list is enforced (and part of the key).
@@ -197,7 +196,7 @@ impl Stage for WriteTarget {
                 let files = mlprogram_files(&graph, &opts).map_err(|e| fail(&e))?;
                 self.check_ops(&files.op_types)?;
                 let dir = ctx.out_dir.join("model.mlpackage");
-                write_mlpackage(&graph, &dir, &opts).map_err(|e| fail(&e))?;
+                write_package_files(&files, &dir).map_err(|e| fail(&e))?;
                 for e in walkdir::WalkDir::new(&dir)
                     .sort_by_file_name()
                     .into_iter()

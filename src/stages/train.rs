@@ -78,16 +78,14 @@ impl Stage for TrainStage {
             Role::Student => "distill-student",
         }
     }
-    fn outputs(&self) -> Vec<String> {
-        [
+    fn outputs(&self) -> &'static [&'static str] {
+        &[
             "metrics.json",
             "weights.safetensors",
             "loss.csv",
             "loss.png",
             "samples.png",
         ]
-        .map(String::from)
-        .to_vec()
     }
     fn version(&self) -> u32 {
         // 2: in-place Adam/EMA kernels (different rounding than version 1).

@@ -39,8 +39,8 @@ impl Stage for VerifyTarget {
     fn kind(&self) -> &'static str {
         "verify"
     }
-    fn outputs(&self) -> Vec<String> {
-        ["check.json", "outputs.npy"].map(String::from).to_vec()
+    fn outputs(&self) -> &'static [&'static str] {
+        &["check.json", "outputs.npy"]
     }
     fn version(&self) -> u32 {
         1

@@ -664,6 +664,12 @@ pub fn write_mlpackage(
     opts: &CoremlOptions,
 ) -> Result<MlPackageFiles, CoremlError> {
     let files = mlprogram_files(graph, opts)?;
+    write_package_files(&files, dir)?;
+    Ok(files)
+}
+
+/// Writes already built package files to `dir`, as `write_mlpackage` does.
+pub fn write_package_files(files: &MlPackageFiles, dir: &Path) -> Result<(), CoremlError> {
     let werr = |path: &Path| {
         let path = path.display().to_string();
         move |source: std::io::Error| CoremlError::Write {
@@ -692,5 +698,5 @@ pub fn write_mlpackage(
     }
     let kept = tmp.keep();
     std::fs::rename(&kept, dir).map_err(werr(dir))?;
-    Ok(files)
+    Ok(())
 }

@@ -13,7 +13,7 @@ pub mod read;
 
 use serde::{Deserialize, Serialize};
 
-pub use mlprogram::{mlprogram_files, write_mlpackage, MlPackageFiles};
+pub use mlprogram::{mlprogram_files, write_mlpackage, write_package_files, MlPackageFiles};
 pub use neuralnetwork::write_mlmodel;
 pub use read::{read_mlmodel, read_mlpackage, DecodedCoreml, StructuralCheck};
 
