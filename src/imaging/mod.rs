@@ -4,6 +4,7 @@ pub mod brick;
 pub mod contact_sheet;
 pub mod crop;
 pub mod external;
+pub mod openpose;
 pub mod synthetic;
 
 /// Writes `img` as a PNG, every I/O error reported. (The image crate's own `save`
