@@ -180,42 +180,45 @@ fn ellipse_polygon(centre: [i32; 2], axes: [i32; 2], angle_deg: i32) -> Vec<[i32
     polygon
 }
 
-/// Fills a convex polygon, its boundary included (as `cv2.fillConvexPoly` does).
+/// Fills a convex polygon, its boundary included (as `cv2.fillConvexPoly` does): each
+/// row is filled between the leftmost and rightmost crossing of the polygon's edges.
+/// (A per-pixel inside test fails here: rounding the ellipse's vertices to pixels leaves
+/// tiny dents whose edge lines cut through the interior.)
 fn fill_convex_polygon(canvas: &mut RgbImage, polygon: &[[i32; 2]], colour: Rgb<u8>) {
-    if polygon.is_empty() {
-        return;
-    }
     let (w, h) = (canvas.width() as i32, canvas.height() as i32);
-    let x0 = polygon.iter().map(|p| p[0]).min().unwrap_or(0).max(0);
-    let x1 = polygon.iter().map(|p| p[0]).max().unwrap_or(-1).min(w - 1);
-    let y0 = polygon.iter().map(|p| p[1]).min().unwrap_or(0).max(0);
-    let y1 = polygon.iter().map(|p| p[1]).max().unwrap_or(-1).min(h - 1);
-    for y in y0..=y1 {
-        for x in x0..=x1 {
-            if inside_convex(polygon, [x, y]) {
-                canvas.put_pixel(x as u32, y as u32, colour);
-            }
-        }
-    }
-}
-
-/// Whether `p` lies inside or on a convex polygon of either winding.
-fn inside_convex(polygon: &[[i32; 2]], p: [i32; 2]) -> bool {
-    if polygon.len() < 3 {
-        return polygon.contains(&p);
-    }
-    let (mut pos, mut neg) = (false, false);
+    let (Some(y0), Some(y1)) = (
+        polygon.iter().map(|p| p[1]).min(),
+        polygon.iter().map(|p| p[1]).max(),
+    ) else {
+        return;
+    };
+    let rows = (y1 - y0 + 1) as usize;
+    let mut spans = vec![(i32::MAX, i32::MIN); rows];
     for (i, a) in polygon.iter().enumerate() {
         let b = polygon[(i + 1) % polygon.len()];
-        let cross = (b[0] - a[0]) as i64 * (p[1] - a[1]) as i64
-            - (b[1] - a[1]) as i64 * (p[0] - a[0]) as i64;
-        pos |= cross > 0;
-        neg |= cross < 0;
-        if pos && neg {
-            return false;
+        let (lo, hi) = if a[1] <= b[1] { (*a, b) } else { (b, *a) };
+        for y in lo[1]..=hi[1] {
+            let x = if hi[1] == lo[1] {
+                [lo[0], hi[0]]
+            } else {
+                let t = (y - lo[1]) as f64 / (hi[1] - lo[1]) as f64;
+                let x = (lo[0] as f64 + t * (hi[0] - lo[0]) as f64).round() as i32;
+                [x, x]
+            };
+            let span = &mut spans[(y - y0) as usize];
+            span.0 = span.0.min(x[0].min(x[1]));
+            span.1 = span.1.max(x[0].max(x[1]));
         }
     }
-    true
+    for (row, (x_lo, x_hi)) in spans.into_iter().enumerate() {
+        let y = y0 + row as i32;
+        if y < 0 || y >= h {
+            continue;
+        }
+        for x in x_lo.max(0)..=x_hi.min(w - 1) {
+            canvas.put_pixel(x as u32, y as u32, colour);
+        }
+    }
 }
 
 /// `cv2.circle(..., radius, colour, thickness=-1)`: every pixel within `radius` of the
@@ -311,6 +314,18 @@ mod tests {
             [0, 0, 0],
             "a limb is 4 px thick each side"
         );
+    }
+
+    #[test]
+    fn diagonal_limb_is_filled_across_its_width() {
+        let mut body = [None; 18];
+        body[2] = Some([196.0, 150.0]);
+        body[3] = Some([172.0, 230.0]);
+        let img = draw_openpose(256, 256, &body, None);
+        // Midpoint, and 3 px to either side of it across the bone.
+        for x in [181, 184, 187] {
+            assert_eq!(img.get_pixel(x, 190).0, scaled(COLORS[2]), "x = {x}");
+        }
     }
 
     #[test]
