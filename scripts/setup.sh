@@ -2,8 +2,9 @@
 # One-command set-up for effectc on a fresh Linux machine with the Rust toolchain and python3.
 #  1. libtorch 2.11.0 (tch 0.24's match) from PyPI's torch==2.11.0 wheel, in a versioned
 #     virtualenv outside the repo, re-used when present;
-#  2. ffmpeg (video previews) from Debian when it is missing and we may install it;
-#  3. the release binary target/release/effectc, linked with an rpath to libtorch.
+#  2. MediaPipe's face and pose models (scripts/mediapipe-models.sh) in the models directory;
+#  3. ffmpeg (video previews) from Debian when it is missing and we may install it;
+#  4. the release binary target/release/effectc, linked with an rpath to libtorch.
 # Idempotent: a second run only re-checks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,6 +20,8 @@ if [ ! -f "$EFFECTC_TORCH_VENV/.complete" ]; then
 else
     echo "setup: libtorch $EFFECTC_TORCH_VERSION found in $EFFECTC_TORCH_VENV"
 fi
+
+scripts/mediapipe-models.sh
 
 if ! command -v ffmpeg >/dev/null 2>&1; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

@@ -45,6 +45,10 @@ pub const MODEL_ARCHS: &[&str] = &[
     "lora-sd15",
     "clip-tokenizer",
     "clip-vit-l14",
+    "mediapipe-face-detector",
+    "mediapipe-face-landmark",
+    "mediapipe-pose-detector",
+    "mediapipe-pose-landmark",
 ];
 
 const REGISTRY_FILES: &[&str] = &["models.kdl", "controlnets.kdl", "attributes.kdl"];
