@@ -257,6 +257,19 @@ fn draw(
     for p in &mesh.points {
         dot(p[0], p[1], 1, [0, 255, 0]);
     }
+    // Contours from MediaPipe's face-mesh connection sets, to check the topology lines up.
+    const LIPS: [usize; 20] = [61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291, 409, 270, 269, 267, 0, 37, 39, 40, 185];
+    const RIGHT_EYE: [usize; 16] = [33, 7, 163, 144, 145, 153, 154, 155, 133, 173, 157, 158, 159, 160, 161, 246];
+    const LEFT_EYE: [usize; 16] = [263, 249, 390, 373, 374, 380, 381, 382, 362, 398, 384, 385, 386, 387, 388, 466];
+    const OVAL: [usize; 36] = [
+        10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379, 378, 400, 377, 152, 148, 176, 149, 150,
+        136, 172, 58, 132, 93, 234, 127, 162, 21, 54, 103, 67, 109,
+    ];
+    for (set, c) in [(&LIPS[..], [255, 0, 0]), (&RIGHT_EYE[..], [255, 0, 255]), (&LEFT_EYE[..], [0, 0, 255]), (&OVAL[..], [255, 255, 255])] {
+        for &i in set {
+            dot(mesh.points[i][0], mesh.points[i][1], 2, c);
+        }
+    }
     for k in &face.keypoints {
         dot(k[0], k[1], 4, [255, 255, 0]);
     }
