@@ -4,7 +4,8 @@
 Run by a developer, not by CI (the tests only read the files this writes):
 
     python3 -m venv /tmp/litert
-    /tmp/litert/bin/pip install ai-edge-litert numpy pillow      (measured: ai-edge-litert 2.3.0)
+    /tmp/litert/bin/pip install ai-edge-litert numpy pillow mediapipe==0.10.21
+    (measured: ai-edge-litert 2.3.0; mediapipe 0.10.21 pulls numpy 1.26.4, which LiteRT accepts)
     /tmp/litert/bin/python scripts/make_mediapipe_fixtures.py
 
 Reads the models from $EFFECTC_MODELS/mediapipe-0.10.21/ (default ~/.cache/effectc/models;
@@ -17,6 +18,10 @@ Writes tests/fixtures/mediapipe/:
   MODEL.OUTPUT.CASE.f32  a raw little-endian float32 output of LiteRT for case CASE
                          (`photo` or `synthetic`), every `stride`-th element
   cases.json             models, input size and normalisation, outputs, strides, shapes
+  pipeline.json          MediaPipe's own legacy solutions (face_detection model 0, face_mesh
+                         without refinement, pose complexity 1, all static-image mode) on
+                         astronaut, coffee and rocket: the end-to-end reference for
+                         src/vision's pre- and post-processing
 
 Two inputs per model: the photo, and a synthetic pattern both sides compute exactly
 (u8 = (31*y + 17*x + 71*c + (x*y) % 13) % 256). Pixels go in as float32 computed as
@@ -96,6 +101,38 @@ def main():
         manifest["models"][model] = entry
     with open(os.path.join(ROOT, "cases.json"), "w") as f:
         json.dump(manifest, f, indent=1)
+        f.write("\n")
+    pipeline()
+
+
+def pipeline():
+    import mediapipe as mp
+
+    out = {"mediapipe": mp.__version__, "photos": {}}
+    for name in ["astronaut.png", "coffee.png", "rocket.jpg"]:
+        img = np.asarray(Image.open(os.path.join(os.path.dirname(PHOTO), name)).convert("RGB"))
+        h, w = img.shape[:2]
+        r = {"faces": [], "mesh": None, "pose": None}
+        with mp.solutions.face_detection.FaceDetection(model_selection=0, min_detection_confidence=0.5) as fd:
+            for d in fd.process(img).detections or []:
+                b = d.location_data.relative_bounding_box
+                r["faces"].append({
+                    "score": d.score[0],
+                    "bbox": [b.xmin * w, b.ymin * h, (b.xmin + b.width) * w, (b.ymin + b.height) * h],
+                    "keypoints": [[k.x * w, k.y * h] for k in d.location_data.relative_keypoints],
+                })
+        with mp.solutions.face_mesh.FaceMesh(static_image_mode=True, refine_landmarks=False, max_num_faces=1) as fm:
+            res = fm.process(img)
+            if res.multi_face_landmarks:
+                r["mesh"] = [[l.x * w, l.y * h, l.z * w] for l in res.multi_face_landmarks[0].landmark]
+        with mp.solutions.pose.Pose(static_image_mode=True, model_complexity=1) as po:
+            res = po.process(img)
+            if res.pose_landmarks:
+                r["pose"] = [[l.x * w, l.y * h, l.z * w, l.visibility] for l in res.pose_landmarks.landmark]
+        out["photos"][name] = r
+        print(f"pipeline {name}: {len(r['faces'])} faces, mesh {r['mesh'] is not None}, pose {r['pose'] is not None}")
+    with open(os.path.join(ROOT, "pipeline.json"), "w") as f:
+        json.dump(out, f, separators=(",", ":"))
         f.write("\n")
 
 

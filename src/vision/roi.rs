@@ -96,9 +96,15 @@ impl Roi {
         let mut out = Vec::with_capacity(size * size * 3);
         for i in 0..size {
             for j in 0..size {
-                let [sx, sy] = self.to_image((j as f32 + 0.5) / size as f32, (i as f32 + 0.5) / size as f32);
-                // Pixel centres sit at integer + 0.5.
-                let (fx, fy) = (sx - 0.5, sy - 0.5);
+                // MediaPipe's CPU path (OpenCV warpAffine with the rectangle's corners on
+                // the tensor's corners) samples output pixel (j, i) at the ROI point
+                // (j / size, i / size), read as a source pixel index. Matching it matters:
+                // BlazeFace's keypoints move ~4 px on a 512-px photo with a half-pixel
+                // shift of its 128-px input.
+                let (fx, fy) = {
+                    let p = self.to_image(j as f32 / size as f32, i as f32 / size as f32);
+                    (p[0], p[1])
+                };
                 let (x0, y0) = (fx.floor(), fy.floor());
                 let (ax, ay) = (fx - x0, fy - y0);
                 let (x0, y0) = (x0 as i64, y0 as i64);
