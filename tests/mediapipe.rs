@@ -517,3 +517,36 @@ fn detectors_match_mediapipe_on_the_astronaut() {
         "pose differs from MediaPipe"
     );
 }
+
+#[test]
+fn bad_model_files_are_named_in_the_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("face_detection_short_range.tflite");
+    let e = FaceDetector::load(&missing)
+        .err()
+        .expect("a missing file fails")
+        .to_string();
+    assert!(
+        e.contains("face_detection_short_range.tflite")
+            && e.contains("scripts/mediapipe-models.sh"),
+        "{e}"
+    );
+
+    let garbage = dir.path().join("garbage.tflite");
+    std::fs::write(&garbage, b"not a flatbuffer at all").unwrap();
+    let e = FaceMesh::load(&garbage)
+        .err()
+        .expect("garbage fails")
+        .to_string();
+    assert!(e.contains("garbage.tflite") && e.contains("TFLite"), "{e}");
+
+    // The right format, the wrong model: its input size gives it away.
+    let e = FaceDetector::load(&model_path("face_landmark.tflite"))
+        .err()
+        .expect("wrong model")
+        .to_string();
+    assert!(
+        e.contains("face_landmark.tflite") && e.contains("192x192"),
+        "{e}"
+    );
+}
