@@ -220,6 +220,11 @@ fn face_detector_finds_no_face_in_a_cup_or_a_rocket() {
         let faces = det.detect(&sample(name)).unwrap();
         assert!(faces.is_empty(), "{name}: no face expected, got {faces:?}");
     }
+    let e = det
+        .detect(&image::RgbImage::new(0, 0))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("empty"), "{e}");
 }
 
 #[test]

@@ -51,6 +51,17 @@ fn check_size(model: &TfliteModel, size: usize) -> Result<(), VisionError> {
     Ok(())
 }
 
+/// An empty image has nothing to sample (and no edge pixel to replicate).
+pub(crate) fn non_empty(model: &TfliteModel, img: &RgbImage) -> Result<(), VisionError> {
+    if img.width() == 0 || img.height() == 0 {
+        return Err(VisionError::Run {
+            path: model.path().to_owned(),
+            message: "the image is empty (0 pixels)".into(),
+        });
+    }
+    Ok(())
+}
+
 impl FaceDetector {
     pub fn load(path: &Path) -> Result<Self, VisionError> {
         let model = TfliteModel::load(path)?;
@@ -63,6 +74,7 @@ impl FaceDetector {
 
     /// All faces scoring at least 0.5, sorted by box area, largest first.
     pub fn detect(&self, img: &RgbImage) -> Result<Vec<FaceDetection>, VisionError> {
+        non_empty(&self.model, img)?;
         let roi = Roi::letterbox(img.width(), img.height());
         let input = roi.sample(img, 128, Border::Zero, Range::MinusOneToOne);
         let out = self.model.run(&input)?;
@@ -126,6 +138,7 @@ impl FaceMesh {
         img: &RgbImage,
         face: &FaceDetection,
     ) -> Result<FaceLandmarks, VisionError> {
+        non_empty(&self.model, img)?;
         let roi = mesh_roi(face);
         let input = roi.sample(img, 192, Border::Replicate, Range::ZeroToOne);
         let out = self.model.run(&input)?;

@@ -106,6 +106,7 @@ impl PoseEstimator {
 
     /// The most confident person found by the detector, if any.
     pub fn detect(&self, img: &RgbImage) -> Result<Option<PoseDetection>, VisionError> {
+        super::face::non_empty(&self.detector, img)?;
         let roi = Roi::letterbox(img.width(), img.height());
         let input = roi.sample(img, 224, Border::Zero, Range::MinusOneToOne);
         let out = self.detector.run(&input)?;
