@@ -555,3 +555,32 @@ fn bad_model_files_are_named_in_the_error() {
         "{e}"
     );
 }
+
+/// Why the rewrite exists: stock tract-tflite refuses every shipped file. Prints what it
+/// stumbles on first (docs/mediapipe.md quotes it).
+#[test]
+fn stock_tract_refuses_the_shipped_files() {
+    use tract_tflite::prelude::Framework;
+    for file in [
+        "face_detection_short_range.tflite",
+        "face_landmark.tflite",
+        "pose_detection.tflite",
+        "pose_landmark_full.tflite",
+    ] {
+        let bytes = std::fs::read(model_path(file)).unwrap();
+        let e = tract_tflite::tflite()
+            .model_for_read(&mut &bytes[..])
+            .and_then(|m| m.into_optimized())
+            .err()
+            .unwrap_or_else(|| panic!("stock tract now loads {file}: the rewrite may be unneeded"));
+        // The root cause names the operator code (the files fill only the deprecated
+        // int8 field: 6 is DEQUANTIZE).
+        let root = e
+            .root_cause()
+            .to_string()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        eprintln!("{file}: {}", root.chars().take(140).collect::<String>());
+    }
+}
