@@ -584,3 +584,12 @@ fn stock_tract_refuses_the_shipped_files() {
         eprintln!("{file}: {}", root.chars().take(140).collect::<String>());
     }
 }
+
+/// Stages run items on several threads: one loaded detector must be shareable.
+#[test]
+fn detectors_are_shareable_across_threads() {
+    fn shareable<T: Send + Sync>() {}
+    shareable::<FaceDetector>();
+    shareable::<FaceMesh>();
+    shareable::<PoseEstimator>();
+}
