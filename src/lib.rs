@@ -25,3 +25,4 @@ pub mod recipe;
 pub mod stages;
 pub mod train;
 pub mod verify;
+pub mod vision;
