@@ -151,10 +151,20 @@ pub(super) fn plan_with(
     digest_of: &mut dyn FnMut(&std::path::Path) -> std::io::Result<crate::digest::Digest>,
 ) -> Result<(Recipe, Plan), i32> {
     let recipe = load(env, loader, name)?;
-    let plan = lower::lower(&env.project, &recipe, digest_of).map_err(|d| {
-        print_diags(&d);
-        EXIT_USER
-    })?;
+    let mut frames = crate::video::FrameStore::new(&env.cache_dir);
+    let plan = lower::lower_with_frames(&env.project, &recipe, digest_of, &mut frames)
+        .map_err(|d| {
+            print_diags(&d);
+            EXIT_USER
+        })?;
+    if frames.decoded_clips > 0 && !env.json {
+        eprintln!(
+            "video: decoded {} clip(s) with ffmpeg, {} frame(s) taken, in {:.2}s",
+            frames.decoded_clips,
+            frames.decoded_frames,
+            frames.decode_time.as_secs_f64()
+        );
+    }
     Ok((recipe, plan))
 }
 
