@@ -317,6 +317,13 @@ fn an_unreadable_clip_fails_alone_naming_the_file_and_ffmpegs_message() {
     assert_eq!(r.ran_of_kind("distill-student"), 1);
     assert_eq!(r.finished()["failed"], 1);
     assert_eq!(r.finished()["ok"], false);
+    // `plan` says so too, before any work.
+    let plan = p.run(&["plan", "clips"]);
+    assert!(
+        plan.stdout().contains("left out: clips/bad.mp4: ffmpeg cannot read clips/bad.mp4"),
+        "{}",
+        plan.stdout()
+    );
     // People read the same.
     let human = p.run(&["build", "clips"]);
     assert_eq!(human.code(), 1);
@@ -358,4 +365,39 @@ fn without_ffmpeg_the_build_stops_naming_the_debian_package() {
         "{failed}"
     );
     assert_eq!(r.ran(), 0, "nothing runs on a machine without ffmpeg");
+}
+
+#[test]
+fn gc_keeps_the_frames_a_build_reads_and_drops_the_rest() {
+    let p = project(&[("a.mp4", 1)]);
+    p.build("clips");
+    let frames = || {
+        walkdir::WalkDir::new(p.cache_dir().join("frames/px"))
+            .into_iter()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_type().is_file())
+            .count()
+    };
+    assert_eq!(frames(), 3);
+    let gc = p.run(&["cache", "gc"]);
+    assert_eq!(gc.code(), 0, "{}", gc.stderr());
+    assert_eq!(frames(), 3, "the last build's crops read them");
+    // Without the video, no kept record reads a frame: gc drops them and their set.
+    p.recipe(
+        "clips",
+        &RECIPE.replace("        video \"clips/*.mp4\" fps=1\n", ""),
+    );
+    p.build("clips");
+    let gc = p.run(&["cache", "gc"]);
+    assert_eq!(gc.code(), 0, "{}", gc.stderr());
+    assert_eq!(frames(), 0);
+    assert_eq!(
+        std::fs::read_dir(p.cache_dir().join("frames/sets")).unwrap().count(),
+        0
+    );
+    // Put back, the clip is decoded again and builds from the cache's records.
+    p.recipe("clips", RECIPE);
+    let r = p.build("clips");
+    assert_eq!(frames(), 3);
+    assert_eq!(r.ran_of_kind("crop"), 3, "gc removed their records too");
 }

@@ -543,6 +543,17 @@ fn plan(env: &Env, effect: &str) -> Result<i32, i32> {
     let cache = env.cache()?;
     let loader = Loader::new(&env.project);
     let (_recipe, plan) = plan_for(env, &cache, &loader, effect)?;
+    // What a build would report first: sources it leaves out.
+    for f in &plan.source_failures {
+        if env.json {
+            println!(
+                "{}",
+                serde_json::json!({"event": "source-failed", "effect": effect, "source": f.source, "error": f.error, "tier": f.tier})
+            );
+        } else {
+            println!("left out: {}: {}", f.source, f.error);
+        }
+    }
     let (status, _) = dry_run(&cache, &env.project.root, &plan).map_err(|e| {
         eprintln!("error: {e}");
         EXIT_INFRA
