@@ -119,10 +119,16 @@ pub fn decode(
         let _ = child.kill();
     }
     // Drain what is left so ffmpeg can finish writing, then reap it.
-    let _ = std::io::copy(&mut stdout, &mut std::io::sink());
+    let unread = std::io::copy(&mut stdout, &mut std::io::sink()).unwrap_or(0);
     let status = child.wait()?;
     let last = reader.join().unwrap_or_default();
     result?;
+    if status.success() && tb.is_none() && unread > 0 {
+        // Pixels came but no timestamps: this ffmpeg logs `showinfo` another way.
+        return Err(VideoError::Io(std::io::Error::other(format!(
+            "{name}: ffmpeg decoded frames but effectc could not read their timestamps from its `showinfo` log (ffmpeg 5.1 or newer is expected)"
+        ))));
+    }
     if !status.success() {
         let message = if last.is_empty() {
             format!("ffmpeg exited with {status}")
