@@ -2,7 +2,7 @@
 //! recipe (parse, extends, check) → plan (DAG, keys) → cache → exec (scheduler, events)
 //! → stages (one file per stage kind; `imaging` their pixel work) → nn / train (tch models) → export (IR, writers,
 //! quantization) → verify (tract) → bundle. `diffusion` is the diffusion teacher,
-//! `models` the models directory it reads, `process` the child processes that die with
+//! `models` the models directory it reads, `video` the frames of video sources, `process` the child processes that die with
 //! effectc.
 
 pub mod atomic;
@@ -26,3 +26,4 @@ pub mod stages;
 pub mod train;
 pub mod verify;
 pub mod vision;
+pub mod video;
