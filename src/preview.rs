@@ -9,13 +9,13 @@
 //!   `verify` checks it (Core ML itself does not run on Linux).
 //! - Sizes: the student is fully convolutional, so it runs at any size that is a
 //!   multiple of its built size's down-sampling grid. The shipped files declare the
-//!   built size; for another size the TFLite file's activation shapes (and any resize
-//!   sizes) are scaled, the ONNX and Core ML inputs re-declared. Weights and
+//!   built size; for another size the TFLite file's activation shapes (and the sizes
+//!   its RESHAPEs and resizes name) are scaled, the ONNX and Core ML inputs re-declared. Weights and
 //!   quantization are untouched.
 
 use crate::export::coreml::{read_mlpackage, PixelRange, WeightPrecision};
 use crate::export::onnx::{self, OnnxPrecision};
-use crate::export::tflite::{self, BuiltinOperator};
+use crate::export::tflite::{self, BuiltinOperator, OptionsDesc};
 use crate::verify::TractModel;
 use image::RgbImage;
 use std::path::{Path, PathBuf};
@@ -169,11 +169,80 @@ pub fn tflite_at_size(bytes: &[u8], size: usize) -> Result<Vec<u8>, String> {
         }
         Ok((v / built) as i32)
     };
-    for t in desc.tensors.iter_mut() {
-        // Activations have no buffer; weights (which do) keep their shapes.
-        if t.buffer == 0 && t.shape.len() == 4 {
-            t.shape[1] = scale(t.shape[1], bh)?;
-            t.shape[2] = scale(t.shape[2], bw)?;
+    // Which dims of a 4-D activation are height and width. The writer's tensors are
+    // NHWC, except inside its depth-to-space (RESHAPE → TRANSPOSE → RESHAPE): the split
+    // [H, W, b, C/b] feeding the TRANSPOSE, and its output [H, b, W, C/b].
+    let code_of = |t: i32, produced: bool| {
+        desc.ops
+            .iter()
+            .find(|o| {
+                if produced {
+                    o.outputs.contains(&t)
+                } else {
+                    o.inputs.first() == Some(&t)
+                }
+            })
+            .map(|o| o.code)
+    };
+    let spatial: Vec<Option<(usize, usize)>> = (0..desc.tensors.len() as i32)
+        .map(|i| {
+            let t = &desc.tensors[i as usize];
+            // Activations have no buffer; weights (which do) keep their shapes.
+            if t.buffer != 0 || t.shape.len() != 4 {
+                return None;
+            }
+            // A PAD's output is its input plus the pads (set below).
+            if code_of(i, true) == Some(BuiltinOperator::PAD) {
+                return None;
+            }
+            Some(if code_of(i, true) == Some(BuiltinOperator::TRANSPOSE) {
+                (0, 2)
+            } else if code_of(i, false) == Some(BuiltinOperator::TRANSPOSE) {
+                (0, 1)
+            } else {
+                (1, 2)
+            })
+        })
+        .collect();
+    for (t, dims) in desc.tensors.iter_mut().zip(&spatial) {
+        if let Some((dh, dw)) = *dims {
+            t.shape[dh] = scale(t.shape[dh], bh)?;
+            t.shape[dw] = scale(t.shape[dw], bw)?;
+        }
+    }
+    for k in 0..desc.ops.len() {
+        let op = &desc.ops[k];
+        if op.code != BuiltinOperator::PAD || op.inputs.len() < 2 {
+            continue;
+        }
+        let input = desc.tensors[op.inputs[0] as usize].shape.clone();
+        let pads = &desc.buffers[desc.tensors[op.inputs[1] as usize].buffer as usize];
+        let pads: Vec<i32> = pads
+            .chunks_exact(4)
+            .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        if pads.len() != 2 * input.len() {
+            return Err("a PAD's paddings do not match its input's rank".into());
+        }
+        let out = op.outputs[0] as usize;
+        desc.tensors[out].shape = (0..input.len())
+            .map(|d| input[d] + pads[2 * d] + pads[2 * d + 1])
+            .collect();
+    }
+    // A RESHAPE's target shape (option and operand) is its output's new shape.
+    for k in 0..desc.ops.len() {
+        if desc.ops[k].code != BuiltinOperator::RESHAPE {
+            continue;
+        }
+        let out = desc.tensors[desc.ops[k].outputs[0] as usize].shape.clone();
+        if let OptionsDesc::Reshape { new_shape } = &mut desc.ops[k].options {
+            *new_shape = out.clone();
+        }
+        if let Some(&operand) = desc.ops[k].inputs.get(1) {
+            let b = desc.tensors[operand as usize].buffer as usize;
+            if b != 0 {
+                desc.buffers[b] = out.iter().flat_map(|d| d.to_le_bytes()).collect();
+            }
         }
     }
     let resize_sizes: Vec<u32> = desc

@@ -138,3 +138,21 @@ fn preview_shows_photos_folders_and_video_through_each_target() {
     assert_eq!(r.code(), 2, "{}", r.stderr());
     assert!(r.stderr().contains("multiple of"), "{}", r.stderr());
 }
+
+/// The shipped TFLite file declared for another size is exactly what the writer gives
+/// for the same net at that size (shapes, RESHAPE targets and all).
+#[test]
+fn a_tflite_file_rescaled_is_the_file_written_at_that_size() {
+    use effectc::export::tflite::{parse, write, TflitePrecision};
+    use effectc::ir::sample::student_like;
+    let at = |px| write(&student_like(8, px, 1), TflitePrecision::Float32).unwrap().shipped;
+    let rescaled = effectc::preview::tflite_at_size(&at(32), 64).unwrap();
+    let (got, want) = (parse(&rescaled).unwrap(), parse(&at(64)).unwrap());
+    for (g, w) in got.tensors.iter().zip(&want.tensors) {
+        assert_eq!((&g.name, &g.shape), (&w.name, &w.shape));
+    }
+    assert!(got == want, "the rescaled file differs beyond tensor shapes");
+    // This net samples down 4x: 34 px would need an 8.5-pixel feature map.
+    let err = effectc::preview::tflite_at_size(&at(32), 34).unwrap_err();
+    assert!(err.contains("multiple of 4"), "{err}");
+}
