@@ -384,3 +384,42 @@ fn a_gated_model_names_hf_token_and_fetches_with_it() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert_eq!(std::fs::read(s.model("gated.bin")).unwrap(), weights);
 }
+
+/// A build holds to models.lock: a model whose bytes differ from its locked digest is
+/// refused before any work, naming the lock.
+#[test]
+fn a_build_refuses_a_model_that_differs_from_models_lock() {
+    let src = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/projects/tiny-diffusion"));
+    let p = TestProject::new();
+    for e in walkdir::WalkDir::new(&src).follow_links(true) {
+        let e = e.unwrap();
+        let to = p.root().join(e.path().strip_prefix(&src).unwrap());
+        if e.file_type().is_dir() {
+            std::fs::create_dir_all(&to).unwrap();
+        } else {
+            std::fs::copy(e.path(), &to).unwrap();
+        }
+    }
+    // Unpin the LoRA in the registry; the lock pins it instead.
+    let reg = p.root().join("stdlib/models.kdl");
+    let text = std::fs::read_to_string(&reg).unwrap();
+    let line = text.lines().find(|l| l.contains("\"tiny-lora\"")).unwrap();
+    let unpinned = line[..line.find(" sha256=").unwrap()].to_string();
+    std::fs::write(&reg, text.replace(line, &unpinned)).unwrap();
+    let lora = std::fs::read(p.root().join("models/tiny-lora.safetensors")).unwrap();
+    let wrong = "ab".repeat(32);
+    p.write("models.lock", &format!("model \"tiny-lora\" sha256=\"{wrong}\"\n"));
+    let r = p.run(&["build", "tiny"]);
+    assert_ne!(r.code(), 0, "{}", r.stderr());
+    assert!(
+        r.stderr().contains("tiny-lora") && r.stderr().contains("pinned in models.lock"),
+        "{}",
+        r.stderr()
+    );
+    assert!(!p.root().join("cache/records").exists() || walkdir::WalkDir::new(p.root().join("cache/records")).into_iter().filter_map(|e| e.ok()).all(|e| !e.file_type().is_file()), "nothing ran");
+    // With the real digest locked, `models verify` agrees.
+    p.write("models.lock", &format!("model \"tiny-lora\" sha256=\"{}\"\n", sha(&lora)));
+    let v = p.run(&["models", "verify"]);
+    assert_eq!(v.code(), 0, "{}{}", v.stdout(), v.stderr());
+    assert!(v.stdout().contains("ok       tiny-lora"), "{}", v.stdout());
+}
