@@ -210,7 +210,13 @@ impl Fetcher {
                 if let Some(p) = fpart.parent() {
                     std::fs::create_dir_all(p).map_err(io_err(p))?;
                 }
-                let (d, r) = self.download(url, &fpart, &format!("{}/{rel}", entry.name))?;
+                let (d, r) = self
+                    .download(url, &fpart, &format!("{}/{rel}", entry.name))
+                    .inspect_err(|_| {
+                        // Keep partial bytes for the next run, not empty folders.
+                        let _ = std::fs::remove_dir(fpart.parent().unwrap_or(&part));
+                        let _ = std::fs::remove_dir(&part);
+                    })?;
                 downloaded += d;
                 resumed += r;
                 std::fs::rename(&fpart, &target).map_err(io_err(&target))?;
