@@ -106,7 +106,11 @@ fn part_of(path: &Path) -> PathBuf {
 }
 
 fn join_url(base: &str, rel: &str) -> String {
-    format!("{}/{}", base.trim_end_matches('/'), rel.trim_start_matches('/'))
+    format!(
+        "{}/{}",
+        base.trim_end_matches('/'),
+        rel.trim_start_matches('/')
+    )
 }
 
 impl Fetcher {
@@ -407,18 +411,27 @@ mod tests {
             sha256: None,
             url: None,
             fetch: Some("https://huggingface.co/a/b/resolve/main".into()),
-            files: vec!["config.json".into(), "diffusion_pytorch_model.safetensors".into()],
+            files: vec![
+                "config.json".into(),
+                "diffusion_pytorch_model.safetensors".into(),
+            ],
             loc: crate::recipe::diagnostic::Loc::new(
                 &crate::recipe::diagnostic::SourceFile::new("t", ""),
                 (0, 0).into(),
             ),
         };
         let direct = Fetcher::new(None, None, false).sources(&entry).unwrap();
-        assert_eq!(direct[0].0, "https://huggingface.co/a/b/resolve/main/config.json");
+        assert_eq!(
+            direct[0].0,
+            "https://huggingface.co/a/b/resolve/main/config.json"
+        );
         let mirrored = Fetcher::new(None, Some("http://m/models/".into()), false)
             .sources(&entry)
             .unwrap();
-        assert_eq!(mirrored[1].0, "http://m/models/control_x/diffusion_pytorch_model.safetensors");
+        assert_eq!(
+            mirrored[1].0,
+            "http://m/models/control_x/diffusion_pytorch_model.safetensors"
+        );
         assert_eq!(mirrored[1].1, "diffusion_pytorch_model.safetensors");
     }
 }

@@ -14,7 +14,8 @@ use std::path::{Path, PathBuf};
 
 pub const FILE_NAME: &str = "models.lock";
 
-const HEADER: &str = "// Written by `effectc models fetch`: the SHA-256 of each model fetched without a pin in\n\
+const HEADER: &str =
+    "// Written by `effectc models fetch`: the SHA-256 of each model fetched without a pin in\n\
 // stdlib/models.kdl (for a folder, of its sorted `sha256sum` listing). Builds and fetches\n\
 // refuse a model that differs. Commit this file; review its changes.\n";
 
@@ -148,7 +149,8 @@ mod tests {
     fn a_lock_renders_sorted_and_reads_back() {
         let mut lock = ModelLock::default();
         lock.pins.insert("zeta".into(), "a".repeat(64));
-        lock.pins.insert("alpha \"x\"".into(), "B".repeat(64).to_lowercase());
+        lock.pins
+            .insert("alpha \"x\"".into(), "B".repeat(64).to_lowercase());
         let text = lock.render();
         let alpha = text.find("alpha").unwrap();
         assert!(alpha < text.find("zeta").unwrap(), "{text}");

@@ -25,7 +25,10 @@ use std::path::{Path, PathBuf};
 pub enum Shipped {
     Onnx(PathBuf),
     /// The shipped file, and for int8 the core tract runs.
-    Tflite { shipped: PathBuf, core: Option<PathBuf> },
+    Tflite {
+        shipped: PathBuf,
+        core: Option<PathBuf>,
+    },
     MlPackage(PathBuf),
 }
 
@@ -98,8 +101,17 @@ impl PreviewModel {
             output_map,
         };
         // One run on a grey frame: checks the size fits the net (and warms tract up).
-        m.run(&RgbImage::from_pixel(size as u32, size as u32, image::Rgb([128; 3])))
-            .map_err(|e| format!("{}: it does not run at {size}x{size}: {e}", shipped.path().display()))?;
+        m.run(&RgbImage::from_pixel(
+            size as u32,
+            size as u32,
+            image::Rgb([128; 3]),
+        ))
+        .map_err(|e| {
+            format!(
+                "{}: it does not run at {size}x{size}: {e}",
+                shipped.path().display()
+            )
+        })?;
         Ok(m)
     }
 

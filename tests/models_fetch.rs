@@ -211,7 +211,10 @@ fn a_pinned_file_and_an_unpinned_folder_fetch_verify_and_lock() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert_eq!(std::fs::read(s.model("tiny.safetensors")).unwrap(), weights);
     assert_eq!(std::fs::read(s.model("tok/vocab.json")).unwrap(), vocab);
-    assert_eq!(std::fs::read(s.model("tok/sub/merges.txt")).unwrap(), merges);
+    assert_eq!(
+        std::fs::read(s.model("tok/sub/merges.txt")).unwrap(),
+        merges
+    );
     assert!(
         !s.listing().iter().any(|p| p.contains(".part")),
         "{:?}",
@@ -220,24 +223,37 @@ fn a_pinned_file_and_an_unpinned_folder_fetch_verify_and_lock() {
     // Only the unpinned folder goes to the lock, with the folder digest builds use.
     let lock = std::fs::read_to_string(s.project.root().join("models.lock")).unwrap();
     let want = folder_digest(&[("vocab.json", &vocab), ("sub/merges.txt", &merges)]);
-    assert!(lock.contains(&format!("model \"tok\" sha256=\"{want}\"")), "{lock}");
+    assert!(
+        lock.contains(&format!("model \"tok\" sha256=\"{want}\"")),
+        "{lock}"
+    );
     assert!(!lock.contains("tiny"), "{lock}");
 
     let verify = s.fetch(&["verify"], &[]);
     assert_eq!(verify.status.code(), Some(0), "{}", text(&verify));
     let v = String::from_utf8_lossy(&verify.stdout).into_owned();
-    assert!(v.contains("ok       tiny") && v.contains("ok       tok"), "{v}");
+    assert!(
+        v.contains("ok       tiny") && v.contains("ok       tok"),
+        "{v}"
+    );
     // A second fetch finds both and downloads nothing.
     let again = s.fetch(&["fetch", "tiny", "tok"], &envs);
     assert_eq!(again.status.code(), Some(0), "{}", text(&again));
-    assert!(String::from_utf8_lossy(&again.stdout).contains("present  tok"), "{}", text(&again));
+    assert!(
+        String::from_utf8_lossy(&again.stdout).contains("present  tok"),
+        "{}",
+        text(&again)
+    );
 
     // Drift: the local folder changes; verify names it against models.lock.
     std::fs::write(s.model("tok/vocab.json"), b"edited").unwrap();
     let verify = s.fetch(&["verify"], &[]);
     assert_eq!(verify.status.code(), Some(1), "{}", text(&verify));
     let v = String::from_utf8_lossy(&verify.stdout).into_owned();
-    assert!(v.contains("MISMATCH tok") && v.contains("models.lock"), "{v}");
+    assert!(
+        v.contains("MISMATCH tok") && v.contains("models.lock"),
+        "{v}"
+    );
 
     // The server's copy changes: a fresh fetch holds to the lock and keeps nothing.
     std::fs::remove_dir_all(s.model("tok")).unwrap();
@@ -334,7 +350,10 @@ fn a_cut_connection_resumes_on_the_next_run() {
     let deadline = Instant::now() + Duration::from_secs(60);
     while part.metadata().map(|m| m.len()).unwrap_or(0) == 0 {
         assert!(Instant::now() < deadline, "no bytes arrived");
-        assert!(child.try_wait().unwrap().is_none(), "fetch ended before the cut");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "fetch ended before the cut"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     child.kill().unwrap();
@@ -389,7 +408,10 @@ fn a_gated_model_names_hf_token_and_fetches_with_it() {
 /// refused before any work, naming the lock.
 #[test]
 fn a_build_refuses_a_model_that_differs_from_models_lock() {
-    let src = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/projects/tiny-diffusion"));
+    let src = PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/projects/tiny-diffusion"
+    ));
     let p = TestProject::new();
     for e in walkdir::WalkDir::new(&src).follow_links(true) {
         let e = e.unwrap();
@@ -408,7 +430,10 @@ fn a_build_refuses_a_model_that_differs_from_models_lock() {
     std::fs::write(&reg, text.replace(line, &unpinned)).unwrap();
     let lora = std::fs::read(p.root().join("models/tiny-lora.safetensors")).unwrap();
     let wrong = "ab".repeat(32);
-    p.write("models.lock", &format!("model \"tiny-lora\" sha256=\"{wrong}\"\n"));
+    p.write(
+        "models.lock",
+        &format!("model \"tiny-lora\" sha256=\"{wrong}\"\n"),
+    );
     let r = p.run(&["build", "tiny"]);
     assert_ne!(r.code(), 0, "{}", r.stderr());
     assert!(
@@ -416,9 +441,19 @@ fn a_build_refuses_a_model_that_differs_from_models_lock() {
         "{}",
         r.stderr()
     );
-    assert!(!p.root().join("cache/records").exists() || walkdir::WalkDir::new(p.root().join("cache/records")).into_iter().filter_map(|e| e.ok()).all(|e| !e.file_type().is_file()), "nothing ran");
+    assert!(
+        !p.root().join("cache/records").exists()
+            || walkdir::WalkDir::new(p.root().join("cache/records"))
+                .into_iter()
+                .filter_map(|e| e.ok())
+                .all(|e| !e.file_type().is_file()),
+        "nothing ran"
+    );
     // With the real digest locked, `models verify` agrees.
-    p.write("models.lock", &format!("model \"tiny-lora\" sha256=\"{}\"\n", sha(&lora)));
+    p.write(
+        "models.lock",
+        &format!("model \"tiny-lora\" sha256=\"{}\"\n", sha(&lora)),
+    );
     let v = p.run(&["models", "verify"]);
     assert_eq!(v.code(), 0, "{}{}", v.stdout(), v.stderr());
     assert!(v.stdout().contains("ok       tiny-lora"), "{}", v.stdout());

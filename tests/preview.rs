@@ -30,7 +30,15 @@ fn png_size(p: &Path) -> (u32, u32) {
 /// (width, height, frames, has audio) of a video, by ffprobe.
 fn probe(p: &Path) -> (u32, u32, u32, bool) {
     let out = Command::new("ffprobe")
-        .args(["-v", "error", "-count_frames", "-show_entries", "stream=codec_type,width,height,nb_read_frames", "-of", "csv=p=0"])
+        .args([
+            "-v",
+            "error",
+            "-count_frames",
+            "-show_entries",
+            "stream=codec_type,width,height,nb_read_frames",
+            "-of",
+            "csv=p=0",
+        ])
         .arg(p)
         .output()
         .unwrap();
@@ -40,7 +48,13 @@ fn probe(p: &Path) -> (u32, u32, u32, bool) {
     for line in text.lines() {
         let f: Vec<&str> = line.split(',').collect();
         match f[0] {
-            "video" => video = Some((f[1].parse().unwrap(), f[2].parse().unwrap(), f[3].parse().unwrap())),
+            "video" => {
+                video = Some((
+                    f[1].parse().unwrap(),
+                    f[2].parse().unwrap(),
+                    f[3].parse().unwrap(),
+                ))
+            }
             "audio" => audio = true,
             _ => {}
         }
@@ -54,7 +68,11 @@ fn preview_shows_photos_folders_and_video_through_each_target() {
     let p = TestProject::new();
     p.recipe("small", &with_targets(SMALL_BRICK));
     // Not built yet: the error names the command that builds it.
-    let r = p.run(&["preview", "small", sample("astronaut.png").to_str().unwrap()]);
+    let r = p.run(&[
+        "preview",
+        "small",
+        sample("astronaut.png").to_str().unwrap(),
+    ]);
     assert_eq!(r.code(), 1, "{}", r.stderr());
     assert!(
         r.stderr().contains("not built") && r.stderr().contains("`effectc build small`"),
@@ -82,7 +100,10 @@ fn preview_shows_photos_folders_and_video_through_each_target() {
         .flat_map(|y| (0..32u32).map(move |x| (x, y)))
         .filter(|&(x, y)| pic.get_pixel(x, y) != pic.get_pixel(x + 32, y))
         .count();
-    assert!(differs > 100, "after looks like before ({differs} pixels differ)");
+    assert!(
+        differs > 100,
+        "after looks like before ({differs} pixels differ)"
+    );
 
     // A folder with a broken file, and a video with sound, at another size and target.
     let inputs = p.root().join("inputs");
@@ -92,7 +113,28 @@ fn preview_shows_photos_folders_and_video_through_each_target() {
     std::fs::write(inputs.join("broken.png"), b"not a png at all").unwrap();
     let clip = p.root().join("clip.mp4");
     let made = Command::new("ffmpeg")
-        .args(["-v", "error", "-y", "-f", "lavfi", "-i", "testsrc=size=96x64:rate=10", "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=22050", "-t", "1", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest"])
+        .args([
+            "-v",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc=size=96x64:rate=10",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=440:sample_rate=22050",
+            "-t",
+            "1",
+            "-c:v",
+            "libx264",
+            "-pix_fmt",
+            "yuv420p",
+            "-c:a",
+            "aac",
+            "-shortest",
+        ])
         .arg(&clip)
         .status()
         .unwrap();
@@ -114,7 +156,11 @@ fn preview_shows_photos_folders_and_video_through_each_target() {
             "{target}: {}",
             r.stderr()
         );
-        assert!(r.stdout().contains(&format!("through {target}")), "{}", r.stdout());
+        assert!(
+            r.stdout().contains(&format!("through {target}")),
+            "{}",
+            r.stdout()
+        );
         for name in ["chelsea.png", "rocket.png"] {
             assert_eq!(png_size(&dir.join(name)), (128, 64), "{target} {name}");
         }
@@ -124,17 +170,36 @@ fn preview_shows_photos_folders_and_video_through_each_target() {
         assert!(frames >= 9, "{target}: {frames} frames");
         assert!(audio, "{target}: the audio is kept");
         let page = std::fs::read_to_string(dir.join("index.html")).unwrap();
-        for needle in ["src=\"chelsea.png\"", "src=\"rocket.png\"", "src=\"clip.mp4\"", "broken.png"] {
+        for needle in [
+            "src=\"chelsea.png\"",
+            "src=\"rocket.png\"",
+            "src=\"clip.mp4\"",
+            "broken.png",
+        ] {
             assert!(page.contains(needle), "{target}: page lacks {needle}");
         }
     }
 
     // Nothing decodes: named, and the run fails.
-    let r = p.run(&["preview", "small", inputs.join("broken.png").to_str().unwrap()]);
+    let r = p.run(&[
+        "preview",
+        "small",
+        inputs.join("broken.png").to_str().unwrap(),
+    ]);
     assert_eq!(r.code(), 1, "{}", r.stderr());
-    assert!(r.stderr().contains("broken.png") && r.stderr().contains("cannot decode"), "{}", r.stderr());
+    assert!(
+        r.stderr().contains("broken.png") && r.stderr().contains("cannot decode"),
+        "{}",
+        r.stderr()
+    );
     // A size off the model's grid is refused with the reason.
-    let r = p.run(&["preview", "small", "--size", "36", astronaut.to_str().unwrap()]);
+    let r = p.run(&[
+        "preview",
+        "small",
+        "--size",
+        "36",
+        astronaut.to_str().unwrap(),
+    ]);
     assert_eq!(r.code(), 2, "{}", r.stderr());
     assert!(r.stderr().contains("multiple of"), "{}", r.stderr());
 }
@@ -145,13 +210,20 @@ fn preview_shows_photos_folders_and_video_through_each_target() {
 fn a_tflite_file_rescaled_is_the_file_written_at_that_size() {
     use effectc::export::tflite::{parse, write, TflitePrecision};
     use effectc::ir::sample::student_like;
-    let at = |px| write(&student_like(8, px, 1), TflitePrecision::Float32).unwrap().shipped;
+    let at = |px| {
+        write(&student_like(8, px, 1), TflitePrecision::Float32)
+            .unwrap()
+            .shipped
+    };
     let rescaled = effectc::preview::tflite_at_size(&at(32), 64).unwrap();
     let (got, want) = (parse(&rescaled).unwrap(), parse(&at(64)).unwrap());
     for (g, w) in got.tensors.iter().zip(&want.tensors) {
         assert_eq!((&g.name, &g.shape), (&w.name, &w.shape));
     }
-    assert!(got == want, "the rescaled file differs beyond tensor shapes");
+    assert!(
+        got == want,
+        "the rescaled file differs beyond tensor shapes"
+    );
     // This net samples down 4x: 34 px would need an 8.5-pixel feature map.
     let err = effectc::preview::tflite_at_size(&at(32), 34).unwrap_err();
     assert!(err.contains("multiple of 4"), "{err}");

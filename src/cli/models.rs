@@ -180,7 +180,12 @@ fn fetch(
                 None => {
                     eprintln!(
                         "error: no model `{n}` in stdlib/models.kdl (known: {})",
-                        registry.models.keys().cloned().collect::<Vec<_>>().join(", ")
+                        registry
+                            .models
+                            .keys()
+                            .cloned()
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     );
                     return Err(EXIT_USER);
                 }
@@ -189,7 +194,9 @@ fn fetch(
         v
     };
     if chosen.is_empty() && !json {
-        println!("nothing to fetch: no registry model has fetch=\"URL\" (or set EFFECTC_MODELS_MIRROR)");
+        println!(
+            "nothing to fetch: no registry model has fetch=\"URL\" (or set EFFECTC_MODELS_MIRROR)"
+        );
     }
     let mut code = EXIT_OK;
     let mut locked = Vec::new();
@@ -209,7 +216,12 @@ fn fetch(
                             "present": f.present, "pin": pin.as_ref().map(|p| p.source())})
                     );
                 } else if f.present {
-                    println!("present  {} ({}, sha256 {})", m.name, f.path.display(), f.digest.hex());
+                    println!(
+                        "present  {} ({}, sha256 {})",
+                        m.name,
+                        f.path.display(),
+                        f.digest.hex()
+                    );
                 } else {
                     let resumed = if f.resumed > 0 {
                         format!(", resumed after {} bytes", f.resumed)

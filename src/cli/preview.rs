@@ -32,8 +32,15 @@ fn ext_of(p: &Path) -> String {
 
 /// One entry of the page.
 enum Shown {
-    Image { file: String, source: PathBuf },
-    Video { file: String, source: PathBuf, frames: usize },
+    Image {
+        file: String,
+        source: PathBuf,
+    },
+    Video {
+        file: String,
+        source: PathBuf,
+        frames: usize,
+    },
 }
 
 /// Model time and frames over the whole run.
@@ -60,7 +67,9 @@ pub fn run(env: &Env, args: PreviewArgs) -> Result<i32, i32> {
         EXIT_USER
     })?;
     if let Some(c) = args.crop.as_deref().filter(|c| *c != "center") {
-        eprintln!("error: --crop {c}: preview crops `center` (the face crop is not implemented yet)");
+        eprintln!(
+            "error: --crop {c}: preview crops `center` (the face crop is not implemented yet)"
+        );
         return Err(EXIT_USER);
     }
     let target = match &args.target {
@@ -128,7 +137,10 @@ pub fn run(env: &Env, args: PreviewArgs) -> Result<i32, i32> {
         EXIT_USER
     })?;
     if args.inputs.is_empty() {
-        eprintln!("error: give photos, folders or videos to preview: `effectc preview {} PHOTO...`", recipe.name);
+        eprintln!(
+            "error: give photos, folders or videos to preview: `effectc preview {} PHOTO...`",
+            recipe.name
+        );
         return Err(EXIT_USER);
     }
 
@@ -241,7 +253,13 @@ fn unique_name(taken: &mut std::collections::BTreeSet<String>, input: &Path) -> 
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "input".into())
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     let mut name = stem.clone();
     let mut n = 2;
@@ -271,7 +289,16 @@ fn preview_image(
 /// Frames per second of the video's first video stream (ffprobe).
 fn video_fps(input: &Path) -> Result<String, String> {
     let out = Command::new("ffprobe")
-        .args(["-v", "error", "-select_streams", "v:0", "-show_entries", "stream=avg_frame_rate", "-of", "csv=p=0"])
+        .args([
+            "-v",
+            "error",
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+            "stream=avg_frame_rate",
+            "-of",
+            "csv=p=0",
+        ])
         .arg(input)
         .output()
         .map_err(|e| format!("cannot run ffprobe ({e}); install ffmpeg"))?;
@@ -280,7 +307,11 @@ fn video_fps(input: &Path) -> Result<String, String> {
         let why = String::from_utf8_lossy(&out.stderr).trim().to_string();
         return Err(format!(
             "cannot decode it as a video ({})",
-            if why.is_empty() { "no video stream".into() } else { why }
+            if why.is_empty() {
+                "no video stream".into()
+            } else {
+                why
+            }
         ));
     }
     Ok(text)
@@ -296,19 +327,53 @@ fn preview_video(
 ) -> Result<usize, String> {
     let fps = video_fps(input)?;
     let s = model.size();
-    let filter = format!("scale={s}:{s}:force_original_aspect_ratio=increase:flags=lanczos,crop={s}:{s}");
+    let filter =
+        format!("scale={s}:{s}:force_original_aspect_ratio=increase:flags=lanczos,crop={s}:{s}");
     let mut decoder = ffmpeg()
         .args(["-v", "error", "-nostdin", "-i"])
         .arg(input)
-        .args(["-map", "0:v:0", "-vf", &filter, "-f", "rawvideo", "-pix_fmt", "rgb24", "-"])
+        .args([
+            "-map", "0:v:0", "-vf", &filter, "-f", "rawvideo", "-pix_fmt", "rgb24", "-",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| format!("cannot run ffmpeg ({e}); install ffmpeg"))?;
     let mut encoder = ffmpeg()
-        .args(["-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", &format!("{}x{s}", 2 * s), "-r", &fps, "-i", "-", "-i"])
+        .args([
+            "-v",
+            "error",
+            "-y",
+            "-f",
+            "rawvideo",
+            "-pix_fmt",
+            "rgb24",
+            "-s",
+            &format!("{}x{s}", 2 * s),
+            "-r",
+            &fps,
+            "-i",
+            "-",
+            "-i",
+        ])
         .arg(input)
-        .args(["-map", "0:v:0", "-map", "1:a?", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-crf", "18", "-c:a", "aac", "-shortest", "-movflags", "+faststart"])
+        .args([
+            "-map",
+            "0:v:0",
+            "-map",
+            "1:a?",
+            "-c:v",
+            "libx264",
+            "-pix_fmt",
+            "yuv420p",
+            "-crf",
+            "18",
+            "-c:a",
+            "aac",
+            "-shortest",
+            "-movflags",
+            "+faststart",
+        ])
         .arg(out)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
@@ -371,7 +436,11 @@ fn preview_video(
     if !dec.success() || frames == 0 {
         return fail(format!(
             "cannot decode it as a video ({})",
-            if dec_err.is_empty() { "no frames".into() } else { dec_err }
+            if dec_err.is_empty() {
+                "no frames".into()
+            } else {
+                dec_err
+            }
         ));
     }
     if !enc.success() {
@@ -449,7 +518,13 @@ fn page_html(
     } else {
         let items: String = skipped
             .iter()
-            .map(|(p, why)| format!("<li><code>{}</code>: {}</li>", esc(&p.display().to_string()), esc(why)))
+            .map(|(p, why)| {
+                format!(
+                    "<li><code>{}</code>: {}</li>",
+                    esc(&p.display().to_string()),
+                    esc(why)
+                )
+            })
             .collect();
         format!("<h2>Skipped</h2><ul>{items}</ul>")
     };

@@ -389,7 +389,9 @@ impl Registry {
                     let fetch = node.prop("fetch").and_then(|v| d.string(v, "`fetch`"));
                     let mut files = Vec::new();
                     for child in node.children.iter().filter(|c| c.name == "file") {
-                        if let (Some(f), Some(v)) = (d.arg_string(child, "a file path"), child.args.first()) {
+                        if let (Some(f), Some(v)) =
+                            (d.arg_string(child, "a file path"), child.args.first())
+                        {
                             if d.path_inside(v, &f, "the model's folder") {
                                 files.push(f);
                             }
