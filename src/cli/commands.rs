@@ -103,7 +103,23 @@ pub fn run(cli: Cli) -> i32 {
             device,
         } => release(&env, effects, &out, jobs, &device),
         Command::Cache { action } => cache_cmd(&env, action),
-        Command::Models { action } => super::models::run(&env.project, action),
+        Command::Preview {
+            effect,
+            inputs,
+            target,
+            size,
+            crop,
+        } => super::preview::run(
+            &env,
+            super::preview::PreviewArgs {
+                effect,
+                inputs,
+                target,
+                size,
+                crop,
+            },
+        ),
+        Command::Models { action } => super::models::run(&env.project, action, env.json),
         Command::Watch {
             effect,
             jobs,
