@@ -365,6 +365,8 @@ pub(super) fn materialize(
             crate::atomic::write_at(&dest, |tmp| std::fs::copy(&blob, tmp).map(|_| ()))?;
         }
     }
+    // The bundle's own report, redone with what only this build knows (latency, times).
+    super::report::write_out_report(&dir, plan, summary)?;
     if !env.json {
         eprintln!("outputs: {}", dir.display());
     }

@@ -5,6 +5,7 @@
 mod commands;
 mod config;
 mod models;
+mod report;
 mod watch;
 
 use clap::{Parser, Subcommand};

@@ -1,0 +1,136 @@
+//! `out/EFFECT/bundle-report.html`: the bundle's report plus what only this build knows —
+//! the latency this machine measured, the time of every stage, and the items stages
+//! skipped or dropped (read from their records). Written after `materialize` copied
+//! the outputs, from the files in out/EFFECT/, so its golden-frame links resolve there.
+
+use std::path::Path;
+
+use crate::bundle::report::{write_html, Dropped, Figure, ReportInput, StageTime};
+use crate::bundle::Manifest;
+use crate::exec::{BuildSummary, NodeOutcome};
+use crate::plan::{Plan, StageId};
+
+/// Writes the report when the build made a bundle; false when there is none to report.
+pub fn write_out_report(dir: &Path, plan: &Plan, summary: &BuildSummary) -> std::io::Result<bool> {
+    let bundle = StageId::bundle();
+    let Ok(bytes) = std::fs::read(dir.join(bundle.out_file_name("manifest.json"))) else {
+        return Ok(false);
+    };
+    let manifest: Manifest = serde_json::from_slice(&bytes)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+    let measurements: Option<serde_json::Value> =
+        std::fs::read(dir.join(bundle.out_file_name("measurements.json")))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+    let mut figures = Vec::new();
+    for (file, title, caption) in [
+        (
+            StageId::train_teacher().out_file_name("loss.png"),
+            "Teacher loss",
+            "The wide teacher's training loss per step.",
+        ),
+        (
+            StageId::distill_student().out_file_name("loss.png"),
+            "Student loss",
+            "The real-time student's distillation loss per step.",
+        ),
+        (
+            bundle.out_file_name("contact-sheet.png"),
+            "Contact sheet",
+            "Held-out frames: source | teacher | student | each target's shipped model.",
+        ),
+        (
+            StageId::pairs_sheet().out_file_name("pairs.png"),
+            "Pairs",
+            "Training pairs: source | each control map the teacher uses | teacher output.",
+        ),
+    ] {
+        if let Ok(png) = std::fs::read(dir.join(&file)) {
+            figures.push(Figure {
+                title: title.into(),
+                caption: caption.into(),
+                png,
+            });
+        }
+    }
+    let input = ReportInput {
+        manifest: Some(&manifest),
+        measurements: measurements.as_ref(),
+        golden_prefix: "bundle-",
+        figures,
+        stage_times: stage_times(plan, summary),
+        dropped: dropped_items(plan, summary),
+    };
+    write_html(&input, &dir.join(bundle.out_file_name("report.html")))
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    Ok(true)
+}
+
+/// One row per whole-dataset stage, one per kind of per-item stage (summed), in plan
+/// order.
+pub fn stage_times(plan: &Plan, summary: &BuildSummary) -> Vec<StageTime> {
+    let mut rows: Vec<StageTime> = Vec::new();
+    for (i, node) in plan.nodes.iter().enumerate() {
+        let (rec, ran) = match &summary.outcomes[i] {
+            NodeOutcome::Ran(r) => (r, true),
+            NodeOutcome::Cached(r) => (r, false),
+            _ => continue,
+        };
+        let label = match &node.item {
+            Some(_) => format!("{} (per item)", node.stage.family()),
+            None => node.id.to_string(),
+        };
+        match rows.iter_mut().find(|r| r.stage == label) {
+            Some(row) => {
+                row.count += 1;
+                row.ran += ran as usize;
+                row.ms += rec.duration_ms;
+            }
+            None => rows.push(StageTime {
+                stage: label,
+                count: 1,
+                ran: ran as usize,
+                ms: rec.duration_ms,
+            }),
+        }
+    }
+    rows
+}
+
+/// What stages said they left out. A stage reports it in its record's metrics, under
+/// `skipped` or `dropped`: a string (its own item, with that reason), or a list of
+/// `{"item": ..., "reason": ...}` objects (or of item names).
+pub fn dropped_items(plan: &Plan, summary: &BuildSummary) -> Vec<Dropped> {
+    let mut out = Vec::new();
+    for (i, node) in plan.nodes.iter().enumerate() {
+        let (NodeOutcome::Ran(rec) | NodeOutcome::Cached(rec)) = &summary.outcomes[i] else {
+            continue;
+        };
+        let own_item = node.item.clone().unwrap_or_else(|| node.id.to_string());
+        for what in ["skipped", "dropped"] {
+            let entries: Vec<(String, String)> = match rec.metrics.get(what) {
+                Some(serde_json::Value::String(reason)) => vec![(own_item.clone(), reason.clone())],
+                Some(serde_json::Value::Array(list)) => list
+                    .iter()
+                    .map(|e| match e {
+                        serde_json::Value::String(item) => (item.clone(), String::new()),
+                        other => (
+                            other["item"].as_str().unwrap_or(&own_item).to_string(),
+                            other["reason"].as_str().unwrap_or_default().to_string(),
+                        ),
+                    })
+                    .collect(),
+                _ => Vec::new(),
+            };
+            for (item, reason) in entries {
+                out.push(Dropped {
+                    stage: node.id.to_string(),
+                    item,
+                    what: what.to_string(),
+                    reason,
+                });
+            }
+        }
+    }
+    out
+}
