@@ -42,9 +42,10 @@ fn real(t: &Tensor) -> Vec<f32> {
     if dt.is_quantized() {
         let (zp, scale) = dt.zp_scale();
         let raw = t.cast_to_dt(dt.unquantized()).unwrap().cast_to::<i32>().unwrap().into_owned();
-        raw.as_slice::<i32>().unwrap().iter().map(|q| (q - zp) as f32 * scale).collect()
+        raw.try_as_plain_ram().unwrap().as_slice::<i32>().unwrap().iter().map(|q| (q - zp) as f32 * scale).collect()
     } else {
-        t.cast_to::<f32>().unwrap().as_slice::<f32>().unwrap().to_vec()
+        let f = t.cast_to::<f32>().unwrap().into_owned();
+        f.try_as_plain_ram().unwrap().as_slice::<f32>().unwrap().to_vec()
     }
 }
 
@@ -106,20 +107,55 @@ fn every_golden_frame_fed_as_the_manifest_says_gives_the_golden_output() {
             assert_eq!(out_data.dtype(), o.dtype, "{}", g.output);
             let want = golden_as_real(o, &out_data);
             let (got, tolerance) = match t.format.as_str() {
-                "onnx" | "tflite" => {
-                    let model = if t.format == "onnx" {
-                        tract_onnx::onnx().model_for_path(&model_path).unwrap().into_optimized()
-                    } else {
-                        tract_tflite::tflite()
-                            .model_for_path(&model_path)
-                            .unwrap()
-                            .into_optimized()
-                    }
-                    .unwrap()
-                    .into_runnable()
-                    .unwrap();
+                "onnx" => {
+                    let model = tract_onnx::onnx()
+                        .model_for_path(&model_path)
+                        .unwrap()
+                        .into_optimized()
+                        .unwrap()
+                        .into_runnable()
+                        .unwrap();
                     let out = model
                         .run(tvec!(tensor(i, &in_shape, &in_data).into_tvalue()))
+                        .unwrap_or_else(|e| panic!("{name}: {} as the manifest says: {e:#}", g.input));
+                    let out = out[0].clone().into_tensor();
+                    assert_eq!(out.shape(), &o.shape[..], "{name} output shape");
+                    (real(&out), 1e-4)
+                }
+                "tflite" => {
+                    // tract-tflite has no QUANTIZE / DEQUANTIZE: run the int8 core of the
+                    // shipped file and do its two edge ops here, as LiteRT would.
+                    let shipped = std::fs::read(&model_path).unwrap();
+                    let core = if t.precision == "int8" {
+                        effectc::export::tflite::core_of_shipped(&shipped).unwrap()
+                    } else {
+                        shipped
+                    };
+                    let model = tract_tflite::tflite()
+                        .model_for_read(&mut &core[..])
+                        .unwrap()
+                        .into_optimized()
+                        .unwrap()
+                        .into_runnable()
+                        .unwrap();
+                    let fed = tensor(i, &in_shape, &in_data);
+                    let dt = model.model().input_fact(0).unwrap().datum_type;
+                    let fed = if dt.is_quantized() {
+                        assert_eq!(i.dtype, "float32", "a float edge before the int8 core");
+                        let (zp, scale) = dt.zp_scale();
+                        let NpyData::F32(v) = &in_data else { unreachable!() };
+                        let q: Vec<i8> = v
+                            .iter()
+                            .map(|x| ((x / scale).round() + zp as f32).clamp(-128.0, 127.0) as i8)
+                            .collect();
+                        let mut t = Tensor::from_shape(&in_shape, &q).unwrap();
+                        unsafe { t.set_datum_type(dt) };
+                        t
+                    } else {
+                        fed
+                    };
+                    let out = model
+                        .run(tvec!(fed.into_tvalue()))
                         .unwrap_or_else(|e| panic!("{name}: {} as the manifest says: {e:#}", g.input));
                     let out = out[0].clone().into_tensor();
                     assert_eq!(out.shape(), &o.shape[..], "{name} output shape");
@@ -161,6 +197,7 @@ fn every_golden_frame_fed_as_the_manifest_says_gives_the_golden_output() {
                 other => panic!("unexpected format {other}"),
             };
             let err = max_abs(&got, &want);
+            eprintln!("{name} {}: max abs {err} (tolerance {tolerance})", g.input);
             assert!(
                 err <= tolerance,
                 "{name}: {} fed as the manifest says gives an output {err} away from {}",
