@@ -55,7 +55,7 @@ fn on_a_terminal_a_build_shows_an_overall_line_and_a_line_per_running_stage() {
     // util-linux `script` gives the build a pseudo-terminal and records what it drew.
     let p = TestProject::new();
     // Enough teacher steps that the live line is drawn more than once.
-    p.recipe("small", &SMALL_BRICK.replace("teacher-steps 20", "teacher-steps 300"));
+    p.recipe("small", &SMALL_BRICK.replace("teacher-steps 20", "teacher-steps 60"));
     let log = p.root().join("tty.log");
     let cmd = format!(
         "{} build small",

@@ -97,40 +97,90 @@ pub fn stage_times(plan: &Plan, summary: &BuildSummary) -> Vec<StageTime> {
     rows
 }
 
-/// What stages said they left out. A stage reports it in its record's metrics, under
-/// `skipped` or `dropped`: a string (its own item, with that reason), or a list of
-/// `{"item": ..., "reason": ...}` objects (or of item names).
+/// What stages said they left out, in plan order.
 pub fn dropped_items(plan: &Plan, summary: &BuildSummary) -> Vec<Dropped> {
     let mut out = Vec::new();
     for (i, node) in plan.nodes.iter().enumerate() {
-        let (NodeOutcome::Ran(rec) | NodeOutcome::Cached(rec)) = &summary.outcomes[i] else {
-            continue;
-        };
-        let own_item = node.item.clone().unwrap_or_else(|| node.id.to_string());
-        for what in ["skipped", "dropped"] {
-            let entries: Vec<(String, String)> = match rec.metrics.get(what) {
-                Some(serde_json::Value::String(reason)) => vec![(own_item.clone(), reason.clone())],
-                Some(serde_json::Value::Array(list)) => list
-                    .iter()
-                    .map(|e| match e {
-                        serde_json::Value::String(item) => (item.clone(), String::new()),
-                        other => (
-                            other["item"].as_str().unwrap_or(&own_item).to_string(),
-                            other["reason"].as_str().unwrap_or_default().to_string(),
-                        ),
-                    })
-                    .collect(),
-                _ => Vec::new(),
-            };
-            for (item, reason) in entries {
-                out.push(Dropped {
-                    stage: node.id.to_string(),
-                    item,
-                    what: what.to_string(),
-                    reason,
-                });
-            }
+        if let NodeOutcome::Ran(rec) | NodeOutcome::Cached(rec) = &summary.outcomes[i] {
+            out.extend(dropped_in(&node.id, node.item.as_deref(), &rec.metrics));
         }
     }
     out
+}
+
+/// A stage reports what it left out in its record's metrics, under `skipped` or
+/// `dropped`: a string (its own item, with that reason), or a list of
+/// `{"item": ..., "reason": ...}` objects (or of item names).
+pub fn dropped_in(
+    stage: &str,
+    own_item: Option<&str>,
+    metrics: &serde_json::Map<String, serde_json::Value>,
+) -> Vec<Dropped> {
+    use serde_json::Value;
+    let own = own_item.unwrap_or(stage);
+    let mut out = Vec::new();
+    for what in ["skipped", "dropped"] {
+        let entries: Vec<(String, String)> = match metrics.get(what) {
+            Some(Value::String(reason)) => vec![(own.to_string(), reason.clone())],
+            Some(Value::Array(list)) => list
+                .iter()
+                .map(|e| match e {
+                    Value::String(item) => (item.clone(), String::new()),
+                    other => (
+                        other["item"].as_str().unwrap_or(own).to_string(),
+                        other["reason"].as_str().unwrap_or_default().to_string(),
+                    ),
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        out.extend(entries.into_iter().map(|(item, reason)| Dropped {
+            stage: stage.to_string(),
+            item,
+            what: what.to_string(),
+            reason,
+        }));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dropped_and_skipped_items_come_from_the_metrics_a_stage_wrote() {
+        let metrics = |v: serde_json::Value| v.as_object().unwrap().clone();
+        assert!(dropped_in("crop/a", Some("a"), &metrics(serde_json::json!({"psnr_db": 3}))).is_empty());
+        let own = dropped_in("crop/a", Some("a"), &metrics(serde_json::json!({"dropped": "no face found"})));
+        assert_eq!(
+            own,
+            vec![Dropped {
+                stage: "crop/a".into(),
+                item: "a".into(),
+                what: "dropped".into(),
+                reason: "no face found".into()
+            }]
+        );
+        let listed = dropped_in(
+            "sources",
+            None,
+            &metrics(serde_json::json!({
+                "skipped": [{"item": "clip.mp4#12", "reason": "too dark"}, "b.jpg"],
+                "dropped": [{"item": "c.jpg", "reason": "identity mismatch"}]
+            })),
+        );
+        let shown: Vec<(&str, &str, &str)> = listed
+            .iter()
+            .map(|d| (d.item.as_str(), d.what.as_str(), d.reason.as_str()))
+            .collect();
+        assert_eq!(
+            shown,
+            vec![
+                ("clip.mp4#12", "skipped", "too dark"),
+                ("b.jpg", "skipped", ""),
+                ("c.jpg", "dropped", "identity mismatch")
+            ]
+        );
+    }
 }
