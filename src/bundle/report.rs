@@ -660,10 +660,10 @@ mod tests {
         assert!(html.contains("25.66 dB") && html.contains("0.83"));
         // The app's code names the real tensors and shapes.
         assert!(html.contains("NnApiDelegate()"), "{html}");
-        assert!(html.contains("getOutputIndex(\"out\")"));
+        assert!(html.contains("getOutputIndex(&quot;out&quot;)"), "names are escaped in the page");
         assert!(html.contains("ByteBuffer.allocateDirect(12288)"), "int8 input: 1 byte each");
         assert!(html.contains("MLFeatureValue(pixelBuffer: pixelBuffer)"));
-        assert!(html.contains("featureValue(for: \"styled\")"));
+        assert!(html.contains("featureValue(for: &quot;styled&quot;)"));
         assert!(html.contains("<img src=\"data:image/png;base64,AQIDBA==\""));
         assert!(html.contains("no face") && html.contains("id=\"dropped\""));
         assert!(html.contains("<td>pairs (per item)</td><td class=\"num\">6</td>"));
