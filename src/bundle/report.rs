@@ -42,7 +42,7 @@ pub struct StageTime {
     pub count: usize,
     /// How many of them ran in this build (the rest came from the cache).
     pub ran: usize,
-    /// Their summed run time when they ran (this build's, or the cached record's).
+    /// The summed run time of those that ran in this build.
     pub ms: u64,
 }
 
@@ -183,25 +183,30 @@ pub fn render(r: &ReportInput) -> String {
     if !r.stage_times.is_empty() {
         let total: u64 = r.stage_times.iter().map(|t| t.ms).sum();
         h.push_str(
-            "<h2>Time per stage</h2>\n<p>Run time of each stage when it ran; a stage \
-             taken from the cache in this build shows the time it took when it was built.</p>\n\
-             <table id=\"stage-times\">\n<tr><th>stage</th><th>stages</th><th>ran now</th>\
-             <th>time</th></tr>\n",
+            "<h2>Time per stage</h2>\n<p>What each stage took in this build; stages \
+             found in the cache took none.</p>\n\
+             <table id=\"stage-times\">\n<tr><th>stage</th><th>stages</th><th>ran</th>\
+             <th>cached</th><th>time</th></tr>\n",
         );
         for t in &r.stage_times {
             let _ = writeln!(
                 h,
                 "<tr><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td>\
-                 <td class=\"num\">{}</td></tr>",
+                 <td class=\"num\">{}</td><td class=\"num\">{}</td></tr>",
                 escape(&t.stage),
                 t.count,
                 t.ran,
-                num(Some(t.ms as f64 / 1000.0), 2, "s")
+                t.count - t.ran,
+                if t.ran == 0 {
+                    "—".to_string()
+                } else {
+                    num(Some(t.ms as f64 / 1000.0), 2, "s")
+                }
             );
         }
         let _ = writeln!(
             h,
-            "<tr><th>total</th><td></td><td></td><td class=\"num\">{}</td></tr>\n</table>",
+            "<tr><th>total</th><td></td><td></td><td></td><td class=\"num\">{}</td></tr>\n</table>",
             num(Some(total as f64 / 1000.0), 2, "s")
         );
     }

@@ -67,13 +67,14 @@ pub fn write_out_report(dir: &Path, plan: &Plan, summary: &BuildSummary) -> std:
 }
 
 /// One row per whole-dataset stage, one per kind of per-item stage (summed), in plan
-/// order.
+/// order: how long what ran in this build took. A cached stage took no time now (and
+/// its record read back from a snapshot does not say how long it once took).
 pub fn stage_times(plan: &Plan, summary: &BuildSummary) -> Vec<StageTime> {
     let mut rows: Vec<StageTime> = Vec::new();
     for (i, node) in plan.nodes.iter().enumerate() {
-        let (rec, ran) = match &summary.outcomes[i] {
-            NodeOutcome::Ran(r) => (r, true),
-            NodeOutcome::Cached(r) => (r, false),
+        let (ms, ran) = match &summary.outcomes[i] {
+            NodeOutcome::Ran(r) => (r.duration_ms, true),
+            NodeOutcome::Cached(_) => (0, false),
             _ => continue,
         };
         let label = match &node.item {
@@ -84,13 +85,13 @@ pub fn stage_times(plan: &Plan, summary: &BuildSummary) -> Vec<StageTime> {
             Some(row) => {
                 row.count += 1;
                 row.ran += ran as usize;
-                row.ms += rec.duration_ms;
+                row.ms += ms;
             }
             None => rows.push(StageTime {
                 stage: label,
                 count: 1,
                 ran: ran as usize,
-                ms: rec.duration_ms,
+                ms,
             }),
         }
     }
