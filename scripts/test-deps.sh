@@ -1,17 +1,25 @@
 #!/usr/bin/env bash
-# What the tests need beyond `make setup`: Debian's nginx (with its WebDAV module), the
-# real server the remote-cache tests run on loopback. Installed when missing and we may.
+# What the tests need beyond `make setup`, from Debian, installed when missing and we may:
+# - nginx (with its WebDAV module): the real server the remote-cache tests run on loopback;
+# - chromium: the headless browser that renders the build report (tests/report_browser.rs).
 set -euo pipefail
-if [ -x /usr/sbin/nginx ] || command -v nginx >/dev/null 2>&1; then
-    exit 0
+missing=()
+if ! [ -x /usr/sbin/nginx ] && ! command -v nginx >/dev/null 2>&1; then
+    missing+=(nginx)
 fi
+if ! command -v chromium >/dev/null 2>&1; then
+    missing+=(chromium)
+fi
+[ ${#missing[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "test-deps: installing nginx (remote-cache tests)"
+    echo "test-deps: installing ${missing[*]} (remote-cache and report tests)"
     export DEBIAN_FRONTEND=noninteractive
-    apt-get install -y -qq nginx >/dev/null 2>&1 || { apt-get update -qq >/dev/null && apt-get install -y -qq nginx >/dev/null; }
-    # The package starts a system server on port 80; the tests start their own.
-    (service nginx stop || pkill -x nginx || true) >/dev/null 2>&1
+    apt-get install -y -qq "${missing[@]}" >/dev/null 2>&1 || { apt-get update -qq >/dev/null && apt-get install -y -qq "${missing[@]}" >/dev/null; }
+    if [[ " ${missing[*]} " == *" nginx "* ]]; then
+        # The package starts a system server on port 80; the tests start their own.
+        (service nginx stop || pkill -x nginx || true) >/dev/null 2>&1
+    fi
 else
-    echo "test-deps: nginx is missing; install Debian's nginx package (the remote-cache tests need it)" >&2
+    echo "test-deps: missing ${missing[*]}; install Debian's packages (the remote-cache tests need nginx, the report test chromium)" >&2
     exit 1
 fi

@@ -77,7 +77,7 @@ fn the_demo_stage_keys_do_not_change_by_accident() {
         ),
         (
             "bundle",
-            "3920d3506a5a12b1c62e488d414edb3118183acc26107c60fea881d956e811c7",
+            "f48b026eddca832a3d82e38db967974eea89c090574089ca69f0638b3c217d04",
         ),
     ]
     .into_iter()

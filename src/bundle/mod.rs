@@ -1,5 +1,6 @@
 //! The release bundle: a reproducible tar.gz of the models, the manifest, golden frames
 //! (`.npy`) and a static `report.html`. The same inputs give the same bytes.
+pub mod golden;
 pub mod manifest;
 pub mod npy;
 pub mod report;

@@ -25,6 +25,8 @@ pub(super) struct Env {
     pub(super) project: Project,
     pub(super) cache_dir: PathBuf,
     pub(super) json: bool,
+    /// `--quiet`: errors and the summary only.
+    pub(super) quiet: bool,
     pub(super) remote: Option<Arc<RemoteCache>>,
 }
 
@@ -66,6 +68,7 @@ pub fn run(cli: Cli) -> i32 {
         project,
         cache_dir,
         json: cli.json,
+        quiet: cli.quiet,
         remote: remote_url
             .filter(|u| !u.is_empty())
             .map(|u| Arc::new(RemoteCache::new(&u))),
@@ -257,7 +260,7 @@ fn build(
     let reporter: Box<dyn Reporter> = if env.json {
         Box::new(JsonReporter::new())
     } else {
-        Box::new(HumanReporter::new())
+        Box::new(HumanReporter::with_quiet(env.quiet))
     };
     // Batched stages run side by side, so there must be room for a whole batch.
     let mut opts = BuildOptions::new(jobs.max(batch), device);
@@ -308,7 +311,7 @@ fn build(
             continue;
         }
         if let Some(remote) = &env.remote {
-            if !env.json {
+            if !env.json && !env.quiet {
                 eprintln!(
                     "remote cache {}: {} stage(s) fetched, {} pushed{}",
                     remote.url(),
@@ -391,7 +394,9 @@ pub(super) fn materialize(
             crate::atomic::write_at(&dest, |tmp| std::fs::copy(&blob, tmp).map(|_| ()))?;
         }
     }
-    if !env.json {
+    // The bundle's own report, redone with what only this build knows (latency, times).
+    super::report::write_out_report(&dir, plan, summary)?;
+    if !env.json && !env.quiet {
         eprintln!("outputs: {}", dir.display());
     }
     Ok(())

@@ -6,6 +6,7 @@ mod commands;
 mod config;
 mod models;
 mod preview;
+mod report;
 mod watch;
 
 use clap::{Parser, Subcommand};
@@ -27,6 +28,9 @@ pub struct Cli {
     /// One JSON event per line on stdout, for CI.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Print only errors and the summary (no progress, no per-stage lines).
+    #[arg(long, short = 'q', global = true)]
+    pub quiet: bool,
     /// A shared cache speaking the Bazel remote-cache HTTP protocol (default:
     /// $EFFECTC_REMOTE_CACHE, else `remote-cache "URL"` in the project's effectc.kdl).
     #[arg(long, global = true, value_name = "URL")]

@@ -292,7 +292,7 @@ pub fn run(env: &Env, effect: &str, jobs: usize, device: &str) -> Result<i32, i3
     let reporter: Box<dyn Reporter> = if env.json {
         Box::new(JsonReporter::new())
     } else {
-        Box::new(HumanReporter::new())
+        Box::new(HumanReporter::with_quiet(env.quiet))
     };
     let say = |event: &str, lines: &[String]| {
         if env.json {

@@ -98,6 +98,8 @@ pub trait Reporter: Sync {
     }
     /// Announces how many stages of each kind the build has, for progress bars.
     fn totals(&self, _effect: &str, _per_kind: &BTreeMap<String, u64>) {}
+    /// A stage starts running (not found in a cache): for a live line per stage.
+    fn stage_started(&self, _effect: &str, _stage: &str, _kind: &str, _per_item: bool) {}
 }
 
 /// `--json`: every event as one line on stdout (progress events are throttled).
@@ -144,21 +146,39 @@ impl Reporter for JsonReporter {
     }
 }
 
-/// For people: one bar per stage kind (items done / total, rate, ETA), one bar for a
-/// long stage's own steps, failures as they happen, and a summary line.
+/// For people, on a terminal: an overall `[done/total]` line with the elapsed time and
+/// ETA, one bar per kind of per-item stage (pairs done of N), and one live line per
+/// running whole-dataset stage (a training's step, steps/s and last loss); failures as
+/// they happen, each finished stage's metrics, and a summary line. Off a terminal the
+/// bars draw nothing (indicatif hides them), so a CI log gets the metrics lines and the
+/// summary only. `quiet`: errors and the summary, nothing else.
 pub struct HumanReporter {
     multi: MultiProgress,
+    quiet: bool,
+    overall: Mutex<Option<ProgressBar>>,
+    /// Per-item stage kinds: items done of N.
     bars: Mutex<BTreeMap<String, ProgressBar>>,
-    step_bars: Mutex<BTreeMap<String, ProgressBar>>,
+    /// Whole-dataset stages running now: a spinner, or a bar once they report steps.
+    running: Mutex<BTreeMap<String, ProgressBar>>,
 }
 
 impl HumanReporter {
     pub fn new() -> HumanReporter {
-        let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
+        HumanReporter::with_quiet(false)
+    }
+
+    pub fn with_quiet(quiet: bool) -> HumanReporter {
+        let target = if quiet {
+            ProgressDrawTarget::hidden()
+        } else {
+            ProgressDrawTarget::stderr()
+        };
         HumanReporter {
-            multi,
+            multi: MultiProgress::with_draw_target(target),
+            quiet,
+            overall: Mutex::new(None),
             bars: Mutex::new(BTreeMap::new()),
-            step_bars: Mutex::new(BTreeMap::new()),
+            running: Mutex::new(BTreeMap::new()),
         }
     }
 }
@@ -175,6 +195,28 @@ fn bar_style() -> ProgressStyle {
         .progress_chars("=> ")
 }
 
+/// A running stage that reports its own steps (training: step/total, then its message
+/// with the last loss and steps/s).
+fn step_style() -> ProgressStyle {
+    ProgressStyle::with_template("{prefix:>16} [{bar:30}] {pos}/{len} ETA {eta} {msg}")
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ")
+}
+
+fn spinner_style() -> ProgressStyle {
+    ProgressStyle::with_template("{prefix:>16} {spinner} running {elapsed}")
+        .unwrap_or_else(|_| ProgressStyle::default_spinner())
+}
+
+fn overall_style() -> ProgressStyle {
+    ProgressStyle::with_template("[{pos}/{len}] {prefix} {elapsed} elapsed, ETA {eta}")
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 impl HumanReporter {
     /// A line above the bars, or plain stderr when bars are hidden (not a terminal).
     fn say(&self, line: String) {
@@ -182,6 +224,22 @@ impl HumanReporter {
             eprintln!("{line}");
         } else {
             let _ = self.multi.println(line);
+        }
+    }
+
+    /// One more stage is done (ran, cached or failed).
+    fn count(&self, stage: &str, kind: &str) {
+        if let Some(o) = lock(&self.overall).as_ref() {
+            o.inc(1);
+        }
+        if let Some(bar) = lock(&self.bars).get(kind) {
+            bar.inc(1);
+            if bar.position() == bar.length().unwrap_or(0) {
+                bar.finish();
+            }
+        }
+        if let Some(b) = lock(&self.running).remove(stage) {
+            b.finish_and_clear();
         }
     }
 }
@@ -196,27 +254,41 @@ impl Reporter for HumanReporter {
         cached: bool,
     ) {
         if rec.metrics.is_empty() {
-            if let Some(bar) = self
-                .bars
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(kind)
-            {
-                bar.inc(1);
-            }
+            self.count(stage, kind);
             return;
         }
         self.event(&Event::finished(effect, stage, kind, rec, cached));
     }
 
-    fn totals(&self, _effect: &str, per_kind: &BTreeMap<String, u64>) {
-        let mut bars = self.bars.lock().unwrap_or_else(|p| p.into_inner());
+    fn totals(&self, effect: &str, per_kind: &BTreeMap<String, u64>) {
+        let all: u64 = per_kind.values().sum();
+        let overall = self.multi.add(ProgressBar::new(all));
+        overall.set_style(overall_style());
+        overall.set_prefix(effect.to_string());
+        overall.enable_steady_tick(std::time::Duration::from_millis(500));
+        *lock(&self.overall) = Some(overall);
+        let mut bars = lock(&self.bars);
         for (kind, total) in per_kind {
+            // Kinds of one stage get a live line while they run instead.
+            if *total < 2 {
+                continue;
+            }
             let bar = self.multi.add(ProgressBar::new(*total));
             bar.set_style(bar_style());
             bar.set_prefix(kind.clone());
             bars.insert(kind.clone(), bar);
         }
+    }
+
+    fn stage_started(&self, _effect: &str, stage: &str, _kind: &str, per_item: bool) {
+        if per_item || self.multi.is_hidden() {
+            return;
+        }
+        let line = self.multi.add(ProgressBar::new_spinner());
+        line.set_style(spinner_style());
+        line.set_prefix(stage.to_string());
+        line.enable_steady_tick(std::time::Duration::from_millis(200));
+        lock(&self.running).insert(stage.to_string(), line);
     }
 
     fn event(&self, e: &Event) {
@@ -229,26 +301,8 @@ impl Reporter for HumanReporter {
                 duration_ms,
                 ..
             } => {
-                if let Some(bar) = self
-                    .bars
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .get(kind)
-                {
-                    bar.inc(1);
-                    if bar.position() == bar.length().unwrap_or(0) {
-                        bar.finish();
-                    }
-                }
-                if let Some(b) = self
-                    .step_bars
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(stage)
-                {
-                    b.finish_and_clear();
-                }
-                if !metrics.is_empty() {
+                self.count(stage, kind);
+                if !metrics.is_empty() && !self.quiet {
                     let shown: Vec<String> = metrics
                         .iter()
                         .filter(|(_, v)| v.is_number())
@@ -262,7 +316,10 @@ impl Reporter for HumanReporter {
                     self.say(format!("{stage} ({how}): {}", shown.join(" ")));
                 }
             }
-            Event::StageFailed { stage, error, .. } => {
+            Event::StageFailed {
+                stage, kind, error, ..
+            } => {
+                self.count(stage, kind);
                 self.say(format!("error: {stage} failed: {error}"));
             }
             Event::SourceFailed { source, error, .. } => {
@@ -275,14 +332,21 @@ impl Reporter for HumanReporter {
                 message,
                 ..
             } => {
-                let mut bars = self.step_bars.lock().unwrap_or_else(|p| p.into_inner());
-                let bar = bars.entry(stage.clone()).or_insert_with(|| {
+                if self.multi.is_hidden() {
+                    return;
+                }
+                let mut running = lock(&self.running);
+                let bar = running.entry(stage.clone()).or_insert_with(|| {
                     let b = self.multi.add(ProgressBar::new(*total));
-                    b.set_style(bar_style());
                     b.set_prefix(stage.clone());
                     b
                 });
-                bar.set_length(*total);
+                if bar.length().is_none() || bar.length() != Some(*total) {
+                    // The spinner becomes a bar once the stage knows its steps.
+                    bar.disable_steady_tick();
+                    bar.set_style(step_style());
+                    bar.set_length(*total);
+                }
                 bar.set_position(*done);
                 bar.set_message(message.clone());
             }
@@ -296,8 +360,14 @@ impl Reporter for HumanReporter {
                 cancelled,
                 duration_ms,
             } => {
-                for b in self.bars.lock().unwrap_or_else(|p| p.into_inner()).values() {
-                    b.finish();
+                for b in lock(&self.bars).values() {
+                    b.finish_and_clear();
+                }
+                for (_, b) in std::mem::take(&mut *lock(&self.running)) {
+                    b.finish_and_clear();
+                }
+                if let Some(o) = lock(&self.overall).take() {
+                    o.finish_and_clear();
                 }
                 let status = if *cancelled {
                     "interrupted"

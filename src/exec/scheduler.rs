@@ -515,6 +515,12 @@ fn run_job(
             Err(e) => remote.warn(&e),
         }
     }
+    reporter.stage_started(
+        &plan.effect,
+        &node.id,
+        node.stage.family(),
+        node.item.is_some(),
+    );
     let scratch = cache.scratch_dir().map_err(infra)?;
     let started = Instant::now();
     let progress = |p: Progress| {

@@ -1,19 +1,23 @@
 //! `bundle`: one reproducible tarball per effect — the model files per target, golden
-//! frames per target (held-out inputs and that model's exact outputs, as `.npy`, so an
-//! app team can assert on the phone that it ships what effectc verified), a contact
-//! sheet (source | teacher | student | each target), `manifest.json` and `report.html`.
-//! Sorted entries, zeroed metadata, fixed gzip: the same inputs give the same bytes.
+//! frames per target (held-out inputs and that model's exact outputs, as `.npy` in the
+//! target's own layout, dtype and range, so an app team can feed them to the phone's
+//! runtime as they are and assert it ships what effectc verified), a contact sheet
+//! (source | teacher | student | each target), `manifest.json` (with each target's
+//! input and output as the file declares them) and `report.html`. Sorted entries,
+//! zeroed metadata, fixed gzip: the same inputs give the same bytes.
 //!
 //! The tarball holds only what is a function of the recipe and its inputs, so two clean
 //! builds on two machines agree byte for byte. What the build machine measured (each
 //! target's latency, the machine itself) goes beside it in `measurements.json`; the
-//! `report.html` output (out/EFFECT/bundle-report.html) shows both, the report inside
-//! the tarball only the manifest.
+//! report in out/EFFECT/ (written by the CLI after the build, with the build's times)
+//! shows both. The golden frames are outputs too (`golden/...`), so that out/EFFECT/
+//! holds what its report links to.
 
 use super::target::read_frames;
 use crate::bundle::manifest::{
-    GoldenPair, Manifest, StudentSummary, TargetSummary, TeacherSummary,
+    GoldenPair, Manifest, StudentSummary, TargetSummary, TeacherSummary, TensorSpec,
 };
+use crate::bundle::report::{Figure, ReportInput};
 use crate::bundle::{write_reproducible_tar_gz, EntrySource};
 use crate::digest::Digest;
 use crate::protocol::metric;
@@ -68,6 +72,90 @@ fn read_json(ctx: &RunContext, name: &str) -> Result<Value, StageError> {
     serde_json::from_slice(&bytes).map_err(|e| StageError::environment(format!("{name}: {e}")))
 }
 
+impl BundleStage {
+    /// Target `name`'s input and output as its shipped file declares them.
+    fn edges(
+        &self,
+        ctx: &RunContext,
+        name: &str,
+        format: &str,
+    ) -> Result<(TensorSpec, TensorSpec), StageError> {
+        let read = |rel: &str| {
+            let path = ctx.input(&format!("target/{name}/{rel}"))?;
+            std::fs::read(path).map_err(|e| StageError::io(path, e))
+        };
+        let bad = |e: String| StageError::environment(format!("target {name}: {e}"));
+        match format {
+            "tflite" => crate::verify::io::tflite_edges(&read("model.tflite")?).map_err(bad),
+            "onnx" => crate::verify::io::onnx_edges(&read("model.onnx")?).map_err(bad),
+            "mlpackage" => {
+                // The package folder, rebuilt from its files, as the verify stage does.
+                let prefix = format!("target/{name}/model.mlpackage/");
+                let dir = ctx.out_dir.join("packages").join(name).join("model.mlpackage");
+                for (input, path) in &ctx.inputs {
+                    if let Some(rel) = input.strip_prefix(&prefix) {
+                        let dest = dir.join(rel);
+                        std::fs::create_dir_all(dest.parent().unwrap_or(&dir))
+                            .map_err(|e| StageError::io(&dest, e))?;
+                        std::fs::copy(path, &dest).map_err(|e| StageError::io(&dest, e))?;
+                    }
+                }
+                let decoded = crate::export::coreml::read_mlpackage(&dir)
+                    .map_err(|e| bad(e.to_string()))?;
+                Ok(crate::verify::io::coreml_edges(&decoded))
+            }
+            other => Err(bad(format!("no bundle support for format {other}"))),
+        }
+    }
+
+    /// The pictures of the report: loss curves, the contact sheet, the pairs sheet.
+    fn figures(
+        &self,
+        ctx: &RunContext,
+        sheet: &std::path::Path,
+    ) -> Result<Vec<Figure>, StageError> {
+        let mut figures = Vec::new();
+        let mut add = |path: &std::path::Path, title: &str, caption: &str| {
+            let png = std::fs::read(path).map_err(|e| StageError::io(path, e))?;
+            figures.push(Figure {
+                title: title.into(),
+                caption: caption.into(),
+                png,
+            });
+            Ok::<(), StageError>(())
+        };
+        for (input, title, caption) in [
+            (
+                "teacher-loss.png",
+                "Teacher loss",
+                "The wide teacher's training loss per step.",
+            ),
+            (
+                "student-loss.png",
+                "Student loss",
+                "The real-time student's distillation loss per step.",
+            ),
+        ] {
+            if let Some(path) = ctx.inputs.get(input) {
+                add(path, title, caption)?;
+            }
+        }
+        add(
+            sheet,
+            "Contact sheet",
+            "Held-out frames: source | teacher | student | each target's shipped model.",
+        )?;
+        if let Some(path) = ctx.inputs.get("pairs.png") {
+            add(
+                path,
+                "Pairs",
+                "Training pairs: source | each control map the teacher uses | teacher output.",
+            )?;
+        }
+        Ok(figures)
+    }
+}
+
 impl Stage for BundleStage {
     fn kind(&self) -> &'static str {
         "bundle"
@@ -85,7 +173,9 @@ impl Stage for BundleStage {
         // 2: measurements moved out of the tarball into measurements.json.
         // 3: the report beside the tarball shows out/EFFECT/'s name of the sheet.
         // 4: the manifest is the typed `bundle::Manifest` (its fields in declared order).
-        4
+        // 5: golden frames in each target's own layout/dtype/range, the targets' edges
+        //    and bars in the manifest, a self-contained report with pictures.
+        5
     }
     fn params(&self) -> Params {
         #[derive(Serialize)]
@@ -123,6 +213,7 @@ impl Stage for BundleStage {
         let mut targets = BTreeMap::new();
         let mut measured = Map::new();
         let mut target_outputs = Vec::new();
+        let mut golden_files = Vec::new();
         for (name, format, precision) in &self.targets {
             let prefix = format!("target/{name}/");
             let mut shipped = Vec::new();
@@ -147,21 +238,29 @@ impl Stage for BundleStage {
                 .unwrap_or_else(|| "model.mlpackage".into());
             let check = read_json(ctx, &format!("verify/{name}/check.json"))?;
             let (outs, _) = read_frames(ctx.input(&format!("verify/{name}/outputs.npy"))?)?;
+            let (in_spec, out_spec) = self.edges(ctx, name, format)?;
             let mut golden = Vec::new();
             for (i, (x, y)) in inputs.iter().zip(&outs).take(rows).enumerate() {
-                let enc = |d: &[f32]| {
-                    crate::bundle::npy::encode_f32(&[1, shape[1], h, w], d)
-                        .map_err(|e| StageError::environment(format!("npy: {e}")))
-                };
-                let (ip, op) = (
-                    format!("golden/{name}/input-{i}.npy"),
-                    format!("golden/{name}/output-{i}.npy"),
-                );
-                entries.push((ip.clone(), EntrySource::Bytes(enc(x)?)));
-                entries.push((op.clone(), EntrySource::Bytes(enc(y)?)));
+                for (kind, spec, frame) in [("input", &in_spec, x), ("output", &out_spec, y)] {
+                    let data = crate::bundle::golden::encode_frame(spec, frame, (shape[1], h, w))
+                        .and_then(|(dims, v)| {
+                            crate::bundle::npy::encode(&dims, &v).map_err(|e| e.to_string())
+                        })
+                        .map_err(|e| {
+                            StageError::environment(format!("golden {kind} for {name}: {e}"))
+                        })?;
+                    let rel = format!("golden/{name}/{kind}-{i}.npy");
+                    let path = ctx.out_dir.join(&rel);
+                    if let Some(parent) = path.parent() {
+                        std::fs::create_dir_all(parent).map_err(|e| StageError::io(parent, e))?;
+                    }
+                    crate::atomic::write(&path, &data).map_err(|e| StageError::io(&path, e))?;
+                    entries.push((rel.clone(), EntrySource::File(path.clone())));
+                    golden_files.push((rel, path));
+                }
                 golden.push(GoldenPair {
-                    input: ip,
-                    output: op,
+                    input: format!("golden/{name}/input-{i}.npy"),
+                    output: format!("golden/{name}/output-{i}.npy"),
                 });
             }
             measured.insert(
@@ -178,10 +277,13 @@ impl Stage for BundleStage {
                     format: format.clone(),
                     precision: precision.clone(),
                     psnr_db: check["psnr_db"].as_f64(),
+                    min_psnr_db: check["thresholds"]["min_psnr_db"].as_f64(),
                     ssim: check["ssim"].as_f64(),
                     max_abs: check["max_abs"].as_f64(),
                     size_bytes: check["size_bytes"].as_u64(),
                     verified: check["passed"].as_bool().unwrap_or(false),
+                    input: Some(in_spec),
+                    output: Some(out_spec),
                     golden,
                 },
             );
@@ -246,21 +348,23 @@ impl Stage for BundleStage {
             targets,
         };
         let manifest_bytes = serde_json::to_vec_pretty(&manifest).unwrap_or_default();
-        let manifest_doc = serde_json::to_value(&manifest).unwrap_or_default();
         let manifest_path = ctx.out_dir.join("manifest.json");
         std::fs::write(&manifest_path, &manifest_bytes)
             .map_err(|e| StageError::io(&manifest_path, e))?;
         entries.push(("manifest.json".into(), EntrySource::Bytes(manifest_bytes)));
-        // Inside the tarball the sheet is `contact-sheet.png`; the report beside it is
-        // read from out/EFFECT/, where outputs carry the stage's prefix.
-        let report = |doc: &Value, name: &str, sheet: &str| {
-            let path = ctx.out_dir.join(name);
-            crate::bundle::report::write_html(doc, Some(sheet), &path)
-                .map(|_| path)
-                .map_err(|e| StageError::environment(e.to_string()))
-        };
-        let inner_report = report(&manifest_doc, "report-in-bundle.html", "contact-sheet.png")?;
-        entries.push(("report.html".into(), EntrySource::File(inner_report)));
+        // The report inside the tarball: only what the recipe determines, pictures inline.
+        let figures = self.figures(ctx, &sheet_path)?;
+        let inner_report = ctx.out_dir.join("report.html");
+        crate::bundle::report::write_html(
+            &ReportInput {
+                manifest: Some(&manifest),
+                figures,
+                ..Default::default()
+            },
+            &inner_report,
+        )
+        .map_err(|e| StageError::environment(e.to_string()))?;
+        entries.push(("report.html".into(), EntrySource::File(inner_report.clone())));
         let tar = ctx.out_dir.join("bundle.tar.gz");
         write_reproducible_tar_gz(&entries, &tar)
             .map_err(|e| StageError::environment(e.to_string()))?;
@@ -278,21 +382,16 @@ impl Stage for BundleStage {
             serde_json::to_vec_pretty(&measurements).unwrap_or_default(),
         )
         .map_err(|e| StageError::io(&measurements_path, e))?;
-        let mut shown = manifest_doc.clone();
-        for (name, m) in &measured {
-            if let Some(t) = shown["targets"].get_mut(name) {
-                t["latency_ms"] = m["latency_ms"].clone();
-            }
-        }
-        shown["measured_on"] = measurements["machine"].clone();
-        let report_path = report(&shown, "report.html", "bundle-contact-sheet.png")?;
         let mut out = RunOutput::default();
         out.files
             .insert("measurements.json".into(), measurements_path);
         out.files.insert("bundle.tar.gz".into(), tar);
         out.files.insert("manifest.json".into(), manifest_path);
         out.files.insert("contact-sheet.png".into(), sheet_path);
-        out.files.insert("report.html".into(), report_path);
+        out.files.insert("report.html".into(), inner_report);
+        for (rel, path) in golden_files {
+            out.files.insert(rel, path);
+        }
         let verified = manifest.targets.values().all(|t| t.verified);
         out.metrics
             .insert("targets".into(), json!(manifest.targets.len()));

@@ -3,6 +3,7 @@
 pub mod artifact;
 pub mod compare;
 pub mod coreml;
+pub mod io;
 #[cfg(test)]
 mod export_tests;
 pub mod tract_run;

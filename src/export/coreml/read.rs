@@ -57,6 +57,9 @@ pub struct DecodedCoreml {
     pub input_pixel_map: Option<PixelRange>,
     /// Image output: pixel = net * scale + bias, as written in the model.
     pub output_pixel_map: Option<PixelRange>,
+    /// The feature names of the model description: what an app passes to `prediction`.
+    pub input_feature: String,
+    pub output_feature: String,
     pub checks: Vec<StructuralCheck>,
 }
 
@@ -830,6 +833,8 @@ fn decode_program(
         weight_precision,
         input_pixel_map,
         output_pixel_map,
+        input_feature: in_name,
+        output_feature: out_name,
         checks: checks.0,
     })
 }
@@ -1053,7 +1058,7 @@ fn decode_neural_network(
         format!("image: {out_image}"),
     );
     let graph = Graph {
-        input_name: in_name,
+        input_name: in_name.clone(),
         input_shape: [in_shape[0], in_shape[1], in_shape[2], in_shape[3]],
         nodes,
         output_name,
@@ -1078,6 +1083,8 @@ fn decode_neural_network(
         },
         input_pixel_map,
         output_pixel_map,
+        input_feature: in_name,
+        output_feature: out_name,
         checks: checks.0,
     })
 }

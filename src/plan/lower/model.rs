@@ -165,6 +165,28 @@ pub fn add_model_stages(
             },
         },
     ];
+    // The report's pictures: both loss curves and the pairs sheet.
+    for (name, node, output) in [
+        ("teacher-loss.png", teacher, "loss.png"),
+        ("student-loss.png", student, "loss.png"),
+    ] {
+        bundle_inputs.push(Input {
+            name: name.into(),
+            from: InputRef::Stage {
+                node,
+                output: output.into(),
+            },
+        });
+    }
+    if let Some(sheet) = nodes.iter().position(|n| n.id == StageId::pairs_sheet()) {
+        bundle_inputs.push(Input {
+            name: "pairs.png".into(),
+            from: InputRef::Stage {
+                node: sheet,
+                output: "pairs.png".into(),
+            },
+        });
+    }
     let rows = holdout.len().min(4);
     for (i, (_, _, pair)) in holdout.iter().take(rows).enumerate() {
         bundle_inputs.push(Input {
