@@ -203,7 +203,7 @@ fn a_sidecar_wins_over_detection_and_editing_the_list_reruns_attributes_pairs_tr
         .as_str()
         .unwrap()
         .to_string();
-    assert!(prompt.ends_with("a man"), "{prompt}");
+    assert!(prompt.contains("plastic toy, a man, "), "{prompt}");
 
     // A sidecar that gives every attribute: no CLIP run for that photo at all.
     p.write("photos/ben.png.attributes", "gender = man\nhair-color = red\n");
@@ -271,6 +271,10 @@ fn the_identity_bar_reruns_only_the_filter_and_training_and_dropped_pairs_are_co
             .any(|a| a["agree"] == false)
     };
     let base = rows.iter().filter(|r| disagree(r)).count();
+    eprintln!(
+        "similarities {:?}, {base} pair(s) with a kept attribute changed",
+        rows.iter().map(|r| r["similarity"].as_f64().unwrap()).collect::<Vec<_>>()
+    );
     assert_eq!(first.finished()["dropped"], base as u64);
     for r in &rows {
         assert_eq!(r["dropped"], disagree(r), "{r}");

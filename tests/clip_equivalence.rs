@@ -163,3 +163,43 @@ fn the_worker_answers_zero_shot_probabilities_from_the_same_numbers() {
     assert_eq!(again.metrics["models_loaded"], false);
     assert_eq!(again.metrics[ANSWER_METRIC], report.metrics[ANSWER_METRIC]);
 }
+
+/// Per-item CPU cost of the vision pass at real sizes (random weights), for the docs:
+/// `cargo test --release --test clip_equivalence -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn cpu_cost_per_item_at_real_sizes() {
+    use effectc::clip::ClipConfig;
+    use effectc::diffusion::weights::WeightMap;
+    let _guard = tch::no_grad_guard();
+    let img = image::open(fixtures().join("photo.png")).unwrap().to_rgb8();
+    let img = image::imageops::resize(&img, 512, 512, image::imageops::FilterType::Triangle);
+    for (name, config) in [("ViT-B/32", ClipConfig::vit_b32()), ("ViT-L/14", ClipConfig::vit_l14())] {
+        let model = ClipModel::new(&WeightMap::random(Device::Cpu, Kind::Float), &config).unwrap();
+        let size = model.image_size() as u32;
+        let run = |n: usize| {
+            let started = std::time::Instant::now();
+            let px: Vec<Tensor> = (0..n)
+                .map(|_| Tensor::from_slice(&preprocess(&img, size)).view([1, 3, size as i64, size as i64]))
+                .collect();
+            let e = normalize(&model.image_features(&Tensor::cat(&px, 0)));
+            assert_eq!(e.size()[0], n as i64);
+            started.elapsed().as_secs_f64()
+        };
+        run(1); // warm-up
+        let one = (0..3).map(|_| run(1)).fold(f64::MAX, f64::min);
+        let two = (0..3).map(|_| run(2)).fold(f64::MAX, f64::min);
+        let tok = ClipTokenizer::load(&fixtures().join("model_a")).unwrap();
+        let ids = Tensor::from_slice(&tok.encode("a photo of a person with red hair")).view([1, -1]);
+        let started = std::time::Instant::now();
+        let _ = model.text_features(&ids);
+        let text = started.elapsed().as_secs_f64();
+        println!(
+            "{name}: attributes item (1 image) {:.0} ms, identity item (2 images) {:.0} ms, one query {:.0} ms, {} threads",
+            one * 1e3,
+            two * 1e3,
+            text * 1e3,
+            tch::get_num_threads()
+        );
+    }
+}
