@@ -65,15 +65,15 @@ fn photos_project(attributes: &str) -> TestProject {
 /// (item, attribute) → (option, probability, kept) from each attributes stage's output.
 fn detections(p: &TestProject, run: &Run) -> BTreeMap<(String, String), (String, f64, bool)> {
     let mut out = BTreeMap::new();
-    for e in run.events.iter().filter(|e| {
-        e["event"] == "stage-finished" && e["kind"] == "attributes"
-    }) {
+    for e in run
+        .events
+        .iter()
+        .filter(|e| e["event"] == "stage-finished" && e["kind"] == "attributes")
+    {
         let stage = e["stage"].as_str().unwrap();
         let item = stage.strip_prefix("attributes/").unwrap().to_string();
-        let file: serde_json::Value = serde_json::from_slice(
-            &std::fs::read(blob_of(p, e, "attributes")).unwrap(),
-        )
-        .unwrap();
+        let file: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(blob_of(p, e, "attributes")).unwrap()).unwrap();
         for (name, a) in file["attributes"].as_object().unwrap() {
             if a["from"] != "clip" {
                 continue;
@@ -112,18 +112,30 @@ fn zero_shot_attributes_are_deterministic_and_the_threshold_leaves_unsure_ones_o
     assert_eq!(first.ran_of_kind("attributes"), 3);
     let all = detections(&p, &first);
     assert_eq!(all.len(), 9, "three attributes of three photos: {all:?}");
-    assert!(all.values().all(|(_, _, kept)| *kept), "threshold 0 keeps all");
+    assert!(
+        all.values().all(|(_, _, kept)| *kept),
+        "threshold 0 keeps all"
+    );
     // The prompt holds each detected option's words.
     let prompt = first.stage("pairs/photos/anna.png")["metrics"]["prompt"]
         .as_str()
         .unwrap()
         .to_string();
     let hair = &all[&("photos/anna.png".to_string(), "hair-color".to_string())].0;
-    assert!(prompt.contains(&format!("{hair} hair")) || hair == "bald", "{prompt}");
+    assert!(
+        prompt.contains(&format!("{hair} hair")) || hair == "bald",
+        "{prompt}"
+    );
 
     // Deterministic: an empty cache finds the same options with the same probabilities.
     let fresh = tempfile::tempdir().unwrap();
-    let again = p.run(&["build", "--json", "--cache", fresh.path().to_str().unwrap(), "tiny"]);
+    let again = p.run(&[
+        "build",
+        "--json",
+        "--cache",
+        fresh.path().to_str().unwrap(),
+        "tiny",
+    ]);
     assert_eq!(again.code(), 0, "{}", again.stderr());
     let keys = |r: &Run| -> Vec<String> {
         r.events
@@ -158,13 +170,21 @@ fn zero_shot_attributes_are_deterministic_and_the_threshold_leaves_unsure_ones_o
     let mut probs: Vec<f64> = all.values().map(|v| v.1).collect();
     probs.sort_by(f64::total_cmp);
     let (lo, hi) = (probs[0], probs[probs.len() - 1]);
-    assert!(hi > lo, "random weights give distinct probabilities: {probs:?}");
+    assert!(
+        hi > lo,
+        "random weights give distinct probabilities: {probs:?}"
+    );
     let t = probs
         .windows(2)
         .find(|w| w[1] - w[0] > 1e-6 && w[0] < hi)
         .map(|w| (w[0] + w[1]) / 2.0)
         .unwrap();
-    edit(&p, "effects/tiny.kdl", "threshold=0", &format!("threshold={t:.9}"));
+    edit(
+        &p,
+        "effects/tiny.kdl",
+        "threshold=0",
+        &format!("threshold={t:.9}"),
+    );
     let strict = p.build("tiny");
     assert_eq!(strict.ran_of_kind("attributes"), 3);
     assert_eq!(strict.ran_of_kind("crop"), 0);
@@ -180,7 +200,11 @@ fn zero_shot_attributes_are_deterministic_and_the_threshold_leaves_unsure_ones_o
             assert!(said.starts_with("left out (clip:"), "{said}");
         }
     }
-    assert!(left_out > 0 && left_out < now.len(), "{left_out} of {}", now.len());
+    assert!(
+        left_out > 0 && left_out < now.len(),
+        "{left_out} of {}",
+        now.len()
+    );
     // `explain` shows one item's verdicts.
     let explain = p.run(&["explain", "tiny", "attributes/photos/anna.png"]);
     assert_eq!(explain.code(), 0, "{}", explain.stderr());
@@ -198,7 +222,10 @@ fn a_sidecar_wins_over_detection_and_editing_the_list_reruns_attributes_pairs_tr
     let first = p.build("tiny");
     let ben = &first.stage("attributes/photos/ben.png")["metrics"];
     assert_eq!(ben["attribute.gender"], "man (sidecar)");
-    assert!(ben["attribute.hair-color"].as_str().unwrap().contains("(clip "));
+    assert!(ben["attribute.hair-color"]
+        .as_str()
+        .unwrap()
+        .contains("(clip "));
     let prompt = first.stage("pairs/photos/ben.png")["metrics"]["prompt"]
         .as_str()
         .unwrap()
@@ -206,7 +233,10 @@ fn a_sidecar_wins_over_detection_and_editing_the_list_reruns_attributes_pairs_tr
     assert!(prompt.contains("plastic toy, a man, "), "{prompt}");
 
     // A sidecar that gives every attribute: no CLIP run for that photo at all.
-    p.write("photos/ben.png.attributes", "gender = man\nhair-color = red\n");
+    p.write(
+        "photos/ben.png.attributes",
+        "gender = man\nhair-color = red\n",
+    );
     let full = p.build("tiny");
     assert_eq!(full.ran_of_kind("attributes"), 1);
     let ben = &full.stage("attributes/photos/ben.png")["metrics"];
@@ -215,7 +245,12 @@ fn a_sidecar_wins_over_detection_and_editing_the_list_reruns_attributes_pairs_tr
 
     // Another attribute list: attributes, pairs and training re-run; crops and control
     // maps do not.
-    edit(&p, "effects/tiny.kdl", "\"gender\" \"hair-color\"", "\"gender\" \"glasses\"");
+    edit(
+        &p,
+        "effects/tiny.kdl",
+        "\"gender\" \"hair-color\"",
+        "\"gender\" \"glasses\"",
+    );
     let edited = p.build("tiny");
     assert_eq!(edited.ran_of_kind("attributes"), 3);
     assert_eq!(edited.ran_of_kind("pairs"), 3);
@@ -273,7 +308,9 @@ fn the_identity_bar_reruns_only_the_filter_and_training_and_dropped_pairs_are_co
     let base = rows.iter().filter(|r| disagree(r)).count();
     eprintln!(
         "similarities {:?}, {base} pair(s) with a kept attribute changed",
-        rows.iter().map(|r| r["similarity"].as_f64().unwrap()).collect::<Vec<_>>()
+        rows.iter()
+            .map(|r| r["similarity"].as_f64().unwrap())
+            .collect::<Vec<_>>()
     );
     assert_eq!(first.finished()["dropped"], base as u64);
     for r in &rows {
@@ -289,7 +326,12 @@ fn the_identity_bar_reruns_only_the_filter_and_training_and_dropped_pairs_are_co
     sims.sort_by(f64::total_cmp);
     assert!(sims.len() >= 3, "{rows:?}");
     let bar = (sims[0] + sims[1]) / 2.0;
-    edit(&p, "effects/idf.kdl", "min-similarity=-1", &format!("min-similarity={bar:.9}"));
+    edit(
+        &p,
+        "effects/idf.kdl",
+        "min-similarity=-1",
+        &format!("min-similarity={bar:.9}"),
+    );
     let raised = p.build("idf");
     let ran: Vec<String> = raised.ran_stages();
     assert_eq!(raised.ran_of_kind("identity"), 0, "{ran:?}");
@@ -297,8 +339,8 @@ fn the_identity_bar_reruns_only_the_filter_and_training_and_dropped_pairs_are_co
     assert_eq!(raised.ran_of_kind("identity-filter"), 1);
     assert_eq!(raised.ran_of_kind("train-teacher"), 1);
     assert!(
-        ran.iter().all(|s| ["identity-filter", "train-teacher", "distill-student"]
-            .contains(&s.as_str())),
+        ran.iter()
+            .all(|s| ["identity-filter", "train-teacher", "distill-student"].contains(&s.as_str())),
         "only the filter and training: {ran:?}"
     );
     assert_eq!(raised.finished()["dropped"], base as u64 + 1);
@@ -309,7 +351,10 @@ fn the_identity_bar_reruns_only_the_filter_and_training_and_dropped_pairs_are_co
         .unwrap();
     assert_eq!(low["dropped"], true);
     assert!(
-        low["reasons"][0].as_str().unwrap().starts_with("similarity"),
+        low["reasons"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("similarity"),
         "{low}"
     );
 
@@ -333,7 +378,10 @@ fn an_unknown_kept_attribute_is_a_diagnostic_with_a_suggestion() {
     let r = p.run(&["check", "idf"]);
     assert_eq!(r.code(), 2, "{}", r.stderr());
     let err = r.stderr();
-    assert!(err.contains("unknown attribute `glases` in `keep`"), "{err}");
+    assert!(
+        err.contains("unknown attribute `glases` in `keep`"),
+        "{err}"
+    );
     assert!(err.contains("did you mean `glasses`?"), "{err}");
     assert!(err.contains("idf.kdl"), "points at the file: {err}");
 }

@@ -79,9 +79,12 @@ fn clip_model_equals_transformers_on_tiny_random_configs() {
         "the shared tokenizer gives transformers' ids"
     );
     for kind in ["a", "b"] {
-        let model =
-            ClipModel::load(&fixtures().join(format!("model_{kind}")), Device::Cpu, Kind::Float)
-                .unwrap();
+        let model = ClipModel::load(
+            &fixtures().join(format!("model_{kind}")),
+            Device::Cpu,
+            Kind::Float,
+        )
+        .unwrap();
         let c = |name: &str| &cases[&format!("{kind}.{name}")];
         let size = model.image_size() as u32;
         // The preprocessing: Pillow's bicubic, crop and normalisation, value for value.
@@ -103,8 +106,16 @@ fn clip_model_equals_transformers_on_tiny_random_configs() {
         let pixels = Tensor::cat(&[c("pixel_values").shallow_clone(), ours], 0);
         let image_embeds = normalize(&model.image_features(&pixels));
         let text_embeds = normalize(&model.text_features(&ids));
-        assert_close(&format!("{kind}: image embeds"), &image_embeds, c("image_embeds"));
-        assert_close(&format!("{kind}: text embeds"), &text_embeds, c("text_embeds"));
+        assert_close(
+            &format!("{kind}: image embeds"),
+            &image_embeds,
+            c("image_embeds"),
+        );
+        assert_close(
+            &format!("{kind}: text embeds"),
+            &text_embeds,
+            c("text_embeds"),
+        );
         let logits = image_embeds.matmul(&text_embeds.tr()) * model.logit_scale();
         assert_close(
             &format!("{kind}: logits per image"),
@@ -140,8 +151,7 @@ fn the_worker_answers_zero_shot_probabilities_from_the_same_numbers() {
     };
     let report = worker.run(&job, Device::Cpu).unwrap();
     assert_eq!(report.metrics["new_queries"], 5);
-    let answer: ClipAnswer =
-        serde_json::from_value(report.metrics[ANSWER_METRIC].clone()).unwrap();
+    let answer: ClipAnswer = serde_json::from_value(report.metrics[ANSWER_METRIC].clone()).unwrap();
     let reference = cases["a.logits_per_image"].get(2).softmax(0, Kind::Double);
     let ours: Vec<f64> = answer.images[0].attributes["who"]
         .iter()
@@ -174,13 +184,23 @@ fn cpu_cost_per_item_at_real_sizes() {
     let _guard = tch::no_grad_guard();
     let img = image::open(fixtures().join("photo.png")).unwrap().to_rgb8();
     let img = image::imageops::resize(&img, 512, 512, image::imageops::FilterType::Triangle);
-    for (name, config) in [("ViT-B/32", ClipConfig::vit_b32()), ("ViT-L/14", ClipConfig::vit_l14())] {
+    for (name, config) in [
+        ("ViT-B/32", ClipConfig::vit_b32()),
+        ("ViT-L/14", ClipConfig::vit_l14()),
+    ] {
         let model = ClipModel::new(&WeightMap::random(Device::Cpu, Kind::Float), &config).unwrap();
         let size = model.image_size() as u32;
         let run = |n: usize| {
             let started = std::time::Instant::now();
             let px: Vec<Tensor> = (0..n)
-                .map(|_| Tensor::from_slice(&preprocess(&img, size)).view([1, 3, size as i64, size as i64]))
+                .map(|_| {
+                    Tensor::from_slice(&preprocess(&img, size)).view([
+                        1,
+                        3,
+                        size as i64,
+                        size as i64,
+                    ])
+                })
                 .collect();
             let e = normalize(&model.image_features(&Tensor::cat(&px, 0)));
             assert_eq!(e.size()[0], n as i64);
@@ -190,7 +210,8 @@ fn cpu_cost_per_item_at_real_sizes() {
         let one = (0..3).map(|_| run(1)).fold(f64::MAX, f64::min);
         let two = (0..3).map(|_| run(2)).fold(f64::MAX, f64::min);
         let tok = ClipTokenizer::load(&fixtures().join("model_a")).unwrap();
-        let ids = Tensor::from_slice(&tok.encode("a photo of a person with red hair")).view([1, -1]);
+        let ids =
+            Tensor::from_slice(&tok.encode("a photo of a person with red hair")).view([1, -1]);
         let started = std::time::Instant::now();
         let _ = model.text_features(&ids);
         let text = started.elapsed().as_secs_f64();

@@ -152,7 +152,10 @@ fn a_sidecar_gives_each_photo_its_attributes_and_clip_detects_the_rest() {
         "no CLIP run for anna"
     );
     let ben = detected.stage("attributes/photos/ben.png");
-    let said = ben["metrics"]["attribute.hair-color"].as_str().unwrap().to_string();
+    let said = ben["metrics"]["attribute.hair-color"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert!(said.contains("(clip "), "{said}");
 
     p.write(

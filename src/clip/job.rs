@@ -149,7 +149,11 @@ impl ClipWorker {
                     }
                     embs.push(m.queries[q].shallow_clone());
                 }
-                text_rows.push(normalize(&Tensor::cat(&embs, 0).mean_dim(0, true, Kind::Float)));
+                text_rows.push(normalize(&Tensor::cat(&embs, 0).mean_dim(
+                    0,
+                    true,
+                    Kind::Float,
+                )));
                 names.push(option.clone());
             }
             option_rows.push((a.name.clone(), names));
@@ -160,7 +164,12 @@ impl ClipWorker {
         let mut pixels = Vec::new();
         for path in &job.images {
             let img = read_rgb(path)?;
-            pixels.push(Tensor::from_slice(&preprocess(&img, size)).view([1, 3, size as i64, size as i64]));
+            pixels.push(Tensor::from_slice(&preprocess(&img, size)).view([
+                1,
+                3,
+                size as i64,
+                size as i64,
+            ]));
         }
         let mut images = Vec::new();
         if !pixels.is_empty() {
@@ -178,10 +187,8 @@ impl ClipWorker {
                         let n = options.len() as i64;
                         let p = logits.narrow(0, row, n).softmax(0, Kind::Double);
                         let probs = Vec::<f64>::try_from(&p.to_device(Device::Cpu))?;
-                        attributes.insert(
-                            name.clone(),
-                            options.iter().cloned().zip(probs).collect(),
-                        );
+                        attributes
+                            .insert(name.clone(), options.iter().cloned().zip(probs).collect());
                         row += n;
                     }
                 }
@@ -198,7 +205,8 @@ impl ClipWorker {
         let mut metrics = serde_json::Map::new();
         metrics.insert(
             ANSWER_METRIC.into(),
-            serde_json::to_value(&answer).map_err(|e| DiffusionError::InvalidRequest(e.to_string()))?,
+            serde_json::to_value(&answer)
+                .map_err(|e| DiffusionError::InvalidRequest(e.to_string()))?,
         );
         metrics.insert("load_s".into(), load_s.into());
         metrics.insert("text_s".into(), text_s.into());

@@ -216,7 +216,9 @@ impl ClipModel {
         let vision = ClipVisionModel::new(&root.pp("vision_model"), &config.vision_config)?;
         let pd = config.projection_dim;
         let logit_scale = if weights.contains("logit_scale") {
-            root.get("logit_scale", &[])?.to_kind(Kind::Double).double_value(&[])
+            root.get("logit_scale", &[])?
+                .to_kind(Kind::Double)
+                .double_value(&[])
         } else {
             config.logit_scale_init_value
         };

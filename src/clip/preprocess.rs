@@ -150,7 +150,11 @@ mod tests {
     fn the_shortest_side_becomes_the_input_size_and_the_crop_is_centred() {
         // A tall image with a bright middle band: after the crop the band fills the frame.
         let img = RgbImage::from_fn(10, 30, |_, y| {
-            image::Rgb(if (10..20).contains(&y) { [255; 3] } else { [0; 3] })
+            image::Rgb(if (10..20).contains(&y) {
+                [255; 3]
+            } else {
+                [0; 3]
+            })
         });
         let px = preprocess(&img, 10);
         assert_eq!(px.len(), 300);

@@ -633,9 +633,7 @@ impl<'a> Checker<'a> {
         self.d
             .known_props(node, &["min-similarity", "keep", "model"]);
         self.d.known_children(node, &[]);
-        let min_similarity = self
-            .d
-            .setting_f64(node, "min-similarity", 0.6, -1.0, 1.0);
+        let min_similarity = self.d.setting_f64(node, "min-similarity", 0.6, -1.0, 1.0);
         let mut keep = Vec::new();
         let named = node.prop("keep").into_iter().chain(node.args.iter());
         for v in named {

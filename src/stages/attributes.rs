@@ -281,7 +281,10 @@ impl Stage for ItemAttributes {
         let mut out = RunOutput::default();
         if !todo.is_empty() {
             let clip = self.clip.as_ref().ok_or_else(|| {
-                StageError::bug(format!("{}: attributes to detect but no CLIP model", self.item))
+                StageError::bug(format!(
+                    "{}: attributes to detect but no CLIP model",
+                    self.item
+                ))
             })?;
             let image = ctx.input("image")?.to_path_buf();
             let (answer, metrics) = clip.ask(ctx, vec![image], &todo)?;

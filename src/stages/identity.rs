@@ -131,7 +131,9 @@ impl Stage for ItemIdentity {
             img.attributes
                 .get(&u.name.value)
                 .and_then(|p| decide(p, u.threshold))
-                .ok_or_else(|| StageError::bug(format!("CLIP gave no answer for `{}`", u.name.value)))
+                .ok_or_else(|| {
+                    StageError::bug(format!("CLIP gave no answer for `{}`", u.name.value))
+                })
         };
         for u in &self.keep {
             let name = &u.name.value;
@@ -149,7 +151,11 @@ impl Stage for ItemIdentity {
                 Some((o, from)) => (Some(o), from, None),
                 None => {
                     let d = detect(src, u)?;
-                    (d.confident.then(|| d.option.clone()), "clip".into(), Some(d))
+                    (
+                        d.confident.then(|| d.option.clone()),
+                        "clip".into(),
+                        Some(d),
+                    )
                 }
             };
             let agree = match (&source, &result) {
@@ -172,10 +178,12 @@ impl Stage for ItemIdentity {
         for (k, v) in metrics {
             out.metrics.insert(format!("clip_{k}"), v);
         }
-        out.metrics.insert("similarity".into(), score.similarity.into());
+        out.metrics
+            .insert("similarity".into(), score.similarity.into());
         let disagree = score.disagreements();
         if !disagree.is_empty() {
-            out.metrics.insert("disagree".into(), disagree.join("; ").into());
+            out.metrics
+                .insert("disagree".into(), disagree.join("; ").into());
         }
         let path = ctx.out_dir.join("score.json");
         std::fs::write(&path, serde_json::to_vec_pretty(&score).unwrap_or_default())
@@ -259,12 +267,18 @@ impl Stage for IdentityFilter {
             "pairs": verdicts,
         });
         let report_path = ctx.out_dir.join("identity.json");
-        std::fs::write(&report_path, serde_json::to_vec_pretty(&report).unwrap_or_default())
-            .map_err(|e| StageError::io(&report_path, e))?;
+        std::fs::write(
+            &report_path,
+            serde_json::to_vec_pretty(&report).unwrap_or_default(),
+        )
+        .map_err(|e| StageError::io(&report_path, e))?;
         let dropped_path = ctx.out_dir.join("dropped.json");
         let list: Vec<&String> = dropped.iter().collect();
-        std::fs::write(&dropped_path, serde_json::to_vec_pretty(&list).unwrap_or_default())
-            .map_err(|e| StageError::io(&dropped_path, e))?;
+        std::fs::write(
+            &dropped_path,
+            serde_json::to_vec_pretty(&list).unwrap_or_default(),
+        )
+        .map_err(|e| StageError::io(&dropped_path, e))?;
         let mut out = RunOutput::default();
         out.metrics.insert("dropped".into(), dropped.len().into());
         out.metrics

@@ -116,7 +116,11 @@ fn resolve_entry(
             })
         }
         Err(e) => {
-            problems.push(format!("  {} — cannot read {}: {e}", entry.name, path.display()));
+            problems.push(format!(
+                "  {} — cannot read {}: {e}",
+                entry.name,
+                path.display()
+            ));
             None
         }
     }
@@ -136,7 +140,10 @@ pub fn resolve(
         if spec.name.loc.is_none() {
             diags.push(RecipeDiagnostic::nowhere(
                 "missing-models",
-                format!("the registry has no CLIP model `{}`, needed for {why}", spec.name.value),
+                format!(
+                    "the registry has no CLIP model `{}`, needed for {why}",
+                    spec.name.value
+                ),
             ));
         }
         return None;
@@ -165,7 +172,9 @@ pub fn resolve(
             problems.join("\n")
         );
         let d = match &spec.name.loc {
-            Some(loc) => RecipeDiagnostic::at(loc, "missing-models", message).label("this CLIP model"),
+            Some(loc) => {
+                RecipeDiagnostic::at(loc, "missing-models", message).label("this CLIP model")
+            }
             None => RecipeDiagnostic::nowhere("missing-models", message),
         };
         diags.push(d.help(format!(
