@@ -92,6 +92,15 @@ fn detections(p: &TestProject, run: &Run) -> BTreeMap<(String, String), (String,
     out
 }
 
+/// Each ran stage of `kind`'s duration in ms, for the docs' per-item figures.
+fn durations(run: &Run, kind: &str) -> Vec<u64> {
+    run.events
+        .iter()
+        .filter(|e| e["event"] == "stage-finished" && e["kind"] == kind && e["cached"] == false)
+        .map(|e| e["duration_ms"].as_u64().unwrap())
+        .collect()
+}
+
 /// The cache blob of one output of a finished stage (through its record).
 fn blob_of(p: &TestProject, event: &serde_json::Value, output: &str) -> std::path::PathBuf {
     let key = event["key"].as_str().unwrap();
@@ -110,6 +119,10 @@ fn zero_shot_attributes_are_deterministic_and_the_threshold_leaves_unsure_ones_o
     );
     let first = p.build("tiny");
     assert_eq!(first.ran_of_kind("attributes"), 3);
+    eprintln!(
+        "attributes per item (ms, tiny CLIP, first loads it): {:?}",
+        durations(&first, "attributes")
+    );
     let all = detections(&p, &first);
     assert_eq!(all.len(), 9, "three attributes of three photos: {all:?}");
     assert!(
@@ -294,6 +307,10 @@ fn the_identity_bar_reruns_only_the_filter_and_training_and_dropped_pairs_are_co
     let p = identity_project(-1.0);
     let first = p.build("idf");
     assert_eq!(first.ran_of_kind("identity"), 8);
+    eprintln!(
+        "identity per item (ms, tiny CLIP, first loads it): {:?}",
+        durations(&first, "identity")
+    );
     assert_eq!(first.ran_of_kind("identity-filter"), 1);
     let rows = verdicts(&p);
     assert_eq!(rows.len(), 8);
