@@ -3,7 +3,7 @@
 //! → stages (one file per stage kind; `imaging` their pixel work) → nn / train (tch models) → export (IR, writers,
 //! quantization) → verify (tract) → bundle. `diffusion` is the diffusion teacher, `clip`
 //! CLIP for face attributes and the identity filter,
-//! `models` the models directory it reads, `process` the child processes that die with
+//! `models` the models directory it reads, `video` the frames of video sources, `process` the child processes that die with
 //! effectc.
 
 pub mod atomic;
@@ -27,3 +27,5 @@ pub mod recipe;
 pub mod stages;
 pub mod train;
 pub mod verify;
+pub mod vision;
+pub mod video;
