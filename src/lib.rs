@@ -1,7 +1,8 @@
 //! effectc: an effect compiler. Folders mirror the pipeline:
 //! recipe (parse, extends, check) → plan (DAG, keys) → cache → exec (scheduler, events)
 //! → stages (one file per stage kind; `imaging` their pixel work) → nn / train (tch models) → export (IR, writers,
-//! quantization) → verify (tract) → bundle. `diffusion` is the diffusion teacher,
+//! quantization) → verify (tract) → bundle. `diffusion` is the diffusion teacher, `clip`
+//! CLIP for face attributes and the identity filter,
 //! `models` the models directory it reads, `video` the frames of video sources, `process` the child processes that die with
 //! effectc.
 
@@ -9,6 +10,7 @@ pub mod atomic;
 pub mod bundle;
 pub mod cache;
 pub mod cli;
+pub mod clip;
 pub mod diffusion;
 pub mod digest;
 pub mod exec;

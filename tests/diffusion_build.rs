@@ -102,7 +102,7 @@ fn tiny_diffusion_builds_pairs_end_to_end_and_rebuilds_only_what_an_edit_reaches
 }
 
 #[test]
-fn a_sidecar_gives_each_photo_its_attributes_and_a_missing_one_is_a_clear_error() {
+fn a_sidecar_gives_each_photo_its_attributes_and_clip_detects_the_rest() {
     let p = tiny_project();
     edit(
         &p,
@@ -124,23 +124,49 @@ fn a_sidecar_gives_each_photo_its_attributes_and_a_missing_one_is_a_clear_error(
         );
     }
     p.write("photos/anna.png.attributes", "hair-color = blond\n");
+    // Ben has no sidecar: CLIP must detect his hair colour, and the default CLIP model
+    // is not in this project's models folder. Said before any work, naming him.
     let failed = p.run(&["build", "--json", "tiny"]);
-    assert_eq!(failed.code(), 1, "{}", failed.stderr());
-    let err = failed.stdout();
+    assert_eq!(failed.code(), 2, "{}", failed.stderr());
+    let err = failed.stderr();
     assert!(
-        err.contains("photos/ben.png: no value for attribute `hair-color`"),
-        "names the item and the attribute:\n{err}"
+        err.contains("clip-vit-l14") && err.contains("photos/ben.png"),
+        "names the CLIP model and the item that needs it:\n{err}"
     );
     assert!(
-        !err.contains("photos/anna.png: no value"),
-        "anna has her sidecar:\n{err}"
+        !failed.events.iter().any(|e| e["event"] == "stage-finished"),
+        "nothing ran"
     );
+    // With the tiny CLIP, ben's hair colour is detected; anna's sidecar is not overruled.
+    edit(
+        &p,
+        "effects/tiny.kdl",
+        "attributes \"hair-color\" gender=\"woman\"",
+        "attributes \"hair-color\" gender=\"woman\" model=\"tiny-clip\" threshold=0",
+    );
+    let detected = p.build("tiny");
+    let anna = detected.stage("attributes/photos/anna.png");
+    assert_eq!(anna["metrics"]["attribute.hair-color"], "blond (sidecar)");
+    assert!(
+        anna["metrics"].get("clip_load_s").is_none(),
+        "no CLIP run for anna"
+    );
+    let ben = detected.stage("attributes/photos/ben.png");
+    let said = ben["metrics"]["attribute.hair-color"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(said.contains("(clip "), "{said}");
 
     p.write(
         "photos/ben.png.attributes",
         "# checked by hand\nhair-color = red\ngender = man\n",
     );
     let ok = p.build("tiny");
+    assert_eq!(
+        ok.stage("attributes/photos/ben.png")["metrics"]["attribute.hair-color"],
+        "red (sidecar)"
+    );
     assert_eq!(
         ok.stage("pairs/photos/ben.png")["metrics"]["prompt"],
         "make it a lego minifigure, a lego minifigure, plastic toy, red hair, a man",
@@ -191,7 +217,7 @@ fn models_import_checks_the_pin_and_verify_accepts_the_shipped_tiny_models() {
     assert_eq!(verify.code(), 0, "{}", verify.stdout());
     assert!(verify
         .stdout()
-        .contains("5 present model(s) checked, 0 mismatch(es)"));
+        .contains("6 present model(s) checked, 0 mismatch(es)"));
 
     // Into an empty models directory: the pinned LoRA goes in under its registry name...
     let models = tempfile::tempdir().unwrap();

@@ -92,20 +92,43 @@ fn tch_device(text: &str) -> Result<tch::Device, String> {
 }
 
 /// `effectc-nn serve`: a long-lived pair generator. Each stdin line is
-/// `{"jobs": [DiffuseJob...]}` (one batch); each answer one stdout line,
+/// `{"jobs": [DiffuseJob...]}` (one batch) or `{"clip": ClipJob}`; each answer one stdout line,
 /// `{"reports": [...]}` or `{"error": "...", "user": bool}`. Models stay loaded between
 /// batches. Ends at EOF (its build ended).
 fn serve() {
     use std::io::BufRead;
     type Batch = ServeRequest<effectc::diffusion::job::DiffuseJob>;
+    /// A batch of pairs, or one CLIP request (`{"clip": ClipJob}`).
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum Request {
+        Clip { clip: effectc::clip::ClipJob },
+        Pairs(Batch),
+    }
     let mut worker = effectc::diffusion::job::Worker::default();
+    let mut clip = effectc::clip::ClipWorker::default();
     for line in std::io::stdin().lock().lines().map_while(Result::ok) {
-        let answer = match serde_json::from_str::<Batch>(&line) {
+        let answer = match serde_json::from_str::<Request>(&line) {
             Err(e) => ServeAnswer::Error {
                 error: format!("bad request: {e}"),
                 user: false,
             },
-            Ok(batch) => {
+            Ok(Request::Clip { clip: job }) => match tch_device(&job.device) {
+                Err(e) => ServeAnswer::Error {
+                    error: e,
+                    user: true,
+                },
+                Ok(device) => match clip.run(&job, device) {
+                    Ok(report) => ServeAnswer::Reports {
+                        reports: vec![report],
+                    },
+                    Err(e) => ServeAnswer::Error {
+                        error: e.to_string(),
+                        user: e.is_user_error(),
+                    },
+                },
+            },
+            Ok(Request::Pairs(batch)) => {
                 let device = batch
                     .jobs
                     .first()

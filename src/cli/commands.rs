@@ -667,6 +667,9 @@ fn explain(env: &Env, effect: &str, stage: &str) -> Result<i32, i32> {
         match &status[cur] {
             DryStatus::Cached { key } => {
                 println!("{}: cached (key {})", plan.nodes[cur].id, &key.hex()[..16]);
+                if cur == i {
+                    show_findings(&cache, key);
+                }
                 break;
             }
             DryStatus::Stale { key, reasons } => {
@@ -689,6 +692,24 @@ fn explain(env: &Env, effect: &str, stage: &str) -> Result<i32, i32> {
         }
     }
     Ok(EXIT_OK)
+}
+
+/// What a CLIP stage found (`attribute.gender: woman (clip 0.93)`, a pair's similarity,
+/// the filter's counts), from its cached record.
+fn show_findings(cache: &crate::cache::Cache, key: &crate::digest::Digest) {
+    let Ok(Some(rec)) = cache.get_record(key) else {
+        return;
+    };
+    for (k, v) in &rec.metrics {
+        let shown = k.starts_with("attribute.")
+            || ["similarity", "disagree", "dropped", "kept"].contains(&k.as_str());
+        if shown {
+            match v.as_str() {
+                Some(text) => println!("  {k}: {text}"),
+                None => println!("  {k}: {v}"),
+            }
+        }
+    }
 }
 
 fn graph(env: &Env, effect: &str) -> Result<i32, i32> {

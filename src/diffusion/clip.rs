@@ -28,6 +28,10 @@ pub struct ClipTextConfig {
     pub hidden_act: String,
     #[serde(default = "d_eps")]
     pub layer_norm_eps: f64,
+    /// Where CLIPModel pools the text: the first `eos_token_id`; 2 (the configs before
+    /// transformers PR #24773, openai's included) means the largest id, as transformers reads it.
+    #[serde(default)]
+    pub eos_token_id: Option<i64>,
 }
 
 fn d_vocab() -> i64 {
@@ -67,6 +71,7 @@ impl ClipTextConfig {
             max_position_embeddings: 77,
             hidden_act: "quick_gelu".into(),
             layer_norm_eps: 1e-5,
+            eos_token_id: Some(2),
         }
     }
 
@@ -88,7 +93,9 @@ impl ClipTextConfig {
     }
 }
 
-struct EncoderLayer {
+/// One pre-LayerNorm transformer layer, shared by CLIP's text tower (causal) and its
+/// vision tower (`crate::clip`, not causal).
+pub struct EncoderLayer {
     layer_norm1: LayerNorm,
     q_proj: Linear,
     k_proj: Linear,
@@ -97,6 +104,42 @@ struct EncoderLayer {
     layer_norm2: LayerNorm,
     fc1: Linear,
     fc2: Linear,
+}
+
+impl EncoderLayer {
+    /// `lp` points at `encoder.layers.N`; `h` hidden size, `inter` the MLP's.
+    pub fn new(lp: &Params, h: i64, inter: i64, eps: f64) -> Result<Self> {
+        Ok(EncoderLayer {
+            layer_norm1: LayerNorm::new(&lp.pp("layer_norm1"), h, eps)?,
+            q_proj: Linear::new(&lp.pp("self_attn.q_proj"), h, h, true)?,
+            k_proj: Linear::new(&lp.pp("self_attn.k_proj"), h, h, true)?,
+            v_proj: Linear::new(&lp.pp("self_attn.v_proj"), h, h, true)?,
+            out_proj: Linear::new(&lp.pp("self_attn.out_proj"), h, h, true)?,
+            layer_norm2: LayerNorm::new(&lp.pp("layer_norm2"), h, eps)?,
+            fc1: Linear::new(&lp.pp("mlp.fc1"), h, inter, true)?,
+            fc2: Linear::new(&lp.pp("mlp.fc2"), inter, h, true)?,
+        })
+    }
+
+    /// (B, T, h) → (B, T, h). `quick`: quick_gelu (x·σ(1.702x)), else exact gelu.
+    pub fn forward(&self, x: &Tensor, heads: i64, quick: bool, causal: bool) -> Tensor {
+        let h = self.layer_norm1.forward(x);
+        let attn = multi_head_attention(
+            &self.q_proj.forward(&h),
+            &self.k_proj.forward(&h),
+            &self.v_proj.forward(&h),
+            heads,
+            causal,
+        );
+        let x = x + self.out_proj.forward(&attn);
+        let h = self.fc1.forward(&self.layer_norm2.forward(&x));
+        let h = if quick {
+            &h * (&h * 1.702).sigmoid()
+        } else {
+            h.gelu("none")
+        };
+        x + self.fc2.forward(&h)
+    }
 }
 
 pub struct ClipTextModel {
@@ -125,16 +168,7 @@ impl ClipTextModel {
         let mut layers = Vec::new();
         for i in 0..config.num_hidden_layers {
             let lp: Params = p.pp("encoder.layers").pp(i);
-            layers.push(EncoderLayer {
-                layer_norm1: LayerNorm::new(&lp.pp("layer_norm1"), h, eps)?,
-                q_proj: Linear::new(&lp.pp("self_attn.q_proj"), h, h, true)?,
-                k_proj: Linear::new(&lp.pp("self_attn.k_proj"), h, h, true)?,
-                v_proj: Linear::new(&lp.pp("self_attn.v_proj"), h, h, true)?,
-                out_proj: Linear::new(&lp.pp("self_attn.out_proj"), h, h, true)?,
-                layer_norm2: LayerNorm::new(&lp.pp("layer_norm2"), h, eps)?,
-                fc1: Linear::new(&lp.pp("mlp.fc1"), h, inter, true)?,
-                fc2: Linear::new(&lp.pp("mlp.fc2"), inter, h, true)?,
-            });
+            layers.push(EncoderLayer::new(&lp, h, inter, eps)?);
         }
         Ok(ClipTextModel {
             config: config.clone(),
@@ -169,22 +203,7 @@ impl ClipTextModel {
         let heads = self.config.num_attention_heads;
         let quick = self.config.hidden_act == "quick_gelu";
         for layer in &self.layers {
-            let h = layer.layer_norm1.forward(&x);
-            let attn = multi_head_attention(
-                &layer.q_proj.forward(&h),
-                &layer.k_proj.forward(&h),
-                &layer.v_proj.forward(&h),
-                heads,
-                true,
-            );
-            x = x + layer.out_proj.forward(&attn);
-            let h = layer.fc1.forward(&layer.layer_norm2.forward(&x));
-            let h = if quick {
-                &h * (&h * 1.702).sigmoid()
-            } else {
-                h.gelu("none")
-            };
-            x = x + layer.fc2.forward(&h);
+            x = layer.forward(&x, heads, quick, true);
         }
         self.final_layer_norm.forward(&x)
     }

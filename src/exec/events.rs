@@ -56,6 +56,8 @@ pub enum Event {
         cached: usize,
         failed: usize,
         skipped: usize,
+        /// Pairs the identity filter left out of training (`identity-filter`'s metric).
+        dropped: u64,
         cancelled: bool,
         duration_ms: u64,
     },
@@ -357,6 +359,7 @@ impl Reporter for HumanReporter {
                 cached,
                 failed,
                 skipped,
+                dropped,
                 cancelled,
                 duration_ms,
             } => {
@@ -377,7 +380,7 @@ impl Reporter for HumanReporter {
                     "FAILED"
                 };
                 self.say(format!(
-                    "{effect}: {status} in {:.2}s — {ran} ran, {cached} cached{}{}",
+                    "{effect}: {status} in {:.2}s — {ran} ran, {cached} cached{}{}{}",
                     *duration_ms as f64 / 1000.0,
                     if *failed > 0 {
                         format!(", {failed} failed")
@@ -386,6 +389,11 @@ impl Reporter for HumanReporter {
                     },
                     if *skipped > 0 {
                         format!(", {skipped} skipped")
+                    } else {
+                        String::new()
+                    },
+                    if *dropped > 0 {
+                        format!(", {dropped} pair(s) dropped by the identity filter")
                     } else {
                         String::new()
                     },

@@ -440,6 +440,17 @@ pub fn build(
         duration_ms: started.elapsed().as_millis() as u64,
         outcomes,
     };
+    // What the identity filter left out of training (its `dropped` metric).
+    let dropped = summary
+        .outcomes
+        .iter()
+        .zip(&plan.nodes)
+        .filter(|(_, n)| n.stage.kind() == "identity-filter")
+        .filter_map(|(o, _)| match o {
+            NodeOutcome::Ran(r) | NodeOutcome::Cached(r) => r.metrics.get("dropped")?.as_u64(),
+            _ => None,
+        })
+        .sum();
     reporter.event(&Event::BuildFinished {
         effect: summary.effect.clone(),
         ok: summary.ok(),
@@ -447,6 +458,7 @@ pub fn build(
         cached: summary.cached,
         failed: summary.failed,
         skipped: summary.skipped,
+        dropped,
         cancelled: summary.cancelled,
         duration_ms: summary.duration_ms,
     });

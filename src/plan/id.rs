@@ -24,6 +24,12 @@ impl StageId {
     pub fn pairs(item: &str) -> StageId {
         StageId(format!("pairs/{item}"))
     }
+    pub fn identity(item: &str) -> StageId {
+        StageId(format!("identity/{item}"))
+    }
+    pub fn identity_filter() -> StageId {
+        StageId("identity-filter".into())
+    }
     pub fn pairs_sheet() -> StageId {
         StageId("pairs-sheet".into())
     }

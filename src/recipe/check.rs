@@ -19,6 +19,7 @@ pub const EFFECT_NODES: &[&str] = &[
     "sources",
     "teacher",
     "attributes",
+    "identity",
     "student",
     "train",
     "target",
@@ -71,11 +72,12 @@ impl<'a> Checker<'a> {
                 None
             }
         };
-        let attributes = self
-            .d
-            .single(body, "attributes")
+        let attributes_node = self.d.single(body, "attributes");
+        let attributes = attributes_node
             .map(|n| self.attributes(n))
             .unwrap_or_default();
+        let attributes_model = self.clip_model(attributes_node);
+        let identity = self.d.single(body, "identity").map(|n| self.identity(n));
         let student_node = self.d.single(body, "student");
         let student = self.student(student_node);
         let train_node = self.d.single(body, "train");
@@ -89,6 +91,8 @@ impl<'a> Checker<'a> {
             sources: sources?,
             teacher: teacher?,
             attributes,
+            attributes_model,
+            identity,
             student,
             train,
             targets,
@@ -580,12 +584,107 @@ impl<'a> Checker<'a> {
         })
     }
 
-    /// `attributes "gender" "hair-color" glasses="none"`: arguments are attributes each
-    /// item's sidecar gives; properties fix an attribute's option for every item.
+    /// `model="..."` of `attributes` / `identity`: a registry model CLIP reads.
+    fn clip_model(&mut self, node: Option<&Node>) -> ClipModelSpec {
+        let is_clip = |arch: &str| arch == "clip" || arch == "clip-vit-l14";
+        let mut name = Spanned::new(DEFAULT_CLIP_MODEL.to_string(), None);
+        if let Some(v) = node.and_then(|n| n.prop("model")) {
+            if let Some(n) = self.d.string(v, "`model`") {
+                let known = self
+                    .registry
+                    .models
+                    .get(&n)
+                    .is_some_and(|m| is_clip(&m.arch));
+                if !known {
+                    let clip_models: Vec<&str> = self
+                        .registry
+                        .models
+                        .values()
+                        .filter(|m| is_clip(&m.arch))
+                        .map(|m| m.name.as_str())
+                        .collect();
+                    let d = RecipeDiagnostic::at(
+                        &v.loc,
+                        "unknown-model",
+                        format!("`{n}` is not a CLIP model of stdlib/models.kdl"),
+                    )
+                    .label("not a CLIP model")
+                    .suggest(&n, clip_models);
+                    self.d.error(d);
+                }
+                name = Spanned::new(n, Some(v.loc.clone()));
+            }
+        }
+        ClipModelSpec {
+            entry: self
+                .registry
+                .models
+                .get(&name.value)
+                .filter(|m| is_clip(&m.arch))
+                .cloned(),
+            tokenizer: self.registry.models.get(CLIP_TOKENIZER).cloned(),
+            name,
+        }
+    }
+
+    /// `identity min-similarity=0.6 keep="glasses" "beard"`: `keep` is a property (its
+    /// first attribute) followed by arguments (the others).
+    fn identity(&mut self, node: &Node) -> Identity {
+        self.d
+            .known_props(node, &["min-similarity", "keep", "model"]);
+        self.d.known_children(node, &[]);
+        let min_similarity = self.d.setting_f64(node, "min-similarity", 0.6, -1.0, 1.0);
+        let mut keep = Vec::new();
+        let named = node.prop("keep").into_iter().chain(node.args.iter());
+        for v in named {
+            let Some(name) = self.d.string(v, "an attribute name") else {
+                continue;
+            };
+            let Some(set) = self.registry.attributes.get(&name) else {
+                self.d.error(
+                    RecipeDiagnostic::at(
+                        &v.loc,
+                        "unknown-attribute",
+                        format!("unknown attribute `{name}` in `keep`"),
+                    )
+                    .label("not in stdlib/attributes.kdl")
+                    .suggest(&name, self.registry.attributes.keys().map(|s| s.as_str())),
+                );
+                continue;
+            };
+            if keep.iter().any(|k: &AttributeUse| k.name.value == name) {
+                continue;
+            }
+            keep.push(AttributeUse {
+                name: Spanned::new(name, Some(v.loc.clone())),
+                set: set.clone(),
+                fixed: None,
+                threshold: set.threshold.unwrap_or(DEFAULT_ATTRIBUTE_THRESHOLD),
+            });
+        }
+        Identity {
+            min_similarity,
+            keep,
+            model: self.clip_model(Some(node)),
+            loc: Some(node.name_loc.clone()),
+        }
+    }
+
+    /// `attributes "gender" "hair-color" glasses="none" threshold=0.7`: arguments are
+    /// attributes each item's sidecar gives or CLIP detects; properties fix an attribute's
+    /// option for every item, except `threshold` (the confidence a detection needs) and
+    /// `model` (the CLIP model).
     fn attributes(&mut self, node: &Node) -> Vec<AttributeUse> {
         let mut out = Vec::new();
+        let threshold = node
+            .prop("threshold")
+            .and_then(|v| self.d.float(v, "`threshold`", 0.0, 1.0));
         let named = node.args.iter().map(|v| (v, None));
-        let fixed = node.props.iter().map(|p| (&p.val, Some(p.name.clone())));
+        let fixed = node
+            .props
+            .iter()
+            .filter(|p| p.name != "threshold" && p.name != "model")
+            .map(|p| (&p.val, Some(p.name.clone())));
         for (v, prop) in named.chain(fixed) {
             let (name, loc, fixed) = match prop {
                 None => match self.d.string(v, "an attribute name") {
@@ -625,6 +724,9 @@ impl<'a> Checker<'a> {
             }
             out.push(AttributeUse {
                 name: Spanned::new(name, Some(loc)),
+                threshold: threshold
+                    .or(set.threshold)
+                    .unwrap_or(DEFAULT_ATTRIBUTE_THRESHOLD),
                 set: set.clone(),
                 fixed,
             });

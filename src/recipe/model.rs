@@ -30,6 +30,11 @@ pub struct Recipe {
     pub teacher: Teacher,
     /// Face attributes written into the prompt's `{attributes}`, in recipe order.
     pub attributes: Vec<AttributeUse>,
+    /// The CLIP model (registry name) that detects attributes neither the recipe nor a
+    /// sidecar gives (`attributes ... model="..."`, default `clip-vit-l14`).
+    pub attributes_model: ClipModelSpec,
+    /// `identity min-similarity=0.6 keep="glasses" ...`: the pairs filter.
+    pub identity: Option<Identity>,
     pub student: Student,
     pub train: Train,
     pub targets: Vec<TargetSpec>,
@@ -41,8 +46,40 @@ pub struct AttributeUse {
     /// The attribute's options (from stdlib/attributes.kdl).
     pub set: super::stdlib::AttributeSet,
     /// A value the recipe gives for every item (`attributes glasses="none"`); otherwise
-    /// each item's sidecar file gives it.
+    /// each item's sidecar file gives it, else CLIP detects it.
     pub fixed: Option<String>,
+    /// Below this probability a detected option is left out of the prompt (the recipe's
+    /// `threshold=`, else the attribute's in stdlib/attributes.kdl, else
+    /// [`DEFAULT_ATTRIBUTE_THRESHOLD`]).
+    pub threshold: f64,
+}
+
+/// The confidence a zero-shot attribute needs to reach the prompt when neither the recipe
+/// nor stdlib/attributes.kdl says.
+pub const DEFAULT_ATTRIBUTE_THRESHOLD: f64 = 0.6;
+/// The CLIP model `attributes` and `identity` use unless they name one.
+pub const DEFAULT_CLIP_MODEL: &str = "clip-vit-l14";
+
+/// The identity filter: pairs whose stylized result lost the person are left out of
+/// training.
+#[derive(Clone, Debug)]
+pub struct Identity {
+    /// Least cosine similarity of the CLIP image embeddings of source and result.
+    pub min_similarity: f64,
+    /// Attributes whose detected option must agree on source and result.
+    pub keep: Vec<AttributeUse>,
+    pub model: ClipModelSpec,
+    pub loc: Option<Loc>,
+}
+
+/// A CLIP model named by `attributes` or `identity`, with its registry entries.
+#[derive(Clone, Debug)]
+pub struct ClipModelSpec {
+    pub name: Spanned<String>,
+    /// None when the registry has no such CLIP model (a diagnostic was given).
+    pub entry: Option<super::stdlib::ModelEntry>,
+    /// `clip-tokenizer`, for a single-file model whose vocabulary is not beside it.
+    pub tokenizer: Option<super::stdlib::ModelEntry>,
 }
 
 #[derive(Clone, Debug)]

@@ -45,6 +45,7 @@ pub const MODEL_ARCHS: &[&str] = &[
     "lora-sd15",
     "clip-tokenizer",
     "clip-vit-l14",
+    "clip",
     "mediapipe-face-detector",
     "mediapipe-face-landmark",
     "mediapipe-pose-detector",
@@ -280,7 +281,9 @@ pub struct ControlNetPreset {
 #[derive(Clone, Debug)]
 pub struct AttributeOption {
     pub name: String,
-    pub query: String,
+    /// CLIP text queries (`query="..."` and/or `query "..." "..."` children); several are
+    /// averaged (prompt ensembling).
+    pub queries: Vec<String>,
     pub prompt: String,
 }
 
@@ -288,6 +291,9 @@ pub struct AttributeOption {
 pub struct AttributeSet {
     pub name: String,
     pub options: Vec<AttributeOption>,
+    /// `attribute "x" threshold=0.7`: this attribute's confidence threshold, unless the
+    /// recipe sets one.
+    pub threshold: Option<f64>,
     pub loc: Loc,
 }
 
@@ -429,26 +435,46 @@ impl Registry {
                 }
                 "attribute" => {
                     d.known_children(node, &["option"]);
+                    d.known_props(node, &["threshold"]);
                     let Some(name) = d.arg_string(node, "an attribute name") else {
                         continue;
                     };
+                    let threshold = node
+                        .prop("threshold")
+                        .and_then(|v| d.float(v, "`threshold`", 0.0, 1.0));
                     let mut options = Vec::new();
                     for opt in node.children.iter().filter(|c| c.name == "option") {
                         d.known_props(opt, &["query", "prompt"]);
+                        d.known_children(opt, &["query"]);
                         let Some(oname) = d.arg_string(opt, "an option name") else {
                             continue;
                         };
-                        let query = opt
+                        let mut queries: Vec<String> = opt
                             .prop("query")
                             .and_then(|v| d.string(v, "`query`"))
-                            .unwrap_or_default();
+                            .into_iter()
+                            .collect();
+                        for q in opt.children.iter().filter(|c| c.name == "query") {
+                            d.known_props(q, &[]);
+                            queries.extend(q.args.iter().filter_map(|v| d.string(v, "a query")));
+                        }
+                        if queries.is_empty() {
+                            d.error(
+                                RecipeDiagnostic::at(
+                                    &opt.name_loc,
+                                    "missing-property",
+                                    format!("option `{oname}` of attribute `{name}` needs a CLIP query"),
+                                )
+                                .help("query=\"a photo of ...\", or several: `option \"x\" prompt=\"...\" { query \"...\" \"...\" }`"),
+                            );
+                        }
                         let prompt = opt
                             .prop("prompt")
                             .and_then(|v| d.string(v, "`prompt`"))
                             .unwrap_or_default();
                         options.push(AttributeOption {
                             name: oname,
-                            query,
+                            queries,
                             prompt,
                         });
                     }
@@ -457,6 +483,7 @@ impl Registry {
                         AttributeSet {
                             name,
                             options,
+                            threshold,
                             loc: node.loc.clone(),
                         },
                     );

@@ -1,6 +1,7 @@
 //! The pair generator as a long-lived `effectc-nn serve` process per device, so a build
 //! loads the diffusion models once rather than once per pair, and a batcher that gathers
-//! the pair jobs running at the same moment into one batch (`build --batch N`).
+//! the pair jobs running at the same moment into one batch (`build --batch N`). CLIP
+//! requests (attributes, identity) go to the same process, one at a time ([`clip`]).
 //!
 //! Pair stages call [`generate`]; the first caller to find the device idle becomes the
 //! batch's leader: it waits a moment for others (up to N jobs), sends them as one
@@ -153,16 +154,36 @@ fn run_batch(
     jobs: &[DiffuseJob],
     ctx: &RunContext,
 ) -> Result<Vec<WorkerReport>, StageError> {
+    let line = serde_json::to_string(&ServeRequest {
+        jobs: jobs.to_vec(),
+    })
+    .map_err(|e| StageError::bug(format!("cannot encode pair jobs: {e}")))?;
+    exchange(device, &line, jobs.len(), ctx)
+}
+
+/// One CLIP request (`{"clip": job}`) to the device's server, which keeps the CLIP model
+/// and the embedded queries loaded beside the diffusion models for the whole build.
+pub fn clip(ctx: &RunContext, job: crate::clip::ClipJob) -> Result<WorkerReport, StageError> {
+    let device = job.device.clone();
+    let line = serde_json::to_string(&serde_json::json!({ "clip": job }))
+        .map_err(|e| StageError::bug(format!("cannot encode a CLIP job: {e}")))?;
+    let mut reports = exchange(&device, &line, 1, ctx)?;
+    Ok(reports.remove(0))
+}
+
+/// Writes one request line to the device's server and reads its answer line.
+fn exchange(
+    device: &str,
+    line: &str,
+    expected: usize,
+    ctx: &RunContext,
+) -> Result<Vec<WorkerReport>, StageError> {
     let slot = server_slot(device);
     let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
     if slot.is_none() {
         *slot = Some(start_server()?);
     }
     let server = slot.as_mut().expect("started");
-    let line = serde_json::to_string(&ServeRequest {
-        jobs: jobs.to_vec(),
-    })
-    .map_err(|e| StageError::bug(format!("cannot encode pair jobs: {e}")))?;
     let sent = writeln!(server.stdin, "{line}").and_then(|_| server.stdin.flush());
     if let Err(e) = sent {
         *slot = None;
@@ -204,7 +225,7 @@ fn run_batch(
                 let _ = s.child.wait();
             }
             return Err(StageError::environment(
-                "the tensor worker died while generating pairs (out of memory?)",
+                "the tensor worker died while working (out of memory?)",
             ));
         }
         Err(e) => {
@@ -216,8 +237,8 @@ fn run_batch(
     match answer {
         ServeAnswer::Error { error, user: true } => Err(StageError::input(error)),
         ServeAnswer::Error { error, user: false } => Err(StageError::environment(error)),
-        ServeAnswer::Reports { reports } if reports.len() != jobs.len() => Err(StageError::bug(
-            "the tensor worker answered the wrong number of pairs",
+        ServeAnswer::Reports { reports } if reports.len() != expected => Err(StageError::bug(
+            "the tensor worker answered the wrong number of jobs",
         )),
         ServeAnswer::Reports { reports } => Ok(reports),
     }

@@ -174,8 +174,13 @@ impl Stage for TrainStage {
     }
 
     fn run(&self, ctx: &mut RunContext) -> Result<RunOutput, StageError> {
+        // Pairs the identity filter dropped are left out of the dataset.
+        let dropped = super::identity::dropped_items(ctx)?;
         let mut pairs = Vec::new();
         for (item, holdout) in &self.items {
+            if dropped.contains(item) {
+                continue;
+            }
             pairs.push(PairFiles {
                 name: item.clone(),
                 source: ctx
@@ -186,6 +191,18 @@ impl Stage for TrainStage {
                     .to_path_buf(),
                 holdout: *holdout,
             });
+        }
+        if !pairs.is_empty() && pairs.iter().all(|p| p.holdout) && !dropped.is_empty() {
+            return Err(StageError::input(format!(
+                "the identity filter dropped every training pair ({} dropped): lower `identity min-similarity`, or see out/<effect>/identity-filter-identity.json",
+                dropped.len()
+            )));
+        }
+        if pairs.is_empty() {
+            return Err(StageError::input(format!(
+                "the identity filter dropped every pair ({}): lower `identity min-similarity`",
+                dropped.len()
+            )));
         }
         let teacher = match self.role {
             Role::Teacher => None,

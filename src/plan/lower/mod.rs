@@ -1,9 +1,10 @@
 //! Lowering a checked recipe into plan nodes, in pipeline order: the source items
-//! (`items.rs`) → per item the crop, control maps, attributes and pairs (`pairs.rs`) →
-//! training, export, targets and the bundle (`model.rs`). Problems that need the file
+//! (`items.rs`) → per item the crop, control maps, attributes and pairs (`pairs.rs`; the
+//! CLIP stages, attributes detection and the identity filter, in `clip.rs`) → training, export, targets and the bundle (`model.rs`). Problems that need the file
 //! system (a glob that matches nothing, a pair missing from a directory teacher) are
 //! diagnostics with spans too.
 
+mod clip;
 mod items;
 mod model;
 mod pairs;
@@ -64,7 +65,9 @@ fn lower_with(
     let items =
         items::source_items(project, recipe, digest_of, frames, &mut diags, &mut failures);
     items::unbuilt_sources(recipe, &mut diags);
-    let shared = pairs::shared_teacher(project, recipe, digest_of, verify_pins, &mut diags);
+    let mut shared = pairs::shared_teacher(project, recipe, digest_of, verify_pins, &mut diags);
+    shared.detection =
+        clip::attribute_detection(project, recipe, &items, digest_of, verify_pins, &mut diags);
     if !diags.is_empty() {
         return Err(diags);
     }
@@ -72,11 +75,20 @@ fn lower_with(
     let pairs = pairs::add_item_stages(
         project, recipe, &items, &shared, digest_of, &mut nodes, &mut diags,
     );
+    let identity = clip::add_identity_stages(
+        project,
+        recipe,
+        &pairs,
+        digest_of,
+        verify_pins,
+        &mut nodes,
+        &mut diags,
+    );
     if !diags.is_empty() {
         return Err(diags);
     }
     pairs::add_pairs_sheet(recipe, &pairs, &mut nodes);
-    model::add_model_stages(recipe, &pairs, &mut nodes);
+    model::add_model_stages(recipe, &pairs, identity, &mut nodes);
     if let Err(e) = super::check_wiring(&nodes) {
         diags.push(RecipeDiagnostic::nowhere(
             "planner-bug",

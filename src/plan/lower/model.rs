@@ -14,6 +14,7 @@ use crate::stages::{bundle, export, target, verify};
 pub fn add_model_stages(
     recipe: &Recipe,
     pairs: &[(SourceItem, usize, usize)],
+    identity_filter: Option<usize>,
     nodes: &mut Vec<PlanNode>,
 ) {
     if pairs.is_empty() {
@@ -37,6 +38,16 @@ pub fn add_model_stages(
             from: InputRef::Stage {
                 node: *pair,
                 output: "target".into(),
+            },
+        });
+    }
+    // The pairs the identity filter dropped stay out of both trainings.
+    if let Some(filter) = identity_filter {
+        data_inputs.push(Input {
+            name: crate::stages::identity::DROPPED_INPUT.into(),
+            from: InputRef::Stage {
+                node: filter,
+                output: "dropped.json".into(),
             },
         });
     }

@@ -17,6 +17,8 @@ use std::sync::Arc;
 pub struct SharedTeacher {
     teacher: Option<Arc<crate::recipe::DiffusionTeacher>>,
     models: Arc<std::collections::BTreeMap<String, crate::models::ResolvedModel>>,
+    /// Which items' attributes CLIP detects, and with which model (`clip.rs`).
+    pub detection: super::clip::AttributeDetection,
 }
 
 /// Checked before any work: every model the teacher names is present and pinned, every
@@ -207,20 +209,18 @@ pub fn add_item_stages(
                             }
                         }
                     }
-                    nodes.push(PlanNode {
-                        id: StageId::attributes(&item.name),
-                        item: Some(item.name.clone()),
-                        stage: Box::new(stages::attributes::ItemAttributes {
-                            item: item.name.clone(),
-                            uses: recipe.attributes.clone(),
-                            has_sidecar: sidecar.is_some(),
-                        }),
-                        inputs: attr_inputs,
-                    });
+                    let node = super::clip::add_attributes(
+                        recipe,
+                        item,
+                        crop,
+                        attr_inputs.pop(),
+                        &shared.detection,
+                        nodes,
+                    );
                     inputs.push(Input {
                         name: "attributes".into(),
                         from: InputRef::Stage {
-                            node: nodes.len() - 1,
+                            node,
                             output: "attributes".into(),
                         },
                     });
