@@ -429,8 +429,7 @@ pub fn run(
                             digests.forget(&t);
                             if t != Touched::Nothing && !changed {
                                 // Only a real content change is worth cancelling for.
-                                let now =
-                                    digests.plan(env, effect).map(|(_, p)| fingerprint(&p));
+                                let now = digests.plan(env, effect).map(|(_, p)| fingerprint(&p));
                                 if now != Some(fingerprint(plan)) {
                                     changed = true;
                                     cancel.store(true, Ordering::SeqCst);

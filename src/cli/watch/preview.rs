@@ -35,7 +35,12 @@ pub fn choose_items(plan: &Plan, n: usize) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default();
-    let mut chosen: Vec<String> = all.iter().filter(|i| holdout.contains(*i)).take(n).cloned().collect();
+    let mut chosen: Vec<String> = all
+        .iter()
+        .filter(|i| holdout.contains(*i))
+        .take(n)
+        .cloned()
+        .collect();
     for item in &all {
         if chosen.len() >= n {
             break;
@@ -81,7 +86,10 @@ pub fn prepare(
         if stages.insert(plan.nodes[i].id.to_string()) {
             todo.extend(
                 plan.graph
-                    .neighbors_directed(petgraph::graph::NodeIndex::new(i), petgraph::Direction::Incoming)
+                    .neighbors_directed(
+                        petgraph::graph::NodeIndex::new(i),
+                        petgraph::Direction::Incoming,
+                    )
                     .map(|n| n.index()),
             );
         }
@@ -123,7 +131,9 @@ pub fn publish(
         let after = plan
             .node_index(id.as_str())
             .and_then(|i| match &summary.outcomes[i] {
-                NodeOutcome::Ran(r) | NodeOutcome::Cached(r) => r.outputs.get("target").map(|o| o.digest),
+                NodeOutcome::Ran(r) | NodeOutcome::Cached(r) => {
+                    r.outputs.get("target").map(|o| o.digest)
+                }
                 _ => None,
             });
         let copy = |digest: &Option<Digest>, which: &str| -> std::io::Result<Option<String>> {
@@ -135,7 +145,9 @@ pub fn publish(
         let b = copy(before, "before")?;
         let a = copy(&after, "after")?;
         let cell = |f: &Option<String>| match f {
-            Some(f) => format!("<img src=\"{f}?t={when}\" style=\"width:256px;image-rendering:pixelated\">"),
+            Some(f) => format!(
+                "<img src=\"{f}?t={when}\" style=\"width:256px;image-rendering:pixelated\">"
+            ),
             None => "(none)".to_string(),
         };
         rows.push_str(&format!(
@@ -154,7 +166,10 @@ pub fn publish(
 }
 
 fn html_escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 /// The preview build's events: its stages as they run (progress, fresh results and
