@@ -200,3 +200,63 @@ impl Reporter for PreviewReporter<'_> {
     }
     fn totals(&self, _effect: &str, _per_kind: &BTreeMap<String, u64>) {}
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::project::Project;
+    use crate::recipe::Loader;
+
+    /// A procedural recipe over `count` synthetic items, lowered.
+    fn plan(count: usize, holdout: f32) -> Plan {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("effects")).unwrap();
+        std::fs::write(
+            dir.path().join("effects/p.kdl"),
+            format!(
+                "effect \"p\" {{\n sources {{ synthetic count={count} seed=1; crop \"center\" size=16; holdout {holdout}; }}\n \
+                 teacher \"procedural\" {{ stud-size 4; }}\n student width=4 blocks=1 teacher-width=4\n \
+                 train {{ teacher-steps 1; student-steps 1; batch 1; }}\n}}\n"
+            ),
+        )
+        .unwrap();
+        let project = Project {
+            root: dir.path().to_path_buf(),
+        };
+        let recipe = Loader::new(&project).load("p").unwrap();
+        crate::plan::lower::lower(&project, &recipe, &mut |p| Digest::of_file(p)).unwrap()
+    }
+
+    fn holdout_of(plan: &Plan) -> Vec<String> {
+        let t = plan.node_index(StageId::train_teacher().as_str()).unwrap();
+        let mut v: Vec<String> = plan.nodes[t]
+            .inputs
+            .iter()
+            .filter_map(|i| i.name.strip_prefix("holdout/")?.strip_suffix("/target"))
+            .map(str::to_string)
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn holdout_items_come_first_by_name_then_the_first_others() {
+        let plan = plan(10, 0.3);
+        let holdout = holdout_of(&plan);
+        assert!(!holdout.is_empty() && holdout.len() < 10, "{holdout:?}");
+        // Fewer than the holdout: its first ones by name.
+        assert_eq!(choose_items(&plan, 1), holdout[..1].to_vec());
+        // More: every holdout item, then the first other items by name.
+        let chosen = choose_items(&plan, holdout.len() + 2);
+        assert_eq!(chosen[..holdout.len()], holdout[..]);
+        let mut others: Vec<String> = (0..10)
+            .map(|i| format!("synthetic-{i:04}"))
+            .filter(|i| !holdout.contains(i))
+            .collect();
+        others.truncate(2);
+        assert_eq!(chosen[holdout.len()..], others[..]);
+        // More than there are: every item once.
+        assert_eq!(choose_items(&plan, 50).len(), 10);
+        assert!(choose_items(&plan, 0).is_empty());
+    }
+}
