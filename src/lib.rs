@@ -2,7 +2,7 @@
 //! recipe (parse, extends, check) → plan (DAG, keys) → cache → exec (scheduler, events)
 //! → stages (one file per stage kind; `imaging` their pixel work) → nn / train (tch models) → export (IR, writers,
 //! quantization) → verify (tract) → bundle. `diffusion` is the diffusion teacher,
-//! `models` the models directory it reads, `process` the child processes that die with
+//! `models` the models directory it reads, `video` the frames of video sources, `process` the child processes that die with
 //! effectc.
 
 pub mod atomic;
@@ -15,9 +15,12 @@ pub mod exec;
 pub mod export;
 pub mod imaging;
 pub mod ir;
+pub mod model_fetch;
+pub mod model_lock;
 pub mod models;
 pub mod nn;
 pub mod plan;
+pub mod preview;
 pub mod process;
 pub mod project;
 pub mod protocol;
@@ -26,3 +29,4 @@ pub mod stages;
 pub mod train;
 pub mod verify;
 pub mod vision;
+pub mod video;

@@ -93,6 +93,14 @@ pub fn check_models(
 ) -> BTreeMap<String, ResolvedModel> {
     let needed = needed_models(recipe);
     let dir = models_dir(project);
+    // `models.lock` pins what the registry leaves unpinned (src/model_lock.rs).
+    let lock = match crate::model_lock::ModelLock::load(&project.root) {
+        Ok(l) => l,
+        Err(e) => {
+            diags.push(RecipeDiagnostic::nowhere("bad-lock", e.to_string()));
+            crate::model_lock::ModelLock::default()
+        }
+    };
     let mut found = BTreeMap::new();
     let mut missing = Vec::new();
     let mut wrong = Vec::new();
@@ -103,21 +111,24 @@ pub fn check_models(
                 "  {} — file {} (sha256 {}) not found at {}",
                 m.name,
                 m.file,
-                m.sha256.as_deref().unwrap_or("not pinned"),
+                crate::model_lock::pin_of(m, &lock)
+                    .map(|p| p.hex().to_string())
+                    .unwrap_or_else(|| "not pinned".into()),
                 path.display()
             ));
             continue;
         }
         match model_digest(&path, digest_of) {
             Ok(d) => {
-                if let Some(want) = m.sha256.as_ref().filter(|_| verify_pins) {
-                    if !d.hex().eq_ignore_ascii_case(want) {
+                if let Some(pin) = crate::model_lock::pin_of(m, &lock).filter(|_| verify_pins) {
+                    if !d.hex().eq_ignore_ascii_case(pin.hex()) {
                         wrong.push(format!(
-                            "  {} — {} has sha256 {}, expected {}",
+                            "  {} — {} has sha256 {}, expected {} (pinned in {})",
                             m.name,
                             path.display(),
                             d.hex(),
-                            want
+                            pin.hex(),
+                            pin.source()
                         ));
                         continue;
                     }
@@ -158,7 +169,7 @@ pub fn check_models(
                 "this teacher needs them",
             )
             .help(format!(
-                "put the files in {} (or set EFFECTC_MODELS), or `effectc models import PATH --name NAME`",
+                "`effectc models fetch`, or put the files in {} (or set EFFECTC_MODELS), or `effectc models import PATH --name NAME`",
                 dir.display()
             )),
         );
@@ -174,7 +185,7 @@ pub fn check_models(
                 ),
                 "this teacher needs them",
             )
-            .help("replace the files, or update sha256= in stdlib/models.kdl if the new ones are intended"),
+            .help("replace the files, or update sha256= in stdlib/models.kdl (or the line in models.lock) if the new ones are intended"),
         );
     }
     found

@@ -607,6 +607,9 @@ impl Cache {
             }
         }
         let mut live_blobs = BTreeSet::new();
+        // Video frames are read by digest of their pixels (`video::store`): the ones a
+        // kept record read stay, the rest are decoded again when a build needs them.
+        let mut live_inputs = BTreeSet::new();
         let mut kept_keys = BTreeSet::new();
         let mut removed_keys = BTreeSet::new();
         for (f, keep_it) in found.iter().zip(&keep) {
@@ -615,6 +618,7 @@ impl Cache {
                 report.records_kept += 1;
                 report.bytes_kept += f.size;
                 live_blobs.extend(rec.outputs.values().map(|o| o.digest));
+                live_inputs.extend(rec.inputs.values().copied());
                 kept_keys.insert(rec.key);
             } else {
                 report.bytes_freed += f.size;
@@ -640,6 +644,10 @@ impl Cache {
                 report.blobs_removed += 1;
             }
         }
+        let (frames_removed, frame_bytes) =
+            crate::video::FrameStore::new(&self.root).gc(&live_inputs);
+        report.blobs_removed += frames_removed;
+        report.bytes_freed += frame_bytes;
         // Under a policy, a snapshot unused for the whole window describes no live build.
         if let Some(limit) = policy.older_than {
             for (path, _, used) in &snapshots {

@@ -103,7 +103,23 @@ pub fn run(cli: Cli) -> i32 {
             device,
         } => release(&env, effects, &out, jobs, &device),
         Command::Cache { action } => cache_cmd(&env, action),
-        Command::Models { action } => super::models::run(&env.project, action),
+        Command::Preview {
+            effect,
+            inputs,
+            target,
+            size,
+            crop,
+        } => super::preview::run(
+            &env,
+            super::preview::PreviewArgs {
+                effect,
+                inputs,
+                target,
+                size,
+                crop,
+            },
+        ),
+        Command::Models { action } => super::models::run(&env.project, action, env.json),
         Command::Watch {
             effect,
             jobs,
@@ -152,10 +168,20 @@ pub(super) fn plan_with(
     digest_of: &mut dyn FnMut(&std::path::Path) -> std::io::Result<crate::digest::Digest>,
 ) -> Result<(Recipe, Plan), i32> {
     let recipe = load(env, loader, name)?;
-    let plan = lower::lower(&env.project, &recipe, digest_of).map_err(|d| {
-        print_diags(&d);
-        EXIT_USER
-    })?;
+    let mut frames = crate::video::FrameStore::new(&env.cache_dir);
+    let plan = lower::lower_with_frames(&env.project, &recipe, digest_of, &mut frames)
+        .map_err(|d| {
+            print_diags(&d);
+            EXIT_USER
+        })?;
+    if frames.decoded_clips > 0 && !env.json {
+        eprintln!(
+            "video: decoded {} clip(s) with ffmpeg, {} frame(s) taken, in {:.2}s",
+            frames.decoded_clips,
+            frames.decoded_frames,
+            frames.decode_time.as_secs_f64()
+        );
+    }
     Ok((recipe, plan))
 }
 
@@ -534,6 +560,17 @@ fn plan(env: &Env, effect: &str) -> Result<i32, i32> {
     let cache = env.cache()?;
     let loader = Loader::new(&env.project);
     let (_recipe, plan) = plan_for(env, &cache, &loader, effect)?;
+    // What a build would report first: sources it leaves out.
+    for f in &plan.source_failures {
+        if env.json {
+            println!(
+                "{}",
+                serde_json::json!({"event": "source-failed", "effect": effect, "source": f.source, "error": f.error, "tier": f.tier})
+            );
+        } else {
+            println!("left out: {}: {}", f.source, f.error);
+        }
+    }
     let (status, _) = dry_run(&cache, &env.project.root, &plan).map_err(|e| {
         eprintln!("error: {e}");
         EXIT_INFRA

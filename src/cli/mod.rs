@@ -5,6 +5,7 @@
 mod commands;
 mod config;
 mod models;
+mod preview;
 mod watch;
 
 use clap::{Parser, Subcommand};
@@ -105,6 +106,23 @@ pub enum Command {
         #[command(subcommand)]
         action: ModelsAction,
     },
+    /// Run the built student through one target's shipped file (tract) on photos,
+    /// folders or videos: `before | after` PNGs (an MP4 per video, audio kept) and a page,
+    /// in out/EFFECT/preview/; prints the frames per second tract reached.
+    Preview {
+        effect: String,
+        /// Photos, folders of them, videos.
+        inputs: Vec<PathBuf>,
+        /// The target whose file runs (default: the effect's first).
+        #[arg(long)]
+        target: Option<String>,
+        /// Square size in pixels (default: the recipe's crop size).
+        #[arg(long)]
+        size: Option<u32>,
+        /// How a frame is cut square (default and only: `center`, short side to size).
+        #[arg(long)]
+        crop: Option<String>,
+    },
     /// Inspect and maintain the cache.
     Cache {
         #[command(subcommand)]
@@ -123,8 +141,14 @@ pub enum ModelsAction {
         #[arg(long)]
         name: Option<String>,
     },
-    /// Re-hash every present model and compare with its pin; non-zero on a mismatch.
+    /// Re-hash every present model and compare with its pin (stdlib/models.kdl, else
+    /// models.lock); non-zero on a mismatch (a drift).
     Verify,
+    /// Download models (by default every registry model with a source) into the models
+    /// directory: resumable, checked against the pin before it appears; a model without
+    /// a pin gets its digest recorded in models.lock. `HF_TOKEN` is sent as a bearer
+    /// token; `EFFECTC_MODELS_MIRROR=URL` fetches `URL/<registry file>` instead.
+    Fetch { names: Vec<String> },
 }
 
 #[derive(Subcommand, Debug)]

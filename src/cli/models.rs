@@ -1,8 +1,11 @@
-//! `effectc models list|import|verify`: the models directory, seen from the registry.
+//! `effectc models list|import|verify|fetch`: the models directory, seen from the
+//! registry and the project's models.lock.
 
 use super::commands::{EXIT_BUILD_FAILED, EXIT_INFRA, EXIT_OK, EXIT_USER};
 use super::ModelsAction;
 use crate::digest::Digest;
+use crate::model_fetch::Fetcher;
+use crate::model_lock::{pin_of, ModelLock, Pin};
 use crate::models::{model_digest, models_dir};
 use crate::project::Project;
 use crate::recipe::stdlib::Registry;
@@ -10,13 +13,17 @@ use crate::recipe::Diagnostics;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
-pub fn run(project: &Project, action: ModelsAction) -> Result<i32, i32> {
+pub fn run(project: &Project, action: ModelsAction, json: bool) -> Result<i32, i32> {
     let mut diags = Diagnostics::default();
     let registry = Registry::load(project, &mut diags);
     if !diags.is_empty() {
         eprintln!("{}", diags.render(std::io::stderr().is_terminal()));
         return Err(EXIT_USER);
     }
+    let lock = ModelLock::load(&project.root).map_err(|e| {
+        eprintln!("error: {e}");
+        EXIT_USER
+    })?;
     let dir = models_dir(project);
     // Always re-hash here: these commands exist to check the bytes.
     let mut hash = |p: &Path| Digest::of_file(p);
@@ -26,10 +33,10 @@ pub fn run(project: &Project, action: ModelsAction) -> Result<i32, i32> {
             for m in registry.models.values() {
                 let path = dir.join(&m.file);
                 let state = if path.exists() { "present" } else { "missing" };
-                let pin = if m.sha256.is_some() {
-                    "pinned"
-                } else {
-                    "unpinned"
+                let pin = match pin_of(m, &lock) {
+                    Some(Pin::Registry(_)) => "pinned",
+                    Some(Pin::Lock(_)) => "locked",
+                    None => "unpinned",
                 };
                 println!(
                     "{:<24} {:<20} {:<8} {:<9} {}",
@@ -55,14 +62,16 @@ pub fn run(project: &Project, action: ModelsAction) -> Result<i32, i32> {
                     eprintln!("error: cannot read {}: {e}", path.display());
                     EXIT_INFRA
                 })?;
-                match &m.sha256 {
-                    Some(want) if !digest.hex().eq_ignore_ascii_case(want) => {
+                match pin_of(m, &lock) {
+                    Some(pin) if !digest.hex().eq_ignore_ascii_case(pin.hex()) => {
                         bad += 1;
                         println!(
-                            "MISMATCH {}: {} has sha256 {}, expected {want}",
+                            "MISMATCH {}: {} has sha256 {}, but {} pins {}",
                             m.name,
                             path.display(),
-                            digest.hex()
+                            digest.hex(),
+                            pin.source(),
+                            pin.hex()
                         );
                     }
                     Some(_) => println!("ok       {}", m.name),
@@ -137,7 +146,123 @@ pub fn run(project: &Project, action: ModelsAction) -> Result<i32, i32> {
             );
             Ok(EXIT_OK)
         }
+        ModelsAction::Fetch { names } => fetch(project, &registry, lock, &dir, names, json),
     }
+}
+
+/// `effectc models fetch [NAME...]`: every named model (default: every registry model
+/// with a source) fetched and checked; digests of unpinned ones go to models.lock.
+fn fetch(
+    project: &Project,
+    registry: &Registry,
+    mut lock: ModelLock,
+    dir: &Path,
+    names: Vec<String>,
+    json: bool,
+) -> Result<i32, i32> {
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let fetcher = Fetcher::new(
+        env("HF_TOKEN"),
+        env("EFFECTC_MODELS_MIRROR"),
+        !json && std::io::stderr().is_terminal(),
+    );
+    let chosen: Vec<_> = if names.is_empty() {
+        registry
+            .models
+            .values()
+            .filter(|m| fetcher.has_source(m))
+            .collect()
+    } else {
+        let mut v = Vec::new();
+        for n in &names {
+            match registry.models.get(n) {
+                Some(m) => v.push(m),
+                None => {
+                    eprintln!(
+                        "error: no model `{n}` in stdlib/models.kdl (known: {})",
+                        registry
+                            .models
+                            .keys()
+                            .cloned()
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    );
+                    return Err(EXIT_USER);
+                }
+            }
+        }
+        v
+    };
+    if chosen.is_empty() && !json {
+        println!(
+            "nothing to fetch: no registry model has fetch=\"URL\" (or set EFFECTC_MODELS_MIRROR)"
+        );
+    }
+    let mut code = EXIT_OK;
+    let mut locked = Vec::new();
+    for m in chosen {
+        let pin = pin_of(m, &lock);
+        match fetcher.fetch(dir, m, pin.as_ref()) {
+            Ok(f) => {
+                if pin.is_none() {
+                    lock.pins.insert(m.name.clone(), f.digest.hex());
+                    locked.push(m.name.clone());
+                }
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({"event": "model-fetched", "model": m.name, "path": f.path,
+                            "sha256": f.digest.hex(), "downloaded": f.downloaded, "resumed": f.resumed,
+                            "present": f.present, "pin": pin.as_ref().map(|p| p.source())})
+                    );
+                } else if f.present {
+                    println!(
+                        "present  {} ({}, sha256 {})",
+                        m.name,
+                        f.path.display(),
+                        f.digest.hex()
+                    );
+                } else {
+                    let resumed = if f.resumed > 0 {
+                        format!(", resumed after {} bytes", f.resumed)
+                    } else {
+                        String::new()
+                    };
+                    println!(
+                        "fetched  {} → {} ({} bytes{resumed}, sha256 {})",
+                        m.name,
+                        f.path.display(),
+                        f.downloaded + f.resumed,
+                        f.digest.hex()
+                    );
+                }
+            }
+            Err(e) => {
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({"event": "model-fetch-failed", "model": m.name, "error": e.to_string()})
+                    );
+                }
+                eprintln!("error: {e}");
+                code = code.max(e.exit_code());
+            }
+        }
+    }
+    if !locked.is_empty() {
+        lock.save(&project.root).map_err(|e| {
+            eprintln!("error: {e}");
+            EXIT_INFRA
+        })?;
+        if !json {
+            println!(
+                "recorded the sha256 of {} in {} (no pin in the registry): commit it",
+                locked.join(", "),
+                crate::model_lock::path_in(&project.root).display()
+            );
+        }
+    }
+    Ok(code)
 }
 
 /// Copies a file or folder to `dest` through a temporary sibling and one rename, so an

@@ -250,7 +250,8 @@ fn watched_dirs(env: &Env, loader: &Loader, effect: &str) -> Vec<PathBuf> {
         .filter(|d| d.is_dir())
         .collect();
     if let Ok(recipe) = loader.load(effect) {
-        for glob in &recipe.sources.images {
+        let videos = recipe.sources.videos.iter().map(|v| &v.glob);
+        for glob in recipe.sources.images.iter().chain(videos) {
             let prefix = crate::plan::lower::glob_literal_prefix(&glob.value);
             let mut dir = root.join(prefix);
             while !dir.is_dir() {

@@ -34,6 +34,14 @@ pub enum Event {
         /// `input`, `environment` or `bug`: whose problem it is.
         tier: crate::stages::stage::Tier,
     },
+    /// A source that could not be read while planning (a clip ffmpeg cannot decode):
+    /// left out of the build, which goes on with the other items and then fails.
+    SourceFailed {
+        effect: String,
+        source: String,
+        error: String,
+        tier: crate::stages::stage::Tier,
+    },
     StageProgress {
         effect: String,
         stage: String,
@@ -256,6 +264,9 @@ impl Reporter for HumanReporter {
             }
             Event::StageFailed { stage, error, .. } => {
                 self.say(format!("error: {stage} failed: {error}"));
+            }
+            Event::SourceFailed { source, error, .. } => {
+                self.say(format!("error: source {source} left out: {error}"));
             }
             Event::StageProgress {
                 stage,

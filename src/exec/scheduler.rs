@@ -73,6 +73,8 @@ pub struct BuildSummary {
     pub cached: usize,
     pub failed: usize,
     pub skipped: usize,
+    /// The tiers of the sources that could not be read (counted in `failed`).
+    pub source_failures: Vec<Tier>,
     pub cancelled: bool,
     pub duration_ms: u64,
 }
@@ -90,6 +92,7 @@ impl BuildSummary {
                 NodeOutcome::Failed { tier, .. } => Some(*tier),
                 _ => None,
             })
+            .chain(self.source_failures.iter().copied())
             .max()
     }
     pub fn record(&self, plan: &Plan, id: &str) -> Option<&StageRecord> {
@@ -146,6 +149,18 @@ pub fn build(
         *per_kind.entry(node.stage.family().to_string()).or_default() += 1;
     }
     reporter.totals(&plan.effect, &per_kind);
+    // Sources that could not be read (a clip ffmpeg cannot decode) are said first; the
+    // other items build. A machine's problem (no ffmpeg) stops the build as a failed
+    // stage would.
+    for f in &plan.source_failures {
+        reporter.event(&Event::SourceFailed {
+            effect: plan.effect.clone(),
+            source: f.source.clone(),
+            error: f.error.clone(),
+            tier: f.tier,
+        });
+    }
+    let machine_failed = plan.source_failures.iter().any(|f| f.tier != Tier::Input);
 
     let mut waiting: Vec<usize> = vec![0; n];
     for (i, node) in plan.nodes.iter().enumerate() {
@@ -167,7 +182,7 @@ pub fn build(
     let mut running = 0usize;
     let mut exclusive_running = false;
     let mut free_gpus: VecDeque<usize> = opts.gpus.iter().copied().collect();
-    let mut stop = false;
+    let mut stop = machine_failed && !opts.keep_going;
     let jobs = opts.jobs.max(1);
 
     let (job_tx, job_rx) = mpsc::channel::<Job>();
@@ -418,8 +433,9 @@ pub fn build(
         effect: plan.effect.clone(),
         ran: count(|o| matches!(o, NodeOutcome::Ran(_))),
         cached: count(|o| matches!(o, NodeOutcome::Cached(_))),
-        failed: count(|o| matches!(o, NodeOutcome::Failed { .. })),
+        failed: count(|o| matches!(o, NodeOutcome::Failed { .. })) + plan.source_failures.len(),
         skipped: count(|o| matches!(o, NodeOutcome::Skipped)),
+        source_failures: plan.source_failures.iter().map(|f| f.tier).collect(),
         cancelled: cancel.load(Ordering::SeqCst),
         duration_ms: started.elapsed().as_millis() as u64,
         outcomes,

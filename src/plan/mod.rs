@@ -83,6 +83,17 @@ pub fn check_wiring(nodes: &[PlanNode]) -> Result<(), String> {
     Ok(())
 }
 
+/// A source that could not be read while planning (a clip ffmpeg cannot decode, or no
+/// ffmpeg at all): the build reports it (`source-failed`), builds the other items, and
+/// fails with its tier.
+#[derive(Clone, Debug)]
+pub struct SourceFailure {
+    /// The source's name (path relative to the project).
+    pub source: String,
+    pub error: String,
+    pub tier: crate::stages::stage::Tier,
+}
+
 pub struct Plan {
     pub effect: String,
     /// SHA-256 over the recipe text and every base it extends.
@@ -91,6 +102,8 @@ pub struct Plan {
     pub graph: DiGraph<(), ()>,
     /// Node indices in dependency order.
     pub order: Vec<usize>,
+    /// Sources left out of the plan because they could not be read.
+    pub source_failures: Vec<SourceFailure>,
 }
 
 impl Plan {
@@ -128,6 +141,7 @@ impl Plan {
             nodes,
             graph,
             order,
+            source_failures: Vec::new(),
         }
     }
 
@@ -214,7 +228,9 @@ impl Plan {
                 }
             }
         }
-        Plan::from_parts(self.effect, self.recipe_digest, kept)
+        let mut plan = Plan::from_parts(self.effect, self.recipe_digest, kept);
+        plan.source_failures = self.source_failures;
+        plan
     }
 
     pub fn node_index(&self, id: &str) -> Option<usize> {

@@ -261,6 +261,11 @@ pub struct ModelEntry {
     pub arch: String,
     pub sha256: Option<String>,
     pub url: Option<String>,
+    /// Where `effectc models fetch` downloads it: the file's URL, or for a folder the
+    /// base URL its `files` are under (see src/model_fetch.rs).
+    pub fetch: Option<String>,
+    /// A folder's files (`file "unet/config.json"` children), relative to it.
+    pub files: Vec<String>,
     pub loc: Loc,
 }
 
@@ -331,7 +336,8 @@ impl Registry {
         for node in nodes {
             match node.name.as_str() {
                 "model" => {
-                    d.known_props(node, &["file", "arch", "sha256", "url"]);
+                    d.known_props(node, &["file", "arch", "sha256", "url", "fetch"]);
+                    d.known_children(node, &["file"]);
                     let Some(name) = d.arg_string(node, "a model name") else {
                         continue;
                     };
@@ -380,6 +386,17 @@ impl Registry {
                         continue;
                     }
                     let url = node.prop("url").and_then(|v| d.string(v, "`url`"));
+                    let fetch = node.prop("fetch").and_then(|v| d.string(v, "`fetch`"));
+                    let mut files = Vec::new();
+                    for child in node.children.iter().filter(|c| c.name == "file") {
+                        if let (Some(f), Some(v)) =
+                            (d.arg_string(child, "a file path"), child.args.first())
+                        {
+                            if d.path_inside(v, &f, "the model's folder") {
+                                files.push(f);
+                            }
+                        }
+                    }
                     self.models.insert(
                         name.clone(),
                         ModelEntry {
@@ -388,6 +405,8 @@ impl Registry {
                             arch,
                             sha256,
                             url,
+                            fetch,
+                            files,
                             loc: node.loc.clone(),
                         },
                     );

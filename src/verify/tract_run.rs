@@ -111,6 +111,9 @@ impl TractModel {
                     InferenceFact::dt_shape(f32::datum_type(), input_shape_nchw),
                 )
             })
+            // The output's declared shape follows from the input: a fully convolutional
+            // student may be run at another size than the one it was written for.
+            .and_then(|m| m.with_output_fact(0, InferenceFact::default()))
             .and_then(|m| m.into_optimized())
             .map_err(load_err(artifact))?;
         Self::from_typed(artifact, model, Layout::Nchw, input_shape_nchw)

@@ -4,7 +4,10 @@
 use crate::digest::{Digest, KeyHasher};
 use crate::project::Project;
 use crate::recipe::check::is_glob;
-use crate::recipe::{CropMode, Diagnostics, Recipe, RecipeDiagnostic};
+use crate::plan::SourceFailure;
+use crate::recipe::{CropMode, Diagnostics, Recipe, RecipeDiagnostic, Spanned};
+use crate::stages::stage::Tier;
+use crate::video::{FrameStore, VideoError};
 use std::path::{Path, PathBuf};
 
 /// A source item: a name stable across builds (relative path, or `synthetic-0007`).
@@ -18,6 +21,13 @@ pub struct SourceItem {
 #[derive(Clone, Debug)]
 pub enum ItemOrigin {
     File { path: PathBuf, digest: Digest },
+    /// A frame of a video clip, stored in the cache at `path` (a PNG); `digest` is the
+    /// digest of its decoded pixels, so a re-encoded clip keeps every key downstream.
+    Frame {
+        clip: PathBuf,
+        path: PathBuf,
+        digest: Digest,
+    },
     Synthetic { seed: u64, index: u64 },
 }
 
@@ -43,64 +53,74 @@ pub fn glob_literal_prefix(pattern: &str) -> PathBuf {
 pub fn image_files(project: &Project, recipe: &Recipe, diags: &mut Diagnostics) -> Vec<PathBuf> {
     let mut files = Vec::new();
     for glob in &recipe.sources.images {
-        let pattern = &glob.value;
-        let mut matched = 0;
-        if !is_glob(pattern) {
-            files.push(project.root.join(pattern));
-            continue;
-        }
-        let Ok(g) = globset::GlobBuilder::new(pattern)
-            .literal_separator(true)
-            .build()
-        else {
-            continue;
-        };
-        let matcher = g.compile_matcher();
-        // Walk only below the glob's literal prefix.
-        let prefix = glob_literal_prefix(pattern);
-        let start = project.root.join(&prefix);
-        for entry in walkdir::WalkDir::new(&start)
-            .follow_links(true)
-            .sort_by_file_name()
-            .into_iter()
-            .filter_map(|e| e.ok())
-        {
-            if !entry.file_type().is_file() {
-                continue;
-            }
-            let rel = project.relative(entry.path());
-            if matcher.is_match(&rel) {
-                files.push(entry.path().to_path_buf());
-                matched += 1;
-            }
-        }
-        if matched == 0 {
-            let d = match &glob.loc {
-                Some(loc) => {
-                    RecipeDiagnostic::at(loc, "empty-glob", format!("`{pattern}` matches no files"))
-                        .label("no match")
-                }
-                None => {
-                    RecipeDiagnostic::nowhere("empty-glob", format!("`{pattern}` matches no files"))
-                }
-            };
-            diags.push(d.help(format!(
-                "paths are relative to the project root {}",
-                project.root.display()
-            )));
-        }
+        files.extend(glob_files(project, glob, diags));
     }
     files.sort();
     files.dedup();
     files
 }
 
-/// Every source item of the recipe, synthetic ones first, then image files by name.
+/// The files one glob (or plain path) of `sources` names, sorted; a glob that matches
+/// nothing is an `empty-glob` diagnostic at its span.
+fn glob_files(project: &Project, glob: &Spanned<String>, diags: &mut Diagnostics) -> Vec<PathBuf> {
+    let pattern = &glob.value;
+    let mut files = Vec::new();
+    if !is_glob(pattern) {
+        files.push(project.root.join(pattern));
+        return files;
+    }
+    let Ok(g) = globset::GlobBuilder::new(pattern)
+        .literal_separator(true)
+        .build()
+    else {
+        return files;
+    };
+    let matcher = g.compile_matcher();
+    // Walk only below the glob's literal prefix.
+    let prefix = glob_literal_prefix(pattern);
+    let start = project.root.join(&prefix);
+    for entry in walkdir::WalkDir::new(&start)
+        .follow_links(true)
+        .sort_by_file_name()
+        .into_iter()
+        .filter_map(|e| e.ok())
+    {
+        if !entry.file_type().is_file() {
+            continue;
+        }
+        let rel = project.relative(entry.path());
+        if matcher.is_match(&rel) {
+            files.push(entry.path().to_path_buf());
+        }
+    }
+    if files.is_empty() {
+        let d = match &glob.loc {
+            Some(loc) => {
+                RecipeDiagnostic::at(loc, "empty-glob", format!("`{pattern}` matches no files"))
+                    .label("no match")
+            }
+            None => RecipeDiagnostic::nowhere("empty-glob", format!("`{pattern}` matches no files")),
+        };
+        diags.push(d.help(format!(
+            "paths are relative to the project root {}",
+            project.root.display()
+        )));
+    }
+    files.sort();
+    files
+}
+
+/// Every source item of the recipe: synthetic ones first, then image files by name,
+/// then the frames of each clip by clip and time. `frames` extracts clips (None for
+/// `check`, which only opens them: it lists no frames). A clip ffmpeg cannot read is a
+/// [`SourceFailure`], not a diagnostic: the build reports it and goes on without it.
 pub fn source_items(
     project: &Project,
     recipe: &Recipe,
     digest_of: &mut dyn FnMut(&Path) -> std::io::Result<Digest>,
+    mut frames: Option<&mut FrameStore>,
     diags: &mut Diagnostics,
+    failures: &mut Vec<SourceFailure>,
 ) -> Vec<SourceItem> {
     let mut items = Vec::new();
     let holdout = recipe.sources.holdout;
@@ -131,21 +151,61 @@ pub fn source_items(
             )),
         }
     }
+    let mut seen = std::collections::HashSet::new();
+    for video in &recipe.sources.videos {
+        for clip in glob_files(project, &video.glob, diags) {
+            let name = project.relative(&clip);
+            let digest = match digest_of(&clip) {
+                Ok(d) => d,
+                Err(e) => {
+                    diags.push(RecipeDiagnostic::nowhere(
+                        "unreadable-source",
+                        format!("cannot read video {}: {e}", clip.display()),
+                    ));
+                    continue;
+                }
+            };
+            let Some(store) = frames.as_deref_mut() else {
+                continue;
+            };
+            match store.frames(&clip, &name, &digest, video.fps) {
+                Ok(list) => {
+                    // The split hashes the clip, not the frame: all of a clip's frames
+                    // are on one side, so no held-out frame has a near twin in training.
+                    let holdout = is_holdout(&name, holdout);
+                    for f in list {
+                        let item = crate::video::frame_name(&name, f.time_us);
+                        if !seen.insert(item.clone()) {
+                            continue;
+                        }
+                        items.push(SourceItem {
+                            name: item,
+                            holdout,
+                            origin: ItemOrigin::Frame {
+                                clip: clip.clone(),
+                                path: store.frame_path(&f.digest),
+                                digest: f.digest,
+                            },
+                        });
+                    }
+                }
+                Err(e) => failures.push(SourceFailure {
+                    source: name,
+                    tier: match &e {
+                        VideoError::Unreadable { .. } => Tier::Input,
+                        VideoError::Missing(_) => Tier::Environment,
+                        VideoError::Io(io) => Tier::of_io(io),
+                    },
+                    error: e.to_string(),
+                }),
+            }
+        }
+    }
     items
 }
 
 /// Sources the recipe may name but that cannot be built yet: said before any work.
 pub fn unbuilt_sources(recipe: &Recipe, diags: &mut Diagnostics) {
-    for v in &recipe.sources.videos {
-        let d = match &v.glob.loc {
-            Some(loc) => {
-                RecipeDiagnostic::at(loc, "not-built-yet", "video sources are not built yet")
-                    .label("video")
-            }
-            None => RecipeDiagnostic::nowhere("not-built-yet", "video sources are not built yet"),
-        };
-        diags.push(d.help("extract frames to images (e.g. `ffmpeg -i clip.mp4 -vf fps=2 frames/%04d.png`) and list them with `images`"));
-    }
     if recipe.sources.crop.mode.value == CropMode::Face {
         let d = match &recipe.sources.crop.mode.loc {
             Some(loc) => RecipeDiagnostic::at(

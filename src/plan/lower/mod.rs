@@ -15,37 +15,54 @@ use super::{Plan, PlanNode};
 use crate::digest::Digest;
 use crate::project::Project;
 use crate::recipe::{Diagnostics, Recipe, RecipeDiagnostic};
+use crate::video::FrameStore;
 use std::path::Path;
 
 /// Lowers `recipe` into a plan. `digest_of` hashes a source file (through the stat cache).
+/// Video frames go to the project's default cache (`cache/`); the CLI names its cache
+/// with [`lower_with_frames`].
 pub fn lower(
     project: &Project,
     recipe: &Recipe,
     digest_of: &mut dyn FnMut(&Path) -> std::io::Result<Digest>,
 ) -> Result<Plan, Diagnostics> {
-    lower_with(project, recipe, digest_of, true)
+    let mut frames = FrameStore::new(&project.root.join("cache"));
+    lower_with(project, recipe, digest_of, Some(&mut frames), true)
+}
+
+/// Lowers `recipe`, decoding video clips into (or finding their frames in) `frames`.
+pub fn lower_with_frames(
+    project: &Project,
+    recipe: &Recipe,
+    digest_of: &mut dyn FnMut(&Path) -> std::io::Result<Digest>,
+    frames: &mut FrameStore,
+) -> Result<Plan, Diagnostics> {
+    lower_with(project, recipe, digest_of, Some(frames), true)
 }
 
 /// `effectc check`: the same lowering, so check finds what build would, without reading
 /// any file's content. A source only has to be readable (its "digest" stands for its
 /// path: the plan's keys are meaningless and never used); model pins are left to the
-/// build.
+/// build. Video clips are opened, not decoded, so their frames are not listed.
 pub fn lower_for_check(project: &Project, recipe: &Recipe) -> Result<Plan, Diagnostics> {
     let mut readable = |p: &Path| -> std::io::Result<Digest> {
         std::fs::File::open(p)?;
         Ok(Digest::of_bytes(p.as_os_str().as_encoded_bytes()))
     };
-    lower_with(project, recipe, &mut readable, false)
+    lower_with(project, recipe, &mut readable, None, false)
 }
 
 fn lower_with(
     project: &Project,
     recipe: &Recipe,
     digest_of: &mut dyn FnMut(&Path) -> std::io::Result<Digest>,
+    frames: Option<&mut FrameStore>,
     verify_pins: bool,
 ) -> Result<Plan, Diagnostics> {
     let mut diags = Diagnostics::default();
-    let items = items::source_items(project, recipe, digest_of, &mut diags);
+    let mut failures = Vec::new();
+    let items =
+        items::source_items(project, recipe, digest_of, frames, &mut diags, &mut failures);
     items::unbuilt_sources(recipe, &mut diags);
     let shared = pairs::shared_teacher(project, recipe, digest_of, verify_pins, &mut diags);
     if !diags.is_empty() {
@@ -67,5 +84,7 @@ fn lower_with(
         ));
         return Err(diags);
     }
-    Ok(Plan::new(recipe, nodes))
+    let mut plan = Plan::new(recipe, nodes);
+    plan.source_failures = failures;
+    Ok(plan)
 }

@@ -91,10 +91,12 @@ pub fn add_item_stages(
                     output: "image".into(),
                 }
             }
-            ItemOrigin::File { path, digest } => InputRef::File {
-                path: path.clone(),
-                digest: *digest,
-            },
+            ItemOrigin::File { path, digest } | ItemOrigin::Frame { path, digest, .. } => {
+                InputRef::File {
+                    path: path.clone(),
+                    digest: *digest,
+                }
+            }
         };
         nodes.push(PlanNode {
             id: StageId::crop(&item.name),
@@ -129,8 +131,12 @@ pub fn add_item_stages(
             ),
             Teacher::Directory { path } => {
                 let dir = project.root.join(&path.value);
-                let stem = Path::new(&item.name)
-                    .file_stem()
+                // A frame's pair is named after the whole frame name (`a.mp4@0.500s.png`).
+                let name = Path::new(&item.name);
+                let stem = match item.origin {
+                    ItemOrigin::Frame { .. } => name.file_name(),
+                    _ => name.file_stem(),
+                }
                     .map(|s| s.to_string_lossy().into_owned())
                     .unwrap_or_default();
                 match stages::directory_teacher::find_target(&dir, &stem) {
@@ -175,7 +181,8 @@ pub fn add_item_stages(
                 let with_attributes = !recipe.attributes.is_empty();
                 if with_attributes {
                     let sidecar = match &item.origin {
-                        ItemOrigin::File { path, .. } => {
+                        // A clip's sidecar describes every frame of it.
+                        ItemOrigin::File { path, .. } | ItemOrigin::Frame { clip: path, .. } => {
                             let p = stages::attributes::sidecar_path(path);
                             p.is_file().then_some(p)
                         }

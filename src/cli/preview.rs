@@ -1,0 +1,548 @@
+//! `effectc preview EFFECT [INPUT...]`: the built student, through one target's shipped
+//! file run with tract, on a person's own photos, folders and videos. Writes
+//! `before | after` PNGs (an MP4 for a video, re-encoded with ffmpeg, audio kept) and a
+//! page showing them into `out/EFFECT/preview/`, and prints the frames per second tract
+//! reached (one thread, model time only).
+
+use super::commands::{Env, EXIT_BUILD_FAILED, EXIT_INFRA, EXIT_OK, EXIT_USER};
+use crate::imaging::crop::center_crop_resize;
+use crate::preview::{side_by_side, PreviewModel, Shipped};
+use crate::recipe::{Loader, Precision, TargetFormat};
+use image::RgbImage;
+use std::io::{IsTerminal, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+pub struct PreviewArgs {
+    pub effect: String,
+    pub inputs: Vec<PathBuf>,
+    pub target: Option<String>,
+    pub size: Option<u32>,
+    pub crop: Option<String>,
+}
+
+const IMAGE_EXT: &[&str] = &["png", "jpg", "jpeg", "webp", "bmp", "gif", "tif", "tiff"];
+const VIDEO_EXT: &[&str] = &["mp4", "mov", "m4v", "mkv", "webm", "avi"];
+
+fn ext_of(p: &Path) -> String {
+    p.extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default()
+}
+
+/// One entry of the page.
+enum Shown {
+    Image {
+        file: String,
+        source: PathBuf,
+    },
+    Video {
+        file: String,
+        source: PathBuf,
+        frames: usize,
+    },
+}
+
+/// Model time and frames over the whole run.
+#[derive(Default)]
+struct Clock {
+    seconds: f64,
+    frames: usize,
+}
+
+impl Clock {
+    fn fps(&self) -> f64 {
+        if self.seconds > 0.0 {
+            self.frames as f64 / self.seconds
+        } else {
+            0.0
+        }
+    }
+}
+
+pub fn run(env: &Env, args: PreviewArgs) -> Result<i32, i32> {
+    let loader = Loader::new(&env.project);
+    let recipe = loader.load(&args.effect).map_err(|d| {
+        eprintln!("{}", d.render(std::io::stderr().is_terminal()));
+        EXIT_USER
+    })?;
+    if let Some(c) = args.crop.as_deref().filter(|c| *c != "center") {
+        eprintln!(
+            "error: --crop {c}: preview crops `center` (the face crop is not implemented yet)"
+        );
+        return Err(EXIT_USER);
+    }
+    let target = match &args.target {
+        Some(t) => recipe
+            .targets
+            .iter()
+            .find(|s| s.name.value == *t)
+            .ok_or_else(|| {
+                eprintln!(
+                    "error: effect `{}` has no target `{t}` (its targets: {})",
+                    recipe.name,
+                    recipe
+                        .targets
+                        .iter()
+                        .map(|s| s.name.value.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                EXIT_USER
+            })?,
+        None => recipe.targets.first().ok_or_else(|| {
+            eprintln!(
+                "error: effect `{}` has no target to preview: add one (`target \"onnx\" quantize=\"fp32\"`) and `effectc build {}`",
+                recipe.name, recipe.name
+            );
+            EXIT_USER
+        })?,
+    };
+    let out_dir = env.project.root.join("out").join(&recipe.name);
+    // The files `effectc build` copies out of the `target:NAME` stage (materialize).
+    let stem = out_dir.join(format!("target-{}-model", target.name.value));
+    let with = |ext: &str| PathBuf::from(format!("{}.{ext}", stem.display()));
+    let shipped = match target.profile.format {
+        TargetFormat::Onnx => Shipped::Onnx(with("onnx")),
+        TargetFormat::Tflite => Shipped::Tflite {
+            shipped: with("tflite"),
+            core: (target.precision == Precision::Int8).then(|| with("core.tflite")),
+        },
+        TargetFormat::Mlpackage => Shipped::MlPackage(with("mlpackage")),
+    };
+    let needed: Vec<&Path> = match &shipped {
+        Shipped::Tflite {
+            shipped,
+            core: Some(c),
+        } => vec![shipped.as_path(), c.as_path()],
+        s => vec![s.path()],
+    };
+    if let Some(missing) = needed.iter().find(|p| !p.exists()) {
+        eprintln!(
+            "error: effect `{}` is not built for target `{}` ({} is missing): run `effectc build {}` first",
+            recipe.name,
+            target.name.value,
+            missing.display(),
+            recipe.name
+        );
+        return Err(EXIT_BUILD_FAILED);
+    }
+    let size = args.size.unwrap_or(recipe.sources.crop.size_px) as usize;
+    if size == 0 || size % 2 != 0 {
+        eprintln!("error: --size {size}: give an even number of pixels");
+        return Err(EXIT_USER);
+    }
+    let model = PreviewModel::load(&shipped, size).map_err(|e| {
+        eprintln!("error: cannot load the {} model: {e}", target.name.value);
+        EXIT_USER
+    })?;
+    if args.inputs.is_empty() {
+        eprintln!(
+            "error: give photos, folders or videos to preview: `effectc preview {} PHOTO...`",
+            recipe.name
+        );
+        return Err(EXIT_USER);
+    }
+
+    let dir = out_dir.join("preview");
+    if dir.is_dir() {
+        std::fs::remove_dir_all(&dir).map_err(|e| infra(&dir, e))?;
+    }
+    std::fs::create_dir_all(&dir).map_err(|e| infra(&dir, e))?;
+    let mut files = Vec::new();
+    let mut skipped: Vec<(PathBuf, String)> = Vec::new();
+    for input in &args.inputs {
+        if input.is_dir() {
+            let mut found: Vec<PathBuf> = walkdir::WalkDir::new(input)
+                .sort_by_file_name()
+                .into_iter()
+                .filter_map(|e| e.ok())
+                .filter(|e| e.file_type().is_file())
+                .map(|e| e.into_path())
+                .filter(|p| {
+                    let e = ext_of(p);
+                    IMAGE_EXT.contains(&e.as_str()) || VIDEO_EXT.contains(&e.as_str())
+                })
+                .collect();
+            if found.is_empty() {
+                skipped.push((input.clone(), "no images or videos in this folder".into()));
+            }
+            files.append(&mut found);
+        } else if input.exists() {
+            files.push(input.clone());
+        } else {
+            skipped.push((input.clone(), "does not exist".into()));
+        }
+    }
+    let mut shown = Vec::new();
+    let mut clock = Clock::default();
+    let mut names = std::collections::BTreeSet::new();
+    for file in &files {
+        let base = unique_name(&mut names, file);
+        let result = if VIDEO_EXT.contains(&ext_of(file).as_str()) {
+            let out = format!("{base}.mp4");
+            preview_video(&model, file, &dir.join(&out), &mut clock).map(|frames| Shown::Video {
+                file: out,
+                source: file.clone(),
+                frames,
+            })
+        } else {
+            let out = format!("{base}.png");
+            preview_image(&model, file, &dir.join(&out), &mut clock).map(|()| Shown::Image {
+                file: out,
+                source: file.clone(),
+            })
+        };
+        match result {
+            Ok(s) => shown.push(s),
+            Err(why) => {
+                eprintln!("skipped {}: {why}", file.display());
+                skipped.push((file.clone(), why));
+            }
+        }
+    }
+    for (p, why) in skipped.iter().filter(|(p, _)| !files.contains(p)) {
+        eprintln!("skipped {}: {why}", p.display());
+    }
+    let page = dir.join("index.html");
+    let html = page_html(
+        &recipe.name,
+        &target.name.value,
+        shipped.path(),
+        size,
+        &clock,
+        &shown,
+        &skipped,
+    );
+    crate::atomic::write(&page, html.as_bytes()).map_err(|e| infra(&page, e))?;
+    let fps = clock.fps();
+    if env.json {
+        println!(
+            "{}",
+            serde_json::json!({"event": "preview-finished", "effect": recipe.name, "target": target.name.value,
+                "size": size, "frames": clock.frames, "fps": fps, "shown": shown.len(),
+                "skipped": skipped.iter().map(|(p, w)| serde_json::json!({"input": p, "reason": w})).collect::<Vec<_>>(),
+                "page": page})
+        );
+    } else {
+        println!(
+            "preview {} through {} ({}) at {size}x{size}: {} frame(s), {fps:.1} frames/s in tract (one thread, model time)",
+            recipe.name,
+            target.name.value,
+            shipped.path().display(),
+            clock.frames
+        );
+        println!("page: {}", page.display());
+    }
+    Ok(if shown.is_empty() {
+        EXIT_BUILD_FAILED
+    } else {
+        EXIT_OK
+    })
+}
+
+fn infra(path: &Path, e: std::io::Error) -> i32 {
+    eprintln!("error: {}: {e}", path.display());
+    EXIT_INFRA
+}
+
+/// A file name for `input`'s output: its stem, made safe, numbered when taken.
+fn unique_name(taken: &mut std::collections::BTreeSet<String>, input: &Path) -> String {
+    let stem: String = input
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "input".into())
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let mut name = stem.clone();
+    let mut n = 2;
+    while !taken.insert(name.clone()) {
+        name = format!("{stem}-{n}");
+        n += 1;
+    }
+    name
+}
+
+fn preview_image(
+    model: &PreviewModel,
+    input: &Path,
+    out: &Path,
+    clock: &mut Clock,
+) -> Result<(), String> {
+    let img = image::open(input)
+        .map_err(|e| format!("cannot decode it as an image ({e})"))?
+        .to_rgb8();
+    let before = center_crop_resize(&img, model.size() as u32);
+    let (after, seconds) = model.run(&before)?;
+    clock.seconds += seconds;
+    clock.frames += 1;
+    crate::imaging::write_png(&side_by_side(&before, &after), out).map_err(|e| e.to_string())
+}
+
+/// Frames per second of the video's first video stream (ffprobe).
+fn video_fps(input: &Path) -> Result<String, String> {
+    let out = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+            "stream=avg_frame_rate",
+            "-of",
+            "csv=p=0",
+        ])
+        .arg(input)
+        .output()
+        .map_err(|e| format!("cannot run ffprobe ({e}); install ffmpeg"))?;
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if !out.status.success() || text.is_empty() || text.starts_with("0/") {
+        let why = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        return Err(format!(
+            "cannot decode it as a video ({})",
+            if why.is_empty() {
+                "no video stream".into()
+            } else {
+                why
+            }
+        ));
+    }
+    Ok(text)
+}
+
+/// Decodes `input` with ffmpeg (short side to the size, centre square, as the recipe's
+/// crop), runs every frame, and encodes `before | after` with the source's audio.
+fn preview_video(
+    model: &PreviewModel,
+    input: &Path,
+    out: &Path,
+    clock: &mut Clock,
+) -> Result<usize, String> {
+    let fps = video_fps(input)?;
+    let s = model.size();
+    let filter =
+        format!("scale={s}:{s}:force_original_aspect_ratio=increase:flags=lanczos,crop={s}:{s}");
+    let mut decoder = ffmpeg()
+        .args(["-v", "error", "-nostdin", "-i"])
+        .arg(input)
+        .args([
+            "-map", "0:v:0", "-vf", &filter, "-f", "rawvideo", "-pix_fmt", "rgb24", "-",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run ffmpeg ({e}); install ffmpeg"))?;
+    let mut encoder = ffmpeg()
+        .args([
+            "-v",
+            "error",
+            "-y",
+            "-f",
+            "rawvideo",
+            "-pix_fmt",
+            "rgb24",
+            "-s",
+            &format!("{}x{s}", 2 * s),
+            "-r",
+            &fps,
+            "-i",
+            "-",
+            "-i",
+        ])
+        .arg(input)
+        .args([
+            "-map",
+            "0:v:0",
+            "-map",
+            "1:a?",
+            "-c:v",
+            "libx264",
+            "-pix_fmt",
+            "yuv420p",
+            "-crf",
+            "18",
+            "-c:a",
+            "aac",
+            "-shortest",
+            "-movflags",
+            "+faststart",
+        ])
+        .arg(out)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run ffmpeg ({e}); install ffmpeg"))?;
+    let mut reader = decoder.stdout.take().ok_or("ffmpeg gave no output")?;
+    let mut writer = encoder.stdin.take().ok_or("ffmpeg took no input")?;
+    let mut buf = vec![0u8; s * s * 3];
+    let mut frames = 0;
+    let mut failure = None;
+    loop {
+        match read_frame(&mut reader, &mut buf) {
+            Ok(false) => break,
+            Ok(true) => {}
+            Err(e) => {
+                failure = Some(format!("reading frames: {e}"));
+                break;
+            }
+        }
+        let Some(before) = RgbImage::from_raw(s as u32, s as u32, buf.clone()) else {
+            failure = Some("a frame of the wrong size".into());
+            break;
+        };
+        let (after, seconds) = match model.run(&before) {
+            Ok(r) => r,
+            Err(e) => {
+                failure = Some(e);
+                break;
+            }
+        };
+        clock.seconds += seconds;
+        clock.frames += 1;
+        frames += 1;
+        if let Err(e) = writer.write_all(side_by_side(&before, &after).as_raw()) {
+            failure = Some(format!("the encoder stopped: {e}"));
+            break;
+        }
+    }
+    drop(writer);
+    drop(reader);
+    let stderr_of = |child: &mut std::process::Child| {
+        let mut text = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            let _ = e.read_to_string(&mut text);
+        }
+        text.trim().to_string()
+    };
+    let dec_err = stderr_of(&mut decoder);
+    let dec = decoder.wait().map_err(|e| e.to_string())?;
+    let enc_err = stderr_of(&mut encoder);
+    let enc = encoder.wait().map_err(|e| e.to_string())?;
+    let fail = |why: String| {
+        let _ = std::fs::remove_file(out);
+        Err(why)
+    };
+    if let Some(why) = failure {
+        return fail(why);
+    }
+    if !dec.success() || frames == 0 {
+        return fail(format!(
+            "cannot decode it as a video ({})",
+            if dec_err.is_empty() {
+                "no frames".into()
+            } else {
+                dec_err
+            }
+        ));
+    }
+    if !enc.success() {
+        return fail(format!("ffmpeg could not encode the preview: {enc_err}"));
+    }
+    Ok(frames)
+}
+
+/// ffmpeg, dying with effectc (src/process.rs).
+fn ffmpeg() -> Command {
+    let mut cmd = Command::new("ffmpeg");
+    crate::process::die_with_parent(&mut cmd);
+    cmd
+}
+
+/// Fills `buf` with the next frame; false at a clean end of stream.
+fn read_frame(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<bool> {
+    let mut got = 0;
+    while got < buf.len() {
+        match r.read(&mut buf[got..]) {
+            Ok(0) if got == 0 => return Ok(false),
+            Ok(0) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the video ended inside a frame",
+                ))
+            }
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(true)
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+fn page_html(
+    effect: &str,
+    target: &str,
+    model: &Path,
+    size: usize,
+    clock: &Clock,
+    shown: &[Shown],
+    skipped: &[(PathBuf, String)],
+) -> String {
+    let mut body = String::new();
+    for s in shown {
+        match s {
+            Shown::Image { file, source } => body.push_str(&format!(
+                "<figure><img src=\"{f}\" alt=\"{src}: before and after\" width=\"{w}\" height=\"{size}\"><figcaption>{src}</figcaption></figure>\n",
+                f = esc(file),
+                src = esc(&source.display().to_string()),
+                w = 2 * size
+            )),
+            Shown::Video {
+                file,
+                source,
+                frames,
+            } => body.push_str(&format!(
+                "<figure><video src=\"{f}\" controls loop muted autoplay playsinline width=\"{w}\" height=\"{size}\"></video><figcaption>{src} ({frames} frames)</figcaption></figure>\n",
+                f = esc(file),
+                src = esc(&source.display().to_string()),
+                w = 2 * size
+            )),
+        }
+    }
+    let skipped_html = if skipped.is_empty() {
+        String::new()
+    } else {
+        let items: String = skipped
+            .iter()
+            .map(|(p, why)| {
+                format!(
+                    "<li><code>{}</code>: {}</li>",
+                    esc(&p.display().to_string()),
+                    esc(why)
+                )
+            })
+            .collect();
+        format!("<h2>Skipped</h2><ul>{items}</ul>")
+    };
+    format!(
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{e} preview ({t})</title>\n\
+<style>body{{font:15px system-ui,sans-serif;margin:24px;background:#f4f4f4;color:#222}}\
+figure{{display:inline-block;margin:0 16px 16px 0;background:#fff;padding:8px;box-shadow:0 1px 3px #0003}}\
+img,video{{display:block;max-width:100%;height:auto;image-rendering:pixelated}}figcaption{{font-size:13px;color:#555;margin-top:6px}}\
+.cols{{display:flex;justify-content:space-around;font-weight:600;font-size:13px}}code{{font-size:13px}}</style></head>\n\
+<body><h1>{e}: preview through <code>{t}</code></h1>\n\
+<p>Each picture: the input (left) and the student as the <code>{t}</code> file computes it (right), at {size}×{size}, \
+run with tract on this machine: {fps:.1} frames/s ({frames} frames, one thread, model time only). Model: <code>{m}</code>.</p>\n\
+<div class=\"cols\" style=\"width:{w}px\"><span>before</span><span>after</span></div>\n{body}{skipped_html}\n</body></html>\n",
+        e = esc(effect),
+        t = esc(target),
+        m = esc(&model.display().to_string()),
+        fps = clock.fps(),
+        frames = clock.frames,
+        w = 2 * size
+    )
+}

@@ -1,0 +1,295 @@
+//! `effectc preview`'s model: a target's shipped file run with tract on RGB frames, so
+//! that what a person sees is what the phone file computes (the int8 TFLite's rounding,
+//! Core ML's fp16).
+//!
+//! - ONNX: the file itself. TFLite: the file (float), or for int8 its verified core,
+//!   fed and read exactly as the shipped QUANTIZE / DEQUANTIZE edges would (see
+//!   verify::tract_run). Core ML: the package decoded back, lowered to ONNX in the
+//!   precision the device computes in, with the pixel maps written in the model, as
+//!   `verify` checks it (Core ML itself does not run on Linux).
+//! - Sizes: the student is fully convolutional, so it runs at any size that is a
+//!   multiple of its built size's down-sampling grid. The shipped files declare the
+//!   built size; for another size the TFLite file's activation shapes (and the sizes
+//!   its RESHAPEs and resizes name) are scaled, the ONNX and Core ML inputs re-declared. Weights and
+//!   quantization are untouched.
+
+use crate::export::coreml::{read_mlpackage, PixelRange, WeightPrecision};
+use crate::export::onnx::{self, OnnxPrecision};
+use crate::export::tflite::{self, BuiltinOperator, OptionsDesc};
+use crate::verify::TractModel;
+use image::RgbImage;
+use std::path::{Path, PathBuf};
+
+/// A target's shipped file, as `effectc build` leaves it in `out/EFFECT/`.
+#[derive(Clone, Debug)]
+pub enum Shipped {
+    Onnx(PathBuf),
+    /// The shipped file, and for int8 the core tract runs.
+    Tflite {
+        shipped: PathBuf,
+        core: Option<PathBuf>,
+    },
+    MlPackage(PathBuf),
+}
+
+impl Shipped {
+    /// The file a person would name (for messages and the page).
+    pub fn path(&self) -> &Path {
+        match self {
+            Shipped::Onnx(p) | Shipped::MlPackage(p) => p,
+            Shipped::Tflite { shipped, .. } => shipped,
+        }
+    }
+}
+
+pub struct PreviewModel {
+    model: TractModel,
+    size: usize,
+    /// net input = pixel * scale + bias.
+    input_map: PixelRange,
+    /// pixel = net output * scale + bias.
+    output_map: PixelRange,
+}
+
+fn err(path: &Path) -> impl Fn(&dyn std::fmt::Display) -> String + '_ {
+    move |e| format!("{}: {e}", path.display())
+}
+
+impl PreviewModel {
+    /// Loads `shipped` to run on `size`×`size` RGB frames.
+    pub fn load(shipped: &Shipped, size: usize) -> Result<PreviewModel, String> {
+        let shape = [1, 3, size, size];
+        let net = PixelRange::default();
+        let out_map = PixelRange {
+            scale: 1.0 / net.scale,
+            bias: -net.bias / net.scale,
+        };
+        let (model, input_map, output_map) = match shipped {
+            Shipped::Onnx(p) => {
+                let bytes = std::fs::read(p).map_err(|e| err(p)(&e))?;
+                let m = TractModel::onnx(&bytes, shape).map_err(|e| err(p)(&e))?;
+                (m, net, out_map)
+            }
+            Shipped::Tflite { shipped, core } => {
+                let p = core.as_ref().unwrap_or(shipped);
+                let bytes = std::fs::read(p).map_err(|e| err(p)(&e))?;
+                let bytes = tflite_at_size(&bytes, size).map_err(|e| err(p)(&e))?;
+                let m = TractModel::tflite(&bytes, shape).map_err(|e| err(p)(&e))?;
+                (m, net, out_map)
+            }
+            Shipped::MlPackage(dir) => {
+                let decoded = read_mlpackage(dir).map_err(|e| err(dir)(&e))?;
+                let mut graph = decoded.graph;
+                graph.input_shape = [1, graph.input_shape[1], size, size];
+                let precision = match decoded.weight_precision {
+                    WeightPrecision::Fp32 => OnnxPrecision::Fp32,
+                    WeightPrecision::Fp16 | WeightPrecision::Int8 => OnnxPrecision::Fp16,
+                };
+                let bytes = onnx::write(&graph, precision).map_err(|e| err(dir)(&e))?;
+                let m = TractModel::onnx(&bytes, graph.input_shape).map_err(|e| err(dir)(&e))?;
+                (
+                    m,
+                    decoded.input_pixel_map.unwrap_or(net),
+                    decoded.output_pixel_map.unwrap_or(out_map),
+                )
+            }
+        };
+        let m = PreviewModel {
+            model,
+            size,
+            input_map,
+            output_map,
+        };
+        // One run on a grey frame: checks the size fits the net (and warms tract up).
+        m.run(&RgbImage::from_pixel(
+            size as u32,
+            size as u32,
+            image::Rgb([128; 3]),
+        ))
+        .map_err(|e| {
+            format!(
+                "{}: it does not run at {size}x{size}: {e}",
+                shipped.path().display()
+            )
+        })?;
+        Ok(m)
+    }
+
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    /// Runs one `size`×`size` frame; returns the output frame and the seconds tract took.
+    pub fn run(&self, frame: &RgbImage) -> Result<(RgbImage, f64), String> {
+        let s = self.size;
+        if frame.dimensions() != (s as u32, s as u32) {
+            return Err(format!(
+                "frame is {}x{}, the model runs at {s}x{s}",
+                frame.width(),
+                frame.height()
+            ));
+        }
+        let mut input = vec![0f32; 3 * s * s];
+        for (x, y, p) in frame.enumerate_pixels() {
+            for c in 0..3 {
+                input[(c * s + y as usize) * s + x as usize] =
+                    p[c] as f32 * self.input_map.scale + self.input_map.bias;
+            }
+        }
+        let t0 = std::time::Instant::now();
+        let (out, shape) = self.model.run(&input).map_err(|e| e.to_string())?;
+        let seconds = t0.elapsed().as_secs_f64();
+        let [_, c, h, w] = shape;
+        if c < 3 || h != s || w != s {
+            return Err(format!(
+                "the model gave a {c}x{h}x{w} output for a {s}x{s} frame: pick a multiple of 8 (the net's down-sampling)"
+            ));
+        }
+        let img = RgbImage::from_fn(s as u32, s as u32, |x, y| {
+            let at = |ch: usize| {
+                let v = out[(ch * h + y as usize) * w + x as usize] * self.output_map.scale
+                    + self.output_map.bias;
+                v.round().clamp(0.0, 255.0) as u8
+            };
+            image::Rgb([at(0), at(1), at(2)])
+        });
+        Ok((img, seconds))
+    }
+}
+
+/// The TFLite model declared for `size`×`size` inputs: every activation tensor's
+/// height and width (and the size operand of a nearest resize) scaled by the same
+/// factor. The weights, quantization and ops are the file's own.
+pub fn tflite_at_size(bytes: &[u8], size: usize) -> Result<Vec<u8>, String> {
+    let mut desc = tflite::parse(bytes).map_err(|e| e.to_string())?;
+    let input = *desc.inputs.first().ok_or("the model has no input")?;
+    let in_shape = desc.tensors[input as usize].shape.clone();
+    if in_shape.len() != 4 {
+        return Err(format!("input shape {in_shape:?} is not NHWC"));
+    }
+    let (bh, bw) = (in_shape[1] as usize, in_shape[2] as usize);
+    if (bh, bw) == (size, size) {
+        return Ok(bytes.to_vec());
+    }
+    let scale = |d: i32, built: usize| -> Result<i32, String> {
+        let v = d as usize * size;
+        if v % built != 0 {
+            return Err(format!(
+                "the model was built at {bw}x{bh}; {size} is not on its grid (a {d}-pixel feature map would not scale): pick a multiple of {}",
+                built / gcd(built, d as usize)
+            ));
+        }
+        Ok((v / built) as i32)
+    };
+    // Which dims of a 4-D activation are height and width. The writer's tensors are
+    // NHWC, except inside its depth-to-space (RESHAPE → TRANSPOSE → RESHAPE): the split
+    // [H, W, b, C/b] feeding the TRANSPOSE, and its output [H, b, W, C/b].
+    let code_of = |t: i32, produced: bool| {
+        desc.ops
+            .iter()
+            .find(|o| {
+                if produced {
+                    o.outputs.contains(&t)
+                } else {
+                    o.inputs.first() == Some(&t)
+                }
+            })
+            .map(|o| o.code)
+    };
+    let spatial: Vec<Option<(usize, usize)>> = (0..desc.tensors.len() as i32)
+        .map(|i| {
+            let t = &desc.tensors[i as usize];
+            // Activations have no buffer; weights (which do) keep their shapes.
+            if t.buffer != 0 || t.shape.len() != 4 {
+                return None;
+            }
+            // A PAD's output is its input plus the pads (set below).
+            if code_of(i, true) == Some(BuiltinOperator::PAD) {
+                return None;
+            }
+            Some(if code_of(i, true) == Some(BuiltinOperator::TRANSPOSE) {
+                (0, 2)
+            } else if code_of(i, false) == Some(BuiltinOperator::TRANSPOSE) {
+                (0, 1)
+            } else {
+                (1, 2)
+            })
+        })
+        .collect();
+    for (t, dims) in desc.tensors.iter_mut().zip(&spatial) {
+        if let Some((dh, dw)) = *dims {
+            t.shape[dh] = scale(t.shape[dh], bh)?;
+            t.shape[dw] = scale(t.shape[dw], bw)?;
+        }
+    }
+    for k in 0..desc.ops.len() {
+        let op = &desc.ops[k];
+        if op.code != BuiltinOperator::PAD || op.inputs.len() < 2 {
+            continue;
+        }
+        let input = desc.tensors[op.inputs[0] as usize].shape.clone();
+        let pads = &desc.buffers[desc.tensors[op.inputs[1] as usize].buffer as usize];
+        let pads: Vec<i32> = pads
+            .chunks_exact(4)
+            .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        if pads.len() != 2 * input.len() {
+            return Err("a PAD's paddings do not match its input's rank".into());
+        }
+        let out = op.outputs[0] as usize;
+        desc.tensors[out].shape = (0..input.len())
+            .map(|d| input[d] + pads[2 * d] + pads[2 * d + 1])
+            .collect();
+    }
+    // A RESHAPE's target shape (option and operand) is its output's new shape.
+    for k in 0..desc.ops.len() {
+        if desc.ops[k].code != BuiltinOperator::RESHAPE {
+            continue;
+        }
+        let out = desc.tensors[desc.ops[k].outputs[0] as usize].shape.clone();
+        if let OptionsDesc::Reshape { new_shape } = &mut desc.ops[k].options {
+            *new_shape = out.clone();
+        }
+        if let Some(&operand) = desc.ops[k].inputs.get(1) {
+            let b = desc.tensors[operand as usize].buffer as usize;
+            if b != 0 {
+                desc.buffers[b] = out.iter().flat_map(|d| d.to_le_bytes()).collect();
+            }
+        }
+    }
+    let resize_sizes: Vec<u32> = desc
+        .ops
+        .iter()
+        .filter(|o| o.code == BuiltinOperator::RESIZE_NEAREST_NEIGHBOR)
+        .filter_map(|o| o.inputs.get(1))
+        .map(|&i| desc.tensors[i as usize].buffer)
+        .collect();
+    for b in resize_sizes {
+        let buf = &mut desc.buffers[b as usize];
+        if buf.len() != 8 {
+            return Err("a resize size operand is not two int32".into());
+        }
+        for (k, built) in [(0usize, bh), (1, bw)] {
+            let d = i32::from_le_bytes(buf[k * 4..k * 4 + 4].try_into().unwrap_or([0; 4]));
+            buf[k * 4..k * 4 + 4].copy_from_slice(&scale(d, built)?.to_le_bytes());
+        }
+    }
+    Ok(tflite::serialize(&desc))
+}
+
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 {
+        a.max(1)
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+/// `before | after`, side by side (width 2 × size).
+pub fn side_by_side(before: &RgbImage, after: &RgbImage) -> RgbImage {
+    let (w, h) = before.dimensions();
+    let mut out = RgbImage::new(w * 2, h);
+    image::imageops::replace(&mut out, before, 0, 0);
+    image::imageops::replace(&mut out, after, w as i64, 0);
+    out
+}
