@@ -407,7 +407,10 @@ pub fn run(
                     })
                     .and_then(|set| {
                         let (_, full) = digests.plan(env, effect)?;
-                        let sub = full.retain(|n| set.stages.contains(n.id.as_str()));
+                        let mut sub = full.retain(|n| set.stages.contains(n.id.as_str()));
+                        // Unreadable sources are not the preview's items; the full build
+                        // reports them (once).
+                        sub.source_failures.clear();
                         Some((set, sub))
                     })
             } else {
