@@ -1,6 +1,7 @@
 //! `effectc watch`, driven by real file edits in a temp project: an edit is picked up
 //! promptly and rebuilds only what it reaches, a burst of saves is one rebuild, saves
-//! that change nothing build nothing, and a broken recipe is shown, not fatal.
+//! that change nothing build nothing, and a broken recipe is shown, not fatal; an edit
+//! of the teacher shows a preview of a few new pairs before the full rebuild.
 
 mod common;
 
@@ -18,8 +19,13 @@ struct Watch {
 
 impl Watch {
     fn start(p: &TestProject) -> Watch {
+        Watch::start_with(p, &["small"])
+    }
+
+    /// `effectc watch --json ARGS...`.
+    fn start_with(p: &TestProject, args: &[&str]) -> Watch {
         let mut child = p
-            .command(&["watch", "--json", "small"])
+            .command(&[&["watch", "--json"], args].concat())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -266,4 +272,160 @@ fn one_changed_photo_rebuilds_only_its_item() {
         "{rebuild:?}"
     );
     assert!(ran_of_kind(&rebuild, "pairs") <= 1, "{rebuild:?}");
+}
+
+const TINY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/projects/tiny-diffusion");
+
+/// A copy of the tiny-diffusion project (symlinked models copied as real files).
+fn tiny_project() -> TestProject {
+    let p = TestProject::new();
+    for entry in walkdir::WalkDir::new(TINY).follow_links(true) {
+        let entry = entry.unwrap();
+        let rel = entry.path().strip_prefix(TINY).unwrap();
+        if rel.starts_with("cache") || rel.starts_with("out") {
+            continue;
+        }
+        let to = p.root().join(rel);
+        if entry.file_type().is_dir() {
+            std::fs::create_dir_all(&to).unwrap();
+        } else {
+            std::fs::copy(entry.path(), &to).unwrap();
+        }
+    }
+    p
+}
+
+fn is_training(e: &Value) -> bool {
+    (e["event"] == "stage-finished" || e["event"] == "stage-progress")
+        && ["train-teacher", "distill-student"]
+            .iter()
+            .any(|k| e["kind"] == *k || e["stage"] == *k)
+}
+
+#[test]
+fn a_prompt_edit_shows_a_preview_of_new_pairs_before_training_and_the_rebuild_reuses_them() {
+    let p = tiny_project();
+    let w = Watch::start_with(&p, &["--preview", "3", "tiny"]);
+    let (_, first) = w.until("watch-waiting", Duration::from_secs(600));
+    assert_eq!(ran_of_kind(&first, "pairs"), 6, "{first:?}");
+    assert!(
+        !first.iter().any(|e| e["event"] == "watch-preview"),
+        "nothing to compare with on the first build"
+    );
+
+    let kdl = p.root().join("effects/tiny.kdl");
+    let text = std::fs::read_to_string(&kdl).unwrap();
+    let saved_at = Instant::now();
+    std::fs::write(&kdl, text.replace("plastic toy", "shiny plastic toy")).unwrap();
+    let (shown_at, before) = w.until("watch-preview", Duration::from_secs(300));
+    println!("save → preview refreshed: {:?}", shown_at - saved_at);
+    assert!(
+        !before.iter().any(is_training),
+        "the preview comes before any training: {before:?}"
+    );
+    let ev = before.last().unwrap();
+    assert_eq!(ev["items"], 3, "{ev}");
+    // Only the preview items' pairs ran (their crops and control maps were cached).
+    let previewed: Vec<String> = before
+        .iter()
+        .filter(|e| e["event"] == "stage-finished" && e["cached"] == false)
+        .map(|e| e["stage"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ran_of_kind(&before, "pairs"), 3, "{previewed:?}");
+    assert_eq!(previewed.len(), 3, "{previewed:?}");
+
+    // The page shows each item's teacher output before and after the edit.
+    let out = p.root().join("out/tiny");
+    let page = std::fs::read_to_string(out.join("preview.html")).unwrap();
+    let images = ev["images"].as_array().unwrap();
+    assert_eq!(images.len(), 3);
+    for img in images {
+        let (b, a) = (
+            img["before"].as_str().unwrap(),
+            img["after"].as_str().unwrap(),
+        );
+        assert!(page.contains(b) && page.contains(a), "{page}");
+        let (b, a) = (
+            std::fs::read(out.join(b)).unwrap(),
+            std::fs::read(out.join(a)).unwrap(),
+        );
+        assert_ne!(
+            b, a,
+            "the prompt changed the teacher's output for {}",
+            img["item"]
+        );
+        let item = img["item"].as_str().unwrap();
+        assert!(
+            previewed.contains(&format!("pairs/{item}")),
+            "{previewed:?}"
+        );
+    }
+
+    // The full rebuild follows: the preview items' pairs come from the cache, the rest run
+    // once, and the model trains on all of them.
+    let (_, rest) = w.until("watch-waiting", Duration::from_secs(600));
+    let rerun: Vec<&Value> = rest
+        .iter()
+        .filter(|e| e["event"] == "stage-finished" && e["cached"] == false && e["kind"] == "pairs")
+        .collect();
+    assert_eq!(rerun.len(), 3, "{rerun:?}");
+    assert!(
+        rerun
+            .iter()
+            .all(|e| !previewed.contains(&e["stage"].as_str().unwrap().to_string())),
+        "{rerun:?} {previewed:?}"
+    );
+    assert_eq!(ran_of_kind(&rest, "train-teacher"), 1, "{rest:?}");
+    assert_eq!(
+        rest.iter()
+            .filter(|e| e["event"] == "build-started")
+            .count(),
+        1,
+        "the preview is not a build of its own"
+    );
+    let page = std::fs::read_to_string(out.join("preview.html")).unwrap();
+    assert!(
+        page.contains("built: ") && page.contains("before | after"),
+        "{page}"
+    );
+}
+
+#[test]
+fn preview_zero_goes_straight_to_the_full_rebuild() {
+    let p = photo_project();
+    let w = Watch::start_with(&p, &["--preview", "0", "small"]);
+    w.until("watch-waiting", Duration::from_secs(300));
+    std::fs::write(
+        recipe_path(&p),
+        PHOTOS.replace("stud-size 4", "stud-size 6"),
+    )
+    .unwrap();
+    let (_, rebuild) = w.until("watch-waiting", Duration::from_secs(300));
+    assert!(
+        !rebuild.iter().any(|e| e["event"] == "watch-preview"),
+        "{rebuild:?}"
+    );
+    assert_eq!(ran_of_kind(&rebuild, "pairs"), 8);
+}
+
+#[test]
+fn a_procedural_edit_previews_a_few_items_first() {
+    let p = photo_project();
+    let w = Watch::start_with(&p, &["--preview", "2", "small"]);
+    w.until("watch-waiting", Duration::from_secs(300));
+    std::fs::write(
+        recipe_path(&p),
+        PHOTOS.replace("stud-size 4", "stud-size 6"),
+    )
+    .unwrap();
+    let (_, before) = w.until("watch-preview", Duration::from_secs(300));
+    assert!(!before.iter().any(is_training), "{before:?}");
+    let ev = before.last().unwrap();
+    assert_eq!(ev["items"], 2);
+    let (_, rest) = w.until("watch-waiting", Duration::from_secs(300));
+    assert_eq!(
+        ran_of_kind(&before, "pairs") + ran_of_kind(&rest, "pairs"),
+        8
+    );
+    assert_eq!(ran_of_kind(&rest, "pairs"), 6, "{rest:?}");
 }

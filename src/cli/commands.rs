@@ -127,7 +127,8 @@ pub fn run(cli: Cli) -> i32 {
             effect,
             jobs,
             device,
-        } => super::watch::run(&env, &effect, jobs, &device),
+            preview,
+        } => super::watch::run(&env, &effect, jobs, &device, preview),
     };
     match result {
         Ok(code) | Err(code) => code,

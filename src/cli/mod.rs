@@ -74,6 +74,11 @@ pub enum Command {
         jobs: usize,
         #[arg(long, default_value = "auto")]
         device: String,
+        /// When an edit makes pairs stale, first rebuild the pairs of this many items
+        /// (holdout items first, by name) and show them beside the previous ones in
+        /// out/EFFECT/preview.html, then the full rebuild. 0: no preview.
+        #[arg(long, default_value_t = 8)]
+        preview: usize,
     },
     /// Show every stage: cached or stale, and why. Runs nothing.
     Plan { effect: String },

@@ -14,6 +14,8 @@
 //! forever), a metadata change, or anything under `cache/` and `out/`. After an event it
 //! re-hashes only the paths the event named; every other source keeps the digest it had.
 
+mod preview;
+
 use super::commands::{materialize, plan_with, Env, EXIT_INFRA, EXIT_INTERRUPTED};
 use crate::cache::StatCache;
 use crate::digest::Digest;
@@ -74,13 +76,14 @@ fn stale_lines(env: &Env, plan: &Plan) -> Vec<String> {
 
 /// `out/EFFECT/preview.html`: a page that reloads itself every 2 s, showing the last
 /// build's state and sheets, for a person to keep open beside the editor.
-fn write_preview(env: &Env, effect: &str, status: &str) {
+/// `compare` is the section of the last `--preview` (teacher output before | after).
+fn write_preview(env: &Env, effect: &str, status: &str, compare: Option<&str>) {
     let dir = env.project.root.join("out").join(effect);
     let when = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    let mut images = String::new();
+    let mut images = compare.unwrap_or_default().to_string();
     // The names `materialize` gives these outputs in out/EFFECT/.
     use crate::plan::StageId;
     for (file, title) in [
@@ -271,7 +274,13 @@ fn watched_dirs(env: &Env, loader: &Loader, effect: &str) -> Vec<PathBuf> {
     dirs
 }
 
-pub fn run(env: &Env, effect: &str, jobs: usize, device: &str) -> Result<i32, i32> {
+pub fn run(
+    env: &Env,
+    effect: &str,
+    jobs: usize,
+    device: &str,
+    preview_items: usize,
+) -> Result<i32, i32> {
     let device = crate::plan::DeviceSpec::parse(device).map_err(|e| {
         eprintln!("error: {e}");
         super::commands::EXIT_USER
@@ -332,6 +341,10 @@ pub fn run(env: &Env, effect: &str, jobs: usize, device: &str) -> Result<i32, i3
     opts.remote = env.remote.clone();
     let mut first = true;
     let mut said_waiting = false;
+    // The last preview's before | after section, shown until a change rebuilds no pairs.
+    let mut compare: Option<String> = None;
+    // When the change being built was seen (the preview's latency is counted from it).
+    let mut changed_at = std::time::Instant::now();
     loop {
         if stop.load(Ordering::SeqCst) {
             return Ok(EXIT_INTERRUPTED);
@@ -359,7 +372,12 @@ pub fn run(env: &Env, effect: &str, jobs: usize, device: &str) -> Result<i32, i3
                     "watch-error",
                     &["the recipe has errors (above); waiting for a fix".to_string()],
                 );
-                write_preview(env, effect, "the recipe has errors: see the terminal");
+                write_preview(
+                    env,
+                    effect,
+                    "the recipe has errors: see the terminal",
+                    compare.as_deref(),
+                );
                 said_waiting = false;
             }
             Some((_recipe, plan)) => {
@@ -373,56 +391,138 @@ pub fn run(env: &Env, effect: &str, jobs: usize, device: &str) -> Result<i32, i3
                 }
             }
         }
+        let rebuild = !first;
         first = false;
         if let Some(plan) = build_now {
             said_waiting = false;
             cancel.store(stop.load(Ordering::SeqCst), Ordering::SeqCst);
-            // Build on a thread; a content change meanwhile cancels it and re-plans.
-            let mut changed = false;
-            let summary = std::thread::scope(|scope| {
-                let handle = scope.spawn(|| {
-                    exec::build(
-                        &env.project.root,
-                        &cache,
-                        &plan,
-                        &opts,
-                        reporter.as_ref(),
-                        &cancel,
-                    )
-                });
-                while !handle.is_finished() {
-                    if let Ok(res) = rx.recv_timeout(Duration::from_millis(50)) {
-                        let t = take_in(&res, &mut limit_warned);
-                        digests.forget(&t);
-                        if t != Touched::Nothing && !changed {
-                            // Only a real content change is worth cancelling for.
-                            let now = digests.plan(env, effect).map(|(_, p)| fingerprint(&p));
-                            if now != Some(fingerprint(&plan)) {
-                                changed = true;
-                                cancel.store(true, Ordering::SeqCst);
+            // The preview's sub-plan: the stages the chosen items' pairs need, when the
+            // edit makes any of those pairs stale (not on the first build: nothing to
+            // compare with).
+            let preview_set = if rebuild && preview_items > 0 {
+                dry_run(&cache, &env.project.root, &plan)
+                    .ok()
+                    .and_then(|(status, snapshot)| {
+                        preview::prepare(&cache, &plan, &status, &snapshot, preview_items)
+                    })
+                    .and_then(|set| {
+                        let (_, full) = digests.plan(env, effect)?;
+                        let mut sub = full.retain(|n| set.stages.contains(n.id.as_str()));
+                        // Unreadable sources are not the preview's items; the full build
+                        // reports them (once).
+                        sub.source_failures.clear();
+                        Some((set, sub))
+                    })
+            } else {
+                None
+            };
+            if preview_set.is_none() {
+                compare = None;
+            }
+            // Builds on a thread; a content change meanwhile cancels it (and the caller
+            // re-plans). Returns the summary and whether such a change arrived.
+            let mut build_watching = |plan: &Plan, opts: &BuildOptions, reporter: &dyn Reporter| {
+                let mut changed = false;
+                let summary = std::thread::scope(|scope| {
+                    let handle = scope.spawn(|| {
+                        exec::build(&env.project.root, &cache, plan, opts, reporter, &cancel)
+                    });
+                    while !handle.is_finished() {
+                        if let Ok(res) = rx.recv_timeout(Duration::from_millis(50)) {
+                            let t = take_in(&res, &mut limit_warned);
+                            digests.forget(&t);
+                            if t != Touched::Nothing && !changed {
+                                // Only a real content change is worth cancelling for.
+                                let now = digests.plan(env, effect).map(|(_, p)| fingerprint(&p));
+                                if now != Some(fingerprint(plan)) {
+                                    changed = true;
+                                    cancel.store(true, Ordering::SeqCst);
+                                }
                             }
                         }
                     }
-                }
-                handle.join().unwrap_or_else(|_| {
-                    Err(crate::cache::CacheError::Io {
-                        op: "build",
-                        path: PathBuf::new(),
-                        source: std::io::Error::other("the build thread panicked"),
+                    handle.join().unwrap_or_else(|_| {
+                        Err(crate::cache::CacheError::Io {
+                            op: "build",
+                            path: PathBuf::new(),
+                            source: std::io::Error::other("the build thread panicked"),
+                        })
                     })
-                })
-            });
+                });
+                (summary, changed)
+            };
+            if let Some((set, sub)) = preview_set {
+                // Its snapshot is not the effect's: the full build's stays the reference.
+                let mut popts = opts.clone();
+                popts.write_snapshot = false;
+                let quiet = preview::PreviewReporter(reporter.as_ref());
+                match build_watching(&sub, &popts, &quiet) {
+                    (Ok(s), _) if s.ok() => {
+                        let when = std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map(|d| d.as_secs())
+                            .unwrap_or(0);
+                        let out_dir = env.project.root.join("out").join(effect);
+                        match preview::publish(&cache, &out_dir, &set, &sub, &s, when) {
+                            Ok((section, images)) => {
+                                compare = Some(section);
+                                let status = format!(
+                                    "preview of {} item(s) refreshed; full rebuild running",
+                                    set.items.len()
+                                );
+                                write_preview(env, effect, &status, compare.as_deref());
+                                let ms = changed_at.elapsed().as_millis() as u64;
+                                if env.json {
+                                    println!(
+                                        "{}",
+                                        serde_json::json!({
+                                            "event": "watch-preview",
+                                            "effect": effect,
+                                            "items": set.items.len(),
+                                            "ran": s.ran,
+                                            "ms": ms,
+                                            "page": out_dir.join("preview.html"),
+                                            "images": images,
+                                        })
+                                    );
+                                } else {
+                                    eprintln!(
+                                        "watch: preview of {} item(s) in {:.1} s: {}",
+                                        set.items.len(),
+                                        ms as f64 / 1000.0,
+                                        out_dir.join("preview.html").display()
+                                    );
+                                }
+                            }
+                            Err(e) => eprintln!("warning: could not write the preview: {e}"),
+                        }
+                    }
+                    (Ok(s), true) if s.cancelled => {
+                        say(
+                            "watch-cancelled",
+                            &["a change arrived: building again".to_string()],
+                        );
+                        last = None;
+                        changed_at = std::time::Instant::now();
+                        continue;
+                    }
+                    // A failed preview stage fails again in the full build, which says so.
+                    (Ok(_), _) => {}
+                    (Err(e), _) => eprintln!("error: {e}"),
+                }
+            }
+            let (summary, changed) = build_watching(&plan, &opts, reporter.as_ref());
             match summary {
                 Ok(s) if s.ok() => {
                     if let Err(e) = materialize(env, &cache, &plan, &s) {
                         eprintln!("warning: could not refresh out/{effect}: {e}");
                     }
                     let status = format!("built: {} ran, {} cached", s.ran, s.cached);
-                    write_preview(env, effect, &status);
+                    write_preview(env, effect, &status, compare.as_deref());
                 }
                 Ok(s) if !s.cancelled => {
                     let status = format!("build FAILED: {} stage(s) failed", s.failed);
-                    write_preview(env, effect, &status);
+                    write_preview(env, effect, &status, compare.as_deref());
                 }
                 Ok(s) if s.cancelled && changed => {
                     say(
@@ -430,6 +530,7 @@ pub fn run(env: &Env, effect: &str, jobs: usize, device: &str) -> Result<i32, i3
                         &["a change arrived: building again".to_string()],
                     );
                     last = None;
+                    changed_at = std::time::Instant::now();
                     continue;
                 }
                 Ok(_) => {}
@@ -455,6 +556,7 @@ pub fn run(env: &Env, effect: &str, jobs: usize, device: &str) -> Result<i32, i3
                     let t = take_in(&res, &mut limit_warned);
                     digests.forget(&t);
                     if t != Touched::Nothing {
+                        changed_at = std::time::Instant::now();
                         break;
                     }
                 }
