@@ -41,13 +41,25 @@ pub enum Event {
         total: u64,
         message: String,
     },
+    /// A stage skipped its item (a photo without a face): not a failure; the item's
+    /// later per-item stages do not run and training leaves it out. Sent for cached
+    /// skips too, so every build lists them.
+    ItemSkipped {
+        effect: String,
+        item: String,
+        stage: String,
+        reason: String,
+    },
     BuildFinished {
         effect: String,
         ok: bool,
         ran: usize,
         cached: usize,
         failed: usize,
+        /// Items skipped (each listed by an `item-skipped` event).
         skipped: usize,
+        /// Stages not run because a stage failed or the build stopped.
+        not_run: usize,
         cancelled: bool,
         duration_ms: u64,
     },
@@ -142,6 +154,8 @@ pub struct HumanReporter {
     multi: MultiProgress,
     bars: Mutex<BTreeMap<String, ProgressBar>>,
     step_bars: Mutex<BTreeMap<String, ProgressBar>>,
+    /// (item, reason) of the skipped items, listed under the summary line.
+    skipped: Mutex<Vec<(String, String)>>,
 }
 
 impl HumanReporter {
@@ -151,6 +165,7 @@ impl HumanReporter {
             multi,
             bars: Mutex::new(BTreeMap::new()),
             step_bars: Mutex::new(BTreeMap::new()),
+            skipped: Mutex::new(Vec::new()),
         }
     }
 }
@@ -187,7 +202,8 @@ impl Reporter for HumanReporter {
         rec: &crate::cache::StageRecord,
         cached: bool,
     ) {
-        if rec.metrics.is_empty() {
+        // Skipped items are listed under the summary, not one line each.
+        if rec.metrics.is_empty() || rec.skipped().is_some() {
             if let Some(bar) = self
                 .bars
                 .lock()
@@ -275,6 +291,12 @@ impl Reporter for HumanReporter {
                 bar.set_position(*done);
                 bar.set_message(message.clone());
             }
+            Event::ItemSkipped { item, reason, .. } => {
+                self.skipped
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push((item.clone(), reason.clone()));
+            }
             Event::BuildFinished {
                 effect,
                 ok,
@@ -282,6 +304,7 @@ impl Reporter for HumanReporter {
                 cached,
                 failed,
                 skipped,
+                not_run,
                 cancelled,
                 duration_ms,
             } => {
@@ -304,11 +327,23 @@ impl Reporter for HumanReporter {
                         String::new()
                     },
                     if *skipped > 0 {
-                        format!(", {skipped} skipped")
+                        format!(", {skipped} item(s) skipped")
                     } else {
                         String::new()
                     },
                 ));
+                if *not_run > 0 && !*cancelled {
+                    self.say(format!("{not_run} stage(s) not run after the failure"));
+                }
+                let mut list = self.skipped.lock().unwrap_or_else(|p| p.into_inner());
+                const SHOWN: usize = 20;
+                for (item, reason) in list.iter().take(SHOWN) {
+                    self.say(format!("  skipped {item}: {reason}"));
+                }
+                if list.len() > SHOWN {
+                    self.say(format!("  … and {} more skipped (`--json` lists every one)", list.len() - SHOWN));
+                }
+                list.clear();
             }
             Event::BuildStarted { .. } => {}
         }

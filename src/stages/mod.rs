@@ -11,6 +11,7 @@ pub mod diffusion_pairs;
 pub mod diffusion_worker;
 pub mod directory_teacher;
 pub mod export;
+pub mod face_crop;
 pub mod pairs_sheet;
 pub mod png;
 pub mod procedural;

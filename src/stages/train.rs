@@ -176,16 +176,23 @@ impl Stage for TrainStage {
     fn run(&self, ctx: &mut RunContext) -> Result<RunOutput, StageError> {
         let mut pairs = Vec::new();
         for (item, holdout) in &self.items {
+            // A skipped item (no face) has neither crop nor pair: train without it.
+            let source = ctx.optional_input(&input_name(item, *holdout, "source"));
+            let target = ctx.optional_input(&input_name(item, *holdout, "target"));
+            let (Some(source), Some(target)) = (source, target) else {
+                continue;
+            };
             pairs.push(PairFiles {
                 name: item.clone(),
-                source: ctx
-                    .input(&input_name(item, *holdout, "source"))?
-                    .to_path_buf(),
-                target: ctx
-                    .input(&input_name(item, *holdout, "target"))?
-                    .to_path_buf(),
+                source: source.to_path_buf(),
+                target: target.to_path_buf(),
                 holdout: *holdout,
             });
+        }
+        if pairs.is_empty() {
+            return Err(StageError::input(
+                "every item was skipped (see the build's skipped items): nothing to train on",
+            ));
         }
         let teacher = match self.role {
             Role::Teacher => None,

@@ -4,7 +4,7 @@
 use crate::digest::{Digest, KeyHasher};
 use crate::project::Project;
 use crate::recipe::check::is_glob;
-use crate::recipe::{CropMode, Diagnostics, Recipe, RecipeDiagnostic};
+use crate::recipe::{Diagnostics, Recipe, RecipeDiagnostic};
 use std::path::{Path, PathBuf};
 
 /// A source item: a name stable across builds (relative path, or `synthetic-0007`).
@@ -145,17 +145,5 @@ pub fn unbuilt_sources(recipe: &Recipe, diags: &mut Diagnostics) {
             None => RecipeDiagnostic::nowhere("not-built-yet", "video sources are not built yet"),
         };
         diags.push(d.help("extract frames to images (e.g. `ffmpeg -i clip.mp4 -vf fps=2 frames/%04d.png`) and list them with `images`"));
-    }
-    if recipe.sources.crop.mode.value == CropMode::Face {
-        let d = match &recipe.sources.crop.mode.loc {
-            Some(loc) => RecipeDiagnostic::at(
-                loc,
-                "not-built-yet",
-                "the `face` crop needs the face detector, which is not built yet",
-            )
-            .label("face crop"),
-            None => RecipeDiagnostic::nowhere("not-built-yet", "the `face` crop is not built yet"),
-        };
-        diags.push(d.help("use `crop \"center\" size=...` until face detection lands"));
     }
 }
