@@ -36,7 +36,10 @@ fn copy_photos(p: &TestProject, names: &[&str]) {
 fn output_of(p: &TestProject, run: &common::Run, id: &str, output: &str) -> PathBuf {
     let key = Digest::parse(run.stage(id)["key"].as_str().unwrap()).unwrap();
     let cache = Cache::open(&p.cache_dir()).unwrap();
-    let rec = cache.get_record(&key).unwrap().expect("record of a finished stage");
+    let rec = cache
+        .get_record(&key)
+        .unwrap()
+        .expect("record of a finished stage");
     cache.blob_path(&rec.outputs[output].digest)
 }
 
@@ -86,7 +89,13 @@ fn the_face_crop_levels_the_astronaut_and_skips_the_coffee_cup_once() {
 
     // The astronaut: her eyes level, centred left to right, above the middle.
     let lm: CropLandmarks = serde_json::from_slice(
-        &std::fs::read(output_of(&p, &first, "crop/photos/astronaut.png", "landmarks")).unwrap(),
+        &std::fs::read(output_of(
+            &p,
+            &first,
+            "crop/photos/astronaut.png",
+            "landmarks",
+        ))
+        .unwrap(),
     )
     .unwrap();
     assert_eq!(lm.size, 128);
@@ -100,11 +109,20 @@ fn the_face_crop_levels_the_astronaut_and_skips_the_coffee_cup_once() {
     };
     let right = eye(&effectc::imaging::face_mesh::RIGHT_EYE);
     let left = eye(&effectc::imaging::face_mesh::LEFT_EYE);
-    assert!((right[1] - left[1]).abs() < 1.0, "eyes level: {right:?} {left:?}");
-    assert!(right[0] < left[0], "the subject's right eye on the image's left");
+    assert!(
+        (right[1] - left[1]).abs() < 1.0,
+        "eyes level: {right:?} {left:?}"
+    );
+    assert!(
+        right[0] < left[0],
+        "the subject's right eye on the image's left"
+    );
     let mid = (right[0] + left[0]) / 2.0;
     assert!((mid - 64.0).abs() < 1.0, "eyes centred: {mid}");
-    assert!(right[1] > 20.0 && right[1] < 64.0, "eyes in the upper half: {right:?}");
+    assert!(
+        right[1] > 20.0 && right[1] < 64.0,
+        "eyes in the upper half: {right:?}"
+    );
     let crop = image::open(output_of(&p, &first, "crop/photos/astronaut.png", "image"))
         .unwrap()
         .to_rgb8();
@@ -124,7 +142,9 @@ fn the_face_crop_levels_the_astronaut_and_skips_the_coffee_cup_once() {
     assert_eq!(human.code(), 0);
     assert!(
         human.stderr().contains("1 item(s) skipped")
-            && human.stderr().contains("skipped photos/coffee.png: no face found"),
+            && human
+                .stderr()
+                .contains("skipped photos/coffee.png: no face found"),
         "{}",
         human.stderr()
     );
@@ -148,11 +168,14 @@ fn tiny_faces_project() -> TestProject {
             std::fs::copy(entry.path(), &to).unwrap();
         }
     }
-    std::os::unix::fs::symlink(mediapipe_dir(), p.root().join("models/mediapipe-0.10.21"))
-        .unwrap();
+    std::os::unix::fs::symlink(mediapipe_dir(), p.root().join("models/mediapipe-0.10.21")).unwrap();
     let mut presets = std::fs::read_to_string(p.root().join("stdlib/controlnets.kdl")).unwrap();
-    presets.push_str("controlnet \"tiny-pose\" preprocessor=\"openpose-full\" model=\"tiny-control-a\"\n");
-    presets.push_str("controlnet \"tiny-face\" preprocessor=\"mediapipe-face\" model=\"tiny-control-b\"\n");
+    presets.push_str(
+        "controlnet \"tiny-pose\" preprocessor=\"openpose-full\" model=\"tiny-control-a\"\n",
+    );
+    presets.push_str(
+        "controlnet \"tiny-face\" preprocessor=\"mediapipe-face\" model=\"tiny-control-b\"\n",
+    );
     p.write("stdlib/controlnets.kdl", &presets);
     copy_photos(&p, &["astronaut.png"]);
     let recipe = std::fs::read_to_string(p.root().join("effects/tiny.kdl"))
@@ -176,11 +199,20 @@ fn openpose_and_mediapipe_face_maps_are_drawn_from_the_crop_landmarks() {
     let p = tiny_faces_project();
     let run = p.build("tiny");
     assert_eq!(run.ran_of_kind("crop"), 1);
-    assert_eq!(run.ran_of_kind("control"), 3, "softedge, openpose-full, mediapipe-face");
+    assert_eq!(
+        run.ran_of_kind("control"),
+        3,
+        "softedge, openpose-full, mediapipe-face"
+    );
     let map = |pre: &str| {
-        image::open(output_of(&p, &run, &format!("control:{pre}/photos/astronaut.png"), "control"))
-            .unwrap()
-            .to_rgb8()
+        image::open(output_of(
+            &p,
+            &run,
+            &format!("control:{pre}/photos/astronaut.png"),
+            "control",
+        ))
+        .unwrap()
+        .to_rgb8()
     };
     let has = |img: &image::RgbImage, c: [u8; 3]| img.pixels().filter(|p| p.0 == c).count();
     let face = map("mediapipe-face");
@@ -192,7 +224,10 @@ fn openpose_and_mediapipe_face_maps_are_drawn_from_the_crop_landmarks() {
         ("left eye", fm::LEFT_EYE_RGB),
         ("right eye", fm::RIGHT_EYE_RGB),
     ] {
-        assert!(has(&face, c) > 0, "mediapipe-face map lacks the {name} colour {c:?}");
+        assert!(
+            has(&face, c) > 0,
+            "mediapipe-face map lacks the {name} colour {c:?}"
+        );
     }
     let pose = map("openpose-full");
     assert!(has(&pose, [255, 255, 255]) > 20, "the face's white dots");
@@ -213,11 +248,18 @@ fn openpose_and_mediapipe_face_maps_are_drawn_from_the_crop_landmarks() {
 fn control_maps_contact_sheet() {
     let p = tiny_faces_project();
     copy_photos(&p, &["chelsea.png", "coffee.png"]);
-    std::fs::copy(Path::new(SAMPLES).join("rocket.jpg"), p.root().join("photos/rocket.jpg")).unwrap();
+    std::fs::copy(
+        Path::new(SAMPLES).join("rocket.jpg"),
+        p.root().join("photos/rocket.jpg"),
+    )
+    .unwrap();
     let recipe = std::fs::read_to_string(p.root().join("effects/tiny.kdl"))
         .unwrap()
         .replace("images \"photos/*.png\"", "images \"photos/*\"")
-        .replace("crop \"face\" size=128 margin=0.1", "crop \"face\" size=256 margin=0.6");
+        .replace(
+            "crop \"face\" size=128 margin=0.1",
+            "crop \"face\" size=256 margin=0.6",
+        );
     p.write("effects/tiny.kdl", &recipe);
     let run = p.build("tiny");
     let mut rows = Vec::new();
@@ -232,15 +274,23 @@ fn control_maps_contact_sheet() {
             .find(|e| e["event"] == "item-skipped" && e["item"] == item.as_str())
         {
             println!("  skipped: {}", skip["reason"]);
-            let photo = image::open(Path::new(SAMPLES).join(name)).unwrap().to_rgb8();
+            let photo = image::open(Path::new(SAMPLES).join(name))
+                .unwrap()
+                .to_rgb8();
             rows.push(vec![photo]);
             continue;
         }
-        let mut row = vec![image::open(output_of(&p, &run, &crop_id, "image")).unwrap().to_rgb8()];
+        let mut row = vec![image::open(output_of(&p, &run, &crop_id, "image"))
+            .unwrap()
+            .to_rgb8()];
         for pre in ["softedge", "openpose-full", "mediapipe-face"] {
             let id = format!("control:{pre}/{item}");
             println!("{id}: {} ms", run.stage(&id)["duration_ms"]);
-            row.push(image::open(output_of(&p, &run, &id, "control")).unwrap().to_rgb8());
+            row.push(
+                image::open(output_of(&p, &run, &id, "control"))
+                    .unwrap()
+                    .to_rgb8(),
+            );
         }
         rows.push(row);
     }

@@ -66,7 +66,10 @@ impl CropBox {
     pub fn to_source(&self, q: [f32; 2], size: u32) -> [f32; 2] {
         let (u, v) = axes(self.angle_rad);
         let s = self.side / size as f32;
-        let (a, b) = ((q[0] - size as f32 / 2.0) * s, (q[1] - size as f32 / 2.0) * s);
+        let (a, b) = (
+            (q[0] - size as f32 / 2.0) * s,
+            (q[1] - size as f32 / 2.0) * s,
+        );
         [
             self.center[0] + a * u[0] + b * v[0],
             self.center[1] + a * u[1] + b * v[1],
@@ -126,9 +129,17 @@ fn bilinear(img: &RgbImage, x: f32, y: f32) -> [f32; 3] {
     let (w, h) = (img.width() as i64, img.height() as i64);
     let (x0, y0) = (x.floor(), y.floor());
     let (fx, fy) = (x - x0, y - y0);
-    let at = |xi: i64, yi: i64| img.get_pixel(xi.clamp(0, w - 1) as u32, yi.clamp(0, h - 1) as u32).0;
+    let at = |xi: i64, yi: i64| {
+        img.get_pixel(xi.clamp(0, w - 1) as u32, yi.clamp(0, h - 1) as u32)
+            .0
+    };
     let (xi, yi) = (x0 as i64, y0 as i64);
-    let (a, b, c, d) = (at(xi, yi), at(xi + 1, yi), at(xi, yi + 1), at(xi + 1, yi + 1));
+    let (a, b, c, d) = (
+        at(xi, yi),
+        at(xi + 1, yi),
+        at(xi, yi + 1),
+        at(xi + 1, yi + 1),
+    );
     let mut out = [0f32; 3];
     for ch in 0..3 {
         let top = a[ch] as f32 * (1.0 - fx) + b[ch] as f32 * fx;
@@ -233,7 +244,11 @@ mod tests {
     fn centroid(img: &RgbImage, colour: [u8; 3]) -> [f32; 2] {
         let (mut sx, mut sy, mut n) = (0f32, 0f32, 0f32);
         for (x, y, p) in img.enumerate_pixels() {
-            let d: i32 = p.0.iter().zip(colour).map(|(a, b)| (*a as i32 - b as i32).abs()).sum();
+            let d: i32 =
+                p.0.iter()
+                    .zip(colour)
+                    .map(|(a, b)| (*a as i32 - b as i32).abs())
+                    .sum();
             if d < 60 {
                 sx += x as f32 + 0.5;
                 sy += y as f32 + 0.5;
@@ -258,14 +273,20 @@ mod tests {
         assert!((r[1] - l[1]).abs() < 0.5, "eyes level: {r:?} {l:?}");
         assert!(r[0] < l[0], "right eye on the image's left");
         let mid_x = (r[0] + l[0]) / 2.0;
-        assert!((mid_x - size as f32 / 2.0).abs() < 0.5, "eyes centred: {mid_x}");
+        assert!(
+            (mid_x - size as f32 / 2.0).abs() < 0.5,
+            "eyes centred: {mid_x}"
+        );
         // The eye gap scales with the box: 60 source px of a 110*1.5 px box.
         let gap = l[0] - r[0];
         let want = 60.0 * size as f32 / bx.side;
         assert!((gap - want).abs() < 1.0, "gap {gap}, want {want}");
         // The mapping agrees with where the pixels went.
         let mapped = bx.to_crop(right, size);
-        assert!((mapped[0] - r[0]).abs() < 0.5 && (mapped[1] - r[1]).abs() < 0.5, "{mapped:?} vs {r:?}");
+        assert!(
+            (mapped[0] - r[0]).abs() < 0.5 && (mapped[1] - r[1]).abs() < 0.5,
+            "{mapped:?} vs {r:?}"
+        );
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub const MIN_FACE_SIZE_PX: f32 = 64.0;
 const THICKNESS_PX: f32 = 2.0;
 
 /// FACEMESH_FACE_OVAL.
+#[rustfmt::skip]
 pub const FACE_OVAL: [[usize; 2]; 36] = [
     [10, 338], [338, 297], [297, 332], [332, 284], [284, 251], [251, 389], [389, 356],
     [356, 454], [454, 323], [323, 361], [361, 288], [288, 397], [397, 365], [365, 379],
@@ -27,27 +28,32 @@ pub const FACE_OVAL: [[usize; 2]; 36] = [
     [234, 127], [127, 162], [162, 21], [21, 54], [54, 103], [103, 67], [67, 109], [109, 10],
 ];
 /// FACEMESH_LEFT_EYE (the subject's left).
+#[rustfmt::skip]
 pub const LEFT_EYE: [[usize; 2]; 16] = [
     [263, 249], [249, 390], [390, 373], [373, 374], [374, 380], [380, 381], [381, 382],
     [382, 362], [263, 466], [466, 388], [388, 387], [387, 386], [386, 385], [385, 384],
     [384, 398], [398, 362],
 ];
 /// FACEMESH_LEFT_EYEBROW.
+#[rustfmt::skip]
 pub const LEFT_EYEBROW: [[usize; 2]; 8] = [
     [276, 283], [283, 282], [282, 295], [295, 285], [300, 293], [293, 334], [334, 296],
     [296, 336],
 ];
 /// FACEMESH_RIGHT_EYE.
+#[rustfmt::skip]
 pub const RIGHT_EYE: [[usize; 2]; 16] = [
     [33, 7], [7, 163], [163, 144], [144, 145], [145, 153], [153, 154], [154, 155],
     [155, 133], [33, 246], [246, 161], [161, 160], [160, 159], [159, 158], [158, 157],
     [157, 173], [173, 133],
 ];
 /// FACEMESH_RIGHT_EYEBROW.
+#[rustfmt::skip]
 pub const RIGHT_EYEBROW: [[usize; 2]; 8] = [
     [46, 53], [53, 52], [52, 65], [65, 55], [70, 63], [63, 105], [105, 66], [66, 107],
 ];
 /// FACEMESH_LIPS.
+#[rustfmt::skip]
 pub const LIPS: [[usize; 2]; 40] = [
     [61, 146], [146, 91], [91, 181], [181, 84], [84, 17], [17, 314], [314, 405],
     [405, 321], [321, 375], [375, 291], [61, 185], [185, 40], [40, 39], [39, 37], [37, 0],
@@ -96,7 +102,7 @@ pub fn draw_face_mesh(width: u32, height: u32, points: &[[f32; 2]]) -> RgbImage 
     for (set, colour) in contour_sets() {
         for [a, b] in set {
             if let (Some(p), Some(q)) = (pixel(*a), pixel(*b)) {
-                draw_line(&mut canvas, p, q, THICKNESS_PX, Rgb(*colour));
+                draw_line(&mut canvas, p, q, THICKNESS_PX, Rgb(colour));
             }
         }
     }
@@ -129,7 +135,13 @@ fn face_size(points: &[[f32; 2]]) -> f32 {
 /// A line `thickness` px wide with round ends (what `cv2.line` draws for a thickness
 /// over 1): every pixel whose centre lies within thickness/2 of the segment between the
 /// two pixel centres.
-pub(crate) fn draw_line(canvas: &mut RgbImage, p: [f32; 2], q: [f32; 2], thickness: f32, colour: Rgb<u8>) {
+pub(crate) fn draw_line(
+    canvas: &mut RgbImage,
+    p: [f32; 2],
+    q: [f32; 2],
+    thickness: f32,
+    colour: Rgb<u8>,
+) {
     let r = (thickness / 2.0).max(0.5);
     let (w, h) = (canvas.width() as i64, canvas.height() as i64);
     let x_lo = ((p[0].min(q[0]) - r).floor() as i64).max(0);
@@ -190,7 +202,11 @@ mod tests {
     fn contours_are_drawn_in_the_reference_colours_on_black() {
         let img = draw_face_mesh(224, 224, &synthetic_face());
         assert_eq!(img.get_pixel(5, 5).0, [0, 0, 0], "background black");
-        assert_eq!(img.get_pixel(190, 110).0, HEAD_RGB, "the oval's rightmost point");
+        assert_eq!(
+            img.get_pixel(190, 110).0,
+            HEAD_RGB,
+            "the oval's rightmost point"
+        );
         assert_eq!(img.get_pixel(64, 150).0, MOUTH_RGB, "lips");
         assert_eq!(img.get_pixel(64, 90).0, LEFT_EYE_RGB, "left eye");
         assert_eq!(img.get_pixel(64, 70).0, LEFT_EYEBROW_RGB, "left eyebrow");
@@ -209,14 +225,23 @@ mod tests {
         // BGR canvas, then `reverse_channels`.
         assert_eq!(LEFT_EYE_RGB, [10, 200, 180]);
         assert_eq!(RIGHT_EYE_RGB, [180, 200, 10]);
-        assert_eq!(contour_sets().iter().map(|(s, _)| s.len()).sum::<usize>(), 124);
+        assert_eq!(
+            contour_sets().iter().map(|(s, _)| s.len()).sum::<usize>(),
+            124
+        );
     }
 
     #[test]
     fn a_small_face_or_too_few_points_draw_nothing() {
-        let small: Vec<[f32; 2]> = synthetic_face().iter().map(|p| [p[0] / 4.0, p[1] / 4.0]).collect();
+        let small: Vec<[f32; 2]> = synthetic_face()
+            .iter()
+            .map(|p| [p[0] / 4.0, p[1] / 4.0])
+            .collect();
         let img = draw_face_mesh(224, 224, &small);
-        assert!(img.pixels().all(|p| p.0 == [0, 0, 0]), "a 45 px face is under 64 px");
+        assert!(
+            img.pixels().all(|p| p.0 == [0, 0, 0]),
+            "a 45 px face is under 64 px"
+        );
         let img = draw_face_mesh(224, 224, &synthetic_face()[..100]);
         assert!(img.pixels().all(|p| p.0 == [0, 0, 0]));
     }
@@ -224,14 +249,22 @@ mod tests {
     #[test]
     fn pupils_are_drawn_only_with_the_refined_points() {
         let mut pts = synthetic_face();
-        pts.extend(std::iter::repeat([0.0, 0.0]).take(10));
+        pts.extend(std::iter::repeat_n([0.0, 0.0], 10));
         pts[468] = [100.0, 125.0];
         pts[473] = [150.0, 125.0];
         let img = draw_face_mesh(224, 224, &pts);
         assert_eq!(img.get_pixel(99, 124).0, RIGHT_IRIS_RGB);
         assert_eq!(img.get_pixel(148, 123).0, LEFT_IRIS_RGB);
-        assert_eq!(img.get_pixel(102, 125).0, [0, 0, 0], "halfwidth 2: x-2..x+2, end excluded");
+        assert_eq!(
+            img.get_pixel(102, 125).0,
+            [0, 0, 0],
+            "halfwidth 2: x-2..x+2, end excluded"
+        );
         let plain = draw_face_mesh(224, 224, &synthetic_face());
-        assert_eq!(plain.get_pixel(99, 124).0, [0, 0, 0], "468 points: no pupils");
+        assert_eq!(
+            plain.get_pixel(99, 124).0,
+            [0, 0, 0],
+            "468 points: no pupils"
+        );
     }
 }

@@ -114,6 +114,7 @@ pub fn coco18_from_mediapipe_pose(points: &[[f32; 3]]) -> [Option<[f32; 2]>; 18]
 /// correspondence of Peizhi Yan's `Mediapipe_2_Dlib_Landmarks` (2024, `mp2dlib.py`),
 /// in dlib order: jaw 0-16, right brow 17-21, left brow 22-26, nose 27-35, right eye
 /// 36-41, left eye 42-47, outer lips 48-59, inner lips 60-67.
+#[rustfmt::skip]
 const DLIB68_FROM_MEDIAPIPE: [[usize; 2]; 68] = [
     [127, 127], [234, 234], [93, 93], [132, 58], [58, 172], [136, 136], [150, 150],
     [176, 176], [152, 152], [400, 400], [379, 379], [365, 365], [397, 288], [361, 361],

@@ -28,15 +28,17 @@ pub fn shared_teacher(
     verify_pins: bool,
     diags: &mut Diagnostics,
 ) -> SharedTeacher {
-    let mut shared = SharedTeacher::default();
     // The teacher's and the face crop's models.
-    shared.models = Arc::new(crate::models::check_models(
-        project,
-        recipe,
-        digest_of,
-        verify_pins,
-        diags,
-    ));
+    let mut shared = SharedTeacher {
+        teacher: None,
+        models: Arc::new(crate::models::check_models(
+            project,
+            recipe,
+            digest_of,
+            verify_pins,
+            diags,
+        )),
+    };
     let faces = &recipe.sources.crop.faces;
     if faces.value == crate::recipe::FaceSelection::All {
         let message = "`faces=\"all\"` (one item per face) is not built yet";
