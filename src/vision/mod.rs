@@ -3,9 +3,17 @@
 //! full pose landmarks. `tflite_rewrite` turns each shipped flatbuffer into one stock
 //! tract-tflite loads; `face` and `pose` do MediaPipe's pre- and post-processing.
 
-use std::path::{Path, PathBuf};
+pub mod face;
+pub mod model;
+pub mod pose;
+pub mod roi;
+pub mod ssd;
+pub mod tflite_rewrite;
 
-use image::RgbImage;
+use std::path::PathBuf;
+
+pub use face::{FaceDetector, FaceMesh};
+pub use pose::{PoseDetection, PoseEstimator};
 
 /// One detected face, in source-image pixels.
 #[derive(Debug, Clone, PartialEq)]
@@ -23,6 +31,8 @@ pub struct FaceDetection {
 #[derive(Debug, Clone, PartialEq)]
 pub struct FaceLandmarks {
     pub points: Vec<[f32; 3]>,
+    /// The model's face-presence probability (MediaPipe drops the landmarks below 0.5).
+    pub presence: f32,
 }
 
 /// The 33 full-body pose landmarks: x, y in source pixels, z (same scale as x, hips
@@ -30,6 +40,8 @@ pub struct FaceLandmarks {
 #[derive(Debug, Clone, PartialEq)]
 pub struct PoseLandmarks {
     pub points: Vec<[f32; 4]>,
+    /// The model's pose-presence probability (≥ 0.5, or `estimate` returns None).
+    pub presence: f32,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -44,51 +56,4 @@ pub enum VisionError {
     Model { path: PathBuf, message: String },
     #[error("running the model {path} failed: {message}")]
     Run { path: PathBuf, message: String },
-}
-
-/// Short-range BlazeFace (128x128 input, faces within ~2 m).
-pub struct FaceDetector {
-    _private: (),
-}
-
-impl FaceDetector {
-    pub fn load(path: &Path) -> Result<Self, VisionError> {
-        Err(VisionError::Model { path: path.to_owned(), message: "not implemented yet".into() })
-    }
-
-    /// All faces above MediaPipe's threshold, sorted by box area, largest first.
-    pub fn detect(&self, _img: &RgbImage) -> Result<Vec<FaceDetection>, VisionError> {
-        unimplemented!()
-    }
-}
-
-/// The 468-point face mesh (192x192 crop around a detected face, eyes levelled).
-pub struct FaceMesh {
-    _private: (),
-}
-
-impl FaceMesh {
-    pub fn load(path: &Path) -> Result<Self, VisionError> {
-        Err(VisionError::Model { path: path.to_owned(), message: "not implemented yet".into() })
-    }
-
-    pub fn landmarks(&self, _img: &RgbImage, _face: &FaceDetection) -> Result<FaceLandmarks, VisionError> {
-        unimplemented!()
-    }
-}
-
-/// Pose detection (224x224) then pose_landmark_full (256x256) on the rotated ROI.
-pub struct PoseEstimator {
-    _private: (),
-}
-
-impl PoseEstimator {
-    pub fn load(detector: &Path, _landmark: &Path) -> Result<Self, VisionError> {
-        Err(VisionError::Model { path: detector.to_owned(), message: "not implemented yet".into() })
-    }
-
-    /// The most confident person's landmarks, or None when no person is detected.
-    pub fn estimate(&self, _img: &RgbImage) -> Result<Option<PoseLandmarks>, VisionError> {
-        unimplemented!()
-    }
 }
