@@ -23,6 +23,9 @@ pub const MODEL_INPUTS: [&str; 4] = [
 /// The reason a photo without a face is skipped.
 pub const NO_FACE: &str = "no face found";
 
+/// MediaPipe's face-presence cut-off for the mesh.
+const MIN_MESH_PRESENCE: f32 = 0.5;
+
 /// MediaPipe's models, loaded once per build and shared by every item's crop.
 #[derive(Default)]
 pub struct FaceModels {
@@ -118,11 +121,19 @@ impl Stage for FaceCrop {
         let src = read_rgb(ctx.input("image")?)?;
         let models = self.models.get(ctx)?;
         let faces = models.detector.detect(&src).map_err(vision_error)?;
-        // The detector sorts by box area: the first is the largest face.
-        let Some(face) = faces.first() else {
+        // The detector sorts by box area: the largest face whose mesh confirms it (as
+        // MediaPipe does, landmarks below presence 0.5 are dropped).
+        let mut found = None;
+        for face in &faces {
+            let mesh = models.mesh.landmarks(&src, face).map_err(vision_error)?;
+            if mesh.presence >= MIN_MESH_PRESENCE {
+                found = Some((face, mesh));
+                break;
+            }
+        }
+        let Some((face, mesh)) = found else {
             return Ok(RunOutput::skip(NO_FACE));
         };
-        let mesh = models.mesh.landmarks(&src, face).map_err(vision_error)?;
         let pose = models.pose.estimate(&src).map_err(vision_error)?;
         // The mesh's eye contours place the eyes better than the detector's keypoints.
         let (right_eye, left_eye) = if mesh.points.len() >= 468 {
