@@ -11,7 +11,13 @@ use effectc::digest::Digest;
 use effectc::imaging::face_crop::CropLandmarks;
 use std::path::{Path, PathBuf};
 
-const SAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/samples");
+/// `../shared/samples` beside the checkout (CI's layout), or `$EFFECTC_SAMPLES` (a git
+/// worktree elsewhere).
+fn samples() -> PathBuf {
+    std::env::var_os("EFFECTC_SAMPLES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/samples"))
+}
 const TINY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/projects/tiny-diffusion");
 
 /// Where set-up put MediaPipe's models.
@@ -27,9 +33,16 @@ fn mediapipe_dir() -> PathBuf {
 fn copy_photos(p: &TestProject, names: &[&str]) {
     std::fs::create_dir_all(p.root().join("photos")).unwrap();
     for n in names {
-        std::fs::copy(Path::new(SAMPLES).join(n), p.root().join("photos").join(n))
+        std::fs::copy(samples().join(n), p.root().join("photos").join(n))
             .unwrap_or_else(|e| panic!("../shared/samples/{n}: {e}"));
     }
+}
+
+/// A PNG blob of the cache (blobs have no extension to guess the format from).
+fn open_png(path: PathBuf) -> image::RgbImage {
+    image::load_from_memory(&std::fs::read(path).unwrap())
+        .unwrap()
+        .to_rgb8()
 }
 
 /// The file of output `output` of the stage `id`, as the build's event names it.
@@ -123,9 +136,7 @@ fn the_face_crop_levels_the_astronaut_and_skips_the_coffee_cup_once() {
         right[1] > 20.0 && right[1] < 64.0,
         "eyes in the upper half: {right:?}"
     );
-    let crop = image::open(output_of(&p, &first, "crop/photos/astronaut.png", "image"))
-        .unwrap()
-        .to_rgb8();
+    let crop = open_png(output_of(&p, &first, "crop/photos/astronaut.png", "image"));
     assert_eq!(crop.dimensions(), (128, 128));
 
     // Nothing runs twice, and the skip is still reported.
@@ -205,14 +216,12 @@ fn openpose_and_mediapipe_face_maps_are_drawn_from_the_crop_landmarks() {
         "softedge, openpose-full, mediapipe-face"
     );
     let map = |pre: &str| {
-        image::open(output_of(
+        open_png(output_of(
             &p,
             &run,
             &format!("control:{pre}/photos/astronaut.png"),
             "control",
         ))
-        .unwrap()
-        .to_rgb8()
     };
     let has = |img: &image::RgbImage, c: [u8; 3]| img.pixels().filter(|p| p.0 == c).count();
     let face = map("mediapipe-face");
@@ -249,7 +258,7 @@ fn control_maps_contact_sheet() {
     let p = tiny_faces_project();
     copy_photos(&p, &["chelsea.png", "coffee.png"]);
     std::fs::copy(
-        Path::new(SAMPLES).join("rocket.jpg"),
+        samples().join("rocket.jpg"),
         p.root().join("photos/rocket.jpg"),
     )
     .unwrap();
@@ -274,23 +283,17 @@ fn control_maps_contact_sheet() {
             .find(|e| e["event"] == "item-skipped" && e["item"] == item.as_str())
         {
             println!("  skipped: {}", skip["reason"]);
-            let photo = image::open(Path::new(SAMPLES).join(name))
+            let photo = image::open(samples().join(name))
                 .unwrap()
                 .to_rgb8();
             rows.push(vec![photo]);
             continue;
         }
-        let mut row = vec![image::open(output_of(&p, &run, &crop_id, "image"))
-            .unwrap()
-            .to_rgb8()];
+        let mut row = vec![open_png(output_of(&p, &run, &crop_id, "image"))];
         for pre in ["softedge", "openpose-full", "mediapipe-face"] {
             let id = format!("control:{pre}/{item}");
             println!("{id}: {} ms", run.stage(&id)["duration_ms"]);
-            row.push(
-                image::open(output_of(&p, &run, &id, "control"))
-                    .unwrap()
-                    .to_rgb8(),
-            );
+            row.push(open_png(output_of(&p, &run, &id, "control")));
         }
         rows.push(row);
     }
