@@ -283,10 +283,21 @@ fn control_maps_contact_sheet() {
             .find(|e| e["event"] == "item-skipped" && e["item"] == item.as_str())
         {
             println!("  skipped: {}", skip["reason"]);
-            let photo = image::open(samples().join(name))
-                .unwrap()
-                .to_rgb8();
-            rows.push(vec![photo]);
+            let photo = image::open(samples().join(name)).unwrap().to_rgb8();
+            // The crop made nothing: show the photo and why.
+            let mut note = image::RgbImage::new(256, 256);
+            let white = image::Rgb([235, 235, 235]);
+            let draw = effectc::imaging::contact_sheet::draw_text;
+            draw(&mut note, 8, 110, "SKIPPED:", 2, white);
+            draw(
+                &mut note,
+                8,
+                132,
+                skip["reason"].as_str().unwrap_or("?"),
+                2,
+                white,
+            );
+            rows.push(vec![photo, note]);
             continue;
         }
         let mut row = vec![open_png(output_of(&p, &run, &crop_id, "image"))];
