@@ -163,7 +163,7 @@ pub fn check_models(
             .help(format!(
                 "put the files in {} (or set EFFECTC_MODELS), or `effectc models import PATH --name NAME`{}",
                 dir.display(),
-                if missing.iter().any(|m| m.contains("mediapipe-")) {
+                if missing.iter().any(|m| m.starts_with("  mediapipe-")) {
                     "; scripts/mediapipe-models.sh installs MediaPipe's"
                 } else {
                     ""
