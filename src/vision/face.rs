@@ -15,10 +15,19 @@ use super::roi::{rotation_between, Border, Range, Roi};
 use super::ssd::{self, Anchor, AnchorOptions, DecodeOptions};
 use super::{FaceDetection, FaceLandmarks, VisionError};
 
-const DETECTOR_ANCHORS: AnchorOptions =
-    AnchorOptions { input_size: 128, strides: &[8, 16, 16, 16], anchors_per_layer: 2, offset: 0.5 };
-const DETECTOR_DECODE: DecodeOptions =
-    DecodeOptions { num_coords: 16, num_keypoints: 6, scale: 128.0, score_clipping: 100.0, min_score: 0.5 };
+const DETECTOR_ANCHORS: AnchorOptions = AnchorOptions {
+    input_size: 128,
+    strides: &[8, 16, 16, 16],
+    anchors_per_layer: 2,
+    offset: 0.5,
+};
+const DETECTOR_DECODE: DecodeOptions = DecodeOptions {
+    num_coords: 16,
+    num_keypoints: 6,
+    scale: 128.0,
+    score_clipping: 100.0,
+    min_score: 0.5,
+};
 const NMS_IOU: f32 = 0.3;
 const MESH_ROI_SCALE: f32 = 1.5;
 const MESH_POINTS: usize = 468;
@@ -33,7 +42,21 @@ fn check_size(model: &TfliteModel, size: usize) -> Result<(), VisionError> {
     if model.size != size {
         return Err(VisionError::Model {
             path: model.path().to_owned(),
-            message: format!("input is {0}x{0}, expected {size}x{size}: is this the right model?", model.size),
+            message: format!(
+                "input is {0}x{0}, expected {size}x{size}: is this the right model?",
+                model.size
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// An empty image has nothing to sample (and no edge pixel to replicate).
+pub(crate) fn non_empty(model: &TfliteModel, img: &RgbImage) -> Result<(), VisionError> {
+    if img.width() == 0 || img.height() == 0 {
+        return Err(VisionError::Run {
+            path: model.path().to_owned(),
+            message: "the image is empty (0 pixels)".into(),
         });
     }
     Ok(())
@@ -43,16 +66,25 @@ impl FaceDetector {
     pub fn load(path: &Path) -> Result<Self, VisionError> {
         let model = TfliteModel::load(path)?;
         check_size(&model, 128)?;
-        Ok(FaceDetector { model, anchors: ssd::anchors(&DETECTOR_ANCHORS) })
+        Ok(FaceDetector {
+            model,
+            anchors: ssd::anchors(&DETECTOR_ANCHORS),
+        })
     }
 
     /// All faces scoring at least 0.5, sorted by box area, largest first.
     pub fn detect(&self, img: &RgbImage) -> Result<Vec<FaceDetection>, VisionError> {
+        non_empty(&self.model, img)?;
         let roi = Roi::letterbox(img.width(), img.height());
         let input = roi.sample(img, 128, Border::Zero, Range::MinusOneToOne);
         let out = self.model.run(&input)?;
-        let raw = ssd::decode(&out[0], &out[1], &self.anchors, &DETECTOR_DECODE)
-            .map_err(|message| VisionError::Run { path: self.model.path().to_owned(), message })?;
+        let raw =
+            ssd::decode(&out[0], &out[1], &self.anchors, &DETECTOR_DECODE).map_err(|message| {
+                VisionError::Run {
+                    path: self.model.path().to_owned(),
+                    message,
+                }
+            })?;
         let mut faces: Vec<FaceDetection> = ssd::weighted_nms(raw, NMS_IOU)
             .into_iter()
             .map(|d| {
@@ -62,7 +94,11 @@ impl FaceDetector {
                 for (k, p) in keypoints.iter_mut().zip(&d.keypoints) {
                     *k = roi.to_image(p[0], p[1]);
                 }
-                FaceDetection { score: d.score, bbox: [x0, y0, x1, y1], keypoints }
+                FaceDetection {
+                    score: d.score,
+                    bbox: [x0, y0, x1, y1],
+                    keypoints,
+                }
             })
             .collect();
         let area = |f: &FaceDetection| (f.bbox[2] - f.bbox[0]) * (f.bbox[3] - f.bbox[1]);
@@ -97,14 +133,23 @@ impl FaceMesh {
         Ok(FaceMesh { model })
     }
 
-    pub fn landmarks(&self, img: &RgbImage, face: &FaceDetection) -> Result<FaceLandmarks, VisionError> {
+    pub fn landmarks(
+        &self,
+        img: &RgbImage,
+        face: &FaceDetection,
+    ) -> Result<FaceLandmarks, VisionError> {
+        non_empty(&self.model, img)?;
         let roi = mesh_roi(face);
         let input = roi.sample(img, 192, Border::Replicate, Range::ZeroToOne);
         let out = self.model.run(&input)?;
         if out[0].len() != MESH_POINTS * 3 || out[1].len() != 1 {
             return Err(VisionError::Run {
                 path: self.model.path().to_owned(),
-                message: format!("outputs of {} and {} values, expected 1404 and 1", out[0].len(), out[1].len()),
+                message: format!(
+                    "outputs of {} and {} values, expected 1404 and 1",
+                    out[0].len(),
+                    out[1].len()
+                ),
             });
         }
         let s = 192.0;
@@ -115,6 +160,9 @@ impl FaceMesh {
                 [x, y, p[2] / s * roi.w]
             })
             .collect();
-        Ok(FaceLandmarks { points, presence: ssd::sigmoid(out[1][0]) })
+        Ok(FaceLandmarks {
+            points,
+            presence: ssd::sigmoid(out[1][0]),
+        })
     }
 }

@@ -46,7 +46,9 @@ pub struct PoseLandmarks {
 
 #[derive(Debug, thiserror::Error)]
 pub enum VisionError {
-    #[error("cannot read the model {path}: {source} (set-up installs it: scripts/mediapipe-models.sh)")]
+    #[error(
+        "cannot read the model {path}: {source} (set-up installs it: scripts/mediapipe-models.sh)"
+    )]
     Read {
         path: PathBuf,
         #[source]

@@ -16,10 +16,19 @@ use super::roi::{rotation_between, Border, Range, Roi};
 use super::ssd::{self, Anchor, AnchorOptions, DecodeOptions};
 use super::{PoseLandmarks, VisionError};
 
-const DETECTOR_ANCHORS: AnchorOptions =
-    AnchorOptions { input_size: 224, strides: &[8, 16, 32, 32, 32], anchors_per_layer: 2, offset: 0.5 };
-const DETECTOR_DECODE: DecodeOptions =
-    DecodeOptions { num_coords: 12, num_keypoints: 4, scale: 224.0, score_clipping: 100.0, min_score: 0.5 };
+const DETECTOR_ANCHORS: AnchorOptions = AnchorOptions {
+    input_size: 224,
+    strides: &[8, 16, 32, 32, 32],
+    anchors_per_layer: 2,
+    offset: 0.5,
+};
+const DETECTOR_DECODE: DecodeOptions = DecodeOptions {
+    num_coords: 12,
+    num_keypoints: 4,
+    scale: 224.0,
+    score_clipping: 100.0,
+    min_score: 0.5,
+};
 const NMS_IOU: f32 = 0.3;
 const ROI_SCALE: f32 = 1.25;
 const MODEL_POINTS: usize = 39;
@@ -81,20 +90,33 @@ impl PoseEstimator {
             if m.size != size {
                 return Err(VisionError::Model {
                     path: m.path().to_owned(),
-                    message: format!("input is {0}x{0}, expected {size}x{size}: is this the right model?", m.size),
+                    message: format!(
+                        "input is {0}x{0}, expected {size}x{size}: is this the right model?",
+                        m.size
+                    ),
                 });
             }
         }
-        Ok(PoseEstimator { detector, landmark, anchors: ssd::anchors(&DETECTOR_ANCHORS) })
+        Ok(PoseEstimator {
+            detector,
+            landmark,
+            anchors: ssd::anchors(&DETECTOR_ANCHORS),
+        })
     }
 
     /// The most confident person found by the detector, if any.
     pub fn detect(&self, img: &RgbImage) -> Result<Option<PoseDetection>, VisionError> {
+        super::face::non_empty(&self.detector, img)?;
         let roi = Roi::letterbox(img.width(), img.height());
         let input = roi.sample(img, 224, Border::Zero, Range::MinusOneToOne);
         let out = self.detector.run(&input)?;
-        let raw = ssd::decode(&out[0], &out[1], &self.anchors, &DETECTOR_DECODE)
-            .map_err(|message| VisionError::Run { path: self.detector.path().to_owned(), message })?;
+        let raw =
+            ssd::decode(&out[0], &out[1], &self.anchors, &DETECTOR_DECODE).map_err(|message| {
+                VisionError::Run {
+                    path: self.detector.path().to_owned(),
+                    message,
+                }
+            })?;
         Ok(ssd::weighted_nms(raw, NMS_IOU).into_iter().next().map(|d| {
             let [x0, y0] = roi.to_image(d.bbox[0], d.bbox[1]);
             let [x1, y1] = roi.to_image(d.bbox[2], d.bbox[3]);
@@ -102,7 +124,11 @@ impl PoseEstimator {
             for (k, p) in keypoints.iter_mut().zip(&d.keypoints) {
                 *k = roi.to_image(p[0], p[1]);
             }
-            PoseDetection { score: d.score, bbox: [x0, y0, x1, y1], keypoints }
+            PoseDetection {
+                score: d.score,
+                bbox: [x0, y0, x1, y1],
+                keypoints,
+            }
         }))
     }
 
@@ -110,14 +136,22 @@ impl PoseEstimator {
     pub fn landmark_roi(det: &PoseDetection) -> Roi {
         let [c, e] = [det.keypoints[0], det.keypoints[1]];
         let side = 2.0 * ((e[0] - c[0]).powi(2) + (e[1] - c[1]).powi(2)).sqrt();
-        Roi { cx: c[0], cy: c[1], w: side, h: side, rotation: rotation_between(c, e, FRAC_PI_2) }
-            .square_long_scaled(ROI_SCALE)
+        Roi {
+            cx: c[0],
+            cy: c[1],
+            w: side,
+            h: side,
+            rotation: rotation_between(c, e, FRAC_PI_2),
+        }
+        .square_long_scaled(ROI_SCALE)
     }
 
     /// The most confident person's 33 landmarks, or None when the detector finds no
     /// person or the landmark model says none is present.
     pub fn estimate(&self, img: &RgbImage) -> Result<Option<PoseLandmarks>, VisionError> {
-        let Some(det) = self.detect(img)? else { return Ok(None) };
+        let Some(det) = self.detect(img)? else {
+            return Ok(None);
+        };
         let roi = Self::landmark_roi(&det);
         let input = roi.sample(img, 256, Border::Replicate, Range::ZeroToOne);
         let out = self.landmark.run(&input)?;
@@ -136,7 +170,10 @@ impl PoseEstimator {
             return Ok(None);
         }
         let s = 256.0;
-        let mut xy: Vec<[f32; 2]> = out[0].chunks_exact(5).map(|p| [p[0] / s, p[1] / s]).collect();
+        let mut xy: Vec<[f32; 2]> = out[0]
+            .chunks_exact(5)
+            .map(|p| [p[0] / s, p[1] / s])
+            .collect();
         refine_from_heatmap(&mut xy, &out[3]);
         let points = out[0]
             .chunks_exact(5)
@@ -164,7 +201,9 @@ mod tests {
         // Landmark 1: no confident cell, left alone.
         let mut xy = [[12.0 / n as f32, 21.0 / n as f32], [0.5, 0.5]];
         refine_from_heatmap(&mut xy, &hm);
-        assert!((xy[0][0] - 10.0 / n as f32).abs() < 1e-6 && (xy[0][1] - 20.0 / n as f32).abs() < 1e-6);
+        assert!(
+            (xy[0][0] - 10.0 / n as f32).abs() < 1e-6 && (xy[0][1] - 20.0 / n as f32).abs() < 1e-6
+        );
         assert_eq!(xy[1], [0.5, 0.5]);
     }
 }

@@ -1,5 +1,5 @@
 //! Rotated regions of interest in source pixels, MediaPipe's `ImageToTensorCalculator`
-//! (sample a rotated rectangle into a model's input square, bilinear) and the
+//! (sample a rotated rectangle into a model's input square as its OpenCV path does) and the
 //! rectangle rules of `DetectionsToRectsCalculator` / `RectTransformationCalculator`.
 //! Everything is in pixels, so rotations stay rigid on non-square images.
 
@@ -58,14 +58,24 @@ impl Roi {
     /// The whole image, letterboxed into a square (`keep_aspect_ratio: true`).
     pub fn letterbox(width: u32, height: u32) -> Roi {
         let side = width.max(height) as f32;
-        Roi { cx: width as f32 / 2.0, cy: height as f32 / 2.0, w: side, h: side, rotation: 0.0 }
+        Roi {
+            cx: width as f32 / 2.0,
+            cy: height as f32 / 2.0,
+            w: side,
+            h: side,
+            rotation: 0.0,
+        }
     }
 
     /// `RectTransformationCalculator` with `square_long: true` and no shift: the long
     /// side, scaled.
     pub fn square_long_scaled(self, scale: f32) -> Roi {
         let side = self.w.max(self.h) * scale;
-        Roi { w: side, h: side, ..self }
+        Roi {
+            w: side,
+            h: side,
+            ..self
+        }
     }
 
     /// A point given in the ROI's own normalised coordinates ((0,0) top-left, (1,1)
@@ -81,37 +91,42 @@ impl Roi {
     pub fn sample(&self, img: &RgbImage, size: usize, border: Border, range: Range) -> Vec<f32> {
         let (w, h) = (img.width() as i64, img.height() as i64);
         let raw = img.as_raw();
-        let pixel = |x: i64, y: i64, c: usize| -> f32 {
+        let pixel = |x: i64, y: i64, c: usize| -> u32 {
             let (x, y) = match border {
                 Border::Replicate => (x.clamp(0, w - 1), y.clamp(0, h - 1)),
                 Border::Zero => {
                     if x < 0 || y < 0 || x >= w || y >= h {
-                        return 0.0;
+                        return 0;
                     }
                     (x, y)
                 }
             };
-            raw[((y * w + x) * 3) as usize + c] as f32
+            raw[((y * w + x) * 3) as usize + c] as u32
         };
+        let (sin, cos) = (self.rotation as f64).sin_cos();
         let mut out = Vec::with_capacity(size * size * 3);
         for i in 0..size {
             for j in 0..size {
-                // MediaPipe's CPU path (OpenCV warpAffine with the rectangle's corners on
-                // the tensor's corners) samples output pixel (j, i) at the ROI point
-                // (j / size, i / size), read as a source pixel index. Matching it matters:
-                // BlazeFace's keypoints move ~4 px on a 512-px photo with a half-pixel
-                // shift of its 128-px input.
-                let (fx, fy) = {
-                    let p = self.to_image(j as f32 / size as f32, i as f32 / size as f32);
-                    (p[0], p[1])
-                };
-                let (x0, y0) = (fx.floor(), fy.floor());
-                let (ax, ay) = (fx - x0, fy - y0);
-                let (x0, y0) = (x0 as i64, y0 as i64);
+                // MediaPipe's CPU path (OpenCV warpPerspective of the 8-bit image, the
+                // rectangle's corners on the tensor's corners) samples output pixel (j, i)
+                // at the ROI point (j / size, i / size), read as a source pixel index,
+                // rounded to 1/32 pixel, with integer bilinear weights, and rounds the
+                // result to 8 bits. Doing the same gives MediaPipe's tensors: the pose
+                // detector's score moves by 0.01 with plain float bilinear sampling, and
+                // BlazeFace's keypoints by ~4 px with a half-pixel shift.
+                let (u, v) = (j as f64 / size as f64 - 0.5, i as f64 / size as f64 - 0.5);
+                let (x, y) = (u * self.w as f64, v * self.h as f64);
+                let fx = self.cx as f64 + cos * x - sin * y;
+                let fy = self.cy as f64 + sin * x + cos * y;
+                let (qx, qy) = ((fx * 32.0).round() as i64, (fy * 32.0).round() as i64);
+                let (x0, y0) = (qx.div_euclid(32), qy.div_euclid(32));
+                let (ax, ay) = (qx.rem_euclid(32) as u32, qy.rem_euclid(32) as u32);
                 for c in 0..3 {
-                    let top = pixel(x0, y0, c) * (1.0 - ax) + pixel(x0 + 1, y0, c) * ax;
-                    let bottom = pixel(x0, y0 + 1, c) * (1.0 - ax) + pixel(x0 + 1, y0 + 1, c) * ax;
-                    out.push(range.map(top * (1.0 - ay) + bottom * ay));
+                    let sum = (32 - ax) * (32 - ay) * pixel(x0, y0, c)
+                        + ax * (32 - ay) * pixel(x0 + 1, y0, c)
+                        + (32 - ax) * ay * pixel(x0, y0 + 1, c)
+                        + ax * ay * pixel(x0 + 1, y0 + 1, c);
+                    out.push(range.map(((sum + 512) >> 10) as f32));
                 }
             }
         }
@@ -130,18 +145,27 @@ mod tests {
         let r = rotation_between([0.0, 0.0], [10.0, 10.0], 0.0);
         assert!((r - std::f32::consts::FRAC_PI_4).abs() < 1e-6);
         // The ROI's x axis then points from the first eye to the second.
-        let roi = Roi { cx: 0.0, cy: 0.0, w: 2.0, h: 2.0, rotation: r };
+        let roi = Roi {
+            cx: 0.0,
+            cy: 0.0,
+            w: 2.0,
+            h: 2.0,
+            rotation: r,
+        };
         let p = roi.to_image(1.0, 0.5);
         assert!((p[0] - p[1]).abs() < 1e-6 && p[0] > 0.0);
         // Pose: hips to head straight up gives no rotation with a 90° target.
-        assert!(rotation_between([0.0, 10.0], [0.0, 0.0], std::f32::consts::FRAC_PI_2).abs() < 1e-6);
+        assert!(
+            rotation_between([0.0, 10.0], [0.0, 0.0], std::f32::consts::FRAC_PI_2).abs() < 1e-6
+        );
     }
 
     #[test]
     fn letterbox_sampling_pads_with_black_and_keeps_pixels() {
         // 4x2 image: the letterboxed square is 4x4, rows 0 and 3 are padding.
         let mut img = RgbImage::new(4, 2);
-        img.pixels_mut().for_each(|p| *p = image::Rgb([255, 255, 255]));
+        img.pixels_mut()
+            .for_each(|p| *p = image::Rgb([255, 255, 255]));
         let t = Roi::letterbox(4, 2).sample(&img, 4, Border::Zero, Range::MinusOneToOne);
         assert_eq!(t[0], -1.0);
         assert_eq!(t[(4 + 1) * 3], 1.0);

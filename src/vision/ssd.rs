@@ -37,7 +37,10 @@ pub fn anchors(o: &AnchorOptions) -> Vec<Anchor> {
         for y in 0..fm {
             for x in 0..fm {
                 for _ in 0..per_cell {
-                    out.push(Anchor { x: (x as f32 + o.offset) / fm as f32, y: (y as f32 + o.offset) / fm as f32 });
+                    out.push(Anchor {
+                        x: (x as f32 + o.offset) / fm as f32,
+                        y: (y as f32 + o.offset) / fm as f32,
+                    });
                 }
             }
         }
@@ -71,7 +74,12 @@ pub fn sigmoid(x: f32) -> f32 {
 
 /// Boxes and keypoints from the regressors (`anchors.len() * num_coords`) and the
 /// classificator logits (`anchors.len()`), keeping those with score >= `min_score`.
-pub fn decode(regressors: &[f32], logits: &[f32], anchors: &[Anchor], o: &DecodeOptions) -> Result<Vec<RawDetection>, String> {
+pub fn decode(
+    regressors: &[f32],
+    logits: &[f32],
+    anchors: &[Anchor],
+    o: &DecodeOptions,
+) -> Result<Vec<RawDetection>, String> {
     if regressors.len() != anchors.len() * o.num_coords || logits.len() != anchors.len() {
         return Err(format!(
             "detector outputs have {} and {} values, expected {} and {}",
@@ -94,9 +102,18 @@ pub fn decode(regressors: &[f32], logits: &[f32], anchors: &[Anchor], o: &Decode
             continue;
         }
         let keypoints = (0..o.num_keypoints)
-            .map(|k| [r[4 + 2 * k] / o.scale + a.x, r[4 + 2 * k + 1] / o.scale + a.y])
+            .map(|k| {
+                [
+                    r[4 + 2 * k] / o.scale + a.x,
+                    r[4 + 2 * k + 1] / o.scale + a.y,
+                ]
+            })
             .collect();
-        out.push(RawDetection { score, bbox: [cx - w / 2.0, cy - h / 2.0, cx + w / 2.0, cy + h / 2.0], keypoints });
+        out.push(RawDetection {
+            score,
+            bbox: [cx - w / 2.0, cy - h / 2.0, cx + w / 2.0, cy + h / 2.0],
+            keypoints,
+        });
     }
     Ok(out)
 }
@@ -121,7 +138,9 @@ pub fn weighted_nms(mut dets: Vec<RawDetection>, threshold: f32) -> Vec<RawDetec
     let mut out = Vec::new();
     while !dets.is_empty() {
         let best = dets[0].clone();
-        let (close, rest): (Vec<_>, Vec<_>) = dets.into_iter().partition(|d| iou(&d.bbox, &best.bbox) > threshold);
+        let (close, rest): (Vec<_>, Vec<_>) = dets
+            .into_iter()
+            .partition(|d| iou(&d.bbox, &best.bbox) > threshold);
         let total: f32 = close.iter().map(|d| d.score).sum();
         let mut merged = best.clone();
         if total > 0.0 && !close.is_empty() {
@@ -149,21 +168,47 @@ mod tests {
 
     #[test]
     fn anchor_counts_match_the_models() {
-        let face = AnchorOptions { input_size: 128, strides: &[8, 16, 16, 16], anchors_per_layer: 2, offset: 0.5 };
-        let pose = AnchorOptions { input_size: 224, strides: &[8, 16, 32, 32, 32], anchors_per_layer: 2, offset: 0.5 };
+        let face = AnchorOptions {
+            input_size: 128,
+            strides: &[8, 16, 16, 16],
+            anchors_per_layer: 2,
+            offset: 0.5,
+        };
+        let pose = AnchorOptions {
+            input_size: 224,
+            strides: &[8, 16, 32, 32, 32],
+            anchors_per_layer: 2,
+            offset: 0.5,
+        };
         let f = anchors(&face);
         assert_eq!(f.len(), 896);
-        assert_eq!(f[0], Anchor { x: 0.5 / 16.0, y: 0.5 / 16.0 });
+        assert_eq!(
+            f[0],
+            Anchor {
+                x: 0.5 / 16.0,
+                y: 0.5 / 16.0
+            }
+        );
         assert_eq!(f[1], f[0]);
         assert_eq!(f[2].x, 1.5 / 16.0);
         // First anchor of the stride-16 map.
-        assert_eq!(f[512], Anchor { x: 0.5 / 8.0, y: 0.5 / 8.0 });
+        assert_eq!(
+            f[512],
+            Anchor {
+                x: 0.5 / 8.0,
+                y: 0.5 / 8.0
+            }
+        );
         assert_eq!(anchors(&pose).len(), 2254);
     }
 
     #[test]
     fn nms_merges_overlaps_weighted_by_score() {
-        let d = |s: f32, x: f32| RawDetection { score: s, bbox: [x, 0.0, x + 1.0, 1.0], keypoints: vec![[x, 0.0]] };
+        let d = |s: f32, x: f32| RawDetection {
+            score: s,
+            bbox: [x, 0.0, x + 1.0, 1.0],
+            keypoints: vec![[x, 0.0]],
+        };
         let out = weighted_nms(vec![d(0.6, 0.1), d(0.9, 0.0), d(0.8, 5.0)], 0.3);
         assert_eq!(out.len(), 2);
         assert_eq!(out[0].score, 0.9);
@@ -180,11 +225,19 @@ mod tests {
         reg[2] = 64.0;
         reg[3] = 32.0;
         reg[4] = -12.8;
-        let o = DecodeOptions { num_coords: 8, num_keypoints: 2, scale: 128.0, score_clipping: 100.0, min_score: 0.5 };
+        let o = DecodeOptions {
+            num_coords: 8,
+            num_keypoints: 2,
+            scale: 128.0,
+            score_clipping: 100.0,
+            min_score: 0.5,
+        };
         let d = decode(&reg, &[2.0], &anchors, &o).unwrap();
         assert_eq!(d.len(), 1);
         let b = d[0].bbox;
-        assert!((b[0] - 0.35).abs() < 1e-6 && (b[2] - 0.85).abs() < 1e-6 && (b[1] - 0.125).abs() < 1e-6);
+        assert!(
+            (b[0] - 0.35).abs() < 1e-6 && (b[2] - 0.85).abs() < 1e-6 && (b[1] - 0.125).abs() < 1e-6
+        );
         assert!((d[0].keypoints[0][0] - 0.4).abs() < 1e-6);
         assert!(decode(&reg, &[-2.0], &anchors, &o).unwrap().is_empty());
     }

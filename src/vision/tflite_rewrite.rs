@@ -46,13 +46,21 @@ struct Sparsity {
 #[derive(Debug, Clone)]
 enum SparseDim {
     Dense(usize),
-    Csr { segments: Vec<usize>, indices: Vec<usize> },
+    Csr {
+        segments: Vec<usize>,
+        indices: Vec<usize>,
+    },
 }
 
 #[derive(Debug, Clone)]
 enum Options {
     None,
-    Conv2D { padding: Padding, stride: (i32, i32), act: ActivationFunctionType, dilation: (i32, i32) },
+    Conv2D {
+        padding: Padding,
+        stride: (i32, i32),
+        act: ActivationFunctionType,
+        dilation: (i32, i32),
+    },
     Depthwise {
         padding: Padding,
         stride: (i32, i32),
@@ -60,13 +68,32 @@ enum Options {
         act: ActivationFunctionType,
         dilation: (i32, i32),
     },
-    Add { act: ActivationFunctionType },
-    Mul { act: ActivationFunctionType },
-    Pool { padding: Padding, stride: (i32, i32), filter: (i32, i32), act: ActivationFunctionType },
-    Reshape { new_shape: Option<Vec<i32>> },
-    Concat { axis: i32, act: ActivationFunctionType },
-    ResizeBilinear { align_corners: bool, half_pixel_centers: bool },
-    DepthToSpace { block: i32 },
+    Add {
+        act: ActivationFunctionType,
+    },
+    Mul {
+        act: ActivationFunctionType,
+    },
+    Pool {
+        padding: Padding,
+        stride: (i32, i32),
+        filter: (i32, i32),
+        act: ActivationFunctionType,
+    },
+    Reshape {
+        new_shape: Option<Vec<i32>>,
+    },
+    Concat {
+        axis: i32,
+        act: ActivationFunctionType,
+    },
+    ResizeBilinear {
+        align_corners: bool,
+        half_pixel_centers: bool,
+    },
+    DepthToSpace {
+        block: i32,
+    },
     /// Option tables without fields (PAD, DEQUANTIZE, DENSIFY, TRANSPOSE, MAXIMUM/MINIMUM).
     Empty(BuiltinOptions),
 }
@@ -88,7 +115,9 @@ struct Graph {
 }
 
 fn op_name(code: BuiltinOperator) -> String {
-    code.variant_name().map(str::to_owned).unwrap_or_else(|| format!("operator {}", code.0))
+    code.variant_name()
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("operator {}", code.0))
 }
 
 /// Rewrites one model; the error says which operator or tensor could not be handled.
@@ -99,7 +128,8 @@ pub fn rewrite(bytes: &[u8]) -> Result<(Vec<u8>, RewriteStats), String> {
 }
 
 fn read(bytes: &[u8]) -> Result<Graph, String> {
-    let model = tflite::root_as_model(bytes).map_err(|e| format!("not a TFLite flatbuffer: {e}"))?;
+    let model =
+        tflite::root_as_model(bytes).map_err(|e| format!("not a TFLite flatbuffer: {e}"))?;
     let subgraphs = model.subgraphs().ok_or("no subgraphs")?;
     if subgraphs.len() != 1 {
         return Err(format!("{} subgraphs, expected one", subgraphs.len()));
@@ -126,7 +156,9 @@ fn read(bytes: &[u8]) -> Result<Graph, String> {
         let name = t.name().unwrap_or("").to_owned();
         if let Some(q) = t.quantization() {
             if q.scale().is_some_and(|s| !s.is_empty()) {
-                return Err(format!("tensor {name:?} is quantized; only float models are handled"));
+                return Err(format!(
+                    "tensor {name:?} is quantized; only float models are handled"
+                ));
             }
         }
         let data = buffers
@@ -148,7 +180,9 @@ fn read(bytes: &[u8]) -> Result<Graph, String> {
     }
     let mut ops = Vec::new();
     for op in g.operators().ok_or("no operators")?.iter() {
-        let code = *codes.get(op.opcode_index() as usize).ok_or("operator code index out of range")?;
+        let code = *codes
+            .get(op.opcode_index() as usize)
+            .ok_or("operator code index out of range")?;
         let options = read_options(&op).map_err(|e| format!("{}: {e}", op_name(code)))?;
         ops.push(Op {
             code,
@@ -173,21 +207,25 @@ fn read_sparsity(name: &str, s: &tflite::SparsityParameters) -> Result<Sparsity,
                      u8v: Option<tflite::Uint8Vector>|
      -> Result<Vec<usize>, String> {
         let v: Option<Vec<usize>> = match ty {
-            tflite::SparseIndexVector::Int32Vector => {
-                i32v.and_then(|v| v.values()).map(|v| v.iter().map(|x| x as usize).collect())
-            }
-            tflite::SparseIndexVector::Uint16Vector => {
-                u16v.and_then(|v| v.values()).map(|v| v.iter().map(|x| x as usize).collect())
-            }
-            tflite::SparseIndexVector::Uint8Vector => {
-                u8v.and_then(|v| v.values()).map(|v| v.iter().map(|x| x as usize).collect())
-            }
+            tflite::SparseIndexVector::Int32Vector => i32v
+                .and_then(|v| v.values())
+                .map(|v| v.iter().map(|x| x as usize).collect()),
+            tflite::SparseIndexVector::Uint16Vector => u16v
+                .and_then(|v| v.values())
+                .map(|v| v.iter().map(|x| x as usize).collect()),
+            tflite::SparseIndexVector::Uint8Vector => u8v
+                .and_then(|v| v.values())
+                .map(|v| v.iter().map(|x| x as usize).collect()),
             _ => None,
         };
         v.ok_or_else(|| format!("sparse tensor {name:?}: missing CSR index vector"))
     };
     let mut dims = Vec::new();
-    for d in s.dim_metadata().ok_or_else(|| format!("sparse tensor {name:?} without dims"))?.iter() {
+    for d in s
+        .dim_metadata()
+        .ok_or_else(|| format!("sparse tensor {name:?} without dims"))?
+        .iter()
+    {
         dims.push(match d.format() {
             tflite::DimensionType::DENSE => SparseDim::Dense(d.dense_size() as usize),
             _ => SparseDim::Csr {
@@ -207,8 +245,14 @@ fn read_sparsity(name: &str, s: &tflite::SparsityParameters) -> Result<Sparsity,
         });
     }
     Ok(Sparsity {
-        traversal_order: s.traversal_order().map(|v| v.iter().collect()).unwrap_or_default(),
-        block_map: s.block_map().map(|v| v.iter().collect()).unwrap_or_default(),
+        traversal_order: s
+            .traversal_order()
+            .map(|v| v.iter().collect())
+            .unwrap_or_default(),
+        block_map: s
+            .block_map()
+            .map(|v| v.iter().collect())
+            .unwrap_or_default(),
         dims,
     })
 }
@@ -219,7 +263,9 @@ fn read_options(op: &tflite::Operator) -> Result<Options, String> {
     Ok(match ty {
         BuiltinOptions::NONE => Options::None,
         BuiltinOptions::Conv2DOptions => {
-            let o = op.builtin_options_as_conv_2_doptions().ok_or_else(missing)?;
+            let o = op
+                .builtin_options_as_conv_2_doptions()
+                .ok_or_else(missing)?;
             Options::Conv2D {
                 padding: o.padding(),
                 stride: (o.stride_w(), o.stride_h()),
@@ -228,7 +274,9 @@ fn read_options(op: &tflite::Operator) -> Result<Options, String> {
             }
         }
         BuiltinOptions::DepthwiseConv2DOptions => {
-            let o = op.builtin_options_as_depthwise_conv_2_doptions().ok_or_else(missing)?;
+            let o = op
+                .builtin_options_as_depthwise_conv_2_doptions()
+                .ok_or_else(missing)?;
             Options::Depthwise {
                 padding: o.padding(),
                 stride: (o.stride_w(), o.stride_h()),
@@ -239,14 +287,20 @@ fn read_options(op: &tflite::Operator) -> Result<Options, String> {
         }
         BuiltinOptions::AddOptions => {
             let o = op.builtin_options_as_add_options().ok_or_else(missing)?;
-            Options::Add { act: o.fused_activation_function() }
+            Options::Add {
+                act: o.fused_activation_function(),
+            }
         }
         BuiltinOptions::MulOptions => {
             let o = op.builtin_options_as_mul_options().ok_or_else(missing)?;
-            Options::Mul { act: o.fused_activation_function() }
+            Options::Mul {
+                act: o.fused_activation_function(),
+            }
         }
         BuiltinOptions::Pool2DOptions => {
-            let o = op.builtin_options_as_pool_2_doptions().ok_or_else(missing)?;
+            let o = op
+                .builtin_options_as_pool_2_doptions()
+                .ok_or_else(missing)?;
             Options::Pool {
                 padding: o.padding(),
                 stride: (o.stride_w(), o.stride_h()),
@@ -255,23 +309,38 @@ fn read_options(op: &tflite::Operator) -> Result<Options, String> {
             }
         }
         BuiltinOptions::ReshapeOptions => {
-            let o = op.builtin_options_as_reshape_options().ok_or_else(missing)?;
-            Options::Reshape { new_shape: o.new_shape().map(|v| v.iter().collect()) }
+            let o = op
+                .builtin_options_as_reshape_options()
+                .ok_or_else(missing)?;
+            Options::Reshape {
+                new_shape: o.new_shape().map(|v| v.iter().collect()),
+            }
         }
         BuiltinOptions::ConcatenationOptions => {
-            let o = op.builtin_options_as_concatenation_options().ok_or_else(missing)?;
-            Options::Concat { axis: o.axis(), act: o.fused_activation_function() }
+            let o = op
+                .builtin_options_as_concatenation_options()
+                .ok_or_else(missing)?;
+            Options::Concat {
+                axis: o.axis(),
+                act: o.fused_activation_function(),
+            }
         }
         BuiltinOptions::ResizeBilinearOptions => {
-            let o = op.builtin_options_as_resize_bilinear_options().ok_or_else(missing)?;
+            let o = op
+                .builtin_options_as_resize_bilinear_options()
+                .ok_or_else(missing)?;
             Options::ResizeBilinear {
                 align_corners: o.align_corners(),
                 half_pixel_centers: o.half_pixel_centers(),
             }
         }
         BuiltinOptions::DepthToSpaceOptions => {
-            let o = op.builtin_options_as_depth_to_space_options().ok_or_else(missing)?;
-            Options::DepthToSpace { block: o.block_size() }
+            let o = op
+                .builtin_options_as_depth_to_space_options()
+                .ok_or_else(missing)?;
+            Options::DepthToSpace {
+                block: o.block_size(),
+            }
         }
         BuiltinOptions::PadOptions
         | BuiltinOptions::DequantizeOptions
@@ -296,10 +365,17 @@ fn element_size(ty: TensorType) -> Result<usize, String> {
 fn densify(t: &Tensor, sp: &Sparsity) -> Result<Vec<u8>, String> {
     let rank = t.shape.len();
     if !sp.block_map.is_empty() || sp.traversal_order != (0..rank as i32).collect::<Vec<_>>() {
-        return Err(format!("sparse tensor {:?}: block maps / reordered traversal are not handled", t.name));
+        return Err(format!(
+            "sparse tensor {:?}: block maps / reordered traversal are not handled",
+            t.name
+        ));
     }
     if sp.dims.len() != rank {
-        return Err(format!("sparse tensor {:?}: {} dims of metadata for rank {rank}", t.name, sp.dims.len()));
+        return Err(format!(
+            "sparse tensor {:?}: {} dims of metadata for rank {rank}",
+            t.name,
+            sp.dims.len()
+        ));
     }
     let esize = element_size(t.ty)?;
     let values = t.data.as_deref().unwrap_or(&[]);
@@ -318,12 +394,20 @@ fn densify(t: &Tensor, sp: &Sparsity) -> Result<Vec<u8>, String> {
                 SparseDim::Csr { segments, indices } => {
                     let (a, b) = (segments.get(pos), segments.get(pos + 1));
                     let (Some(&a), Some(&b)) = (a, b) else {
-                        return Err(format!("sparse tensor {:?}: segment {pos} out of range", t.name));
+                        return Err(format!(
+                            "sparse tensor {:?}: segment {pos} out of range",
+                            t.name
+                        ));
                     };
                     for k in a..b {
-                        let idx = *indices.get(k).ok_or_else(|| format!("sparse tensor {:?}: index {k} out of range", t.name))?;
+                        let idx = *indices.get(k).ok_or_else(|| {
+                            format!("sparse tensor {:?}: index {k} out of range", t.name)
+                        })?;
                         if idx >= size {
-                            return Err(format!("sparse tensor {:?}: index {idx} >= {size}", t.name));
+                            return Err(format!(
+                                "sparse tensor {:?}: index {idx} >= {size}",
+                                t.name
+                            ));
                         }
                         next.push((k, lin * size + idx));
                     }
@@ -345,19 +429,41 @@ fn densify(t: &Tensor, sp: &Sparsity) -> Result<Vec<u8>, String> {
 
 fn f16_to_f32_bytes(data: &[u8]) -> Vec<u8> {
     data.chunks_exact(2)
-        .flat_map(|c| f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32().to_le_bytes())
+        .flat_map(|c| {
+            f16::from_bits(u16::from_le_bytes([c[0], c[1]]))
+                .to_f32()
+                .to_le_bytes()
+        })
         .collect()
 }
 
-fn add_const(graph: &mut Graph, name: String, shape: Vec<i32>, ty: TensorType, data: Vec<u8>) -> i32 {
-    graph.tensors.push(Tensor { name, shape, ty, data: Some(data), sparse: None });
+fn add_const(
+    graph: &mut Graph,
+    name: String,
+    shape: Vec<i32>,
+    ty: TensorType,
+    data: Vec<u8>,
+) -> i32 {
+    graph.tensors.push(Tensor {
+        name,
+        shape,
+        ty,
+        data: Some(data),
+        sparse: None,
+    });
     graph.tensors.len() as i32 - 1
 }
 
 fn add_activation(graph: &mut Graph, like: i32, name: String) -> i32 {
     let t = &graph.tensors[like as usize];
     let (shape, ty) = (t.shape.clone(), t.ty);
-    graph.tensors.push(Tensor { name, shape, ty, data: None, sparse: None });
+    graph.tensors.push(Tensor {
+        name,
+        shape,
+        ty,
+        data: None,
+        sparse: None,
+    });
     graph.tensors.len() as i32 - 1
 }
 
@@ -375,7 +481,10 @@ fn transform(graph: &mut Graph) -> Result<RewriteStats, String> {
             BuiltinOperator::DENSIFY => {
                 let (src, dst) = (op.inputs[0] as usize, op.outputs[0] as usize);
                 let t = &graph.tensors[src];
-                let sp = t.sparse.as_ref().ok_or_else(|| format!("DENSIFY of {:?}, which is not sparse", t.name))?;
+                let sp = t
+                    .sparse
+                    .as_ref()
+                    .ok_or_else(|| format!("DENSIFY of {:?}, which is not sparse", t.name))?;
                 if t.data.is_none() {
                     return Err(format!("DENSIFY of {:?}, which is not a constant", t.name));
                 }
@@ -394,7 +503,12 @@ fn transform(graph: &mut Graph) -> Result<RewriteStats, String> {
                         graph.tensors[dst].ty = TensorType::FLOAT32;
                         stats.dequantize_folded += 1;
                     }
-                    _ => return Err(format!("DEQUANTIZE of {:?} ({:?}) is not an fp16 constant", t.name, t.ty)),
+                    _ => {
+                        return Err(format!(
+                            "DEQUANTIZE of {:?} ({:?}) is not an fp16 constant",
+                            t.name, t.ty
+                        ))
+                    }
                 }
             }
             BuiltinOperator::PRELU => {
@@ -407,11 +521,22 @@ fn transform(graph: &mut Graph) -> Result<RewriteStats, String> {
                     a.shape.insert(0, 1);
                 }
                 let ty = graph.tensors[x as usize].ty;
-                let zero = add_const(graph, format!("{base}/prelu_zero"), vec![1], ty, 0f32.to_le_bytes().to_vec());
+                let zero = add_const(
+                    graph,
+                    format!("{base}/prelu_zero"),
+                    vec![1],
+                    ty,
+                    0f32.to_le_bytes().to_vec(),
+                );
                 let pos = add_activation(graph, out, format!("{base}/prelu_pos"));
                 let neg = add_activation(graph, out, format!("{base}/prelu_neg"));
                 let scaled = add_activation(graph, out, format!("{base}/prelu_scaled"));
-                ops.push(Op { code: BuiltinOperator::RELU, inputs: vec![x], outputs: vec![pos], options: Options::None });
+                ops.push(Op {
+                    code: BuiltinOperator::RELU,
+                    inputs: vec![x],
+                    outputs: vec![pos],
+                    options: Options::None,
+                });
                 ops.push(Op {
                     code: BuiltinOperator::MINIMUM,
                     inputs: vec![x, zero],
@@ -422,13 +547,17 @@ fn transform(graph: &mut Graph) -> Result<RewriteStats, String> {
                     code: BuiltinOperator::MUL,
                     inputs: vec![neg, alpha],
                     outputs: vec![scaled],
-                    options: Options::Mul { act: ActivationFunctionType::NONE },
+                    options: Options::Mul {
+                        act: ActivationFunctionType::NONE,
+                    },
                 });
                 ops.push(Op {
                     code: BuiltinOperator::ADD,
                     inputs: vec![pos, scaled],
                     outputs: vec![out],
-                    options: Options::Add { act: ActivationFunctionType::NONE },
+                    options: Options::Add {
+                        act: ActivationFunctionType::NONE,
+                    },
                 });
                 stats.prelu_expanded += 1;
             }
@@ -447,19 +576,51 @@ fn transform(graph: &mut Graph) -> Result<RewriteStats, String> {
                 // NHWC: out[n, h*b+i, w*b+j, c] = in[n, h, w, (i*b + j)*C' + c].
                 let split = vec![n, h, w, b, b, c];
                 let moved = vec![n, h, b, w, b, c];
-                let split_shape = add_const(graph, format!("{base}/d2s_split"), vec![6], TensorType::INT32, i32_bytes(&split));
-                let perm = add_const(graph, format!("{base}/d2s_perm"), vec![6], TensorType::INT32, i32_bytes(&[0, 1, 3, 2, 4, 5]));
+                let split_shape = add_const(
+                    graph,
+                    format!("{base}/d2s_split"),
+                    vec![6],
+                    TensorType::INT32,
+                    i32_bytes(&split),
+                );
+                let perm = add_const(
+                    graph,
+                    format!("{base}/d2s_perm"),
+                    vec![6],
+                    TensorType::INT32,
+                    i32_bytes(&[0, 1, 3, 2, 4, 5]),
+                );
                 let out_shape = graph.tensors[out as usize].shape.clone();
-                let merge_shape = add_const(graph, format!("{base}/d2s_merge"), vec![4], TensorType::INT32, i32_bytes(&out_shape));
-                graph.tensors.push(Tensor { name: format!("{base}/d2s_a"), shape: split.clone(), ty, data: None, sparse: None });
+                let merge_shape = add_const(
+                    graph,
+                    format!("{base}/d2s_merge"),
+                    vec![4],
+                    TensorType::INT32,
+                    i32_bytes(&out_shape),
+                );
+                graph.tensors.push(Tensor {
+                    name: format!("{base}/d2s_a"),
+                    shape: split.clone(),
+                    ty,
+                    data: None,
+                    sparse: None,
+                });
                 let t_a = graph.tensors.len() as i32 - 1;
-                graph.tensors.push(Tensor { name: format!("{base}/d2s_b"), shape: moved, ty, data: None, sparse: None });
+                graph.tensors.push(Tensor {
+                    name: format!("{base}/d2s_b"),
+                    shape: moved,
+                    ty,
+                    data: None,
+                    sparse: None,
+                });
                 let t_b = graph.tensors.len() as i32 - 1;
                 ops.push(Op {
                     code: BuiltinOperator::RESHAPE,
                     inputs: vec![x, split_shape],
                     outputs: vec![t_a],
-                    options: Options::Reshape { new_shape: Some(split) },
+                    options: Options::Reshape {
+                        new_shape: Some(split),
+                    },
                 });
                 ops.push(Op {
                     code: BuiltinOperator::TRANSPOSE,
@@ -471,7 +632,9 @@ fn transform(graph: &mut Graph) -> Result<RewriteStats, String> {
                     code: BuiltinOperator::RESHAPE,
                     inputs: vec![t_b, merge_shape],
                     outputs: vec![out],
-                    options: Options::Reshape { new_shape: Some(out_shape) },
+                    options: Options::Reshape {
+                        new_shape: Some(out_shape),
+                    },
                 });
                 stats.depth_to_space_expanded += 1;
             }
@@ -516,14 +679,27 @@ fn write(graph: &Graph) -> Result<Vec<u8>, String> {
             kept.push(t);
         }
     }
-    let map = |v: &[i32]| -> Vec<i32> { v.iter().map(|&i| if i < 0 { i } else { renumber[i as usize] }).collect() };
+    let map = |v: &[i32]| -> Vec<i32> {
+        v.iter()
+            .map(|&i| if i < 0 { i } else { renumber[i as usize] })
+            .collect()
+    };
 
     let mut fb = FlatBufferBuilder::with_capacity(1 << 20);
-    let mut buffers = vec![tflite::Buffer::create(&mut fb, &tflite::BufferArgs { data: None, ..Default::default() })];
+    let mut buffers = vec![tflite::Buffer::create(
+        &mut fb,
+        &tflite::BufferArgs {
+            data: None,
+            ..Default::default()
+        },
+    )];
     let mut tensors = Vec::new();
     for t in &kept {
         if t.sparse.is_some() {
-            return Err(format!("sparse tensor {:?} is still used after the rewrite", t.name));
+            return Err(format!(
+                "sparse tensor {:?} is still used after the rewrite",
+                t.name
+            ));
         }
         let buffer = match &t.data {
             Some(d) => {
@@ -533,7 +709,13 @@ fn write(graph: &Graph) -> Result<Vec<u8>, String> {
                     fb.push(0u8);
                 }
                 let data = fb.create_vector(d);
-                buffers.push(tflite::Buffer::create(&mut fb, &tflite::BufferArgs { data: Some(data), ..Default::default() }));
+                buffers.push(tflite::Buffer::create(
+                    &mut fb,
+                    &tflite::BufferArgs {
+                        data: Some(data),
+                        ..Default::default()
+                    },
+                ));
                 buffers.len() as u32 - 1
             }
             None => 0,
@@ -542,7 +724,13 @@ fn write(graph: &Graph) -> Result<Vec<u8>, String> {
         let name = fb.create_string(&t.name);
         tensors.push(tflite::Tensor::create(
             &mut fb,
-            &tflite::TensorArgs { shape: Some(shape), type_: t.ty, buffer, name: Some(name), ..Default::default() },
+            &tflite::TensorArgs {
+                shape: Some(shape),
+                type_: t.ty,
+                buffer,
+                name: Some(name),
+                ..Default::default()
+            },
         ));
     }
     let mut codes: Vec<BuiltinOperator> = Vec::new();
@@ -577,7 +765,13 @@ fn write(graph: &Graph) -> Result<Vec<u8>, String> {
     let name = graph.name.as_deref().map(|n| fb.create_string(n));
     let subgraph = tflite::SubGraph::create(
         &mut fb,
-        &tflite::SubGraphArgs { tensors: Some(tensors), inputs: Some(inputs), outputs: Some(outputs), operators: Some(operators), name },
+        &tflite::SubGraphArgs {
+            tensors: Some(tensors),
+            inputs: Some(inputs),
+            outputs: Some(outputs),
+            operators: Some(operators),
+            name,
+        },
     );
     let subgraphs = fb.create_vector(&[subgraph]);
     let codes: Vec<_> = codes
@@ -586,7 +780,12 @@ fn write(graph: &Graph) -> Result<Vec<u8>, String> {
             let deprecated = if code.0 < 127 { code.0 as i8 } else { 127 };
             tflite::OperatorCode::create(
                 &mut fb,
-                &tflite::OperatorCodeArgs { deprecated_builtin_code: deprecated, custom_code: None, version: 1, builtin_code: *code },
+                &tflite::OperatorCodeArgs {
+                    deprecated_builtin_code: deprecated,
+                    custom_code: None,
+                    version: 1,
+                    builtin_code: *code,
+                },
             )
         })
         .collect();
@@ -611,11 +810,19 @@ fn write(graph: &Graph) -> Result<Vec<u8>, String> {
 fn write_options<'fb>(
     fb: &mut FlatBufferBuilder<'fb>,
     options: &Options,
-) -> (BuiltinOptions, Option<WIPOffset<flatbuffers::UnionWIPOffset>>) {
+) -> (
+    BuiltinOptions,
+    Option<WIPOffset<flatbuffers::UnionWIPOffset>>,
+) {
     use tflite::*;
     match options {
         Options::None => (BuiltinOptions::NONE, None),
-        Options::Conv2D { padding, stride, act, dilation } => {
+        Options::Conv2D {
+            padding,
+            stride,
+            act,
+            dilation,
+        } => {
             let o = Conv2DOptions::create(
                 fb,
                 &Conv2DOptionsArgs {
@@ -629,7 +836,13 @@ fn write_options<'fb>(
             );
             (BuiltinOptions::Conv2DOptions, Some(o.as_union_value()))
         }
-        Options::Depthwise { padding, stride, depth_multiplier, act, dilation } => {
+        Options::Depthwise {
+            padding,
+            stride,
+            depth_multiplier,
+            act,
+            dilation,
+        } => {
             let o = DepthwiseConv2DOptions::create(
                 fb,
                 &DepthwiseConv2DOptionsArgs {
@@ -642,17 +855,36 @@ fn write_options<'fb>(
                     dilation_h_factor: dilation.1,
                 },
             );
-            (BuiltinOptions::DepthwiseConv2DOptions, Some(o.as_union_value()))
+            (
+                BuiltinOptions::DepthwiseConv2DOptions,
+                Some(o.as_union_value()),
+            )
         }
         Options::Add { act } => {
-            let o = AddOptions::create(fb, &AddOptionsArgs { fused_activation_function: *act, pot_scale_int16: false });
+            let o = AddOptions::create(
+                fb,
+                &AddOptionsArgs {
+                    fused_activation_function: *act,
+                    pot_scale_int16: false,
+                },
+            );
             (BuiltinOptions::AddOptions, Some(o.as_union_value()))
         }
         Options::Mul { act } => {
-            let o = MulOptions::create(fb, &MulOptionsArgs { fused_activation_function: *act });
+            let o = MulOptions::create(
+                fb,
+                &MulOptionsArgs {
+                    fused_activation_function: *act,
+                },
+            );
             (BuiltinOptions::MulOptions, Some(o.as_union_value()))
         }
-        Options::Pool { padding, stride, filter, act } => {
+        Options::Pool {
+            padding,
+            stride,
+            filter,
+            act,
+        } => {
             let o = Pool2DOptions::create(
                 fb,
                 &Pool2DOptionsArgs {
@@ -674,20 +906,39 @@ fn write_options<'fb>(
         Options::Concat { axis, act } => {
             let o = ConcatenationOptions::create(
                 fb,
-                &ConcatenationOptionsArgs { axis: *axis, fused_activation_function: *act },
+                &ConcatenationOptionsArgs {
+                    axis: *axis,
+                    fused_activation_function: *act,
+                },
             );
-            (BuiltinOptions::ConcatenationOptions, Some(o.as_union_value()))
+            (
+                BuiltinOptions::ConcatenationOptions,
+                Some(o.as_union_value()),
+            )
         }
-        Options::ResizeBilinear { align_corners, half_pixel_centers } => {
+        Options::ResizeBilinear {
+            align_corners,
+            half_pixel_centers,
+        } => {
             let o = ResizeBilinearOptions::create(
                 fb,
-                &ResizeBilinearOptionsArgs { align_corners: *align_corners, half_pixel_centers: *half_pixel_centers },
+                &ResizeBilinearOptionsArgs {
+                    align_corners: *align_corners,
+                    half_pixel_centers: *half_pixel_centers,
+                },
             );
-            (BuiltinOptions::ResizeBilinearOptions, Some(o.as_union_value()))
+            (
+                BuiltinOptions::ResizeBilinearOptions,
+                Some(o.as_union_value()),
+            )
         }
         Options::DepthToSpace { block } => {
-            let o = DepthToSpaceOptions::create(fb, &DepthToSpaceOptionsArgs { block_size: *block });
-            (BuiltinOptions::DepthToSpaceOptions, Some(o.as_union_value()))
+            let o =
+                DepthToSpaceOptions::create(fb, &DepthToSpaceOptionsArgs { block_size: *block });
+            (
+                BuiltinOptions::DepthToSpaceOptions,
+                Some(o.as_union_value()),
+            )
         }
         Options::Empty(ty) => {
             // An empty table of the same type.
@@ -715,15 +966,31 @@ mod tests {
         let sp = Sparsity {
             traversal_order: vec![0, 1],
             block_map: vec![],
-            dims: vec![SparseDim::Dense(2), SparseDim::Csr { segments: vec![0, 2, 3], indices: vec![0, 2, 1] }],
+            dims: vec![
+                SparseDim::Dense(2),
+                SparseDim::Csr {
+                    segments: vec![0, 2, 3],
+                    indices: vec![0, 2, 1],
+                },
+            ],
         };
         assert_eq!(densify(&t, &sp).unwrap(), vec![1, 0, 2, 0, 3, 0]);
     }
 
     #[test]
     fn densify_refuses_block_maps() {
-        let t = Tensor { name: "w".into(), shape: vec![2], ty: TensorType::INT8, data: Some(vec![1]), sparse: None };
-        let sp = Sparsity { traversal_order: vec![0, 1], block_map: vec![0], dims: vec![SparseDim::Dense(2)] };
+        let t = Tensor {
+            name: "w".into(),
+            shape: vec![2],
+            ty: TensorType::INT8,
+            data: Some(vec![1]),
+            sparse: None,
+        };
+        let sp = Sparsity {
+            traversal_order: vec![0, 1],
+            block_map: vec![0],
+            dims: vec![SparseDim::Dense(2)],
+        };
         assert!(densify(&t, &sp).unwrap_err().contains("block maps"));
     }
 
@@ -734,7 +1001,10 @@ mod tests {
             .flat_map(|&x| f16::from_f32(x).to_bits().to_le_bytes())
             .collect();
         let out = f16_to_f32_bytes(&bytes);
-        let vals: Vec<f32> = out.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+        let vals: Vec<f32> = out
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
         assert_eq!(vals, vec![1.5, -0.25, 65504.0]);
     }
 }
