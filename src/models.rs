@@ -62,12 +62,15 @@ pub fn model_digest(
     Ok(Digest::of_bytes(listing.as_bytes()))
 }
 
-/// The models a recipe's teacher needs, by name (empty for model-free teachers).
+/// The models a recipe needs, by name: its teacher's (none for model-free teachers),
+/// then the face crop's MediaPipe models.
 pub fn needed_models(recipe: &Recipe) -> Vec<ModelEntry> {
-    match &recipe.teacher {
+    let mut models = match &recipe.teacher {
         Teacher::Diffusion(t) => t.models.clone(),
         _ => Vec::new(),
-    }
+    };
+    models.extend(recipe.sources.crop.models.iter().cloned());
+    models
 }
 
 /// A model as the stages read it: registry entry, resolved path, content digest (which
@@ -151,7 +154,7 @@ pub fn check_models(
     }
     let loc = match &recipe.teacher {
         Teacher::Diffusion(t) => t.base.loc.clone(),
-        _ => None,
+        _ => recipe.sources.crop.mode.loc.clone(),
     };
     let diag = |code: &'static str, message: String, label: &str| match &loc {
         Some(loc) => RecipeDiagnostic::at(loc, code, message).label(label.to_string()),
@@ -162,15 +165,20 @@ pub fn check_models(
             diag(
                 "missing-models",
                 format!(
-                    "{} model(s) missing for the diffusion teacher:\n{}",
+                    "{} model(s) missing:\n{}",
                     missing.len(),
                     missing.join("\n")
                 ),
-                "this teacher needs them",
+                "this recipe needs them",
             )
             .help(format!(
-                "`effectc models fetch`, or put the files in {} (or set EFFECTC_MODELS), or `effectc models import PATH --name NAME`",
-                dir.display()
+                "`effectc models fetch`, or put the files in {} (or set EFFECTC_MODELS), or `effectc models import PATH --name NAME`{}",
+                dir.display(),
+                if missing.iter().any(|m| m.starts_with("  mediapipe-")) {
+                    "; scripts/mediapipe-models.sh installs MediaPipe's"
+                } else {
+                    ""
+                }
             )),
         );
     }
@@ -183,7 +191,7 @@ pub fn check_models(
                     wrong.len(),
                     wrong.join("\n")
                 ),
-                "this teacher needs them",
+                "this recipe needs them",
             )
             .help("replace the files, or update sha256= in stdlib/models.kdl (or the line in models.lock) if the new ones are intended"),
         );

@@ -192,7 +192,7 @@ fn check_and_build_agree_on_every_broken_recipe() {
 fn lego_without_weights_fails_before_any_work_listing_every_missing_model() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let p = TestProject::new();
-    p.recipe("lego", &std::fs::read_to_string(root.join("effects/lego.kdl")).unwrap().replace("images \"data/portraits/**/*.jpg\"\n        video \"data/clips/*.mp4\" fps=2\n        crop \"face\" size=512", "synthetic count=4\n        crop \"center\" size=64"));
+    p.recipe("lego", &std::fs::read_to_string(root.join("effects/lego.kdl")).unwrap().replace("images \"data/portraits/**/*.jpg\"\n        video \"data/clips/*.mp4\" fps=2\n        crop \"face\" size=512", "synthetic count=4\n        crop \"face\" size=64"));
     let models = tempfile::tempdir().unwrap();
     let run = {
         let mut c = p.command(&["build", "--json", "lego"]);
@@ -215,6 +215,10 @@ fn lego_without_weights_fails_before_any_work_listing_every_missing_model() {
         "clip-tokenizer",
         // attributes CLIP detects (no sidecars for synthetic items)
         "clip-vit-l14",
+        "mediapipe-face-detector",
+        "mediapipe-face-landmark",
+        "mediapipe-pose-detector",
+        "mediapipe-pose-landmark",
     ] {
         assert!(
             err.contains(&format!("  {model} — file")),
@@ -224,6 +228,14 @@ fn lego_without_weights_fails_before_any_work_listing_every_missing_model() {
     assert!(
         err.contains("6ce0161689b3853acaa03779ec93eafe75a02f4ced659bee03f50797806fa2fa"),
         "expected digest shown"
+    );
+    assert!(
+        err.contains("bbff11cebd1eb27a1e004cae0b0e63ec8c551cbf34a4451148b4908b8db3eca8"),
+        "the face detector's digest shown"
+    );
+    assert!(
+        !err.contains("not-built-yet") && !err.contains("needs-face-crop"),
+        "only the missing weights: {err}"
     );
     assert!(
         err.contains(&models.path().display().to_string()),

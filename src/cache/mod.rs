@@ -20,7 +20,7 @@ mod store;
 
 pub mod remote;
 
-pub use record::{OutputRef, Snapshot, SnapshotEntry, StageRecord};
+pub use record::{OutputRef, Snapshot, SnapshotEntry, StageRecord, SKIPPED_METRIC};
 pub use stat_cache::StatCache;
 pub use store::{
     BuildLock, Cache, CacheError, GcPolicy, GcReport, KeyLock, SnapshotId, VerifyReport,

@@ -31,6 +31,37 @@ pub struct StageRecord {
     pub log: String,
 }
 
+/// The metric that marks a skipped item's record (its value: the reason). A metric, so
+/// records, snapshots and the remote cache carry it without a format change.
+pub const SKIPPED_METRIC: &str = "skipped";
+
+impl StageRecord {
+    /// Why the stage skipped its item, when it did (such a record has no outputs).
+    pub fn skipped(&self) -> Option<&str> {
+        self.metrics.get(SKIPPED_METRIC).and_then(|v| v.as_str())
+    }
+
+    /// The in-memory record of a per-item stage not run because an earlier stage of its
+    /// item skipped it: never stored, never keyed.
+    pub fn skipped_by_upstream(stage_id: &str, kind: &str, effect: &str, reason: &str) -> StageRecord {
+        let mut metrics = serde_json::Map::new();
+        metrics.insert(SKIPPED_METRIC.into(), reason.into());
+        StageRecord {
+            key: Digest::of_bytes(format!("skipped:{stage_id}").as_bytes()),
+            stage_id: stage_id.to_string(),
+            kind: kind.to_string(),
+            effect: effect.to_string(),
+            outputs: BTreeMap::new(),
+            metrics,
+            params: BTreeMap::new(),
+            inputs: BTreeMap::new(),
+            duration_ms: 0,
+            finished_at_unix: 0,
+            log: String::new(),
+        }
+    }
+}
+
 /// The outcome of an effect's last build, one entry per stage id, stored as one compact
 /// binary file: a no-op build of 10,000 items reads this instead of 30,000 records.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]

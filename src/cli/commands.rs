@@ -588,6 +588,7 @@ fn plan(env: &Env, effect: &str) -> Result<i32, i32> {
                 DryStatus::Blocked { upstream } => {
                     ("stale", vec![format!("upstream {upstream} is stale")])
                 }
+                DryStatus::Skipped { reason } => ("skipped", vec![reason.clone()]),
             };
             println!(
                 "{}",
@@ -622,6 +623,7 @@ fn plan(env: &Env, effect: &str) -> Result<i32, i32> {
                     .unwrap_or("?");
                 format!("stale unless {up_kind} reproduces its outputs")
             }
+            DryStatus::Skipped { .. } => "skipped with its item".to_string(),
         };
         *lines
             .entry((first_pos.get(&kind).copied().unwrap_or(0), label, text))
@@ -629,7 +631,7 @@ fn plan(env: &Env, effect: &str) -> Result<i32, i32> {
     }
     let stale = status
         .iter()
-        .filter(|s| !matches!(s, DryStatus::Cached { .. }))
+        .filter(|s| !matches!(s, DryStatus::Cached { .. } | DryStatus::Skipped { .. }))
         .count();
     println!(
         "{effect}: {} stages, {} cached, {stale} stale",
@@ -689,6 +691,10 @@ fn explain(env: &Env, effect: &str, stage: &str) -> Result<i32, i32> {
                     Some(u) => cur = u,
                     None => break,
                 }
+            }
+            DryStatus::Skipped { reason } => {
+                println!("{}: not run, its item was skipped: {reason}", plan.nodes[cur].id);
+                break;
             }
         }
     }

@@ -61,7 +61,7 @@ fn stale_lines(env: &Env, plan: &Plan) -> Vec<String> {
                     .or_default() += 1;
             }
             DryStatus::Blocked { .. } => downstream += 1,
-            DryStatus::Cached { .. } => {}
+            DryStatus::Cached { .. } | DryStatus::Skipped { .. } => {}
         }
     }
     let mut lines: Vec<String> = counts

@@ -22,6 +22,10 @@ pub enum DryStatus {
     Blocked {
         upstream: String,
     },
+    /// An earlier stage of its item skipped the item: it will not run.
+    Skipped {
+        reason: String,
+    },
 }
 
 pub fn dry_run(
@@ -41,6 +45,16 @@ pub fn dry_run(
                 status[i] = Some(DryStatus::Blocked {
                     upstream: plan.nodes[up].id.to_string(),
                 });
+                continue;
+            }
+            Err(Unresolved::Skipped { reason, .. }) => {
+                records[i] = Some(StageRecord::skipped_by_upstream(
+                    &node.id,
+                    node.stage.kind(),
+                    &plan.effect,
+                    &reason,
+                ));
+                status[i] = Some(DryStatus::Skipped { reason });
                 continue;
             }
             // Its upstream record lacks an output it reads: the build fails it.

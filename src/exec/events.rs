@@ -49,15 +49,27 @@ pub enum Event {
         total: u64,
         message: String,
     },
+    /// A stage skipped its item (a photo without a face): not a failure; the item's
+    /// later per-item stages do not run and training leaves it out. Sent for cached
+    /// skips too, so every build lists them.
+    ItemSkipped {
+        effect: String,
+        item: String,
+        stage: String,
+        reason: String,
+    },
     BuildFinished {
         effect: String,
         ok: bool,
         ran: usize,
         cached: usize,
         failed: usize,
+        /// Items skipped (each listed by an `item-skipped` event).
         skipped: usize,
         /// Pairs the identity filter left out of training (`identity-filter`'s metric).
         dropped: u64,
+        /// Stages not run because a stage failed or the build stopped.
+        not_run: usize,
         cancelled: bool,
         duration_ms: u64,
     },
@@ -162,6 +174,8 @@ pub struct HumanReporter {
     bars: Mutex<BTreeMap<String, ProgressBar>>,
     /// Whole-dataset stages running now: a spinner, or a bar once they report steps.
     running: Mutex<BTreeMap<String, ProgressBar>>,
+    /// (item, reason) of the skipped items, listed under the summary line.
+    skipped: Mutex<Vec<(String, String)>>,
 }
 
 impl HumanReporter {
@@ -181,6 +195,7 @@ impl HumanReporter {
             overall: Mutex::new(None),
             bars: Mutex::new(BTreeMap::new()),
             running: Mutex::new(BTreeMap::new()),
+            skipped: Mutex::new(Vec::new()),
         }
     }
 }
@@ -255,7 +270,8 @@ impl Reporter for HumanReporter {
         rec: &crate::cache::StageRecord,
         cached: bool,
     ) {
-        if rec.metrics.is_empty() {
+        // Skipped items are listed under the summary, not one line each.
+        if rec.metrics.is_empty() || rec.skipped().is_some() {
             self.count(stage, kind);
             return;
         }
@@ -352,6 +368,12 @@ impl Reporter for HumanReporter {
                 bar.set_position(*done);
                 bar.set_message(message.clone());
             }
+            Event::ItemSkipped { item, reason, .. } => {
+                self.skipped
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push((item.clone(), reason.clone()));
+            }
             Event::BuildFinished {
                 effect,
                 ok,
@@ -360,6 +382,7 @@ impl Reporter for HumanReporter {
                 failed,
                 skipped,
                 dropped,
+                not_run,
                 cancelled,
                 duration_ms,
             } => {
@@ -388,7 +411,7 @@ impl Reporter for HumanReporter {
                         String::new()
                     },
                     if *skipped > 0 {
-                        format!(", {skipped} skipped")
+                        format!(", {skipped} item(s) skipped")
                     } else {
                         String::new()
                     },
@@ -398,6 +421,18 @@ impl Reporter for HumanReporter {
                         String::new()
                     },
                 ));
+                if *not_run > 0 && !*cancelled {
+                    self.say(format!("{not_run} stage(s) not run after the failure"));
+                }
+                let mut list = self.skipped.lock().unwrap_or_else(|p| p.into_inner());
+                const SHOWN: usize = 20;
+                for (item, reason) in list.iter().take(SHOWN) {
+                    self.say(format!("  skipped {item}: {reason}"));
+                }
+                if list.len() > SHOWN {
+                    self.say(format!("  … and {} more skipped (`--json` lists every one)", list.len() - SHOWN));
+                }
+                list.clear();
             }
             Event::BuildStarted { .. } => {}
         }

@@ -7,4 +7,4 @@ mod scheduler;
 pub mod transfer;
 
 pub use events::{Event, HumanReporter, JsonReporter, Reporter};
-pub use scheduler::{build, BuildOptions, BuildSummary, NodeOutcome};
+pub use scheduler::{build, BuildOptions, BuildSummary, NodeOutcome, SkippedItem};

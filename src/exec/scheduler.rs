@@ -61,8 +61,19 @@ pub enum NodeOutcome {
         error: String,
         tier: Tier,
     },
+    /// A per-item stage not run because an earlier stage of its item skipped the item
+    /// (the in-memory record says why; nothing is stored).
+    ItemSkipped(StageRecord),
     /// Not run: an upstream stage failed, or the build stopped first.
-    Skipped,
+    NotRun,
+}
+
+/// An item a stage skipped (a photo without a face), with the reason.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SkippedItem {
+    pub item: String,
+    pub stage: String,
+    pub reason: String,
 }
 
 #[derive(Debug)]
@@ -72,16 +83,21 @@ pub struct BuildSummary {
     pub ran: usize,
     pub cached: usize,
     pub failed: usize,
+    /// Items skipped (not failures): `skipped_items.len()`.
     pub skipped: usize,
     /// The tiers of the sources that could not be read (counted in `failed`).
     pub source_failures: Vec<Tier>,
+    pub skipped_items: Vec<SkippedItem>,
+    /// Stages not run because something failed or the build stopped.
+    pub not_run: usize,
     pub cancelled: bool,
     pub duration_ms: u64,
 }
 
 impl BuildSummary {
+    /// Skipped items do not make a build fail; failures and stages left unrun do.
     pub fn ok(&self) -> bool {
-        self.failed == 0 && self.skipped == 0 && !self.cancelled
+        self.failed == 0 && self.not_run == 0 && !self.cancelled
     }
     /// The worst tier among the failed stages (None when nothing failed): what the
     /// build's exit code says.
@@ -100,6 +116,29 @@ impl BuildSummary {
             NodeOutcome::Cached(r) | NodeOutcome::Ran(r) => Some(r),
             _ => None,
         }
+    }
+}
+
+/// The record of a finished node (its own, or the in-memory one of an item skipped
+/// upstream), for resolving its dependents' inputs.
+fn record_of(o: &Option<NodeOutcome>) -> Option<&StageRecord> {
+    match o {
+        Some(NodeOutcome::Cached(r) | NodeOutcome::Ran(r) | NodeOutcome::ItemSkipped(r)) => {
+            Some(r)
+        }
+        _ => None,
+    }
+}
+
+/// Says so when a finished stage skipped its item.
+fn report_skip(plan: &Plan, i: usize, rec: &StageRecord, reporter: &dyn Reporter) {
+    if let Some(reason) = rec.skipped() {
+        reporter.event(&Event::ItemSkipped {
+            effect: plan.effect.clone(),
+            item: plan.nodes[i].item.clone().unwrap_or_default(),
+            stage: plan.nodes[i].id.to_string(),
+            reason: reason.to_string(),
+        });
     }
 }
 
@@ -220,15 +259,25 @@ pub fn build(
                 let node = &plan.nodes[i];
                 let resolved = plan.resolve_inputs(
                     i,
-                    |up| match &outcomes[up] {
-                        Some(NodeOutcome::Cached(r)) | Some(NodeOutcome::Ran(r)) => Some(r),
-                        _ => None,
-                    },
+                    |up| record_of(&outcomes[up]),
                     Some(&|d: &Digest| cache.blob_path(d)),
                 );
                 let (inputs, input_paths) = match resolved {
                     Ok(r) => (r.digests, r.paths),
                     Err(Unresolved::Upstream(_)) => unreachable_input(),
+                    // Its item was skipped upstream: neither run nor a failure.
+                    Err(Unresolved::Skipped { reason, .. }) => {
+                        outcomes[i] = Some(NodeOutcome::ItemSkipped(
+                            StageRecord::skipped_by_upstream(
+                                &node.id,
+                                node.stage.kind(),
+                                &plan.effect,
+                                &reason,
+                            ),
+                        ));
+                        release(i, &dependents, &mut waiting, &mut ready);
+                        continue;
+                    }
                     // An upstream record without an output this stage reads: fail the
                     // stage loudly rather than key it on fewer inputs.
                     Err(e) => {
@@ -271,6 +320,7 @@ pub fn build(
                             &rec,
                             true,
                         );
+                        report_skip(plan, i, &rec, reporter);
                         outcomes[i] = Some(NodeOutcome::Cached(rec));
                         release(i, &dependents, &mut waiting, &mut ready);
                     }
@@ -349,6 +399,7 @@ pub fn build(
                         &rec,
                         cached,
                     );
+                    report_skip(plan, i, &rec, reporter);
                     outcomes[i] = Some(if cached {
                         NodeOutcome::Cached(rec)
                     } else {
@@ -358,7 +409,7 @@ pub fn build(
                 }
                 Err(StageError::Cancelled) => {
                     stop = true;
-                    outcomes[i] = Some(NodeOutcome::Skipped);
+                    outcomes[i] = Some(NodeOutcome::NotRun);
                 }
                 Err(e) => {
                     let tier = e.tier().unwrap_or(Tier::Bug);
@@ -386,7 +437,7 @@ pub fn build(
 
     let outcomes: Vec<NodeOutcome> = outcomes
         .into_iter()
-        .map(|o| o.unwrap_or(NodeOutcome::Skipped))
+        .map(|o| o.unwrap_or(NodeOutcome::NotRun))
         .collect();
     // Remember this build's records (one file) for the next no-op build and `explain`.
     let unchanged = outcomes.iter().zip(&plan.nodes).all(|(o, node)| match o {
@@ -429,12 +480,30 @@ pub fn build(
         }
     }
     let count = |f: fn(&NodeOutcome) -> bool| outcomes.iter().filter(|o| f(o)).count();
+    // One entry per item, from the stage that skipped it.
+    let mut skipped_items: Vec<SkippedItem> = Vec::new();
+    for (i, o) in outcomes.iter().enumerate() {
+        if let NodeOutcome::Cached(r) | NodeOutcome::Ran(r) = o {
+            if let Some(reason) = r.skipped() {
+                let item = plan.nodes[i].item.clone().unwrap_or_default();
+                if !skipped_items.iter().any(|s| s.item == item) {
+                    skipped_items.push(SkippedItem {
+                        item,
+                        stage: plan.nodes[i].id.to_string(),
+                        reason: reason.to_string(),
+                    });
+                }
+            }
+        }
+    }
     let summary = BuildSummary {
         effect: plan.effect.clone(),
         ran: count(|o| matches!(o, NodeOutcome::Ran(_))),
         cached: count(|o| matches!(o, NodeOutcome::Cached(_))),
         failed: count(|o| matches!(o, NodeOutcome::Failed { .. })) + plan.source_failures.len(),
-        skipped: count(|o| matches!(o, NodeOutcome::Skipped)),
+        skipped: skipped_items.len(),
+        skipped_items,
+        not_run: count(|o| matches!(o, NodeOutcome::NotRun)),
         source_failures: plan.source_failures.iter().map(|f| f.tier).collect(),
         cancelled: cancel.load(Ordering::SeqCst),
         duration_ms: started.elapsed().as_millis() as u64,
@@ -459,6 +528,7 @@ pub fn build(
         failed: summary.failed,
         skipped: summary.skipped,
         dropped,
+        not_run: summary.not_run,
         cancelled: summary.cancelled,
         duration_ms: summary.duration_ms,
     });
@@ -559,7 +629,15 @@ fn run_job(
         batch: opts.batch,
         project_root,
     };
-    let output = node.stage.run(&mut ctx)?;
+    let mut output = node.stage.run(&mut ctx)?;
+    if let Some(reason) = output.skipped.take() {
+        // A skipped item's record has no outputs; its metric says why.
+        output.files.clear();
+        output.metrics.insert(
+            crate::cache::SKIPPED_METRIC.into(),
+            reason.into(),
+        );
+    }
     let mut outputs = BTreeMap::new();
     for (name, path) in &output.files {
         let r: OutputRef = cache.put_blob_file(path).map_err(infra)?;

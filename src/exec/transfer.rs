@@ -24,9 +24,23 @@ fn walk(
     let mut records: Vec<Option<StageRecord>> = vec![None; plan.nodes.len()];
     let mut missing = 0;
     for &i in &plan.order {
-        let Ok(inputs) = plan.key_inputs(i, |up| records[up].as_ref()) else {
-            missing += 1;
-            continue;
+        let inputs = match plan.key_inputs(i, |up| records[up].as_ref()) {
+            Ok(inputs) => inputs,
+            // Skipped with its item: nothing of it to move.
+            Err(crate::plan::Unresolved::Skipped { reason, .. }) => {
+                let node = &plan.nodes[i];
+                records[i] = Some(StageRecord::skipped_by_upstream(
+                    &node.id,
+                    node.stage.kind(),
+                    &plan.effect,
+                    &reason,
+                ));
+                continue;
+            }
+            Err(_) => {
+                missing += 1;
+                continue;
+            }
         };
         let key = plan.key_of(i, &inputs);
         match find(&key)? {

@@ -4,6 +4,8 @@ pub mod brick;
 pub mod contact_sheet;
 pub mod crop;
 pub mod external;
+pub mod face_crop;
+pub mod face_mesh;
 pub mod openpose;
 pub mod synthetic;
 

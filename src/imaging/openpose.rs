@@ -109,6 +109,41 @@ pub fn coco18_from_mediapipe_pose(points: &[[f32; 3]]) -> [Option<[f32; 2]>; 18]
     body
 }
 
+/// The 68 dlib/OpenPose face points as MediaPipe face-mesh indices (a point given by two
+/// indices is their midpoint). There is no official table: this is the hand-made
+/// correspondence of Peizhi Yan's `Mediapipe_2_Dlib_Landmarks` (2024, `mp2dlib.py`),
+/// in dlib order: jaw 0-16, right brow 17-21, left brow 22-26, nose 27-35, right eye
+/// 36-41, left eye 42-47, outer lips 48-59, inner lips 60-67.
+#[rustfmt::skip]
+const DLIB68_FROM_MEDIAPIPE: [[usize; 2]; 68] = [
+    [127, 127], [234, 234], [93, 93], [132, 58], [58, 172], [136, 136], [150, 150],
+    [176, 176], [152, 152], [400, 400], [379, 379], [365, 365], [397, 288], [361, 361],
+    [323, 323], [454, 454], [356, 356],
+    [70, 70], [63, 63], [105, 105], [66, 66], [107, 107],
+    [336, 336], [296, 296], [334, 334], [293, 293], [300, 300],
+    [168, 6], [197, 195], [5, 5], [4, 4], [75, 75], [97, 97], [2, 2], [326, 326], [305, 305],
+    [33, 33], [160, 160], [158, 158], [133, 133], [153, 153], [144, 144],
+    [362, 362], [385, 385], [387, 387], [263, 263], [373, 373], [380, 380],
+    [61, 61], [39, 39], [37, 37], [0, 0], [267, 267], [269, 269], [291, 291], [321, 321],
+    [314, 314], [17, 17], [84, 84], [91, 91],
+    [78, 78], [82, 82], [13, 13], [312, 312], [308, 308], [317, 317], [14, 14], [87, 87],
+];
+
+/// MediaPipe's 468 face-mesh points (pixels) → the 68 face points the OpenPose map draws
+/// (empty when fewer than 468 are given).
+pub fn dlib68_from_mediapipe_mesh(points: &[[f32; 3]]) -> Vec<[f32; 2]> {
+    if points.len() < 468 {
+        return Vec::new();
+    }
+    DLIB68_FROM_MEDIAPIPE
+        .iter()
+        .map(|[a, b]| {
+            let (p, q) = (points[*a], points[*b]);
+            [(p[0] + q[0]) / 2.0, (p[1] + q[1]) / 2.0]
+        })
+        .collect()
+}
+
 /// Draws the OpenPose control map: black canvas, limbs at 0.6 of their colour, keypoints
 /// in full colour, then `face` points (already in the 68/70-point dlib order the
 /// reference uses) as white dots. Coordinates are pixels.
@@ -362,5 +397,20 @@ mod tests {
         let img = draw_openpose(512, 512, &body, None);
         crate::imaging::write_png(&img, std::path::Path::new("target/openpose_synthetic.png"))
             .unwrap();
+    }
+
+    #[test]
+    fn the_face_mesh_maps_to_68_points_in_dlib_order() {
+        let mut mesh = vec![[0.0f32, 0.0, 0.0]; 468];
+        mesh[152] = [100.0, 200.0, 0.0]; // chin
+        mesh[168] = [100.0, 80.0, 0.0];
+        mesh[6] = [100.0, 90.0, 0.0];
+        mesh[33] = [70.0, 100.0, 0.0]; // right eye outer corner
+        let face = dlib68_from_mediapipe_mesh(&mesh);
+        assert_eq!(face.len(), 68);
+        assert_eq!(face[8], [100.0, 200.0], "dlib 8 is the chin");
+        assert_eq!(face[27], [100.0, 85.0], "nose bridge: midpoint of 168 and 6");
+        assert_eq!(face[36], [70.0, 100.0]);
+        assert!(dlib68_from_mediapipe_mesh(&mesh[..10]).is_empty());
     }
 }

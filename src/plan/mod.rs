@@ -59,6 +59,9 @@ pub enum Unresolved {
     /// The upstream record lacks an output the node consumes.
     #[error("stage {upstream} did not produce its declared output `{output}`")]
     MissingOutput { upstream: StageId, output: String },
+    /// A per-item node whose item an upstream stage skipped: it does not run either.
+    #[error("{upstream} skipped its item: {reason}")]
+    Skipped { upstream: StageId, reason: String },
 }
 
 /// Checks that every consumed port is one its producer declares (`Stage::outputs`).
@@ -148,7 +151,10 @@ impl Plan {
     /// Node `i`'s inputs as its key covers them (name → digest) and, with `blob_path`,
     /// where each one is on disk: the one resolver the scheduler, dry run, transfer and
     /// watch use. Fails on the first upstream node whose record is not known, or whose
-    /// record lacks an output the node consumes (never a silent skip).
+    /// record lacks an output the node consumes (never a silent skip). An upstream record
+    /// that skipped its item skips a per-item node (`Unresolved::Skipped`); a
+    /// whole-dataset node reads the other items without it (the input is absent, and so
+    /// is its digest from the key).
     pub fn resolve_inputs<'a>(
         &self,
         i: usize,
@@ -169,6 +175,10 @@ impl Plan {
                 }
                 InputRef::Stage { node: up, output } => {
                     let rec = record_of(*up).ok_or(Unresolved::Upstream(*up))?;
+                    if let Some(reason) = rec.skipped() {
+                        self.skipped_input(i, *up, reason)?;
+                        continue;
+                    }
                     let o = rec
                         .outputs
                         .get(output)
@@ -180,6 +190,10 @@ impl Plan {
                 }
                 InputRef::StageAll { node: up } => {
                     let rec = record_of(*up).ok_or(Unresolved::Upstream(*up))?;
+                    if let Some(reason) = rec.skipped() {
+                        self.skipped_input(i, *up, reason)?;
+                        continue;
+                    }
                     for (output, o) in &rec.outputs {
                         add(format!("{}/{output}", inp.name), o.digest, None);
                     }
@@ -187,6 +201,18 @@ impl Plan {
             }
         }
         Ok(r)
+    }
+
+    /// Node `i` reads from `up`, which skipped its item: a per-item node is skipped too;
+    /// a whole-dataset node goes on without that input.
+    fn skipped_input(&self, i: usize, up: usize, reason: &str) -> Result<(), Unresolved> {
+        if self.nodes[i].item.is_some() {
+            return Err(Unresolved::Skipped {
+                upstream: self.nodes[up].id.clone(),
+                reason: reason.to_string(),
+            });
+        }
+        Ok(())
     }
 
     /// The digests node `i`'s key covers (`resolve_inputs` without paths).

@@ -11,6 +11,13 @@ use crate::project::Project;
 
 /// The registry entry single-file SD checkpoints take their tokenizer from.
 pub const CLIP_TOKENIZER: &str = "clip-tokenizer";
+/// The registry names of the models `crop "face"` runs, in the order `Crop::models` keeps.
+pub const FACE_CROP_MODELS: [&str; 4] = [
+    "mediapipe-face-detector",
+    "mediapipe-face-landmark",
+    "mediapipe-pose-detector",
+    "mediapipe-pose-landmark",
+];
 
 pub const EFFECT_NODES: &[&str] = &[
     "extends",
@@ -168,7 +175,7 @@ impl<'a> Checker<'a> {
         }
         let crop = match self.d.single(&node.children, "crop") {
             Some(n) => {
-                self.d.known_props(n, &["size"]);
+                self.d.known_props(n, &["size", "margin", "faces"]);
                 self.d.max_args(n, 1);
                 let mode = match n.args.first() {
                     Some(v) => match self.d.string(v, "the crop mode").as_deref() {
@@ -196,11 +203,49 @@ impl<'a> Checker<'a> {
                         self.d.error(RecipeDiagnostic::at(&v.loc, "out-of-range", format!("crop size must be a multiple of 8 (the student downsamples 8x), got {size_px}")).label("not a multiple of 8"));
                     }
                 }
-                Crop { mode, size_px }
+                let margin = self.d.setting_f64(n, "margin", 0.6, 0.0, 4.0);
+                let faces = self.face_selection(n);
+                if mode.value != CropMode::Face {
+                    for prop in ["margin", "faces"] {
+                        if let Some(v) = n.prop(prop) {
+                            self.d.error(
+                                RecipeDiagnostic::at(
+                                    &v.loc,
+                                    "unknown-property",
+                                    format!("`{prop}` applies only to `crop \"face\"`"),
+                                )
+                                .label("needs crop \"face\""),
+                            );
+                        }
+                    }
+                }
+                let mut models = Vec::new();
+                if let (CropMode::Face, Some(loc)) = (&mode.value, &mode.loc) {
+                    for name in FACE_CROP_MODELS {
+                        match self.registry.models.get(name) {
+                            Some(m) => models.push(m.clone()),
+                            None => self.d.error(
+                                RecipeDiagnostic::at(loc, "unknown-model", format!("the face crop needs the model `{name}`, which the registry (stdlib/models.kdl) does not name"))
+                                    .label("face crop")
+                                    .help("keep the mediapipe-* entries of effectc's stdlib/models.kdl in the project's own copy"),
+                            ),
+                        }
+                    }
+                }
+                Crop {
+                    mode,
+                    size_px,
+                    margin,
+                    faces,
+                    models,
+                }
             }
             None => Crop {
                 mode: Spanned::new(CropMode::Center, None),
                 size_px: 256,
+                margin: 0.6,
+                faces: Spanned::new(FaceSelection::Largest, None),
+                models: Vec::new(),
             },
         };
         let holdout = self.d.setting_f64(node, "holdout", 0.1, 0.0, 0.9);
@@ -211,6 +256,26 @@ impl<'a> Checker<'a> {
             crop,
             holdout,
         })
+    }
+
+    /// `faces="largest"|"all"` on `crop "face"`.
+    fn face_selection(&mut self, n: &Node) -> Spanned<FaceSelection> {
+        let Some(v) = n.prop("faces") else {
+            return Spanned::new(FaceSelection::Largest, None);
+        };
+        match self.d.string(v, "`faces`").as_deref() {
+            Some("largest") => Spanned::new(FaceSelection::Largest, Some(v.loc.clone())),
+            Some("all") => Spanned::new(FaceSelection::All, Some(v.loc.clone())),
+            Some(other) => {
+                self.d.error(
+                    RecipeDiagnostic::at(&v.loc, "unknown-value", format!("unknown `faces` value `{other}`"))
+                        .suggest(other, ["largest", "all"])
+                        .label("expected \"largest\" or \"all\""),
+                );
+                Spanned::new(FaceSelection::Largest, None)
+            }
+            None => Spanned::new(FaceSelection::Largest, None),
+        }
     }
 
     /// A path or glob relative to the project root: valid syntax, and a plain path must exist.

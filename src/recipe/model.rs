@@ -115,6 +115,21 @@ pub enum CropMode {
 pub struct Crop {
     pub mode: Spanned<CropMode>,
     pub size_px: u32,
+    /// `crop "face"`: the face box's side is padded by this fraction of itself on each
+    /// side (`margin=0.6`: the crop is 2.2 face boxes wide).
+    pub margin: f64,
+    /// `crop "face"`: which faces become items.
+    pub faces: Spanned<FaceSelection>,
+    /// `crop "face"`: the MediaPipe models it runs (registry entries), in a fixed order:
+    /// face detector, face landmark, pose detector, pose landmark.
+    pub models: Vec<super::stdlib::ModelEntry>,
+}
+
+/// `faces="largest"` (the default): one item per photo; `faces="all"`: one per face.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FaceSelection {
+    Largest,
+    All,
 }
 
 #[derive(Clone, Debug)]

@@ -208,7 +208,12 @@ impl Stage for BundleStage {
         let (inputs, shape) = read_frames(ctx.input("holdout-inputs.npy")?)?;
         let (references, _) = read_frames(ctx.input("holdout-reference.npy")?)?;
         let (h, w) = (shape[2], shape[3]);
-        let rows = self.rows.min(inputs.len());
+        // The held-out items' teacher images, skipped items left out: the export left out
+        // the same items, so the j-th present one is the j-th frame.
+        let teachers: Vec<std::path::PathBuf> = (0..self.rows)
+            .filter_map(|i| ctx.optional_input(&format!("teacher/{i}")).map(|p| p.to_path_buf()))
+            .collect();
+        let rows = teachers.len().min(inputs.len());
         let mut entries: Vec<(String, EntrySource)> = Vec::new();
         let mut targets = BTreeMap::new();
         let mut measured = Map::new();
@@ -293,7 +298,7 @@ impl Stage for BundleStage {
         let mut sheet_rows = Vec::new();
         for i in 0..rows {
             let mut row = vec![frame_to_image(&inputs[i], h, w)];
-            row.push(super::png::read_rgb(ctx.input(&format!("teacher/{i}"))?)?);
+            row.push(super::png::read_rgb(&teachers[i])?);
             row.push(frame_to_image(&references[i], h, w));
             for (_, outs) in &target_outputs {
                 row.push(

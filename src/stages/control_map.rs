@@ -1,13 +1,27 @@
-//! `control:PREPROCESSOR`: the control image a ControlNet reads, drawn from the cropped
-//! source without any model (canny, softedge), saved as a PNG a person can open.
+//! `control:PREPROCESSOR`: the control image a ControlNet reads, saved as a PNG a person
+//! can open: drawn from the cropped source (canny, softedge), or from the landmarks the
+//! face crop found (openpose-full, mediapipe-face), so no model runs twice.
 
 use super::png::{read_rgb, write_png};
 use crate::diffusion::control_image::{canny, gray_to_rgb, softedge, CannyParams, SoftEdgeParams};
+use crate::imaging::face_crop::CropLandmarks;
+use crate::imaging::{face_mesh, openpose};
 use crate::stages::{params_of, Params, RunContext, RunOutput, Stage, StageError};
 use serde::Serialize;
 
-/// The preprocessors effectc can draw so far. Pose and face mesh need their detectors.
-pub const BUILT_PREPROCESSORS: &[&str] = &["canny", "softedge"];
+/// The preprocessors effectc can draw.
+pub const BUILT_PREPROCESSORS: &[&str] = &["canny", "softedge", "openpose-full", "mediapipe-face"];
+
+/// The preprocessors drawn from the face crop's landmarks (input `landmarks`).
+pub const FROM_LANDMARKS: &[&str] = &["openpose-full", "mediapipe-face"];
+
+/// Reads the face crop's `landmarks.json`.
+fn read_landmarks(ctx: &RunContext) -> Result<CropLandmarks, StageError> {
+    let path = ctx.input("landmarks")?;
+    let bytes = std::fs::read(path).map_err(|e| StageError::io(path, e))?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| StageError::bug(format!("{}: not the face crop's landmarks: {e}", path.display())))
+}
 
 pub struct ControlMap {
     pub preprocessor: String,
@@ -58,18 +72,38 @@ impl Stage for ControlMap {
         params_of(&doc)
     }
     fn run(&self, ctx: &mut RunContext) -> Result<RunOutput, StageError> {
-        let src = read_rgb(ctx.input("image")?)?;
         let map = match self.preprocessor.as_str() {
-            "canny" => canny(&src, &CannyParams::default()),
-            "softedge" => softedge(&src, &SoftEdgeParams::default()),
+            "canny" => gray_to_rgb(&canny(&read_rgb(ctx.input("image")?)?, &CannyParams::default())),
+            "softedge" => gray_to_rgb(&softedge(
+                &read_rgb(ctx.input("image")?)?,
+                &SoftEdgeParams::default(),
+            )),
+            "openpose-full" => {
+                let lm = read_landmarks(ctx)?;
+                // MediaPipe's (x, y, z, visibility) → the (x, y, visibility) the mapping reads.
+                let pose: Vec<[f32; 3]> = lm
+                    .pose
+                    .iter()
+                    .flatten()
+                    .map(|p| [p[0], p[1], p[3]])
+                    .collect();
+                let body = openpose::coco18_from_mediapipe_pose(&pose);
+                let face = openpose::dlib68_from_mediapipe_mesh(&lm.face_mesh);
+                openpose::draw_openpose(lm.size, lm.size, &body, Some(&face))
+            }
+            "mediapipe-face" => {
+                let lm = read_landmarks(ctx)?;
+                let points: Vec<[f32; 2]> = lm.face_mesh.iter().map(|p| [p[0], p[1]]).collect();
+                face_mesh::draw_face_mesh(lm.size, lm.size, &points)
+            }
             other => {
-                return Err(StageError::input(format!(
-                    "the `{other}` preprocessor is not built yet"
+                return Err(StageError::bug(format!(
+                    "the `{other}` preprocessor is not built (the planner lets only built ones through)"
                 )))
             }
         };
         let path = ctx.out_dir.join("control.png");
-        write_png(&gray_to_rgb(&map), &path)?;
+        write_png(&map, &path)?;
         let mut out = RunOutput::default();
         out.files.insert("control".into(), path);
         Ok(out)

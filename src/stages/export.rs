@@ -51,18 +51,25 @@ impl Stage for ExportStudent {
         })
     }
     fn run(&self, ctx: &mut RunContext) -> Result<RunOutput, StageError> {
-        let paths = |names: &[String], ctx: &RunContext| {
+        // Crops of skipped items are absent: the others stand in.
+        let paths = |names: &[String], ctx: &RunContext| -> Vec<std::path::PathBuf> {
             names
                 .iter()
-                .map(|n| ctx.input(n).map(|p| p.to_path_buf()))
-                .collect::<Result<Vec<_>, _>>()
+                .filter_map(|n| ctx.optional_input(n).map(|p| p.to_path_buf()))
+                .collect()
         };
+        let (holdout, calibration) = (paths(&self.holdout, ctx), paths(&self.calibration, ctx));
+        if holdout.is_empty() || calibration.is_empty() {
+            return Err(StageError::input(
+                "every held-out or calibration item was skipped: no frames to export with",
+            ));
+        }
         let job = ExportJob {
             weights: ctx.input("student-weights")?.to_path_buf(),
             arch: self.arch,
             resolution_px: self.resolution_px,
-            holdout: paths(&self.holdout, ctx)?,
-            calibration: paths(&self.calibration, ctx)?,
+            holdout,
+            calibration,
             device: "cpu".into(),
             out_dir: ctx.out_dir.join("out"),
         };
@@ -74,6 +81,7 @@ impl Stage for ExportStudent {
         Ok(RunOutput {
             files: report.files,
             metrics: report.metrics,
+            ..Default::default()
         })
     }
 }

@@ -12,6 +12,7 @@ pub mod diffusion_worker;
 pub mod directory_teacher;
 pub mod export;
 pub mod identity;
+pub mod face_crop;
 pub mod pairs_sheet;
 pub mod png;
 pub mod procedural;

@@ -36,7 +36,11 @@ impl Stage for PairsSheet {
     fn run(&self, ctx: &mut RunContext) -> Result<RunOutput, StageError> {
         let mut rows = Vec::new();
         for i in 0..self.rows {
-            let src = read_rgb(ctx.input(&format!("{i:02}-source"))?)?;
+            // A skipped item has no row.
+            let Some(src) = ctx.optional_input(&format!("{i:02}-source")) else {
+                continue;
+            };
+            let src = read_rgb(src)?;
             let mut row = vec![src];
             for c in &self.controls {
                 row.push(read_rgb(ctx.input(&format!("{i:02}-control-{c}"))?)?);

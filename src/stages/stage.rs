@@ -106,6 +106,11 @@ pub struct RunContext<'a> {
 }
 
 impl RunContext<'_> {
+    /// An input a whole-dataset stage reads from a per-item stage: absent when that item
+    /// was skipped (see [`RunOutput::skip`]).
+    pub fn optional_input(&self, name: &str) -> Option<&Path> {
+        self.inputs.get(name).map(|p| p.as_path())
+    }
     pub fn input(&self, name: &str) -> Result<&Path, StageError> {
         self.inputs.get(name).map(|p| p.as_path()).ok_or_else(|| {
             StageError::bug(format!("stage {} has no input `{name}`", self.stage_id))
@@ -125,6 +130,21 @@ pub struct RunOutput {
     /// Output name → file in `out_dir`.
     pub files: BTreeMap<String, PathBuf>,
     pub metrics: serde_json::Map<String, serde_json::Value>,
+    /// Set by a per-item stage whose item cannot go on (a photo without a face): not a
+    /// failure. The outcome is cached like any other (a record without outputs that
+    /// says why), the item's later per-item stages do not run, and whole-dataset stages
+    /// leave the item out.
+    pub skipped: Option<String>,
+}
+
+impl RunOutput {
+    /// "Skip this item", with the reason a person reads in the build's summary.
+    pub fn skip(reason: impl Into<String>) -> RunOutput {
+        RunOutput {
+            skipped: Some(reason.into()),
+            ..Default::default()
+        }
+    }
 }
 
 /// Whose problem a failed stage is. The type of the error decides (an I/O error by its

@@ -181,14 +181,16 @@ impl Stage for TrainStage {
             if dropped.contains(item) {
                 continue;
             }
+            // A skipped item (no face) has neither crop nor pair: train without it.
+            let source = ctx.optional_input(&input_name(item, *holdout, "source"));
+            let target = ctx.optional_input(&input_name(item, *holdout, "target"));
+            let (Some(source), Some(target)) = (source, target) else {
+                continue;
+            };
             pairs.push(PairFiles {
                 name: item.clone(),
-                source: ctx
-                    .input(&input_name(item, *holdout, "source"))?
-                    .to_path_buf(),
-                target: ctx
-                    .input(&input_name(item, *holdout, "target"))?
-                    .to_path_buf(),
+                source: source.to_path_buf(),
+                target: target.to_path_buf(),
                 holdout: *holdout,
             });
         }
@@ -198,11 +200,16 @@ impl Stage for TrainStage {
                 dropped.len()
             )));
         }
-        if pairs.is_empty() {
+        if pairs.is_empty() && !dropped.is_empty() {
             return Err(StageError::input(format!(
                 "the identity filter dropped every pair ({}): lower `identity min-similarity`",
                 dropped.len()
             )));
+        }
+        if pairs.is_empty() {
+            return Err(StageError::input(
+                "every item was skipped (see the build's skipped items): nothing to train on",
+            ));
         }
         let teacher = match self.role {
             Role::Teacher => None,

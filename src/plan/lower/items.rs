@@ -5,7 +5,7 @@ use crate::digest::{Digest, KeyHasher};
 use crate::project::Project;
 use crate::recipe::check::is_glob;
 use crate::plan::SourceFailure;
-use crate::recipe::{CropMode, Diagnostics, Recipe, RecipeDiagnostic, Spanned};
+use crate::recipe::{Diagnostics, Recipe, RecipeDiagnostic, Spanned};
 use crate::stages::stage::Tier;
 use crate::video::{FrameStore, VideoError};
 use std::path::{Path, PathBuf};
@@ -202,20 +202,4 @@ pub fn source_items(
         }
     }
     items
-}
-
-/// Sources the recipe may name but that cannot be built yet: said before any work.
-pub fn unbuilt_sources(recipe: &Recipe, diags: &mut Diagnostics) {
-    if recipe.sources.crop.mode.value == CropMode::Face {
-        let d = match &recipe.sources.crop.mode.loc {
-            Some(loc) => RecipeDiagnostic::at(
-                loc,
-                "not-built-yet",
-                "the `face` crop needs the face detector, which is not built yet",
-            )
-            .label("face crop"),
-            None => RecipeDiagnostic::nowhere("not-built-yet", "the `face` crop is not built yet"),
-        };
-        diags.push(d.help("use `crop \"center\" size=...` until face detection lands"));
-    }
 }

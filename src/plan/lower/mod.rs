@@ -64,7 +64,6 @@ fn lower_with(
     let mut failures = Vec::new();
     let items =
         items::source_items(project, recipe, digest_of, frames, &mut diags, &mut failures);
-    items::unbuilt_sources(recipe, &mut diags);
     let mut shared = pairs::shared_teacher(project, recipe, digest_of, verify_pins, &mut diags);
     shared.detection =
         clip::attribute_detection(project, recipe, &items, digest_of, verify_pins, &mut diags);

@@ -6,7 +6,7 @@ use super::items::{ItemOrigin, SourceItem};
 use crate::digest::Digest;
 use crate::plan::{Input, InputRef, PlanNode, StageId};
 use crate::project::Project;
-use crate::recipe::{Diagnostics, Recipe, RecipeDiagnostic, Teacher};
+use crate::recipe::{CropMode, Diagnostics, Recipe, RecipeDiagnostic, Teacher};
 use crate::stages::{self, Stage};
 use std::path::Path;
 use std::sync::Arc;
@@ -30,19 +30,47 @@ pub fn shared_teacher(
     verify_pins: bool,
     diags: &mut Diagnostics,
 ) -> SharedTeacher {
-    let mut shared = SharedTeacher::default();
+    // The teacher's and the face crop's models.
+    let mut shared = SharedTeacher {
+        teacher: None,
+        models: Arc::new(crate::models::check_models(
+            project,
+            recipe,
+            digest_of,
+            verify_pins,
+            diags,
+        )),
+        detection: Default::default(),
+    };
+    let faces = &recipe.sources.crop.faces;
+    if faces.value == crate::recipe::FaceSelection::All {
+        let message = "`faces=\"all\"` (one item per face) is not built yet";
+        let d = match &faces.loc {
+            Some(loc) => RecipeDiagnostic::at(loc, "not-built-yet", message).label("one item per face"),
+            None => RecipeDiagnostic::nowhere("not-built-yet", message),
+        };
+        diags.push(d.help("leave `faces` out: each photo's largest face becomes its item"));
+    }
     let Teacher::Diffusion(t) = &recipe.teacher else {
         return shared;
     };
-    shared.models = Arc::new(crate::models::check_models(
-        project,
-        recipe,
-        digest_of,
-        verify_pins,
-        diags,
-    ));
     shared.teacher = Some(Arc::new((**t).clone()));
     for c in &t.controlnets {
+        let from_landmarks =
+            stages::control_map::FROM_LANDMARKS.contains(&c.preprocessor.as_str());
+        if from_landmarks && recipe.sources.crop.mode.value != CropMode::Face {
+            let message = format!(
+                "ControlNet preset `{}` draws the landmarks the face crop finds, but the sources use `crop \"center\"`",
+                c.preset.value
+            );
+            let d = match &c.preset.loc {
+                Some(loc) => RecipeDiagnostic::at(loc, "needs-face-crop", message)
+                    .label("needs crop \"face\""),
+                None => RecipeDiagnostic::nowhere("needs-face-crop", message),
+            };
+            diags.push(d.help("write `crop \"face\" size=...` in `sources`"));
+            continue;
+        }
         if stages::control_map::BUILT_PREPROCESSORS.contains(&c.preprocessor.as_str()) {
             continue;
         }
@@ -74,6 +102,27 @@ pub fn add_item_stages(
     diags: &mut Diagnostics,
 ) -> Vec<(SourceItem, usize, usize)> {
     let size_px = recipe.sources.crop.size_px;
+    let crop_spec = &recipe.sources.crop;
+    // The face crop's model files (inputs, so their digests are in its key), and one
+    // loaded copy of them for every item.
+    let face_models: Option<(Vec<Input>, Arc<stages::face_crop::FaceModels>)> =
+        (crop_spec.mode.value == CropMode::Face).then(|| {
+            let inputs = crop_spec
+                .models
+                .iter()
+                .zip(stages::face_crop::MODEL_INPUTS)
+                .filter_map(|(m, name)| {
+                    shared.models.get(&m.name).map(|r| Input {
+                        name: name.into(),
+                        from: InputRef::File {
+                            path: r.path.clone(),
+                            digest: r.digest,
+                        },
+                    })
+                })
+                .collect();
+            (inputs, Arc::new(stages::face_crop::FaceModels::default()))
+        });
     let mut pairs = Vec::new();
     for item in items {
         let image_input = match &item.origin {
@@ -100,14 +149,26 @@ pub fn add_item_stages(
                 }
             }
         };
+        let image = Input {
+            name: "image".into(),
+            from: image_input,
+        };
+        let (stage, crop_inputs): (Box<dyn Stage>, Vec<Input>) = match &face_models {
+            Some((model_inputs, loaded)) => (
+                Box::new(stages::face_crop::FaceCrop {
+                    size_px,
+                    margin: crop_spec.margin,
+                    models: loaded.clone(),
+                }),
+                std::iter::once(image).chain(model_inputs.iter().cloned()).collect(),
+            ),
+            None => (Box::new(stages::crop::CenterCrop { size_px }), vec![image]),
+        };
         nodes.push(PlanNode {
             id: StageId::crop(&item.name),
             item: Some(item.name.clone()),
-            stage: Box::new(stages::crop::CenterCrop { size_px }),
-            inputs: vec![Input {
-                name: "image".into(),
-                from: image_input,
-            }],
+            stage,
+            inputs: crop_inputs,
         });
         let crop = nodes.len() - 1;
         let source = Input {
@@ -237,13 +298,7 @@ pub fn add_item_stages(
                                 stage: Box::new(stages::control_map::ControlMap {
                                     preprocessor: c.preprocessor.clone(),
                                 }),
-                                inputs: vec![Input {
-                                    name: "image".into(),
-                                    from: InputRef::Stage {
-                                        node: crop,
-                                        output: "image".into(),
-                                    },
-                                }],
+                                inputs: control_inputs(crop, &c.preprocessor),
                             });
                             drawn.push((c.preprocessor.clone(), nodes.len() - 1));
                             nodes.len() - 1
@@ -281,6 +336,27 @@ pub fn add_item_stages(
         pairs.push((item.clone(), crop, nodes.len() - 1));
     }
     pairs
+}
+
+/// A control map reads the crop, and the crop's landmarks when it draws them.
+fn control_inputs(crop: usize, preprocessor: &str) -> Vec<Input> {
+    let mut inputs = vec![Input {
+        name: "image".into(),
+        from: InputRef::Stage {
+            node: crop,
+            output: "image".into(),
+        },
+    }];
+    if stages::control_map::FROM_LANDMARKS.contains(&preprocessor) {
+        inputs.push(Input {
+            name: "landmarks".into(),
+            from: InputRef::Stage {
+                node: crop,
+                output: "landmarks".into(),
+            },
+        });
+    }
+    inputs
 }
 
 /// A contact sheet of the first pairs (with their control maps), so a person sees what
