@@ -516,7 +516,7 @@ pub fn build(
         .zip(&plan.nodes)
         .filter(|(_, n)| n.stage.kind() == "identity-filter")
         .filter_map(|(o, _)| match o {
-            NodeOutcome::Ran(r) | NodeOutcome::Cached(r) => r.metrics.get("dropped")?.as_u64(),
+            NodeOutcome::Ran(r) | NodeOutcome::Cached(r) => r.metrics.get("dropped_pairs")?.as_u64(),
             _ => None,
         })
         .sum();

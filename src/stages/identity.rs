@@ -225,7 +225,7 @@ impl Stage for IdentityFilter {
         &["dropped.json", "identity.json"]
     }
     fn version(&self) -> u32 {
-        1
+        2  // 2: the `dropped` metric lists the pairs with their reasons
     }
     fn params(&self) -> Params {
         params_of(&serde_json::json!({"identity": {"min-similarity": self.min_similarity}}))
@@ -264,7 +264,7 @@ impl Stage for IdentityFilter {
             "min_similarity": self.min_similarity,
             "dropped": dropped.len(),
             "kept": self.items.len() - dropped.len(),
-            "pairs": verdicts,
+            "pairs": &verdicts,
         });
         let report_path = ctx.out_dir.join("identity.json");
         std::fs::write(
@@ -280,7 +280,16 @@ impl Stage for IdentityFilter {
         )
         .map_err(|e| StageError::io(&dropped_path, e))?;
         let mut out = RunOutput::default();
-        out.metrics.insert("dropped".into(), dropped.len().into());
+        // The dropped pairs with their reasons, in the form the report lists
+        // (`cli::report::dropped_in`); `build-finished` counts them.
+        let listed: Vec<serde_json::Value> = verdicts
+            .iter()
+            .filter(|v| v.dropped)
+            .map(|v| serde_json::json!({"item": v.item, "reason": v.reasons.join("; ")}))
+            .collect();
+        out.metrics.insert("dropped".into(), listed.into());
+        out.metrics
+            .insert("dropped_pairs".into(), dropped.len().into());
         out.metrics
             .insert("kept".into(), (self.items.len() - dropped.len()).into());
         out.files.insert("identity.json".into(), report_path);
