@@ -8,6 +8,8 @@
 mod common;
 
 use common::TestProject;
+use effectc::cache::Cache;
+use effectc::digest::Digest;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
@@ -50,19 +52,21 @@ fn tiny_lego_project() -> TestProject {
             std::fs::copy(entry.path(), &to).unwrap();
         }
     }
-    std::os::unix::fs::symlink(mediapipe_dir(), p.root().join("models/mediapipe-0.10.21"))
-        .unwrap();
+    std::os::unix::fs::symlink(mediapipe_dir(), p.root().join("models/mediapipe-0.10.21")).unwrap();
 
     std::fs::create_dir_all(p.root().join("photos")).unwrap();
     let mut photos = 0;
-    for entry in std::fs::read_dir(samples())
-        .unwrap_or_else(|e| panic!("{}: {e}", samples().display()))
+    for entry in
+        std::fs::read_dir(samples()).unwrap_or_else(|e| panic!("{}: {e}", samples().display()))
     {
         let path = entry.unwrap().path();
         let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
         if matches!(ext, "png" | "jpg") {
-            std::fs::copy(&path, p.root().join("photos").join(path.file_name().unwrap()))
-                .unwrap();
+            std::fs::copy(
+                &path,
+                p.root().join("photos").join(path.file_name().unwrap()),
+            )
+            .unwrap();
             photos += 1;
         }
     }
@@ -72,7 +76,15 @@ fn tiny_lego_project() -> TestProject {
     // portrait, so frames differ but all show the face.
     std::fs::create_dir_all(p.root().join("clips")).unwrap();
     let out = Command::new("ffmpeg")
-        .args(["-hide_banner", "-loglevel", "error", "-y", "-loop", "1", "-i"])
+        .args([
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-y",
+            "-loop",
+            "1",
+            "-i",
+        ])
         .arg(samples().join("astronaut.png"))
         .args([
             "-t",
@@ -95,6 +107,20 @@ fn tiny_lego_project() -> TestProject {
         String::from_utf8_lossy(&out.stderr)
     );
     p
+}
+
+/// The image of output `output` of the stage `id`, as the build's event names it.
+fn image_of(p: &TestProject, run: &common::Run, id: &str, output: &str) -> image::RgbImage {
+    let key = Digest::parse(run.stage(id)["key"].as_str().unwrap()).unwrap();
+    let cache = Cache::open(&p.cache_dir()).unwrap();
+    let rec = cache
+        .get_record(&key)
+        .unwrap()
+        .expect("record of a finished stage");
+    let path = cache.blob_path(&rec.outputs[output].digest);
+    image::load_from_memory(&std::fs::read(path).unwrap())
+        .unwrap()
+        .to_rgb8()
 }
 
 #[test]
@@ -145,6 +171,27 @@ fn tiny_lego_builds_every_node_of_lego_end_to_end_and_then_runs_nothing() {
             assert_eq!(first.stage(&id)["cached"], false, "{id}");
         }
     }
+    // At this crop size the face is large enough for both landmark maps to draw it.
+    let face = image_of(
+        &p,
+        &first,
+        "control:mediapipe-face/photos/astronaut.png",
+        "control",
+    );
+    assert_eq!(face.dimensions(), (192, 192));
+    let head = face
+        .pixels()
+        .filter(|px| px.0 == effectc::imaging::face_mesh::HEAD_RGB)
+        .count();
+    assert!(head > 0, "the mediapipe-face map draws the face oval");
+    let pose = image_of(
+        &p,
+        &first,
+        "control:openpose-full/photos/astronaut.png",
+        "control",
+    );
+    let white = pose.pixels().filter(|px| px.0 == [255, 255, 255]).count();
+    assert!(white > 20, "the openpose map draws the face points");
     for kind in ["attributes", "pairs", "identity"] {
         assert!(first.ran_of_kind(kind) >= 2, "{kind}: photo and frames");
     }
