@@ -234,7 +234,10 @@ impl Stage for IdentityFilter {
         let mut verdicts = Vec::new();
         let mut dropped = BTreeSet::new();
         for item in &self.items {
-            let path = ctx.input(&score_input(item))?;
+            // A skipped item (no face) has no pair and so no score: nothing to judge.
+            let Some(path) = ctx.optional_input(&score_input(item)) else {
+                continue;
+            };
             let score: IdentityScore = std::fs::read(path)
                 .ok()
                 .and_then(|b| serde_json::from_slice(&b).ok())
@@ -263,7 +266,7 @@ impl Stage for IdentityFilter {
         let report = serde_json::json!({
             "min_similarity": self.min_similarity,
             "dropped": dropped.len(),
-            "kept": self.items.len() - dropped.len(),
+            "kept": verdicts.len() - dropped.len(),
             "pairs": &verdicts,
         });
         let report_path = ctx.out_dir.join("identity.json");
@@ -291,7 +294,7 @@ impl Stage for IdentityFilter {
         out.metrics
             .insert("dropped_pairs".into(), dropped.len().into());
         out.metrics
-            .insert("kept".into(), (self.items.len() - dropped.len()).into());
+            .insert("kept".into(), (verdicts.len() - dropped.len()).into());
         out.files.insert("identity.json".into(), report_path);
         out.files.insert("dropped.json".into(), dropped_path);
         Ok(out)

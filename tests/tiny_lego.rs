@@ -1,0 +1,212 @@
+//! `effects/lego.kdl` end to end on a CPU: tests/projects/tiny-lego is the lego recipe node
+//! for node (photos and a video clip, the face crop with MediaPipe's real models, the
+//! softedge, pose and face-mesh ControlNets, InstructPix2Pix, CLIP attributes, the
+//! identity filter, the student and both phone targets) on tiny random weights. It builds,
+//! skips the photos without a face and says so, ships a bundle, and a second build runs
+//! nothing.
+
+mod common;
+
+use common::TestProject;
+use effectc::cache::Cache;
+use effectc::digest::Digest;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+const TINY_LEGO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/projects/tiny-lego");
+
+/// `../shared/samples` beside the checkout (CI's layout), or `$EFFECTC_SAMPLES` (a git
+/// worktree elsewhere).
+fn samples() -> PathBuf {
+    std::env::var_os("EFFECTC_SAMPLES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/samples"))
+}
+
+/// Where set-up put MediaPipe's models.
+fn mediapipe_dir() -> PathBuf {
+    let root = std::env::var_os("EFFECTC_MODELS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/effectc/models")
+        });
+    root.join("mediapipe-0.10.21")
+}
+
+/// A copy of tiny-lego (its model links, into tiny-diffusion, copied as real files), the
+/// MediaPipe models linked into its models folder, the shared sample photos, and a
+/// two-second clip panning and zooming over the astronaut, made here with ffmpeg.
+fn tiny_lego_project() -> TestProject {
+    let p = TestProject::new();
+    for entry in walkdir::WalkDir::new(TINY_LEGO).follow_links(true) {
+        let entry = entry.unwrap();
+        let rel = entry.path().strip_prefix(TINY_LEGO).unwrap();
+        if rel.starts_with("cache") || rel.starts_with("out") {
+            continue;
+        }
+        let to = p.root().join(rel);
+        if entry.file_type().is_dir() {
+            std::fs::create_dir_all(&to).unwrap();
+        } else {
+            std::fs::copy(entry.path(), &to).unwrap();
+        }
+    }
+    std::os::unix::fs::symlink(mediapipe_dir(), p.root().join("models/mediapipe-0.10.21")).unwrap();
+
+    std::fs::create_dir_all(p.root().join("photos")).unwrap();
+    let mut photos = 0;
+    for entry in
+        std::fs::read_dir(samples()).unwrap_or_else(|e| panic!("{}: {e}", samples().display()))
+    {
+        let path = entry.unwrap().path();
+        let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+        if matches!(ext, "png" | "jpg") {
+            std::fs::copy(
+                &path,
+                p.root().join("photos").join(path.file_name().unwrap()),
+            )
+            .unwrap();
+            photos += 1;
+        }
+    }
+    assert!(photos >= 2, "the shared samples: a face and something else");
+
+    // 2 s at 10 fps, 256 px: a 400 px window drifting right and down over the 512 px
+    // portrait, so frames differ but all show the face.
+    std::fs::create_dir_all(p.root().join("clips")).unwrap();
+    let out = Command::new("ffmpeg")
+        .args([
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-y",
+            "-loop",
+            "1",
+            "-i",
+        ])
+        .arg(samples().join("astronaut.png"))
+        .args([
+            "-t",
+            "2",
+            "-r",
+            "10",
+            "-vf",
+            "crop=w=400:h=400:x='40+t*20':y='10+t*10',scale=256:256",
+            "-c:v",
+            "libx264",
+            "-pix_fmt",
+            "yuv420p",
+        ])
+        .arg(p.root().join("clips/astronaut.mp4"))
+        .output()
+        .expect("ffmpeg (set-up installs it)");
+    assert!(
+        out.status.success(),
+        "ffmpeg: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    p
+}
+
+/// The image of output `output` of the stage `id`, as the build's event names it.
+fn image_of(p: &TestProject, run: &common::Run, id: &str, output: &str) -> image::RgbImage {
+    let key = Digest::parse(run.stage(id)["key"].as_str().unwrap()).unwrap();
+    let cache = Cache::open(&p.cache_dir()).unwrap();
+    let rec = cache
+        .get_record(&key)
+        .unwrap()
+        .expect("record of a finished stage");
+    let path = cache.blob_path(&rec.outputs[output].digest);
+    image::load_from_memory(&std::fs::read(path).unwrap())
+        .unwrap()
+        .to_rgb8()
+}
+
+#[test]
+fn tiny_lego_builds_every_node_of_lego_end_to_end_and_then_runs_nothing() {
+    let p = tiny_lego_project();
+
+    let start = Instant::now();
+    let first = p.build("tiny-lego");
+    println!(
+        "tiny-lego: first build {:.1} s, {} stages ran",
+        start.elapsed().as_secs_f64(),
+        first.ran()
+    );
+    for e in first
+        .events
+        .iter()
+        .filter(|e| e["event"] == "stage-finished" && e["cached"] == false)
+    {
+        println!("  {} {} ms", e["stage"].as_str().unwrap(), e["duration_ms"]);
+    }
+    let done = first.finished();
+    assert_eq!(done["ok"], true, "{done}");
+    assert!(first.ran() > 0);
+
+    // The photos without a face are skipped and reported, the astronaut is not.
+    let skipped: Vec<&str> = first
+        .events
+        .iter()
+        .filter(|e| e["event"] == "item-skipped")
+        .map(|e| e["item"].as_str().unwrap())
+        .collect();
+    assert!(done["skipped"].as_u64().unwrap() >= 1, "{done}");
+    assert_eq!(done["skipped"].as_u64().unwrap() as usize, skipped.len());
+    assert!(skipped.contains(&"photos/coffee.png"), "{skipped:?}");
+    assert!(!skipped.contains(&"photos/astronaut.png"), "{skipped:?}");
+
+    // Every kind of stage lego needs ran: video frames through the face crop, the three
+    // landmark and edge maps, CLIP, the teacher, the filter, training and the bundle.
+    let frames: Vec<String> = first
+        .ran_stages()
+        .into_iter()
+        .filter(|s| s.starts_with("crop/clips/astronaut.mp4@"))
+        .collect();
+    assert!(frames.len() >= 4, "2 s at fps=2: {frames:?}");
+    for pre in ["softedge", "openpose-full", "mediapipe-face"] {
+        for item in ["photos/astronaut.png", "clips/astronaut.mp4@0.000s"] {
+            let id = format!("control:{pre}/{item}");
+            assert_eq!(first.stage(&id)["cached"], false, "{id}");
+        }
+    }
+    // At this crop size the face is large enough for both landmark maps to draw it.
+    let face = image_of(
+        &p,
+        &first,
+        "control:mediapipe-face/photos/astronaut.png",
+        "control",
+    );
+    assert_eq!(face.dimensions(), (192, 192));
+    let head = face
+        .pixels()
+        .filter(|px| px.0 == effectc::imaging::face_mesh::HEAD_RGB)
+        .count();
+    assert!(head > 0, "the mediapipe-face map draws the face oval");
+    let pose = image_of(
+        &p,
+        &first,
+        "control:openpose-full/photos/astronaut.png",
+        "control",
+    );
+    let white = pose.pixels().filter(|px| px.0 == [255, 255, 255]).count();
+    assert!(white > 20, "the openpose map draws the face points");
+    for kind in ["attributes", "pairs", "identity"] {
+        assert!(first.ran_of_kind(kind) >= 2, "{kind}: photo and frames");
+    }
+    assert_eq!(first.ran_of_kind("identity-filter"), 1);
+    assert_eq!(first.ran_of_kind("train-teacher"), 1);
+    assert_eq!(first.ran_of_kind("bundle"), 1);
+    let bundle = p.root().join("out/tiny-lego/bundle-bundle.tar.gz");
+    assert!(bundle.is_file(), "no {}", bundle.display());
+
+    let start = Instant::now();
+    let again = p.build("tiny-lego");
+    println!(
+        "tiny-lego: second build {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
+    assert_eq!(again.ran(), 0, "{:?}", again.ran_stages());
+    assert_eq!(again.finished()["skipped"], done["skipped"]);
+}
