@@ -30,5 +30,5 @@ pub mod recipe;
 pub mod stages;
 pub mod train;
 pub mod verify;
-pub mod vision;
 pub mod video;
+pub mod vision;

@@ -41,11 +41,26 @@ fn real(t: &Tensor) -> Vec<f32> {
     let dt = t.datum_type();
     if dt.is_quantized() {
         let (zp, scale) = dt.zp_scale();
-        let raw = t.cast_to_dt(dt.unquantized()).unwrap().cast_to::<i32>().unwrap().into_owned();
-        raw.try_as_plain_ram().unwrap().as_slice::<i32>().unwrap().iter().map(|q| (q - zp) as f32 * scale).collect()
+        let raw = t
+            .cast_to_dt(dt.unquantized())
+            .unwrap()
+            .cast_to::<i32>()
+            .unwrap()
+            .into_owned();
+        raw.try_as_plain_ram()
+            .unwrap()
+            .as_slice::<i32>()
+            .unwrap()
+            .iter()
+            .map(|q| (q - zp) as f32 * scale)
+            .collect()
     } else {
         let f = t.cast_to::<f32>().unwrap().into_owned();
-        f.try_as_plain_ram().unwrap().as_slice::<f32>().unwrap().to_vec()
+        f.try_as_plain_ram()
+            .unwrap()
+            .as_slice::<f32>()
+            .unwrap()
+            .to_vec()
     }
 }
 
@@ -61,7 +76,10 @@ fn golden_as_real(spec: &TensorSpec, data: &NpyData) -> Vec<f32> {
 
 fn max_abs(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 #[test]
@@ -92,8 +110,16 @@ fn every_golden_frame_fed_as_the_manifest_says_gives_the_golden_output() {
     for (name, shape, layout) in expected {
         let t = &manifest.targets[name];
         let (i, o) = (t.input.as_ref().unwrap(), t.output.as_ref().unwrap());
-        assert_eq!((&i.shape, i.layout.as_str()), (&shape, layout), "{name} input: {i:?}");
-        assert_eq!((&o.shape, o.layout.as_str()), (&shape, layout), "{name} output: {o:?}");
+        assert_eq!(
+            (&i.shape, i.layout.as_str()),
+            (&shape, layout),
+            "{name} input: {i:?}"
+        );
+        assert_eq!(
+            (&o.shape, o.layout.as_str()),
+            (&shape, layout),
+            "{name} output: {o:?}"
+        );
         assert_eq!(i.colour, "RGB");
         assert!(!i.name.is_empty() && !o.name.is_empty());
         assert!(!t.golden.is_empty(), "{name} has golden frames");
@@ -117,7 +143,9 @@ fn every_golden_frame_fed_as_the_manifest_says_gives_the_golden_output() {
                         .unwrap();
                     let out = model
                         .run(tvec!(tensor(i, &in_shape, &in_data).into_tvalue()))
-                        .unwrap_or_else(|e| panic!("{name}: {} as the manifest says: {e:#}", g.input));
+                        .unwrap_or_else(|e| {
+                            panic!("{name}: {} as the manifest says: {e:#}", g.input)
+                        });
                     let out = out[0].clone().into_tensor();
                     assert_eq!(out.shape(), &o.shape[..], "{name} output shape");
                     (real(&out), 1e-4)
@@ -143,7 +171,9 @@ fn every_golden_frame_fed_as_the_manifest_says_gives_the_golden_output() {
                     let fed = if dt.is_quantized() {
                         assert_eq!(i.dtype, "float32", "a float edge before the int8 core");
                         let (zp, scale) = dt.zp_scale();
-                        let NpyData::F32(v) = &in_data else { unreachable!() };
+                        let NpyData::F32(v) = &in_data else {
+                            unreachable!()
+                        };
                         let q: Vec<i8> = v
                             .iter()
                             .map(|x| ((x / scale).round() + zp as f32).clamp(-128.0, 127.0) as i8)
@@ -154,14 +184,18 @@ fn every_golden_frame_fed_as_the_manifest_says_gives_the_golden_output() {
                     } else {
                         fed
                     };
-                    let out = model
-                        .run(tvec!(fed.into_tvalue()))
-                        .unwrap_or_else(|e| panic!("{name}: {} as the manifest says: {e:#}", g.input));
+                    let out = model.run(tvec!(fed.into_tvalue())).unwrap_or_else(|e| {
+                        panic!("{name}: {} as the manifest says: {e:#}", g.input)
+                    });
                     let out = out[0].clone().into_tensor();
                     assert_eq!(out.shape(), &o.shape[..], "{name} output shape");
                     // The int8 model's last tanh: tract rounds it onto another grid than
                     // LiteRT (whose numbers the golden frame holds) — a few steps of 1/128.
-                    let tol = if t.precision == "int8" { 4.0 / 128.0 } else { 1e-4 };
+                    let tol = if t.precision == "int8" {
+                        4.0 / 128.0
+                    } else {
+                        1e-4
+                    };
                     (real(&out), tol)
                 }
                 "mlpackage" => {

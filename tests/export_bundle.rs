@@ -72,10 +72,17 @@ fn every_target_is_verified_and_the_bundle_is_reproducible() {
     // golden frames it links to lie beside it.
     let images = report.matches("<img src=\"data:image/png;base64,").count();
     assert!(images >= 1, "the report shows the contact sheet: {report}");
-    assert_eq!(images, report.matches("<img ").count(), "every picture is embedded");
+    assert_eq!(
+        images,
+        report.matches("<img ").count(),
+        "every picture is embedded"
+    );
     for part in report.split("href=\"").skip(1) {
         let name = &part[..part.find('"').unwrap()];
-        assert!(out.join(name).is_file(), "report links {name}, absent from out/");
+        assert!(
+            out.join(name).is_file(),
+            "report links {name}, absent from out/"
+        );
     }
     // Every file the manifest lists is in the tarball with that digest.
     let tar_bytes = std::fs::read(out.join("bundle-bundle.tar.gz")).unwrap();

@@ -20,7 +20,11 @@ fn off_a_terminal_a_build_prints_no_progress_and_quiet_prints_only_the_summary()
     let r = p.run(&["build", "small"]);
     assert_eq!(r.code(), 0, "{}", r.stderr());
     let err = r.stderr();
-    assert!(progress_marks(&err).is_empty(), "progress in a pipe: {:?}\n{err}", progress_marks(&err));
+    assert!(
+        progress_marks(&err).is_empty(),
+        "progress in a pipe: {:?}\n{err}",
+        progress_marks(&err)
+    );
     assert!(err.contains("small: built in"), "{err}");
     assert!(err.contains("train-teacher ("), "metrics lines stay: {err}");
     assert!(r.stdout().is_empty(), "{}", r.stdout());
@@ -29,7 +33,12 @@ fn off_a_terminal_a_build_prints_no_progress_and_quiet_prints_only_the_summary()
     std::fs::remove_dir_all(p.cache_dir()).unwrap();
     let q = p.run(&["build", "--quiet", "small"]);
     assert_eq!(q.code(), 0, "{}", q.stderr());
-    let lines: Vec<String> = q.stderr().lines().map(String::from).filter(|l| !l.trim().is_empty()).collect();
+    let lines: Vec<String> = q
+        .stderr()
+        .lines()
+        .map(String::from)
+        .filter(|l| !l.trim().is_empty())
+        .collect();
     assert_eq!(lines.len(), 1, "{lines:?}");
     assert!(lines[0].starts_with("small: built in"), "{lines:?}");
     assert!(q.stdout().is_empty());
@@ -47,7 +56,10 @@ fn off_a_terminal_a_build_prints_no_progress_and_quiet_prints_only_the_summary()
     let err = f.stderr();
     assert!(err.contains("error: pairs/"), "{err}");
     assert!(err.contains("broken: FAILED"), "{err}");
-    assert!(!err.contains("outputs:") && progress_marks(&err).is_empty(), "{err}");
+    assert!(
+        !err.contains("outputs:") && progress_marks(&err).is_empty(),
+        "{err}"
+    );
 }
 
 #[test]
@@ -55,12 +67,12 @@ fn on_a_terminal_a_build_shows_an_overall_line_and_a_line_per_running_stage() {
     // util-linux `script` gives the build a pseudo-terminal and records what it drew.
     let p = TestProject::new();
     // Enough teacher steps that the live line is drawn more than once.
-    p.recipe("small", &SMALL_BRICK.replace("teacher-steps 20", "teacher-steps 60"));
-    let log = p.root().join("tty.log");
-    let cmd = format!(
-        "{} build small",
-        effectc_bin().display()
+    p.recipe(
+        "small",
+        &SMALL_BRICK.replace("teacher-steps 20", "teacher-steps 60"),
     );
+    let log = p.root().join("tty.log");
+    let cmd = format!("{} build small", effectc_bin().display());
     let status = std::process::Command::new("script")
         .current_dir(p.root())
         .env("TERM", "xterm")
@@ -80,6 +92,9 @@ fn on_a_terminal_a_build_shows_an_overall_line_and_a_line_per_running_stage() {
         "no overall line:\n{drawn}"
     );
     // Training draws its steps (step/total, steps/s) on its own line.
-    assert!(drawn.contains("train-teacher") && drawn.contains("steps/s"), "{drawn}");
+    assert!(
+        drawn.contains("train-teacher") && drawn.contains("steps/s"),
+        "{drawn}"
+    );
     assert!(drawn.contains("small: built in"), "{drawn}");
 }

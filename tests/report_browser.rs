@@ -67,20 +67,32 @@ document.getElementById('f').addEventListener('load', () => {{
         .output()
         .expect("run chromium");
     let dom = String::from_utf8_lossy(&out.stdout).into_owned();
-    let start = dom
-        .find("<pre id=\"result\">")
-        .unwrap_or_else(|| panic!("chromium gave no page:\n{dom}\n{}", String::from_utf8_lossy(&out.stderr)))
-        + "<pre id=\"result\">".len();
+    let start = dom.find("<pre id=\"result\">").unwrap_or_else(|| {
+        panic!(
+            "chromium gave no page:\n{dom}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    }) + "<pre id=\"result\">".len();
     let end = start + dom[start..].find("</pre>").unwrap();
-    dom[start..end].replace("&amp;", "&").replace("&lt;", "<").replace("&gt;", ">")
+    dom[start..end]
+        .replace("&amp;", "&")
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
 }
 
 /// Asserts that every picture loaded and that the report's tables are there; returns
 /// how many pictures there were.
 fn assert_renders(report: &Path, tables: &[&str]) -> usize {
     let found = inspect_in_chromium(report);
-    assert!(!found.contains("pending") && !found.contains("NO-DOCUMENT"), "{found}");
-    assert!(!found.contains("IMG-BROKEN"), "{}: a picture did not load:\n{found}", report.display());
+    assert!(
+        !found.contains("pending") && !found.contains("NO-DOCUMENT"),
+        "{found}"
+    );
+    assert!(
+        !found.contains("IMG-BROKEN"),
+        "{}: a picture did not load:\n{found}",
+        report.display()
+    );
     for t in tables {
         let line = found
             .lines()
@@ -130,9 +142,19 @@ fn the_report_renders_in_a_browser_with_every_picture_in_out_and_in_the_tarball(
     with_times.push("stage-times");
     let pictures = assert_renders(&report, &with_times);
     assert_eq!(pictures, 4, "loss curves, contact sheet and pairs sheet");
-    assert!(assert_links_resolve(&report) >= 4, "golden frames are links");
+    assert!(
+        assert_links_resolve(&report) >= 4,
+        "golden frames are links"
+    );
     let html = std::fs::read_to_string(&report).unwrap();
-    for shown in [" KB</td>", " dB</td>", " ms</td>", "≥ 35 dB", "NnApiDelegate", "MLModel("] {
+    for shown in [
+        " KB</td>",
+        " dB</td>",
+        " ms</td>",
+        "≥ 35 dB",
+        "NnApiDelegate",
+        "MLModel(",
+    ] {
         assert!(html.contains(shown), "the report lacks {shown}");
     }
     // No stage reported a skipped or dropped item, so there is no such section.
@@ -141,7 +163,12 @@ fn the_report_renders_in_a_browser_with_every_picture_in_out_and_in_the_tarball(
     if let Ok(shot) = std::env::var("EFFECTC_REPORT_SCREENSHOT") {
         let profile = tempfile::tempdir().unwrap();
         let status = Command::new(chromium())
-            .args(["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"])
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+            ])
             .arg(format!("--user-data-dir={}", profile.path().display()))
             .arg("--window-size=1280,4000")
             .arg(format!("--screenshot={shot}"))
@@ -167,5 +194,8 @@ fn the_report_renders_in_a_browser_with_every_picture_in_out_and_in_the_tarball(
     let at = html.find("base64,").unwrap() + "base64,".len();
     std::fs::write(&broken, format!("{}AAAA{}", &html[..at], &html[at + 40..])).unwrap();
     let found = inspect_in_chromium(&broken);
-    assert!(found.contains("IMG-BROKEN"), "a damaged picture must show as broken:\n{found}");
+    assert!(
+        found.contains("IMG-BROKEN"),
+        "a damaged picture must show as broken:\n{found}"
+    );
 }

@@ -55,7 +55,8 @@ fn make_clip(path: &Path, seed: u8, seconds: u32) {
                 ])
             }
         });
-        img.save(frames.path().join(format!("f{i:03}.png"))).unwrap();
+        img.save(frames.path().join(format!("f{i:03}.png")))
+            .unwrap();
     }
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     let pattern = frames.path().join("f%03d.png");
@@ -183,7 +184,11 @@ fn raising_fps_adds_frames_and_reruns_nothing_of_the_existing_ones() {
         let e = r.stage(&format!("crop/clips/a.mp4@{old}s"));
         assert_eq!(e["cached"], true, "{old}s was cropped before");
     }
-    assert_eq!(r.ran_of_kind("train-teacher"), 1, "more items, a new teacher");
+    assert_eq!(
+        r.ran_of_kind("train-teacher"),
+        1,
+        "more items, a new teacher"
+    );
 }
 
 #[test]
@@ -210,8 +215,16 @@ fn a_clip_re_encoded_to_the_same_frames_changes_nothing_downstream() {
     ]);
     let before = std::fs::read(&clip).unwrap();
     std::fs::rename(&other, &clip).unwrap();
-    assert_ne!(std::fs::read(&clip).unwrap(), before, "the clip's bytes changed");
-    let sets = || std::fs::read_dir(p.cache_dir().join("frames/sets")).unwrap().count();
+    assert_ne!(
+        std::fs::read(&clip).unwrap(),
+        before,
+        "the clip's bytes changed"
+    );
+    let sets = || {
+        std::fs::read_dir(p.cache_dir().join("frames/sets"))
+            .unwrap()
+            .count()
+    };
     let sets_before = sets();
     let r = p.build("clips");
     assert_eq!(sets(), sets_before + 1, "the new clip was decoded");
@@ -240,7 +253,9 @@ fn the_holdout_split_is_by_clip_so_no_frame_of_a_clip_is_on_both_sides() {
         .into_iter()
         .filter_map(|e| e.ok())
         .filter(|e| e.file_type().is_file())
-        .filter_map(|e| serde_json::from_slice::<serde_json::Value>(&std::fs::read(e.path()).ok()?).ok())
+        .filter_map(|e| {
+            serde_json::from_slice::<serde_json::Value>(&std::fs::read(e.path()).ok()?).ok()
+        })
         .find(|r| r["stage_id"] == "train-teacher")
         .expect("the teacher's record");
     let mut side_of_clip: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> =
@@ -268,7 +283,10 @@ fn the_holdout_split_is_by_clip_so_no_frame_of_a_clip_is_on_both_sides() {
         .values()
         .filter(|s| s.contains("holdout"))
         .count();
-    assert!(held > 0 && held < 6, "both sides have clips ({held} held out)");
+    assert!(
+        held > 0 && held < 6,
+        "both sides have clips ({held} held out)"
+    );
     // The test has teeth: split by the frames' own names, some clip would straddle.
     let straddles = side_of_clip.keys().any(|clip| {
         let sides: std::collections::BTreeSet<bool> = frames
@@ -300,7 +318,8 @@ fn an_unreadable_clip_fails_alone_naming_the_file_and_ffmpegs_message() {
     assert_eq!(failed[0]["tier"], "input");
     let error = failed[0]["error"].as_str().unwrap();
     assert!(
-        error.contains("clips/bad.mp4") && error.contains("Invalid data found when processing input"),
+        error.contains("clips/bad.mp4")
+            && error.contains("Invalid data found when processing input"),
         "names the file and ffmpeg's last line: {error}"
     );
     // The photos and the good clip went on, all the way to the model.
@@ -320,7 +339,8 @@ fn an_unreadable_clip_fails_alone_naming_the_file_and_ffmpegs_message() {
     // `plan` says so too, before any work.
     let plan = p.run(&["plan", "clips"]);
     assert!(
-        plan.stdout().contains("left out: clips/bad.mp4: ffmpeg cannot read clips/bad.mp4"),
+        plan.stdout()
+            .contains("left out: clips/bad.mp4: ffmpeg cannot read clips/bad.mp4"),
         "{}",
         plan.stdout()
     );
@@ -328,8 +348,12 @@ fn an_unreadable_clip_fails_alone_naming_the_file_and_ffmpegs_message() {
     let human = p.run(&["build", "clips"]);
     assert_eq!(human.code(), 1);
     assert!(
-        human.stderr().contains("error: source clips/bad.mp4 left out: ffmpeg cannot read clips/bad.mp4: ")
-            && human.stderr().contains("Invalid data found when processing input"),
+        human
+            .stderr()
+            .contains("error: source clips/bad.mp4 left out: ffmpeg cannot read clips/bad.mp4: ")
+            && human
+                .stderr()
+                .contains("Invalid data found when processing input"),
         "{}",
         human.stderr()
     );
@@ -392,7 +416,9 @@ fn gc_keeps_the_frames_a_build_reads_and_drops_the_rest() {
     assert_eq!(gc.code(), 0, "{}", gc.stderr());
     assert_eq!(frames(), 0);
     assert_eq!(
-        std::fs::read_dir(p.cache_dir().join("frames/sets")).unwrap().count(),
+        std::fs::read_dir(p.cache_dir().join("frames/sets"))
+            .unwrap()
+            .count(),
         0
     );
     // Put back, the clip is decoded again and builds from the cache's records.

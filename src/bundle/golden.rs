@@ -16,9 +16,12 @@ pub fn encode_frame(
     if frame.len() != c * h * w {
         return Err(format!("frame has {} values, not {c}×{h}×{w}", frame.len()));
     }
-    let (sh, sw, sc) = spec
-        .hwc()
-        .ok_or_else(|| format!("`{}` has layout {} without H, W and C", spec.name, spec.layout))?;
+    let (sh, sw, sc) = spec.hwc().ok_or_else(|| {
+        format!(
+            "`{}` has layout {} without H, W and C",
+            spec.name, spec.layout
+        )
+    })?;
     if (sh, sw, sc) != (h, w, c) {
         return Err(format!(
             "`{}` is {:?} ({}), the frame {c}×{h}×{w}",
@@ -31,7 +34,12 @@ pub fn encode_frame(
     let mut values = Vec::with_capacity(total);
     let mut index = vec![0usize; spec.shape.len()];
     for _ in 0..total {
-        let at = |a: char| axes.iter().position(|x| *x == a).map(|i| index[i]).unwrap_or(0);
+        let at = |a: char| {
+            axes.iter()
+                .position(|x| *x == a)
+                .map(|i| index[i])
+                .unwrap_or(0)
+        };
         let v = frame[(at('C') * h + at('H')) * w + at('W')];
         // The net's [-1, 1] onto the spec's range.
         let [lo, hi] = spec.range;
@@ -50,7 +58,12 @@ pub fn encode_frame(
     };
     let data = match spec.dtype.as_str() {
         "float32" => NpyData::F32(values.iter().map(|v| *v as f32).collect()),
-        "uint8" => NpyData::U8(values.iter().map(|v| quantize(*v, 0.0, 255.0) as u8).collect()),
+        "uint8" => NpyData::U8(
+            values
+                .iter()
+                .map(|v| quantize(*v, 0.0, 255.0) as u8)
+                .collect(),
+        ),
         "int8" => NpyData::I8(
             values
                 .iter()
@@ -65,9 +78,12 @@ pub fn encode_frame(
 /// The inverse: what the runtime holds, back to the net's NCHW floats in [-1, 1]
 /// (integers dequantized; pixels mapped from [0, 255]).
 pub fn decode_frame(spec: &TensorSpec, data: &NpyData) -> Result<Vec<f32>, String> {
-    let (h, w, c) = spec
-        .hwc()
-        .ok_or_else(|| format!("`{}` has layout {} without H, W and C", spec.name, spec.layout))?;
+    let (h, w, c) = spec.hwc().ok_or_else(|| {
+        format!(
+            "`{}` has layout {} without H, W and C",
+            spec.name, spec.layout
+        )
+    })?;
     let total: usize = spec.shape.iter().product();
     if data.len() != total || total != h * w * c {
         return Err(format!(
@@ -83,7 +99,12 @@ pub fn decode_frame(spec: &TensorSpec, data: &NpyData) -> Result<Vec<f32>, Strin
     let mut index = vec![0usize; spec.shape.len()];
     let [lo, hi] = spec.range;
     for r in raw {
-        let at = |a: char| axes.iter().position(|x| *x == a).map(|i| index[i]).unwrap_or(0);
+        let at = |a: char| {
+            axes.iter()
+                .position(|x| *x == a)
+                .map(|i| index[i])
+                .unwrap_or(0)
+        };
         let real = match spec.quantization {
             Some(q) => (r as f64 - q.zero_point as f64) * q.scale,
             None => r as f64,

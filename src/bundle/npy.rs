@@ -144,7 +144,11 @@ pub fn decode(bytes: &[u8]) -> Result<(Vec<usize>, NpyData), String> {
     let (header, data) = split_header(bytes)?;
     let shape = shape_of(header)?;
     let count: usize = shape.iter().product();
-    let size = if header.contains("'descr': '<f4'") { 4 } else { 1 };
+    let size = if header.contains("'descr': '<f4'") {
+        4
+    } else {
+        1
+    };
     if data.len() != count * size {
         return Err(format!("{} data bytes for shape {shape:?}", data.len()));
     }

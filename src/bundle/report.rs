@@ -91,7 +91,11 @@ pub fn base64(bytes: &[u8]) -> String {
     const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
         for (i, shift) in [18, 12, 6, 0].into_iter().enumerate() {
             if i <= chunk.len() {
@@ -111,7 +115,8 @@ fn num(v: Option<f64>, digits: usize, unit: &str) -> String {
     }
 }
 
-const STYLE: &str = "body { font-family: sans-serif; margin: 2em; color: #222; max-width: 80em; }\n\
+const STYLE: &str =
+    "body { font-family: sans-serif; margin: 2em; color: #222; max-width: 80em; }\n\
 table { border-collapse: collapse; margin: 1em 0; }\n\
 th, td { border: 1px solid #ccc; padding: 0.3em 0.7em; text-align: left; vertical-align: top; }\n\
 th { background: #f3f3f3; }\n\
@@ -351,7 +356,10 @@ fn app_code(h: &mut String, m: &Manifest, golden_prefix: &str) {
             continue;
         };
         let (lang, code) = match t.format.as_str() {
-            "tflite" => ("Kotlin (TFLite Interpreter, NNAPI delegate)", kotlin(name, t, i, o)),
+            "tflite" => (
+                "Kotlin (TFLite Interpreter, NNAPI delegate)",
+                kotlin(name, t, i, o),
+            ),
             "mlpackage" | "mlmodel" => ("Swift (Core ML)", swift(name, t, i, o)),
             "onnx" => (
                 "Python (ONNX Runtime), checking a golden frame",
@@ -480,8 +488,7 @@ fn swift(name: &str, t: &TargetSummary, i: &TensorSpec, o: &TensorSpec) -> Strin
          {feed}\n\
          let result = try model.prediction(from: input)\n\
          {read}\n",
-        t.file,
-        t.precision
+        t.file, t.precision
     )
 }
 
@@ -572,7 +579,11 @@ mod tests {
             shape,
             layout: layout.into(),
             dtype: dtype.into(),
-            range: if dtype == "uint8" { [0.0, 255.0] } else { [-1.0, 1.0] },
+            range: if dtype == "uint8" {
+                [0.0, 255.0]
+            } else {
+                [-1.0, 1.0]
+            },
             colour: "RGB".into(),
             quantization: None,
         }
@@ -665,8 +676,14 @@ mod tests {
         assert!(html.contains("25.66 dB") && html.contains("0.83"));
         // The app's code names the real tensors and shapes.
         assert!(html.contains("NnApiDelegate()"), "{html}");
-        assert!(html.contains("getOutputIndex(&quot;out&quot;)"), "names are escaped in the page");
-        assert!(html.contains("ByteBuffer.allocateDirect(12288)"), "int8 input: 1 byte each");
+        assert!(
+            html.contains("getOutputIndex(&quot;out&quot;)"),
+            "names are escaped in the page"
+        );
+        assert!(
+            html.contains("ByteBuffer.allocateDirect(12288)"),
+            "int8 input: 1 byte each"
+        );
         assert!(html.contains("MLFeatureValue(pixelBuffer: pixelBuffer)"));
         assert!(html.contains("featureValue(for: &quot;styled&quot;)"));
         assert!(html.contains("<img src=\"data:image/png;base64,AQIDBA==\""));
@@ -682,7 +699,10 @@ mod tests {
             ..Default::default()
         });
         assert!(!inner.contains("latency") && !inner.contains("Time per stage"));
-        assert!(!inner.contains("Skipped and dropped"), "nothing to show, no section");
+        assert!(
+            !inner.contains("Skipped and dropped"),
+            "nothing to show, no section"
+        );
         assert!(inner.contains("<a href=\"golden/android-nnapi/input-0.npy\">in</a>"));
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("report.html");

@@ -43,7 +43,12 @@ impl StageRecord {
 
     /// The in-memory record of a per-item stage not run because an earlier stage of its
     /// item skipped it: never stored, never keyed.
-    pub fn skipped_by_upstream(stage_id: &str, kind: &str, effect: &str, reason: &str) -> StageRecord {
+    pub fn skipped_by_upstream(
+        stage_id: &str,
+        kind: &str,
+        effect: &str,
+        reason: &str,
+    ) -> StageRecord {
         let mut metrics = serde_json::Map::new();
         metrics.insert(SKIPPED_METRIC.into(), reason.into());
         StageRecord {

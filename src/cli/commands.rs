@@ -172,8 +172,8 @@ pub(super) fn plan_with(
 ) -> Result<(Recipe, Plan), i32> {
     let recipe = load(env, loader, name)?;
     let mut frames = crate::video::FrameStore::new(&env.cache_dir);
-    let plan = lower::lower_with_frames(&env.project, &recipe, digest_of, &mut frames)
-        .map_err(|d| {
+    let plan =
+        lower::lower_with_frames(&env.project, &recipe, digest_of, &mut frames).map_err(|d| {
             print_diags(&d);
             EXIT_USER
         })?;
@@ -693,7 +693,10 @@ fn explain(env: &Env, effect: &str, stage: &str) -> Result<i32, i32> {
                 }
             }
             DryStatus::Skipped { reason } => {
-                println!("{}: not run, its item was skipped: {reason}", plan.nodes[cur].id);
+                println!(
+                    "{}: not run, its item was skipped: {reason}",
+                    plan.nodes[cur].id
+                );
                 break;
             }
         }

@@ -152,8 +152,17 @@ mod tests {
     #[test]
     fn dropped_and_skipped_items_come_from_the_metrics_a_stage_wrote() {
         let metrics = |v: serde_json::Value| v.as_object().unwrap().clone();
-        assert!(dropped_in("crop/a", Some("a"), &metrics(serde_json::json!({"psnr_db": 3}))).is_empty());
-        let own = dropped_in("crop/a", Some("a"), &metrics(serde_json::json!({"dropped": "no face found"})));
+        assert!(dropped_in(
+            "crop/a",
+            Some("a"),
+            &metrics(serde_json::json!({"psnr_db": 3}))
+        )
+        .is_empty());
+        let own = dropped_in(
+            "crop/a",
+            Some("a"),
+            &metrics(serde_json::json!({"dropped": "no face found"})),
+        );
         assert_eq!(
             own,
             vec![Dropped {

@@ -430,7 +430,10 @@ impl Reporter for HumanReporter {
                     self.say(format!("  skipped {item}: {reason}"));
                 }
                 if list.len() > SHOWN {
-                    self.say(format!("  … and {} more skipped (`--json` lists every one)", list.len() - SHOWN));
+                    self.say(format!(
+                        "  … and {} more skipped (`--json` lists every one)",
+                        list.len() - SHOWN
+                    ));
                 }
                 list.clear();
             }

@@ -123,9 +123,7 @@ impl BuildSummary {
 /// upstream), for resolving its dependents' inputs.
 fn record_of(o: &Option<NodeOutcome>) -> Option<&StageRecord> {
     match o {
-        Some(NodeOutcome::Cached(r) | NodeOutcome::Ran(r) | NodeOutcome::ItemSkipped(r)) => {
-            Some(r)
-        }
+        Some(NodeOutcome::Cached(r) | NodeOutcome::Ran(r) | NodeOutcome::ItemSkipped(r)) => Some(r),
         _ => None,
     }
 }
@@ -267,14 +265,13 @@ pub fn build(
                     Err(Unresolved::Upstream(_)) => unreachable_input(),
                     // Its item was skipped upstream: neither run nor a failure.
                     Err(Unresolved::Skipped { reason, .. }) => {
-                        outcomes[i] = Some(NodeOutcome::ItemSkipped(
-                            StageRecord::skipped_by_upstream(
+                        outcomes[i] =
+                            Some(NodeOutcome::ItemSkipped(StageRecord::skipped_by_upstream(
                                 &node.id,
                                 node.stage.kind(),
                                 &plan.effect,
                                 &reason,
-                            ),
-                        ));
+                            )));
                         release(i, &dependents, &mut waiting, &mut ready);
                         continue;
                     }
@@ -516,7 +513,9 @@ pub fn build(
         .zip(&plan.nodes)
         .filter(|(_, n)| n.stage.kind() == "identity-filter")
         .filter_map(|(o, _)| match o {
-            NodeOutcome::Ran(r) | NodeOutcome::Cached(r) => r.metrics.get("dropped_pairs")?.as_u64(),
+            NodeOutcome::Ran(r) | NodeOutcome::Cached(r) => {
+                r.metrics.get("dropped_pairs")?.as_u64()
+            }
             _ => None,
         })
         .sum();
@@ -633,10 +632,9 @@ fn run_job(
     if let Some(reason) = output.skipped.take() {
         // A skipped item's record has no outputs; its metric says why.
         output.files.clear();
-        output.metrics.insert(
-            crate::cache::SKIPPED_METRIC.into(),
-            reason.into(),
-        );
+        output
+            .metrics
+            .insert(crate::cache::SKIPPED_METRIC.into(), reason.into());
     }
     let mut outputs = BTreeMap::new();
     for (name, path) in &output.files {

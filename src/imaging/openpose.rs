@@ -409,7 +409,11 @@ mod tests {
         let face = dlib68_from_mediapipe_mesh(&mesh);
         assert_eq!(face.len(), 68);
         assert_eq!(face[8], [100.0, 200.0], "dlib 8 is the chin");
-        assert_eq!(face[27], [100.0, 85.0], "nose bridge: midpoint of 168 and 6");
+        assert_eq!(
+            face[27],
+            [100.0, 85.0],
+            "nose bridge: midpoint of 168 and 6"
+        );
         assert_eq!(face[36], [70.0, 100.0]);
         assert!(dlib68_from_mediapipe_mesh(&mesh[..10]).is_empty());
     }

@@ -268,9 +268,13 @@ impl<'a> Checker<'a> {
             Some("all") => Spanned::new(FaceSelection::All, Some(v.loc.clone())),
             Some(other) => {
                 self.d.error(
-                    RecipeDiagnostic::at(&v.loc, "unknown-value", format!("unknown `faces` value `{other}`"))
-                        .suggest(other, ["largest", "all"])
-                        .label("expected \"largest\" or \"all\""),
+                    RecipeDiagnostic::at(
+                        &v.loc,
+                        "unknown-value",
+                        format!("unknown `faces` value `{other}`"),
+                    )
+                    .suggest(other, ["largest", "all"])
+                    .label("expected \"largest\" or \"all\""),
                 );
                 Spanned::new(FaceSelection::Largest, None)
             }

@@ -91,7 +91,11 @@ impl BundleStage {
             "mlpackage" => {
                 // The package folder, rebuilt from its files, as the verify stage does.
                 let prefix = format!("target/{name}/model.mlpackage/");
-                let dir = ctx.out_dir.join("packages").join(name).join("model.mlpackage");
+                let dir = ctx
+                    .out_dir
+                    .join("packages")
+                    .join(name)
+                    .join("model.mlpackage");
                 for (input, path) in &ctx.inputs {
                     if let Some(rel) = input.strip_prefix(&prefix) {
                         let dest = dir.join(rel);
@@ -100,8 +104,8 @@ impl BundleStage {
                         std::fs::copy(path, &dest).map_err(|e| StageError::io(&dest, e))?;
                     }
                 }
-                let decoded = crate::export::coreml::read_mlpackage(&dir)
-                    .map_err(|e| bad(e.to_string()))?;
+                let decoded =
+                    crate::export::coreml::read_mlpackage(&dir).map_err(|e| bad(e.to_string()))?;
                 Ok(crate::verify::io::coreml_edges(&decoded))
             }
             other => Err(bad(format!("no bundle support for format {other}"))),
@@ -211,7 +215,10 @@ impl Stage for BundleStage {
         // The held-out items' teacher images, skipped items left out: the export left out
         // the same items, so the j-th present one is the j-th frame.
         let teachers: Vec<std::path::PathBuf> = (0..self.rows)
-            .filter_map(|i| ctx.optional_input(&format!("teacher/{i}")).map(|p| p.to_path_buf()))
+            .filter_map(|i| {
+                ctx.optional_input(&format!("teacher/{i}"))
+                    .map(|p| p.to_path_buf())
+            })
             .collect();
         let rows = teachers.len().min(inputs.len());
         let mut entries: Vec<(String, EntrySource)> = Vec::new();
@@ -369,7 +376,10 @@ impl Stage for BundleStage {
             &inner_report,
         )
         .map_err(|e| StageError::environment(e.to_string()))?;
-        entries.push(("report.html".into(), EntrySource::File(inner_report.clone())));
+        entries.push((
+            "report.html".into(),
+            EntrySource::File(inner_report.clone()),
+        ));
         let tar = ctx.out_dir.join("bundle.tar.gz");
         write_reproducible_tar_gz(&entries, &tar)
             .map_err(|e| StageError::environment(e.to_string()))?;

@@ -19,8 +19,12 @@ pub const FROM_LANDMARKS: &[&str] = &["openpose-full", "mediapipe-face"];
 fn read_landmarks(ctx: &RunContext) -> Result<CropLandmarks, StageError> {
     let path = ctx.input("landmarks")?;
     let bytes = std::fs::read(path).map_err(|e| StageError::io(path, e))?;
-    serde_json::from_slice(&bytes)
-        .map_err(|e| StageError::bug(format!("{}: not the face crop's landmarks: {e}", path.display())))
+    serde_json::from_slice(&bytes).map_err(|e| {
+        StageError::bug(format!(
+            "{}: not the face crop's landmarks: {e}",
+            path.display()
+        ))
+    })
 }
 
 pub struct ControlMap {

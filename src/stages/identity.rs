@@ -225,7 +225,7 @@ impl Stage for IdentityFilter {
         &["dropped.json", "identity.json"]
     }
     fn version(&self) -> u32 {
-        2  // 2: the `dropped` metric lists the pairs with their reasons
+        2 // 2: the `dropped` metric lists the pairs with their reasons
     }
     fn params(&self) -> Params {
         params_of(&serde_json::json!({"identity": {"min-similarity": self.min_similarity}}))

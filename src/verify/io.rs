@@ -21,7 +21,10 @@ pub fn tflite_edges(bytes: &[u8]) -> Result<(TensorSpec, TensorSpec), String> {
     let desc = tflite::parse(bytes).map_err(|e| e.to_string())?;
     let edge = |list: &[i32], what: &str| -> Result<TensorSpec, String> {
         let [i] = list else {
-            return Err(format!("the model has {} {what}s, expected one", list.len()));
+            return Err(format!(
+                "the model has {} {what}s, expected one",
+                list.len()
+            ));
         };
         let t = desc
             .tensors
@@ -64,7 +67,8 @@ pub fn onnx_edges(bytes: &[u8]) -> Result<(TensorSpec, TensorSpec), String> {
         graph.initializer.iter().map(|t| t.name.as_str()).collect();
     let edge = |v: Option<&tract_onnx::pb::ValueInfoProto>, what: &str| {
         let v = v.ok_or_else(|| format!("the model has no {what}"))?;
-        let Some(type_proto::Value::TensorType(t)) = v.r#type.as_ref().and_then(|t| t.value.as_ref())
+        let Some(type_proto::Value::TensorType(t)) =
+            v.r#type.as_ref().and_then(|t| t.value.as_ref())
         else {
             return Err(format!("{what} `{}` is not a tensor", v.name));
         };

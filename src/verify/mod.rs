@@ -3,9 +3,9 @@
 pub mod artifact;
 pub mod compare;
 pub mod coreml;
-pub mod io;
 #[cfg(test)]
 mod export_tests;
+pub mod io;
 pub mod tract_run;
 
 pub use artifact::{

@@ -45,24 +45,31 @@ pub fn decode(
     mut each: impl FnMut(TimeBase, Decoded) -> std::io::Result<()>,
 ) -> Result<Option<TimeBase>, VideoError> {
     let mut cmd = Command::new(ffmpeg_program());
-    cmd.args(["-hide_banner", "-nostdin", "-nostats", "-loglevel", "info", "-i"])
-        .arg(clip)
-        .args([
-            "-map",
-            "0:v:0",
-            "-fps_mode",
-            "passthrough",
-            "-vf",
-            "showinfo=checksum=0",
-            "-f",
-            "rawvideo",
-            "-pix_fmt",
-            "rgb24",
-            "pipe:1",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.args([
+        "-hide_banner",
+        "-nostdin",
+        "-nostats",
+        "-loglevel",
+        "info",
+        "-i",
+    ])
+    .arg(clip)
+    .args([
+        "-map",
+        "0:v:0",
+        "-fps_mode",
+        "passthrough",
+        "-vf",
+        "showinfo=checksum=0",
+        "-f",
+        "rawvideo",
+        "-pix_fmt",
+        "rgb24",
+        "pipe:1",
+    ])
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
     let mut child = crate::process::spawn(cmd).map_err(VideoError::Missing)?;
     let stderr = child.stderr.take().expect("piped");
     let (tx, rx) = mpsc::channel::<Line>();
@@ -196,12 +203,30 @@ mod tests {
 
     #[test]
     fn showinfo_lines_give_time_base_timestamp_and_size() {
-        let tb = parse_line("[Parsed_showinfo_0 @ 0x55ce] config in time_base: 1/10240, frame_rate: 10/1");
-        assert!(matches!(tb, Some(Line::TimeBase(TimeBase { num: 1, den: 10240 }))));
+        let tb = parse_line(
+            "[Parsed_showinfo_0 @ 0x55ce] config in time_base: 1/10240, frame_rate: 10/1",
+        );
+        assert!(matches!(
+            tb,
+            Some(Line::TimeBase(TimeBase { num: 1, den: 10240 }))
+        ));
         let f = parse_line("[Parsed_showinfo_0 @ 0x55ce] n:  12 pts:  12288 pts_time:1.2 pos: 48 fmt:yuv420p sar:1/1 s:64x48 i:P iskey:0 type:P");
-        assert!(matches!(f, Some(Line::Frame { pts: 12288, width: 64, height: 48 })));
-        assert!(parse_line("[Parsed_showinfo_0 @ 0x55ce] config out time_base: 0/0, frame_rate: 0/0").is_none());
-        assert!(parse_line("[Parsed_showinfo_0 @ 0x55ce]   side data - User Data Unregistered:").is_none());
+        assert!(matches!(
+            f,
+            Some(Line::Frame {
+                pts: 12288,
+                width: 64,
+                height: 48
+            })
+        ));
+        assert!(parse_line(
+            "[Parsed_showinfo_0 @ 0x55ce] config out time_base: 0/0, frame_rate: 0/0"
+        )
+        .is_none());
+        assert!(
+            parse_line("[Parsed_showinfo_0 @ 0x55ce]   side data - User Data Unregistered:")
+                .is_none()
+        );
         assert!(parse_line("Input #0, mov,mp4, from 'a.mp4':").is_none());
     }
 }

@@ -77,7 +77,10 @@ impl<F> Selector<F> {
 
     /// The stream ended: the last frame stays on screen for as long as the frame before
     /// it did (a clip of one frame: only at its own time).
-    pub fn finish(mut self, take: &mut dyn FnMut(u64, &F) -> std::io::Result<()>) -> std::io::Result<()> {
+    pub fn finish(
+        mut self,
+        take: &mut dyn FnMut(u64, &F) -> std::io::Result<()>,
+    ) -> std::io::Result<()> {
         let Some((last_pts, last)) = self.last.take() else {
             return Ok(());
         };
@@ -149,7 +152,10 @@ mod tests {
             let b = pick(fast, &pts);
             assert!(a.len() < b.len());
             for x in &a {
-                assert!(b.contains(x), "fps {slow} took {x:?}, fps {fast} did not: {b:?}");
+                assert!(
+                    b.contains(x),
+                    "fps {slow} took {x:?}, fps {fast} did not: {b:?}"
+                );
             }
         }
         // Before the first frame's time the first frame is shown.
@@ -162,8 +168,9 @@ mod tests {
         assert_eq!(frame_name("a.mkv", target_us(1, 3.0)), "a.mkv@0.333s");
         assert_eq!(target_us(1, 3.0), target_us(2, 6.0));
         // 240 fps, the most a recipe allows: names stay distinct.
-        let names: std::collections::BTreeSet<String> =
-            (0..2400).map(|k| frame_name("c", target_us(k, 240.0))).collect();
+        let names: std::collections::BTreeSet<String> = (0..2400)
+            .map(|k| frame_name("c", target_us(k, 240.0)))
+            .collect();
         assert_eq!(names.len(), 2400);
     }
 

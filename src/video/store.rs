@@ -63,7 +63,10 @@ impl FrameStore {
     /// Where the frame with pixel digest `d` is stored (a PNG).
     pub fn frame_path(&self, d: &Digest) -> PathBuf {
         let hex = d.hex();
-        self.root.join("px").join(&hex[..2]).join(format!("{hex}.png"))
+        self.root
+            .join("px")
+            .join(&hex[..2])
+            .join(format!("{hex}.png"))
     }
 
     fn set_path(&self, clip_digest: &Digest, fps: f64) -> PathBuf {
@@ -71,7 +74,9 @@ impl FrameStore {
         h.u64(EXTRACTOR_VERSION)
             .digest(clip_digest)
             .u64(fps.to_bits());
-        self.root.join("sets").join(format!("{}.json", h.finish().hex()))
+        self.root
+            .join("sets")
+            .join(format!("{}.json", h.finish().hex()))
     }
 
     /// The frames of `clip` (whose file digest is `clip_digest`) at `fps`: from the
@@ -178,7 +183,10 @@ fn write_frame_png(path: &Path, f: &ffmpeg::Decoded) -> std::io::Result<()> {
     let img = image::RgbImage::from_raw(f.width, f.height, f.rgb.clone())
         .ok_or_else(|| std::io::Error::other("a frame's size does not match its pixels"))?;
     let mut bytes = Vec::new();
-    img.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)
-        .map_err(std::io::Error::other)?;
+    img.write_to(
+        &mut std::io::Cursor::new(&mut bytes),
+        image::ImageFormat::Png,
+    )
+    .map_err(std::io::Error::other)?;
     crate::atomic::write(path, &bytes)
 }

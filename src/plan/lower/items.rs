@@ -2,9 +2,9 @@
 //! builds and its side of the holdout split.
 
 use crate::digest::{Digest, KeyHasher};
+use crate::plan::SourceFailure;
 use crate::project::Project;
 use crate::recipe::check::is_glob;
-use crate::plan::SourceFailure;
 use crate::recipe::{Diagnostics, Recipe, RecipeDiagnostic, Spanned};
 use crate::stages::stage::Tier;
 use crate::video::{FrameStore, VideoError};
@@ -20,7 +20,10 @@ pub struct SourceItem {
 
 #[derive(Clone, Debug)]
 pub enum ItemOrigin {
-    File { path: PathBuf, digest: Digest },
+    File {
+        path: PathBuf,
+        digest: Digest,
+    },
     /// A frame of a video clip, stored in the cache at `path` (a PNG); `digest` is the
     /// digest of its decoded pixels, so a re-encoded clip keeps every key downstream.
     Frame {
@@ -28,7 +31,10 @@ pub enum ItemOrigin {
         path: PathBuf,
         digest: Digest,
     },
-    Synthetic { seed: u64, index: u64 },
+    Synthetic {
+        seed: u64,
+        index: u64,
+    },
 }
 
 /// Held-out items are chosen by a stable hash of the item's name, so adding or removing
@@ -99,7 +105,9 @@ fn glob_files(project: &Project, glob: &Spanned<String>, diags: &mut Diagnostics
                 RecipeDiagnostic::at(loc, "empty-glob", format!("`{pattern}` matches no files"))
                     .label("no match")
             }
-            None => RecipeDiagnostic::nowhere("empty-glob", format!("`{pattern}` matches no files")),
+            None => {
+                RecipeDiagnostic::nowhere("empty-glob", format!("`{pattern}` matches no files"))
+            }
         };
         diags.push(d.help(format!(
             "paths are relative to the project root {}",

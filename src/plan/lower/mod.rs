@@ -62,8 +62,14 @@ fn lower_with(
 ) -> Result<Plan, Diagnostics> {
     let mut diags = Diagnostics::default();
     let mut failures = Vec::new();
-    let items =
-        items::source_items(project, recipe, digest_of, frames, &mut diags, &mut failures);
+    let items = items::source_items(
+        project,
+        recipe,
+        digest_of,
+        frames,
+        &mut diags,
+        &mut failures,
+    );
     let mut shared = pairs::shared_teacher(project, recipe, digest_of, verify_pins, &mut diags);
     shared.detection =
         clip::attribute_detection(project, recipe, &items, digest_of, verify_pins, &mut diags);

@@ -46,7 +46,9 @@ pub fn shared_teacher(
     if faces.value == crate::recipe::FaceSelection::All {
         let message = "`faces=\"all\"` (one item per face) is not built yet";
         let d = match &faces.loc {
-            Some(loc) => RecipeDiagnostic::at(loc, "not-built-yet", message).label("one item per face"),
+            Some(loc) => {
+                RecipeDiagnostic::at(loc, "not-built-yet", message).label("one item per face")
+            }
             None => RecipeDiagnostic::nowhere("not-built-yet", message),
         };
         diags.push(d.help("leave `faces` out: each photo's largest face becomes its item"));
@@ -56,8 +58,7 @@ pub fn shared_teacher(
     };
     shared.teacher = Some(Arc::new((**t).clone()));
     for c in &t.controlnets {
-        let from_landmarks =
-            stages::control_map::FROM_LANDMARKS.contains(&c.preprocessor.as_str());
+        let from_landmarks = stages::control_map::FROM_LANDMARKS.contains(&c.preprocessor.as_str());
         if from_landmarks && recipe.sources.crop.mode.value != CropMode::Face {
             let message = format!(
                 "ControlNet preset `{}` draws the landmarks the face crop finds, but the sources use `crop \"center\"`",
@@ -160,7 +161,9 @@ pub fn add_item_stages(
                     margin: crop_spec.margin,
                     models: loaded.clone(),
                 }),
-                std::iter::once(image).chain(model_inputs.iter().cloned()).collect(),
+                std::iter::once(image)
+                    .chain(model_inputs.iter().cloned())
+                    .collect(),
             ),
             None => (Box::new(stages::crop::CenterCrop { size_px }), vec![image]),
         };
@@ -200,8 +203,8 @@ pub fn add_item_stages(
                     ItemOrigin::Frame { .. } => name.file_name(),
                     _ => name.file_stem(),
                 }
-                    .map(|s| s.to_string_lossy().into_owned())
-                    .unwrap_or_default();
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
                 match stages::directory_teacher::find_target(&dir, &stem) {
                     Ok(Some(target)) => match digest_of(&target) {
                         Ok(digest) => (
