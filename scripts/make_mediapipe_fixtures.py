@@ -13,8 +13,10 @@ scripts/mediapipe-models.sh installs them) and the astronaut photo from ../share
 (or ../../shared/samples/ from a worktree).
 
 Writes tests/fixtures/mediapipe/:
-  MODEL.photo.png        the astronaut photo resized (PIL bilinear) to the model's input size;
-                         stored so that the Rust side feeds exactly the same pixels
+  (no picture: the photo case is the astronaut sampled at the model's input size by an
+  exact integer nearest-pixel rule, source index (2*i+1)*W // (2*size), which the test
+  repeats on ../shared/samples/astronaut.png read in place, so no copy of the portrait
+  is committed)
   MODEL.OUTPUT.CASE.f32  a raw little-endian float32 output of LiteRT for case CASE
                          (`photo` or `synthetic`), every `stride`-th element
   cases.json             models, input size and normalisation, outputs, strides, shapes
@@ -76,6 +78,14 @@ def to_float(u8, rng):
     return a / np.float32(255.0)
 
 
+def nearest(img, size):
+    """The photo at size x size by the nearest source pixel, in integers (exact in Rust too)."""
+    h, w = img.shape[:2]
+    ys = [(2 * i + 1) * h // (2 * size) for i in range(size)]
+    xs = [(2 * i + 1) * w // (2 * size) for i in range(size)]
+    return np.ascontiguousarray(img[ys][:, xs])
+
+
 def main():
     os.makedirs(ROOT, exist_ok=True)
     photo = Image.open(PHOTO).convert("RGB")
@@ -86,8 +96,7 @@ def main():
         inp = it.get_input_details()[0]
         assert list(inp["shape"]) == [1, size, size, 3], (model, inp["shape"])
         details = {d["name"]: d for d in it.get_output_details()}
-        resized = np.asarray(photo.resize((size, size), Image.BILINEAR), dtype=np.uint8)
-        Image.fromarray(resized).save(os.path.join(ROOT, f"{model}.photo.png"))
+        resized = nearest(np.asarray(photo, dtype=np.uint8), size)
         entry = {"size": size, "range": rng, "outputs": []}
         for name, stride in outputs:
             entry["outputs"].append({"name": name, "stride": stride, "shape": [int(s) for s in details[name]["shape"]]})
