@@ -6,48 +6,23 @@
 
 mod common;
 
-use common::{Run, TestProject};
+use common::{Run, TestProject, TINY_DIFFUSION};
 use std::collections::BTreeMap;
 
-const TINY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/projects/tiny-diffusion");
-
-/// A copy of the tiny-diffusion project (symlinked models copied as real files).
+/// A copy of the tiny-diffusion project.
 fn tiny_project() -> TestProject {
-    let p = TestProject::new();
-    for entry in walkdir::WalkDir::new(TINY).follow_links(true) {
-        let entry = entry.unwrap();
-        let rel = entry.path().strip_prefix(TINY).unwrap();
-        if rel.starts_with("cache") || rel.starts_with("out") {
-            continue;
-        }
-        let to = p.root().join(rel);
-        if entry.file_type().is_dir() {
-            std::fs::create_dir_all(&to).unwrap();
-        } else {
-            std::fs::copy(entry.path(), &to).unwrap();
-        }
-    }
-    p
-}
-
-fn edit(p: &TestProject, rel: &str, from: &str, to: &str) {
-    let path = p.root().join(rel);
-    let text = std::fs::read_to_string(&path).unwrap();
-    assert!(text.contains(from), "{rel} has no `{from}`");
-    std::fs::write(&path, text.replace(from, to)).unwrap();
+    TestProject::copy_of(TINY_DIFFUSION)
 }
 
 /// The tiny diffusion recipe on three photos, attributes detected by the tiny CLIP.
 fn photos_project(attributes: &str) -> TestProject {
     let p = tiny_project();
-    edit(
-        &p,
+    p.edit(
         "effects/tiny.kdl",
         "synthetic count=6 seed=3",
         "images \"photos/*.png\"",
     );
-    edit(
-        &p,
+    p.edit(
         "effects/tiny.kdl",
         "attributes gender=\"woman\" glasses=\"none\"",
         attributes,
@@ -192,8 +167,7 @@ fn zero_shot_attributes_are_deterministic_and_the_threshold_leaves_unsure_ones_o
         .find(|w| w[1] - w[0] > 1e-6 && w[0] < hi)
         .map(|w| (w[0] + w[1]) / 2.0)
         .unwrap();
-    edit(
-        &p,
+    p.edit(
         "effects/tiny.kdl",
         "threshold=0",
         &format!("threshold={t:.9}"),
@@ -258,8 +232,7 @@ fn a_sidecar_wins_over_detection_and_editing_the_list_reruns_attributes_pairs_tr
 
     // Another attribute list: attributes, pairs and training re-run; crops and control
     // maps do not.
-    edit(
-        &p,
+    p.edit(
         "effects/tiny.kdl",
         "\"gender\" \"hair-color\"",
         "\"gender\" \"glasses\"",
@@ -343,8 +316,7 @@ fn the_identity_bar_reruns_only_the_filter_and_training_and_dropped_pairs_are_co
     sims.sort_by(f64::total_cmp);
     assert!(sims.len() >= 3, "{rows:?}");
     let bar = (sims[0] + sims[1]) / 2.0;
-    edit(
-        &p,
+    p.edit(
         "effects/idf.kdl",
         "min-similarity=-1",
         &format!("min-similarity={bar:.9}"),
@@ -377,8 +349,7 @@ fn the_identity_bar_reruns_only_the_filter_and_training_and_dropped_pairs_are_co
 
     // A bar that drops the same pairs re-runs the filter and no training.
     let same = (bar + sims[1]) / 2.0;
-    edit(
-        &p,
+    p.edit(
         "effects/idf.kdl",
         &format!("min-similarity={bar:.9}"),
         &format!("min-similarity={same:.9}"),
@@ -391,7 +362,7 @@ fn the_identity_bar_reruns_only_the_filter_and_training_and_dropped_pairs_are_co
 #[test]
 fn an_unknown_kept_attribute_is_a_diagnostic_with_a_suggestion() {
     let p = identity_project(0.5);
-    edit(&p, "effects/idf.kdl", "keep=\"glasses\"", "keep=\"glases\"");
+    p.edit("effects/idf.kdl", "keep=\"glasses\"", "keep=\"glases\"");
     let r = p.run(&["check", "idf"]);
     assert_eq!(r.code(), 2, "{}", r.stderr());
     let err = r.stderr();

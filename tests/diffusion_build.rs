@@ -4,35 +4,12 @@
 
 mod common;
 
-use common::TestProject;
+use common::{TestProject, TINY_DIFFUSION};
 use std::path::Path;
 
-const TINY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/projects/tiny-diffusion");
-
-/// A copy of the tiny-diffusion project (symlinked models copied as real files).
+/// A copy of the tiny-diffusion project.
 fn tiny_project() -> TestProject {
-    let p = TestProject::new();
-    for entry in walkdir::WalkDir::new(TINY).follow_links(true) {
-        let entry = entry.unwrap();
-        let rel = entry.path().strip_prefix(TINY).unwrap();
-        if rel.starts_with("cache") || rel.starts_with("out") {
-            continue;
-        }
-        let to = p.root().join(rel);
-        if entry.file_type().is_dir() {
-            std::fs::create_dir_all(&to).unwrap();
-        } else {
-            std::fs::copy(entry.path(), &to).unwrap();
-        }
-    }
-    p
-}
-
-fn edit(p: &TestProject, rel: &str, from: &str, to: &str) {
-    let path = p.root().join(rel);
-    let text = std::fs::read_to_string(&path).unwrap();
-    assert!(text.contains(from), "{rel} has no `{from}`");
-    std::fs::write(&path, text.replace(from, to)).unwrap();
+    TestProject::copy_of(TINY_DIFFUSION)
 }
 
 #[test]
@@ -66,21 +43,21 @@ fn tiny_diffusion_builds_pairs_end_to_end_and_rebuilds_only_what_an_edit_reaches
     assert_eq!(again.ran(), 0, "{:?}", again.ran_stages());
 
     // The prompt reaches the pairs (and what trains on them), never the control maps.
-    edit(&p, "effects/tiny.kdl", "plastic toy", "shiny plastic toy");
+    p.edit("effects/tiny.kdl", "plastic toy", "shiny plastic toy");
     let prompt = p.build("tiny");
     assert_eq!(prompt.ran_of_kind("pairs"), 6);
     assert_eq!(prompt.ran_of_kind("control"), 0);
     assert_eq!(prompt.ran_of_kind("attributes"), 0);
 
     // A ControlNet's weight reaches the pairs only.
-    edit(&p, "effects/tiny.kdl", "weight=0.7", "weight=0.6");
+    p.edit("effects/tiny.kdl", "weight=0.7", "weight=0.6");
     let weight = p.build("tiny");
     assert_eq!(weight.ran_of_kind("pairs"), 6);
     assert_eq!(weight.ran_of_kind("control"), 0);
 
     // Back to the first recipe: every pair comes from the cache, bit for bit.
-    edit(&p, "effects/tiny.kdl", "weight=0.6", "weight=0.7");
-    edit(&p, "effects/tiny.kdl", "shiny plastic toy", "plastic toy");
+    p.edit("effects/tiny.kdl", "weight=0.6", "weight=0.7");
+    p.edit("effects/tiny.kdl", "shiny plastic toy", "plastic toy");
     let back = p.build("tiny");
     assert_eq!(back.ran(), 0, "{:?}", back.ran_stages());
 
@@ -104,14 +81,12 @@ fn tiny_diffusion_builds_pairs_end_to_end_and_rebuilds_only_what_an_edit_reaches
 #[test]
 fn a_sidecar_gives_each_photo_its_attributes_and_clip_detects_the_rest() {
     let p = tiny_project();
-    edit(
-        &p,
+    p.edit(
         "effects/tiny.kdl",
         "synthetic count=6 seed=3",
         "images \"photos/*.png\"",
     );
-    edit(
-        &p,
+    p.edit(
         "effects/tiny.kdl",
         "attributes gender=\"woman\" glasses=\"none\"",
         "attributes \"hair-color\" gender=\"woman\"",
@@ -138,8 +113,7 @@ fn a_sidecar_gives_each_photo_its_attributes_and_clip_detects_the_rest() {
         "nothing ran"
     );
     // With the tiny CLIP, ben's hair colour is detected; anna's sidecar is not overruled.
-    edit(
-        &p,
+    p.edit(
         "effects/tiny.kdl",
         "attributes \"hair-color\" gender=\"woman\"",
         "attributes \"hair-color\" gender=\"woman\" model=\"tiny-clip\" threshold=0",

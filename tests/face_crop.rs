@@ -5,35 +5,16 @@
 
 mod common;
 
-use common::TestProject;
+use common::{samples_dir, TestProject, TINY_DIFFUSION};
 use effectc::cache::Cache;
 use effectc::digest::Digest;
 use effectc::imaging::face_crop::CropLandmarks;
-use std::path::{Path, PathBuf};
-
-/// `../shared/samples` beside the checkout (CI's layout), or `$EFFECTC_SAMPLES` (a git
-/// worktree elsewhere).
-fn samples() -> PathBuf {
-    std::env::var_os("EFFECTC_SAMPLES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/samples"))
-}
-const TINY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/projects/tiny-diffusion");
-
-/// Where set-up put MediaPipe's models.
-fn mediapipe_dir() -> PathBuf {
-    let root = std::env::var_os("EFFECTC_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/effectc/models")
-        });
-    root.join("mediapipe-0.10.21")
-}
+use std::path::PathBuf;
 
 fn copy_photos(p: &TestProject, names: &[&str]) {
     std::fs::create_dir_all(p.root().join("photos")).unwrap();
     for n in names {
-        std::fs::copy(samples().join(n), p.root().join("photos").join(n))
+        std::fs::copy(samples_dir().join(n), p.root().join("photos").join(n))
             .unwrap_or_else(|e| panic!("../shared/samples/{n}: {e}"));
     }
 }
@@ -165,21 +146,8 @@ fn the_face_crop_levels_the_astronaut_and_skips_the_coffee_cup_once() {
 /// real MediaPipe models linked into its models folder (the builtin registry names
 /// them; a project's registry files add to it).
 fn tiny_faces_project() -> TestProject {
-    let p = TestProject::new();
-    for entry in walkdir::WalkDir::new(TINY).follow_links(true) {
-        let entry = entry.unwrap();
-        let rel = entry.path().strip_prefix(TINY).unwrap();
-        if rel.starts_with("cache") || rel.starts_with("out") {
-            continue;
-        }
-        let to = p.root().join(rel);
-        if entry.file_type().is_dir() {
-            std::fs::create_dir_all(&to).unwrap();
-        } else {
-            std::fs::copy(entry.path(), &to).unwrap();
-        }
-    }
-    std::os::unix::fs::symlink(mediapipe_dir(), p.root().join("models/mediapipe-0.10.21")).unwrap();
+    let p = TestProject::copy_of(TINY_DIFFUSION);
+    p.link_mediapipe_models();
     let mut presets = std::fs::read_to_string(p.root().join("stdlib/controlnets.kdl")).unwrap();
     presets.push_str(
         "controlnet \"tiny-pose\" preprocessor=\"openpose-full\" model=\"tiny-control-a\"\n",
@@ -258,7 +226,7 @@ fn control_maps_contact_sheet() {
     let p = tiny_faces_project();
     copy_photos(&p, &["chelsea.png", "coffee.png"]);
     std::fs::copy(
-        samples().join("rocket.jpg"),
+        samples_dir().join("rocket.jpg"),
         p.root().join("photos/rocket.jpg"),
     )
     .unwrap();
@@ -283,7 +251,7 @@ fn control_maps_contact_sheet() {
             .find(|e| e["event"] == "item-skipped" && e["item"] == item.as_str())
         {
             println!("  skipped: {}", skip["reason"]);
-            let photo = image::open(samples().join(name)).unwrap().to_rgb8();
+            let photo = image::open(samples_dir().join(name)).unwrap().to_rgb8();
             // The crop made nothing: show the photo and why.
             let mut note = image::RgbImage::new(256, 256);
             let white = image::Rgb([235, 235, 235]);

@@ -5,6 +5,8 @@
 //! The models are not in git: `make test`'s set-up installs them
 //! (scripts/mediapipe-models.sh). A missing model fails the test, naming the file.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use effectc::vision::model::TfliteModel;
@@ -25,16 +27,9 @@ fn model_path(file: &str) -> PathBuf {
     path
 }
 
-/// `../shared/samples` beside the checkout (`../../shared` from a worktree under wt/).
+/// A shared sample photo, read in place.
 fn sample(name: &str) -> image::RgbImage {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let path = [
-        root.join("../shared/samples").join(name),
-        root.join("../../shared/samples").join(name),
-    ]
-    .into_iter()
-    .find(|p| p.is_file())
-    .unwrap_or_else(|| panic!("sample photo {name} not found in ../shared/samples"));
+    let path = common::sample_path(name);
     image::open(&path)
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
         .to_rgb8()

@@ -6,73 +6,24 @@
 
 mod common;
 
+use common::nginx::Nginx;
 use common::TestProject;
 use effectc::digest::Digest;
-use std::net::TcpListener;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// nginx serving `data/` with `/models/` open, `/slow/` rate-limited and `/private/`
-/// behind `Authorization: Bearer secret`, logging status, URI and Range of each request.
-struct Nginx {
-    child: Child,
-    dir: tempfile::TempDir,
-    port: u16,
+/// nginx serving `data/` with `/slow/` rate-limited and `/private/` behind
+/// `Authorization: Bearer secret`, logging status, URI and Range of each request.
+fn start_nginx() -> Nginx {
+    Nginx::start(
+        "log_format fetch '$status $uri \"$http_range\"';\n  access_log {dir}/access.log fetch;",
+        "location /slow/ { limit_rate 64k; }\n    \
+         location /private/ { if ($http_authorization != \"Bearer secret\") { return 401; } }",
+    )
 }
 
 impl Nginx {
-    fn start() -> Nginx {
-        let bin = ["/usr/sbin/nginx", "/usr/bin/nginx"]
-            .into_iter()
-            .map(PathBuf::from)
-            .find(|p| p.is_file())
-            .expect("nginx not found: install Debian's `nginx` (make test does)");
-        let dir = tempfile::tempdir().unwrap();
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let d = dir.path().display();
-        std::fs::create_dir_all(dir.path().join("data")).unwrap();
-        let conf = format!(
-            "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\n\
-             error_log {d}/error.log;\nevents {{ worker_connections 64; }}\n\
-             http {{\n  log_format fetch '$status $uri \"$http_range\"';\n  access_log {d}/access.log fetch;\n\
-               client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
-               fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
-               server {{\n    listen 127.0.0.1:{port};\n    root {d}/data;\n\
-                 location /slow/ {{ limit_rate 64k; }}\n\
-                 location /private/ {{ if ($http_authorization != \"Bearer secret\") {{ return 401; }} }}\n  }}\n}}\n"
-        );
-        std::fs::write(dir.path().join("nginx.conf"), conf).unwrap();
-        let mut child = Command::new(bin)
-            .args(["-p", &d.to_string(), "-e", &format!("{d}/error.log"), "-c"])
-            .arg(dir.path().join("nginx.conf"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start nginx");
-        // Wait for the port to accept (or nginx to exit); the deadline only bounds a hang.
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while Instant::now() < deadline {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Nginx { child, dir, port };
-            }
-            if child.try_wait().ok().flatten().is_some() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!(
-            "nginx did not start: {}",
-            std::fs::read_to_string(dir.path().join("error.log")).unwrap_or_default()
-        );
-    }
-
     fn url(&self, sub: &str) -> String {
         format!("http://127.0.0.1:{}/{sub}", self.port)
     }
@@ -86,13 +37,6 @@ impl Nginx {
 
     fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("access.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -123,7 +67,7 @@ impl Setup {
     /// A project whose registry (stdlib/models.kdl) is `registry`, with `{url}` replaced
     /// by the server's address.
     fn new(registry: impl Fn(&Nginx) -> String) -> Setup {
-        let server = Nginx::start();
+        let server = start_nginx();
         let project = TestProject::new();
         project.write("stdlib/models.kdl", &registry(&server));
         Setup {

@@ -3,7 +3,7 @@
 
 mod common;
 use common::*;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 fn with_targets(recipe: &str) -> String {
@@ -11,16 +11,6 @@ fn with_targets(recipe: &str) -> String {
         "    train {",
         "    target \"android-nnapi\" quantize=\"int8\"\n    target \"ios-coreml\" quantize=\"fp16\"\n    target \"onnx\" quantize=\"fp32\"\n    train {",
     )
-}
-
-/// `../shared/samples/NAME` from the checkout (a worktree sits one level deeper).
-fn sample(name: &str) -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    ["../shared/samples", "../../shared/samples"]
-        .iter()
-        .map(|d| root.join(d).join(name))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| panic!("../shared/samples/{name} is missing"))
 }
 
 fn png_size(p: &Path) -> (u32, u32) {
@@ -71,7 +61,7 @@ fn preview_shows_photos_folders_and_video_through_each_target() {
     let r = p.run(&[
         "preview",
         "small",
-        sample("astronaut.png").to_str().unwrap(),
+        sample_path("astronaut.png").to_str().unwrap(),
     ]);
     assert_eq!(r.code(), 1, "{}", r.stderr());
     assert!(
@@ -82,7 +72,7 @@ fn preview_shows_photos_folders_and_video_through_each_target() {
     p.build("small");
 
     // A photo, through the default (first) target: android-nnapi, int8.
-    let astronaut = sample("astronaut.png");
+    let astronaut = sample_path("astronaut.png");
     let r = p.run(&["preview", "small", astronaut.to_str().unwrap()]);
     assert_eq!(r.code(), 0, "{}\n{}", r.stderr(), r.stdout());
     assert!(
@@ -108,8 +98,8 @@ fn preview_shows_photos_folders_and_video_through_each_target() {
     // A folder with a broken file, and a video with sound, at another size and target.
     let inputs = p.root().join("inputs");
     std::fs::create_dir_all(&inputs).unwrap();
-    std::fs::copy(sample("chelsea.png"), inputs.join("chelsea.png")).unwrap();
-    std::fs::copy(sample("rocket.jpg"), inputs.join("rocket.jpg")).unwrap();
+    std::fs::copy(sample_path("chelsea.png"), inputs.join("chelsea.png")).unwrap();
+    std::fs::copy(sample_path("rocket.jpg"), inputs.join("rocket.jpg")).unwrap();
     std::fs::write(inputs.join("broken.png"), b"not a png at all").unwrap();
     let clip = p.root().join("clip.mp4");
     let made = Command::new("ffmpeg")

@@ -4,65 +4,21 @@
 
 mod common;
 
+use common::nginx::{free_port, Nginx};
 use common::{Run, TestProject, SMALL_BRICK};
 use std::io::{Read, Write};
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 
-/// An nginx serving a temp folder with PUT enabled, stopped on drop.
-struct Nginx {
-    child: Child,
-    dir: tempfile::TempDir,
-    port: u16,
+/// nginx serving a temp folder with WebDAV PUT, as a team's remote cache would.
+fn start_nginx() -> Nginx {
+    Nginx::start(
+        "access_log off;\n  client_max_body_size 0;",
+        "location / { dav_methods PUT; create_full_put_path on; dav_access user:rw group:r all:r; }",
+    )
 }
 
 impl Nginx {
-    fn start() -> Nginx {
-        let bin = ["/usr/sbin/nginx", "/usr/bin/nginx"]
-            .into_iter()
-            .map(PathBuf::from)
-            .find(|p| p.is_file())
-            .expect("nginx not found: install Debian's `nginx` (make test does)");
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let d = dir.path().display();
-        std::fs::create_dir_all(dir.path().join("data")).unwrap();
-        let conf = format!(
-            "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\n\
-             error_log {d}/error.log;\nevents {{ worker_connections 64; }}\n\
-             http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
-               fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
-               client_max_body_size 0;\n  server {{\n    listen 127.0.0.1:{port};\n    root {d}/data;\n\
-                 location / {{ dav_methods PUT; create_full_put_path on; dav_access user:rw group:r all:r; }}\n  }}\n}}\n"
-        );
-        std::fs::write(dir.path().join("nginx.conf"), conf).unwrap();
-        let mut child = Command::new(bin)
-            .args(["-p", &d.to_string(), "-e", &format!("{d}/error.log"), "-c"])
-            .arg(dir.path().join("nginx.conf"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start nginx");
-        // Wait for the port to accept (or nginx to exit); the deadline only bounds a hang.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-        while std::time::Instant::now() < deadline {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Nginx { child, dir, port };
-            }
-            if child.try_wait().ok().flatten().is_some() {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!(
-            "nginx did not start: {}",
-            std::fs::read_to_string(dir.path().join("error.log")).unwrap_or_default()
-        );
-    }
-
     fn url(&self) -> String {
         format!("http://127.0.0.1:{}/effectc", self.port)
     }
@@ -74,21 +30,6 @@ impl Nginx {
             .filter(|e| e.file_type().is_file())
             .count() as u64
     }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn small_with_target() -> String {
@@ -136,7 +77,7 @@ fn shipped(p: &TestProject) -> std::collections::BTreeMap<String, Vec<u8>> {
 
 #[test]
 fn an_empty_cache_builds_everything_from_the_shared_cache_without_running_a_stage() {
-    let server = Nginx::start();
+    let server = start_nginx();
     let p = TestProject::new();
     p.recipe("small", &small_with_target());
     let url = server.url();
@@ -208,7 +149,7 @@ fn a_dead_or_garbage_server_is_reported_and_the_build_goes_on_locally() {
 
 #[test]
 fn cache_push_and_pull_move_one_effect_explicitly() {
-    let server = Nginx::start();
+    let server = start_nginx();
     let p = TestProject::new();
     p.recipe("small", SMALL_BRICK);
     let local = tempfile::tempdir().unwrap();
@@ -255,7 +196,7 @@ fn cache_push_and_pull_move_one_effect_explicitly() {
 
 #[test]
 fn two_shards_and_a_final_build_ship_what_one_build_ships() {
-    let server = Nginx::start();
+    let server = start_nginx();
     let p = TestProject::new();
     p.recipe("small", &small_with_target());
     let url = server.url();

@@ -7,57 +7,25 @@
 
 mod common;
 
-use common::TestProject;
+use common::{samples_dir, TestProject};
 use effectc::cache::Cache;
 use effectc::digest::Digest;
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
 const TINY_LEGO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/projects/tiny-lego");
 
-/// `../shared/samples` beside the checkout (CI's layout), or `$EFFECTC_SAMPLES` (a git
-/// worktree elsewhere).
-fn samples() -> PathBuf {
-    std::env::var_os("EFFECTC_SAMPLES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/samples"))
-}
-
-/// Where set-up put MediaPipe's models.
-fn mediapipe_dir() -> PathBuf {
-    let root = std::env::var_os("EFFECTC_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/effectc/models")
-        });
-    root.join("mediapipe-0.10.21")
-}
-
 /// A copy of tiny-lego (its model links, into tiny-diffusion, copied as real files), the
 /// MediaPipe models linked into its models folder, the shared sample photos, and a
 /// two-second clip panning and zooming over the astronaut, made here with ffmpeg.
 fn tiny_lego_project() -> TestProject {
-    let p = TestProject::new();
-    for entry in walkdir::WalkDir::new(TINY_LEGO).follow_links(true) {
-        let entry = entry.unwrap();
-        let rel = entry.path().strip_prefix(TINY_LEGO).unwrap();
-        if rel.starts_with("cache") || rel.starts_with("out") {
-            continue;
-        }
-        let to = p.root().join(rel);
-        if entry.file_type().is_dir() {
-            std::fs::create_dir_all(&to).unwrap();
-        } else {
-            std::fs::copy(entry.path(), &to).unwrap();
-        }
-    }
-    std::os::unix::fs::symlink(mediapipe_dir(), p.root().join("models/mediapipe-0.10.21")).unwrap();
+    let p = TestProject::copy_of(TINY_LEGO);
+    p.link_mediapipe_models();
 
     std::fs::create_dir_all(p.root().join("photos")).unwrap();
     let mut photos = 0;
-    for entry in
-        std::fs::read_dir(samples()).unwrap_or_else(|e| panic!("{}: {e}", samples().display()))
+    for entry in std::fs::read_dir(samples_dir())
+        .unwrap_or_else(|e| panic!("{}: {e}", samples_dir().display()))
     {
         let path = entry.unwrap().path();
         let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
@@ -85,7 +53,7 @@ fn tiny_lego_project() -> TestProject {
             "1",
             "-i",
         ])
-        .arg(samples().join("astronaut.png"))
+        .arg(samples_dir().join("astronaut.png"))
         .args([
             "-t",
             "2",

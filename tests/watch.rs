@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{write_png, TestProject, SMALL_BRICK};
+use common::{write_png, TestProject, SMALL_BRICK, TINY_DIFFUSION};
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Stdio};
@@ -274,25 +274,9 @@ fn one_changed_photo_rebuilds_only_its_item() {
     assert!(ran_of_kind(&rebuild, "pairs") <= 1, "{rebuild:?}");
 }
 
-const TINY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/projects/tiny-diffusion");
-
-/// A copy of the tiny-diffusion project (symlinked models copied as real files).
+/// A copy of the tiny-diffusion project.
 fn tiny_project() -> TestProject {
-    let p = TestProject::new();
-    for entry in walkdir::WalkDir::new(TINY).follow_links(true) {
-        let entry = entry.unwrap();
-        let rel = entry.path().strip_prefix(TINY).unwrap();
-        if rel.starts_with("cache") || rel.starts_with("out") {
-            continue;
-        }
-        let to = p.root().join(rel);
-        if entry.file_type().is_dir() {
-            std::fs::create_dir_all(&to).unwrap();
-        } else {
-            std::fs::copy(entry.path(), &to).unwrap();
-        }
-    }
-    p
+    TestProject::copy_of(TINY_DIFFUSION)
 }
 
 fn is_training(e: &Value) -> bool {

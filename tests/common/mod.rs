@@ -2,6 +2,8 @@
 //! `effectc` binary run in it. Tests read like the behaviour they check.
 #![allow(dead_code)]
 
+pub mod nginx;
+
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -155,4 +157,80 @@ pub fn write_png(path: &Path, seed: u8, size: u32) {
         ])
     });
     img.save(path).unwrap();
+}
+
+/// The tiny random diffusion project (SD, ControlNets, IP2P, LoRA and CLIP weights).
+pub const TINY_DIFFUSION: &str =
+    concat!(env!("CARGO_MANIFEST_DIR"), "/tests/projects/tiny-diffusion");
+
+impl TestProject {
+    /// A copy of a committed project (its symlinked models copied as real files), without
+    /// its cache or outputs.
+    pub fn copy_of(project: &str) -> TestProject {
+        let p = TestProject::new();
+        for entry in walkdir::WalkDir::new(project).follow_links(true) {
+            let entry = entry.unwrap();
+            let rel = entry.path().strip_prefix(project).unwrap();
+            if rel.starts_with("cache") || rel.starts_with("out") {
+                continue;
+            }
+            let to = p.root().join(rel);
+            if entry.file_type().is_dir() {
+                std::fs::create_dir_all(&to).unwrap();
+            } else {
+                std::fs::copy(entry.path(), &to).unwrap();
+            }
+        }
+        p
+    }
+
+    /// Replaces `from` by `to` in one file of the project (which must contain it).
+    pub fn edit(&self, rel: &str, from: &str, to: &str) {
+        let path = self.root().join(rel);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains(from), "{rel} has no `{from}`");
+        std::fs::write(&path, text.replace(from, to)).unwrap();
+    }
+
+    /// Links set-up's MediaPipe models into the project's own models folder (a project
+    /// with a `models/` folder reads its models there).
+    pub fn link_mediapipe_models(&self) {
+        std::os::unix::fs::symlink(
+            mediapipe_dir(),
+            self.root().join("models/mediapipe-0.10.21"),
+        )
+        .unwrap();
+    }
+}
+
+/// Where set-up put MediaPipe's models.
+pub fn mediapipe_dir() -> PathBuf {
+    let root = std::env::var_os("EFFECTC_MODELS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/effectc/models")
+        });
+    root.join("mediapipe-0.10.21")
+}
+
+/// The shared sample photos, read in place: `$EFFECTC_SAMPLES`, else `../shared/samples`
+/// beside the checkout (CI's layout), else `../../shared/samples` (a worktree one level
+/// deeper).
+pub fn samples_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("EFFECTC_SAMPLES") {
+        return PathBuf::from(dir);
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    ["../shared/samples", "../../shared/samples"]
+        .iter()
+        .map(|d| root.join(d))
+        .find(|d| d.is_dir())
+        .unwrap_or_else(|| root.join("../shared/samples"))
+}
+
+/// One shared sample photo's path; panics naming it when it is missing.
+pub fn sample_path(name: &str) -> PathBuf {
+    let path = samples_dir().join(name);
+    assert!(path.is_file(), "sample photo {} is missing", path.display());
+    path
 }
