@@ -8,7 +8,7 @@ use crate::model_fetch::Fetcher;
 use crate::model_lock::{pin_of, ModelLock, Pin};
 use crate::models::{model_digest, models_dir};
 use crate::project::Project;
-use crate::recipe::stdlib::Registry;
+use crate::recipe::stdlib::{ModelEntry, Registry};
 use crate::recipe::Diagnostics;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -87,21 +87,7 @@ pub fn run(project: &Project, action: ModelsAction, json: bool) -> Result<i32, i
                 return Err(EXIT_USER);
             }
             let entry = match &name {
-                Some(n) => match registry.models.get(n) {
-                    Some(e) => Some(e),
-                    None => {
-                        eprintln!(
-                            "error: no model `{n}` in stdlib/models.kdl (known: {})",
-                            registry
-                                .models
-                                .keys()
-                                .cloned()
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        );
-                        return Err(EXIT_USER);
-                    }
-                },
+                Some(n) => Some(registry_entry(&registry, n)?),
                 None => None,
             };
             let digest = model_digest(&path, &mut hash).map_err(|e| {
@@ -175,21 +161,7 @@ fn fetch(
     } else {
         let mut v = Vec::new();
         for n in &names {
-            match registry.models.get(n) {
-                Some(m) => v.push(m),
-                None => {
-                    eprintln!(
-                        "error: no model `{n}` in stdlib/models.kdl (known: {})",
-                        registry
-                            .models
-                            .keys()
-                            .cloned()
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    );
-                    return Err(EXIT_USER);
-                }
-            }
+            v.push(registry_entry(registry, n)?);
         }
         v
     };
@@ -267,6 +239,23 @@ fn fetch(
 
 /// Copies a file or folder to `dest` through a temporary sibling and one rename, so an
 /// interrupted import never leaves a half-copied model under the real name.
+/// The registry's entry named `name`; an unknown name is the user's error, listing the
+/// known ones.
+fn registry_entry<'r>(registry: &'r Registry, name: &str) -> Result<&'r ModelEntry, i32> {
+    registry.models.get(name).ok_or_else(|| {
+        eprintln!(
+            "error: no model `{name}` in stdlib/models.kdl (known: {})",
+            registry
+                .models
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        EXIT_USER
+    })
+}
+
 fn copy_atomically(src: &Path, dest: &Path) -> std::io::Result<()> {
     let parent = dest.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent)?;

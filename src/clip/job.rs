@@ -7,12 +7,12 @@
 use super::model::{normalize, ClipModel};
 use super::preprocess::preprocess;
 use crate::diffusion::error::{DiffusionError, Result};
-use crate::diffusion::job::ModelRef;
+use crate::diffusion::job::{read_rgb, ModelRef};
 use crate::diffusion::tokenizer::ClipTokenizer;
 use crate::protocol::WorkerReport;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use tch::{Device, Kind, Tensor};
 
 /// One attribute to classify zero-shot: its options, each with one or more text queries.
@@ -221,19 +221,4 @@ impl ClipWorker {
             files: BTreeMap::new(),
         })
     }
-}
-
-fn read_rgb(path: &Path) -> Result<image::RgbImage> {
-    // Cache blobs have no extension: the format comes from the bytes.
-    let bad = |e: String| DiffusionError::BadFile {
-        path: path.to_path_buf(),
-        message: format!("not a readable image: {e}"),
-    };
-    image::ImageReader::open(path)
-        .map_err(|e| bad(e.to_string()))?
-        .with_guessed_format()
-        .map_err(|e| bad(e.to_string()))?
-        .decode()
-        .map(|i| i.to_rgb8())
-        .map_err(|e| bad(e.to_string()))
 }

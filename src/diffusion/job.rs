@@ -143,7 +143,8 @@ pub fn load_models(job: &DiffuseJob, device: Device) -> Result<DiffusionModels> 
     )
 }
 
-fn read_rgb(path: &Path) -> Result<image::RgbImage> {
+/// An image file as RGB (the diffusion and CLIP workers read their inputs with it).
+pub fn read_rgb(path: &Path) -> Result<image::RgbImage> {
     // Cache blobs have no extension: the format comes from the bytes.
     let bad = |e: String| DiffusionError::BadFile {
         path: path.to_path_buf(),

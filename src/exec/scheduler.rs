@@ -506,13 +506,11 @@ pub fn build(
         duration_ms: started.elapsed().as_millis() as u64,
         outcomes,
     };
-    // What the identity filter left out of training (its `dropped` metric).
+    // Pairs a stage left out of training (the identity filter's `dropped_pairs` metric).
     let dropped = summary
         .outcomes
         .iter()
-        .zip(&plan.nodes)
-        .filter(|(_, n)| n.stage.kind() == "identity-filter")
-        .filter_map(|(o, _)| match o {
+        .filter_map(|o| match o {
             NodeOutcome::Ran(r) | NodeOutcome::Cached(r) => {
                 r.metrics.get("dropped_pairs")?.as_u64()
             }

@@ -437,6 +437,24 @@ fn f16_to_f32_bytes(data: &[u8]) -> Vec<u8> {
         .collect()
 }
 
+/// Appends a tensor to the graph and returns its index.
+fn add_tensor(
+    graph: &mut Graph,
+    name: String,
+    shape: Vec<i32>,
+    ty: TensorType,
+    data: Option<Vec<u8>>,
+) -> i32 {
+    graph.tensors.push(Tensor {
+        name,
+        shape,
+        ty,
+        data,
+        sparse: None,
+    });
+    graph.tensors.len() as i32 - 1
+}
+
 fn add_const(
     graph: &mut Graph,
     name: String,
@@ -444,27 +462,14 @@ fn add_const(
     ty: TensorType,
     data: Vec<u8>,
 ) -> i32 {
-    graph.tensors.push(Tensor {
-        name,
-        shape,
-        ty,
-        data: Some(data),
-        sparse: None,
-    });
-    graph.tensors.len() as i32 - 1
+    add_tensor(graph, name, shape, ty, Some(data))
 }
 
+/// A computed tensor shaped and typed like `like`.
 fn add_activation(graph: &mut Graph, like: i32, name: String) -> i32 {
     let t = &graph.tensors[like as usize];
     let (shape, ty) = (t.shape.clone(), t.ty);
-    graph.tensors.push(Tensor {
-        name,
-        shape,
-        ty,
-        data: None,
-        sparse: None,
-    });
-    graph.tensors.len() as i32 - 1
+    add_tensor(graph, name, shape, ty, None)
 }
 
 fn i32_bytes(v: &[i32]) -> Vec<u8> {
@@ -598,22 +603,8 @@ fn transform(graph: &mut Graph) -> Result<RewriteStats, String> {
                     TensorType::INT32,
                     i32_bytes(&out_shape),
                 );
-                graph.tensors.push(Tensor {
-                    name: format!("{base}/d2s_a"),
-                    shape: split.clone(),
-                    ty,
-                    data: None,
-                    sparse: None,
-                });
-                let t_a = graph.tensors.len() as i32 - 1;
-                graph.tensors.push(Tensor {
-                    name: format!("{base}/d2s_b"),
-                    shape: moved,
-                    ty,
-                    data: None,
-                    sparse: None,
-                });
-                let t_b = graph.tensors.len() as i32 - 1;
+                let t_a = add_tensor(graph, format!("{base}/d2s_a"), split.clone(), ty, None);
+                let t_b = add_tensor(graph, format!("{base}/d2s_b"), moved, ty, None);
                 ops.push(Op {
                     code: BuiltinOperator::RESHAPE,
                     inputs: vec![x, split_shape],
