@@ -3,6 +3,11 @@
 //! torch-sys publishes the folder it linked against as DEP_TCH_LIBTORCH_LIB.
 fn main() {
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
+    // The CLI never calls libtorch (training and the teachers run in `effectc-nn`), but
+    // the linker keeps the C++ wrapper's template code alive because it is exported from
+    // the executable, and that keeps libtorch's ~200 ms load in every `effectc` run. Not
+    // exporting symbols of static archives lets --gc-sections and --as-needed drop it.
+    println!("cargo:rustc-link-arg-bin=effectc=-Wl,--exclude-libs,ALL");
     if let Ok(lib_dir) = std::env::var("DEP_TCH_LIBTORCH_LIB") {
         println!("cargo:rustc-link-arg=-Wl,-rpath,{lib_dir}");
         // Nothing calls into libtorch_cuda directly, so the linker's --as-needed would drop

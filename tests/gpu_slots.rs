@@ -110,7 +110,7 @@ fn run(gpus: Vec<usize>) -> Arc<Board> {
         nodes.push(PlanNode {
             id: StageId::parse(&format!("fake-pairs/item-{n}")),
             item: Some(format!("item-{n}")),
-            stage: Box::new(FakeGpuStage {
+            stage: std::sync::Arc::new(FakeGpuStage {
                 board: board.clone(),
                 whole_dataset: false,
                 n,
@@ -121,7 +121,7 @@ fn run(gpus: Vec<usize>) -> Arc<Board> {
     nodes.push(PlanNode {
         id: StageId::parse("fake-train"),
         item: None,
-        stage: Box::new(FakeGpuStage {
+        stage: std::sync::Arc::new(FakeGpuStage {
             board: board.clone(),
             whole_dataset: true,
             n: 99,

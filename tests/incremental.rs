@@ -164,3 +164,61 @@ fn real_photos_from_shared_samples_build() {
     let r = p.build("real");
     assert_eq!(r.ran_of_kind("pairs"), n);
 }
+
+/// Every file under `dir` with its modification time.
+fn mtimes(dir: &std::path::Path) -> Vec<(std::path::PathBuf, std::time::SystemTime)> {
+    let mut files: Vec<_> = walk(dir)
+        .into_iter()
+        .map(|p| {
+            let t = std::fs::metadata(&p).unwrap().modified().unwrap();
+            (p, t)
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
+fn a_noop_build_leaves_out_untouched_and_puts_back_what_a_person_changed() {
+    let p = TestProject::new();
+    p.recipe("small", SMALL_BRICK);
+    p.build("small");
+    let out = p.root().join("out/small");
+    // The second build reports every stage cached (its report says so): out/ is redone.
+    p.build("small");
+    let settled = mtimes(&out);
+    assert!(settled.len() > 3, "{settled:?}");
+    let third = p.build("small");
+    assert_eq!(third.ran(), 0);
+    assert_eq!(mtimes(&out), settled, "a no-op build rewrote out/");
+
+    let sheet = out.join("pairs-sheet-pairs.png");
+    let original = std::fs::read(&sheet).unwrap();
+    std::fs::remove_file(&sheet).unwrap();
+    p.build("small");
+    assert_eq!(
+        std::fs::read(&sheet).unwrap(),
+        original,
+        "a removed output is put back"
+    );
+    std::fs::write(&sheet, b"scribbled on").unwrap();
+    p.build("small");
+    assert_eq!(
+        std::fs::read(&sheet).unwrap(),
+        original,
+        "an edited output is put back"
+    );
+}

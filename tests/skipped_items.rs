@@ -119,14 +119,14 @@ fn plan() -> Plan {
         nodes.push(PlanNode {
             id: StageId::crop(item),
             item: Some(item.into()),
-            stage: Box::new(FakeCrop { item: item.into() }),
+            stage: std::sync::Arc::new(FakeCrop { item: item.into() }),
             inputs: vec![],
         });
         let crop = nodes.len() - 1;
         nodes.push(PlanNode {
             id: StageId::pairs(item),
             item: Some(item.into()),
-            stage: Box::new(FakePairs),
+            stage: std::sync::Arc::new(FakePairs),
             inputs: vec![Input {
                 name: "image".into(),
                 from: InputRef::Stage {
@@ -146,7 +146,7 @@ fn plan() -> Plan {
     nodes.push(PlanNode {
         id: StageId::train_teacher(),
         item: None,
-        stage: Box::new(FakeTrain {
+        stage: std::sync::Arc::new(FakeTrain {
             items: items.iter().map(|s| s.to_string()).collect(),
         }),
         inputs: train_inputs,

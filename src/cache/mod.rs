@@ -7,7 +7,7 @@
 //!   snapshots/<effect>@<project>.bin   an effect's last build in one project (also
 //!                             `.shard-I-of-N.bin` per slice), in one file
 //!   checkpoints/<key>/        training checkpoints, kept across interrupted builds
-//!   stat-cache.json           (path, size, mtime, inode) → digest of source files
+//!   stat-cache.bin            (path, size, mtime, inode) → digest of source files
 //!   locks/, tmp/
 //! ```
 //! Every write is atomic (temp file, fsync, rename) and blobs are written before the

@@ -237,11 +237,15 @@ fn build(
     if bad {
         return Err(EXIT_USER);
     }
+    // Not freed either, as the summaries below.
+    let mut plans = std::mem::ManuallyDrop::new(plans);
     if let Some((index, count)) = shard {
-        plans = plans
-            .into_iter()
-            .map(|(recipe, plan)| (recipe, shard_of(plan, index, count)))
-            .collect();
+        let all = std::mem::ManuallyDrop::into_inner(plans);
+        plans = std::mem::ManuallyDrop::new(
+            all.into_iter()
+                .map(|(recipe, plan)| (recipe, shard_of(plan, index, count)))
+                .collect(),
+        );
     }
     let cancel = Arc::new(AtomicBool::new(false));
     {
@@ -271,7 +275,7 @@ fn build(
     opts.shard = shard;
     opts.gpus = gpus;
     let mut code = EXIT_OK;
-    for (_recipe, plan) in &plans {
+    for (_recipe, plan) in plans.iter() {
         let summary = match exec::build(
             &env.project.root,
             &cache,
@@ -280,7 +284,9 @@ fn build(
             reporter.as_ref(),
             &cancel,
         ) {
-            Ok(s) => s,
+            // One-shot: the process exits soon after, and freeing tens of thousands of
+            // records one by one would cost a no-op build a tenth of its time.
+            Ok(s) => std::mem::ManuallyDrop::new(s),
             Err(e) => {
                 eprintln!("error: {e}");
                 return Err(EXIT_INFRA);
@@ -373,34 +379,112 @@ pub(super) fn materialize(
     summary: &exec::BuildSummary,
 ) -> std::io::Result<()> {
     let dir = env.project.root.join("out").join(&plan.effect);
-    // The folder shows this build only: clear what an earlier build left.
-    if dir.is_dir() {
-        std::fs::remove_dir_all(&dir)?;
-    }
-    std::fs::create_dir_all(&dir)?;
-    for (i, node) in plan.nodes.iter().enumerate() {
-        if node.item.is_some() {
-            continue;
+    let marker = OutMarker::of(plan, summary);
+    // A no-op build over an untouched folder has nothing to copy.
+    if !marker.matches(&dir) {
+        // The folder shows this build only: clear what an earlier build left (the
+        // marker goes with it, and is written again only once every file is in place).
+        if dir.is_dir() {
+            std::fs::remove_dir_all(&dir)?;
         }
-        let (NodeOutcome::Ran(rec) | NodeOutcome::Cached(rec)) = &summary.outcomes[i] else {
-            continue;
-        };
-        for (name, out) in &rec.outputs {
-            // `train-teacher-samples.png`, `pairs-sheet-pairs.png`...
-            let dest = dir.join(node.id.out_file_name(name));
-            if let Some(parent) = dest.parent() {
-                std::fs::create_dir_all(parent)?;
+        std::fs::create_dir_all(&dir)?;
+        for (i, node) in plan.nodes.iter().enumerate() {
+            if node.item.is_some() {
+                continue;
             }
-            let blob = cache.blob_path(&out.digest);
-            crate::atomic::write_at(&dest, |tmp| std::fs::copy(&blob, tmp).map(|_| ()))?;
+            let (NodeOutcome::Ran(rec) | NodeOutcome::Cached(rec)) = &summary.outcomes[i] else {
+                continue;
+            };
+            for (name, out) in &rec.outputs {
+                // `train-teacher-samples.png`, `pairs-sheet-pairs.png`...
+                let dest = dir.join(node.id.out_file_name(name));
+                if let Some(parent) = dest.parent() {
+                    std::fs::create_dir_all(parent)?;
+                }
+                let blob = cache.blob_path(&out.digest);
+                crate::atomic::write_at(&dest, |tmp| std::fs::copy(&blob, tmp).map(|_| ()))?;
+            }
         }
+        // The bundle's own report, redone with what only this build knows (latency, times).
+        super::report::write_out_report(&dir, plan, summary)?;
+        marker.write(&dir)?;
     }
-    // The bundle's own report, redone with what only this build knows (latency, times).
-    super::report::write_out_report(&dir, plan, summary)?;
     if !env.json && !env.quiet {
         eprintln!("outputs: {}", dir.display());
     }
     Ok(())
+}
+
+/// What `out/<effect>/` was last filled from: every stage's record and whether it ran
+/// (the report shows the times of what ran), and the size and mtime of every file written. When a build's records
+/// and the folder both still match, copying would rewrite the same bytes.
+struct OutMarker {
+    records: crate::digest::Digest,
+}
+
+const OUT_MARKER: &str = ".effectc-out";
+
+impl OutMarker {
+    fn of(plan: &Plan, summary: &exec::BuildSummary) -> OutMarker {
+        let mut h = crate::digest::KeyHasher::new("effectc/out-folder/v1");
+        h.str(env!("CARGO_PKG_VERSION"));
+        for (node, outcome) in plan.nodes.iter().zip(&summary.outcomes) {
+            h.str(&node.id);
+            match outcome {
+                NodeOutcome::Ran(r) => {
+                    h.str("ran").digest(&r.key).u64(r.duration_ms);
+                }
+                NodeOutcome::Cached(r) => {
+                    h.str("cached").digest(&r.key);
+                }
+                NodeOutcome::ItemSkipped(_) => {
+                    h.str("skipped");
+                }
+                NodeOutcome::Failed { .. } | NodeOutcome::NotRun => {
+                    h.str("none");
+                }
+            }
+        }
+        OutMarker {
+            records: h.finish(),
+        }
+    }
+
+    /// The marker's text: the records' digest, then one `size mtime_ns name` line per file.
+    fn text(&self, dir: &std::path::Path) -> std::io::Result<String> {
+        let mut lines = vec![self.records.hex()];
+        let mut names: Vec<_> = walkdir::WalkDir::new(dir)
+            .sort_by_file_name()
+            .into_iter()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_type().is_file() && e.file_name() != OUT_MARKER)
+            .collect();
+        names.sort_by(|a, b| a.path().cmp(b.path()));
+        for e in names {
+            let meta = e.metadata().map_err(std::io::Error::other)?;
+            let mtime = meta
+                .modified()?
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0);
+            let rel = e.path().strip_prefix(dir).unwrap_or(e.path());
+            lines.push(format!("{} {mtime} {}", meta.len(), rel.display()));
+        }
+        Ok(lines.join("\n"))
+    }
+
+    fn matches(&self, dir: &std::path::Path) -> bool {
+        let Ok(saved) = std::fs::read_to_string(dir.join(OUT_MARKER)) else {
+            return false;
+        };
+        // Cheap first: a different build never lists the folder.
+        saved.lines().next() == Some(self.records.hex().as_str())
+            && self.text(dir).is_ok_and(|now| now == saved)
+    }
+
+    fn write(&self, dir: &std::path::Path) -> std::io::Result<()> {
+        crate::atomic::write(&dir.join(OUT_MARKER), self.text(dir)?.as_bytes())
+    }
 }
 
 /// Builds every named effect (all by default) and writes its bundle and SHA256SUMS.

@@ -255,13 +255,10 @@ pub fn build(
                     continue;
                 }
                 let node = &plan.nodes[i];
-                let resolved = plan.resolve_inputs(
-                    i,
-                    |up| record_of(&outcomes[up]),
-                    Some(&|d: &Digest| cache.blob_path(d)),
-                );
-                let (inputs, input_paths) = match resolved {
-                    Ok(r) => (r.digests, r.paths),
+                // The key only: the inputs' map and where they lie on disk matter only
+                // on a miss.
+                let key = match plan.key_from_records(i, |up| record_of(&outcomes[up])) {
+                    Ok(key) => key,
                     Err(Unresolved::Upstream(_)) => unreachable_input(),
                     // Its item was skipped upstream: neither run nor a failure.
                     Err(Unresolved::Skipped { reason, .. }) => {
@@ -297,7 +294,6 @@ pub fn build(
                         continue;
                     }
                 };
-                let key = plan.key_of(i, &inputs);
                 let hit = match snapshot.entries.get(node.id.as_str()) {
                     Some(e)
                         if e.key == key
@@ -321,13 +317,23 @@ pub fn build(
                         outcomes[i] = Some(NodeOutcome::Cached(rec));
                         release(i, &dependents, &mut waiting, &mut ready);
                     }
-                    None => queued.push_back(Job {
-                        node: i,
-                        gpu: None,
-                        key,
-                        inputs,
-                        input_paths,
-                    }),
+                    None => {
+                        // Resolved above, so this cannot fail.
+                        let resolved = plan
+                            .resolve_inputs(
+                                i,
+                                |up| record_of(&outcomes[up]),
+                                Some(&|d: &Digest| cache.blob_path(d)),
+                            )
+                            .unwrap_or_else(|_| unreachable_input());
+                        queued.push_back(Job {
+                            node: i,
+                            gpu: None,
+                            key,
+                            inputs: resolved.digests,
+                            input_paths: resolved.paths,
+                        })
+                    }
                 }
             }
             // Start queued work: CPU stages side by side; exclusive ones alone, except

@@ -8,7 +8,8 @@ pub use id::StageId;
 
 pub use crate::nn::DeviceSpec;
 pub use crate::stages::stage::{
-    stage_key, Params, Progress, Resource, RunContext, RunOutput, Stage, StageError,
+    stage_key, stage_key_sorted, Params, Progress, Resource, RunContext, RunOutput, Stage,
+    StageError,
 };
 use std::path::PathBuf;
 
@@ -39,7 +40,9 @@ pub struct PlanNode {
     pub id: StageId,
     /// The source item of a per-item stage.
     pub item: Option<String>,
-    pub stage: Box<dyn Stage>,
+    /// Shared by the items whose stage is configured alike (one crop for every item), so
+    /// its params are worked out once per plan, not once per item.
+    pub stage: std::sync::Arc<dyn Stage>,
     pub inputs: Vec<Input>,
 }
 
@@ -107,6 +110,23 @@ pub struct Plan {
     pub order: Vec<usize>,
     /// Sources left out of the plan because they could not be read.
     pub source_failures: Vec<SourceFailure>,
+    /// Each node's `stage.params()`, worked out once per stage object.
+    params: Vec<std::sync::Arc<Params>>,
+}
+
+/// Each node's params, worked out once per distinct stage object: the items of a stage
+/// share one object, and params are the costly part of 20,000 keys.
+pub fn params_per_node(nodes: &[PlanNode]) -> Vec<std::sync::Arc<Params>> {
+    let mut seen: std::collections::HashMap<*const (), std::sync::Arc<Params>> =
+        std::collections::HashMap::new();
+    nodes
+        .iter()
+        .map(|n| {
+            seen.entry(std::sync::Arc::as_ptr(&n.stage) as *const ())
+                .or_insert_with(|| std::sync::Arc::new(n.stage.params()))
+                .clone()
+        })
+        .collect()
 }
 
 impl Plan {
@@ -141,6 +161,7 @@ impl Plan {
         Plan {
             effect,
             recipe_digest,
+            params: params_per_node(&nodes),
             nodes,
             graph,
             order,
@@ -162,16 +183,57 @@ impl Plan {
         blob_path: Option<&dyn Fn(&Digest) -> PathBuf>,
     ) -> Result<ResolvedInputs, Unresolved> {
         let mut r = ResolvedInputs::default();
-        let mut add = |name: String, digest: Digest, path: Option<PathBuf>| {
-            if let Some(p) = path.or_else(|| blob_path.map(|f| f(&digest))) {
-                r.paths.insert(name.clone(), p);
+        self.visit_inputs(i, record_of, |name, digest, file| {
+            if let Some(blob_path) = blob_path {
+                let path = file.map_or_else(|| blob_path(&digest), |p| p.to_path_buf());
+                r.paths.insert(name.to_string(), path);
             }
-            r.digests.insert(name, digest);
-        };
+            r.digests.insert(name.into_owned(), digest);
+        })?;
+        Ok(r)
+    }
+
+    /// Node `i`'s key from its upstream records: `key_of(i, &key_inputs(..))` without
+    /// building the map, for the 20,000 keys of a no-op build.
+    pub fn key_from_records<'a>(
+        &self,
+        i: usize,
+        record_of: impl Fn(usize) -> Option<&'a crate::cache::StageRecord>,
+    ) -> Result<Digest, Unresolved> {
+        let mut inputs: Vec<(std::borrow::Cow<'_, str>, Digest)> =
+            Vec::with_capacity(self.nodes[i].inputs.len());
+        self.visit_inputs(i, record_of, |name, digest, _| inputs.push((name, digest)))?;
+        // The order and the last-one-wins of the map `key_inputs` builds.
+        inputs.sort_by(|a, b| a.0.cmp(&b.0));
+        inputs.dedup_by(|later, kept| {
+            let same = later.0 == kept.0;
+            if same {
+                kept.1 = later.1;
+            }
+            same
+        });
+        let stage = &self.nodes[i].stage;
+        Ok(stage_key_sorted(
+            stage.kind(),
+            stage.version(),
+            &self.params[i],
+            inputs.iter().map(|(name, digest)| (name.as_ref(), digest)),
+        ))
+    }
+
+    /// Calls `visit` with each input of node `i` (name, digest, and the path of a project
+    /// file), in the node's input order; the rules of `resolve_inputs`.
+    fn visit_inputs<'s, 'a>(
+        &'s self,
+        i: usize,
+        record_of: impl Fn(usize) -> Option<&'a crate::cache::StageRecord>,
+        mut visit: impl FnMut(std::borrow::Cow<'s, str>, Digest, Option<&'s std::path::Path>),
+    ) -> Result<(), Unresolved> {
+        use std::borrow::Cow;
         for inp in &self.nodes[i].inputs {
             match &inp.from {
                 InputRef::File { path, digest } => {
-                    add(inp.name.clone(), *digest, blob_path.map(|_| path.clone()));
+                    visit(Cow::Borrowed(inp.name.as_str()), *digest, Some(path));
                 }
                 InputRef::Stage { node: up, output } => {
                     let rec = record_of(*up).ok_or(Unresolved::Upstream(*up))?;
@@ -186,7 +248,7 @@ impl Plan {
                             upstream: self.nodes[*up].id.clone(),
                             output: output.clone(),
                         })?;
-                    add(inp.name.clone(), o.digest, None);
+                    visit(Cow::Borrowed(inp.name.as_str()), o.digest, None);
                 }
                 InputRef::StageAll { node: up } => {
                     let rec = record_of(*up).ok_or(Unresolved::Upstream(*up))?;
@@ -195,12 +257,12 @@ impl Plan {
                         continue;
                     }
                     for (output, o) in &rec.outputs {
-                        add(format!("{}/{output}", inp.name), o.digest, None);
+                        visit(Cow::Owned(format!("{}/{output}", inp.name)), o.digest, None);
                     }
                 }
             }
         }
-        Ok(r)
+        Ok(())
     }
 
     /// Node `i` reads from `up`, which skipped its item: a per-item node is skipped too;
@@ -227,7 +289,7 @@ impl Plan {
     /// The key of node `i` given its inputs' digests.
     pub fn key_of(&self, i: usize, inputs: &std::collections::BTreeMap<String, Digest>) -> Digest {
         let stage = &self.nodes[i].stage;
-        stage_key(stage.kind(), stage.version(), &stage.params(), inputs)
+        stage_key(stage.kind(), stage.version(), &self.params[i], inputs)
     }
 
     /// The plan restricted to the nodes `keep` selects; a kept node must not read from a
@@ -343,7 +405,7 @@ mod tests {
         PlanNode {
             id: StageId::parse(id),
             item: None,
-            stage: Box::new(Declares),
+            stage: std::sync::Arc::new(Declares),
             inputs,
         }
     }
@@ -401,6 +463,10 @@ mod tests {
         };
         let good = record(&["image"]);
         let inputs = plan.key_inputs(1, |_| Some(&good)).unwrap();
+        assert_eq!(
+            plan.key_from_records(1, |_| Some(&good)),
+            Ok(plan.key_of(1, &inputs))
+        );
         assert_eq!(inputs["in"], Digest::of_bytes(b"image"));
         assert_eq!(plan.key_inputs(1, |_| None), Err(Unresolved::Upstream(0)));
         let bad = record(&["other"]);
@@ -411,6 +477,47 @@ mod tests {
                 output: "image".into()
             }),
             "never keyed on fewer inputs"
+        );
+    }
+
+    #[test]
+    fn the_streamed_key_is_the_key_of_the_input_map() {
+        // A file, one output of a stage, and every output of a stage (names made up as
+        // `<input>/<output>`), given out of name order.
+        let file = Input {
+            name: "b-file".into(),
+            from: InputRef::File {
+                path: "/x.png".into(),
+                digest: Digest::of_bytes(b"file"),
+            },
+        };
+        let mut inputs = reads("image");
+        inputs.insert(0, file);
+        inputs.push(Input {
+            name: "all".into(),
+            from: InputRef::StageAll { node: 0 },
+        });
+        let plan = Plan::from_parts(
+            "t".into(),
+            Digest::of_bytes(b"t"),
+            vec![node("a", vec![]), node("b", inputs)],
+        );
+        let mut rec = StageRecord::skipped_by_upstream("a", "declares", "t", "");
+        rec.metrics.clear();
+        for name in ["image", "mask", "a"] {
+            rec.outputs.insert(
+                name.into(),
+                OutputRef {
+                    digest: Digest::of_bytes(name.as_bytes()),
+                    size_bytes: 1,
+                },
+            );
+        }
+        let map = plan.key_inputs(1, |_| Some(&rec)).unwrap();
+        assert_eq!(map.len(), 5, "{map:?}");
+        assert_eq!(
+            plan.key_from_records(1, |_| Some(&rec)),
+            Ok(plan.key_of(1, &map))
         );
     }
 }

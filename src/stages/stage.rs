@@ -270,6 +270,22 @@ pub fn stage_key(
     params: &Params,
     inputs: &BTreeMap<String, Digest>,
 ) -> Digest {
+    stage_key_sorted(
+        kind,
+        version,
+        params,
+        inputs.iter().map(|(name, digest)| (name.as_str(), digest)),
+    )
+}
+
+/// `stage_key` with the inputs as (name, digest) pairs already sorted by name, each name
+/// once (no map to build).
+pub fn stage_key_sorted<'i>(
+    kind: &str,
+    version: u32,
+    params: &Params,
+    inputs: impl ExactSizeIterator<Item = (&'i str, &'i Digest)>,
+) -> Digest {
     let mut h = KeyHasher::new("effectc/stage-key/v1");
     h.str(kind).u64(version as u64);
     h.u64(params.len() as u64);

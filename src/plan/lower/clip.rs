@@ -212,7 +212,7 @@ pub fn add_attributes(
     nodes.push(PlanNode {
         id: StageId::attributes(&item.name),
         item: Some(item.name.clone()),
-        stage: Box::new(crate::stages::attributes::ItemAttributes {
+        stage: std::sync::Arc::new(crate::stages::attributes::ItemAttributes {
             item: item.name.clone(),
             uses: recipe.attributes.clone(),
             has_sidecar: inputs.iter().any(|i| i.name == "sidecar"),
@@ -288,7 +288,7 @@ pub fn add_identity_stages(
         nodes.push(PlanNode {
             id: StageId::identity(&item.name),
             item: Some(item.name.clone()),
-            stage: Box::new(ItemIdentity {
+            stage: std::sync::Arc::new(ItemIdentity {
                 item: item.name.clone(),
                 keep: identity.keep.clone(),
                 clip: clip.clone(),
@@ -308,7 +308,7 @@ pub fn add_identity_stages(
     nodes.push(PlanNode {
         id: StageId::identity_filter(),
         item: None,
-        stage: Box::new(IdentityFilter {
+        stage: std::sync::Arc::new(IdentityFilter {
             min_similarity: identity.min_similarity,
             items,
         }),

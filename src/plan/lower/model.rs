@@ -54,7 +54,7 @@ pub fn add_model_stages(
     nodes.push(PlanNode {
         id: StageId::train_teacher(),
         item: None,
-        stage: Box::new(TrainStage {
+        stage: std::sync::Arc::new(TrainStage {
             role: Role::Teacher,
             student: recipe.student.clone(),
             train: recipe.train.clone(),
@@ -74,7 +74,7 @@ pub fn add_model_stages(
     nodes.push(PlanNode {
         id: StageId::distill_student(),
         item: None,
-        stage: Box::new(TrainStage {
+        stage: std::sync::Arc::new(TrainStage {
             role: Role::Student,
             student: recipe.student.clone(),
             train: recipe.train.clone(),
@@ -142,7 +142,7 @@ pub fn add_model_stages(
     nodes.push(PlanNode {
         id: StageId::export(),
         item: None,
-        stage: Box::new(export::ExportStudent {
+        stage: std::sync::Arc::new(export::ExportStudent {
             arch,
             resolution_px: recipe.sources.crop.size_px,
             holdout: holdout_names,
@@ -214,7 +214,7 @@ pub fn add_model_stages(
         nodes.push(PlanNode {
             id: StageId::target(&name),
             item: None,
-            stage: Box::new(target::WriteTarget { target: t.clone() }),
+            stage: std::sync::Arc::new(target::WriteTarget { target: t.clone() }),
             inputs: vec![
                 from_export("student.ir"),
                 from_export("calibration-inputs.npy"),
@@ -224,7 +224,7 @@ pub fn add_model_stages(
         nodes.push(PlanNode {
             id: StageId::verify(&name),
             item: None,
-            stage: Box::new(verify::VerifyTarget {
+            stage: std::sync::Arc::new(verify::VerifyTarget {
                 target: t.clone(),
                 latency_runs: 5,
             }),
@@ -267,7 +267,7 @@ pub fn add_model_stages(
     nodes.push(PlanNode {
         id: StageId::bundle(),
         item: None,
-        stage: Box::new(bundle::BundleStage {
+        stage: std::sync::Arc::new(bundle::BundleStage {
             recipe_digest,
             effect: recipe.name.clone(),
             version: recipe.version.clone(),
@@ -286,13 +286,13 @@ pub fn add_model_stages(
 /// recipe changes nothing; no absolute paths, so two checkouts agree.
 pub fn recipe_inputs_digest(nodes: &[PlanNode]) -> Digest {
     let mut h = KeyHasher::new("effectc/recipe-inputs/v1");
-    for node in nodes {
+    let params_of = crate::plan::params_per_node(nodes);
+    for (node, params) in nodes.iter().zip(params_of) {
         h.str(&node.id)
             .str(node.stage.kind())
             .u64(node.stage.version() as u64);
-        let params = node.stage.params();
         h.u64(params.len() as u64);
-        for (k, v) in &params {
+        for (k, v) in params.iter() {
             h.str(k).str(v);
         }
         h.u64(node.inputs.len() as u64);

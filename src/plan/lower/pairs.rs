@@ -124,6 +124,30 @@ pub fn add_item_stages(
                 .collect();
             (inputs, Arc::new(stages::face_crop::FaceModels::default()))
         });
+    // Stages configured alike for every item are one shared object, so the plan works
+    // out their params once (`Plan::key_of`), not once per item.
+    let crop_stage: Arc<dyn Stage> = match &face_models {
+        Some((_, loaded)) => Arc::new(stages::face_crop::FaceCrop {
+            size_px,
+            margin: crop_spec.margin,
+            models: loaded.clone(),
+        }),
+        None => Arc::new(stages::crop::CenterCrop { size_px }),
+    };
+    let shared_teacher_stage: Option<Arc<dyn Stage>> = match &recipe.teacher {
+        Teacher::Procedural(p) => Some(Arc::new(stages::procedural::ProceduralPairs::new(p))),
+        Teacher::Command {
+            argv, timeout_s, ..
+        } => Some(Arc::new(stages::command_teacher::CommandPairs {
+            argv: argv.clone(),
+            timeout_s: *timeout_s,
+        })),
+        Teacher::Directory { .. } => Some(Arc::new(stages::directory_teacher::DirectoryPairs {
+            size_px,
+        })),
+        Teacher::Diffusion(_) => None,
+    };
+    let mut control_stages: Vec<(String, Arc<dyn Stage>)> = Vec::new();
     let mut pairs = Vec::new();
     for item in items {
         let image_input = match &item.origin {
@@ -131,7 +155,7 @@ pub fn add_item_stages(
                 nodes.push(PlanNode {
                     id: StageId::synthetic(&item.name),
                     item: Some(item.name.clone()),
-                    stage: Box::new(stages::synthetic::SyntheticSource {
+                    stage: Arc::new(stages::synthetic::SyntheticSource {
                         seed: *seed,
                         index: *index,
                         size_px,
@@ -154,23 +178,16 @@ pub fn add_item_stages(
             name: "image".into(),
             from: image_input,
         };
-        let (stage, crop_inputs): (Box<dyn Stage>, Vec<Input>) = match &face_models {
-            Some((model_inputs, loaded)) => (
-                Box::new(stages::face_crop::FaceCrop {
-                    size_px,
-                    margin: crop_spec.margin,
-                    models: loaded.clone(),
-                }),
-                std::iter::once(image)
-                    .chain(model_inputs.iter().cloned())
-                    .collect(),
-            ),
-            None => (Box::new(stages::crop::CenterCrop { size_px }), vec![image]),
+        let crop_inputs = match &face_models {
+            Some((model_inputs, _)) => std::iter::once(image)
+                .chain(model_inputs.iter().cloned())
+                .collect(),
+            None => vec![image],
         };
         nodes.push(PlanNode {
             id: StageId::crop(&item.name),
             item: Some(item.name.clone()),
-            stage,
+            stage: crop_stage.clone(),
             inputs: crop_inputs,
         });
         let crop = nodes.len() - 1;
@@ -181,18 +198,11 @@ pub fn add_item_stages(
                 output: "image".into(),
             },
         };
-        let (stage, mut inputs): (Box<dyn Stage>, Vec<Input>) = match &recipe.teacher {
-            Teacher::Procedural(p) => (
-                Box::new(stages::procedural::ProceduralPairs::new(p)),
-                vec![source],
-            ),
-            Teacher::Command {
-                argv, timeout_s, ..
-            } => (
-                Box::new(stages::command_teacher::CommandPairs {
-                    argv: argv.clone(),
-                    timeout_s: *timeout_s,
-                }),
+        let (stage, mut inputs): (Arc<dyn Stage>, Vec<Input>) = match &recipe.teacher {
+            Teacher::Procedural(_) | Teacher::Command { .. } => (
+                shared_teacher_stage
+                    .clone()
+                    .expect("made above for this teacher"),
                 vec![source],
             ),
             Teacher::Directory { path } => {
@@ -208,7 +218,9 @@ pub fn add_item_stages(
                 match stages::directory_teacher::find_target(&dir, &stem) {
                     Ok(Some(target)) => match digest_of(&target) {
                         Ok(digest) => (
-                            Box::new(stages::directory_teacher::DirectoryPairs { size_px }),
+                            shared_teacher_stage
+                                .clone()
+                                .expect("made above for this teacher"),
                             vec![
                                 source,
                                 Input {
@@ -298,9 +310,7 @@ pub fn add_item_stages(
                             nodes.push(PlanNode {
                                 id: StageId::control(&c.preprocessor, &item.name),
                                 item: Some(item.name.clone()),
-                                stage: Box::new(stages::control_map::ControlMap {
-                                    preprocessor: c.preprocessor.clone(),
-                                }),
+                                stage: control_stage(&mut control_stages, &c.preprocessor),
                                 inputs: control_inputs(crop, &c.preprocessor),
                             });
                             drawn.push((c.preprocessor.clone(), nodes.len() - 1));
@@ -316,7 +326,7 @@ pub fn add_item_stages(
                     });
                 }
                 (
-                    Box::new(stages::diffusion_pairs::DiffusionPairs {
+                    Arc::new(stages::diffusion_pairs::DiffusionPairs {
                         item: item.name.clone(),
                         teacher: shared
                             .teacher
@@ -324,7 +334,7 @@ pub fn add_item_stages(
                             .expect("set above for a diffusion teacher"),
                         models: shared.models.clone(),
                         with_attributes,
-                    }) as Box<dyn Stage>,
+                    }) as Arc<dyn Stage>,
                     inputs,
                 )
             }
@@ -339,6 +349,18 @@ pub fn add_item_stages(
         pairs.push((item.clone(), crop, nodes.len() - 1));
     }
     pairs
+}
+
+/// The one control-map stage of `preprocessor`, shared by every item.
+fn control_stage(made: &mut Vec<(String, Arc<dyn Stage>)>, preprocessor: &str) -> Arc<dyn Stage> {
+    if let Some((_, stage)) = made.iter().find(|(p, _)| p == preprocessor) {
+        return stage.clone();
+    }
+    let stage: Arc<dyn Stage> = Arc::new(stages::control_map::ControlMap {
+        preprocessor: preprocessor.to_string(),
+    });
+    made.push((preprocessor.to_string(), stage.clone()));
+    stage
 }
 
 /// A control map reads the crop, and the crop's landmarks when it draws them.
@@ -411,7 +433,7 @@ pub fn add_pairs_sheet(
         nodes.push(PlanNode {
             id: StageId::pairs_sheet(),
             item: None,
-            stage: Box::new(stages::pairs_sheet::PairsSheet {
+            stage: Arc::new(stages::pairs_sheet::PairsSheet {
                 rows: shown.len(),
                 controls,
             }),
