@@ -41,6 +41,7 @@ median_ms() {
     printf '%s\n' "${times[@]}" | sort -n | sed -n 4p
 }
 
+trap 'echo "bench_dvc: failed at line $LINENO" >&2' ERR
 work="$(mktemp -d "${TMPDIR:-/tmp}/effectc-bench-dvc.XXXXXX")"
 trap 'rm -rf "$work"' EXIT
 echo "| files | effectc build (no-op) | dvc repro (no-op) | ratio |"
@@ -48,7 +49,7 @@ echo "|---:|---:|---:|---:|"
 for count in "${counts[@]}"; do
     data="$work/$count/data"
     mkdir -p "$data"
-    ffmpeg -loglevel error -f lavfi -i "testsrc=size=24x24:rate=25" -frames:v "$count" "$data/%05d.png"
+    ffmpeg -nostdin -loglevel error -f lavfi -i "testsrc=size=24x24:rate=25" -frames:v "$count" "$data/%05d.png"
 
     e="$work/$count/effectc"
     mkdir -p "$e/effects"

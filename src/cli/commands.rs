@@ -416,8 +416,9 @@ pub(super) fn materialize(
 }
 
 /// What `out/<effect>/` was last filled from: every stage's record and whether it ran
-/// (the report shows the times of what ran), and the size and mtime of every file written. When a build's records
-/// and the folder both still match, copying would rewrite the same bytes.
+/// (the report shows the times of what ran), and the size and mtime of every file in it.
+/// When a build's records and the folder both still match, copying would rewrite the
+/// same bytes.
 struct OutMarker {
     records: crate::digest::Digest,
 }
@@ -454,7 +455,6 @@ impl OutMarker {
     fn text(&self, dir: &std::path::Path) -> std::io::Result<String> {
         let mut lines = vec![self.records.hex()];
         let mut names: Vec<_> = walkdir::WalkDir::new(dir)
-            .sort_by_file_name()
             .into_iter()
             .filter_map(|e| e.ok())
             .filter(|e| e.file_type().is_file() && e.file_name() != OUT_MARKER)
