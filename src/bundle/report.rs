@@ -42,8 +42,8 @@ pub struct StageTime {
     pub count: usize,
     /// How many of them ran in this build (the rest came from the cache).
     pub ran: usize,
-    /// The summed run time of those that ran in this build.
-    pub ms: u64,
+    /// The summed run time of those that ran in this build, in microseconds.
+    pub us: u64,
 }
 
 /// An item a stage left out, and why (a face not found, a frame too dark...): read from
@@ -112,6 +112,16 @@ fn num(v: Option<f64>, digits: usize, unit: &str) -> String {
     match v {
         Some(v) if v.is_finite() => format!("{v:.digits$} {unit}").trim_end().to_string(),
         _ => "—".into(),
+    }
+}
+
+/// A run time: milliseconds under a second (a kind of per-item stage may take a few),
+/// seconds above.
+fn run_time(us: u64) -> String {
+    if us < 1_000_000 {
+        num(Some(us as f64 / 1e3), 1, "ms")
+    } else {
+        num(Some(us as f64 / 1e6), 2, "s")
     }
 }
 
@@ -186,7 +196,7 @@ pub fn render(r: &ReportInput) -> String {
         h.push_str("</table>\n");
     }
     if !r.stage_times.is_empty() {
-        let total: u64 = r.stage_times.iter().map(|t| t.ms).sum();
+        let total: u64 = r.stage_times.iter().map(|t| t.us).sum();
         h.push_str(
             "<h2>Time per stage</h2>\n<p>What each stage took in this build; stages \
              found in the cache took none.</p>\n\
@@ -205,14 +215,14 @@ pub fn render(r: &ReportInput) -> String {
                 if t.ran == 0 {
                     "—".to_string()
                 } else {
-                    num(Some(t.ms as f64 / 1000.0), 2, "s")
+                    run_time(t.us)
                 }
             );
         }
         let _ = writeln!(
             h,
             "<tr><th>total</th><td></td><td></td><td></td><td class=\"num\">{}</td></tr>\n</table>",
-            num(Some(total as f64 / 1000.0), 2, "s")
+            run_time(total)
         );
     }
     if let Some(m) = r.manifest {
@@ -642,12 +652,21 @@ mod tests {
                 caption: "source | teacher".into(),
                 png: vec![1, 2, 3, 4],
             }],
-            stage_times: vec![StageTime {
-                stage: "pairs (per item)".into(),
-                count: 6,
-                ran: 2,
-                ms: 1500,
-            }],
+            stage_times: vec![
+                StageTime {
+                    stage: "pairs (per item)".into(),
+                    count: 6,
+                    ran: 2,
+                    us: 1_500_000,
+                },
+                // 960 crops of 0.3 ms each: not "0.00 s".
+                StageTime {
+                    stage: "crop (per item)".into(),
+                    count: 960,
+                    ran: 960,
+                    us: 288_000,
+                },
+            ],
             dropped: vec![Dropped {
                 stage: "crop".into(),
                 item: "a.jpg".into(),
@@ -690,6 +709,8 @@ mod tests {
         assert!(html.contains("no face") && html.contains("id=\"dropped\""));
         assert!(html.contains("<td>pairs (per item)</td><td class=\"num\">6</td>"));
         assert!(html.contains("1.50 s"));
+        assert!(html.contains("288.0 ms"), "sub-second stage times in ms");
+        assert!(html.contains("1.79 s"), "the total");
         assert!(!html.contains("<script"));
         assert_eq!(html, render(&input));
         // Inside the tarball: no machine figures, links to golden/ as it is.

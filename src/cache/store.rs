@@ -710,6 +710,7 @@ mod tests {
             params: Default::default(),
             inputs: Default::default(),
             duration_ms: 0,
+            duration_us: 0,
             finished_at_unix: 0,
             log: String::new(),
         };

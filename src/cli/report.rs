@@ -72,8 +72,8 @@ pub fn write_out_report(dir: &Path, plan: &Plan, summary: &BuildSummary) -> std:
 pub fn stage_times(plan: &Plan, summary: &BuildSummary) -> Vec<StageTime> {
     let mut rows: Vec<StageTime> = Vec::new();
     for (i, node) in plan.nodes.iter().enumerate() {
-        let (ms, ran) = match &summary.outcomes[i] {
-            NodeOutcome::Ran(r) => (r.duration_ms, true),
+        let (us, ran) = match &summary.outcomes[i] {
+            NodeOutcome::Ran(r) => (r.run_time_us(), true),
             NodeOutcome::Cached(_) => (0, false),
             _ => continue,
         };
@@ -85,13 +85,13 @@ pub fn stage_times(plan: &Plan, summary: &BuildSummary) -> Vec<StageTime> {
             Some(row) => {
                 row.count += 1;
                 row.ran += ran as usize;
-                row.ms += ms;
+                row.us += us;
             }
             None => rows.push(StageTime {
                 stage: label,
                 count: 1,
                 ran: ran as usize,
-                ms,
+                us,
             }),
         }
     }

@@ -655,6 +655,7 @@ fn run_job(
         params: node.stage.params(),
         inputs: job.inputs,
         duration_ms: started.elapsed().as_millis() as u64,
+        duration_us: started.elapsed().as_micros() as u64,
         finished_at_unix: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
