@@ -57,17 +57,23 @@ fn header_of(descr: &str, shape: &[usize]) -> Vec<u8> {
     out
 }
 
-/// The bytes of a `.npy` file holding `data` with `shape`.
-pub fn encode_f32(shape: &[usize], data: &[f32]) -> Result<Vec<u8>, NpyError> {
+/// `len` values fill exactly `shape`.
+fn check_len(shape: &[usize], len: usize) -> Result<(), NpyError> {
     let expected: usize = shape.iter().product();
-    if expected != data.len() {
+    if expected != len {
         return Err(NpyError::Length {
             path: "<memory>".into(),
             shape: shape.to_vec(),
             expected,
-            got: data.len(),
+            got: len,
         });
     }
+    Ok(())
+}
+
+/// The bytes of a `.npy` file holding `data` with `shape`.
+pub fn encode_f32(shape: &[usize], data: &[f32]) -> Result<Vec<u8>, NpyError> {
+    check_len(shape, data.len())?;
     let mut out = header(shape);
     out.reserve(data.len() * 4);
     for v in data {
@@ -115,15 +121,7 @@ impl NpyData {
 
 /// The bytes of a `.npy` file of any supported dtype.
 pub fn encode(shape: &[usize], data: &NpyData) -> Result<Vec<u8>, NpyError> {
-    let expected: usize = shape.iter().product();
-    if expected != data.len() {
-        return Err(NpyError::Length {
-            path: "<memory>".into(),
-            shape: shape.to_vec(),
-            expected,
-            got: data.len(),
-        });
-    }
+    check_len(shape, data.len())?;
     Ok(match data {
         NpyData::F32(v) => encode_f32(shape, v)?,
         NpyData::U8(v) => {

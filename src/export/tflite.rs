@@ -143,7 +143,8 @@ impl Push for Align16 {
     }
 }
 
-fn aligned_bytes<'fb>(
+/// `data` as a byte vector that starts on a 16-byte boundary of the finished file.
+pub fn aligned_bytes<'fb>(
     fb: &mut FlatBufferBuilder<'fb>,
     data: &[u8],
 ) -> WIPOffset<flatbuffers::Vector<'fb, u8>> {

@@ -11,7 +11,7 @@
 //! only the tensors still in use. Operators the rewrite does not know the options of are
 //! refused with their name, rather than copied wrong.
 
-use flatbuffers::{FlatBufferBuilder, Push, PushAlignment, WIPOffset};
+use flatbuffers::{FlatBufferBuilder, WIPOffset};
 use tract_tflite::internal::f16;
 use tract_tflite::tflite::{
     self, ActivationFunctionType, BuiltinOperator, BuiltinOptions, Padding, TensorType,
@@ -636,19 +636,6 @@ fn transform(graph: &mut Graph) -> Result<RewriteStats, String> {
     Ok(stats)
 }
 
-/// Aligns constant buffers to 16 bytes (as TFLite's own writer does).
-struct Align16;
-impl Push for Align16 {
-    type Output = Align16;
-    unsafe fn push(&self, _dst: &mut [u8], _written_len: usize) {}
-    fn size() -> usize {
-        0
-    }
-    fn alignment() -> PushAlignment {
-        PushAlignment::new(16)
-    }
-}
-
 fn write(graph: &Graph) -> Result<Vec<u8>, String> {
     // Keep only the tensors still in use, renumbered in order.
     let mut used = vec![false; graph.tensors.len()];
@@ -694,12 +681,8 @@ fn write(graph: &Graph) -> Result<Vec<u8>, String> {
         }
         let buffer = match &t.data {
             Some(d) => {
-                fb.push(Align16);
-                let pad = (16 - d.len() % 16) % 16;
-                for _ in 0..pad {
-                    fb.push(0u8);
-                }
-                let data = fb.create_vector(d);
+                // Aligned as TFLite's own writer does.
+                let data = crate::export::tflite::aligned_bytes(&mut fb, d);
                 buffers.push(tflite::Buffer::create(
                     &mut fb,
                     &tflite::BufferArgs {
