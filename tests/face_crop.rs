@@ -6,8 +6,6 @@
 mod common;
 
 use common::{samples_dir, TestProject, TINY_DIFFUSION};
-use effectc::cache::Cache;
-use effectc::digest::Digest;
 use effectc::imaging::face_crop::CropLandmarks;
 use std::path::PathBuf;
 
@@ -24,17 +22,6 @@ fn open_png(path: PathBuf) -> image::RgbImage {
     image::load_from_memory(&std::fs::read(path).unwrap())
         .unwrap()
         .to_rgb8()
-}
-
-/// The file of output `output` of the stage `id`, as the build's event names it.
-fn output_of(p: &TestProject, run: &common::Run, id: &str, output: &str) -> PathBuf {
-    let key = Digest::parse(run.stage(id)["key"].as_str().unwrap()).unwrap();
-    let cache = Cache::open(&p.cache_dir()).unwrap();
-    let rec = cache
-        .get_record(&key)
-        .unwrap()
-        .expect("record of a finished stage");
-    cache.blob_path(&rec.outputs[output].digest)
 }
 
 const FACES: &str = r#"
@@ -83,13 +70,7 @@ fn the_face_crop_levels_the_astronaut_and_skips_the_coffee_cup_once() {
 
     // The astronaut: her eyes level, centred left to right, above the middle.
     let lm: CropLandmarks = serde_json::from_slice(
-        &std::fs::read(output_of(
-            &p,
-            &first,
-            "crop/photos/astronaut.png",
-            "landmarks",
-        ))
-        .unwrap(),
+        &std::fs::read(p.output_of(&first, "crop/photos/astronaut.png", "landmarks")).unwrap(),
     )
     .unwrap();
     assert_eq!(lm.size, 128);
@@ -117,7 +98,7 @@ fn the_face_crop_levels_the_astronaut_and_skips_the_coffee_cup_once() {
         right[1] > 20.0 && right[1] < 64.0,
         "eyes in the upper half: {right:?}"
     );
-    let crop = open_png(output_of(&p, &first, "crop/photos/astronaut.png", "image"));
+    let crop = open_png(p.output_of(&first, "crop/photos/astronaut.png", "image"));
     assert_eq!(crop.dimensions(), (128, 128));
 
     // Nothing runs twice, and the skip is still reported.
@@ -184,8 +165,7 @@ fn openpose_and_mediapipe_face_maps_are_drawn_from_the_crop_landmarks() {
         "softedge, openpose-full, mediapipe-face"
     );
     let map = |pre: &str| {
-        open_png(output_of(
-            &p,
+        open_png(p.output_of(
             &run,
             &format!("control:{pre}/photos/astronaut.png"),
             "control",
@@ -268,11 +248,11 @@ fn control_maps_contact_sheet() {
             rows.push(vec![photo, note]);
             continue;
         }
-        let mut row = vec![open_png(output_of(&p, &run, &crop_id, "image"))];
+        let mut row = vec![open_png(p.output_of(&run, &crop_id, "image"))];
         for pre in ["softedge", "openpose-full", "mediapipe-face"] {
             let id = format!("control:{pre}/{item}");
             println!("{id}: {} ms", run.stage(&id)["duration_ms"]);
-            row.push(open_png(output_of(&p, &run, &id, "control")));
+            row.push(open_png(p.output_of(&run, &id, "control")));
         }
         rows.push(row);
     }

@@ -8,8 +8,6 @@
 mod common;
 
 use common::{samples_dir, TestProject};
-use effectc::cache::Cache;
-use effectc::digest::Digest;
 use std::process::Command;
 use std::time::Instant;
 
@@ -79,13 +77,7 @@ fn tiny_lego_project() -> TestProject {
 
 /// The image of output `output` of the stage `id`, as the build's event names it.
 fn image_of(p: &TestProject, run: &common::Run, id: &str, output: &str) -> image::RgbImage {
-    let key = Digest::parse(run.stage(id)["key"].as_str().unwrap()).unwrap();
-    let cache = Cache::open(&p.cache_dir()).unwrap();
-    let rec = cache
-        .get_record(&key)
-        .unwrap()
-        .expect("record of a finished stage");
-    let path = cache.blob_path(&rec.outputs[output].digest);
+    let path = p.output_of(run, id, output);
     image::load_from_memory(&std::fs::read(path).unwrap())
         .unwrap()
         .to_rgb8()

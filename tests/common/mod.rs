@@ -126,6 +126,18 @@ impl TestProject {
     pub fn cache_dir(&self) -> PathBuf {
         self.root().join("cache")
     }
+
+    /// The cached file of output `output` of stage `id`, found through the key the
+    /// build's `stage-finished` event names.
+    pub fn output_of(&self, run: &Run, id: &str, output: &str) -> PathBuf {
+        let key = effectc::digest::Digest::parse(run.stage(id)["key"].as_str().unwrap()).unwrap();
+        let cache = effectc::cache::Cache::open(&self.cache_dir()).unwrap();
+        let rec = cache
+            .get_record(&key)
+            .unwrap()
+            .expect("record of a finished stage");
+        cache.blob_path(&rec.outputs[output].digest)
+    }
 }
 
 /// A small model-free recipe: synthetic sources and the procedural brick teacher.
