@@ -65,7 +65,7 @@ pub fn dry_run(
                 continue;
             }
         };
-        let params = node.stage.params();
+        let params = plan.params(i);
         let key = plan.key_of(i, &inputs);
         let hit = match snapshot.entries.get(node.id.as_str()) {
             Some(e) if e.key == key && e.outputs.iter().all(|(_, o)| cache.has_blob(&o.digest)) => {
@@ -82,7 +82,7 @@ pub fn dry_run(
                 let reasons = match snapshot.entries.get(node.id.as_str()) {
                     None => vec!["never built".to_string()],
                     Some(old) => match cache.read_record_raw(&old.key) {
-                        Some(old) => diff_reasons(&old, key, &params, &inputs),
+                        Some(old) => diff_reasons(&old, key, params, &inputs),
                         None if old.key == key => vec!["outputs missing from the cache (damaged or collected)".to_string()],
                         None => vec!["changed since the last build (its record was collected, so the change cannot be named)".to_string()],
                     },

@@ -652,7 +652,7 @@ fn run_job(
         effect: plan.effect.clone(),
         outputs,
         metrics: output.metrics,
-        params: node.stage.params(),
+        params: plan.params(job.node).clone(),
         inputs: job.inputs,
         duration_ms: started.elapsed().as_millis() as u64,
         duration_us: started.elapsed().as_micros() as u64,

@@ -286,6 +286,11 @@ impl Plan {
         self.resolve_inputs(i, record_of, None).map(|r| r.digests)
     }
 
+    /// Node `i`'s params (worked out once per stage object).
+    pub fn params(&self, i: usize) -> &Params {
+        &self.params[i]
+    }
+
     /// The key of node `i` given its inputs' digests.
     pub fn key_of(&self, i: usize, inputs: &std::collections::BTreeMap<String, Digest>) -> Digest {
         let stage = &self.nodes[i].stage;
