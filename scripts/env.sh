@@ -1,5 +1,5 @@
 # Environment for building effectc against the PyPI libtorch. Source it before running
-# cargo by hand:  . scripts/env.sh && cargo test
+# cargo by hand:  . scripts/env.sh && cargo test --release
 export EFFECTC_TORCH_VERSION=2.11.0
 export EFFECTC_TORCH_VENV="${EFFECTC_TORCH_VENV:-$HOME/.cache/effectc/torch-$EFFECTC_TORCH_VERSION}"
 export LIBTORCH_USE_PYTORCH=1
