@@ -6,16 +6,18 @@
 //!   fed and read exactly as the shipped QUANTIZE / DEQUANTIZE edges would (see
 //!   verify::tract_run). Core ML: the package decoded back, lowered to ONNX in the
 //!   precision the device computes in, with the pixel maps written in the model, as
-//!   `verify` checks it (Core ML itself does not run on Linux).
+//!   `verify` checks it (Core ML itself does not run on Linux). Its fp16 compute is
+//!   emulated in f32 with every stored value rounded to fp16 (`verify::fp16`): about
+//!   the fp32 model's speed; `Fp16Eval::Exact` runs tract's fp16 kernels instead.
 //! - Sizes: the student is fully convolutional, so it runs at any size that is a
 //!   multiple of its built size's down-sampling grid. The shipped files declare the
 //!   built size; for another size the TFLite file's activation shapes (and the sizes
 //!   its RESHAPEs and resizes name) are scaled, the ONNX and Core ML inputs re-declared. Weights and
 //!   quantization are untouched.
 
-use crate::export::coreml::{read_mlpackage, PixelRange, WeightPrecision};
-use crate::export::onnx::{self, OnnxPrecision};
+use crate::export::coreml::{read_mlpackage, PixelRange};
 use crate::export::tflite::{self, BuiltinOperator, OptionsDesc};
+use crate::verify::coreml::{CoremlModel, Fp16Eval};
 use crate::verify::TractModel;
 use image::RgbImage;
 use std::path::{Path, PathBuf};
@@ -42,8 +44,14 @@ impl Shipped {
     }
 }
 
+/// What runs the net: tract on the file, or the decoded Core ML model.
+enum Runner {
+    Tract(TractModel),
+    Coreml(CoremlModel),
+}
+
 pub struct PreviewModel {
-    model: TractModel,
+    model: Runner,
     size: usize,
     /// net input = pixel * scale + bias.
     input_map: PixelRange,
@@ -56,8 +64,18 @@ fn err(path: &Path) -> impl Fn(&dyn std::fmt::Display) -> String + '_ {
 }
 
 impl PreviewModel {
-    /// Loads `shipped` to run on `size`×`size` RGB frames.
+    /// Loads `shipped` to run on `size`×`size` RGB frames (Core ML's fp16 emulated:
+    /// `verify::fp16`).
     pub fn load(shipped: &Shipped, size: usize) -> Result<PreviewModel, String> {
+        Self::load_with(shipped, size, Fp16Eval::default())
+    }
+
+    /// `load`, with the way Core ML's fp16 compute is evaluated.
+    pub fn load_with(
+        shipped: &Shipped,
+        size: usize,
+        fp16: Fp16Eval,
+    ) -> Result<PreviewModel, String> {
         let shape = [1, 3, size, size];
         let net = PixelRange::default();
         let out_map = PixelRange {
@@ -68,30 +86,25 @@ impl PreviewModel {
             Shipped::Onnx(p) => {
                 let bytes = std::fs::read(p).map_err(|e| err(p)(&e))?;
                 let m = TractModel::onnx(&bytes, shape).map_err(|e| err(p)(&e))?;
-                (m, net, out_map)
+                (Runner::Tract(m), net, out_map)
             }
             Shipped::Tflite { shipped, core } => {
                 let p = core.as_ref().unwrap_or(shipped);
                 let bytes = std::fs::read(p).map_err(|e| err(p)(&e))?;
                 let bytes = tflite_at_size(&bytes, size).map_err(|e| err(p)(&e))?;
                 let m = TractModel::tflite(&bytes, shape).map_err(|e| err(p)(&e))?;
-                (m, net, out_map)
+                (Runner::Tract(m), net, out_map)
             }
             Shipped::MlPackage(dir) => {
                 let decoded = read_mlpackage(dir).map_err(|e| err(dir)(&e))?;
-                let mut graph = decoded.graph;
-                graph.input_shape = [1, graph.input_shape[1], size, size];
-                let precision = match decoded.weight_precision {
-                    WeightPrecision::Fp32 => OnnxPrecision::Fp32,
-                    WeightPrecision::Fp16 | WeightPrecision::Int8 => OnnxPrecision::Fp16,
-                };
-                let bytes = onnx::write(&graph, precision).map_err(|e| err(dir)(&e))?;
-                let m = TractModel::onnx(&bytes, graph.input_shape).map_err(|e| err(dir)(&e))?;
-                (
-                    m,
+                let (input_map, output_map) = (
                     decoded.input_pixel_map.unwrap_or(net),
                     decoded.output_pixel_map.unwrap_or(out_map),
-                )
+                );
+                let shape = [1, decoded.graph.input_shape[1], size, size];
+                let m = CoremlModel::load_with_range_check(decoded, shape, fp16, false)
+                    .map_err(|e| err(dir)(&e))?;
+                (Runner::Coreml(m), input_map, output_map)
             }
         };
         let m = PreviewModel {
@@ -137,7 +150,13 @@ impl PreviewModel {
             }
         }
         let t0 = std::time::Instant::now();
-        let (out, shape) = self.model.run(&input).map_err(|e| e.to_string())?;
+        let (out, shape) = match &self.model {
+            Runner::Tract(m) => m.run(&input).map_err(|e| e.to_string())?,
+            Runner::Coreml(m) => m
+                .run_net(&input)
+                .map(|(y, shape, _)| (y, shape))
+                .map_err(|e| e.to_string())?,
+        };
         let seconds = t0.elapsed().as_secs_f64();
         let [_, c, h, w] = shape;
         if c < 3 || h != s || w != s {
@@ -155,6 +174,85 @@ impl PreviewModel {
         });
         Ok((img, seconds))
     }
+}
+
+/// The model's down-sampling grid: the sizes it runs at are the multiples of this.
+/// Read from the shipped file's feature-map sizes at its built size: a `d`-pixel map
+/// of a net built at `B` becomes `d * size / B` pixels, so `size` must be a multiple
+/// of `B / gcd(B, d)` for every map.
+pub fn grid_of(shipped: &Shipped) -> Result<usize, String> {
+    let (built, dims): (usize, Vec<usize>) = match shipped {
+        Shipped::Onnx(p) => {
+            use tract_onnx::prelude::*;
+            let bytes = std::fs::read(p).map_err(|e| err(p)(&e))?;
+            let model = tract_onnx::onnx()
+                .model_for_read(&mut &bytes[..])
+                .and_then(|m| m.into_typed())
+                .map_err(|e| err(p)(&format!("{e:#}")))?;
+            let shape_of = |f: &TypedFact| f.shape.as_concrete().map(|s| s.to_vec());
+            let input = model
+                .input_fact(0)
+                .ok()
+                .and_then(shape_of)
+                .filter(|s| s.len() == 4)
+                .ok_or_else(|| format!("{}: the input is not NCHW", p.display()))?;
+            let dims = model
+                .nodes()
+                .iter()
+                .flat_map(|n| n.outputs.iter())
+                .filter_map(|o| shape_of(&o.fact))
+                .filter(|s| s.len() == 4)
+                .flat_map(|s| [s[2], s[3]])
+                .collect();
+            (input[2], dims)
+        }
+        Shipped::Tflite { shipped, core } => {
+            let p = core.as_ref().unwrap_or(shipped);
+            let bytes = std::fs::read(p).map_err(|e| err(p)(&e))?;
+            let desc = tflite::parse(&bytes).map_err(|e| err(p)(&e))?;
+            let input = *desc.inputs.first().ok_or("the model has no input")?;
+            let built = desc.tensors[input as usize].shape.get(1).copied().unwrap_or(0) as usize;
+            // NHWC activations (no buffer); inside a depth-to-space the split shapes
+            // carry the height first, so only the height is read (the student is square).
+            let dims = desc
+                .tensors
+                .iter()
+                .filter(|t| t.buffer == 0 && t.shape.len() == 4)
+                .map(|t| t.shape[1] as usize)
+                .collect();
+            (built, dims)
+        }
+        Shipped::MlPackage(dir) => {
+            let decoded = read_mlpackage(dir).map_err(|e| err(dir)(&e))?;
+            let shapes = decoded.graph.shapes().map_err(|e| err(dir)(&e))?;
+            let dims = shapes.values().flat_map(|s| [s[2], s[3]]).collect();
+            (decoded.graph.input_shape[2], dims)
+        }
+    };
+    if built == 0 {
+        return Err(format!("{}: the input has no size", shipped.path().display()));
+    }
+    Ok(dims
+        .into_iter()
+        .filter(|d| *d > 0)
+        .fold(1, |g, d| lcm(g, built / gcd(built, d))))
+}
+
+/// The refusal of a size off the grid (the same words for every target).
+pub fn off_grid(size: usize, grid: usize) -> String {
+    let below = size / grid * grid;
+    let near = if below == 0 {
+        grid.to_string()
+    } else {
+        format!("{below} or {}", below + grid)
+    };
+    format!(
+        "--size {size} is not on the model's grid: it samples down {grid}x, so pick a multiple of {grid} (e.g. {near})"
+    )
+}
+
+fn lcm(a: usize, b: usize) -> usize {
+    a / gcd(a, b) * b
 }
 
 /// The TFLite model declared for `size`×`size` inputs: every activation tensor's

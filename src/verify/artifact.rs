@@ -13,7 +13,8 @@ use crate::export::tflite::core_of_shipped;
 use crate::ir::Graph;
 
 use super::compare::{compare, Thresholds};
-use super::coreml::{run_mlmodel, run_mlpackage, CoremlVerifyError};
+use super::coreml::{CoremlModel, CoremlVerifyError, Fp16Eval};
+use crate::export::coreml::{read_mlmodel, read_mlpackage};
 use super::tract_run::{Latency, RunError, TractModel};
 
 #[derive(Debug, thiserror::Error)]
@@ -163,12 +164,16 @@ pub fn verify_artifact(
         }
         Artifact::MlPackage { .. } | Artifact::MlModel { .. } => {
             let mut lowered = None;
+            // Decoded and loaded once, run on every frame.
+            let (decoded, contract) = match artifact {
+                Artifact::MlPackage { dir, contract } => (read_mlpackage(dir).map_err(CoremlVerifyError::from)?, contract),
+                Artifact::MlModel { bytes, contract } => (read_mlmodel(bytes).map_err(CoremlVerifyError::from)?, contract),
+                _ => unreachable!("CoreML arm"),
+            };
+            let shape = decoded.graph.input_shape;
+            let model = CoremlModel::load(decoded, shape, Fp16Eval::default())?;
             for input in inputs {
-                let run = match artifact {
-                    Artifact::MlPackage { dir, contract } => run_mlpackage(dir, input, contract)?,
-                    Artifact::MlModel { bytes, contract } => run_mlmodel(bytes, input, contract)?,
-                    _ => unreachable!("CoreML arm"),
-                };
+                let run = model.run(input, contract)?;
                 // Decoding checks are the same for every frame; the fp16 range check
                 // is per frame: keep every failure, and the first frame's passes.
                 for c in &run.checks {

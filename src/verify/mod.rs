@@ -3,6 +3,7 @@
 pub mod artifact;
 pub mod compare;
 pub mod coreml;
+pub mod fp16;
 #[cfg(test)]
 mod export_tests;
 pub mod io;

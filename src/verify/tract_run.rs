@@ -226,12 +226,26 @@ impl TractModel {
     /// Runs one NCHW float input; returns the NCHW float output (dequantized, for an
     /// int8 core: the DEQUANTIZE op of the shipped file, done here).
     pub fn run(&self, input_nchw: &[f32]) -> Result<(Vec<f32>, [usize; 4]), RunError> {
+        self.run_with_extras(input_nchw).map(|(y, shape, _)| (y, shape))
+    }
+
+    /// Like `run`, and also the model's further outputs, each read as one f32 scalar
+    /// (the fast fp16 path's per-value peaks).
+    pub fn run_with_extras(
+        &self,
+        input_nchw: &[f32],
+    ) -> Result<(Vec<f32>, [usize; 4], Vec<f32>), RunError> {
         let input = self.make_input(input_nchw)?;
         let run_err = |e: TractError| RunError::Run {
             artifact: self.artifact.clone(),
             message: format!("{e:#}"),
         };
         let outputs = self.plan.run(tvec!(input.into_tvalue())).map_err(run_err)?;
+        let extras = outputs[1..]
+            .iter()
+            .map(|t| t.cast_to_scalar::<f32>())
+            .collect::<TractResult<Vec<f32>>>()
+            .map_err(run_err)?;
         let out = outputs[0].clone().into_tensor();
         let dt = out.datum_type();
         let shape = out.shape().to_vec();
@@ -263,12 +277,13 @@ impl TractModel {
             });
         }
         Ok(match self.layout {
-            Layout::Nchw => (values, [shape[0], shape[1], shape[2], shape[3]]),
+            Layout::Nchw => (values, [shape[0], shape[1], shape[2], shape[3]], extras),
             Layout::Nhwc => {
                 let nhwc = [shape[0], shape[1], shape[2], shape[3]];
                 (
                     nhwc_to_nchw(&values, nhwc),
                     [shape[0], shape[3], shape[1], shape[2]],
+                    extras,
                 )
             }
         })

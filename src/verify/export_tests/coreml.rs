@@ -194,3 +194,105 @@ fn corrupt_weight_blob_is_refused() {
     let e = read_mlpackage(&pkg).unwrap_err().to_string();
     assert!(e.contains("sentinel"), "{e}");
 }
+
+/// Largest |a - b|.
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()))
+}
+
+/// The fast fp16 evaluation (f32 compute, every stored value rounded to fp16) against
+/// tract's true fp16 kernels on the same decoded package. Stated tolerance: max-abs
+/// 1/128 of the output range [-1, 1] (under one 8-bit pixel step, 2/255) and PSNR
+/// 50 dB, on a real-sized net's depth with image I/O and int8 weights too.
+#[test]
+fn fast_fp16_is_within_tolerance_of_the_exact_fp16_path() {
+    use crate::verify::coreml::{CoremlModel, Fp16Eval};
+    use crate::verify::fp16::to_f16;
+    let g = student_like(8, 32, 31);
+    let dir = tempfile::tempdir().unwrap();
+    for (k, opts) in [
+        CoremlOptions::default(),
+        CoremlOptions {
+            image_input: true,
+            image_output: true,
+            weights: WeightPrecision::Int8,
+            ..Default::default()
+        },
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let pkg = dir.path().join(format!("s{k}.mlpackage"));
+        write_mlpackage(&g, &pkg, &opts).unwrap();
+        let decoded = read_mlpackage(&pkg).unwrap();
+        let shape = decoded.graph.input_shape;
+        let fast = CoremlModel::load(decoded.clone(), shape, Fp16Eval::Emulated).unwrap();
+        let exact = CoremlModel::load(decoded, shape, Fp16Eval::Exact).unwrap();
+        for seed in 0..3 {
+            let input = pixel_input(shape, 40 + seed);
+            let (f, e) = (
+                fast.run(&input, PixelRange::default()).unwrap(),
+                exact.run(&input, PixelRange::default()).unwrap(),
+            );
+            assert!(f.structurally_sound(), "{:#?}", f.checks);
+            let diff = max_abs_diff(&f.output_nchw, &e.output_nchw);
+            let c = compare(
+                &f.output_nchw,
+                &e.output_nchw,
+                f.output_shape,
+                2.0,
+                &Thresholds::fp16(),
+            );
+            eprintln!(
+                "fast vs exact fp16 ({:?} weights): max-abs {diff:.5}, {:.1} dB",
+                opts.weights, c.psnr_db
+            );
+            assert!(diff <= 1.0 / 128.0, "max-abs {diff}");
+            assert!(c.psnr_db >= 50.0, "{c:?}");
+            // The net's own output is stored in fp16: every value is an fp16 value, and
+            // the rounding did happen (the fp32 graph gives other values).
+            let net_in = if opts.image_input {
+                let map = fast.input_pixel_map().unwrap();
+                input
+                    .iter()
+                    .map(|x| ((x + 1.0) * 127.5).round() * map.scale + map.bias)
+                    .collect()
+            } else {
+                input.clone()
+            };
+            let (raw, _, peak) = fast.run_net(&net_in).unwrap();
+            assert!(raw.iter().all(|v| *v == to_f16(*v)));
+            let fp32 = reference(&fast.decoded.graph, &net_in);
+            assert!(raw.iter().zip(&fp32).any(|(a, b)| a != b));
+            // The range check sees the same peak as the exact path's f32 interpreter,
+            // up to fp16 rounding on the way.
+            let (_, _, exact_peak) = exact.run_net(&net_in).unwrap();
+            // (Values that share the peak, a ReLU of a positive peak, may name either.)
+            let ((wf, pf), (we, pe)) = (peak.unwrap(), exact_peak.unwrap());
+            assert!((pf - pe).abs() <= 0.01 * pe, "peak {pf} at {wf} vs {pe} at {we}");
+        }
+    }
+}
+
+/// Activations beyond fp16's range fail the range check on the fast path too.
+#[test]
+fn fast_fp16_still_catches_activations_beyond_the_fp16_range() {
+    let mut g = student_like(4, 32, 32);
+    if let crate::ir::Op::Conv2d { weight, .. } = &mut g.nodes[0].op {
+        // Largest weight 30000: still a finite fp16 weight, activations far beyond.
+        let top = weight.iter().fold(0f32, |m, w| m.max(w.abs()));
+        weight.iter_mut().for_each(|w| *w *= 3e4 / top);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let pkg = dir.path().join("big.mlpackage");
+    write_mlpackage(&g, &pkg, &CoremlOptions::default()).unwrap();
+    let run = run_mlpackage(&pkg, &image_like(g.input_shape, 3), PixelRange::default()).unwrap();
+    let range = run
+        .checks
+        .iter()
+        .find(|c| c.name == "fp16 activation range")
+        .unwrap();
+    assert!(!range.passed, "{range:?}");
+    assert!(range.detail.contains("fp16 max"), "{range:?}");
+}
