@@ -200,6 +200,8 @@ pub fn grid_of(shipped: &Shipped) -> Result<usize, String> {
                 .nodes()
                 .iter()
                 .flat_map(|n| n.outputs.iter())
+                // Activations only (weights are constants).
+                .filter(|o| o.fact.konst.is_none())
                 .filter_map(|o| shape_of(&o.fact))
                 .filter(|s| s.len() == 4)
                 .flat_map(|s| [s[2], s[3]])
@@ -212,13 +214,25 @@ pub fn grid_of(shipped: &Shipped) -> Result<usize, String> {
             let desc = tflite::parse(&bytes).map_err(|e| err(p)(&e))?;
             let input = *desc.inputs.first().ok_or("the model has no input")?;
             let built = desc.tensors[input as usize].shape.get(1).copied().unwrap_or(0) as usize;
-            // NHWC activations (no buffer); inside a depth-to-space the split shapes
-            // carry the height first, so only the height is read (the student is square).
+            // NHWC activations (no buffer), less those whose size is not a feature map's:
+            // a PAD's output (map + pads) and the split shapes inside a depth-to-space
+            // (around its TRANSPOSE), as `tflite_at_size` reads them.
+            let skip = |i: i32| {
+                desc.ops.iter().any(|o| {
+                    let around = matches!(
+                        o.code,
+                        BuiltinOperator::PAD | BuiltinOperator::TRANSPOSE
+                    ) && o.outputs.contains(&i);
+                    around
+                        || (o.code == BuiltinOperator::TRANSPOSE && o.inputs.first() == Some(&i))
+                })
+            };
             let dims = desc
                 .tensors
                 .iter()
-                .filter(|t| t.buffer == 0 && t.shape.len() == 4)
-                .map(|t| t.shape[1] as usize)
+                .enumerate()
+                .filter(|(i, t)| t.buffer == 0 && t.shape.len() == 4 && !skip(*i as i32))
+                .flat_map(|(_, t)| [t.shape[1] as usize, t.shape[2] as usize])
                 .collect();
             (built, dims)
         }

@@ -71,15 +71,23 @@ fn preview_shows_photos_folders_and_video_through_each_target() {
     );
     p.build("small");
 
-    // A photo, through the default (first) target: android-nnapi, int8.
+    // A photo, through the default target: the first one with a fast preview
+    // (ios-coreml; the first, android-nnapi, is int8, named for `--target`).
     let astronaut = sample_path("astronaut.png");
     let r = p.run(&["preview", "small", astronaut.to_str().unwrap()]);
     assert_eq!(r.code(), 0, "{}\n{}", r.stderr(), r.stdout());
     assert!(
-        r.stdout().contains("through android-nnapi") && r.stdout().contains("frames/s"),
+        r.stdout().contains("through ios-coreml") && r.stdout().contains("frames/s"),
         "{}",
         r.stdout()
     );
+    assert!(
+        r.stderr().contains("--target android-nnapi"),
+        "{}",
+        r.stderr()
+    );
+    // Progress: one photo of one.
+    assert!(r.stderr().contains("photos: frame 1/1"), "{}", r.stderr());
     let dir = p.root().join("out/small/preview");
     assert_eq!(png_size(&dir.join("astronaut.png")), (64, 32));
     let page = std::fs::read_to_string(dir.join("index.html")).unwrap();
@@ -158,6 +166,21 @@ fn preview_shows_photos_folders_and_video_through_each_target() {
         let (w, h, frames, audio) = probe(&dir.join("clip.mp4"));
         assert_eq!((w, h), (128, 64), "{target}");
         assert!(frames >= 9, "{target}: {frames} frames");
+        // Progress on stderr: the clip's first and last frame of its count.
+        let stderr = r.stderr();
+        let counts: Vec<(usize, usize)> = stderr
+            .lines()
+            .filter_map(|l| l.strip_prefix("clip.mp4: frame "))
+            .filter_map(|l| {
+                let (i, n) = l.split_once(' ')?.0.split_once('/')?;
+                Some((i.parse().ok()?, n.parse().ok()?))
+            })
+            .collect();
+        assert_eq!(counts.first().map(|c| c.0), Some(1), "{target}: {stderr}");
+        assert!(
+            counts.last().is_some_and(|(i, n)| i == n && *n >= 9),
+            "{target}: {stderr}"
+        );
         assert!(audio, "{target}: the audio is kept");
         let page = std::fs::read_to_string(dir.join("index.html")).unwrap();
         for needle in [
@@ -192,6 +215,110 @@ fn preview_shows_photos_folders_and_video_through_each_target() {
     ]);
     assert_eq!(r.code(), 2, "{}", r.stderr());
     assert!(r.stderr().contains("multiple of"), "{}", r.stderr());
+    // Through every target, up front, in the same words: this net samples down 8x.
+    let page = std::fs::read_to_string(dir.join("index.html")).unwrap();
+    for target in ["ios-coreml", "onnx", "android-nnapi"] {
+        let r = p.run(&[
+            "preview",
+            "small",
+            "--target",
+            target,
+            "--size",
+            "100",
+            astronaut.to_str().unwrap(),
+        ]);
+        assert_eq!(r.code(), 2, "{target}: {}", r.stderr());
+        assert!(
+            r.stderr()
+                .contains("--size 100 is not on the model's grid: it samples down 8x, so pick a multiple of 8 (e.g. 96 or 104)"),
+            "{target}: {}",
+            r.stderr()
+        );
+    }
+    assert_eq!(std::fs::read_to_string(dir.join("index.html")).unwrap(), page);
+
+    // Ctrl-C in a long clip: exit 130, the last preview left exactly as it was, no
+    // partial file and no staging folder.
+    let long = p.root().join("long.mp4");
+    let made = Command::new("ffmpeg")
+        .args([
+            "-v",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc=size=128x128:rate=30",
+            "-t",
+            "30",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-pix_fmt",
+            "yuv420p",
+        ])
+        .arg(&long)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let before: Vec<_> = list(&dir);
+    let mut child = p
+        .command(&[
+            "preview",
+            "small",
+            "--target",
+            "onnx",
+            "--size",
+            "128",
+            long.to_str().unwrap(),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    // Wait for the first frame's progress line, then interrupt.
+    loop {
+        let mut line = String::new();
+        let n = std::io::BufRead::read_line(&mut stderr, &mut line).unwrap();
+        assert!(n > 0, "the preview ended before its first frame: {seen}");
+        seen.push_str(&line);
+        if line.contains("long.mp4: frame 1/900") {
+            break;
+        }
+    }
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    std::io::Read::read_to_string(&mut stderr, &mut seen).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{seen}");
+    assert!(seen.contains("interrupted"), "{seen}");
+    assert!(!seen.contains("frame 900/900"), "it finished before the signal: {seen}");
+    assert_eq!(list(&dir), before);
+    assert_eq!(std::fs::read_to_string(dir.join("index.html")).unwrap(), page);
+    let leftovers: Vec<_> = std::fs::read_dir(p.root().join("out/small"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".preview-") || n.starts_with(".tmp-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+/// (name, bytes) of every file in `dir`, sorted.
+fn list(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read(e.path()).unwrap(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
 }
 
 /// The shipped TFLite file declared for another size is exactly what the writer gives

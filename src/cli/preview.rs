@@ -4,14 +4,18 @@
 //! page showing them into `out/EFFECT/preview/`, and prints the frames per second tract
 //! reached (one thread, model time only).
 
-use super::commands::{Env, EXIT_BUILD_FAILED, EXIT_INFRA, EXIT_OK, EXIT_USER};
+use super::commands::{
+    Env, EXIT_BUILD_FAILED, EXIT_INFRA, EXIT_INTERRUPTED, EXIT_OK, EXIT_USER,
+};
 use crate::imaging::crop::center_crop_resize;
-use crate::preview::{side_by_side, PreviewModel, Shipped};
+use crate::preview::{grid_of, off_grid, side_by_side, PreviewModel, Shipped};
 use crate::recipe::{Loader, Precision, TargetFormat};
 use image::RgbImage;
 use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 pub struct PreviewArgs {
     pub effect: String,
@@ -60,6 +64,11 @@ impl Clock {
     }
 }
 
+/// An int8 TFLite target: previewed through tract's slow quantized path.
+fn slow_preview(t: &crate::recipe::TargetSpec) -> bool {
+    t.profile.format == TargetFormat::Tflite && t.precision == Precision::Int8
+}
+
 pub fn run(env: &Env, args: PreviewArgs) -> Result<i32, i32> {
     let loader = Loader::new(&env.project);
     let recipe = loader.load(&args.effect).map_err(|d| {
@@ -90,7 +99,23 @@ pub fn run(env: &Env, args: PreviewArgs) -> Result<i32, i32> {
                 );
                 EXIT_USER
             })?,
-        None => recipe.targets.first().ok_or_else(|| {
+        // The first target whose preview runs at about the fp32 model's speed: an int8
+        // TFLite runs through tract's quantized kernels, 20x+ slower (named on stderr,
+        // for `--target`).
+        None => recipe
+            .targets
+            .iter()
+            .find(|t| !slow_preview(t))
+            .inspect(|t| {
+                if let Some(slow) = recipe.targets.first().filter(|f| slow_preview(f)) {
+                    eprintln!(
+                        "previewing {} (fast); `--target {}` shows the int8 look, about 20x slower",
+                        t.name.value, slow.name.value
+                    );
+                }
+            })
+            .or(recipe.targets.first())
+            .ok_or_else(|| {
             eprintln!(
                 "error: effect `{}` has no target to preview: add one (`target \"onnx\" quantize=\"fp32\"`) and `effectc build {}`",
                 recipe.name, recipe.name
@@ -128,8 +153,17 @@ pub fn run(env: &Env, args: PreviewArgs) -> Result<i32, i32> {
         return Err(EXIT_BUILD_FAILED);
     }
     let size = args.size.unwrap_or(recipe.sources.crop.size_px) as usize;
-    if size == 0 || size % 2 != 0 {
-        eprintln!("error: --size {size}: give an even number of pixels");
+    if size == 0 {
+        eprintln!("error: --size 0: give a number of pixels");
+        return Err(EXIT_USER);
+    }
+    // Refused up front, with the multiple, rather than deep inside tract or a reader.
+    let grid = grid_of(&shipped).map_err(|e| {
+        eprintln!("error: cannot read the {} model: {e}", target.name.value);
+        EXIT_USER
+    })?;
+    if size % grid != 0 {
+        eprintln!("error: {}", off_grid(size, grid));
         return Err(EXIT_USER);
     }
     let model = PreviewModel::load(&shipped, size).map_err(|e| {
@@ -144,11 +178,26 @@ pub fn run(env: &Env, args: PreviewArgs) -> Result<i32, i32> {
         return Err(EXIT_USER);
     }
 
+    // Everything is written into a staging folder beside `preview/` and moved in only
+    // once the page is ready: an error or Ctrl-C leaves the last preview as it was.
     let dir = out_dir.join("preview");
-    if dir.is_dir() {
-        std::fs::remove_dir_all(&dir).map_err(|e| infra(&dir, e))?;
+    remove_stale_staging(&out_dir);
+    let staging = tempfile::Builder::new()
+        .prefix(STAGING_PREFIX)
+        .tempdir_in(&out_dir)
+        .map_err(|e| infra(&out_dir, e))?;
+    let cancel = Arc::new(AtomicBool::new(false));
+    {
+        let cancel = cancel.clone();
+        // First Ctrl-C: stop after this frame and clean up; a second one quits at once
+        // (what it leaves is a hidden staging folder, removed by the next preview).
+        let _ = ctrlc::set_handler(move || {
+            if cancel.swap(true, Ordering::SeqCst) {
+                std::process::exit(EXIT_INTERRUPTED);
+            }
+            eprintln!("\ninterrupted: stopping after this frame (Ctrl-C again to quit now)");
+        });
     }
-    std::fs::create_dir_all(&dir).map_err(|e| infra(&dir, e))?;
     let mut files = Vec::new();
     let mut skipped: Vec<(PathBuf, String)> = Vec::new();
     for input in &args.inputs {
@@ -174,6 +223,11 @@ pub fn run(env: &Env, args: PreviewArgs) -> Result<i32, i32> {
             skipped.push((input.clone(), "does not exist".into()));
         }
     }
+    let photos = files
+        .iter()
+        .filter(|f| !VIDEO_EXT.contains(&ext_of(f).as_str()))
+        .count();
+    let mut progress = Progress::new(cancel.clone(), photos);
     let mut shown = Vec::new();
     let mut clock = Clock::default();
     let mut names = std::collections::BTreeSet::new();
@@ -181,18 +235,26 @@ pub fn run(env: &Env, args: PreviewArgs) -> Result<i32, i32> {
         let base = unique_name(&mut names, file);
         let result = if VIDEO_EXT.contains(&ext_of(file).as_str()) {
             let out = format!("{base}.mp4");
-            preview_video(&model, file, &dir.join(&out), &mut clock).map(|frames| Shown::Video {
+            preview_video(&model, file, &staging.path().join(&out), &mut clock, &mut progress)
+                .map(|frames| Shown::Video {
                 file: out,
                 source: file.clone(),
                 frames,
             })
         } else {
             let out = format!("{base}.png");
-            preview_image(&model, file, &dir.join(&out), &mut clock).map(|()| Shown::Image {
-                file: out,
-                source: file.clone(),
-            })
+            let r = preview_image(&model, file, &staging.path().join(&out), &mut clock)
+                .map(|()| Shown::Image {
+                    file: out,
+                    source: file.clone(),
+                });
+            progress.photo(clock.fps());
+            r
         };
+        if progress.cancelled() {
+            eprintln!("interrupted: {} left as it was", dir.display());
+            return Err(EXIT_INTERRUPTED);
+        }
         match result {
             Ok(s) => shown.push(s),
             Err(why) => {
@@ -214,7 +276,7 @@ pub fn run(env: &Env, args: PreviewArgs) -> Result<i32, i32> {
         &shown,
         &skipped,
     );
-    crate::atomic::write(&page, html.as_bytes()).map_err(|e| infra(&page, e))?;
+    publish(staging.path(), &dir, &shown, html.as_bytes())?;
     let fps = clock.fps();
     if env.json {
         println!(
@@ -239,6 +301,99 @@ pub fn run(env: &Env, args: PreviewArgs) -> Result<i32, i32> {
     } else {
         EXIT_OK
     })
+}
+
+/// Staging folders are `out/EFFECT/.preview-XXXX`.
+const STAGING_PREFIX: &str = ".preview-";
+
+/// Removes staging folders a preview quit at once (a second Ctrl-C) left behind.
+fn remove_stale_staging(out_dir: &Path) {
+    for e in std::fs::read_dir(out_dir).into_iter().flatten().flatten() {
+        if e.file_name().to_string_lossy().starts_with(STAGING_PREFIX) {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+/// Moves the staged pictures and videos into `dir` (renames in one file system), then
+/// writes the page (the one atomic write), then drops what an earlier preview left
+/// that this one did not write. Until the page is renamed in, the old page stands.
+fn publish(staging: &Path, dir: &Path, shown: &[Shown], page: &[u8]) -> Result<(), i32> {
+    std::fs::create_dir_all(dir).map_err(|e| infra(dir, e))?;
+    let mut keep = std::collections::BTreeSet::from(["index.html".to_string()]);
+    for s in shown {
+        let (Shown::Image { file, .. } | Shown::Video { file, .. }) = s;
+        let to = dir.join(file);
+        std::fs::rename(staging.join(file), &to).map_err(|e| infra(&to, e))?;
+        keep.insert(file.clone());
+    }
+    let index = dir.join("index.html");
+    crate::atomic::write(&index, page).map_err(|e| infra(&index, e))?;
+    for e in std::fs::read_dir(dir).map_err(|e| infra(dir, e))?.flatten() {
+        if !keep.contains(&*e.file_name().to_string_lossy()) {
+            let p = e.path();
+            let gone = if p.is_dir() {
+                std::fs::remove_dir_all(&p)
+            } else {
+                std::fs::remove_file(&p)
+            };
+            gone.map_err(|e| infra(&p, e))?;
+        }
+    }
+    crate::atomic::sync_folder(dir).map_err(|e| infra(dir, e))
+}
+
+/// Progress on stderr (`NAME: frame i/N`) and the Ctrl-C flag the frame loops check.
+/// On a terminal every frame rewrites one line; otherwise a line at the first and the
+/// last frame and at most one a second between.
+struct Progress {
+    cancel: Arc<AtomicBool>,
+    tty: bool,
+    photos: usize,
+    photo: usize,
+    last: Option<std::time::Instant>,
+}
+
+impl Progress {
+    fn new(cancel: Arc<AtomicBool>, photos: usize) -> Progress {
+        Progress {
+            cancel,
+            tty: std::io::stderr().is_terminal(),
+            photos,
+            photo: 0,
+            last: None,
+        }
+    }
+
+    fn cancelled(&self) -> bool {
+        self.cancel.load(Ordering::SeqCst)
+    }
+
+    /// Frame `i` (from 1) of `n` (0: not known) of `name` is done.
+    fn frame(&mut self, name: &str, i: usize, n: usize, fps: f64) {
+        let of = if n > 0 { format!("/{n}") } else { String::new() };
+        let line = format!("{name}: frame {i}{of} ({fps:.1} frames/s)");
+        let last_one = n > 0 && i >= n;
+        if self.tty {
+            eprint!("\r\x1b[K{line}");
+            if last_one {
+                eprintln!();
+            }
+            return;
+        }
+        let due = self.last.is_none_or(|t| t.elapsed().as_secs_f64() >= 1.0);
+        if i == 1 || last_one || due {
+            eprintln!("{line}");
+            self.last = Some(std::time::Instant::now());
+        }
+    }
+
+    /// One more photo done.
+    fn photo(&mut self, fps: f64) {
+        self.photo += 1;
+        let (i, n) = (self.photo, self.photos);
+        self.frame("photos", i, n, fps);
+    }
 }
 
 fn infra(path: &Path, e: std::io::Error) -> i32 {
@@ -286,8 +441,9 @@ fn preview_image(
     crate::imaging::write_png(&side_by_side(&before, &after), out).map_err(|e| e.to_string())
 }
 
-/// Frames per second of the video's first video stream (ffprobe).
-fn video_fps(input: &Path) -> Result<String, String> {
+/// The frame rate of the video's first video stream and its frame count (0 where the
+/// container does not say), by ffprobe.
+fn video_info(input: &Path) -> Result<(String, usize), String> {
     let out = Command::new("ffprobe")
         .args([
             "-v",
@@ -295,15 +451,17 @@ fn video_fps(input: &Path) -> Result<String, String> {
             "-select_streams",
             "v:0",
             "-show_entries",
-            "stream=avg_frame_rate",
+            "stream=avg_frame_rate,nb_frames",
             "-of",
-            "csv=p=0",
+            "json",
         ])
         .arg(input)
         .output()
         .map_err(|e| format!("cannot run ffprobe ({e}); install ffmpeg"))?;
-    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    if !out.status.success() || text.is_empty() || text.starts_with("0/") {
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let stream = &info["streams"][0];
+    let fps = stream["avg_frame_rate"].as_str().unwrap_or("").to_string();
+    if !out.status.success() || fps.is_empty() || fps.starts_with("0/") {
         let why = String::from_utf8_lossy(&out.stderr).trim().to_string();
         return Err(format!(
             "cannot decode it as a video ({})",
@@ -314,7 +472,11 @@ fn video_fps(input: &Path) -> Result<String, String> {
             }
         ));
     }
-    Ok(text)
+    let frames = stream["nb_frames"]
+        .as_str()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    Ok((fps, frames))
 }
 
 /// Decodes `input` with ffmpeg (short side to the size, centre square, as the recipe's
@@ -324,8 +486,13 @@ fn preview_video(
     input: &Path,
     out: &Path,
     clock: &mut Clock,
+    progress: &mut Progress,
 ) -> Result<usize, String> {
-    let fps = video_fps(input)?;
+    let (fps, total) = video_info(input)?;
+    let name = input
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let s = model.size();
     let filter =
         format!("scale={s}:{s}:force_original_aspect_ratio=increase:flags=lanczos,crop={s}:{s}");
@@ -373,6 +540,8 @@ fn preview_video(
             "-shortest",
             "-movflags",
             "+faststart",
+            "-f",
+            "mp4",
         ])
         .arg(out)
         .stdin(Stdio::piped())
@@ -408,8 +577,13 @@ fn preview_video(
         clock.seconds += seconds;
         clock.frames += 1;
         frames += 1;
+        progress.frame(&name, frames, total, clock.fps());
         if let Err(e) = writer.write_all(side_by_side(&before, &after).as_raw()) {
             failure = Some(format!("the encoder stopped: {e}"));
+            break;
+        }
+        if progress.cancelled() {
+            failure = Some("interrupted".into());
             break;
         }
     }
