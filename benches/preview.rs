@@ -73,10 +73,17 @@ fn main() {
     let dir = tempfile::tempdir().expect("tempdir");
     let t0 = Instant::now();
     let onnx_path = dir.path().join("model.onnx");
-    std::fs::write(&onnx_path, onnx::write(&graph, OnnxPrecision::Fp32).unwrap()).unwrap();
+    std::fs::write(
+        &onnx_path,
+        onnx::write(&graph, OnnxPrecision::Fp32).unwrap(),
+    )
+    .unwrap();
     let cal = calibrate(&graph, &inputs[..1], CalibrationMethod::Percentile(99.99)).unwrap();
     let tfl = tflite::write(&graph, TflitePrecision::Int8(&cal)).unwrap();
-    let (shipped_path, core_path) = (dir.path().join("model.tflite"), dir.path().join("model.core.tflite"));
+    let (shipped_path, core_path) = (
+        dir.path().join("model.tflite"),
+        dir.path().join("model.core.tflite"),
+    );
     std::fs::write(&shipped_path, &tfl.shipped).unwrap();
     std::fs::write(&core_path, &tfl.core).unwrap();
     let pkg = dir.path().join("model.mlpackage");
@@ -119,7 +126,12 @@ fn main() {
     }
     let mut rows = Vec::new();
     let targets: Vec<(&str, &str, Shipped, Fp16Eval)> = vec![
-        ("onnx", "fp32 .onnx", Shipped::Onnx(onnx_path.clone()), Fp16Eval::Emulated),
+        (
+            "onnx",
+            "fp32 .onnx",
+            Shipped::Onnx(onnx_path.clone()),
+            Fp16Eval::Emulated,
+        ),
         (
             "android-nnapi",
             "int8 .tflite (core)",
@@ -153,8 +165,8 @@ fn main() {
             },
         };
         let t = Instant::now();
-        let check = verify_artifact(target, artifact, shape, &inputs, &references, &opts)
-            .expect("verify");
+        let check =
+            verify_artifact(target, artifact, shape, &inputs, &references, &opts).expect("verify");
         let verify_s = t.elapsed().as_secs_f64();
         eprintln!(
             "{target}: load {load_s:.1} s, {fps:.2} frames/s, verify {verify_s:.1} s ({:.1} dB vs fp32)",
@@ -169,8 +181,9 @@ fn main() {
         });
     }
     if exact {
-        let model = PreviewModel::load_with(&Shipped::MlPackage(pkg.clone()), size, Fp16Eval::Exact)
-            .expect("load exact");
+        let model =
+            PreviewModel::load_with(&Shipped::MlPackage(pkg.clone()), size, Fp16Eval::Exact)
+                .expect("load exact");
         let fps = preview_fps(&model, 1, size);
         eprintln!("ios-coreml exact fp16: {fps:.4} frames/s");
         rows.push(Row {
@@ -188,7 +201,9 @@ fn main() {
          ({frames} preview frames; verify: {} frames + 5 latency runs)\n",
         inputs.len()
     );
-    println!("| target | file | preview frames/s | ms/frame | x fp32 time | verify s | PSNR vs fp32 |");
+    println!(
+        "| target | file | preview frames/s | ms/frame | x fp32 time | verify s | PSNR vs fp32 |"
+    );
     println!("| --- | --- | --- | --- | --- | --- | --- |");
     for r in &rows {
         println!(
@@ -198,9 +213,15 @@ fn main() {
             r.fps,
             1000.0 / r.fps,
             base / r.fps,
-            r.verify_s.map(|s| format!("{s:.1}")).unwrap_or_else(|| "-".into()),
+            r.verify_s
+                .map(|s| format!("{s:.1}"))
+                .unwrap_or_else(|| "-".into()),
             r.psnr_vs_fp32
-                .map(|p| if p.is_finite() { format!("{p:.1} dB") } else { "identical".into() })
+                .map(|p| if p.is_finite() {
+                    format!("{p:.1} dB")
+                } else {
+                    "identical".into()
+                })
                 .unwrap_or_else(|| "-".into()),
         );
     }

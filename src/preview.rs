@@ -213,18 +213,20 @@ pub fn grid_of(shipped: &Shipped) -> Result<usize, String> {
             let bytes = std::fs::read(p).map_err(|e| err(p)(&e))?;
             let desc = tflite::parse(&bytes).map_err(|e| err(p)(&e))?;
             let input = *desc.inputs.first().ok_or("the model has no input")?;
-            let built = desc.tensors[input as usize].shape.get(1).copied().unwrap_or(0) as usize;
+            let built = desc.tensors[input as usize]
+                .shape
+                .get(1)
+                .copied()
+                .unwrap_or(0) as usize;
             // NHWC activations (no buffer), less those whose size is not a feature map's:
             // a PAD's output (map + pads) and the split shapes inside a depth-to-space
             // (around its TRANSPOSE), as `tflite_at_size` reads them.
             let skip = |i: i32| {
                 desc.ops.iter().any(|o| {
-                    let around = matches!(
-                        o.code,
-                        BuiltinOperator::PAD | BuiltinOperator::TRANSPOSE
-                    ) && o.outputs.contains(&i);
-                    around
-                        || (o.code == BuiltinOperator::TRANSPOSE && o.inputs.first() == Some(&i))
+                    let around =
+                        matches!(o.code, BuiltinOperator::PAD | BuiltinOperator::TRANSPOSE)
+                            && o.outputs.contains(&i);
+                    around || (o.code == BuiltinOperator::TRANSPOSE && o.inputs.first() == Some(&i))
                 })
             };
             let dims = desc
@@ -244,7 +246,10 @@ pub fn grid_of(shipped: &Shipped) -> Result<usize, String> {
         }
     };
     if built == 0 {
-        return Err(format!("{}: the input has no size", shipped.path().display()));
+        return Err(format!(
+            "{}: the input has no size",
+            shipped.path().display()
+        ));
     }
     Ok(dims
         .into_iter()

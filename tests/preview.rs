@@ -235,7 +235,10 @@ fn preview_shows_photos_folders_and_video_through_each_target() {
             r.stderr()
         );
     }
-    assert_eq!(std::fs::read_to_string(dir.join("index.html")).unwrap(), page);
+    assert_eq!(
+        std::fs::read_to_string(dir.join("index.html")).unwrap(),
+        page
+    );
 
     // Ctrl-C in a long clip: exit 130, the last preview left exactly as it was, no
     // partial file and no staging folder.
@@ -294,9 +297,15 @@ fn preview_shows_photos_folders_and_video_through_each_target() {
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(130), "{seen}");
     assert!(seen.contains("interrupted"), "{seen}");
-    assert!(!seen.contains("frame 900/900"), "it finished before the signal: {seen}");
+    assert!(
+        !seen.contains("frame 900/900"),
+        "it finished before the signal: {seen}"
+    );
     assert_eq!(list(&dir), before);
-    assert_eq!(std::fs::read_to_string(dir.join("index.html")).unwrap(), page);
+    assert_eq!(
+        std::fs::read_to_string(dir.join("index.html")).unwrap(),
+        page
+    );
     let leftovers: Vec<_> = std::fs::read_dir(p.root().join("out/small"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

@@ -4,9 +4,7 @@
 //! page showing them into `out/EFFECT/preview/`, and prints the frames per second tract
 //! reached (one thread, model time only).
 
-use super::commands::{
-    Env, EXIT_BUILD_FAILED, EXIT_INFRA, EXIT_INTERRUPTED, EXIT_OK, EXIT_USER,
-};
+use super::commands::{Env, EXIT_BUILD_FAILED, EXIT_INFRA, EXIT_INTERRUPTED, EXIT_OK, EXIT_USER};
 use crate::imaging::crop::center_crop_resize;
 use crate::preview::{grid_of, off_grid, side_by_side, PreviewModel, Shipped};
 use crate::recipe::{Loader, Precision, TargetFormat};
@@ -235,19 +233,26 @@ pub fn run(env: &Env, args: PreviewArgs) -> Result<i32, i32> {
         let base = unique_name(&mut names, file);
         let result = if VIDEO_EXT.contains(&ext_of(file).as_str()) {
             let out = format!("{base}.mp4");
-            preview_video(&model, file, &staging.path().join(&out), &mut clock, &mut progress)
-                .map(|frames| Shown::Video {
+            preview_video(
+                &model,
+                file,
+                &staging.path().join(&out),
+                &mut clock,
+                &mut progress,
+            )
+            .map(|frames| Shown::Video {
                 file: out,
                 source: file.clone(),
                 frames,
             })
         } else {
             let out = format!("{base}.png");
-            let r = preview_image(&model, file, &staging.path().join(&out), &mut clock)
-                .map(|()| Shown::Image {
+            let r = preview_image(&model, file, &staging.path().join(&out), &mut clock).map(|()| {
+                Shown::Image {
                     file: out,
                     source: file.clone(),
-                });
+                }
+            });
             progress.photo(clock.fps());
             r
         };
@@ -371,7 +376,11 @@ impl Progress {
 
     /// Frame `i` (from 1) of `n` (0: not known) of `name` is done.
     fn frame(&mut self, name: &str, i: usize, n: usize, fps: f64) {
-        let of = if n > 0 { format!("/{n}") } else { String::new() };
+        let of = if n > 0 {
+            format!("/{n}")
+        } else {
+            String::new()
+        };
         let line = format!("{name}: frame {i}{of} ({fps:.1} frames/s)");
         let last_one = n > 0 && i >= n;
         if self.tty {

@@ -14,8 +14,8 @@ use crate::ir::Graph;
 
 use super::compare::{compare, Thresholds};
 use super::coreml::{CoremlModel, CoremlVerifyError, Fp16Eval};
-use crate::export::coreml::{read_mlmodel, read_mlpackage};
 use super::tract_run::{Latency, RunError, TractModel};
+use crate::export::coreml::{read_mlmodel, read_mlpackage};
 
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
@@ -166,8 +166,14 @@ pub fn verify_artifact(
             let mut lowered = None;
             // Decoded and loaded once, run on every frame.
             let (decoded, contract) = match artifact {
-                Artifact::MlPackage { dir, contract } => (read_mlpackage(dir).map_err(CoremlVerifyError::from)?, contract),
-                Artifact::MlModel { bytes, contract } => (read_mlmodel(bytes).map_err(CoremlVerifyError::from)?, contract),
+                Artifact::MlPackage { dir, contract } => (
+                    read_mlpackage(dir).map_err(CoremlVerifyError::from)?,
+                    contract,
+                ),
+                Artifact::MlModel { bytes, contract } => (
+                    read_mlmodel(bytes).map_err(CoremlVerifyError::from)?,
+                    contract,
+                ),
                 _ => unreachable!("CoreML arm"),
             };
             let shape = decoded.graph.input_shape;

@@ -165,13 +165,16 @@ impl CoremlModel {
                 let names = self.peak_names.iter().map(|n| {
                     let value = n.strip_suffix(super::fp16::PEAK_SUFFIX).unwrap_or(n);
                     // The rounded input's peak is the input's.
-                    let value = value.strip_suffix(super::fp16::INPUT_SUFFIX).unwrap_or(value);
+                    let value = value
+                        .strip_suffix(super::fp16::INPUT_SUFFIX)
+                        .unwrap_or(value);
                     value.to_string()
                 });
                 // NaN counts as the worst.
-                names
-                    .zip(extras)
-                    .fold((String::new(), 0f32), |a, b| if !(b.1 <= a.1) { b } else { a })
+                names.zip(extras).fold(
+                    (String::new(), 0f32),
+                    |a, b| if !(b.1 <= a.1) { b } else { a },
+                )
             }
             Fp16Eval::Exact => {
                 let values = crate::ir::eval(&self.decoded.graph, net_input)?;

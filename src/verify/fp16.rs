@@ -14,8 +14,7 @@
 
 use prost::Message;
 use tract_onnx::pb::{
-    attribute_proto::AttributeType, tensor_proto::DataType, AttributeProto, NodeProto,
-    TensorProto,
+    attribute_proto::AttributeType, tensor_proto::DataType, AttributeProto, NodeProto, TensorProto,
 };
 use tract_onnx::prelude::f16;
 
@@ -41,7 +40,10 @@ pub fn emulated_onnx(graph: &Graph, peaks: bool) -> Result<(Vec<u8>, Vec<String>
     let bytes = onnx::write(graph, OnnxPrecision::Fp32)?;
     let mut model = tract_onnx::pb::ModelProto::decode(&bytes[..])
         .expect("the ONNX writer's own output decodes");
-    let g = model.graph.as_mut().expect("the ONNX writer writes a graph");
+    let g = model
+        .graph
+        .as_mut()
+        .expect("the ONNX writer writes a graph");
 
     for t in g.initializer.iter_mut() {
         round_initializer(t);
@@ -55,11 +57,26 @@ pub fn emulated_onnx(graph: &Graph, peaks: bool) -> Result<(Vec<u8>, Vec<String>
         let half = format!("{value}__f16");
         let abs = format!("{value}__abs");
         let peak = format!("{value}{PEAK_SUFFIX}");
-        nodes.push(node("Cast", &[raw], &half, vec![attr_int("to", DataType::Float16 as i64)]));
-        nodes.push(node("Cast", &[&half], value, vec![attr_int("to", DataType::Float as i64)]));
+        nodes.push(node(
+            "Cast",
+            &[raw],
+            &half,
+            vec![attr_int("to", DataType::Float16 as i64)],
+        ));
+        nodes.push(node(
+            "Cast",
+            &[&half],
+            value,
+            vec![attr_int("to", DataType::Float as i64)],
+        ));
         if want_peaks {
             nodes.push(node("Abs", &[raw], &abs, vec![]));
-            nodes.push(node("ReduceMax", &[&abs], &peak, vec![attr_int("keepdims", 0)]));
+            nodes.push(node(
+                "ReduceMax",
+                &[&abs],
+                &peak,
+                vec![attr_int("keepdims", 0)],
+            ));
             peaks.push(peak);
         }
     };

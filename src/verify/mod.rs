@@ -3,9 +3,9 @@
 pub mod artifact;
 pub mod compare;
 pub mod coreml;
-pub mod fp16;
 #[cfg(test)]
 mod export_tests;
+pub mod fp16;
 pub mod io;
 pub mod tract_run;
 

@@ -226,7 +226,8 @@ impl TractModel {
     /// Runs one NCHW float input; returns the NCHW float output (dequantized, for an
     /// int8 core: the DEQUANTIZE op of the shipped file, done here).
     pub fn run(&self, input_nchw: &[f32]) -> Result<(Vec<f32>, [usize; 4]), RunError> {
-        self.run_with_extras(input_nchw).map(|(y, shape, _)| (y, shape))
+        self.run_with_extras(input_nchw)
+            .map(|(y, shape, _)| (y, shape))
     }
 
     /// Like `run`, and also the model's further outputs, each read as one f32 scalar

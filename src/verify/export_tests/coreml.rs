@@ -270,7 +270,10 @@ fn fast_fp16_is_within_tolerance_of_the_exact_fp16_path() {
             let (_, _, exact_peak) = exact.run_net(&net_in).unwrap();
             // (Values that share the peak, a ReLU of a positive peak, may name either.)
             let ((wf, pf), (we, pe)) = (peak.unwrap(), exact_peak.unwrap());
-            assert!((pf - pe).abs() <= 0.01 * pe, "peak {pf} at {wf} vs {pe} at {we}");
+            assert!(
+                (pf - pe).abs() <= 0.01 * pe,
+                "peak {pf} at {wf} vs {pe} at {we}"
+            );
         }
     }
 }
