@@ -31,12 +31,11 @@ pub const INPUT_SUFFIX: &str = "__in";
 const EXACT_ON_FP16: &[&str] = &["Relu", "Concat", "Resize", "DepthToSpace"];
 
 /// An fp32 ONNX model computing `graph` as an fp16 device would store it. Its output 0
-/// is the graph's output; with `peaks`, outputs 1.. are the largest |value| before
+/// is the graph's output; with `with_peaks`, outputs 1.. are the largest |value| before
 /// rounding of the input and of each rounded value (names: the value + `PEAK_SUFFIX`,
 /// in graph order, returned). Values made by `EXACT_ON_FP16` ops are not rounded again
 /// and have no peak (theirs is at most their input's).
-pub fn emulated_onnx(graph: &Graph, peaks: bool) -> Result<(Vec<u8>, Vec<String>), OnnxError> {
-    let want_peaks = peaks;
+pub fn emulated_onnx(graph: &Graph, with_peaks: bool) -> Result<(Vec<u8>, Vec<String>), OnnxError> {
     let bytes = onnx::write(graph, OnnxPrecision::Fp32)?;
     let mut model = tract_onnx::pb::ModelProto::decode(&bytes[..])
         .expect("the ONNX writer's own output decodes");
@@ -69,7 +68,7 @@ pub fn emulated_onnx(graph: &Graph, peaks: bool) -> Result<(Vec<u8>, Vec<String>
             value,
             vec![attr_int("to", DataType::Float as i64)],
         ));
-        if want_peaks {
+        if with_peaks {
             nodes.push(node("Abs", &[raw], &abs, vec![]));
             nodes.push(node(
                 "ReduceMax",
