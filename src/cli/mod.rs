@@ -71,7 +71,8 @@ pub enum Command {
         /// Use with --remote-cache; a final unsharded build then finds every item.
         /// `auto` reads the slice from the job engine (SLURM_ARRAY_TASK_ID with
         /// SLURM_ARRAY_TASK_COUNT or MIN/MAX; TEST_SHARD_INDEX and TEST_TOTAL_SHARDS);
-        /// `auto/N` gives the count where the engine does not (JOB_COMPLETION_INDEX).
+        /// `auto/N` gives the count (JOB_COMPLETION_INDEX; with Slurm the task id is then
+        /// the shard, so one index re-run alone keeps its slice).
         #[arg(long, value_name = "I/N|auto|auto/N", value_parser = shard::parse)]
         shard: Option<shard::ShardSpec>,
         /// Local GPUs for per-item GPU stages (pair generation), one worker per device

@@ -1,8 +1,10 @@
 //! `--shard I/N`, and `--shard auto` / `auto/N`: the slice read from the job engine that
 //! started this process, so one script line serves every task of an array.
 //!
-//! - Slurm job arrays: `SLURM_ARRAY_TASK_ID`, the count from `SLURM_ARRAY_TASK_COUNT`
-//!   or from `SLURM_ARRAY_TASK_MIN`/`MAX` (and `STEP`); `--array=1-8` is shards 0..7.
+//! - Slurm job arrays: `SLURM_ARRAY_TASK_ID`. With `auto`, the task's place in the array:
+//!   the count from `SLURM_ARRAY_TASK_COUNT` or `SLURM_ARRAY_TASK_MIN`/`MAX` (and `STEP`),
+//!   so `--array=1-8` is shards 0..7. With `auto/N`, the task id itself is the shard: a
+//!   failed index re-run alone (`sbatch --array=2`, an array of one) is still shard 2 of N.
 //! - Kubernetes Indexed Jobs: `JOB_COMPLETION_INDEX`; a pod is not told the completion
 //!   count, so it comes from `auto/N`.
 //! - Bazel's test sharding, which CI runners copy: `TEST_SHARD_INDEX`, `TEST_TOTAL_SHARDS`.
@@ -74,7 +76,10 @@ pub fn resolve(spec: ShardSpec, var: &dyn Fn(&str) -> Option<String>) -> Result<
                 .map_err(|_| format!("--shard auto: {name}=`{v}` is not a whole number")),
         }
     };
-    let (index, count, source) = if let Some(id) = num("SLURM_ARRAY_TASK_ID")? {
+    let (index, count, source) = if let (Some(id), Some(n)) = (num("SLURM_ARRAY_TASK_ID")?, given) {
+        // The task id is the shard; the array may be a subset of 0..N (a re-run).
+        return check(id, n, "SLURM_ARRAY_TASK_ID");
+    } else if let Some(id) = num("SLURM_ARRAY_TASK_ID")? {
         let min = num("SLURM_ARRAY_TASK_MIN")?.unwrap_or(0);
         let step = num("SLURM_ARRAY_TASK_STEP")?.unwrap_or(1).max(1);
         let count = match (num("SLURM_ARRAY_TASK_COUNT")?, num("SLURM_ARRAY_TASK_MAX")?) {
@@ -124,6 +129,10 @@ pub fn resolve(spec: ShardSpec, var: &dyn Fn(&str) -> Option<String>) -> Result<
             "--shard auto/{n}: the job engine says {count} shards ({source}); drop /{n} or make them agree"
         ));
     }
+    check(index, count, source)
+}
+
+fn check(index: usize, count: usize, source: &'static str) -> Result<Shard, String> {
     if count == 0 || index >= count {
         return Err(format!(
             "--shard auto: {source} gives shard {index} of {count}, outside 0..{count}"
@@ -185,8 +194,12 @@ mod tests {
         assert_eq!(with(&[(s, "2")], "auto/4"), Ok((2, 4, s)));
         let e = with(&[(s, "2")], "auto").unwrap_err();
         assert!(e.contains("auto/N"), "{e}");
-        let e = with(&[(s, "2"), ("SLURM_ARRAY_TASK_COUNT", "8")], "auto/4").unwrap_err();
-        assert!(e.contains("says 8 shards"), "{e}");
+        // With auto/N the task id is the shard: index 2 re-run alone (`--array=2`).
+        let rerun = [(s, "2"), ("SLURM_ARRAY_TASK_COUNT", "1"), ("SLURM_ARRAY_TASK_MIN", "2"), ("SLURM_ARRAY_TASK_MAX", "2")];
+        assert_eq!(with(&rerun, "auto/4"), Ok((2, 4, s)));
+        assert_eq!(with(&rerun, "auto"), Ok((0, 1, s)), "an array of one, without N");
+        let e = with(&[(s, "5"), ("SLURM_ARRAY_TASK_COUNT", "8")], "auto/4").unwrap_err();
+        assert!(e.contains("outside 0..4"), "{e}");
         // --array=1,5,9: not contiguous, the count does not cover the ids.
         let e = with(&[(s, "9"), ("SLURM_ARRAY_TASK_COUNT", "3"), ("SLURM_ARRAY_TASK_MIN", "1")], "auto").unwrap_err();
         assert!(e.contains("outside"), "{e}");
