@@ -157,7 +157,8 @@ impl PublicKey {
         let path = Path::new(arg);
         let (text, name) = match std::fs::read_to_string(path) {
             Ok(t) => (t, path.display().to_string()),
-            Err(_) if !arg.contains('/') && B64.decode(arg.trim()).is_ok() => {
+            // Base64 may hold '/', so a key is told from a path by decoding to 42 bytes.
+            Err(_) if B64.decode(arg.trim()).is_ok_and(|b| b.len() == 42) => {
                 (arg.to_string(), "the key given".to_string())
             }
             Err(e) => return Err(format!("{arg}: {e}")),
@@ -307,5 +308,11 @@ mod tests {
         text = text.replace(&line, &B64.encode(&b));
         std::fs::write(&path, text).unwrap();
         assert!(SecretKey::load(&path).is_err());
+        // minisign's default, a password-protected key: refused, naming what to use.
+        let mut b = B64.decode(key.to_file_text().lines().nth(1).unwrap()).unwrap();
+        b[2..4].copy_from_slice(b"Sc");
+        std::fs::write(&path, format!("untrusted comment: x\n{}\n", B64.encode(&b))).unwrap();
+        let e = SecretKey::load(&path).err().unwrap();
+        assert!(e.contains("password-protected") && e.contains("minisign -G -W"), "{e}");
     }
 }
