@@ -59,19 +59,24 @@ pub fn run(cli: Cli) -> i32 {
         .clone()
         .or_else(|| std::env::var_os("EFFECTC_CACHE").map(PathBuf::from))
         .unwrap_or_else(|| project.root.join("cache"));
-    let remote_url = cli
-        .remote_cache
-        .clone()
-        .or_else(|| std::env::var("EFFECTC_REMOTE_CACHE").ok())
-        .or_else(|| super::config::remote_cache(&project.root));
+    let remote = match super::config::remote(
+        cli.remote_cache.clone(),
+        &cli.remote_header,
+        cli.remote_upload,
+        &project.root,
+    ) {
+        Ok(r) => r.map(Arc::new),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_USER;
+        }
+    };
     let env = Env {
         project,
         cache_dir,
         json: cli.json,
         quiet: cli.quiet,
-        remote: remote_url
-            .filter(|u| !u.is_empty())
-            .map(|u| Arc::new(RemoteCache::new(&u))),
+        remote,
     };
     let result = match cli.command {
         Command::Build {
@@ -82,29 +87,37 @@ pub fn run(cli: Cli) -> i32 {
             shard,
             gpus,
             batch,
-        } => build(
-            &env,
-            BuildArgs {
-                effects,
-                jobs,
-                keep_going,
-                device,
-                shard,
-                gpus,
-                batch: batch as usize,
-            },
-            None,
-        ),
+        } => resolve_shard(&env, shard).and_then(|shard| {
+            build(
+                &env,
+                BuildArgs {
+                    effects,
+                    jobs,
+                    keep_going,
+                    device,
+                    shard,
+                    gpus,
+                    batch: batch as usize,
+                },
+                None,
+            )
+        }),
         Command::Plan { effect } => plan(&env, &effect),
         Command::Explain { effect, stage } => explain(&env, &effect, &stage),
         Command::Graph { effect, dot: _ } => graph(&env, &effect),
         Command::Check { effects } => check(&env, effects),
         Command::Release {
+            action: Some(action),
+            ..
+        } => release_action(action),
+        Command::Release {
+            action: None,
             effects,
             out,
             jobs,
             device,
-        } => release(&env, effects, &out, jobs, &device),
+            sign,
+        } => release(&env, effects, &out, jobs, &device, sign.as_deref()),
         Command::Cache { action } => cache_cmd(&env, action),
         Command::Preview {
             effect,
@@ -133,6 +146,27 @@ pub fn run(cli: Cli) -> i32 {
     match result {
         Ok(code) | Err(code) => code,
     }
+}
+
+/// `--shard`, with `auto` read from the job engine's variables (src/cli/shard.rs).
+fn resolve_shard(
+    env: &Env,
+    spec: Option<super::shard::ShardSpec>,
+) -> Result<Option<(usize, usize)>, i32> {
+    let Some(spec) = spec else {
+        return Ok(None);
+    };
+    let shard = super::shard::resolve(spec, &|name| std::env::var(name).ok()).map_err(|e| {
+        eprintln!("error: {e}");
+        EXIT_USER
+    })?;
+    if shard.source != "--shard" && !env.quiet {
+        eprintln!(
+            "shard {}/{} (from {})",
+            shard.index, shard.count, shard.source
+        );
+    }
+    Ok(Some((shard.index, shard.count)))
 }
 
 fn print_diags(diags: &Diagnostics) {
@@ -319,11 +353,15 @@ fn build(
         }
         if let Some(remote) = &env.remote {
             if !env.json && !env.quiet {
+                let pushed = if remote.uploads() {
+                    format!("{} pushed", remote.pushed.load(Ordering::SeqCst))
+                } else {
+                    "uploads off".to_string()
+                };
                 eprintln!(
-                    "remote cache {}: {} stage(s) fetched, {} pushed{}",
+                    "remote cache {}: {} stage(s) fetched, {pushed}{}",
                     remote.url(),
                     remote.fetched.load(Ordering::SeqCst),
-                    remote.pushed.load(Ordering::SeqCst),
                     if remote.is_down() {
                         " (unreachable)"
                     } else {
@@ -487,14 +525,90 @@ impl OutMarker {
     }
 }
 
-/// Builds every named effect (all by default) and writes its bundle and SHA256SUMS.
+/// `release verify` and `release keygen`.
+fn release_action(action: super::ReleaseAction) -> Result<i32, i32> {
+    use super::sign::{verify_release, PublicKey, SecretKey};
+    match action {
+        super::ReleaseAction::Verify { dir, key } => {
+            let key = PublicKey::load(&key).map_err(|e| {
+                eprintln!("error: {e}");
+                EXIT_USER
+            })?;
+            let problems = verify_release(&dir, &key).map_err(|e| {
+                eprintln!("error: {e}");
+                EXIT_USER
+            })?;
+            if !problems.is_empty() {
+                for p in &problems {
+                    eprintln!("refused: {p}");
+                }
+                eprintln!("{}: the release does not verify", dir.display());
+                return Err(EXIT_BUILD_FAILED);
+            }
+            println!(
+                "{}: SHA256SUMS signed by the key, every file it lists matches",
+                dir.display()
+            );
+            Ok(EXIT_OK)
+        }
+        super::ReleaseAction::Keygen { out } => {
+            let key = SecretKey::generate().map_err(|e| {
+                eprintln!("error: {e}");
+                EXIT_INFRA
+            })?;
+            let secret = out.with_extension("key");
+            let public = out.with_extension("pub");
+            for p in [&secret, &public] {
+                if p.exists() {
+                    eprintln!("error: {} exists; not overwriting a key", p.display());
+                    return Err(EXIT_USER);
+                }
+            }
+            let write_secret = || -> std::io::Result<()> {
+                use std::io::Write;
+                use std::os::unix::fs::OpenOptionsExt;
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&secret)?;
+                f.write_all(key.to_file_text().as_bytes())
+            };
+            write_secret()
+                .and_then(|_| std::fs::write(&public, key.public().to_file_text()))
+                .map_err(|e| {
+                    eprintln!("error: cannot write the key pair at {}: {e}", out.display());
+                    EXIT_INFRA
+                })?;
+            println!(
+                "secret key (unencrypted: keep it in the CI's secret store): {}
+public key: {}",
+                secret.display(),
+                public.display()
+            );
+            Ok(EXIT_OK)
+        }
+    }
+}
+
+/// Builds every named effect (all by default) and writes its bundle and SHA256SUMS
+/// (signed with `sign`, a minisign secret key, when given).
 fn release(
     env: &Env,
     mut effects: Vec<String>,
     out: &std::path::Path,
     jobs: usize,
     device: &str,
+    sign: Option<&std::path::Path>,
 ) -> Result<i32, i32> {
+    // A key that cannot sign fails before anything builds.
+    let key = match sign {
+        Some(path) => Some(super::sign::SecretKey::load(path).map_err(|e| {
+            eprintln!("error: --sign {e}");
+            EXIT_USER
+        })?),
+        None => None,
+    };
     if effects.is_empty() {
         effects = env.project.effect_names().map_err(|e| {
             eprintln!("error: {e}");
@@ -612,6 +726,20 @@ fn release(
         eprintln!("error: cannot write {}: {e}", sums_path.display());
         EXIT_INFRA
     })?;
+    let sig_path = out.join("SHA256SUMS.minisig");
+    match &key {
+        Some(key) => {
+            crate::atomic::write(&sig_path, key.sign(sums.as_bytes(), "SHA256SUMS").as_bytes())
+                .map_err(|e| {
+                    eprintln!("error: cannot write {}: {e}", sig_path.display());
+                    EXIT_INFRA
+                })?;
+        }
+        // A signature of an earlier SHA256SUMS would not match this one.
+        None => {
+            let _ = std::fs::remove_file(&sig_path);
+        }
+    }
     // The table and the machine it measured on, beside (not in) SHA256SUMS.
     let report_path = out.join("release-report.md");
     let mut report = format!("# effectc release\n\n{}\n", table.join("\n"));
@@ -636,7 +764,11 @@ fn release(
         eprintln!("{}", table.join("\n"));
     } else {
         println!("{}", table.join("\n"));
-        println!("bundles and SHA256SUMS in {}", out.display());
+        println!(
+            "bundles and SHA256SUMS{} in {}",
+            if key.is_some() { " (signed: SHA256SUMS.minisig)" } else { "" },
+            out.display()
+        );
     }
     if code != EXIT_OK {
         eprintln!("release failed: see the effects marked FAILED above");
@@ -903,6 +1035,10 @@ fn cache_cmd(env: &Env, action: CacheAction) -> Result<i32, i32> {
                 eprintln!("error: no remote cache: pass --remote-cache URL, set EFFECTC_REMOTE_CACHE, or write `remote-cache \"URL\"` in effectc.kdl");
                 return Err(EXIT_USER);
             };
+            if pushing && !remote.uploads() {
+                eprintln!("error: uploads to the remote cache are off (--remote-upload=false, EFFECTC_REMOTE_UPLOAD or `remote-upload` in effectc.kdl); pass --remote-upload=true to push");
+                return Err(EXIT_USER);
+            }
             let loader = Loader::new(&env.project);
             let (_recipe, plan) = plan_for(env, &cache, &loader, &effect)?;
             let report = if pushing {

@@ -7,6 +7,8 @@ mod config;
 mod models;
 mod preview;
 mod report;
+mod shard;
+mod sign;
 mod watch;
 
 use clap::{Parser, Subcommand};
@@ -35,6 +37,17 @@ pub struct Cli {
     /// $EFFECTC_REMOTE_CACHE, else `remote-cache "URL"` in the project's effectc.kdl).
     #[arg(long, global = true, value_name = "URL")]
     pub remote_cache: Option<String>,
+    /// A header sent with every remote-cache request (credentials), repeatable:
+    /// 'NAME: VALUE' with `${VAR}` read from the environment, or '@FILE' of such lines.
+    /// Also $EFFECTC_REMOTE_HEADER and `remote-header` in effectc.kdl. Never printed.
+    #[arg(long, global = true, value_name = "'NAME: VALUE'|@FILE")]
+    pub remote_header: Vec<String>,
+    /// Upload stages that ran to the remote cache (default true; also
+    /// $EFFECTC_REMOTE_UPLOAD and `remote-upload #false` in effectc.kdl). With
+    /// `--remote-upload=false` the shared cache is read and never written.
+    #[arg(long, global = true, value_name = "BOOL", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
+    pub remote_upload: Option<bool>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -56,8 +69,12 @@ pub enum Command {
         /// Build only slice I of N (0 ≤ I < N) of every per-item stage, and nothing
         /// else: one job of a Kubernetes Indexed Job, a Slurm array or a CI matrix.
         /// Use with --remote-cache; a final unsharded build then finds every item.
-        #[arg(long, value_name = "I/N", value_parser = parse_shard)]
-        shard: Option<(usize, usize)>,
+        /// `auto` reads the slice from the job engine (SLURM_ARRAY_TASK_ID with
+        /// SLURM_ARRAY_TASK_COUNT or MIN/MAX; TEST_SHARD_INDEX and TEST_TOTAL_SHARDS);
+        /// `auto/N` gives the count (JOB_COMPLETION_INDEX; with Slurm the task id is then
+        /// the shard, so one index re-run alone keeps its slice).
+        #[arg(long, value_name = "I/N|auto|auto/N", value_parser = shard::parse)]
+        shard: Option<shard::ShardSpec>,
         /// Local GPUs for per-item GPU stages (pair generation), one worker per device
         /// and never more GPU jobs than devices: `--gpus 0,1`.
         #[arg(long, value_delimiter = ',', value_name = "N,N...")]
@@ -93,7 +110,11 @@ pub enum Command {
     },
     /// Check and build effects (all by default), then write `DIR/<effect>-<version>.tar.gz`
     /// bundles and `DIR/SHA256SUMS`. Non-zero if any effect fails to build or verify.
+    /// `release verify` and `release keygen` check and sign releases.
+    #[command(args_conflicts_with_subcommands = true)]
     Release {
+        #[command(subcommand)]
+        action: Option<ReleaseAction>,
         effects: Vec<String>,
         #[arg(long, default_value = "release")]
         out: PathBuf,
@@ -101,6 +122,10 @@ pub enum Command {
         jobs: usize,
         #[arg(long, default_value = "auto")]
         device: String,
+        /// Sign SHA256SUMS with this minisign secret key (unencrypted: from `effectc
+        /// release keygen` or `minisign -G -W`), writing `DIR/SHA256SUMS.minisig`.
+        #[arg(long, value_name = "KEYFILE")]
+        sign: Option<PathBuf>,
     },
     /// Check recipes (all of them by default) without running anything.
     Check { effects: Vec<String> },
@@ -131,6 +156,24 @@ pub enum Command {
     Cache {
         #[command(subcommand)]
         action: CacheAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ReleaseAction {
+    /// Check a signed release: the signature of DIR/SHA256SUMS.minisig against the
+    /// public key, then every file SHA256SUMS lists re-hashed. Non-zero on any mismatch.
+    Verify {
+        dir: PathBuf,
+        /// The minisign public key: a `.pub` file, or its base64 line.
+        #[arg(long, value_name = "PUBKEY")]
+        key: String,
+    },
+    /// Make a signing key pair in minisign's format: PREFIX.key (secret, unencrypted,
+    /// mode 600: keep it in the CI's secret store) and PREFIX.pub (commit or publish it).
+    Keygen {
+        #[arg(long, value_name = "PREFIX", default_value = "effectc-release")]
+        out: PathBuf,
     },
 }
 
@@ -178,19 +221,6 @@ pub enum CacheAction {
     Push { effect: String },
     /// Download one effect's stages from the remote cache.
     Pull { effect: String },
-}
-
-fn parse_shard(text: &str) -> Result<(usize, usize), String> {
-    let bad = || format!("`{text}`: expected I/N with 0 <= I < N, e.g. 0/4");
-    let (i, n) = text.split_once('/').ok_or_else(bad)?;
-    let (i, n): (usize, usize) = (
-        i.trim().parse().map_err(|_| bad())?,
-        n.trim().parse().map_err(|_| bad())?,
-    );
-    if n == 0 || i >= n {
-        return Err(bad());
-    }
-    Ok((i, n))
 }
 
 /// `30d` → 30 days. A bare number is seconds.
