@@ -213,7 +213,12 @@ pub fn cuda_available(n: usize) -> Option<Available> {
             if !sym.is_null() {
                 return sym;
             }
-            for lib in [c"libcudart.so", c"libcudart.so.12", c"libcudart.so.11.0"] {
+            for lib in [
+                c"libcudart.so",
+                c"libcudart.so.13",
+                c"libcudart.so.12",
+                c"libcudart.so.11.0",
+            ] {
                 let h = libc::dlopen(lib.as_ptr(), libc::RTLD_NOW | libc::RTLD_NOLOAD);
                 if !h.is_null() {
                     let sym = libc::dlsym(h, name.as_ptr());
