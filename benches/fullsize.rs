@@ -35,7 +35,11 @@ fn main() {
     let targets = env_or("EFFECTC_FULLSIZE_TARGETS", "onnx,ios-coreml,android-nnapi");
     let p = fullsize::fullsize_project(items);
     let recipe = "effects/fullsize.kdl";
-    p.edit(recipe, r#"crop "center" size=512"#, &format!(r#"crop "center" size={size}"#));
+    p.edit(
+        recipe,
+        r#"crop "center" size=512"#,
+        &format!(r#"crop "center" size={size}"#),
+    );
     p.edit(recipe, "teacher-steps 4", &format!("teacher-steps {steps}"));
     p.edit(recipe, "student-steps 4", &format!("student-steps {steps}"));
     for t in ["onnx", "ios-coreml", "android-nnapi"] {

@@ -38,11 +38,23 @@ fn the_lego_shaped_project_builds_every_stage_and_its_table() {
     // Every photo became an item, and the base's shape survived the merge: the teacher
     // is width 128 (5.3 M parameters), the student 32/6 (3.0 GMACs at 512 px).
     assert_eq!(
-        rows.iter().find(|r| r.stage == "crop (per item)").unwrap().count,
+        rows.iter()
+            .find(|r| r.stage == "crop (per item)")
+            .unwrap()
+            .count,
         12
     );
     let params = |stage: &str| r.stage(stage)["metrics"]["params"].as_f64().unwrap();
-    assert!(params("train-teacher") > 5e6, "{}", r.stage("train-teacher"));
-    let macs = r.stage("distill-student")["metrics"]["macs_512"].as_f64().unwrap();
-    assert!((2.5e9..3.5e9).contains(&macs), "student MACs at 512 px: {macs}");
+    assert!(
+        params("train-teacher") > 5e6,
+        "{}",
+        r.stage("train-teacher")
+    );
+    let macs = r.stage("distill-student")["metrics"]["macs_512"]
+        .as_f64()
+        .unwrap();
+    assert!(
+        (2.5e9..3.5e9).contains(&macs),
+        "student MACs at 512 px: {macs}"
+    );
 }

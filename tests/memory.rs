@@ -101,7 +101,9 @@ fn a_batch_too_large_for_the_memory_limit_trains_as_accumulated_micro_batches() 
         panic!("the teacher's batch fit in one pass under the limit: {teacher}")
     });
     assert!(
-        plan.starts_with("batch 8 as ") && plan.contains("(accumulated)") && plan.contains("RLIMIT_AS"),
+        plan.starts_with("batch 8 as ")
+            && plan.contains("(accumulated)")
+            && plan.contains("RLIMIT_AS"),
         "{plan}"
     );
     let micro = teacher["micro_batch"].as_u64().unwrap();
@@ -177,7 +179,14 @@ fn a_worker_killed_by_sigkill_is_reported_as_out_of_memory_with_the_figures() {
         .expect("a stage-failed event");
     assert_eq!(failed["tier"], "environment", "{failed}");
     let error = failed["error"].as_str().unwrap();
-    for words in ["out of memory", "SIGKILL", "resident", "its plan was batch 8", "needed", "free"] {
+    for words in [
+        "out of memory",
+        "SIGKILL",
+        "resident",
+        "its plan was batch 8",
+        "needed",
+        "free",
+    ] {
         assert!(error.contains(words), "`{words}` missing from: {error}");
     }
 }
@@ -194,7 +203,11 @@ fn worker_of(parent: u32) -> Option<i32> {
             let Some(after) = stat.rsplit_once(") ") else {
                 continue;
             };
-            let ppid = after.1.split_whitespace().nth(1).and_then(|s| s.parse::<u32>().ok());
+            let ppid = after
+                .1
+                .split_whitespace()
+                .nth(1)
+                .and_then(|s| s.parse::<u32>().ok());
             if ppid == Some(parent) && stat.contains("(effectc-nn)") {
                 return Some(pid);
             }

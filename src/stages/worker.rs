@@ -3,9 +3,9 @@
 //! (0 done, 1 the user's problem, 130 cancelled, else the machine's).
 
 use crate::protocol::{gb, MemoryPlan, WorkerLine, WorkerReport};
-use std::os::unix::process::ExitStatusExt;
 use crate::stages::{Progress, RunContext, StageError};
 use std::io::{BufRead, BufReader};
+use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering;

@@ -109,10 +109,19 @@ fn var_bytes(vs: &nn::VarStore) -> f64 {
 }
 
 /// An accumulated run says so in its report (a batch that fit adds nothing).
-fn plan_metrics(plan: &memory::MemoryPlan, metrics: &mut serde_json::Map<String, serde_json::Value>) {
+fn plan_metrics(
+    plan: &memory::MemoryPlan,
+    metrics: &mut serde_json::Map<String, serde_json::Value>,
+) {
     if plan.accumulates() {
-        metrics.insert(metric::MICRO_BATCH.into(), serde_json::json!(plan.micro_batch));
-        metrics.insert(metric::MEMORY_PLAN.into(), serde_json::json!(plan.summary()));
+        metrics.insert(
+            metric::MICRO_BATCH.into(),
+            serde_json::json!(plan.micro_batch),
+        );
+        metrics.insert(
+            metric::MEMORY_PLAN.into(),
+            serde_json::json!(plan.summary()),
+        );
     }
 }
 
@@ -187,10 +196,7 @@ impl Trainer<'_> {
         let h = &self.job.hyper;
         let amp = scaler.enabled;
         let (srcs, tgts) = (split(src, chunks), split(tgt, chunks));
-        let share: Vec<f64> = chunks
-            .iter()
-            .map(|n| *n as f64 / h.batch as f64)
-            .collect();
+        let share: Vec<f64> = chunks.iter().map(|n| *n as f64 / h.batch as f64).collect();
         let mut sums: BTreeMap<String, f64> = BTreeMap::new();
         let mut add = |name: &str, v: f64| *sums.entry(name.to_string()).or_default() += v;
         let mut r1_value = last_r1;
@@ -203,7 +209,9 @@ impl Trainer<'_> {
             for i in 0..chunks.len() {
                 let d_loss = tch::autocast(amp, || {
                     d.forward(&srcs[i], &fakes[i]).softplus().mean(Kind::Float)
-                        + (-d.forward(&srcs[i], &tgts[i])).softplus().mean(Kind::Float)
+                        + (-d.forward(&srcs[i], &tgts[i]))
+                            .softplus()
+                            .mean(Kind::Float)
                 })
                 .to_kind(Kind::Float);
                 let v = check_finite(step, &[("d", &d_loss)])?;
@@ -312,8 +320,7 @@ impl Trainer<'_> {
         let fixed = 5.0 * var_bytes(&g_vs) + 4.0 * var_bytes(&d_vs);
         let (ih, iw) = (self.data.train_src.size()[2], self.data.train_src.size()[3]);
         let adversarial_ever = h.gan_weight > 0.0 && h.gan_start < 1.0;
-        let per_item =
-            memory::bytes_per_item(self.job.arch, None, ih, iw, adversarial_ever, false);
+        let per_item = memory::bytes_per_item(self.job.arch, None, ih, iw, adversarial_ever, false);
         let plan = self.memory_plan(fixed, per_item, progress)?;
         let chunks = memory::chunks(&plan);
         // Throughput counts the training loop only, as a PyTorch loop timer would (not
@@ -361,8 +368,9 @@ impl Trainer<'_> {
                     if h.r1_gamma > 0.0 && step % h.r1_every == 0 {
                         let real = tgt.detach().set_requires_grad(true);
                         let out = d.forward(&src, &real);
-                        let grad = Tensor::run_backward(&[out.sum(Kind::Float)], &[&real], true, true)
-                            .remove(0);
+                        let grad =
+                            Tensor::run_backward(&[out.sum(Kind::Float)], &[&real], true, true)
+                                .remove(0);
                         r1 = grad
                             .square()
                             .sum_dim_intlist([1i64, 2, 3].as_slice(), false, Kind::Float)

@@ -320,13 +320,19 @@ mod tests {
         let s = p.summary();
         assert!(s.starts_with("batch 8 as 3 micro-batches of at most 3 (accumulated): 11.0 GB needed, 7.0 GB free"), "{s}");
         let p = plan(8, 1e9, 1.0e9, &avail(7.0)).unwrap();
-        assert_eq!(p.summary(), "batch 8 as 4 x 2 (accumulated): 9.0 GB needed, 7.0 GB free (test)");
+        assert_eq!(
+            p.summary(),
+            "batch 8 as 4 x 2 (accumulated): 9.0 GB needed, 7.0 GB free (test)"
+        );
     }
 
     #[test]
     fn when_one_item_does_not_fit_the_plan_says_so_with_the_figures() {
         let e = plan(8, 1e9, 5e9, &avail(4.0)).unwrap_err();
-        assert!(e.contains("6.0 GB") && e.contains("4.0 GB") && e.contains("test"), "{e}");
+        assert!(
+            e.contains("6.0 GB") && e.contains("4.0 GB") && e.contains("test"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -118,16 +118,15 @@ pub fn run(
     };
     // libtorch reports a refused allocation (RLIMIT_AS, a full card) by panicking
     // through tch: caught here, so it reads as memory, not as a bug in effectc.
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        match job.role.as_str() {
+    let result =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match job.role.as_str() {
             "teacher" => t.teacher(progress, cancel),
             "student" => t.student(progress, cancel),
             other => Err(TrainError::BadInput {
                 path: PathBuf::from("<job>"),
                 what: format!("unknown role `{other}`"),
             }),
-        }
-    }));
+        }));
     let refused = |text: &str| {
         TrainError::OutOfMemory(format!(
             "libtorch could not allocate: {}",

@@ -24,7 +24,11 @@ pub fn fullsize_project(count: u32) -> TestProject {
         .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("png" | "jpg")))
         .collect();
     samples.sort();
-    assert!(!samples.is_empty(), "no sample photos in {}", samples_dir().display());
+    assert!(
+        !samples.is_empty(),
+        "no sample photos in {}",
+        samples_dir().display()
+    );
     let images: Vec<image::RgbImage> = samples
         .iter()
         .map(|s| image::open(s).unwrap().to_rgb8())
@@ -105,7 +109,12 @@ pub fn stage_table(events: &[Value]) -> Vec<Row> {
                         seconds: f64::NAN,
                         note: format!(
                             "FAILED: {}",
-                            e["error"].as_str().unwrap_or("").lines().next().unwrap_or("")
+                            e["error"]
+                                .as_str()
+                                .unwrap_or("")
+                                .lines()
+                                .next()
+                                .unwrap_or("")
                         ),
                     },
                 );
