@@ -78,6 +78,13 @@ fn main() {
         env!("CARGO_MANIFEST_DIR"),
         "/tests/fixtures/diffusion/tokenizer"
     );
+    // Run as a carried binary (scripts/gpu-check.sh) the checkout may sit elsewhere: the
+    // fixtures relative to the working directory (the repository root) then.
+    let fixtures = if std::path::Path::new(fixtures).is_dir() {
+        fixtures
+    } else {
+        "tests/fixtures/diffusion/tokenizer"
+    };
     let tokenizer = ClipTokenizer::load(std::path::Path::new(fixtures)).expect("tokenizer");
     let t = Instant::now();
     let models = DiffusionModels::random_sd15(tokenizer, &["softedge", "pose"], true, device, kind)

@@ -18,6 +18,9 @@ pub struct TrainProgress {
     pub total_steps: u32,
     pub losses: BTreeMap<String, f64>,
     pub steps_per_s: f64,
+    /// Sent once, before the first step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<MemoryPlan>,
 }
 
 /// What a finished job made: its measurements and its files.
@@ -26,6 +29,61 @@ pub struct WorkerReport {
     pub metrics: serde_json::Map<String, serde_json::Value>,
     /// Output name → file in the job's out_dir.
     pub files: BTreeMap<String, PathBuf>,
+}
+
+/// What a training step needs and what the device has, sent before the first step (in
+/// the first progress line):
+/// the stage shows it, and names its figures if the kernel kills the worker anyway.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MemoryPlan {
+    /// The recipe's batch (the effective batch, always kept).
+    pub batch: u32,
+    /// Items per pass; below `batch`, gradients accumulate over the passes.
+    pub micro_batch: u32,
+    /// Estimated bytes for the whole batch in one pass, and for one micro-batch.
+    pub needed_bytes: u64,
+    pub micro_needed_bytes: u64,
+    pub available_bytes: u64,
+    /// Which limit `available_bytes` is (free RAM, a cgroup, RLIMIT_AS, a card).
+    pub available_source: String,
+}
+
+impl MemoryPlan {
+    pub fn accumulates(&self) -> bool {
+        self.micro_batch < self.batch
+    }
+
+    /// "batch 8 as 4 x 2 (accumulated): 11.0 GB needed, 7.0 GB free (free RAM ...)".
+    pub fn summary(&self) -> String {
+        let how = if !self.accumulates() {
+            format!("batch {} in one pass", self.batch)
+        } else if self.batch % self.micro_batch == 0 {
+            format!(
+                "batch {} as {} x {} (accumulated)",
+                self.batch,
+                self.micro_batch,
+                self.batch / self.micro_batch
+            )
+        } else {
+            format!(
+                "batch {} as {} micro-batches of at most {} (accumulated)",
+                self.batch,
+                self.batch.div_ceil(self.micro_batch.max(1)),
+                self.micro_batch
+            )
+        };
+        format!(
+            "{how}: {} needed, {} free ({})",
+            gb(self.needed_bytes as f64),
+            gb(self.available_bytes as f64),
+            self.available_source
+        )
+    }
+}
+
+/// "12.3 GB" (decimal, as `free -h` users read it, one decimal place).
+pub fn gb(bytes: f64) -> String {
+    format!("{:.1} GB", bytes / 1e9)
 }
 
 /// One stdout line of `effectc-nn train|export`.
@@ -69,6 +127,10 @@ pub mod metric {
     /// The teacher's own PSNR, repeated in the student's report.
     pub const TEACHER_PSNR_DB: &str = "teacher_psnr_db";
     pub const STEPS_PER_S: &str = "steps_per_s";
+    /// Items per pass when the batch did not fit and gradients accumulated (absent when
+    /// the batch ran in one pass), and the plan's sentence.
+    pub const MICRO_BATCH: &str = "micro_batch";
+    pub const MEMORY_PLAN: &str = "memory_plan";
 }
 
 #[cfg(test)]
@@ -82,6 +144,7 @@ mod tests {
             total_steps: 10,
             losses: BTreeMap::from([("l1".to_string(), 0.5)]),
             steps_per_s: 2.0,
+            memory: None,
         });
         let text = serde_json::to_string(&p).unwrap();
         assert!(text.starts_with("{\"progress\":{\"step\":3"), "{text}");

@@ -1,8 +1,9 @@
 //! The tensor worker: the only effectc process that loads libtorch. A stage writes a job
 //! (JSON) and runs `effectc-nn train|export JOB.json` (pairs go through `serve`); progress comes back as JSON lines on
 //! stdout (`{"progress": ...}`), then `{"report": ...}`. Exit codes: 0 done, 1 the
-//! recipe's or data's fault, 3 the machine's, 130 cancelled (SIGINT/SIGTERM: a
-//! checkpoint is saved first).
+//! recipe's or data's fault, 3 the machine's (out of memory included: a step that
+//! cannot fit is refused before it runs), 130 cancelled (SIGINT/SIGTERM: a checkpoint
+//! is saved first).
 
 use effectc::protocol::{ServeAnswer, ServeRequest, WorkerLine};
 use effectc::train::{self, TrainError, TrainJob};
@@ -43,8 +44,8 @@ fn main() {
     }
     let mut last = Instant::now();
     let mut progress = |p: &train::TrainProgress| {
-        // At most ~4 lines a second, and always the last step.
-        if last.elapsed().as_millis() >= 250 || p.step == p.total_steps {
+        // At most ~4 lines a second, and always the last step and the memory plan.
+        if last.elapsed().as_millis() >= 250 || p.step == p.total_steps || p.memory.is_some() {
             last = Instant::now();
             let mut out = std::io::stdout().lock();
             let _ = writeln!(out, "{}", line_text(&WorkerLine::Progress(p.clone())));

@@ -2,9 +2,10 @@
 //! forwards a cancel as SIGINT (the worker checkpoints first), and maps its exit code
 //! (0 done, 1 the user's problem, 130 cancelled, else the machine's).
 
-use crate::protocol::{WorkerLine, WorkerReport};
+use crate::protocol::{gb, MemoryPlan, WorkerLine, WorkerReport};
 use crate::stages::{Progress, RunContext, StageError};
 use std::io::{BufRead, BufReader};
+use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering;
@@ -76,10 +77,17 @@ pub fn run_worker(
     let progress = ctx.progress;
     let done = std::sync::atomic::AtomicBool::new(false);
     let mut report = None;
+    let mut plan: Option<MemoryPlan> = None;
+    // The worker's peak resident memory, sampled: the figure an OOM kill is reported with.
+    let peak_rss = std::sync::atomic::AtomicU64::new(0);
+    let oom_kills_before = cgroup_oom_kills();
     let stdout = child.stdout.take();
     std::thread::scope(|scope| {
         scope.spawn(|| {
             while !done.load(Ordering::SeqCst) {
+                if let Some(rss) = resident_bytes(pid) {
+                    peak_rss.fetch_max(rss, Ordering::SeqCst);
+                }
                 if cancel.load(Ordering::SeqCst) {
                     // SAFETY: a plain syscall to our own, not yet reaped, child.
                     unsafe {
@@ -94,6 +102,15 @@ pub fn run_worker(
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 // Lines that are not protocol (a library printing) are not ours to read.
                 match serde_json::from_str::<WorkerLine>(&line) {
+                    Ok(WorkerLine::Progress(p)) if p.memory.is_some() => {
+                        let m = p.memory.clone().unwrap_or_else(|| unreachable!());
+                        progress(Progress {
+                            done: p.step as u64,
+                            total: p.total_steps as u64,
+                            message: format!("memory: {}", m.summary()),
+                        });
+                        plan = Some(m);
+                    }
                     Ok(WorkerLine::Progress(p)) => {
                         let losses = p
                             .losses
@@ -131,6 +148,14 @@ pub fn run_worker(
                 stderr.trim()
             )))
         }
+        None if status.signal() == Some(libc::SIGKILL) => {
+            return Err(StageError::environment(killed_message(
+                plan.as_ref(),
+                peak_rss.load(Ordering::SeqCst),
+                oom_kills_before,
+                stderr.trim(),
+            )))
+        }
         code => {
             return Err(StageError::environment(format!(
                 "tensor worker failed ({}): {}",
@@ -141,4 +166,58 @@ pub fn run_worker(
         }
     }
     report.ok_or_else(|| StageError::bug("the tensor worker ended without a report"))
+}
+
+/// A worker the kernel killed (SIGKILL, which nothing in effectc sends it): out of
+/// memory in all likelihood, said with the figures (the plan it sent, its peak, what is
+/// free now) and the cgroup's OOM count when it rose.
+fn killed_message(
+    plan: Option<&MemoryPlan>,
+    peak_rss: u64,
+    oom_kills_before: Option<u64>,
+    stderr: &str,
+) -> String {
+    let cgroup = match (oom_kills_before, cgroup_oom_kills()) {
+        (Some(a), Some(b)) if b > a => ", and the cgroup's oom_kill count rose",
+        _ => "",
+    };
+    let mut msg = format!(
+        "out of memory: the kernel killed the tensor worker (SIGKILL{cgroup}) at a peak of {} resident",
+        gb(peak_rss as f64)
+    );
+    if let Some(p) = plan {
+        msg += &format!(
+            "; its plan was {} (estimated {} per pass)",
+            p.summary(),
+            gb(p.micro_needed_bytes as f64)
+        );
+    }
+    if let Some(kb) = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|t| crate::train::memory::meminfo_field(&t, "MemAvailable"))
+    {
+        msg += &format!("; {} is free now", gb(kb * 1024.0));
+    }
+    msg += ". Lower `train batch` or the crop `size` in the recipe, or stop what else holds memory";
+    if !stderr.is_empty() {
+        msg += &format!("\n{stderr}");
+    }
+    msg
+}
+
+/// VmRSS of a live process, in bytes.
+fn resident_bytes(pid: u32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    crate::train::memory::meminfo_field(&text, "VmRSS").map(|kb| kb as u64 * 1024)
+}
+
+/// `oom_kill` of this process's cgroup (v2 `memory.events`), when readable.
+fn cgroup_oom_kills() -> Option<u64> {
+    let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let path = own.lines().find_map(|l| l.strip_prefix("0::"))?;
+    let events = std::fs::read_to_string(format!("/sys/fs/cgroup{path}/memory.events")).ok()?;
+    events
+        .lines()
+        .find_map(|l| l.strip_prefix("oom_kill "))
+        .and_then(|n| n.trim().parse().ok())
 }

@@ -24,12 +24,25 @@ impl LossScaler {
     /// Backward and update; on overflow skip the update and halve the scale.
     fn backward_step(&mut self, loss: &Tensor, opt: &mut Adam) {
         opt.zero_grad();
-        if !self.enabled {
+        self.accumulate(loss);
+        self.step(opt);
+    }
+
+    /// Backward only: the gradients add to those already there (a micro-batch).
+    fn accumulate(&self, loss: &Tensor) {
+        if self.enabled {
+            (loss * self.scale).backward();
+        } else {
             loss.backward();
+        }
+    }
+
+    /// The update from the accumulated gradients.
+    fn step(&mut self, opt: &mut Adam) {
+        if !self.enabled {
             opt.step();
             return;
         }
-        (loss * self.scale).backward();
         if opt.step_unscaled(1.0 / self.scale) {
             self.good_steps += 1;
             if self.good_steps % 500 == 0 {
@@ -87,7 +100,182 @@ pub(super) fn ema_update(ema: &nn::VarStore, g: &nn::VarStore, beta: f64) {
     });
 }
 
+/// Bytes of a net's variables.
+fn var_bytes(vs: &nn::VarStore) -> f64 {
+    vs.variables()
+        .values()
+        .map(|t| t.numel() as f64 * 4.0)
+        .sum()
+}
+
+/// An accumulated run says so in its report (a batch that fit adds nothing).
+fn plan_metrics(
+    plan: &memory::MemoryPlan,
+    metrics: &mut serde_json::Map<String, serde_json::Value>,
+) {
+    if plan.accumulates() {
+        metrics.insert(
+            metric::MICRO_BATCH.into(),
+            serde_json::json!(plan.micro_batch),
+        );
+        metrics.insert(
+            metric::MEMORY_PLAN.into(),
+            serde_json::json!(plan.summary()),
+        );
+    }
+}
+
+/// Splits a batch into the plan's micro-batches.
+fn split(t: &Tensor, chunks: &[i64]) -> Vec<Tensor> {
+    t.split_with_sizes(chunks, 0)
+}
+
 impl Trainer<'_> {
+    /// What a step of this run needs against what the device has (see `memory`), sent to
+    /// the stage before the first step. `fixed` is what the nets and their optimizer state
+    /// take whatever the batch; `per_item` what each item of a pass adds.
+    pub(super) fn memory_plan(
+        &self,
+        fixed: f64,
+        per_item: f64,
+        progress: &mut dyn FnMut(&TrainProgress),
+    ) -> Result<memory::MemoryPlan, TrainError> {
+        let batch = self.job.hyper.batch.max(1);
+        let available = match self.device {
+            Device::Cuda(n) => memory::cuda_available(n),
+            _ => memory::cpu_available(),
+        };
+        let plan = match available {
+            Some(a) => memory::plan(batch, fixed, per_item, &a).map_err(|why| {
+                let (h, w) = (self.data.train_src.size()[2], self.data.train_src.size()[3]);
+                let setting = if self.job.role == "teacher" {
+                    format!("`student teacher-width={}`", self.job.arch.width)
+                } else {
+                    format!("`student width={}`", self.job.arch.width)
+                };
+                TrainError::OutOfMemory(format!(
+                    "a {} step at {w}x{h} px cannot run even with batch 1: {why}. Lower {setting} or the crop `size` ({w}) in the recipe, or build where more memory is free",
+                    self.job.role
+                ))
+            })?,
+            // Nothing to measure against (an unknown device): run as asked.
+            None => memory::MemoryPlan {
+                batch,
+                micro_batch: batch,
+                needed_bytes: (fixed + batch as f64 * per_item) as u64,
+                micro_needed_bytes: (fixed + batch as f64 * per_item) as u64,
+                available_bytes: 0,
+                available_source: "unknown".into(),
+            },
+        };
+        progress(&TrainProgress {
+            step: self.start_step,
+            total_steps: self.job.hyper.steps,
+            losses: BTreeMap::new(),
+            steps_per_s: 0.0,
+            memory: Some(plan.clone()),
+        });
+        Ok(plan)
+    }
+
+    /// One teacher step over micro-batches: the same gradients as the whole batch in one
+    /// pass (every loss is a mean, so each micro-batch's counts by its share of the
+    /// batch), the discriminator updated first as in the one-pass step.
+    #[allow(clippy::too_many_arguments)]
+    fn teacher_step_accumulated(
+        &self,
+        step: u32,
+        chunks: &[i64],
+        (src, tgt): (&Tensor, &Tensor),
+        (g, d): (&Accordion, &PatchDiscriminator),
+        (opt_g, opt_d): (&mut Adam, &mut Adam),
+        scaler: &mut LossScaler,
+        adversarial: bool,
+        last_r1: f64,
+    ) -> Result<BTreeMap<String, f64>, TrainError> {
+        let h = &self.job.hyper;
+        let amp = scaler.enabled;
+        let (srcs, tgts) = (split(src, chunks), split(tgt, chunks));
+        let share: Vec<f64> = chunks.iter().map(|n| *n as f64 / h.batch as f64).collect();
+        let mut sums: BTreeMap<String, f64> = BTreeMap::new();
+        let mut add = |name: &str, v: f64| *sums.entry(name.to_string()).or_default() += v;
+        let mut r1_value = last_r1;
+        if adversarial {
+            let fakes: Vec<Tensor> = srcs
+                .iter()
+                .map(|s| tch::no_grad(|| tch::autocast(amp, || g.forward(s)).to_kind(Kind::Float)))
+                .collect();
+            opt_d.zero_grad();
+            for i in 0..chunks.len() {
+                let d_loss = tch::autocast(amp, || {
+                    d.forward(&srcs[i], &fakes[i]).softplus().mean(Kind::Float)
+                        + (-d.forward(&srcs[i], &tgts[i]))
+                            .softplus()
+                            .mean(Kind::Float)
+                })
+                .to_kind(Kind::Float);
+                let v = check_finite(step, &[("d", &d_loss)])?;
+                add("d", v["d"] * share[i]);
+                scaler.accumulate(&(&d_loss * share[i]));
+            }
+            scaler.step(opt_d);
+            if h.r1_gamma > 0.0 && step % h.r1_every == 0 {
+                opt_d.zero_grad();
+                r1_value = 0.0;
+                for i in 0..chunks.len() {
+                    let real = tgts[i].detach().set_requires_grad(true);
+                    let out = d.forward(&srcs[i], &real);
+                    let grad = Tensor::run_backward(&[out.sum(Kind::Float)], &[&real], true, true)
+                        .remove(0);
+                    let r1 = grad
+                        .square()
+                        .sum_dim_intlist([1i64, 2, 3].as_slice(), false, Kind::Float)
+                        .mean(Kind::Float)
+                        * (h.r1_gamma / 2.0);
+                    r1_value += check_finite(step, &[("r1", &r1)])?["r1"] * share[i];
+                    scaler.accumulate(&(&r1 * (h.r1_every as f64 * share[i])));
+                }
+                scaler.step(opt_d);
+            }
+        }
+        // Without the discriminator its terms read 0, as in the one-pass step.
+        add("r1", if adversarial { r1_value } else { 0.0 });
+        if !adversarial {
+            add("d", 0.0);
+        }
+        opt_g.zero_grad();
+        for i in 0..chunks.len() {
+            let fake = tch::autocast(amp, || g.forward(&srcs[i])).to_kind(Kind::Float);
+            let g_adv = if adversarial {
+                tch::autocast(amp, || {
+                    (-d.forward(&srcs[i], &fake)).softplus().mean(Kind::Float)
+                })
+                .to_kind(Kind::Float)
+            } else {
+                Tensor::from(0f32).to_device(self.device)
+            };
+            let tgt = &tgts[i];
+            let l1 = (&fake - tgt).abs().mean(Kind::Float);
+            let ssim_loss = 1.0 - ssim(&((&fake + 1.0) / 2.0), &((tgt + 1.0) / 2.0));
+            let g_loss = &l1 * h.l1_weight + &ssim_loss * h.ssim_weight + &g_adv * h.gan_weight;
+            let v = check_finite(
+                step,
+                &[
+                    ("l1", &l1),
+                    ("ssim", &ssim_loss),
+                    ("g_adv", &g_adv),
+                    ("total", &g_loss),
+                ],
+            )?;
+            for (name, value) in v {
+                add(&name, value * share[i]);
+            }
+            scaler.accumulate(&(&g_loss * share[i]));
+        }
+        scaler.step(opt_g);
+        Ok(sums)
+    }
+
     pub(super) fn report_progress(
         &self,
         progress: &mut dyn FnMut(&TrainProgress),
@@ -100,6 +288,7 @@ impl Trainer<'_> {
             total_steps: self.job.hyper.steps,
             losses: losses.clone(),
             steps_per_s: done / self.started.elapsed().as_secs_f64().max(1e-9),
+            memory: None,
         });
     }
 
@@ -127,6 +316,13 @@ impl Trainer<'_> {
         let names = ["l1", "ssim", "g_adv", "d", "r1"];
         let amp = self.device.is_cuda() && std::env::var_os("EFFECTC_NO_AMP").is_none();
         let mut scaler = LossScaler::new(amp);
+        // Weights, grads, Adam's two moments and the EMA; the discriminator without an EMA.
+        let fixed = 5.0 * var_bytes(&g_vs) + 4.0 * var_bytes(&d_vs);
+        let (ih, iw) = (self.data.train_src.size()[2], self.data.train_src.size()[3]);
+        let adversarial_ever = h.gan_weight > 0.0 && h.gan_start < 1.0;
+        let per_item = memory::bytes_per_item(self.job.arch, None, ih, iw, adversarial_ever, false);
+        let plan = self.memory_plan(fixed, per_item, progress)?;
+        let chunks = memory::chunks(&plan);
         // Throughput counts the training loop only, as a PyTorch loop timer would (not
         // building nets, reading the teacher or resuming a checkpoint).
         let loop_started = Instant::now();
@@ -143,58 +339,73 @@ impl Trainer<'_> {
             let (src, tgt) = batch(&self.data, h.seed, step as u64, &h);
             opt_g.lr = h.lr_at(step);
             opt_d.lr = opt_g.lr;
-            let fake = tch::autocast(amp, || g.forward(&src)).to_kind(Kind::Float);
-            // Before `gan-start` (or with `gan 0`) the discriminator would learn for
-            // nothing: skip it (its terms read 0 on the curves).
             let adversarial = h.gan_weight > 0.0 && step as f64 >= h.gan_start * h.steps as f64;
-            let (d_loss, r1, g_adv) = if adversarial {
-                // Discriminator: non-saturating logistic loss, lazy R1 every r1_every steps.
-                let d_loss = tch::autocast(amp, || {
-                    d.forward(&src, &fake.detach()).softplus().mean(Kind::Float)
-                        + (-d.forward(&src, &tgt)).softplus().mean(Kind::Float)
-                })
-                .to_kind(Kind::Float);
-                scaler.backward_step(&d_loss, &mut opt_d);
-                // Between lazy R1 steps the curve shows the last value measured.
-                let mut r1 = Tensor::from(history.last().map(|r| r[4]).unwrap_or(0.0) as f32);
-                if h.r1_gamma > 0.0 && step % h.r1_every == 0 {
-                    let real = tgt.detach().set_requires_grad(true);
-                    let out = d.forward(&src, &real);
-                    let grad = Tensor::run_backward(&[out.sum(Kind::Float)], &[&real], true, true)
-                        .remove(0);
-                    r1 = grad
-                        .square()
-                        .sum_dim_intlist([1i64, 2, 3].as_slice(), false, Kind::Float)
-                        .mean(Kind::Float)
-                        * (h.r1_gamma / 2.0);
-                    scaler.backward_step(&(&r1 * h.r1_every as f64), &mut opt_d);
-                }
-                // The generator's adversarial term.
-                let g_adv = tch::autocast(amp, || {
-                    (-d.forward(&src, &fake)).softplus().mean(Kind::Float)
-                })
-                .to_kind(Kind::Float);
-                (d_loss, r1, g_adv)
+            let losses = if chunks.len() > 1 {
+                self.teacher_step_accumulated(
+                    step,
+                    &chunks,
+                    (&src, &tgt),
+                    (&g, &d),
+                    (&mut opt_g, &mut opt_d),
+                    &mut scaler,
+                    adversarial,
+                    history.last().map(|r| r[4]).unwrap_or(0.0),
+                )?
             } else {
-                let zero = || Tensor::from(0f32).to_device(self.device);
-                (zero(), zero(), zero())
+                let fake = tch::autocast(amp, || g.forward(&src)).to_kind(Kind::Float);
+                // Before `gan-start` (or with `gan 0`) the discriminator would learn for
+                // nothing: skip it (its terms read 0 on the curves).
+                let (d_loss, r1, g_adv) = if adversarial {
+                    // Discriminator: non-saturating logistic loss, lazy R1 every r1_every steps.
+                    let d_loss = tch::autocast(amp, || {
+                        d.forward(&src, &fake.detach()).softplus().mean(Kind::Float)
+                            + (-d.forward(&src, &tgt)).softplus().mean(Kind::Float)
+                    })
+                    .to_kind(Kind::Float);
+                    scaler.backward_step(&d_loss, &mut opt_d);
+                    // Between lazy R1 steps the curve shows the last value measured.
+                    let mut r1 = Tensor::from(history.last().map(|r| r[4]).unwrap_or(0.0) as f32);
+                    if h.r1_gamma > 0.0 && step % h.r1_every == 0 {
+                        let real = tgt.detach().set_requires_grad(true);
+                        let out = d.forward(&src, &real);
+                        let grad =
+                            Tensor::run_backward(&[out.sum(Kind::Float)], &[&real], true, true)
+                                .remove(0);
+                        r1 = grad
+                            .square()
+                            .sum_dim_intlist([1i64, 2, 3].as_slice(), false, Kind::Float)
+                            .mean(Kind::Float)
+                            * (h.r1_gamma / 2.0);
+                        scaler.backward_step(&(&r1 * h.r1_every as f64), &mut opt_d);
+                    }
+                    // The generator's adversarial term.
+                    let g_adv = tch::autocast(amp, || {
+                        (-d.forward(&src, &fake)).softplus().mean(Kind::Float)
+                    })
+                    .to_kind(Kind::Float);
+                    (d_loss, r1, g_adv)
+                } else {
+                    let zero = || Tensor::from(0f32).to_device(self.device);
+                    (zero(), zero(), zero())
+                };
+                // Generator: reconstruction (L1 + SSIM) plus the adversarial term.
+                let l1 = (&fake - &tgt).abs().mean(Kind::Float);
+                let ssim_loss = 1.0 - ssim(&((&fake + 1.0) / 2.0), &((&tgt + 1.0) / 2.0));
+                let g_loss = &l1 * h.l1_weight + &ssim_loss * h.ssim_weight + &g_adv * h.gan_weight;
+                let losses = check_finite(
+                    step,
+                    &[
+                        ("l1", &l1),
+                        ("ssim", &ssim_loss),
+                        ("g_adv", &g_adv),
+                        ("d", &d_loss),
+                        ("r1", &r1),
+                        ("total", &g_loss),
+                    ],
+                )?;
+                scaler.backward_step(&g_loss, &mut opt_g);
+                losses
             };
-            // Generator: reconstruction (L1 + SSIM) plus the adversarial term.
-            let l1 = (&fake - &tgt).abs().mean(Kind::Float);
-            let ssim_loss = 1.0 - ssim(&((&fake + 1.0) / 2.0), &((&tgt + 1.0) / 2.0));
-            let g_loss = &l1 * h.l1_weight + &ssim_loss * h.ssim_weight + &g_adv * h.gan_weight;
-            let losses = check_finite(
-                step,
-                &[
-                    ("l1", &l1),
-                    ("ssim", &ssim_loss),
-                    ("g_adv", &g_adv),
-                    ("d", &d_loss),
-                    ("r1", &r1),
-                    ("total", &g_loss),
-                ],
-            )?;
-            scaler.backward_step(&g_loss, &mut opt_g);
             // EMA with a warm-up, so short runs are not dominated by the initial weights.
             let beta = h.ema_beta.min((1.0 + step as f64) / (10.0 + step as f64));
             ema_update(&ema_vs, &g_vs, beta);
@@ -220,6 +431,7 @@ impl Trainer<'_> {
             metric::STEPS_PER_S.into(),
             serde_json::json!(round3(steps_per_s)),
         );
+        plan_metrics(&plan, &mut metrics);
         self.write_curves(&names, &history, "teacher", &mut files)?;
         self.write_samples(&ema, None, &mut files)?;
         Ok(WorkerReport { metrics, files })
@@ -237,7 +449,7 @@ impl Trainer<'_> {
                 what: "a student job needs the teacher's weights".into(),
             });
         };
-        let (_t_vs, teacher) = load_generator(&teacher_weights, teacher_arch, self.device)?;
+        let (t_vs, teacher) = load_generator(&teacher_weights, teacher_arch, self.device)?;
         let mut s_vs = nn::VarStore::new(self.device);
         let s = Accordion::new(&s_vs.root(), self.job.arch);
         let mut ema_vs = nn::VarStore::new(self.device);
@@ -291,6 +503,54 @@ impl Trainer<'_> {
             })
         });
         let mut scaler = LossScaler::new(amp);
+        // Weights, grads, Adam's moments and the EMA of student and adapters; the teacher's weights.
+        let fixed = 5.0 * (var_bytes(&s_vs) + var_bytes(&a_vs)) + var_bytes(&t_vs);
+        let (ih, iw) = (self.data.train_src.size()[2], self.data.train_src.size()[3]);
+        let per_item = memory::bytes_per_item(
+            self.job.arch,
+            Some(teacher_arch),
+            ih,
+            iw,
+            false,
+            with_features,
+        );
+        let plan = self.memory_plan(fixed, per_item, progress)?;
+        let chunks = memory::chunks(&plan);
+        // The loss of a (micro-)batch: what the student must match, and its terms.
+        let student_loss = |src: &Tensor, tgt: &Tensor, t_out: Option<Tensor>| {
+            let (t_out, t_feats) = match t_out {
+                Some(t) => (t, Vec::new()),
+                None => tch::no_grad(|| tch::autocast(amp, || teacher.forward_with_features(src))),
+            };
+            let (s_out, s_feats) = if with_features {
+                tch::autocast(amp, || s.forward_with_features(src))
+            } else {
+                (tch::autocast(amp, || s.forward(src)), Vec::new())
+            };
+            let (t_out, s_out) = (t_out.to_kind(Kind::Float), s_out.to_kind(Kind::Float));
+            let out_teacher = (&s_out - &t_out).abs().mean(Kind::Float);
+            let out_target = (&s_out - tgt).abs().mean(Kind::Float);
+            let ssim_loss = 1.0 - ssim(&((&s_out + 1.0) / 2.0), &((&t_out + 1.0) / 2.0));
+            let mut features = Tensor::from(0f32).to_device(self.device);
+            for ((sf, tf), a) in s_feats.iter().zip(&t_feats).zip(&adapters) {
+                let sf = sf.to_kind(Kind::Float);
+                let tf = tf.to_kind(Kind::Float);
+                // Normalise by the teacher feature's scale so every stage counts alike.
+                let scale = tf.square().mean(Kind::Float).detach() + 1e-6;
+                features = features + (a.forward(&sf) - tf).square().mean(Kind::Float) / scale;
+            }
+            let features = features / s_feats.len().max(1) as f64;
+            let loss = (&out_teacher + &out_target * 0.5) * h.l1_weight
+                + &ssim_loss * h.ssim_weight
+                + &features * h.feature_weight;
+            [
+                ("out_teacher", out_teacher),
+                ("out_target", out_target),
+                ("ssim", ssim_loss),
+                ("features", features),
+                ("total", loss),
+            ]
+        };
         // Throughput counts the training loop only, as a PyTorch loop timer would (not
         // building nets, reading the teacher or resuming a checkpoint).
         let loop_started = Instant::now();
@@ -306,45 +566,37 @@ impl Trainer<'_> {
             }
             let (src, tgt) = batch(&self.data, h.seed, step as u64, &h);
             opt.lr = h.lr_at(step);
-            let (t_out, t_feats) = match &fixed_teacher {
-                Some(all) => (
-                    all.index_select(0, &batch_indices(&self.data, h.seed, step as u64, &h)),
-                    Vec::new(),
-                ),
-                None => tch::no_grad(|| tch::autocast(amp, || teacher.forward_with_features(&src))),
-            };
-            let (s_out, s_feats) = if with_features {
-                tch::autocast(amp, || s.forward_with_features(&src))
+            let t_out = fixed_teacher.as_ref().map(|all| {
+                all.index_select(0, &batch_indices(&self.data, h.seed, step as u64, &h))
+            });
+            let losses = if chunks.len() > 1 {
+                // Micro-batches: each loss counts by its share of the batch, so the
+                // accumulated gradients are the one-pass step's.
+                let (srcs, tgts) = (split(&src, &chunks), split(&tgt, &chunks));
+                let t_outs: Vec<Option<Tensor>> = match &t_out {
+                    Some(t) => split(t, &chunks).into_iter().map(Some).collect(),
+                    None => chunks.iter().map(|_| None).collect(),
+                };
+                let mut sums: BTreeMap<String, f64> = BTreeMap::new();
+                opt.zero_grad();
+                for (i, t_out) in t_outs.into_iter().enumerate() {
+                    let share = chunks[i] as f64 / h.batch as f64;
+                    let terms = student_loss(&srcs[i], &tgts[i], t_out);
+                    let refs: Vec<(&str, &Tensor)> = terms.iter().map(|(n, t)| (*n, t)).collect();
+                    for (name, v) in check_finite(step, &refs)? {
+                        *sums.entry(name).or_default() += v * share;
+                    }
+                    scaler.accumulate(&(&terms[4].1 * share));
+                }
+                scaler.step(&mut opt);
+                sums
             } else {
-                (tch::autocast(amp, || s.forward(&src)), Vec::new())
+                let terms = student_loss(&src, &tgt, t_out);
+                let refs: Vec<(&str, &Tensor)> = terms.iter().map(|(n, t)| (*n, t)).collect();
+                let losses = check_finite(step, &refs)?;
+                scaler.backward_step(&terms[4].1, &mut opt);
+                losses
             };
-            let (t_out, s_out) = (t_out.to_kind(Kind::Float), s_out.to_kind(Kind::Float));
-            let out_teacher = (&s_out - &t_out).abs().mean(Kind::Float);
-            let out_target = (&s_out - &tgt).abs().mean(Kind::Float);
-            let ssim_loss = 1.0 - ssim(&((&s_out + 1.0) / 2.0), &((&t_out + 1.0) / 2.0));
-            let mut features = Tensor::from(0f32).to_device(self.device);
-            for ((sf, tf), a) in s_feats.iter().zip(&t_feats).zip(&adapters) {
-                let sf = sf.to_kind(Kind::Float);
-                let tf = tf.to_kind(Kind::Float);
-                // Normalise by the teacher feature's scale so every stage counts alike.
-                let scale = tf.square().mean(Kind::Float).detach() + 1e-6;
-                features = features + (a.forward(&sf) - tf).square().mean(Kind::Float) / scale;
-            }
-            let features = features / s_feats.len().max(1) as f64;
-            let loss = (&out_teacher + &out_target * 0.5) * h.l1_weight
-                + &ssim_loss * h.ssim_weight
-                + &features * h.feature_weight;
-            let losses = check_finite(
-                step,
-                &[
-                    ("out_teacher", &out_teacher),
-                    ("out_target", &out_target),
-                    ("ssim", &ssim_loss),
-                    ("features", &features),
-                    ("total", &loss),
-                ],
-            )?;
-            scaler.backward_step(&loss, &mut opt);
             let beta = h.ema_beta.min((1.0 + step as f64) / (10.0 + step as f64));
             ema_update(&ema_vs, &s_vs, beta);
             history.push(names.iter().map(|n| losses[*n]).collect());
@@ -369,6 +621,7 @@ impl Trainer<'_> {
             metric::STEPS_PER_S.into(),
             serde_json::json!(round3(steps_per_s)),
         );
+        plan_metrics(&plan, &mut metrics);
         self.write_curves(&names, &history, "student", &mut files)?;
         self.write_samples(&ema, Some(&teacher), &mut files)?;
         Ok(WorkerReport { metrics, files })

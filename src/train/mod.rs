@@ -9,6 +9,7 @@ mod checkpoint;
 mod data;
 pub mod job;
 mod loops;
+pub mod memory;
 mod metrics;
 pub mod plot;
 mod samples;
@@ -50,6 +51,9 @@ pub enum TrainError {
     Torch(#[from] tch::TchError),
     #[error("{0}")]
     Device(String),
+    /// A step that cannot fit, found before it runs, or an allocation libtorch was refused.
+    #[error("out of memory: {0}")]
+    OutOfMemory(String),
 }
 
 impl TrainError {
@@ -112,14 +116,48 @@ pub fn run(
         started: Instant::now(),
         start_step: 0,
     };
-    match job.role.as_str() {
-        "teacher" => t.teacher(progress, cancel),
-        "student" => t.student(progress, cancel),
-        other => Err(TrainError::BadInput {
-            path: PathBuf::from("<job>"),
-            what: format!("unknown role `{other}`"),
-        }),
+    // libtorch reports a refused allocation (RLIMIT_AS, a full card) by panicking
+    // through tch: caught here, so it reads as memory, not as a bug in effectc.
+    let result =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match job.role.as_str() {
+            "teacher" => t.teacher(progress, cancel),
+            "student" => t.student(progress, cancel),
+            other => Err(TrainError::BadInput {
+                path: PathBuf::from("<job>"),
+                what: format!("unknown role `{other}`"),
+            }),
+        }));
+    let refused = |text: &str| {
+        TrainError::OutOfMemory(format!(
+            "libtorch could not allocate: {}",
+            text.lines().next().unwrap_or("")
+        ))
+    };
+    match result {
+        Ok(Err(TrainError::Torch(e))) if is_allocation_failure(&e.to_string()) => {
+            Err(refused(&e.to_string()))
+        }
+        Ok(r) => r,
+        Err(panic) => {
+            let text = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            if is_allocation_failure(&text) {
+                Err(refused(&text))
+            } else {
+                std::panic::resume_unwind(panic)
+            }
+        }
     }
+}
+
+/// libtorch's words for a refused allocation (CPU allocator, CUDA caching allocator).
+fn is_allocation_failure(text: &str) -> bool {
+    text.contains("can't allocate memory")
+        || text.contains("not enough memory")
+        || text.contains("out of memory")
 }
 
 #[cfg(test)]
