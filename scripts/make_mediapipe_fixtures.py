@@ -9,13 +9,14 @@ Run by a developer, not by CI (the tests only read the files this writes):
     /tmp/litert/bin/python scripts/make_mediapipe_fixtures.py
 
 Reads the models from $EFFECTC_MODELS/mediapipe-0.10.21/ (default ~/.cache/effectc/models;
-scripts/mediapipe-models.sh installs them) and the astronaut photo from ../shared/samples/
-(or ../../shared/samples/ from a worktree).
+scripts/mediapipe-models.sh installs them) and the astronaut photo from $EFFECTC_SAMPLES
+(default ~/.cache/effectc/samples-skimage-0.26.0; scripts/samples.sh installs it from
+scikit-image's wheel, byte for byte the copy the committed fixtures were made from).
 
 Writes tests/fixtures/mediapipe/:
   (no picture: the photo case is the astronaut sampled at the model's input size by an
   exact integer nearest-pixel rule, source index (2*i+1)*W // (2*size), which the test
-  repeats on ../shared/samples/astronaut.png read in place, so no copy of the portrait
+  repeats on the same astronaut.png read in place, so no copy of the portrait
   is committed)
   MODEL.OUTPUT.CASE.f32  a raw little-endian float32 output of LiteRT for case CASE
                          (`photo` or `synthetic`), every `stride`-th element
@@ -43,12 +44,9 @@ ROOT = os.path.join(HERE, "..", "tests", "fixtures", "mediapipe")
 MODELS = os.path.join(
     os.environ.get("EFFECTC_MODELS", os.path.expanduser("~/.cache/effectc/models")), "mediapipe-0.10.21"
 )
-# ../shared/samples beside the checkout (../../shared in a worktree under wt/).
-PHOTO = next(
-    p
-    for p in [os.path.join(HERE, "..", "..", "shared", "samples", "astronaut.png"),
-              os.path.join(HERE, "..", "..", "..", "shared", "samples", "astronaut.png")]
-    if os.path.exists(p)
+PHOTO = os.path.join(
+    os.environ.get("EFFECTC_SAMPLES", os.path.expanduser("~/.cache/effectc/samples-skimage-0.26.0")),
+    "astronaut.png",
 )
 
 # model -> (input size, input range, {output name: stride}); outputs in LiteRT's order.

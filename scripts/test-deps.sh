@@ -4,7 +4,9 @@
 # - chromium: the headless browser that renders the build report (tests/report_browser.rs);
 # - minisign: the independent check of signed releases (tests/release_sign.rs);
 # - slurm-wlm and munge: a one-node Slurm cluster on loopback (tests/slurm.rs).
+# And the sample photos the tests read, from PyPI (scripts/samples.sh).
 set -euo pipefail
+"$(dirname "$0")/samples.sh"
 missing=()
 if ! [ -x /usr/sbin/nginx ] && ! command -v nginx >/dev/null 2>&1; then
     missing+=(nginx)

@@ -115,18 +115,75 @@ pub enum ServeAnswer {
 }
 
 /// Metric names of the training reports (`metrics.json` of `train-teacher` and
-/// `distill-student`) and of target verification (`check.json`).
+/// `distill-student`) and of target verification (`check.json`). One name per figure,
+/// the same in the console, the `--json` events, the manifest and the report; each PSNR
+/// names what it is measured against (docs/recipes.md, "What the figures mean").
 pub mod metric {
     /// PSNR of the net's output against the pairs' targets on the holdout.
-    pub const PSNR_DB: &str = "psnr_db";
+    pub const PSNR_VS_PAIRS_DB: &str = "psnr_vs_pairs_db";
     pub const SSIM: &str = "ssim";
-    /// PSNR of the source itself against the targets: the floor any net must beat.
+    /// PSNR of the source itself against the targets (output = input): the identity
+    /// floor any net must beat.
     pub const IDENTITY_PSNR_DB: &str = "identity_psnr_db";
-    /// The student's PSNR against its teacher's output.
+    /// The student's PSNR against its teacher net's output.
     pub const PSNR_VS_TEACHER_DB: &str = "psnr_vs_teacher_db";
-    /// The teacher's own PSNR, repeated in the student's report.
-    pub const TEACHER_PSNR_DB: &str = "teacher_psnr_db";
+    /// The teacher net's PSNR against the pairs, repeated in the student's report.
+    pub const TEACHER_PSNR_VS_PAIRS_DB: &str = "teacher_psnr_vs_pairs_db";
+    /// A target's check: PSNR of the shipped model against the trained student.
+    pub const PSNR_DB: &str = "psnr_db";
     pub const STEPS_PER_S: &str = "steps_per_s";
+    /// The name a training report used for [`PSNR_VS_PAIRS_DB`] before the rename:
+    /// records cached by older builds still say it.
+    pub const OLD_PSNR_VS_PAIRS_DB: &str = "psnr_db";
+    /// Likewise for [`TEACHER_PSNR_VS_PAIRS_DB`].
+    pub const OLD_TEACHER_PSNR_VS_PAIRS_DB: &str = "teacher_psnr_db";
+
+    /// The teacher net is counted as not having learned the effect when it beats the
+    /// identity floor by less than this.
+    pub const TEACHER_MIN_GAIN_DB: f64 = 3.0;
+    /// The student is counted as far below its teacher when it trails it by more.
+    pub const STUDENT_MAX_GAP_DB: f64 = 3.0;
+
+    /// What a person must be told about a training's figures, in plain words: the
+    /// teacher within a few dB of output = input, or the student far below its teacher.
+    /// The same sentences in the build's summary and in the report.
+    pub fn advice(
+        teacher_vs_pairs: Option<f64>,
+        identity: Option<f64>,
+        student_vs_pairs: Option<f64>,
+    ) -> Vec<String> {
+        let mut out = Vec::new();
+        if let (Some(t), Some(i)) = (teacher_vs_pairs, identity) {
+            if t - i < TEACHER_MIN_GAIN_DB {
+                out.push(format!(
+                    "the teacher did not learn the effect: {:+.1} dB over output = input ({t:.1} dB vs {i:.1} dB against the pairs); more pairs, more steps or a wider teacher",
+                    t - i
+                ));
+            }
+        }
+        if let (Some(s), Some(t)) = (student_vs_pairs, teacher_vs_pairs) {
+            if t - s > STUDENT_MAX_GAP_DB {
+                out.push(format!(
+                    "the student is far below its teacher: {s:.1} dB vs {t:.1} dB against the pairs ({:+.1} dB); more student steps or a wider student",
+                    s - t
+                ));
+            }
+        }
+        out
+    }
+
+    /// A figure of a training report, under its name or (an older record) its old one.
+    pub fn read(m: &serde_json::Value, name: &str) -> Option<f64> {
+        let old = match name {
+            PSNR_VS_PAIRS_DB => Some(OLD_PSNR_VS_PAIRS_DB),
+            TEACHER_PSNR_VS_PAIRS_DB => Some(OLD_TEACHER_PSNR_VS_PAIRS_DB),
+            _ => None,
+        };
+        m.get(name)
+            .or_else(|| old.and_then(|o| m.get(o)))
+            .and_then(|v| v.as_f64())
+    }
+
     /// Items per pass when the batch did not fit and gradients accumulated (absent when
     /// the batch ran in one pass), and the plan's sentence.
     pub const MICRO_BATCH: &str = "micro_batch";
@@ -136,6 +193,32 @@ pub mod metric {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn advice_says_when_the_teacher_did_not_learn_or_the_student_trails_it() {
+        let a = metric::advice(Some(19.2), Some(16.8), Some(19.4));
+        assert_eq!(
+            a,
+            ["the teacher did not learn the effect: +2.4 dB over output = input (19.2 dB vs 16.8 dB against the pairs); more pairs, more steps or a wider teacher"]
+        );
+        let b = metric::advice(Some(26.0), Some(16.0), Some(21.5));
+        assert_eq!(
+            b,
+            ["the student is far below its teacher: 21.5 dB vs 26.0 dB against the pairs (-4.5 dB); more student steps or a wider student"]
+        );
+        assert!(metric::advice(Some(26.0), Some(16.0), Some(24.0)).is_empty());
+        assert!(metric::advice(None, Some(16.0), None).is_empty());
+    }
+
+    #[test]
+    fn figures_are_read_under_their_name_or_an_older_records_one() {
+        let new = serde_json::json!({"psnr_vs_pairs_db": 20.5});
+        let old = serde_json::json!({"psnr_db": 19.5, "teacher_psnr_db": 22.0});
+        assert_eq!(metric::read(&new, metric::PSNR_VS_PAIRS_DB), Some(20.5));
+        assert_eq!(metric::read(&old, metric::PSNR_VS_PAIRS_DB), Some(19.5));
+        assert_eq!(metric::read(&old, metric::TEACHER_PSNR_VS_PAIRS_DB), Some(22.0));
+        assert_eq!(metric::read(&new, metric::IDENTITY_PSNR_DB), None);
+    }
 
     #[test]
     fn worker_lines_keep_their_wire_shape() {

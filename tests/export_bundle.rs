@@ -29,6 +29,19 @@ fn every_target_is_verified_and_the_bundle_is_reproducible() {
     for key in ["recipe_digest", "files", "student", "targets"] {
         assert!(!manifest[key].is_null(), "manifest lacks {key}");
     }
+    // One name per figure: the manifest's figures are the events' under the same names.
+    for (side, stage, names) in [
+        ("student", "distill-student", &["psnr_vs_pairs_db", "psnr_vs_teacher_db"][..]),
+        ("teacher", "train-teacher", &["psnr_vs_pairs_db", "identity_psnr_db"][..]),
+    ] {
+        for name in names {
+            assert_eq!(
+                manifest[side][name],
+                r.stage(stage)["metrics"][name],
+                "manifest {side}.{name}"
+            );
+        }
+    }
     for t in ["onnx", "ios-coreml", "android-nnapi"] {
         let e = &manifest["targets"][t];
         assert_eq!(e["verified"], true);

@@ -135,24 +135,14 @@ fn early_cutoff_stops_where_an_output_is_unchanged() {
 }
 
 #[test]
-fn real_photos_from_shared_samples_build() {
-    // The shared samples are read in place (CI has ../shared too), copied only into a temp project.
-    let samples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/samples");
+fn real_photos_from_the_sample_photos_build() {
+    // The sample photos are read in place, copied only into a temp project.
     let p = TestProject::new();
     let mut n = 0;
-    for e in
-        std::fs::read_dir(&samples).expect("../shared/samples is present in the checkout's parent")
-    {
-        let path = e.unwrap().path();
-        if path.extension().is_some_and(|x| x == "png" || x == "jpg") {
-            std::fs::create_dir_all(p.root().join("photos")).unwrap();
-            std::fs::copy(
-                &path,
-                p.root().join("photos").join(path.file_name().unwrap()),
-            )
-            .unwrap();
-            n += 1;
-        }
+    for name in ["astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg"] {
+        std::fs::create_dir_all(p.root().join("photos")).unwrap();
+        std::fs::copy(sample_path(name), p.root().join("photos").join(name)).unwrap();
+        n += 1;
     }
     assert!(n >= 3);
     p.recipe(

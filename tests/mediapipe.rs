@@ -1,6 +1,6 @@
 //! MediaPipe's four models in tract (src/vision/), against LiteRT's outputs
 //! (tests/fixtures/mediapipe/, written by scripts/make_mediapipe_fixtures.py), and the
-//! face / pose detectors on the shared sample photos.
+//! face / pose detectors on the sample photos (scripts/samples.sh).
 //!
 //! The models are not in git: `make test`'s set-up installs them
 //! (scripts/mediapipe-models.sh). A missing model fails the test, naming the file.
@@ -27,7 +27,7 @@ fn model_path(file: &str) -> PathBuf {
     path
 }
 
-/// A shared sample photo, read in place.
+/// A sample photo, read in place.
 fn sample(name: &str) -> image::RgbImage {
     let path = common::sample_path(name);
     image::open(&path)

@@ -102,3 +102,39 @@ fn a_new_lr_schedule_retrains_teacher_and_student_but_draws_no_pair() {
         );
     }
 }
+
+#[test]
+fn a_long_changed_value_shows_the_part_that_changed_in_context() {
+    // A command teacher whose script is one long line; one number in it changes.
+    let script = |high: &str| {
+        format!("cat # ffmpeg -loglevel error -i in.png -vf split[a][b];[b]edgedetect=low=0.05:high={high},negate[e];[a][e]blend=all_mode=multiply out.png")
+    };
+    let recipe = |high: &str| {
+        format!(
+            r#"
+effect "long" {{
+    sources {{
+        synthetic count=3 seed=1
+        crop "center" size=32
+    }}
+    teacher "command" {{
+        run "sh" "-c" "{}"
+    }}
+    student width=4 blocks=1 teacher-width=4
+    train {{ teacher-steps 2; student-steps 2; batch 2; }}
+}}
+"#,
+            script(high)
+        )
+    };
+    let p = TestProject::new();
+    p.recipe("long", &recipe("0.15"));
+    p.build("long");
+    p.recipe("long", &recipe("0.25"));
+    let change = "teacher.run.2 changed: …edgedetect=low=0.05:high=[0.15 → 0.25],negate[e];[a][e]blend=all_mode…";
+    let plan = p.run(&["plan", "long"]);
+    assert!(plan.stdout().contains(change), "{}", plan.stdout());
+    assert!(!plan.stdout().contains(&script("0.15")), "{}", plan.stdout());
+    let explain = p.run(&["explain", "long", "pairs/synthetic-0001"]);
+    assert!(explain.stdout().contains(change), "{}", explain.stdout());
+}

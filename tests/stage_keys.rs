@@ -52,8 +52,9 @@ fn the_demo_stage_keys_do_not_change_by_accident() {
             "1968a700bd102679a37784b114cbd67c295835bd63d06ee2dc88cd2854f9bb3b",
         ),
         (
+            // crop v2: skips an undecodable, truncated or too-small source.
             "crop/synthetic-0000",
-            "12865eea175215a7d5fb9b7b54bf035b578624e3402b9d7fed4af6835a1942ae",
+            "ba121552114b64cc6e488b02b6daef3411c9af2016aca96ac828066dd927acea",
         ),
         (
             "pairs/synthetic-0000",
@@ -76,8 +77,9 @@ fn the_demo_stage_keys_do_not_change_by_accident() {
             "2fbb9d237b25e336a9d6abe1cef08a215ffe953db9fa4d2f94b09cadc912377a",
         ),
         (
+            // bundle v6: one name per figure in the manifest, the report's advice.
             "bundle",
-            "f48b026eddca832a3d82e38db967974eea89c090574089ca69f0638b3c217d04",
+            "2a440ecf7c10ccf10713946a7ac5cfe73d0870452ea76c1cbc30992350fa5756",
         ),
     ]
     .into_iter()

@@ -14,7 +14,7 @@ use std::time::Instant;
 const TINY_LEGO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/projects/tiny-lego");
 
 /// A copy of tiny-lego (its model links, into tiny-diffusion, copied as real files), the
-/// MediaPipe models linked into its models folder, the shared sample photos, and a
+/// MediaPipe models linked into its models folder, the sample photos, and a
 /// two-second clip panning and zooming over the astronaut, made here with ffmpeg.
 fn tiny_lego_project() -> TestProject {
     let p = TestProject::copy_of(TINY_LEGO);
@@ -36,7 +36,7 @@ fn tiny_lego_project() -> TestProject {
             photos += 1;
         }
     }
-    assert!(photos >= 2, "the shared samples: a face and something else");
+    assert!(photos >= 2, "the sample photos: a face and something else");
 
     // 2 s at 10 fps, 256 px: a 400 px window drifting right and down over the 512 px
     // portrait, so frames differ but all show the face.

@@ -25,10 +25,10 @@ pub struct StudentSummary {
     pub blocks: u32,
     pub params: Option<u64>,
     pub macs_512: Option<u64>,
-    /// PSNR against the teacher's output on the holdout.
-    pub psnr_db: Option<f64>,
     /// PSNR against the pairs' targets on the holdout.
-    pub psnr_vs_target_db: Option<f64>,
+    pub psnr_vs_pairs_db: Option<f64>,
+    /// PSNR against the teacher net's output on the holdout.
+    pub psnr_vs_teacher_db: Option<f64>,
     pub ssim: Option<f64>,
     pub flicker_ratio: Option<f64>,
 }
@@ -36,7 +36,9 @@ pub struct StudentSummary {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct TeacherSummary {
     pub width: u32,
-    pub psnr_db: Option<f64>,
+    /// The teacher net's PSNR against the pairs' targets on the holdout.
+    pub psnr_vs_pairs_db: Option<f64>,
+    /// Output = input against the pairs' targets: the floor a net must beat.
     pub identity_psnr_db: Option<f64>,
 }
 

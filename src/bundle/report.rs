@@ -132,6 +132,7 @@ th, td { border: 1px solid #ccc; padding: 0.3em 0.7em; text-align: left; vertica
 th { background: #f3f3f3; }\n\
 td.num { text-align: right; font-variant-numeric: tabular-nums; }\n\
 .pass { color: #161; font-weight: bold; } .fail { color: #a11; font-weight: bold; }\n\
+p.advice { background: #fff4e0; border-left: 4px solid #d80; padding: 0.4em 0.7em; }\n\
 code, pre { font-family: monospace; font-size: 0.9em; }\n\
 pre.code { background: #f6f6f6; border: 1px solid #ddd; padding: 0.6em; overflow-x: auto; }\n\
 figure { margin: 1em 0; } figcaption { color: #555; font-size: 0.9em; }\n\
@@ -550,8 +551,8 @@ fn student_teacher(h: &mut String, m: &Manifest) {
             .map(|p| p.to_string())
             .unwrap_or_else(|| "—".into()),
         num(s.macs_512.map(|m| m as f64 / 1e9), 2, ""),
-        num(s.psnr_vs_target_db, 2, "dB"),
-        num(s.psnr_db, 2, "dB"),
+        num(s.psnr_vs_pairs_db, 2, "dB"),
+        num(s.psnr_vs_teacher_db, 2, "dB"),
         num(s.ssim, 4, ""),
         num(s.flicker_ratio, 3, ""),
     );
@@ -564,9 +565,16 @@ fn student_teacher(h: &mut String, m: &Manifest) {
          must beat. Flicker ratio: frame-to-frame change of the output over that of the \
          input under small shifts (1 = no added flicker).</p>",
         t.width,
-        num(t.psnr_db, 2, "dB"),
+        num(t.psnr_vs_pairs_db, 2, "dB"),
         num(t.identity_psnr_db, 2, "dB"),
     );
+    for line in crate::protocol::metric::advice(
+        t.psnr_vs_pairs_db,
+        t.identity_psnr_db,
+        s.psnr_vs_pairs_db,
+    ) {
+        let _ = writeln!(h, "<p class=\"advice\"><strong>Note:</strong> {}.</p>", escape(&line));
+    }
 }
 
 /// Writes the report atomically.
@@ -606,8 +614,8 @@ mod tests {
             "recipe_digest": "abc123",
             "files": {"models/android-nnapi/model.tflite": "deadbeef"},
             "student": {"width": 16, "blocks": 4, "params": 72783, "macs_512": 829947904u64,
-                        "psnr_db": 31.5, "psnr_vs_target_db": 25.66, "ssim": 0.93, "flicker_ratio": 0.58},
-            "teacher": {"width": 32, "psnr_db": 26.12, "identity_psnr_db": 15.96},
+                        "psnr_vs_teacher_db": 31.5, "psnr_vs_pairs_db": 25.66, "ssim": 0.93, "flicker_ratio": 0.58},
+            "teacher": {"width": 32, "psnr_vs_pairs_db": 26.12, "identity_psnr_db": 15.96},
             "targets": {
                 "android-nnapi": {"file": "models/android-nnapi/model.tflite", "format": "tflite",
                     "precision": "int8", "psnr_db": 41.25, "min_psnr_db": 35.0, "ssim": 0.987,
@@ -729,6 +737,27 @@ mod tests {
         let out = dir.path().join("report.html");
         write_html(&input, &out).unwrap();
         assert_eq!(std::fs::read_to_string(&out).unwrap(), html);
+    }
+
+    #[test]
+    fn the_report_says_when_the_teacher_did_not_learn_the_effect() {
+        let mut m = manifest();
+        let input = |m: &Manifest| {
+            render(&ReportInput {
+                manifest: Some(m),
+                ..Default::default()
+            })
+        };
+        assert!(!input(&m).contains("class=\"advice\""), "26.1 dB over a 16.0 dB floor learned");
+        m.teacher.psnr_vs_pairs_db = Some(19.2);
+        m.teacher.identity_psnr_db = Some(16.8);
+        m.student.psnr_vs_pairs_db = Some(19.4);
+        let html = input(&m);
+        assert!(
+            html.contains("<p class=\"advice\"><strong>Note:</strong> the teacher did not learn the effect: +2.4 dB over output = input (19.2 dB vs 16.8 dB against the pairs); more pairs, more steps or a wider teacher.</p>"),
+            "{html}"
+        );
+        assert!(html.contains("<th>PSNR vs pairs</th><th>PSNR vs teacher</th>"));
     }
 
     #[test]

@@ -57,6 +57,14 @@ pub fn dry_run(
                 status[i] = Some(DryStatus::Skipped { reason });
                 continue;
             }
+            // Too many of its items skipped: the build will fail it (no key: never run).
+            Err(e @ Unresolved::TooManySkipped { .. }) => {
+                status[i] = Some(DryStatus::Stale {
+                    key: Digest([0; 32]),
+                    reasons: vec![format!("will fail: {e}")],
+                });
+                continue;
+            }
             // Its upstream record lacks an output it reads: the build fails it.
             Err(Unresolved::MissingOutput { upstream, .. }) => {
                 status[i] = Some(DryStatus::Blocked {
@@ -116,9 +124,8 @@ pub fn diff_reasons(
     for (k, v) in params {
         match old.params.get(k) {
             Some(o) if o != v => reasons.push(format!(
-                "{k} changed: {} → {}",
-                show_param(o),
-                show_param(v)
+                "{k} changed: {}",
+                super::change::show_change(&show_param(o), &show_param(v))
             )),
             None => reasons.push(format!("{k} added: {}", show_param(v))),
             _ => {}

@@ -176,6 +176,8 @@ pub struct HumanReporter {
     running: Mutex<BTreeMap<String, ProgressBar>>,
     /// (item, reason) of the skipped items, listed under the summary line.
     skipped: Mutex<Vec<(String, String)>>,
+    /// What the training figures say in plain words (`metric::advice`), under the summary.
+    advice: Mutex<Vec<String>>,
 }
 
 impl HumanReporter {
@@ -196,6 +198,7 @@ impl HumanReporter {
             bars: Mutex::new(BTreeMap::new()),
             running: Mutex::new(BTreeMap::new()),
             skipped: Mutex::new(Vec::new()),
+            advice: Mutex::new(Vec::new()),
         }
     }
 }
@@ -241,6 +244,28 @@ impl HumanReporter {
             eprintln!("{line}");
         } else {
             let _ = self.multi.println(line);
+        }
+    }
+
+    /// Keeps what a training's figures say (the teacher's own report, or the student's,
+    /// which repeats the teacher's figure), each sentence once.
+    fn note_advice(&self, kind: &str, m: &serde_json::Map<String, serde_json::Value>) {
+        use crate::protocol::metric;
+        let m = serde_json::Value::Object(m.clone());
+        let teacher = match kind {
+            "train-teacher" => metric::read(&m, metric::PSNR_VS_PAIRS_DB),
+            _ => metric::read(&m, metric::TEACHER_PSNR_VS_PAIRS_DB),
+        };
+        let student = match kind {
+            "distill-student" => metric::read(&m, metric::PSNR_VS_PAIRS_DB),
+            _ => None,
+        };
+        let identity = metric::read(&m, metric::IDENTITY_PSNR_DB);
+        let mut list = lock(&self.advice);
+        for line in metric::advice(teacher, identity, student) {
+            if !list.contains(&line) {
+                list.push(line);
+            }
         }
     }
 
@@ -320,6 +345,7 @@ impl Reporter for HumanReporter {
                 ..
             } => {
                 self.count(stage, kind);
+                self.note_advice(kind, metrics);
                 if !metrics.is_empty() && !self.quiet {
                     let shown: Vec<String> = metrics
                         .iter()
@@ -436,6 +462,9 @@ impl Reporter for HumanReporter {
                     ));
                 }
                 list.clear();
+                for line in std::mem::take(&mut *lock(&self.advice)) {
+                    self.say(format!("  note: {line}"));
+                }
             }
             Event::BuildStarted { .. } => {}
         }

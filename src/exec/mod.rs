@@ -1,6 +1,7 @@
 //! The executor: runs a plan's stale stages in dependency order, independent CPU stages
 //! in parallel, everything else from the cache.
 
+pub mod change;
 pub mod dry;
 pub mod events;
 mod scheduler;

@@ -272,21 +272,29 @@ pub fn build(
                         release(i, &dependents, &mut waiting, &mut ready);
                         continue;
                     }
+                    // Too much of the dataset skipped: the data's fault, not effectc's.
                     // An upstream record without an output this stage reads: fail the
                     // stage loudly rather than key it on fewer inputs.
                     Err(e) => {
-                        let error = StageError::bug(e.to_string());
+                        let tier = match e {
+                            Unresolved::TooManySkipped { .. } => Tier::Input,
+                            _ => Tier::Bug,
+                        };
+                        let error = match tier {
+                            Tier::Input => StageError::input(e.to_string()),
+                            _ => StageError::bug(e.to_string()),
+                        };
                         reporter.event(&Event::StageFailed {
                             effect: plan.effect.clone(),
                             stage: node.id.to_string(),
                             kind: node.stage.family().into(),
                             error: error.to_string(),
-                            user_error: false,
-                            tier: Tier::Bug,
+                            user_error: tier == Tier::Input,
+                            tier,
                         });
                         outcomes[i] = Some(NodeOutcome::Failed {
                             error: error.to_string(),
-                            tier: Tier::Bug,
+                            tier,
                         });
                         if !opts.keep_going {
                             stop = true;

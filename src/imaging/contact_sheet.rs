@@ -85,6 +85,20 @@ pub fn text_width(text: &str, scale: u32) -> u32 {
     text.chars().count() as u32 * 6 * scale
 }
 
+/// A column title that fits its cell: at scale 2, else at scale 1 (a target's name such
+/// as `android-nnapi`), else cut with `..` at scale 1.
+pub fn fit_title(title: &str, cell_px: u32) -> (String, u32) {
+    for scale in [2, 1] {
+        // The last glyph's trailing column of spacing need not fit.
+        if text_width(title, scale) <= cell_px + scale {
+            return (title.to_string(), scale);
+        }
+    }
+    let fits = ((cell_px + 1) / 6) as usize;
+    let kept: String = title.chars().take(fits.saturating_sub(2)).collect();
+    (format!("{kept}.."), 1)
+}
+
 /// A grid of `cell_px` cells under a header row of `column_titles`.
 pub fn contact_sheet(rows: &[Vec<RgbImage>], column_titles: &[&str], cell_px: u32) -> RgbImage {
     let cols = rows
@@ -100,9 +114,11 @@ pub fn contact_sheet(rows: &[Vec<RgbImage>], column_titles: &[&str], cell_px: u3
     let mut sheet = RgbImage::from_pixel(width.max(1), height.max(1), Rgb([32, 32, 36]));
     for (c, title) in column_titles.iter().enumerate() {
         let x = gap + c as u32 * (cell_px + gap);
-        let tw = text_width(title, 2);
+        let (title, scale) = fit_title(title, cell_px);
+        let tw = text_width(&title, scale);
         let tx = x + cell_px.saturating_sub(tw) / 2;
-        draw_text(&mut sheet, tx, 5, title, 2, Rgb([235, 235, 235]));
+        let ty = if scale == 2 { 5 } else { 8 };
+        draw_text(&mut sheet, tx, ty, &title, scale, Rgb([235, 235, 235]));
     }
     for (r, row) in rows.iter().enumerate() {
         for (c, img) in row.iter().enumerate() {
@@ -131,5 +147,14 @@ mod tests {
         assert_eq!(sheet.get_pixel(4 + 16, 24 + 16).0, [200, 0, 0]);
         // The title row is not empty.
         assert!((0..sheet.width()).any(|x| sheet.get_pixel(x, 10).0 == [235, 235, 235]));
+    }
+
+    #[test]
+    fn titles_fit_their_cells_smaller_or_cut() {
+        assert_eq!(fit_title("student", 128), ("student".into(), 2));
+        assert_eq!(fit_title("android-nnapi", 128), ("android-nnapi".into(), 1));
+        let (cut, scale) = fit_title("a-very-long-target-name-indeed", 128);
+        assert_eq!((cut.as_str(), scale), ("a-very-long-target-..", 1));
+        assert!(text_width(&cut, 1) <= 128 + 1);
     }
 }

@@ -54,7 +54,7 @@ pub struct ResolvedInputs {
 }
 
 /// Why a node's inputs cannot be resolved yet.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum Unresolved {
     /// This upstream node has no known record yet (stale, or not built).
     #[error("its upstream stage has not been built")]
@@ -65,6 +65,55 @@ pub enum Unresolved {
     /// A per-item node whose item an upstream stage skipped: it does not run either.
     #[error("{upstream} skipped its item: {reason}")]
     Skipped { upstream: StageId, reason: String },
+    /// A whole-dataset node whose items were skipped beyond the recipe's bound: the
+    /// dataset is not the one meant (a wrong folder, a broken export), so nothing trains.
+    #[error("{skipped} of {total} items were skipped ({percent:.0}%), over the bound `sources {{ max-skipped {max} }}` ({max_percent:.0}%); the first: {example}", percent = 100.0 * *skipped as f64 / *total as f64, max_percent = 100.0 * max)]
+    TooManySkipped {
+        skipped: usize,
+        total: usize,
+        max: f64,
+        /// The first skipped item and why.
+        example: String,
+    },
+}
+
+/// The share of a dataset's items that may be skipped (undecodable, truncated, too small,
+/// no face) before a whole-dataset stage refuses to run: half, so a face crop over a mixed
+/// photo library goes on, and a wrong or empty folder does not train a model silently.
+pub const DEFAULT_MAX_SKIPPED: f64 = 0.5;
+
+/// The items a whole-dataset node reads, and the skipped ones with the first reason.
+#[derive(Default)]
+struct SkipCount<'a> {
+    all: std::collections::HashSet<&'a str>,
+    skipped: std::collections::HashSet<&'a str>,
+    example: Option<String>,
+}
+
+impl<'a> SkipCount<'a> {
+    fn add(&mut self, item: &'a str, skipped: Option<&str>) {
+        self.all.insert(item);
+        if let Some(reason) = skipped {
+            if self.skipped.insert(item) && self.example.is_none() {
+                self.example = Some(format!("{item}: {reason}"));
+            }
+        }
+    }
+
+    fn check(self, max: f64) -> Result<(), Unresolved> {
+        let (skipped, total) = (self.skipped.len(), self.all.len());
+        // Over the bound, or nothing left at all (whatever the bound).
+        let over = skipped as f64 > max * total as f64 + 1e-9 || skipped == total;
+        if total > 0 && over {
+            return Err(Unresolved::TooManySkipped {
+                skipped,
+                total,
+                max,
+                example: self.example.unwrap_or_default(),
+            });
+        }
+        Ok(())
+    }
 }
 
 /// Checks that every consumed port is one its producer declares (`Stage::outputs`).
@@ -110,6 +159,8 @@ pub struct Plan {
     pub order: Vec<usize>,
     /// Sources left out of the plan because they could not be read.
     pub source_failures: Vec<SourceFailure>,
+    /// `sources { max-skipped }`: see [`Unresolved::TooManySkipped`].
+    pub max_skipped: f64,
     /// Each node's `stage.params()`, worked out once per stage object.
     params: Vec<std::sync::Arc<Params>>,
 }
@@ -135,7 +186,9 @@ impl Plan {
         for f in &recipe.files {
             h.str(&f.name).str(&f.text);
         }
-        Plan::from_parts(recipe.name.clone(), h.finish(), nodes)
+        let mut plan = Plan::from_parts(recipe.name.clone(), h.finish(), nodes);
+        plan.max_skipped = recipe.sources.max_skipped;
+        plan
     }
 
     /// A plan from nodes assembled directly (tests, tools); `new` is the recipe's way.
@@ -166,6 +219,7 @@ impl Plan {
             graph,
             order,
             source_failures: Vec::new(),
+            max_skipped: DEFAULT_MAX_SKIPPED,
         }
     }
 
@@ -230,6 +284,9 @@ impl Plan {
         mut visit: impl FnMut(std::borrow::Cow<'s, str>, Digest, Option<&'s std::path::Path>),
     ) -> Result<(), Unresolved> {
         use std::borrow::Cow;
+        // A whole-dataset node counts the items it reads and those skipped, for the bound.
+        let mut items = (self.nodes[i].item.is_none())
+            .then(|| SkipCount::default());
         for inp in &self.nodes[i].inputs {
             match &inp.from {
                 InputRef::File { path, digest } => {
@@ -237,6 +294,9 @@ impl Plan {
                 }
                 InputRef::Stage { node: up, output } => {
                     let rec = record_of(*up).ok_or(Unresolved::Upstream(*up))?;
+                    if let (Some(count), Some(item)) = (&mut items, &self.nodes[*up].item) {
+                        count.add(item, rec.skipped());
+                    }
                     if let Some(reason) = rec.skipped() {
                         self.skipped_input(i, *up, reason)?;
                         continue;
@@ -252,6 +312,9 @@ impl Plan {
                 }
                 InputRef::StageAll { node: up } => {
                     let rec = record_of(*up).ok_or(Unresolved::Upstream(*up))?;
+                    if let (Some(count), Some(item)) = (&mut items, &self.nodes[*up].item) {
+                        count.add(item, rec.skipped());
+                    }
                     if let Some(reason) = rec.skipped() {
                         self.skipped_input(i, *up, reason)?;
                         continue;
@@ -261,6 +324,9 @@ impl Plan {
                     }
                 }
             }
+        }
+        if let Some(count) = items {
+            count.check(self.max_skipped)?;
         }
         Ok(())
     }
@@ -323,6 +389,7 @@ impl Plan {
         }
         let mut plan = Plan::from_parts(self.effect, self.recipe_digest, kept);
         plan.source_failures = self.source_failures;
+        plan.max_skipped = self.max_skipped;
         plan
     }
 

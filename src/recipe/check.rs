@@ -108,7 +108,10 @@ impl<'a> Checker<'a> {
 
     fn sources(&mut self, node: &Node) -> Option<Sources> {
         self.d
-            .known_children(node, &["images", "synthetic", "video", "crop", "holdout"]);
+            .known_children(
+                node,
+                &["images", "synthetic", "video", "crop", "holdout", "max-skipped"],
+            );
         self.d.known_props(node, &[]);
         let mut images = Vec::new();
         for n in node.children.iter().filter(|c| c.name == "images") {
@@ -249,12 +252,20 @@ impl<'a> Checker<'a> {
             },
         };
         let holdout = self.d.setting_f64(node, "holdout", 0.1, 0.0, 0.9);
+        let max_skipped = self.d.setting_f64(
+            node,
+            "max-skipped",
+            crate::plan::DEFAULT_MAX_SKIPPED,
+            0.0,
+            1.0,
+        );
         Some(Sources {
             images,
             synthetic,
             videos,
             crop,
             holdout,
+            max_skipped,
         })
     }
 

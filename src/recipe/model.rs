@@ -91,6 +91,9 @@ pub struct Sources {
     pub crop: Crop,
     /// Fraction of items held out from training, chosen by a stable hash of the item name.
     pub holdout: f64,
+    /// `max-skipped`: the fraction of items that may be skipped (bad or faceless photos)
+    /// before the build refuses to train (`plan::DEFAULT_MAX_SKIPPED` when unset).
+    pub max_skipped: f64,
 }
 
 #[derive(Clone, Debug)]

@@ -147,7 +147,7 @@ impl BundleStage {
         add(
             sheet,
             "Contact sheet",
-            "Held-out frames: source | teacher | student | each target's shipped model.",
+            "Held-out frames: source | pair (the teacher's picture) | student | each target's shipped model.",
         )?;
         if let Some(path) = ctx.inputs.get("pairs.png") {
             add(
@@ -179,7 +179,9 @@ impl Stage for BundleStage {
         // 4: the manifest is the typed `bundle::Manifest` (its fields in declared order).
         // 5: golden frames in each target's own layout/dtype/range, the targets' edges
         //    and bars in the manifest, a self-contained report with pictures.
-        5
+        // 6: one name per figure in the manifest (`psnr_vs_pairs_db`, `psnr_vs_teacher_db`),
+        //    and the report says when the teacher did not learn the effect.
+        6
     }
     fn params(&self) -> Params {
         #[derive(Serialize)]
@@ -301,7 +303,8 @@ impl Stage for BundleStage {
             );
             target_outputs.push((name.clone(), outs));
         }
-        // Contact sheet: source | teacher | student | each target, on held-out frames.
+        // Contact sheet: source | the pair's target (the teacher's picture) | student |
+        // each target, on held-out frames.
         let mut sheet_rows = Vec::new();
         for i in 0..rows {
             let mut row = vec![frame_to_image(&inputs[i], h, w)];
@@ -316,7 +319,7 @@ impl Stage for BundleStage {
             }
             sheet_rows.push(row);
         }
-        let mut titles = vec!["source", "teacher", "student"];
+        let mut titles = vec!["source", "pair", "student"];
         titles.extend(target_outputs.iter().map(|(n, _)| n.as_str()));
         let sheet = crate::imaging::contact_sheet::contact_sheet(&sheet_rows, &titles, 128);
         let sheet_path = ctx.out_dir.join("contact-sheet.png");
@@ -347,14 +350,14 @@ impl Stage for BundleStage {
                 blocks: self.student.blocks,
                 params: student["params"].as_u64(),
                 macs_512: student["macs_512"].as_u64(),
-                psnr_db: student[metric::PSNR_VS_TEACHER_DB].as_f64(),
-                psnr_vs_target_db: student[metric::PSNR_DB].as_f64(),
+                psnr_vs_pairs_db: metric::read(&student, metric::PSNR_VS_PAIRS_DB),
+                psnr_vs_teacher_db: student[metric::PSNR_VS_TEACHER_DB].as_f64(),
                 ssim: student[metric::SSIM].as_f64(),
                 flicker_ratio: student["flicker_ratio"].as_f64(),
             },
             teacher: TeacherSummary {
                 width: self.student.teacher_width,
-                psnr_db: teacher[metric::PSNR_DB].as_f64(),
+                psnr_vs_pairs_db: metric::read(&teacher, metric::PSNR_VS_PAIRS_DB),
                 identity_psnr_db: teacher[metric::IDENTITY_PSNR_DB].as_f64(),
             },
             targets,

@@ -1,7 +1,8 @@
 //! `crop`: scales each source so its short side is the recipe's size and centre-crops
-//! it square. (The face crop comes with face detection.)
+//! it square. (The face crop comes with face detection.) A source that is not a whole
+//! picture, or too small, skips its item (`png::read_source`).
 
-use super::png::{read_rgb, write_png};
+use super::png::{read_source, write_png};
 use crate::imaging::crop::center_crop_resize;
 use crate::stages::{params_of, Params, RunContext, RunOutput, Stage, StageError};
 use serde::Serialize;
@@ -18,7 +19,8 @@ impl Stage for CenterCrop {
         &["image"]
     }
     fn version(&self) -> u32 {
-        1
+        // 2: skips an undecodable, truncated or too-small source instead of failing.
+        2
     }
     fn params(&self) -> Params {
         #[derive(Serialize)]
@@ -34,7 +36,10 @@ impl Stage for CenterCrop {
         })
     }
     fn run(&self, ctx: &mut RunContext) -> Result<RunOutput, StageError> {
-        let src = read_rgb(ctx.input("image")?)?;
+        let src = match read_source(ctx.input("image")?, self.size_px)? {
+            Ok(src) => src,
+            Err(why) => return Ok(RunOutput::skip(why)),
+        };
         let img = center_crop_resize(&src, self.size_px);
         let path = ctx.out_dir.join("image.png");
         write_png(&img, &path)?;

@@ -2,9 +2,10 @@
 //! it turned so the eyes are level, padded by the recipe's margin, at the recipe's size
 //! (`imaging::face_crop`). The face mesh (468 points) and the body pose (33 points) are
 //! found here too, once per item, and saved in the crop's pixels as `landmarks.json`
-//! for the control maps. A photo without a face is skipped, not failed.
+//! for the control maps. A photo without a face is skipped, not failed, as is one that is
+//! not a whole picture or too small (`png::read_source`).
 
-use super::png::{read_rgb, write_png};
+use super::png::{read_source, write_png};
 use crate::imaging::face_crop::{crop_rotated, CropBox, CropLandmarks};
 use crate::imaging::face_mesh::{LEFT_EYE, RIGHT_EYE};
 use crate::stages::{params_of, Params, RunContext, RunOutput, Stage, StageError};
@@ -118,7 +119,10 @@ impl Stage for FaceCrop {
         })
     }
     fn run(&self, ctx: &mut RunContext) -> Result<RunOutput, StageError> {
-        let src = read_rgb(ctx.input("image")?)?;
+        let src = match read_source(ctx.input("image")?, self.size_px)? {
+            Ok(src) => src,
+            Err(why) => return Ok(RunOutput::skip(why)),
+        };
         let models = self.models.get(ctx)?;
         let faces = models.detector.detect(&src).map_err(vision_error)?;
         // The detector sorts by box area: the largest face whose mesh confirms it (as

@@ -50,7 +50,7 @@ impl Trainer<'_> {
         let out = tch::no_grad(|| net.forward(src));
         let mut m = serde_json::Map::new();
         m.insert(
-            metric::PSNR_DB.into(),
+            metric::PSNR_VS_PAIRS_DB.into(),
             serde_json::json!(round3(psnr_db(&to01(&out), &to01(tgt)))),
         );
         m.insert(
@@ -86,7 +86,7 @@ impl Trainer<'_> {
                 serde_json::json!(round3(psnr_db(&to01(&out), &to01(&t_out)))),
             );
             m.insert(
-                metric::TEACHER_PSNR_DB.into(),
+                metric::TEACHER_PSNR_VS_PAIRS_DB.into(),
                 serde_json::json!(round3(psnr_db(&to01(&t_out), &to01(tgt)))),
             );
         }

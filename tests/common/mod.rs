@@ -225,24 +225,25 @@ pub fn mediapipe_dir() -> PathBuf {
     root.join("mediapipe-0.10.21")
 }
 
-/// The shared sample photos, read in place: `$EFFECTC_SAMPLES`, else `../shared/samples`
-/// beside the checkout (CI's layout), else `../../shared/samples` (a worktree one level
-/// deeper).
+/// The sample photos (astronaut, chelsea, coffee, rocket), read in place:
+/// `$EFFECTC_SAMPLES`, else where scripts/samples.sh (run by scripts/test-deps.sh, so by
+/// `make test`) unpacks them from scikit-image's wheel. Nothing outside the clone.
 pub fn samples_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("EFFECTC_SAMPLES") {
-        return PathBuf::from(dir);
-    }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    ["../shared/samples", "../../shared/samples"]
-        .iter()
-        .map(|d| root.join(d))
-        .find(|d| d.is_dir())
-        .unwrap_or_else(|| root.join("../shared/samples"))
+    std::env::var_os("EFFECTC_SAMPLES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").expect("HOME"))
+                .join(".cache/effectc/samples-skimage-0.26.0")
+        })
 }
 
-/// One shared sample photo's path; panics naming it when it is missing.
+/// One sample photo's path; panics naming it and the script that installs it when missing.
 pub fn sample_path(name: &str) -> PathBuf {
     let path = samples_dir().join(name);
-    assert!(path.is_file(), "sample photo {} is missing", path.display());
+    assert!(
+        path.is_file(),
+        "sample photo {} is missing: run scripts/test-deps.sh (`make test` does)",
+        path.display()
+    );
     path
 }
