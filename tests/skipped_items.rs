@@ -117,7 +117,7 @@ impl Reporter for Recorder {
 }
 
 fn plan() -> Plan {
-    plan_bounded(effectc::plan::DEFAULT_MAX_SKIPPED)
+    plan_bounded(effectc::recipe::model::DEFAULT_MAX_SKIPPED)
 }
 
 fn plan_bounded(max_skipped: f64) -> Plan {

@@ -77,11 +77,6 @@ pub enum Unresolved {
     },
 }
 
-/// The share of a dataset's items that may be skipped (undecodable, truncated, too small,
-/// no face) before a whole-dataset stage refuses to run: half, so a face crop over a mixed
-/// photo library goes on, and a wrong or empty folder does not train a model silently.
-pub const DEFAULT_MAX_SKIPPED: f64 = 0.5;
-
 /// The items a whole-dataset node reads, and the skipped ones with the first reason.
 #[derive(Default)]
 struct SkipCount<'a> {
@@ -219,7 +214,7 @@ impl Plan {
             graph,
             order,
             source_failures: Vec::new(),
-            max_skipped: DEFAULT_MAX_SKIPPED,
+            max_skipped: crate::recipe::model::DEFAULT_MAX_SKIPPED,
         }
     }
 

@@ -255,7 +255,7 @@ impl<'a> Checker<'a> {
         let max_skipped = self.d.setting_f64(
             node,
             "max-skipped",
-            crate::plan::DEFAULT_MAX_SKIPPED,
+            super::model::DEFAULT_MAX_SKIPPED,
             0.0,
             1.0,
         );

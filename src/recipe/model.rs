@@ -82,6 +82,11 @@ pub struct ClipModelSpec {
     pub tokenizer: Option<super::stdlib::ModelEntry>,
 }
 
+/// The share of a dataset's items that may be skipped (undecodable, truncated, too small,
+/// no face) before a whole-dataset stage refuses to run: half, so a face crop over a mixed
+/// photo library goes on, and a wrong or empty folder does not train a model silently.
+pub const DEFAULT_MAX_SKIPPED: f64 = 0.5;
+
 #[derive(Clone, Debug)]
 pub struct Sources {
     /// Image globs, relative to the project root.
@@ -92,7 +97,7 @@ pub struct Sources {
     /// Fraction of items held out from training, chosen by a stable hash of the item name.
     pub holdout: f64,
     /// `max-skipped`: the fraction of items that may be skipped (bad or faceless photos)
-    /// before the build refuses to train (`plan::DEFAULT_MAX_SKIPPED` when unset).
+    /// before the build refuses to train ([`DEFAULT_MAX_SKIPPED`] when unset).
     pub max_skipped: f64,
 }
 
