@@ -216,7 +216,10 @@ mod tests {
         let old = serde_json::json!({"psnr_db": 19.5, "teacher_psnr_db": 22.0});
         assert_eq!(metric::read(&new, metric::PSNR_VS_PAIRS_DB), Some(20.5));
         assert_eq!(metric::read(&old, metric::PSNR_VS_PAIRS_DB), Some(19.5));
-        assert_eq!(metric::read(&old, metric::TEACHER_PSNR_VS_PAIRS_DB), Some(22.0));
+        assert_eq!(
+            metric::read(&old, metric::TEACHER_PSNR_VS_PAIRS_DB),
+            Some(22.0)
+        );
         assert_eq!(metric::read(&new, metric::IDENTITY_PSNR_DB), None);
     }
 

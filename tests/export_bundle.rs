@@ -31,8 +31,16 @@ fn every_target_is_verified_and_the_bundle_is_reproducible() {
     }
     // One name per figure: the manifest's figures are the events' under the same names.
     for (side, stage, names) in [
-        ("student", "distill-student", &["psnr_vs_pairs_db", "psnr_vs_teacher_db"][..]),
-        ("teacher", "train-teacher", &["psnr_vs_pairs_db", "identity_psnr_db"][..]),
+        (
+            "student",
+            "distill-student",
+            &["psnr_vs_pairs_db", "psnr_vs_teacher_db"][..],
+        ),
+        (
+            "teacher",
+            "train-teacher",
+            &["psnr_vs_pairs_db", "identity_psnr_db"][..],
+        ),
     ] {
         for name in names {
             assert_eq!(

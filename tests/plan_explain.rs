@@ -134,7 +134,11 @@ effect "long" {{
     let change = "teacher.run.2 changed: …edgedetect=low=0.05:high=[0.15 → 0.25],negate[e];[a][e]blend=all_mode…";
     let plan = p.run(&["plan", "long"]);
     assert!(plan.stdout().contains(change), "{}", plan.stdout());
-    assert!(!plan.stdout().contains(&script("0.15")), "{}", plan.stdout());
+    assert!(
+        !plan.stdout().contains(&script("0.15")),
+        "{}",
+        plan.stdout()
+    );
     let explain = p.run(&["explain", "long", "pairs/synthetic-0001"]);
     assert!(explain.stdout().contains(change), "{}", explain.stdout());
 }

@@ -68,12 +68,22 @@ fn a_signed_release_verifies_with_minisign_and_effectc_and_any_change_is_refused
     assert_eq!(r.code(), 0, "{}", r.stderr());
     let (secret, public) = (prefix.with_extension("key"), prefix.with_extension("pub"));
     use std::os::unix::fs::PermissionsExt;
-    assert_eq!(std::fs::metadata(&secret).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        std::fs::metadata(&secret).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
     let again = p.run(&["release", "keygen", "--out", prefix.to_str().unwrap()]);
     assert_eq!(again.code(), 2, "never overwrites a key");
 
     let rel = p.root().join("rel");
-    let r = p.run(&["release", "small", "--out", "rel", "--sign", secret.to_str().unwrap()]);
+    let r = p.run(&[
+        "release",
+        "small",
+        "--out",
+        "rel",
+        "--sign",
+        secret.to_str().unwrap(),
+    ]);
     assert_eq!(r.code(), 0, "{}\n{}", r.stderr(), r.stdout());
     assert!(rel.join("SHA256SUMS.minisig").is_file());
 
@@ -81,7 +91,13 @@ fn a_signed_release_verifies_with_minisign_and_effectc_and_any_change_is_refused
     let (ok, said) = minisign_verifies(&rel, &public);
     assert!(ok, "minisign refused effectc's signature: {said}");
     println!("minisign -V: {said}");
-    let r = p.run(&["release", "verify", "rel", "--key", public.to_str().unwrap()]);
+    let r = p.run(&[
+        "release",
+        "verify",
+        "rel",
+        "--key",
+        public.to_str().unwrap(),
+    ]);
     assert_eq!(r.code(), 0, "{}", r.stderr());
     println!("effectc release verify: {}", r.stdout());
 
@@ -95,8 +111,19 @@ fn a_signed_release_verifies_with_minisign_and_effectc_and_any_change_is_refused
         .arg(&mpub)
         .output()
         .unwrap();
-    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
-    let r = p.run(&["release", "small", "--out", "rel2", "--sign", mkey.to_str().unwrap()]);
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let r = p.run(&[
+        "release",
+        "small",
+        "--out",
+        "rel2",
+        "--sign",
+        mkey.to_str().unwrap(),
+    ]);
     assert_eq!(r.code(), 0, "{}", r.stderr());
     let rel2 = p.root().join("rel2");
     assert_eq!(
@@ -122,7 +149,13 @@ fn a_signed_release_verifies_with_minisign_and_effectc_and_any_change_is_refused
         .find(|p| p.to_string_lossy().ends_with(".tar.gz"))
         .unwrap();
     flip_byte(&tarball, 100);
-    let r = p.run(&["release", "verify", "tampered-tar", "--key", public.to_str().unwrap()]);
+    let r = p.run(&[
+        "release",
+        "verify",
+        "tampered-tar",
+        "--key",
+        public.to_str().unwrap(),
+    ]);
     assert_eq!(r.code(), 1);
     let name = tarball.file_name().unwrap().to_string_lossy().into_owned();
     assert!(
@@ -135,18 +168,38 @@ fn a_signed_release_verifies_with_minisign_and_effectc_and_any_change_is_refused
     let tampered = p.root().join("tampered-sums");
     copy_dir(&rel, &tampered);
     flip_byte(&tampered.join("SHA256SUMS"), 3);
-    let r = p.run(&["release", "verify", "tampered-sums", "--key", public.to_str().unwrap()]);
+    let r = p.run(&[
+        "release",
+        "verify",
+        "tampered-sums",
+        "--key",
+        public.to_str().unwrap(),
+    ]);
     assert_eq!(r.code(), 1);
-    assert!(r.stderr().contains("signature does not match"), "{}", r.stderr());
+    assert!(
+        r.stderr().contains("signature does not match"),
+        "{}",
+        r.stderr()
+    );
     assert!(!minisign_verifies(&tampered, &public).0);
 
     // A bundle slipped in beside the list was never signed.
     let extra = p.root().join("extra");
     copy_dir(&rel, &extra);
     std::fs::write(extra.join("evil-1.0.tar.gz"), b"not signed").unwrap();
-    let r = p.run(&["release", "verify", "extra", "--key", public.to_str().unwrap()]);
+    let r = p.run(&[
+        "release",
+        "verify",
+        "extra",
+        "--key",
+        public.to_str().unwrap(),
+    ]);
     assert_eq!(r.code(), 1);
-    assert!(r.stderr().contains("evil-1.0.tar.gz: not in SHA256SUMS"), "{}", r.stderr());
+    assert!(
+        r.stderr().contains("evil-1.0.tar.gz: not in SHA256SUMS"),
+        "{}",
+        r.stderr()
+    );
 
     // A release without --sign leaves no stale signature behind.
     let r = p.run(&["release", "small", "--out", "rel"]);
@@ -161,7 +214,14 @@ fn a_key_that_cannot_sign_fails_before_anything_builds() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.key");
     std::fs::write(&bad, "untrusted comment: nope\nAAAA\n").unwrap();
-    let r = p.run(&["release", "small", "--out", "rel", "--sign", bad.to_str().unwrap()]);
+    let r = p.run(&[
+        "release",
+        "small",
+        "--out",
+        "rel",
+        "--sign",
+        bad.to_str().unwrap(),
+    ]);
     assert_eq!(r.code(), 2);
     assert!(r.stderr().contains("bad.key"), "{}", r.stderr());
     assert!(!p.root().join("cache").exists(), "nothing built");

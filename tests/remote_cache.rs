@@ -312,7 +312,12 @@ fn shard_auto_without_a_job_engine_names_the_variables_it_reads() {
     p.recipe("small", SMALL_BRICK);
     let r = run_env(&p, &["build", "--shard", "auto", "small"], &[]);
     assert_eq!(r.code(), 2, "{}", r.stderr());
-    for v in ["SLURM_ARRAY_TASK_ID", "JOB_COMPLETION_INDEX", "TEST_SHARD_INDEX", "TEST_TOTAL_SHARDS"] {
+    for v in [
+        "SLURM_ARRAY_TASK_ID",
+        "JOB_COMPLETION_INDEX",
+        "TEST_SHARD_INDEX",
+        "TEST_TOTAL_SHARDS",
+    ] {
         assert!(r.stderr().contains(v), "{}", r.stderr());
     }
     // A Kubernetes pod is not told the completion count.
@@ -370,7 +375,9 @@ fn everything_written(dirs: &[&Path]) -> Vec<u8> {
 }
 
 fn contains(haystack: &[u8], needle: &str) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle.as_bytes())
+    haystack
+        .windows(needle.len())
+        .any(|w| w == needle.as_bytes())
 }
 
 #[test]
@@ -385,14 +392,25 @@ fn a_cache_that_wants_credentials_gets_them_from_a_header_that_is_never_shown() 
     let none = tempfile::tempdir().unwrap();
     let r = run_env(
         &p,
-        &["build", "--json", "--cache", none.path().to_str().unwrap(), "--remote-cache", &url, "small"],
+        &[
+            "build",
+            "--json",
+            "--cache",
+            none.path().to_str().unwrap(),
+            "--remote-cache",
+            &url,
+            "small",
+        ],
         &[],
     );
     assert_eq!(r.code(), 0, "{}", r.stderr());
     assert!(r.ran() > 0);
     assert_eq!(r.stderr().matches("HTTP 401").count(), 1, "{}", r.stderr());
     assert!(r.stderr().contains("--remote-header"), "{}", r.stderr());
-    println!("without credentials: {}", r.stderr().lines().find(|l| l.contains("401")).unwrap());
+    println!(
+        "without credentials: {}",
+        r.stderr().lines().find(|l| l.contains("401")).unwrap()
+    );
     assert_eq!(server.files_under("ac"), 0);
 
     // CI: the token from a variable named on the command line; it uploads.
@@ -400,14 +418,25 @@ fn a_cache_that_wants_credentials_gets_them_from_a_header_that_is_never_shown() 
     let r = run_env(
         &p,
         &[
-            "build", "--json", "--cache", ci.path().to_str().unwrap(), "--remote-cache", &url,
-            "--remote-header", "Authorization: Bearer ${CACHE_TOKEN}", "small",
+            "build",
+            "--json",
+            "--cache",
+            ci.path().to_str().unwrap(),
+            "--remote-cache",
+            &url,
+            "--remote-header",
+            "Authorization: Bearer ${CACHE_TOKEN}",
+            "small",
         ],
         &[("CACHE_TOKEN", TOKEN)],
     );
     assert_eq!(r.code(), 0, "{}", r.stderr());
     assert!(!r.stderr().contains("warning"), "{}", r.stderr());
-    assert_eq!(server.files_under("ac"), r.ran(), "one record per stage run");
+    assert_eq!(
+        server.files_under("ac"),
+        r.ran(),
+        "one record per stage run"
+    );
     let mut seen = r.output.stdout.clone();
     seen.extend(&r.output.stderr);
 
@@ -423,9 +452,24 @@ fn a_cache_that_wants_credentials_gets_them_from_a_header_that_is_never_shown() 
         ),
     );
     let mate = tempfile::tempdir().unwrap();
-    let r = run_env(&p, &["build", "--json", "--cache", mate.path().to_str().unwrap(), "small"], &[]);
+    let r = run_env(
+        &p,
+        &[
+            "build",
+            "--json",
+            "--cache",
+            mate.path().to_str().unwrap(),
+            "small",
+        ],
+        &[],
+    );
     assert_eq!(r.code(), 0, "{}", r.stderr());
-    assert_eq!(r.ran(), 0, "every stage from the shared cache: {}", r.stderr());
+    assert_eq!(
+        r.ran(),
+        0,
+        "every stage from the shared cache: {}",
+        r.stderr()
+    );
     seen.extend(&r.output.stdout);
     seen.extend(&r.output.stderr);
 
@@ -434,21 +478,54 @@ fn a_cache_that_wants_credentials_gets_them_from_a_header_that_is_never_shown() 
     let wrong = tempfile::tempdir().unwrap();
     let r = run_env(
         &p,
-        &["build", "--json", "--cache", wrong.path().to_str().unwrap(), "small"],
-        &[("EFFECTC_REMOTE_HEADER", "Authorization: Bearer wrong-c0ffee")],
+        &[
+            "build",
+            "--json",
+            "--cache",
+            wrong.path().to_str().unwrap(),
+            "small",
+        ],
+        &[(
+            "EFFECTC_REMOTE_HEADER",
+            "Authorization: Bearer wrong-c0ffee",
+        )],
     );
     assert_eq!(r.code(), 0);
-    assert!(r.stderr().contains("Authorization were sent and refused"), "{}", r.stderr());
+    assert!(
+        r.stderr().contains("Authorization were sent and refused"),
+        "{}",
+        r.stderr()
+    );
     assert!(!r.stderr().contains("wrong-c0ffee") && !r.stdout().contains("wrong-c0ffee"));
 
     // A malformed header is refused without echoing what it holds.
-    let r = run_env(&p, &["plan", "small", "--remote-header", "Authorization Bearer hunter2"], &[]);
+    let r = run_env(
+        &p,
+        &[
+            "plan",
+            "small",
+            "--remote-header",
+            "Authorization Bearer hunter2",
+        ],
+        &[],
+    );
     assert_eq!(r.code(), 2);
-    assert!(r.stderr().contains("--remote-header #1") && !r.stderr().contains("hunter2"), "{}", r.stderr());
+    assert!(
+        r.stderr().contains("--remote-header #1") && !r.stderr().contains("hunter2"),
+        "{}",
+        r.stderr()
+    );
 
-    seen.extend(everything_written(&[ci.path(), mate.path(), &p.root().join("out")]));
+    seen.extend(everything_written(&[
+        ci.path(),
+        mate.path(),
+        &p.root().join("out"),
+    ]));
     assert!(seen.len() > 1000);
-    assert!(!contains(&seen, TOKEN), "the token appears in output, events, records or out/");
+    assert!(
+        !contains(&seen, TOKEN),
+        "the token appears in output, events, records or out/"
+    );
 }
 
 #[test]
@@ -457,28 +534,70 @@ fn a_read_only_client_reads_the_shared_cache_and_never_writes_it() {
     let p = TestProject::new();
     p.recipe("small", SMALL_BRICK);
     let url = server.url();
-    let puts = |server: &Nginx| access_log(server).lines().filter(|l| l.starts_with("PUT")).count();
+    let puts = |server: &Nginx| {
+        access_log(server)
+            .lines()
+            .filter(|l| l.starts_with("PUT"))
+            .count()
+    };
 
     // A laptop with uploads off in effectc.kdl: builds everything, writes nothing.
-    p.write("effectc.kdl", &format!("remote-cache \"{url}\"\nremote-upload #false\n"));
+    p.write(
+        "effectc.kdl",
+        &format!("remote-cache \"{url}\"\nremote-upload #false\n"),
+    );
     let laptop = tempfile::tempdir().unwrap();
-    let r = run_env(&p, &["build", "--json", "--cache", laptop.path().to_str().unwrap(), "small"], &[]);
+    let r = run_env(
+        &p,
+        &[
+            "build",
+            "--json",
+            "--cache",
+            laptop.path().to_str().unwrap(),
+            "small",
+        ],
+        &[],
+    );
     assert_eq!(r.code(), 0, "{}", r.stderr());
     assert!(r.ran() > 0);
-    assert!(access_log(&server).contains("GET /effectc/ac/"), "it did read");
+    assert!(
+        access_log(&server).contains("GET /effectc/ac/"),
+        "it did read"
+    );
     assert_eq!(puts(&server), 0, "{}", access_log(&server));
     assert_eq!(server.files_under("ac") + server.files_under("cas"), 0);
     // Asked to push explicitly, it says why not.
-    let push = run_env(&p, &["cache", "push", "small", "--cache", laptop.path().to_str().unwrap()], &[]);
+    let push = run_env(
+        &p,
+        &[
+            "cache",
+            "push",
+            "small",
+            "--cache",
+            laptop.path().to_str().unwrap(),
+        ],
+        &[],
+    );
     assert_eq!(push.code(), 2);
-    assert!(push.stderr().contains("--remote-upload=true"), "{}", push.stderr());
+    assert!(
+        push.stderr().contains("--remote-upload=true"),
+        "{}",
+        push.stderr()
+    );
     assert_eq!(puts(&server), 0);
 
     // CI overrides the file and writes.
     let ci = tempfile::tempdir().unwrap();
     let r = run_env(
         &p,
-        &["build", "--json", "--remote-upload", "--cache", ci.path().to_str().unwrap(), "small"],
+        &[
+            "build",
+            "--json",
+            "--remote-upload",
+            "--cache",
+            ci.path().to_str().unwrap(),
+            "small",
+        ],
         &[],
     );
     assert_eq!(r.code(), 0, "{}", r.stderr());
@@ -490,7 +609,13 @@ fn a_read_only_client_reads_the_shared_cache_and_never_writes_it() {
     let other = tempfile::tempdir().unwrap();
     let r = run_env(
         &p,
-        &["build", "--json", "--cache", other.path().to_str().unwrap(), "small"],
+        &[
+            "build",
+            "--json",
+            "--cache",
+            other.path().to_str().unwrap(),
+            "small",
+        ],
         &[("EFFECTC_REMOTE_UPLOAD", "false")],
     );
     assert_eq!(r.code(), 0, "{}", r.stderr());
@@ -499,7 +624,14 @@ fn a_read_only_client_reads_the_shared_cache_and_never_writes_it() {
     p.recipe("small", &SMALL_BRICK.replace("stud-size 4", "stud-size 6"));
     let r = run_env(
         &p,
-        &["build", "--json", "--remote-upload=false", "--cache", other.path().to_str().unwrap(), "small"],
+        &[
+            "build",
+            "--json",
+            "--remote-upload=false",
+            "--cache",
+            other.path().to_str().unwrap(),
+            "small",
+        ],
         &[],
     );
     assert_eq!(r.code(), 0, "{}", r.stderr());
@@ -531,7 +663,9 @@ fn tampered_answers_are_refused_with_a_warning_and_built_locally() {
     let mut named = std::collections::BTreeMap::<String, usize>::new();
     for (_, r) in &records {
         for o in r["outputs"].as_object().unwrap().values() {
-            *named.entry(o["digest"].as_str().unwrap().to_string()).or_default() += 1;
+            *named
+                .entry(o["digest"].as_str().unwrap().to_string())
+                .or_default() += 1;
         }
     }
     // Three per-item pairs records whose blobs no other record shares.
@@ -540,7 +674,10 @@ fn tampered_answers_are_refused_with_a_warning_and_built_locally() {
         .filter(|(_, r)| r["stage_id"].as_str().unwrap().starts_with("pairs/"))
         .filter(|(_, r)| {
             let outs = r["outputs"].as_object().unwrap();
-            !outs.is_empty() && outs.values().all(|o| named[o["digest"].as_str().unwrap()] == 1)
+            !outs.is_empty()
+                && outs
+                    .values()
+                    .all(|o| named[o["digest"].as_str().unwrap()] == 1)
         })
         .take(3)
         .collect();
@@ -550,7 +687,15 @@ fn tampered_answers_are_refused_with_a_warning_and_built_locally() {
         "{:?}",
         records.iter().map(|r| &r.1["stage_id"]).collect::<Vec<_>>()
     );
-    let first_output = |r: &serde_json::Value| r["outputs"].as_object().unwrap().values().next().unwrap().clone();
+    let first_output = |r: &serde_json::Value| {
+        r["outputs"]
+            .as_object()
+            .unwrap()
+            .values()
+            .next()
+            .unwrap()
+            .clone()
+    };
 
     // 1. A blob changed under its record: the output no longer hashes to what it names.
     let blob = cas.join(first_output(&crops[0].1)["digest"].as_str().unwrap());
@@ -562,7 +707,13 @@ fn tampered_answers_are_refused_with_a_warning_and_built_locally() {
     std::fs::write(&crops[1].0, std::fs::read(&crops[2].0).unwrap()).unwrap();
     // 3. A record that gives its blob the wrong size.
     let mut rec = crops[2].1.clone();
-    let name = rec["outputs"].as_object().unwrap().keys().next().unwrap().clone();
+    let name = rec["outputs"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .next()
+        .unwrap()
+        .clone();
     let size = rec["outputs"][&name]["size_bytes"].as_u64().unwrap();
     rec["outputs"][&name]["size_bytes"] = (size + 1).into();
     std::fs::write(&crops[2].0, serde_json::to_vec(&rec).unwrap()).unwrap();
@@ -571,10 +722,20 @@ fn tampered_answers_are_refused_with_a_warning_and_built_locally() {
     let r = build(&p, fresh.path(), &["--remote-cache", &url]);
     let err = r.stderr();
     println!("{err}");
-    assert!(err.contains("does not hash to the digest its record names"), "{err}");
+    assert!(
+        err.contains("does not hash to the digest its record names"),
+        "{err}"
+    );
     assert!(err.contains("the record is for key"), "{err}");
-    assert!(err.contains(&format!("is {size} bytes, its record says {}", size + 1)), "{err}");
-    assert_eq!(err.matches("building that stage locally").count(), 3, "{err}");
+    assert!(
+        err.contains(&format!("is {size} bytes, its record says {}", size + 1)),
+        "{err}"
+    );
+    assert_eq!(
+        err.matches("building that stage locally").count(),
+        3,
+        "{err}"
+    );
     let ran = r.ran_stages();
     for (_, c) in &crops {
         let id = c["stage_id"].as_str().unwrap();
@@ -582,5 +743,10 @@ fn tampered_answers_are_refused_with_a_warning_and_built_locally() {
     }
     assert!(r.ran() < first.ran(), "the rest came from the shared cache");
     let verify = p.run(&["cache", "verify", "--cache", fresh.path().to_str().unwrap()]);
-    assert_eq!(verify.code(), 0, "nothing tampered reached the local cache: {}", verify.stdout());
+    assert_eq!(
+        verify.code(),
+        0,
+        "nothing tampered reached the local cache: {}",
+        verify.stdout()
+    );
 }

@@ -298,8 +298,11 @@ fn jpeg(size: u32) -> Vec<u8> {
         image::Rgb([(x * 3) as u8, (y * 5) as u8, ((x + y) * 2) as u8])
     });
     let mut bytes = Vec::new();
-    img.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Jpeg)
-        .unwrap();
+    img.write_to(
+        &mut std::io::Cursor::new(&mut bytes),
+        image::ImageFormat::Jpeg,
+    )
+    .unwrap();
     bytes
 }
 
@@ -314,7 +317,11 @@ fn photos_project(bound: &str) -> common::TestProject {
     }
     let whole = jpeg(64);
     p.write("photos/garbage.png", "this is not a picture");
-    std::fs::write(p.root().join("photos/no-eoi.jpg"), &whole[..whole.len() - 2]).unwrap();
+    std::fs::write(
+        p.root().join("photos/no-eoi.jpg"),
+        &whole[..whole.len() - 2],
+    )
+    .unwrap();
     std::fs::write(p.root().join("photos/half.jpg"), &whole[..whole.len() / 2]).unwrap();
     common::write_png(&p.root().join("photos/tiny.png"), 3, 8);
     p
@@ -370,7 +377,12 @@ fn too_much_of_a_dataset_skipped_fails_the_build_before_training_with_a_clear_me
     // 4 of 8 skipped: over a bound of 0.25 (and the same photos pass at 0.5, above).
     let p = photos_project("max-skipped 0.25");
     let run = p.run(&["build", "--json", "photos"]);
-    assert_eq!(run.code(), 1, "a failed build, the data's fault: {}", run.stderr());
+    assert_eq!(
+        run.code(),
+        1,
+        "a failed build, the data's fault: {}",
+        run.stderr()
+    );
     assert_eq!(run.ran_of_kind("train-teacher"), 0);
     let failed = run
         .events
@@ -379,7 +391,9 @@ fn too_much_of_a_dataset_skipped_fails_the_build_before_training_with_a_clear_me
         .expect("a stage-failed event");
     let error = failed["error"].as_str().unwrap();
     assert!(
-        error.contains("4 of 8 items were skipped (50%), over the bound `sources { max-skipped 0.25 }` (25%)"),
+        error.contains(
+            "4 of 8 items were skipped (50%), over the bound `sources { max-skipped 0.25 }` (25%)"
+        ),
         "{error}"
     );
     assert_eq!(failed["user_error"], true);
@@ -396,6 +410,13 @@ fn a_folder_of_nothing_but_bad_files_never_trains_whatever_the_bound() {
     assert_eq!(run.code(), 1);
     let err = run.stderr();
     assert!(err.contains("2 of 2 items were skipped (100%)"), "{err}");
-    assert!(err.contains("skipped photos/a.png: not a readable image"), "{err}");
-    assert!(!p.root().join("out/photos").join("bundle-report.html").exists());
+    assert!(
+        err.contains("skipped photos/a.png: not a readable image"),
+        "{err}"
+    );
+    assert!(!p
+        .root()
+        .join("out/photos")
+        .join("bundle-report.html")
+        .exists());
 }

@@ -60,26 +60,45 @@ impl Cluster {
         }
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(d.join("munge"), std::fs::Permissions::from_mode(0o700)).unwrap();
-        let key: Vec<u8> = (0..1024).map(|i| (i * 131 % 251) as u8 ^ std::process::id() as u8).collect();
+        let key: Vec<u8> = (0..1024)
+            .map(|i| (i * 131 % 251) as u8 ^ std::process::id() as u8)
+            .collect();
         std::fs::write(d.join("munge/munge.key"), key).unwrap();
-        std::fs::set_permissions(d.join("munge/munge.key"), std::fs::Permissions::from_mode(0o400)).unwrap();
+        std::fs::set_permissions(
+            d.join("munge/munge.key"),
+            std::fs::Permissions::from_mode(0o400),
+        )
+        .unwrap();
         let socket = d.join("munge/munge.sock");
         let mut daemons = Vec::new();
         daemons.push(
             Command::new(need("munged"))
                 .arg("--foreground")
                 .arg("--force")
-                .arg(format!("--key-file={}", d.join("munge/munge.key").display()))
+                .arg(format!(
+                    "--key-file={}",
+                    d.join("munge/munge.key").display()
+                ))
                 .arg(format!("--socket={}", socket.display()))
-                .arg(format!("--pid-file={}", d.join("munge/munged.pid").display()))
-                .arg(format!("--log-file={}", d.join("munge/munged.log").display()))
+                .arg(format!(
+                    "--pid-file={}",
+                    d.join("munge/munged.pid").display()
+                ))
+                .arg(format!(
+                    "--log-file={}",
+                    d.join("munge/munged.log").display()
+                ))
                 .arg(format!("--seed-file={}", d.join("munge/seed").display()))
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
                 .expect("start munged"),
         );
-        wait_for("munged's socket", || socket.exists(), &d.join("munge/munged.log"));
+        wait_for(
+            "munged's socket",
+            || socket.exists(),
+            &d.join("munge/munged.log"),
+        );
         let host = String::from_utf8(Command::new("hostname").arg("-s").output().unwrap().stdout)
             .unwrap()
             .trim()
@@ -101,7 +120,10 @@ impl Cluster {
         );
         let conf_path = d.join("slurm.conf");
         std::fs::write(&conf_path, conf).unwrap();
-        for (bin, extra) in [("slurmctld", vec![]), ("slurmd", vec!["-N", "effectc-node"])] {
+        for (bin, extra) in [
+            ("slurmctld", vec![]),
+            ("slurmd", vec!["-N", "effectc-node"]),
+        ] {
             daemons.push(
                 Command::new(need(bin))
                     .arg("-D")
@@ -154,7 +176,8 @@ impl Cluster {
             &format!("job {job} to finish"),
             || {
                 state = self.state(job);
-                !["PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "UNKNOWN"].contains(&state.as_str())
+                !["PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "UNKNOWN"]
+                    .contains(&state.as_str())
             },
             &self.dir.path().join("slurmctld.log"),
         );
@@ -220,10 +243,19 @@ fn cached(events: &[Value]) -> usize {
 
 /// Per-item stages end in their item's name.
 fn per_item(stage: &str) -> bool {
-    stage.rsplit('/').next().is_some_and(|s| s.starts_with("synthetic-")) && stage.contains('/')
+    stage
+        .rsplit('/')
+        .next()
+        .is_some_and(|s| s.starts_with("synthetic-"))
+        && stage.contains('/')
 }
 
-fn run_script(cluster: &Cluster, p: &TestProject, env: &BTreeMap<&str, String>, script: &str) -> String {
+fn run_script(
+    cluster: &Cluster,
+    p: &TestProject,
+    env: &BTreeMap<&str, String>,
+    script: &str,
+) -> String {
     let out = Command::new("bash")
         .arg("-c")
         .arg(script)
@@ -252,19 +284,43 @@ fn a_slurm_array_and_its_fan_in_build_what_one_build_ships_and_a_killed_task_rer
     let end = SMALL_BRICK.rfind('}').unwrap();
     p.recipe(
         "small",
-        &format!("{}    target \"onnx\" quantize=\"fp32\"\n{}", &SMALL_BRICK[..end], &SMALL_BRICK[end..]),
+        &format!(
+            "{}    target \"onnx\" quantize=\"fp32\"\n{}",
+            &SMALL_BRICK[..end],
+            &SMALL_BRICK[end..]
+        ),
     );
 
     // The reference: one unsharded build, no shared cache.
     let whole_cache = tempfile::tempdir().unwrap();
-    let whole = p.run(&["build", "--json", "--cache", whole_cache.path().to_str().unwrap(), "small"]);
+    let whole = p.run(&[
+        "build",
+        "--json",
+        "--cache",
+        whole_cache.path().to_str().unwrap(),
+        "small",
+    ]);
     assert_eq!(whole.code(), 0, "{}", whole.stderr());
     let whole_bundle = std::fs::read(p.root().join("out/small/bundle-bundle.tar.gz")).unwrap();
-    let items: Vec<String> = whole.ran_stages().into_iter().filter(|s| per_item(s)).collect();
-    assert_eq!(items.len(), 18, "6 items × synthetic, crop, pairs: {items:?}");
+    let items: Vec<String> = whole
+        .ran_stages()
+        .into_iter()
+        .filter(|s| per_item(s))
+        .collect();
+    assert_eq!(
+        items.len(),
+        18,
+        "6 items × synthetic, crop, pairs: {items:?}"
+    );
     std::fs::remove_dir_all(p.root().join("out")).unwrap();
 
-    p.write("effectc.kdl", &format!("remote-cache \"http://127.0.0.1:{}/effectc\"\n", server.port));
+    p.write(
+        "effectc.kdl",
+        &format!(
+            "remote-cache \"http://127.0.0.1:{}/effectc\"\n",
+            server.port
+        ),
+    );
     for name in ["pairs.sh", "final.sh"] {
         p.write(name, &doc_script(name));
     }
@@ -301,7 +357,11 @@ exec "{real}" "$@"
     env.insert("TMPDIR", scratch.path().display().to_string());
     env.insert(
         "PATH",
-        format!("{}:{}", bin.path().display(), std::env::var("PATH").unwrap_or_default()),
+        format!(
+            "{}:{}",
+            bin.path().display(),
+            std::env::var("PATH").unwrap_or_default()
+        ),
     );
 
     let said = run_script(&cluster, &p, &env, &doc_script("submit.sh"));
@@ -313,8 +373,16 @@ exec "{real}" "$@"
         let id = format!("{array}_{task}");
         let state = cluster.wait_done(&id);
         let ev = events(&p.root().join(format!("effectc-pairs-{array}_{task}.out")));
-        println!("task {task}: {state}, ran {:?}, cached {}", ran(&ev), cached(&ev));
-        assert_eq!(state, if task == 2 { "FAILED" } else { "COMPLETED" }, "task {task}");
+        println!(
+            "task {task}: {state}, ran {:?}, cached {}",
+            ran(&ev),
+            cached(&ev)
+        );
+        assert_eq!(
+            state,
+            if task == 2 { "FAILED" } else { "COMPLETED" },
+            "task {task}"
+        );
         runs.push((id, ev));
     }
     // The fan-in waits on a dependency that can never be met now.
@@ -343,7 +411,11 @@ exec "{real}" "$@"
             .all(|e| e["stage"].as_str().unwrap().ends_with("/synthetic-0002")),
         "the re-run built shard 2 of 4 only: {ev:?}"
     );
-    assert_eq!(cached(&ev), ran(&runs[2].1).len(), "what the killed attempt finished");
+    assert_eq!(
+        cached(&ev),
+        ran(&runs[2].1).len(),
+        "what the killed attempt finished"
+    );
     runs.push((rerun_id, ev));
     assert_eq!(cluster.wait_done(&final_job), "COMPLETED");
 
@@ -362,16 +434,32 @@ exec "{real}" "$@"
         v
     });
     assert!(count.values().all(|&n| n == 1), "{count:?}");
-    assert!(!ran(&runs[2].1).is_empty(), "the killed task had finished a stage");
+    assert!(
+        !ran(&runs[2].1).is_empty(),
+        "the killed task had finished a stage"
+    );
 
     // The fan-in ran only whole-dataset stages, and ships the unsharded build's bundle.
     let fan_in = events(&p.root().join(format!("effectc-final-{final_job}.out")));
     let fan_ran = ran(&fan_in);
-    println!("fan-in {final_job}: ran {fan_ran:?}, cached {}", cached(&fan_in));
-    assert!(!fan_ran.is_empty() && fan_ran.iter().all(|s| !per_item(s)), "{fan_ran:?}");
-    assert_eq!(cached(&fan_in), items.len(), "every item from the shared cache");
+    println!(
+        "fan-in {final_job}: ran {fan_ran:?}, cached {}",
+        cached(&fan_in)
+    );
+    assert!(
+        !fan_ran.is_empty() && fan_ran.iter().all(|s| !per_item(s)),
+        "{fan_ran:?}"
+    );
+    assert_eq!(
+        cached(&fan_in),
+        items.len(),
+        "every item from the shared cache"
+    );
     let bundle = std::fs::read(p.root().join(format!("small-{final_job}.tar.gz"))).unwrap();
-    assert!(bundle == whole_bundle, "the fan-in's bundle differs from the unsharded build's");
+    assert!(
+        bundle == whole_bundle,
+        "the fan-in's bundle differs from the unsharded build's"
+    );
     // The scripts cleaned up their scratch caches.
     assert_eq!(std::fs::read_dir(scratch.path()).unwrap().count(), 0);
 }

@@ -54,7 +54,10 @@ fn the_student_beats_the_identity_baseline_and_metrics_survive_cache_hits() {
     let again = p.build("trained");
     assert_eq!(again.ran(), 0);
     assert_eq!(again.stage("distill-student")["cached"], true);
-    assert_eq!(metric(&again, "distill-student", "psnr_vs_pairs_db"), student);
+    assert_eq!(
+        metric(&again, "distill-student", "psnr_vs_pairs_db"),
+        student
+    );
     assert_eq!(
         metric(&again, "train-teacher", "macs_512"),
         metric(&r, "train-teacher", "macs_512")

@@ -568,12 +568,14 @@ fn student_teacher(h: &mut String, m: &Manifest) {
         num(t.psnr_vs_pairs_db, 2, "dB"),
         num(t.identity_psnr_db, 2, "dB"),
     );
-    for line in crate::protocol::metric::advice(
-        t.psnr_vs_pairs_db,
-        t.identity_psnr_db,
-        s.psnr_vs_pairs_db,
-    ) {
-        let _ = writeln!(h, "<p class=\"advice\"><strong>Note:</strong> {}.</p>", escape(&line));
+    for line in
+        crate::protocol::metric::advice(t.psnr_vs_pairs_db, t.identity_psnr_db, s.psnr_vs_pairs_db)
+    {
+        let _ = writeln!(
+            h,
+            "<p class=\"advice\"><strong>Note:</strong> {}.</p>",
+            escape(&line)
+        );
     }
 }
 
@@ -748,7 +750,10 @@ mod tests {
                 ..Default::default()
             })
         };
-        assert!(!input(&m).contains("class=\"advice\""), "26.1 dB over a 16.0 dB floor learned");
+        assert!(
+            !input(&m).contains("class=\"advice\""),
+            "26.1 dB over a 16.0 dB floor learned"
+        );
         m.teacher.psnr_vs_pairs_db = Some(19.2);
         m.teacher.identity_psnr_db = Some(16.8);
         m.student.psnr_vs_pairs_db = Some(19.4);

@@ -729,11 +729,14 @@ fn release(
     let sig_path = out.join("SHA256SUMS.minisig");
     match &key {
         Some(key) => {
-            crate::atomic::write(&sig_path, key.sign(sums.as_bytes(), "SHA256SUMS").as_bytes())
-                .map_err(|e| {
-                    eprintln!("error: cannot write {}: {e}", sig_path.display());
-                    EXIT_INFRA
-                })?;
+            crate::atomic::write(
+                &sig_path,
+                key.sign(sums.as_bytes(), "SHA256SUMS").as_bytes(),
+            )
+            .map_err(|e| {
+                eprintln!("error: cannot write {}: {e}", sig_path.display());
+                EXIT_INFRA
+            })?;
         }
         // A signature of an earlier SHA256SUMS would not match this one.
         None => {
@@ -766,7 +769,11 @@ fn release(
         println!("{}", table.join("\n"));
         println!(
             "bundles and SHA256SUMS{} in {}",
-            if key.is_some() { " (signed: SHA256SUMS.minisig)" } else { "" },
+            if key.is_some() {
+                " (signed: SHA256SUMS.minisig)"
+            } else {
+                ""
+            },
             out.display()
         );
     }

@@ -78,12 +78,16 @@ pub fn remote(
         return Ok(None);
     };
     let env_upload = match std::env::var("EFFECTC_REMOTE_UPLOAD") {
-        Ok(v) => Some(parse_bool(&v).ok_or_else(|| {
-            format!("EFFECTC_REMOTE_UPLOAD=`{v}`: expected true or false")
-        })?),
+        Ok(v) => Some(
+            parse_bool(&v)
+                .ok_or_else(|| format!("EFFECTC_REMOTE_UPLOAD=`{v}`: expected true or false"))?,
+        ),
         Err(_) => None,
     };
-    let upload = cli_upload.or(env_upload).or(file.remote_upload).unwrap_or(true);
+    let upload = cli_upload
+        .or(env_upload)
+        .or(file.remote_upload)
+        .unwrap_or(true);
     let var = |name: &str| std::env::var(name).ok();
     // Lowest precedence first: a later source's header replaces an earlier one's.
     let mut headers: Vec<(String, Secret)> = Vec::new();
@@ -133,7 +137,10 @@ pub fn header_spec(
     if let Some(file) = spec.strip_prefix('@') {
         let path = expand_home(file.trim(), base, var);
         let text = std::fs::read_to_string(&path).map_err(|e| {
-            format!("{origin}: cannot read the header file {}: {e}", path.display())
+            format!(
+                "{origin}: cannot read the header file {}: {e}",
+                path.display()
+            )
         })?;
         let mut out = Vec::new();
         for (n, line) in text.lines().enumerate() {
@@ -166,7 +173,9 @@ fn one_header(
     }
     let value = expand_vars(value.trim(), origin, name, var)?;
     if value.chars().any(|c| c == '\r' || c == '\n' || c == '\0') {
-        return Err(format!("{origin}: the value of header {name} holds a line break"));
+        return Err(format!(
+            "{origin}: the value of header {name} holds a line break"
+        ));
     }
     Ok((name.to_string(), Secret::new(value)))
 }
@@ -184,7 +193,9 @@ fn expand_vars(
         out.push_str(&rest[..start]);
         let after = &rest[start + 2..];
         let Some(end) = after.find('}') else {
-            return Err(format!("{origin}: header {header}: `${{` without a closing `}}`"));
+            return Err(format!(
+                "{origin}: header {header}: `${{` without a closing `}}`"
+            ));
         };
         let name = &after[..end];
         let got = var(name).filter(|v| !v.is_empty()).ok_or_else(|| {
@@ -209,7 +220,9 @@ mod tests {
     use super::*;
 
     fn shown(h: &[(String, Secret)]) -> Vec<String> {
-        h.iter().map(|(n, v)| format!("{n}={}", v.expose())).collect()
+        h.iter()
+            .map(|(n, v)| format!("{n}={}", v.expose()))
+            .collect()
     }
 
     #[test]
@@ -230,9 +243,17 @@ mod tests {
         let got = header_spec("@h", "test", dir.path(), &var).unwrap();
         assert_eq!(shown(&got), ["Authorization=Bearer abc", "X-Team=lego"]);
 
-        let e = header_spec("Authorization Bearer hunter2", "--remote-header #1", dir.path(), &var)
-            .unwrap_err();
-        assert!(e.contains("--remote-header #1") && !e.contains("hunter2"), "{e}");
+        let e = header_spec(
+            "Authorization Bearer hunter2",
+            "--remote-header #1",
+            dir.path(),
+            &var,
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("--remote-header #1") && !e.contains("hunter2"),
+            "{e}"
+        );
         let e = header_spec("X: ${MISSING}", "o", dir.path(), &var).unwrap_err();
         assert!(e.contains("${MISSING}") && e.contains("not set"), "{e}");
         let e = header_spec("@nope", "o", dir.path(), &var).unwrap_err();

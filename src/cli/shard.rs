@@ -50,7 +50,8 @@ pub fn parse(text: &str) -> Result<ShardSpec, String> {
 }
 
 /// The variables `--shard auto` reads, for its error message.
-pub const AUTO_VARIABLES: &str = "SLURM_ARRAY_TASK_ID (a Slurm job array, with SLURM_ARRAY_TASK_COUNT \
+pub const AUTO_VARIABLES: &str =
+    "SLURM_ARRAY_TASK_ID (a Slurm job array, with SLURM_ARRAY_TASK_COUNT \
 or SLURM_ARRAY_TASK_MIN/MAX), JOB_COMPLETION_INDEX (a Kubernetes Indexed Job, with the count as \
 --shard auto/N), or TEST_SHARD_INDEX and TEST_TOTAL_SHARDS (Bazel and CI runners)";
 
@@ -68,7 +69,10 @@ pub fn resolve(spec: ShardSpec, var: &dyn Fn(&str) -> Option<String>) -> Result<
         ShardSpec::Auto(n) => n,
     };
     let num = |name: &'static str| -> Result<Option<usize>, String> {
-        match var(name).map(|v| v.trim().to_string()).filter(|v| !v.is_empty()) {
+        match var(name)
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+        {
             None => Ok(None),
             Some(v) => v
                 .parse()
@@ -93,11 +97,7 @@ pub fn resolve(spec: ShardSpec, var: &dyn Fn(&str) -> Option<String>) -> Result<
                  submit a contiguous array (`--array=0-7`) or pass --shard I/N"
             ));
         }
-        (
-            (id - min) / step,
-            count.or(given),
-            "SLURM_ARRAY_TASK_ID",
-        )
+        ((id - min) / step, count.or(given), "SLURM_ARRAY_TASK_ID")
     } else if let Some(index) = num("JOB_COMPLETION_INDEX")? {
         if given.is_none() {
             return Err(
@@ -109,7 +109,9 @@ pub fn resolve(spec: ShardSpec, var: &dyn Fn(&str) -> Option<String>) -> Result<
         (index, given, "JOB_COMPLETION_INDEX")
     } else if let Some(index) = num("TEST_SHARD_INDEX")? {
         let Some(total) = num("TEST_TOTAL_SHARDS")? else {
-            return Err("--shard auto: TEST_SHARD_INDEX is set but TEST_TOTAL_SHARDS is not".to_string());
+            return Err(
+                "--shard auto: TEST_SHARD_INDEX is set but TEST_TOTAL_SHARDS is not".to_string(),
+            );
         };
         (index, Some(total), "TEST_SHARD_INDEX")
     } else {
@@ -154,11 +156,7 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        let var = move |name: &str| {
-            vars.iter()
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| v.clone())
-        };
+        let var = move |name: &str| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
         resolve(parse(spec)?, &var).map(|s| (s.index, s.count, s.source))
     }
 
@@ -175,18 +173,37 @@ mod tests {
     fn slurm_arrays_give_the_index_from_the_first_task_and_the_count() {
         let s = "SLURM_ARRAY_TASK_ID";
         assert_eq!(
-            with(&[(s, "3"), ("SLURM_ARRAY_TASK_COUNT", "8"), ("SLURM_ARRAY_TASK_MIN", "0")], "auto"),
+            with(
+                &[
+                    (s, "3"),
+                    ("SLURM_ARRAY_TASK_COUNT", "8"),
+                    ("SLURM_ARRAY_TASK_MIN", "0")
+                ],
+                "auto"
+            ),
             Ok((3, 8, s))
         );
         // --array=1-4: task ids 1..4 are shards 0..3.
         assert_eq!(
-            with(&[(s, "4"), ("SLURM_ARRAY_TASK_MIN", "1"), ("SLURM_ARRAY_TASK_MAX", "4")], "auto"),
+            with(
+                &[
+                    (s, "4"),
+                    ("SLURM_ARRAY_TASK_MIN", "1"),
+                    ("SLURM_ARRAY_TASK_MAX", "4")
+                ],
+                "auto"
+            ),
             Ok((3, 4, s))
         );
         // --array=0-6:2 → ids 0,2,4,6.
         assert_eq!(
             with(
-                &[(s, "6"), ("SLURM_ARRAY_TASK_MIN", "0"), ("SLURM_ARRAY_TASK_MAX", "6"), ("SLURM_ARRAY_TASK_STEP", "2")],
+                &[
+                    (s, "6"),
+                    ("SLURM_ARRAY_TASK_MIN", "0"),
+                    ("SLURM_ARRAY_TASK_MAX", "6"),
+                    ("SLURM_ARRAY_TASK_STEP", "2")
+                ],
                 "auto"
             ),
             Ok((3, 4, s))
@@ -195,13 +212,30 @@ mod tests {
         let e = with(&[(s, "2")], "auto").unwrap_err();
         assert!(e.contains("auto/N"), "{e}");
         // With auto/N the task id is the shard: index 2 re-run alone (`--array=2`).
-        let rerun = [(s, "2"), ("SLURM_ARRAY_TASK_COUNT", "1"), ("SLURM_ARRAY_TASK_MIN", "2"), ("SLURM_ARRAY_TASK_MAX", "2")];
+        let rerun = [
+            (s, "2"),
+            ("SLURM_ARRAY_TASK_COUNT", "1"),
+            ("SLURM_ARRAY_TASK_MIN", "2"),
+            ("SLURM_ARRAY_TASK_MAX", "2"),
+        ];
         assert_eq!(with(&rerun, "auto/4"), Ok((2, 4, s)));
-        assert_eq!(with(&rerun, "auto"), Ok((0, 1, s)), "an array of one, without N");
+        assert_eq!(
+            with(&rerun, "auto"),
+            Ok((0, 1, s)),
+            "an array of one, without N"
+        );
         let e = with(&[(s, "5"), ("SLURM_ARRAY_TASK_COUNT", "8")], "auto/4").unwrap_err();
         assert!(e.contains("outside 0..4"), "{e}");
         // --array=1,5,9: not contiguous, the count does not cover the ids.
-        let e = with(&[(s, "9"), ("SLURM_ARRAY_TASK_COUNT", "3"), ("SLURM_ARRAY_TASK_MIN", "1")], "auto").unwrap_err();
+        let e = with(
+            &[
+                (s, "9"),
+                ("SLURM_ARRAY_TASK_COUNT", "3"),
+                ("SLURM_ARRAY_TASK_MIN", "1"),
+            ],
+            "auto",
+        )
+        .unwrap_err();
         assert!(e.contains("outside"), "{e}");
     }
 
@@ -213,15 +247,25 @@ mod tests {
         assert!(e.contains("--shard auto/N"), "{e}");
         assert!(with(&[(k, "8")], "auto/8").is_err());
         let b = "TEST_SHARD_INDEX";
-        assert_eq!(with(&[(b, "1"), ("TEST_TOTAL_SHARDS", "3")], "auto"), Ok((1, 3, b)));
+        assert_eq!(
+            with(&[(b, "1"), ("TEST_TOTAL_SHARDS", "3")], "auto"),
+            Ok((1, 3, b))
+        );
         assert!(with(&[(b, "1")], "auto").is_err());
-        assert!(with(&[(b, "x"), ("TEST_TOTAL_SHARDS", "3")], "auto").unwrap_err().contains("whole number"));
+        assert!(with(&[(b, "x"), ("TEST_TOTAL_SHARDS", "3")], "auto")
+            .unwrap_err()
+            .contains("whole number"));
     }
 
     #[test]
     fn no_engine_names_every_variable_it_looked_for() {
         let e = with(&[], "auto").unwrap_err();
-        for v in ["SLURM_ARRAY_TASK_ID", "JOB_COMPLETION_INDEX", "TEST_SHARD_INDEX", "TEST_TOTAL_SHARDS"] {
+        for v in [
+            "SLURM_ARRAY_TASK_ID",
+            "JOB_COMPLETION_INDEX",
+            "TEST_SHARD_INDEX",
+            "TEST_TOTAL_SHARDS",
+        ] {
             assert!(e.contains(v), "{e}");
         }
     }

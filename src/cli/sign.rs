@@ -94,11 +94,15 @@ impl SecretKey {
         let chk: [u8; 32] = b[126..158].try_into().unwrap();
         // `minisign -W` leaves the checksum zero; any other must match.
         if chk != [0; 32] && chk != checksum(&key_id, &sk) {
-            return Err(fail("the key's checksum does not match: the file is damaged".into()));
+            return Err(fail(
+                "the key's checksum does not match: the file is damaged".into(),
+            ));
         }
         let signing = SigningKey::from_bytes(sk[..32].try_into().unwrap());
         if signing.verifying_key().as_bytes()[..] != sk[32..] {
-            return Err(fail("the key's public half does not match its secret half".into()));
+            return Err(fail(
+                "the key's public half does not match its secret half".into(),
+            ));
         }
         Ok(SecretKey { key_id, signing })
     }
@@ -193,13 +197,20 @@ impl PublicKey {
     pub fn verify(&self, data: &[u8], minisig: &str) -> Result<String, String> {
         let mut lines = minisig.lines().map(str::trim_end);
         let bad = || "not a minisign signature file".to_string();
-        let _untrusted = lines.next().filter(|l| l.starts_with("untrusted comment:")).ok_or_else(bad)?;
-        let sig_line = B64.decode(lines.next().ok_or_else(bad)?).map_err(|_| bad())?;
+        let _untrusted = lines
+            .next()
+            .filter(|l| l.starts_with("untrusted comment:"))
+            .ok_or_else(bad)?;
+        let sig_line = B64
+            .decode(lines.next().ok_or_else(bad)?)
+            .map_err(|_| bad())?;
         let trusted = lines
             .next()
             .and_then(|l| l.strip_prefix("trusted comment: "))
             .ok_or_else(bad)?;
-        let global = B64.decode(lines.next().ok_or_else(bad)?).map_err(|_| bad())?;
+        let global = B64
+            .decode(lines.next().ok_or_else(bad)?)
+            .map_err(|_| bad())?;
         if sig_line.len() != 74 || global.len() != 64 {
             return Err(bad());
         }
@@ -222,9 +233,9 @@ impl PublicKey {
         let mut global_msg = sig_line[10..74].to_vec();
         global_msg.extend_from_slice(trusted.as_bytes());
         let global = Signature::from_bytes(global.as_slice().try_into().unwrap());
-        self.verifying
-            .verify(&global_msg, &global)
-            .map_err(|_| "the trusted comment's signature does not match: it was edited".to_string())?;
+        self.verifying.verify(&global_msg, &global).map_err(|_| {
+            "the trusted comment's signature does not match: it was edited".to_string()
+        })?;
         Ok(trusted.to_string())
     }
 }
@@ -234,8 +245,12 @@ pub fn verify_release(dir: &Path, key: &PublicKey) -> Result<Vec<String>, String
     let sums_path = dir.join("SHA256SUMS");
     let sig_path = dir.join("SHA256SUMS.minisig");
     let sums = std::fs::read(&sums_path).map_err(|e| format!("{}: {e}", sums_path.display()))?;
-    let sig = std::fs::read_to_string(&sig_path)
-        .map_err(|e| format!("{}: {e} (was the release made with --sign?)", sig_path.display()))?;
+    let sig = std::fs::read_to_string(&sig_path).map_err(|e| {
+        format!(
+            "{}: {e} (was the release made with --sign?)",
+            sig_path.display()
+        )
+    })?;
     let mut problems = Vec::new();
     if let Err(e) = key.verify(&sums, &sig) {
         // Nothing in an unsigned list can be trusted: stop here.
@@ -245,7 +260,11 @@ pub fn verify_release(dir: &Path, key: &PublicKey) -> Result<Vec<String>, String
     let mut listed = std::collections::BTreeSet::new();
     for (n, line) in text.lines().enumerate() {
         let Some((hex, name)) = line.split_once("  ") else {
-            problems.push(format!("{} line {}: not `SHA256  FILE`", sums_path.display(), n + 1));
+            problems.push(format!(
+                "{} line {}: not `SHA256  FILE`",
+                sums_path.display(),
+                n + 1
+            ));
             continue;
         };
         listed.insert(name.to_string());
@@ -285,12 +304,21 @@ mod tests {
         let sig = key.sign(data, "SHA256SUMS");
         assert_eq!(sig, key.sign(data, "SHA256SUMS"), "deterministic");
         let public = PublicKey::load(key.public().to_file_text().lines().nth(1).unwrap()).unwrap();
-        assert_eq!(public.verify(data, &sig).unwrap(), "file:SHA256SUMS\tprehashed");
+        assert_eq!(
+            public.verify(data, &sig).unwrap(),
+            "file:SHA256SUMS\tprehashed"
+        );
         assert!(public.verify(b"abd  lego-1.0.tar.gz\n", &sig).is_err());
         let other = SecretKey::generate().unwrap().public();
-        assert!(other.verify(data, &sig).unwrap_err().contains("not with this key"));
+        assert!(other
+            .verify(data, &sig)
+            .unwrap_err()
+            .contains("not with this key"));
         let edited = sig.replace("prehashed", "prehashed, trust me");
-        assert!(public.verify(data, &edited).unwrap_err().contains("trusted comment"));
+        assert!(public
+            .verify(data, &edited)
+            .unwrap_err()
+            .contains("trusted comment"));
     }
 
     #[test]
@@ -309,10 +337,15 @@ mod tests {
         std::fs::write(&path, text).unwrap();
         assert!(SecretKey::load(&path).is_err());
         // minisign's default, a password-protected key: refused, naming what to use.
-        let mut b = B64.decode(key.to_file_text().lines().nth(1).unwrap()).unwrap();
+        let mut b = B64
+            .decode(key.to_file_text().lines().nth(1).unwrap())
+            .unwrap();
         b[2..4].copy_from_slice(b"Sc");
         std::fs::write(&path, format!("untrusted comment: x\n{}\n", B64.encode(&b))).unwrap();
         let e = SecretKey::load(&path).err().unwrap();
-        assert!(e.contains("password-protected") && e.contains("minisign -G -W"), "{e}");
+        assert!(
+            e.contains("password-protected") && e.contains("minisign -G -W"),
+            "{e}"
+        );
     }
 }

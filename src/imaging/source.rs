@@ -10,7 +10,10 @@ pub fn decode_source(bytes: &[u8]) -> Result<RgbImage, String> {
     // One line, as the summary lists it (decoders' messages may end in newlines).
     let unreadable = |e: &dyn std::fmt::Display| {
         let text = e.to_string();
-        format!("not a readable image: {}", text.split_whitespace().collect::<Vec<_>>().join(" "))
+        format!(
+            "not a readable image: {}",
+            text.split_whitespace().collect::<Vec<_>>().join(" ")
+        )
     };
     let reader = image::ImageReader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()
@@ -49,7 +52,9 @@ pub fn jpeg_incomplete(b: &[u8]) -> Option<String> {
     loop {
         // A marker: 0xFF (fill bytes allowed) then its code.
         if pos >= n {
-            return Some(format!("the data ends at byte {n} before the end-of-image marker"));
+            return Some(format!(
+                "the data ends at byte {n} before the end-of-image marker"
+            ));
         }
         if b[pos] != 0xFF {
             return Some(format!("no marker at byte {pos}"));
@@ -58,7 +63,9 @@ pub fn jpeg_incomplete(b: &[u8]) -> Option<String> {
             pos += 1;
         }
         if pos >= n {
-            return Some(format!("the data ends at byte {n} before the end-of-image marker"));
+            return Some(format!(
+                "the data ends at byte {n} before the end-of-image marker"
+            ));
         }
         let code = b[pos];
         pos += 1;
@@ -112,10 +119,15 @@ mod tests {
     use super::*;
 
     fn jpeg(w: u32, h: u32) -> Vec<u8> {
-        let img = RgbImage::from_fn(w, h, |x, y| image::Rgb([(x * 7) as u8, (y * 5) as u8, ((x ^ y) * 3) as u8]));
+        let img = RgbImage::from_fn(w, h, |x, y| {
+            image::Rgb([(x * 7) as u8, (y * 5) as u8, ((x ^ y) * 3) as u8])
+        });
         let mut bytes = Vec::new();
-        img.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Jpeg)
-            .unwrap();
+        img.write_to(
+            &mut std::io::Cursor::new(&mut bytes),
+            image::ImageFormat::Jpeg,
+        )
+        .unwrap();
         bytes
     }
 
@@ -128,7 +140,13 @@ mod tests {
         let mut trailer = whole.clone();
         trailer.extend_from_slice(b"SEFT trailer bytes");
         assert_eq!(jpeg_incomplete(&trailer), None);
-        for cut in [whole.len() - 2, whole.len() * 3 / 4, whole.len() / 2, 300, 20] {
+        for cut in [
+            whole.len() - 2,
+            whole.len() * 3 / 4,
+            whole.len() / 2,
+            300,
+            20,
+        ] {
             let why = decode_source(&whole[..cut]).unwrap_err();
             assert!(
                 why.starts_with("truncated JPEG") || why.starts_with("not a readable image"),

@@ -280,8 +280,7 @@ impl Plan {
     ) -> Result<(), Unresolved> {
         use std::borrow::Cow;
         // A whole-dataset node counts the items it reads and those skipped, for the bound.
-        let mut items = (self.nodes[i].item.is_none())
-            .then(|| SkipCount::default());
+        let mut items = (self.nodes[i].item.is_none()).then(|| SkipCount::default());
         for inp in &self.nodes[i].inputs {
             match &inp.from {
                 InputRef::File { path, digest } => {

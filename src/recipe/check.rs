@@ -107,11 +107,17 @@ impl<'a> Checker<'a> {
     }
 
     fn sources(&mut self, node: &Node) -> Option<Sources> {
-        self.d
-            .known_children(
-                node,
-                &["images", "synthetic", "video", "crop", "holdout", "max-skipped"],
-            );
+        self.d.known_children(
+            node,
+            &[
+                "images",
+                "synthetic",
+                "video",
+                "crop",
+                "holdout",
+                "max-skipped",
+            ],
+        );
         self.d.known_props(node, &[]);
         let mut images = Vec::new();
         for n in node.children.iter().filter(|c| c.name == "images") {

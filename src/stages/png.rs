@@ -20,12 +20,14 @@ pub fn read_rgb(path: &Path) -> Result<RgbImage, StageError> {
 /// at all is the machine's problem, not the item's: a stage error.
 pub fn read_source(path: &Path, size_px: u32) -> Result<Result<RgbImage, String>, StageError> {
     let bytes = std::fs::read(path).map_err(|e| StageError::io(path, e))?;
-    Ok(crate::imaging::source::decode_source(&bytes).and_then(|img| {
-        match crate::imaging::source::too_small(&img, size_px) {
-            Some(why) => Err(why),
-            None => Ok(img),
-        }
-    }))
+    Ok(
+        crate::imaging::source::decode_source(&bytes).and_then(|img| {
+            match crate::imaging::source::too_small(&img, size_px) {
+                Some(why) => Err(why),
+                None => Ok(img),
+            }
+        }),
+    )
 }
 
 pub fn write_png(img: &RgbImage, path: &Path) -> Result<(), StageError> {
