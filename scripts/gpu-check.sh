@@ -14,7 +14,7 @@
 #   cargo build --release && cargo bench --no-run --bench fullsize --bench diffusion
 #   strip -o gpu-bin/effectc target/release/effectc; the same for effectc-nn;
 #   strip -o gpu-bin/fullsize target/release/deps/fullsize-HASH; gpu-bin/diffusion the same
-#   cp -r ../shared/samples gpu-bin/samples
+#   scripts/samples.sh && cp -r ~/.cache/effectc/samples-skimage-0.26.0 gpu-bin/samples
 # then run, from the repository root:
 #   OUT=<dir> scripts/gpu-check.sh gpu-bin
 # LIBTORCH_LIB points at the device's libtorch 2.11.0 (the same as ours).

@@ -82,7 +82,7 @@ fn f16_tensor(name: &str, dims: &[usize], data: &[f32]) -> TensorProto {
     )
 }
 
-fn attr_int(name: &str, v: i64) -> AttributeProto {
+pub(crate) fn attr_int(name: &str, v: i64) -> AttributeProto {
     AttributeProto {
         name: name.into(),
         r#type: AttributeType::Int as i32,
@@ -109,7 +109,7 @@ fn attr_str(name: &str, v: &str) -> AttributeProto {
     }
 }
 
-fn node(
+pub(crate) fn node(
     op_type: &str,
     name: &str,
     inputs: &[&str],

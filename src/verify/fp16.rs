@@ -13,12 +13,10 @@
 //! fp16). `tests` bound the difference.
 
 use prost::Message;
-use tract_onnx::pb::{
-    attribute_proto::AttributeType, tensor_proto::DataType, AttributeProto, NodeProto, TensorProto,
-};
+use tract_onnx::pb::{tensor_proto::DataType, AttributeProto, NodeProto, TensorProto};
 use tract_onnx::prelude::f16;
 
-use crate::export::onnx::{self, OnnxError, OnnxPrecision};
+use crate::export::onnx::{self, attr_int, OnnxError, OnnxPrecision};
 use crate::ir::Graph;
 
 /// Suffix of the extra scalar outputs: `VALUE` + this = max |VALUE| before rounding.
@@ -137,22 +135,7 @@ pub fn to_f16(v: f32) -> f32 {
     f16::from_f32(v).to_f32()
 }
 
-fn attr_int(name: &str, v: i64) -> AttributeProto {
-    AttributeProto {
-        name: name.into(),
-        r#type: AttributeType::Int as i32,
-        i: v,
-        ..Default::default()
-    }
-}
-
+/// One ONNX node whose name is its single output's (the writer's builder, one output).
 fn node(op: &str, inputs: &[&str], output: &str, attribute: Vec<AttributeProto>) -> NodeProto {
-    NodeProto {
-        op_type: op.into(),
-        name: format!("{output}__op"),
-        input: inputs.iter().map(|s| s.to_string()).collect(),
-        output: vec![output.into()],
-        attribute,
-        ..Default::default()
-    }
+    onnx::node(op, &format!("{output}__op"), inputs, &[output], attribute)
 }
