@@ -57,6 +57,13 @@ fn flip_byte(path: &Path, at: usize) {
     std::fs::write(path, bytes).unwrap();
 }
 
+/// `effectc release verify DIR --key PUBLIC` fails as the data's fault (exit 1), saying why.
+fn verify_is_refused(p: &TestProject, dir: &str, public: &Path, why: &str) {
+    let r = p.run(&["release", "verify", dir, "--key", public.to_str().unwrap()]);
+    assert_eq!(r.code(), 1);
+    assert!(r.stderr().contains(why), "{}", r.stderr());
+}
+
 #[test]
 fn a_signed_release_verifies_with_minisign_and_effectc_and_any_change_is_refused() {
     let p = TestProject::new();
@@ -135,9 +142,7 @@ fn a_signed_release_verifies_with_minisign_and_effectc_and_any_change_is_refused
     assert_eq!(r.code(), 0, "{}", r.stderr());
 
     // Another key is refused, by both.
-    let r = p.run(&["release", "verify", "rel", "--key", mpub.to_str().unwrap()]);
-    assert_eq!(r.code(), 1);
-    assert!(r.stderr().contains("not with this key"), "{}", r.stderr());
+    verify_is_refused(&p, "rel", &mpub, "not with this key");
     assert!(!minisign_verifies(&rel, &mpub).0);
 
     // A changed byte in a tarball.
@@ -149,57 +154,26 @@ fn a_signed_release_verifies_with_minisign_and_effectc_and_any_change_is_refused
         .find(|p| p.to_string_lossy().ends_with(".tar.gz"))
         .unwrap();
     flip_byte(&tarball, 100);
-    let r = p.run(&[
-        "release",
-        "verify",
-        "tampered-tar",
-        "--key",
-        public.to_str().unwrap(),
-    ]);
-    assert_eq!(r.code(), 1);
     let name = tarball.file_name().unwrap().to_string_lossy().into_owned();
-    assert!(
-        r.stderr().contains(&format!("refused: {name}: hashes to")),
-        "{}",
-        r.stderr()
+    verify_is_refused(
+        &p,
+        "tampered-tar",
+        &public,
+        &format!("refused: {name}: hashes to"),
     );
 
     // A changed byte in SHA256SUMS.
     let tampered = p.root().join("tampered-sums");
     copy_dir(&rel, &tampered);
     flip_byte(&tampered.join("SHA256SUMS"), 3);
-    let r = p.run(&[
-        "release",
-        "verify",
-        "tampered-sums",
-        "--key",
-        public.to_str().unwrap(),
-    ]);
-    assert_eq!(r.code(), 1);
-    assert!(
-        r.stderr().contains("signature does not match"),
-        "{}",
-        r.stderr()
-    );
+    verify_is_refused(&p, "tampered-sums", &public, "signature does not match");
     assert!(!minisign_verifies(&tampered, &public).0);
 
     // A bundle slipped in beside the list was never signed.
     let extra = p.root().join("extra");
     copy_dir(&rel, &extra);
     std::fs::write(extra.join("evil-1.0.tar.gz"), b"not signed").unwrap();
-    let r = p.run(&[
-        "release",
-        "verify",
-        "extra",
-        "--key",
-        public.to_str().unwrap(),
-    ]);
-    assert_eq!(r.code(), 1);
-    assert!(
-        r.stderr().contains("evil-1.0.tar.gz: not in SHA256SUMS"),
-        "{}",
-        r.stderr()
-    );
+    verify_is_refused(&p, "extra", &public, "evil-1.0.tar.gz: not in SHA256SUMS");
 
     // A release without --sign leaves no stale signature behind.
     let r = p.run(&["release", "small", "--out", "rel"]);
