@@ -130,6 +130,30 @@ fn split(t: &Tensor, chunks: &[i64]) -> Vec<Tensor> {
     t.split_with_sizes(chunks, 0)
 }
 
+/// The batch's mean square of each teacher feature (+1e-6), the distillation's
+/// normalisers, from a no-grad pass over the micro-batches: every item has as many
+/// values, so the batch's mean is the micro-batches' means weighted by their share.
+fn feature_scales(
+    srcs: &[Tensor],
+    chunks: &[i64],
+    batch: u32,
+    features: impl Fn(&Tensor) -> Vec<Tensor>,
+) -> Vec<Tensor> {
+    let mut sums: Vec<Tensor> = Vec::new();
+    for (x, n) in srcs.iter().zip(chunks) {
+        let share = *n as f64 / batch as f64;
+        for (k, f) in features(x).iter().enumerate() {
+            let m = f.to_kind(Kind::Float).square().mean(Kind::Float) * share;
+            if k < sums.len() {
+                sums[k] = &sums[k] + m;
+            } else {
+                sums.push(m);
+            }
+        }
+    }
+    sums.into_iter().map(|s| s + 1e-6).collect()
+}
+
 impl Trainer<'_> {
     /// What a step of this run needs against what the device has (see `memory`), sent to
     /// the stage before the first step. `fixed` is what the nets and their optimizer state
@@ -145,7 +169,7 @@ impl Trainer<'_> {
             Device::Cuda(n) => memory::cuda_available(n),
             _ => memory::cpu_available(),
         };
-        let plan = match available {
+        let mut plan = match available {
             Some(a) => memory::plan(batch, fixed, per_item, &a).map_err(|why| {
                 let (h, w) = (self.data.train_src.size()[2], self.data.train_src.size()[3]);
                 let setting = if self.job.role == "teacher" {
@@ -168,6 +192,9 @@ impl Trainer<'_> {
                 available_source: "unknown".into(),
             },
         };
+        if let Some(cap) = self.micro_batch_cap {
+            plan.micro_batch = plan.micro_batch.min(cap.max(1));
+        }
         progress(&TrainProgress {
             step: self.start_step,
             total_steps: self.job.hyper.steps,
@@ -517,7 +544,13 @@ impl Trainer<'_> {
         let plan = self.memory_plan(fixed, per_item, progress)?;
         let chunks = memory::chunks(&plan);
         // The loss of a (micro-)batch: what the student must match, and its terms.
-        let student_loss = |src: &Tensor, tgt: &Tensor, t_out: Option<Tensor>| {
+        // `scales`: each feature term's normaliser over the whole batch, given when the
+        // batch runs as micro-batches (a micro-batch's own would weigh its items apart
+        // from the one-pass step's).
+        let student_loss = |src: &Tensor,
+                            tgt: &Tensor,
+                            t_out: Option<Tensor>,
+                            scales: Option<&[Tensor]>| {
             let (t_out, t_feats) = match t_out {
                 Some(t) => (t, Vec::new()),
                 None => tch::no_grad(|| tch::autocast(amp, || teacher.forward_with_features(src))),
@@ -532,11 +565,14 @@ impl Trainer<'_> {
             let out_target = (&s_out - tgt).abs().mean(Kind::Float);
             let ssim_loss = 1.0 - ssim(&((&s_out + 1.0) / 2.0), &((&t_out + 1.0) / 2.0));
             let mut features = Tensor::from(0f32).to_device(self.device);
-            for ((sf, tf), a) in s_feats.iter().zip(&t_feats).zip(&adapters) {
+            for (k, ((sf, tf), a)) in s_feats.iter().zip(&t_feats).zip(&adapters).enumerate() {
                 let sf = sf.to_kind(Kind::Float);
                 let tf = tf.to_kind(Kind::Float);
                 // Normalise by the teacher feature's scale so every stage counts alike.
-                let scale = tf.square().mean(Kind::Float).detach() + 1e-6;
+                let scale = match scales {
+                    Some(all) => all[k].shallow_clone(),
+                    None => tf.square().mean(Kind::Float).detach() + 1e-6,
+                };
                 features = features + (a.forward(&sf) - tf).square().mean(Kind::Float) / scale;
             }
             let features = features / s_feats.len().max(1) as f64;
@@ -577,11 +613,16 @@ impl Trainer<'_> {
                     Some(t) => split(t, &chunks).into_iter().map(Some).collect(),
                     None => chunks.iter().map(|_| None).collect(),
                 };
+                let scales = with_features.then(|| {
+                    feature_scales(&srcs, &chunks, h.batch, |x| {
+                        tch::no_grad(|| tch::autocast(amp, || teacher.forward_with_features(x)).1)
+                    })
+                });
                 let mut sums: BTreeMap<String, f64> = BTreeMap::new();
                 opt.zero_grad();
                 for (i, t_out) in t_outs.into_iter().enumerate() {
                     let share = chunks[i] as f64 / h.batch as f64;
-                    let terms = student_loss(&srcs[i], &tgts[i], t_out);
+                    let terms = student_loss(&srcs[i], &tgts[i], t_out, scales.as_deref());
                     let refs: Vec<(&str, &Tensor)> = terms.iter().map(|(n, t)| (*n, t)).collect();
                     for (name, v) in check_finite(step, &refs)? {
                         *sums.entry(name).or_default() += v * share;
@@ -591,7 +632,7 @@ impl Trainer<'_> {
                 scaler.step(&mut opt);
                 sums
             } else {
-                let terms = student_loss(&src, &tgt, t_out);
+                let terms = student_loss(&src, &tgt, t_out, None);
                 let refs: Vec<(&str, &Tensor)> = terms.iter().map(|(n, t)| (*n, t)).collect();
                 let losses = check_finite(step, &refs)?;
                 scaler.backward_step(&terms[4].1, &mut opt);
