@@ -165,7 +165,7 @@ impl Requant {
         match self {
             Requant::PerChannel(s) => {
                 let b = acc as f32;
-                ((b.abs() * s[channel]).round_ties_even() * b.signum()) as i32
+                (rte(b.abs() * s[channel]) * b.signum()) as i32
             }
             Requant::Uniform(s) => s.apply(acc),
         }
@@ -613,7 +613,30 @@ impl FastInt8 {
 /// tract's f32 → int8 quantization: round half to even, saturate.
 #[inline]
 fn requant_f32(v: f32) -> i8 {
-    v.round_ties_even().clamp(-128.0, 127.0) as i8
+    rte(v).clamp(-128.0, 127.0) as i8
+}
+
+/// Round half to even, as tract-data's `round_ties_to_even` (adding and taking away
+/// 2^23 leaves the nearest integer, ties to even; inlined where `f32::round_ties_even`
+/// is a libm call on baseline x86-64).
+#[inline]
+fn rte(x: f32) -> f32 {
+    const TOINT: f32 = 1.0 / f32::EPSILON;
+    let u = x.to_bits();
+    if (u >> 23) & 0xff >= 0x7f + 23 {
+        return x;
+    }
+    let negative = u >> 31 == 1;
+    let y = if negative {
+        x - TOINT + TOINT
+    } else {
+        x + TOINT - TOINT
+    };
+    match (y == 0.0, negative) {
+        (true, true) => -0.0,
+        (true, false) => 0.0,
+        _ => y,
+    }
 }
 
 fn conv(
@@ -823,12 +846,47 @@ impl Conv {
         out
     }
 
+    /// Patches of output rows `r0..r1`: one row of K = (ky, kx, ci) per output pixel,
+    /// read from `xf` (x − zx); taps in the padding read 0.
+    fn im2col(&self, xf: &[f32], r0: usize, r1: usize, patches: &mut Vec<f32>) {
+        let (k, ow, ic) = (self.kh * self.kw * self.ic, self.ow, self.ic);
+        patches.clear();
+        patches.resize((r1 - r0) * ow * k, 0f32);
+        for oy in r0..r1 {
+            for ox in 0..ow {
+                let row = &mut patches[((oy - r0) * ow + ox) * k..][..k];
+                for ky in 0..self.kh {
+                    let iy = (oy * self.stride[0] + ky) as isize - self.pad[0] as isize;
+                    if iy < 0 || iy >= self.ih as isize {
+                        continue;
+                    }
+                    for kx in 0..self.kw {
+                        let ix = (ox * self.stride[1] + kx) as isize - self.pad[1] as isize;
+                        if ix < 0 || ix >= self.iw as isize {
+                            continue;
+                        }
+                        let at = (iy as usize * self.iw + ix as usize) * ic;
+                        row[(ky * self.kw + kx) * ic..][..ic].copy_from_slice(&xf[at..at + ic]);
+                    }
+                }
+            }
+        }
+    }
+
     fn run_dense(&self, x: &[i8]) -> Vec<i8> {
         let (k, oc, ow) = (self.kh * self.kw * self.ic, self.oc, self.ow);
         let mut out = vec![0i8; self.oh * ow * oc];
         let rows = tile_rows(ow, k);
-        let zx = self.zx as f32;
         let w = ArrayView2::from_shape((oc, k), &self.wf).expect("weight shape");
+        // x − zx once; the patches copy runs of `ic` values out of it.
+        let zx = self.zx as f32;
+        let xf: Vec<f32> = x.iter().map(|v| *v as f32 - zx).collect();
+        // A 1x1, stride-1, unpadded conv reads its input as the patch matrix.
+        let pointwise = self.kh == 1
+            && self.kw == 1
+            && self.stride == [1, 1]
+            && self.pad == [0, 0]
+            && (self.oh, self.ow) == (self.ih, self.iw);
         let mut patches = Vec::new();
         let mut c = Vec::new();
         let mut acc = Vec::new();
@@ -836,33 +894,15 @@ impl Conv {
         while r0 < self.oh {
             let r1 = (r0 + rows).min(self.oh);
             let p = (r1 - r0) * ow;
-            // im2col: one row of K = (ky, kx, ci) per output pixel, x − zx; pads read 0.
-            patches.clear();
-            patches.resize(p * k, 0f32);
-            for oy in r0..r1 {
-                for ox in 0..ow {
-                    let row = &mut patches[((oy - r0) * ow + ox) * k..][..k];
-                    for ky in 0..self.kh {
-                        let iy = (oy * self.stride[0] + ky) as isize - self.pad[0] as isize;
-                        if iy < 0 || iy >= self.ih as isize {
-                            continue;
-                        }
-                        for kx in 0..self.kw {
-                            let ix = (ox * self.stride[1] + kx) as isize - self.pad[1] as isize;
-                            if ix < 0 || ix >= self.iw as isize {
-                                continue;
-                            }
-                            let src =
-                                &x[(iy as usize * self.iw + ix as usize) * self.ic..][..self.ic];
-                            let dst = &mut row[(ky * self.kw + kx) * self.ic..][..self.ic];
-                            for (d, s) in dst.iter_mut().zip(src) {
-                                *d = *s as f32 - zx;
-                            }
-                        }
-                    }
-                }
+            if !pointwise {
+                self.im2col(&xf, r0, r1, &mut patches);
             }
-            let a = ArrayView2::from_shape((p, k), &patches).expect("patch shape");
+            let a = if pointwise {
+                ArrayView2::from_shape((p, k), &xf[r0 * ow * k..r1 * ow * k])
+            } else {
+                ArrayView2::from_shape((p, k), &patches[..])
+            }
+            .expect("patch shape");
             acc.clear();
             acc.resize(p * oc, 0i32);
             for px in acc.chunks_exact_mut(oc) {
