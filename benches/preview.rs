@@ -11,8 +11,9 @@
 //! - verify: `verify_artifact` (what a `verify:TARGET` stage runs) on
 //!   EFFECTC_BENCH_VERIFY_FRAMES frames plus 5 latency runs, wall seconds.
 //!
-//! Core ML's exact fp16 path (tract's half-precision kernels) is timed too, on one frame,
-//! only with EFFECTC_BENCH_EXACT=1 (minutes a frame at 512 px).
+//! int8's exact path (tract's quantized kernels, what ran before `verify::int8`) is
+//! timed on one frame. Core ML's exact fp16 path (tract's half-precision kernels) is
+//! timed too, on one frame, only with EFFECTC_BENCH_EXACT=1 (minutes a frame at 512 px).
 //!
 //! Environment: EFFECTC_BENCH_SIZE (512), EFFECTC_BENCH_FRAMES (3),
 //! EFFECTC_BENCH_VERIFY_FRAMES (2), EFFECTC_BENCH_EXACT.
@@ -26,6 +27,7 @@ use effectc::nn::accordion::Accordion;
 use effectc::nn::AccordionConfig;
 use effectc::preview::{PreviewModel, Shipped};
 use effectc::verify::coreml::Fp16Eval;
+use effectc::verify::int8::Int8Eval;
 use effectc::verify::{verify_artifact, Artifact, Thresholds, TractModel, VerifyOptions};
 use image::RgbImage;
 use std::time::Instant;
@@ -134,7 +136,7 @@ fn main() {
         ),
         (
             "android-nnapi",
-            "int8 .tflite (core)",
+            "int8 .tflite (core), fast int8",
             Shipped::Tflite {
                 shipped: shipped_path.clone(),
                 core: Some(core_path.clone()),
@@ -178,6 +180,24 @@ fn main() {
             fps,
             verify_s: Some(verify_s),
             psnr_vs_fp32: Some(check.psnr_db),
+        });
+    }
+    // int8 before: tract's quantized kernels (the exact reference), one frame.
+    {
+        let shipped = Shipped::Tflite {
+            shipped: shipped_path.clone(),
+            core: Some(core_path.clone()),
+        };
+        let model = PreviewModel::load_evals(&shipped, size, Fp16Eval::Emulated, Int8Eval::Exact)
+            .expect("load exact int8");
+        let fps = preview_fps(&model, 1, size);
+        eprintln!("android-nnapi exact int8 (tract): {fps:.3} frames/s");
+        rows.push(Row {
+            target: "android-nnapi",
+            file: "int8 .tflite (core), tract's int8 kernels (before)",
+            fps,
+            verify_s: None,
+            psnr_vs_fp32: None,
         });
     }
     if exact {

@@ -9,6 +9,9 @@
 //!   `verify` checks it (Core ML itself does not run on Linux). Its fp16 compute is
 //!   emulated in f32 with every stored value rounded to fp16 (`verify::fp16`): about
 //!   the fp32 model's speed; `Fp16Eval::Exact` runs tract's fp16 kernels instead.
+//!   The int8 core runs through `verify::int8` (tract's integer rounding, f32 matrix
+//!   products: identical outputs at about the fp32 model's cost); `Int8Eval::Exact` runs
+//!   tract's quantized kernels.
 //! - Sizes: the student is fully convolutional, so it runs at any size that is a
 //!   multiple of its built size's down-sampling grid. The shipped files declare the
 //!   built size; for another size the TFLite file's activation shapes (and the sizes
@@ -18,6 +21,7 @@
 use crate::export::coreml::{read_mlpackage, PixelRange};
 use crate::export::tflite::{self, BuiltinOperator, OptionsDesc};
 use crate::verify::coreml::{CoremlModel, Fp16Eval};
+use crate::verify::int8::{Int8Eval, Int8Runner};
 use crate::verify::TractModel;
 use image::RgbImage;
 use std::path::{Path, PathBuf};
@@ -44,9 +48,11 @@ impl Shipped {
     }
 }
 
-/// What runs the net: tract on the file, or the decoded Core ML model.
+/// What runs the net: tract on the file, the int8 core (fast, `verify::int8`), or the
+/// decoded Core ML model.
 enum Runner {
     Tract(TractModel),
+    Int8(Int8Runner),
     Coreml(CoremlModel),
 }
 
@@ -76,6 +82,16 @@ impl PreviewModel {
         size: usize,
         fp16: Fp16Eval,
     ) -> Result<PreviewModel, String> {
+        Self::load_evals(shipped, size, fp16, Int8Eval::default())
+    }
+
+    /// `load`, with the ways Core ML's fp16 and an int8 TFLite core are evaluated.
+    pub fn load_evals(
+        shipped: &Shipped,
+        size: usize,
+        fp16: Fp16Eval,
+        int8: Int8Eval,
+    ) -> Result<PreviewModel, String> {
         let shape = [1, 3, size, size];
         let net = PixelRange::default();
         let out_map = PixelRange {
@@ -92,8 +108,15 @@ impl PreviewModel {
                 let p = core.as_ref().unwrap_or(shipped);
                 let bytes = std::fs::read(p).map_err(|e| err(p)(&e))?;
                 let bytes = tflite_at_size(&bytes, size).map_err(|e| err(p)(&e))?;
-                let m = TractModel::tflite(&bytes, shape).map_err(|e| err(p)(&e))?;
-                (Runner::Tract(m), net, out_map)
+                let m = match core {
+                    Some(_) => {
+                        Runner::Int8(Int8Runner::load(&bytes, shape, int8).map_err(|e| err(p)(&e))?)
+                    }
+                    None => {
+                        Runner::Tract(TractModel::tflite(&bytes, shape).map_err(|e| err(p)(&e))?)
+                    }
+                };
+                (m, net, out_map)
             }
             Shipped::MlPackage(dir) => {
                 let decoded = read_mlpackage(dir).map_err(|e| err(dir)(&e))?;
@@ -152,6 +175,7 @@ impl PreviewModel {
         let t0 = std::time::Instant::now();
         let (out, shape) = match &self.model {
             Runner::Tract(m) => m.run(&input).map_err(|e| e.to_string())?,
+            Runner::Int8(m) => m.run(&input).map_err(|e| e.to_string())?,
             Runner::Coreml(m) => m
                 .run_net(&input)
                 .map(|(y, shape, _)| (y, shape))

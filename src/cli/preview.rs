@@ -62,11 +62,6 @@ impl Clock {
     }
 }
 
-/// An int8 TFLite target: previewed through tract's slow quantized path.
-fn slow_preview(t: &crate::recipe::TargetSpec) -> bool {
-    t.profile.format == TargetFormat::Tflite && t.precision == Precision::Int8
-}
-
 pub fn run(env: &Env, args: PreviewArgs) -> Result<i32, i32> {
     let loader = Loader::new(&env.project);
     let recipe = loader.load(&args.effect).map_err(|d| {
@@ -97,22 +92,11 @@ pub fn run(env: &Env, args: PreviewArgs) -> Result<i32, i32> {
                 );
                 EXIT_USER
             })?,
-        // The first target whose preview runs at about the fp32 model's speed: an int8
-        // TFLite runs through tract's quantized kernels, 20x+ slower (named on stderr,
-        // for `--target`).
+        // The recipe's first target: every target previews at about the fp32 model's
+        // speed (int8 TFLite through verify::int8, Core ML's fp16 through verify::fp16).
         None => recipe
             .targets
-            .iter()
-            .find(|t| !slow_preview(t))
-            .inspect(|t| {
-                if let Some(slow) = recipe.targets.first().filter(|f| slow_preview(f)) {
-                    eprintln!(
-                        "previewing {} (fast); `--target {}` shows the int8 look, about 20x slower",
-                        t.name.value, slow.name.value
-                    );
-                }
-            })
-            .or(recipe.targets.first())
+            .first()
             .ok_or_else(|| {
             eprintln!(
                 "error: effect `{}` has no target to preview: add one (`target \"onnx\" quantize=\"fp32\"`) and `effectc build {}`",

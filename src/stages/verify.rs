@@ -5,11 +5,14 @@
 //! (for int8, with the per-layer table naming the layer that hurts).
 
 use super::target::{read_frames, read_ir};
+use crate::export::coreml::read_mlpackage;
 use crate::export::coreml::PixelRange;
 use crate::export::quantize::{ActivationType, Calibration, QuantPlan};
 use crate::protocol::metric;
 use crate::recipe::{Precision, TargetFormat, TargetSpec};
 use crate::stages::{params_of, Params, RunContext, RunOutput, Stage, StageError};
+use crate::verify::coreml::{CoremlModel, Fp16Eval};
+use crate::verify::int8::{Int8Eval, Int8Runner};
 use crate::verify::{
     verify_artifact, Artifact, ChecksTable, Thresholds, TractModel, VerifyOptions,
 };
@@ -105,7 +108,7 @@ impl Stage for VerifyTarget {
                     &opts,
                 )
                 .map_err(|e| infra(&e))?;
-                (check, run_all(&model, &inputs)?)
+                (check, run_all(|x| model.run(x), &inputs)?)
             }
             TargetFormat::Tflite => {
                 tflite = read("model/model.tflite")?;
@@ -116,7 +119,8 @@ impl Stage for VerifyTarget {
                     plan = QuantPlan::new(&graph, &cal, ActivationType::Int8)
                         .map_err(|e| infra(&e))?;
                     opts.int8_source = Some((&graph, &plan));
-                    let model = TractModel::tflite(&core, shape).map_err(|e| infra(&e))?;
+                    let model =
+                        Int8Runner::load(&core, shape, Int8Eval::Fast).map_err(|e| infra(&e))?;
                     let check = verify_artifact(
                         &name,
                         Artifact::TfliteInt8 {
@@ -129,7 +133,7 @@ impl Stage for VerifyTarget {
                         &opts,
                     )
                     .map_err(|e| infra(&e))?;
-                    (check, run_all(&model, &inputs)?)
+                    (check, run_all(|x| model.run(x), &inputs)?)
                 } else {
                     let model = TractModel::tflite(&tflite, shape).map_err(|e| infra(&e))?;
                     let check = verify_artifact(
@@ -141,7 +145,7 @@ impl Stage for VerifyTarget {
                         &opts,
                     )
                     .map_err(|e| infra(&e))?;
-                    (check, run_all(&model, &inputs)?)
+                    (check, run_all(|x| model.run(x), &inputs)?)
                 }
             }
             TargetFormat::Mlpackage => {
@@ -166,14 +170,24 @@ impl Stage for VerifyTarget {
                     &opts,
                 )
                 .map_err(|e| infra(&e))?;
-                let mut outs = Vec::new();
-                for x in inputs.iter().take(4) {
-                    outs.push(
-                        crate::verify::coreml::run_mlpackage(&pkg_dir, x, contract)
-                            .map_err(|e| infra(&e))?
-                            .output_nchw,
-                    );
-                }
+                // Decoded and loaded once for the contact sheet's frames.
+                let decoded = read_mlpackage(&pkg_dir).map_err(|e| infra(&e))?;
+                let net_shape = decoded.graph.input_shape;
+                let model = CoremlModel::load_with_range_check(
+                    decoded,
+                    net_shape,
+                    Fp16Eval::default(),
+                    false,
+                )
+                .map_err(|e| infra(&e))?;
+                let outs = run_all(
+                    |x| {
+                        model
+                            .run(x, contract)
+                            .map(|r| (r.output_nchw, r.output_shape))
+                    },
+                    &inputs,
+                )?;
                 (check, outs)
             }
         };
@@ -226,14 +240,17 @@ impl Stage for VerifyTarget {
     }
 }
 
-/// The target's outputs on the first frames (for the contact sheet).
-fn run_all(model: &TractModel, inputs: &[Vec<f32>]) -> Result<Vec<Vec<f32>>, StageError> {
+/// The target's outputs on the first frames (for the contact sheet), from a model
+/// loaded once.
+fn run_all<E: std::fmt::Display>(
+    run: impl Fn(&[f32]) -> Result<(Vec<f32>, [usize; 4]), E>,
+    inputs: &[Vec<f32>],
+) -> Result<Vec<Vec<f32>>, StageError> {
     inputs
         .iter()
         .take(4)
         .map(|x| {
-            model
-                .run(x)
+            run(x)
                 .map(|(y, _)| y)
                 .map_err(|e| StageError::environment(format!("tract: {e}")))
         })

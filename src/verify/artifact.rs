@@ -14,6 +14,7 @@ use crate::ir::Graph;
 
 use super::compare::{compare, Thresholds};
 use super::coreml::{CoremlModel, CoremlVerifyError, Fp16Eval};
+use super::int8::{Int8Eval, Int8Runner};
 use super::tract_run::{Latency, RunError, TractModel};
 use crate::export::coreml::{read_mlmodel, read_mlpackage};
 
@@ -129,9 +130,11 @@ pub fn verify_artifact(
     let size_bytes;
     match artifact {
         Artifact::Onnx(b) | Artifact::TfliteFloat(b) | Artifact::TfliteInt8 { core: b, .. } => {
+            // An int8 core runs through the fast int8 path (identical outputs).
             let model = match artifact {
-                Artifact::Onnx(_) => TractModel::onnx(b, input_shape)?,
-                _ => TractModel::tflite(b, input_shape)?,
+                Artifact::Onnx(_) => Int8Runner::Tract(TractModel::onnx(b, input_shape)?),
+                Artifact::TfliteInt8 { .. } => Int8Runner::load(b, input_shape, Int8Eval::Fast)?,
+                _ => Int8Runner::Tract(TractModel::tflite(b, input_shape)?),
             };
             size_bytes = match artifact {
                 Artifact::TfliteInt8 { shipped, core } => {

@@ -6,6 +6,7 @@ pub mod coreml;
 #[cfg(test)]
 mod export_tests;
 pub mod fp16;
+pub mod int8;
 pub mod io;
 pub mod tract_run;
 

@@ -48,14 +48,14 @@ pub struct TractModel {
 /// before that last op and this table does it: dequantize, apply, round onto the
 /// output tensor's grid.
 #[derive(Clone, Copy, Debug, PartialEq)]
-struct Tail {
+pub(crate) struct Tail {
     sigmoid: bool,
     out_scale: f32,
     out_zero_point: i32,
 }
 
 impl Tail {
-    fn apply(&self, x: f32) -> f32 {
+    pub(crate) fn apply(&self, x: f32) -> f32 {
         let y = if self.sigmoid {
             1.0 / (1.0 + (-x).exp())
         } else {
@@ -68,7 +68,7 @@ impl Tail {
 
 /// The int8 TANH / LOGISTIC that produces the subgraph output, if any: (its output
 /// tensor's name, the tail).
-fn int8_tail(bytes: &[u8]) -> Option<(String, Tail)> {
+pub(crate) fn int8_tail(bytes: &[u8]) -> Option<(String, Tail)> {
     use crate::export::tflite::{parse, BuiltinOperator, TensorType};
     let desc = parse(bytes).ok()?;
     let out = *desc.outputs.first()?;
@@ -200,10 +200,7 @@ impl TractModel {
                 DatumType::U8 => (0f32, 255f32),
                 _ => (-128f32, 127f32),
             };
-            let q: Vec<f32> = data
-                .iter()
-                .map(|v| ((v / scale).round() + zp as f32).clamp(lo, hi))
-                .collect();
+            let q = quantize_input(&data, zp, scale, lo, hi);
             let mut t = match self.input_dt.unquantized() {
                 DatumType::U8 => {
                     Tensor::from_shape(&shape, &q.iter().map(|v| *v as u8).collect::<Vec<_>>())
@@ -312,6 +309,13 @@ impl TractModel {
             runs: times.len(),
         })
     }
+}
+
+/// The shipped file's QUANTIZE of the float input: round to nearest, clamp.
+pub(crate) fn quantize_input(data: &[f32], zp: i32, scale: f32, lo: f32, hi: f32) -> Vec<f32> {
+    data.iter()
+        .map(|v| ((v / scale).round() + zp as f32).clamp(lo, hi))
+        .collect()
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
