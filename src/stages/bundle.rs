@@ -147,7 +147,7 @@ impl BundleStage {
         add(
             sheet,
             "Contact sheet",
-            "Held-out frames: source | pair (what the net learns from) | teacher (the wide net) | student | each target's shipped model.",
+            CONTACT_SHEET_CAPTION,
         )?;
         if let Some(path) = ctx.inputs.get("pairs.png") {
             add(
@@ -159,6 +159,9 @@ impl BundleStage {
         Ok(figures)
     }
 }
+
+/// What the contact sheet's columns are (the report's caption under it).
+pub const CONTACT_SHEET_CAPTION: &str = "Held-out frames: source | pair (the picture the nets learn from) | teacher (the wide net's output) | student | each target's shipped model.";
 
 impl Stage for BundleStage {
     fn kind(&self) -> &'static str {
