@@ -69,17 +69,18 @@ fn the_demo_stage_keys_do_not_change_by_accident() {
             "a40de448c2533c0645fe797c3aa33180c312c4f7a2aa854bdc9e895edef95569",
         ),
         (
+            // export v2 reading the teacher's weights: its outputs on the held-out frames.
             "export",
-            "a97242c70084da70dccc5c01f2980548e3075396f7084eef1893f64c4cfefd6c",
+            "a4990d00be157149641e9f8c65f22ae4032fac0f4d85ebadddff4d4a49ebf41d",
         ),
         (
             "target:onnx",
             "2fbb9d237b25e336a9d6abe1cef08a215ffe953db9fa4d2f94b09cadc912377a",
         ),
         (
-            // bundle v6: one name per figure in the manifest, the report's advice.
+            // bundle v7: the contact sheet's teacher column (reads holdout-teacher.npy).
             "bundle",
-            "2a440ecf7c10ccf10713946a7ac5cfe73d0870452ea76c1cbc30992350fa5756",
+            "75ce21a494e7bac6dec4ca2b58ebcb3a8cbbcf324145a50a87eb12f9332ea86c",
         ),
     ]
     .into_iter()

@@ -219,6 +219,14 @@ pub(super) fn plan_with(
             frames.decode_time.as_secs_f64()
         );
     }
+    if frames.face_scans + frames.hashed_items > 0 && !env.json {
+        eprintln!(
+            "sources: looked for faces in {} picture(s), hashed {} for near-duplicates, in {:.2}s",
+            frames.face_scans,
+            frames.hashed_items,
+            frames.scan_time.as_secs_f64()
+        );
+    }
     Ok((recipe, plan))
 }
 

@@ -37,7 +37,7 @@ pub fn write_out_report(dir: &Path, plan: &Plan, summary: &BuildSummary) -> std:
         (
             bundle.out_file_name("contact-sheet.png"),
             "Contact sheet",
-            "Held-out frames: source | pair (the teacher's picture) | student | each target's shipped model.",
+            crate::stages::bundle::CONTACT_SHEET_CAPTION,
         ),
         (
             StageId::pairs_sheet().out_file_name("pairs.png"),

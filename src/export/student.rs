@@ -53,6 +53,11 @@ pub fn export_student(job: &ExportJob) -> Result<WorkerReport, TrainError> {
     let reference = tch::no_grad(|| net.forward(&holdout));
     write_npy("holdout-inputs.npy", &holdout, &mut files)?;
     write_npy("holdout-reference.npy", &reference, &mut files)?;
+    if let Some((weights, arch)) = &job.teacher {
+        let (_tvs, teacher) = load_generator(weights, *arch, device)?;
+        let t_out = tch::no_grad(|| teacher.forward(&holdout));
+        write_npy("holdout-teacher.npy", &t_out, &mut files)?;
+    }
     write_npy(
         "calibration-inputs.npy",
         &stack(&job.calibration)?,

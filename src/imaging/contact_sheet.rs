@@ -85,21 +85,60 @@ pub fn text_width(text: &str, scale: u32) -> u32 {
     text.chars().count() as u32 * 6 * scale
 }
 
-/// A column title that fits its cell: at scale 2, else at scale 1 (a target's name such
-/// as `android-nnapi`), else cut with `..` at scale 1.
-pub fn fit_title(title: &str, cell_px: u32) -> (String, u32) {
+/// A column title that fits its cell, as lines: whole at scale 2 if it fits, else
+/// wrapped after its `-`, `_` or spaces at scale 2 (`android-` / `nnapi`), else the same
+/// at scale 1, a word longer than the cell cut with `..`. Every title of a sheet is drawn
+/// at a size a person reads; none is cut while wrapping fits it.
+pub fn fit_title(title: &str, cell_px: u32) -> (Vec<String>, u32) {
+    // The last glyph's trailing column of spacing need not fit.
+    let fits = |t: &str, scale: u32| text_width(t, scale) <= cell_px + scale;
     for scale in [2, 1] {
-        // The last glyph's trailing column of spacing need not fit.
-        if text_width(title, scale) <= cell_px + scale {
-            return (title.to_string(), scale);
+        if fits(title, scale) {
+            return (vec![title.to_string()], scale);
+        }
+        let words = split_words(title);
+        if words.iter().all(|w| fits(w, scale)) {
+            let mut lines: Vec<String> = Vec::new();
+            for w in words {
+                match lines.last_mut() {
+                    Some(last) if fits(&format!("{last}{w}"), scale) => last.push_str(&w),
+                    _ => lines.push(w),
+                }
+            }
+            let lines: Vec<String> = lines.iter().map(|l| l.trim_end().to_string()).collect();
+            if lines.len() <= MAX_TITLE_LINES {
+                return (lines, scale);
+            }
         }
     }
     let fits = ((cell_px + 1) / 6) as usize;
     let kept: String = title.chars().take(fits.saturating_sub(2)).collect();
-    (format!("{kept}.."), 1)
+    (vec![format!("{kept}..")], 1)
 }
 
-/// A grid of `cell_px` cells under a header row of `column_titles`.
+/// A title wraps onto at most this many lines.
+const MAX_TITLE_LINES: usize = 3;
+
+/// `android-nnapi` → `android-`, `nnapi`: each piece keeps the separator that ends it.
+fn split_words(title: &str) -> Vec<String> {
+    let mut words = vec![String::new()];
+    for c in title.chars() {
+        words.last_mut().expect("never empty").push(c);
+        if matches!(c, '-' | '_' | ' ') {
+            words.push(String::new());
+        }
+    }
+    words.retain(|w| !w.is_empty());
+    words
+}
+
+/// Pixel height of one title line at `scale`, with the space under it.
+fn line_height(scale: u32) -> u32 {
+    7 * scale + 3
+}
+
+/// A grid of `cell_px` cells under a header row of `column_titles` (the header as tall
+/// as the most wrapped title).
 pub fn contact_sheet(rows: &[Vec<RgbImage>], column_titles: &[&str], cell_px: u32) -> RgbImage {
     let cols = rows
         .iter()
@@ -108,17 +147,31 @@ pub fn contact_sheet(rows: &[Vec<RgbImage>], column_titles: &[&str], cell_px: u3
         .unwrap_or(0)
         .max(column_titles.len()) as u32;
     let gap = 4;
-    let header = 24;
+    let titles: Vec<(Vec<String>, u32)> = column_titles
+        .iter()
+        .map(|t| fit_title(t, cell_px))
+        .collect();
+    let text_h = titles
+        .iter()
+        .map(|(lines, scale)| lines.len() as u32 * line_height(*scale))
+        .max()
+        .unwrap_or(0)
+        .max(line_height(2));
+    let header = text_h + 7;
     let width = cols * (cell_px + gap) + gap;
     let height = header + rows.len() as u32 * (cell_px + gap) + gap;
     let mut sheet = RgbImage::from_pixel(width.max(1), height.max(1), Rgb([32, 32, 36]));
-    for (c, title) in column_titles.iter().enumerate() {
+    for (c, (lines, scale)) in titles.iter().enumerate() {
         let x = gap + c as u32 * (cell_px + gap);
-        let (title, scale) = fit_title(title, cell_px);
-        let tw = text_width(&title, scale);
-        let tx = x + cell_px.saturating_sub(tw) / 2;
-        let ty = if scale == 2 { 5 } else { 8 };
-        draw_text(&mut sheet, tx, ty, &title, scale, Rgb([235, 235, 235]));
+        // Lines centred in the header, each centred in its column.
+        let block = lines.len() as u32 * line_height(*scale);
+        let mut ty = 4 + (text_h - block) / 2;
+        for line in lines {
+            let tw = text_width(line, *scale);
+            let tx = x + cell_px.saturating_sub(tw) / 2;
+            draw_text(&mut sheet, tx, ty, line, *scale, Rgb([235, 235, 235]));
+            ty += line_height(*scale);
+        }
     }
     for (r, row) in rows.iter().enumerate() {
         for (c, img) in row.iter().enumerate() {
@@ -145,16 +198,33 @@ mod tests {
         );
         assert_eq!(sheet.dimensions(), (2 * 36 + 4, 24 + 2 * 36 + 4));
         assert_eq!(sheet.get_pixel(4 + 16, 24 + 16).0, [200, 0, 0]);
+        // A wrapped title makes the header taller, the cells move down under it.
+        let img = RgbImage::from_pixel(10, 10, Rgb([200, 0, 0]));
+        let sheet = contact_sheet(&[vec![img.clone(), img]], &["source", "android-nnapi"], 128);
+        let header = 2 * line_height(2) + 7;
+        assert_eq!(sheet.height(), header + 132 + 4);
+        assert_eq!(sheet.get_pixel(4 + 64, header + 64).0, [200, 0, 0]);
+        assert_eq!(sheet.get_pixel(4 + 64, header - 1).0, [32, 32, 36]);
         // The title row is not empty.
         assert!((0..sheet.width()).any(|x| sheet.get_pixel(x, 10).0 == [235, 235, 235]));
     }
 
     #[test]
     fn titles_fit_their_cells_smaller_or_cut() {
-        assert_eq!(fit_title("student", 128), ("student".into(), 2));
-        assert_eq!(fit_title("android-nnapi", 128), ("android-nnapi".into(), 1));
-        let (cut, scale) = fit_title("a-very-long-target-name-indeed", 128);
-        assert_eq!((cut.as_str(), scale), ("a-very-long-target-..", 1));
-        assert!(text_width(&cut, 1) <= 128 + 1);
+        let lines = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(fit_title("student", 128), (lines(&["student"]), 2));
+        // Wrapped at its hyphen, at the size of the other titles, not shrunk or cut.
+        assert_eq!(
+            fit_title("android-nnapi", 128),
+            (lines(&["android-", "nnapi"]), 2)
+        );
+        assert_eq!(
+            fit_title("ios-coreml-fp16", 128),
+            (lines(&["ios-", "coreml-", "fp16"]), 2)
+        );
+        // A word longer than the cell even at scale 1 is cut.
+        let (cut, scale) = fit_title("averyveryverylongtargetnameindeed", 128);
+        assert_eq!((cut[0].as_str(), scale), ("averyveryverylongta..", 1));
+        assert!(text_width(&cut[0], 1) <= 128 + 1);
     }
 }

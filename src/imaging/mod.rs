@@ -7,6 +7,7 @@ pub mod external;
 pub mod face_crop;
 pub mod face_mesh;
 pub mod openpose;
+pub mod phash;
 pub mod source;
 pub mod synthetic;
 

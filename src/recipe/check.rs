@@ -116,6 +116,7 @@ impl<'a> Checker<'a> {
                 "crop",
                 "holdout",
                 "max-skipped",
+                "dedupe",
             ],
         );
         self.d.known_props(node, &[]);
@@ -265,6 +266,38 @@ impl<'a> Checker<'a> {
             0.0,
             1.0,
         );
+        let dedupe = match self.d.single(&node.children, "dedupe") {
+            Some(n) => {
+                self.d.known_props(n, &["distance"]);
+                self.d.max_args(n, 1);
+                let on = match n.args.first().map(|v| &v.value) {
+                    None => true,
+                    Some(kdl::KdlValue::Bool(b)) => *b,
+                    Some(_) => {
+                        let v = &n.args[0];
+                        self.d.error(
+                            RecipeDiagnostic::at(
+                                &v.loc,
+                                "type-mismatch",
+                                "`dedupe` takes #true or #false",
+                            )
+                            .label("expected #true or #false")
+                            .help("e.g. dedupe distance=16"),
+                        );
+                        true
+                    }
+                };
+                let distance = self.d.setting_u32(
+                    n,
+                    "distance",
+                    super::model::DEFAULT_DEDUPE_DISTANCE,
+                    0,
+                    255,
+                );
+                on.then_some(distance)
+            }
+            None => None,
+        };
         Some(Sources {
             images,
             synthetic,
@@ -272,6 +305,7 @@ impl<'a> Checker<'a> {
             crop,
             holdout,
             max_skipped,
+            dedupe,
         })
     }
 

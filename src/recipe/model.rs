@@ -99,7 +99,15 @@ pub struct Sources {
     /// `max-skipped`: the fraction of items that may be skipped (bad or faceless photos)
     /// before the build refuses to train ([`DEFAULT_MAX_SKIPPED`] when unset).
     pub max_skipped: f64,
+    /// `dedupe distance=N`: items whose perceptual hashes differ in at most N of their
+    /// 256 bits are left out as near-duplicates of the first (`imaging::phash`); None
+    /// keeps every item.
+    pub dedupe: Option<u32>,
 }
+
+/// `dedupe` without `distance=`: at most this many of the perceptual hash's 256 bits
+/// differ between near-duplicates (`imaging::phash`).
+pub const DEFAULT_DEDUPE_DISTANCE: u32 = 16;
 
 #[derive(Clone, Debug)]
 pub struct Synthetic {

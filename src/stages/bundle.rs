@@ -147,7 +147,7 @@ impl BundleStage {
         add(
             sheet,
             "Contact sheet",
-            "Held-out frames: source | pair (the teacher's picture) | student | each target's shipped model.",
+            CONTACT_SHEET_CAPTION,
         )?;
         if let Some(path) = ctx.inputs.get("pairs.png") {
             add(
@@ -159,6 +159,9 @@ impl BundleStage {
         Ok(figures)
     }
 }
+
+/// What the contact sheet's columns are (the report's caption under it).
+pub const CONTACT_SHEET_CAPTION: &str = "Held-out frames: source | pair (the picture the nets learn from) | teacher (the wide net's output) | student | each target's shipped model.";
 
 impl Stage for BundleStage {
     fn kind(&self) -> &'static str {
@@ -181,7 +184,8 @@ impl Stage for BundleStage {
         //    and bars in the manifest, a self-contained report with pictures.
         // 6: one name per figure in the manifest (`psnr_vs_pairs_db`, `psnr_vs_teacher_db`),
         //    and the report says when the teacher did not learn the effect.
-        6
+        // 7: the contact sheet shows the teacher net's own output; titles wrap to fit.
+        7
     }
     fn params(&self) -> Params {
         #[derive(Serialize)]
@@ -303,12 +307,19 @@ impl Stage for BundleStage {
             );
             target_outputs.push((name.clone(), outs));
         }
-        // Contact sheet: source | the pair's target (the teacher's picture) | student |
-        // each target, on held-out frames.
+        // Contact sheet: source | the pair's target (the teacher's picture) | the teacher
+        // net's output | student | each target, on held-out frames.
+        let (teacher_net, _) = read_frames(ctx.input("holdout-teacher.npy")?)?;
         let mut sheet_rows = Vec::new();
         for i in 0..rows {
             let mut row = vec![frame_to_image(&inputs[i], h, w)];
             row.push(super::png::read_rgb(&teachers[i])?);
+            row.push(
+                teacher_net
+                    .get(i)
+                    .map(|o| frame_to_image(o, h, w))
+                    .unwrap_or_else(|| RgbImage::new(w as u32, h as u32)),
+            );
             row.push(frame_to_image(&references[i], h, w));
             for (_, outs) in &target_outputs {
                 row.push(
@@ -319,7 +330,7 @@ impl Stage for BundleStage {
             }
             sheet_rows.push(row);
         }
-        let mut titles = vec!["source", "pair", "student"];
+        let mut titles = vec!["source", "pair", "teacher", "student"];
         titles.extend(target_outputs.iter().map(|(n, _)| n.as_str()));
         let sheet = crate::imaging::contact_sheet::contact_sheet(&sheet_rows, &titles, 128);
         let sheet_path = ctx.out_dir.join("contact-sheet.png");

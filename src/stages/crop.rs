@@ -48,3 +48,48 @@ impl Stage for CenterCrop {
         Ok(out)
     }
 }
+
+/// `sources { dedupe }`: an item whose picture is a near-duplicate of an earlier one
+/// (`plan::lower::scan`) is skipped here, in place of its crop, saying which; nothing
+/// after it is planned, so it neither trains nor counts toward `max-skipped`.
+pub struct NearDuplicate {
+    /// The kept item it duplicates.
+    pub of: String,
+    /// The recipe's `dedupe distance=`.
+    pub distance: u32,
+}
+
+impl Stage for NearDuplicate {
+    fn kind(&self) -> &'static str {
+        "crop-near-duplicate"
+    }
+    fn family(&self) -> &'static str {
+        "crop"
+    }
+    fn outputs(&self) -> &'static [&'static str] {
+        &["image"]
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn params(&self) -> Params {
+        #[derive(Serialize)]
+        struct P<'a> {
+            #[serde(rename = "sources.dedupe.distance")]
+            distance: u32,
+            #[serde(rename = "sources.dedupe.of")]
+            of: &'a str,
+        }
+        params_of(&P {
+            distance: self.distance,
+            of: &self.of,
+        })
+    }
+    fn run(&self, _ctx: &mut RunContext) -> Result<RunOutput, StageError> {
+        Ok(RunOutput::skip(format!(
+            "{}{}",
+            crate::plan::lower::NEAR_DUPLICATE,
+            self.of
+        )))
+    }
+}

@@ -10,6 +10,8 @@ use serde::Serialize;
 
 pub struct ExportStudent {
     pub arch: AccordionConfig,
+    /// The teacher net's shape (its weights are the input `teacher-weights`).
+    pub teacher_arch: AccordionConfig,
     pub resolution_px: u32,
     /// Input names of the held-out and calibration crops, in order.
     pub holdout: Vec<String>,
@@ -25,11 +27,14 @@ impl Stage for ExportStudent {
             "student.ir",
             "holdout-inputs.npy",
             "holdout-reference.npy",
+            "holdout-teacher.npy",
             "calibration-inputs.npy",
         ]
     }
     fn version(&self) -> u32 {
-        1
+        // 2: the teacher net's outputs on the held-out frames too (the contact sheet's
+        //    teacher column).
+        2
     }
     fn resource(&self) -> Resource {
         Resource::Exclusive
@@ -67,6 +72,10 @@ impl Stage for ExportStudent {
         let job = ExportJob {
             weights: ctx.input("student-weights")?.to_path_buf(),
             arch: self.arch,
+            teacher: Some((
+                ctx.input("teacher-weights")?.to_path_buf(),
+                self.teacher_arch,
+            )),
             resolution_px: self.resolution_px,
             holdout,
             calibration,

@@ -9,7 +9,7 @@ use super::png::{read_source, write_png};
 use crate::imaging::face_crop::{crop_rotated, CropBox, CropLandmarks};
 use crate::imaging::face_mesh::{LEFT_EYE, RIGHT_EYE};
 use crate::stages::{params_of, Params, RunContext, RunOutput, Stage, StageError};
-use crate::vision::{FaceDetector, FaceMesh, PoseEstimator, VisionError};
+use crate::vision::{FaceDetection, FaceDetector, FaceLandmarks, FaceMesh, PoseEstimator, VisionError};
 use serde::Serialize;
 use std::sync::{Arc, OnceLock};
 
@@ -65,6 +65,31 @@ pub struct FaceCrop {
     pub size_px: u32,
     pub margin: f64,
     pub models: Arc<FaceModels>,
+    /// `faces="all"`: this item's face, 1 = the largest ([`confirmed_faces`] order, the
+    /// order the plan numbered them in); None: the largest face.
+    pub face: Option<u32>,
+}
+
+/// The faces of `img` whose mesh confirms them (as MediaPipe does, landmarks below
+/// presence 0.5 are dropped), largest box first, at most `limit` of them. The plan counts
+/// a photo's faces with this (`plan::lower::scan`), and the crop of face k takes the k-th.
+pub fn confirmed_faces(
+    detector: &FaceDetector,
+    mesh: &FaceMesh,
+    img: &image::RgbImage,
+    limit: usize,
+) -> Result<Vec<(FaceDetection, FaceLandmarks)>, VisionError> {
+    let mut found = Vec::new();
+    for face in detector.detect(img)? {
+        if found.len() >= limit {
+            break;
+        }
+        let m = mesh.landmarks(img, &face)?;
+        if m.presence >= MIN_MESH_PRESENCE {
+            found.push((face, m));
+        }
+    }
+    Ok(found)
 }
 
 fn vision_error(e: VisionError) -> StageError {
@@ -110,12 +135,16 @@ impl Stage for FaceCrop {
             margin: f64,
             #[serde(rename = "sources.crop.faces")]
             faces: &'static str,
+            // Only with `faces="all"`: a largest-face crop keeps its key.
+            #[serde(rename = "sources.crop.face", skip_serializing_if = "Option::is_none")]
+            face: Option<u32>,
         }
         params_of(&P {
             mode: "face",
             size: self.size_px,
             margin: self.margin,
-            faces: "largest",
+            faces: if self.face.is_some() { "all" } else { "largest" },
+            face: self.face,
         })
     }
     fn run(&self, ctx: &mut RunContext) -> Result<RunOutput, StageError> {
@@ -124,20 +153,18 @@ impl Stage for FaceCrop {
             Err(why) => return Ok(RunOutput::skip(why)),
         };
         let models = self.models.get(ctx)?;
-        let faces = models.detector.detect(&src).map_err(vision_error)?;
-        // The detector sorts by box area: the largest face whose mesh confirms it (as
-        // MediaPipe does, landmarks below presence 0.5 are dropped).
-        let mut found = None;
-        for face in &faces {
-            let mesh = models.mesh.landmarks(&src, face).map_err(vision_error)?;
-            if mesh.presence >= MIN_MESH_PRESENCE {
-                found = Some((face, mesh));
-                break;
-            }
+        // Face k of the picture (`faces="all"`), else the largest.
+        let want = self.face.unwrap_or(1) as usize;
+        let mut found = confirmed_faces(&models.detector, &models.mesh, &src, want)
+            .map_err(vision_error)?;
+        if found.len() < want {
+            return Ok(RunOutput::skip(match self.face {
+                Some(k) => format!("face {k} not found"),
+                None => NO_FACE.to_string(),
+            }));
         }
-        let Some((face, mesh)) = found else {
-            return Ok(RunOutput::skip(NO_FACE));
-        };
+        let (face, mesh) = found.swap_remove(want - 1);
+        let face = &face;
         let pose = models.pose.estimate(&src).map_err(vision_error)?;
         // The mesh's eye contours place the eyes better than the detector's keypoints.
         let (right_eye, left_eye) = if mesh.points.len() >= 468 {

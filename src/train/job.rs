@@ -84,6 +84,10 @@ pub struct TrainJob {
 pub struct ExportJob {
     pub weights: PathBuf,
     pub arch: AccordionConfig,
+    /// The teacher net's weights and shape: its outputs on the held-out frames are the
+    /// bundle's contact sheet's "teacher" column.
+    #[serde(default)]
+    pub teacher: Option<(PathBuf, AccordionConfig)>,
     pub resolution_px: u32,
     pub holdout: Vec<PathBuf>,
     pub calibration: Vec<PathBuf>,

@@ -43,6 +43,14 @@ pub fn pixel_digest(width: u32, height: u32, rgb: &[u8]) -> Digest {
 /// The frames folder of a cache, and what extraction cost (for reports and tests).
 pub struct FrameStore {
     root: PathBuf,
+    /// The cache folder `frames/` is in: plan-time scans of photos (faces found,
+    /// perceptual hashes) are kept beside it (`plan::lower::scan`).
+    cache_root: PathBuf,
+    /// Photos and frames the face detector ran on while planning (`faces="all"`), and
+    /// items hashed for `dedupe` (not found in the cache), with the time taken.
+    pub face_scans: usize,
+    pub hashed_items: usize,
+    pub scan_time: std::time::Duration,
     /// Clips decoded by this store (not found in the cache).
     pub decoded_clips: usize,
     /// Frames written by those decodes, and the time they took.
@@ -54,10 +62,19 @@ impl FrameStore {
     pub fn new(cache_root: &Path) -> FrameStore {
         FrameStore {
             root: cache_root.join("frames"),
+            cache_root: cache_root.to_path_buf(),
+            face_scans: 0,
+            hashed_items: 0,
+            scan_time: std::time::Duration::ZERO,
             decoded_clips: 0,
             decoded_frames: 0,
             decode_time: std::time::Duration::ZERO,
         }
+    }
+
+    /// The cache folder this store's `frames/` is in.
+    pub fn cache_root(&self) -> &Path {
+        &self.cache_root
     }
 
     /// Where the frame with pixel digest `d` is stored (a PNG).

@@ -16,6 +16,9 @@ pub struct SourceItem {
     pub name: String,
     pub origin: ItemOrigin,
     pub holdout: bool,
+    /// `crop "face" faces="all"`: which face of the picture (1 = the largest) this item
+    /// is (`photo.jpg#face2`); None: the largest face, or a centre crop.
+    pub face: Option<u32>,
 }
 
 #[derive(Clone, Debug)]
@@ -138,6 +141,7 @@ pub fn source_items(
             items.push(SourceItem {
                 holdout: is_holdout(&name, holdout),
                 name,
+                face: None,
                 origin: ItemOrigin::Synthetic {
                     seed: s.seed,
                     index,
@@ -151,6 +155,7 @@ pub fn source_items(
             Ok(digest) => items.push(SourceItem {
                 holdout: is_holdout(&name, holdout),
                 name,
+                face: None,
                 origin: ItemOrigin::File { path, digest },
             }),
             Err(e) => diags.push(RecipeDiagnostic::nowhere(
@@ -189,6 +194,7 @@ pub fn source_items(
                         items.push(SourceItem {
                             name: item,
                             holdout,
+                            face: None,
                             origin: ItemOrigin::Frame {
                                 clip: clip.clone(),
                                 path: store.frame_path(&f.digest),

@@ -8,9 +8,11 @@ mod clip;
 mod items;
 mod model;
 mod pairs;
+mod scan;
 
 pub use items::{glob_literal_prefix, image_files, is_holdout, ItemOrigin, SourceItem};
 pub use model::recipe_inputs_digest;
+pub use scan::NEAR_DUPLICATE;
 
 use super::{Plan, PlanNode};
 use crate::digest::Digest;
@@ -62,15 +64,37 @@ fn lower_with(
 ) -> Result<Plan, Diagnostics> {
     let mut diags = Diagnostics::default();
     let mut failures = Vec::new();
+    let mut frames = frames;
     let items = items::source_items(
         project,
         recipe,
         digest_of,
-        frames,
+        frames.as_deref_mut(),
         &mut diags,
         &mut failures,
     );
-    let mut shared = pairs::shared_teacher(project, recipe, digest_of, verify_pins, &mut diags);
+    // What the plan reads from the pictures (near-duplicates, faces) needs their content:
+    // `check` (no frame store) plans each picture as one item.
+    let (items, duplicates) = match (recipe.sources.dedupe, frames.as_deref_mut()) {
+        (Some(distance), Some(store)) => scan::near_duplicates(items, distance, store),
+        _ => (items, Vec::new()),
+    };
+    let shared = pairs::shared_teacher(project, recipe, digest_of, verify_pins, &mut diags);
+    let crop = &recipe.sources.crop;
+    let items = match (crop.faces.value, frames.as_deref_mut()) {
+        (crate::recipe::FaceSelection::All, Some(store)) => {
+            let model = |i: usize| crop.models.get(i).and_then(|m| shared.model(&m.name));
+            match (model(0), model(1)) {
+                (Some(detector), Some(mesh)) => scan::one_item_per_face(
+                    items, detector, mesh, crop.size_px, store, &mut diags,
+                ),
+                // A missing model is already a diagnostic.
+                _ => items,
+            }
+        }
+        _ => items,
+    };
+    let mut shared = shared;
     shared.detection =
         clip::attribute_detection(project, recipe, &items, digest_of, verify_pins, &mut diags);
     if !diags.is_empty() {
@@ -92,6 +116,7 @@ fn lower_with(
     if !diags.is_empty() {
         return Err(diags);
     }
+    pairs::add_near_duplicates(recipe, &duplicates, &mut nodes);
     pairs::add_pairs_sheet(recipe, &pairs, &mut nodes);
     model::add_model_stages(recipe, &pairs, identity, &mut nodes);
     if let Err(e) = super::check_wiring(&nodes) {

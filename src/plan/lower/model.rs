@@ -106,13 +106,22 @@ pub fn add_model_stages(
         .filter(|(i, _, _)| !i.holdout)
         .take(cal_size)
         .collect();
-    let mut inputs = vec![Input {
-        name: "student-weights".into(),
-        from: InputRef::Stage {
-            node: student,
-            output: "weights.safetensors".into(),
+    let mut inputs = vec![
+        Input {
+            name: "student-weights".into(),
+            from: InputRef::Stage {
+                node: student,
+                output: "weights.safetensors".into(),
+            },
         },
-    }];
+        Input {
+            name: "teacher-weights".into(),
+            from: InputRef::Stage {
+                node: teacher,
+                output: "weights.safetensors".into(),
+            },
+        },
+    ];
     let mut holdout_names = Vec::new();
     for (k, (_, crop, _)) in holdout.iter().enumerate() {
         holdout_names.push(format!("holdout/{k:03}"));
@@ -144,6 +153,10 @@ pub fn add_model_stages(
         item: None,
         stage: std::sync::Arc::new(export::ExportStudent {
             arch,
+            teacher_arch: crate::nn::config::AccordionConfig {
+                width: recipe.student.teacher_width as i64,
+                blocks: recipe.student.blocks as i64,
+            },
             resolution_px: recipe.sources.crop.size_px,
             holdout: holdout_names,
             calibration: cal_names,
@@ -161,6 +174,7 @@ pub fn add_model_stages(
     let mut bundle_inputs = vec![
         from_export("holdout-inputs.npy"),
         from_export("holdout-reference.npy"),
+        from_export("holdout-teacher.npy"),
         Input {
             name: "student-metrics.json".into(),
             from: InputRef::Stage {

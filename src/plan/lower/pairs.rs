@@ -21,6 +21,13 @@ pub struct SharedTeacher {
     pub detection: super::clip::AttributeDetection,
 }
 
+impl SharedTeacher {
+    /// A checked model the recipe names (present and pinned), by registry name.
+    pub fn model(&self, name: &str) -> Option<&crate::models::ResolvedModel> {
+        self.models.get(name)
+    }
+}
+
 /// Checked before any work: every model the teacher names is present and pinned, every
 /// control image can be drawn.
 pub fn shared_teacher(
@@ -42,17 +49,6 @@ pub fn shared_teacher(
         )),
         detection: Default::default(),
     };
-    let faces = &recipe.sources.crop.faces;
-    if faces.value == crate::recipe::FaceSelection::All {
-        let message = "`faces=\"all\"` (one item per face) is not built yet";
-        let d = match &faces.loc {
-            Some(loc) => {
-                RecipeDiagnostic::at(loc, "not-built-yet", message).label("one item per face")
-            }
-            None => RecipeDiagnostic::nowhere("not-built-yet", message),
-        };
-        diags.push(d.help("leave `faces` out: each photo's largest face becomes its item"));
-    }
     let Teacher::Diffusion(t) = &recipe.teacher else {
         return shared;
     };
@@ -131,8 +127,25 @@ pub fn add_item_stages(
             size_px,
             margin: crop_spec.margin,
             models: loaded.clone(),
+            face: None,
         }),
         None => Arc::new(stages::crop::CenterCrop { size_px }),
+    };
+    // `faces="all"`: the crop of face k, one stage object per k.
+    let mut face_stages: Vec<Arc<dyn Stage>> = Vec::new();
+    let mut crop_of = |face: Option<u32>| -> Arc<dyn Stage> {
+        let (Some(k), Some((_, loaded))) = (face, &face_models) else {
+            return crop_stage.clone();
+        };
+        while face_stages.len() < k as usize {
+            face_stages.push(Arc::new(stages::face_crop::FaceCrop {
+                size_px,
+                margin: crop_spec.margin,
+                models: loaded.clone(),
+                face: Some(face_stages.len() as u32 + 1),
+            }));
+        }
+        face_stages[k as usize - 1].clone()
     };
     let shared_teacher_stage: Option<Arc<dyn Stage>> = match &recipe.teacher {
         Teacher::Procedural(p) => Some(Arc::new(stages::procedural::ProceduralPairs::new(p))),
@@ -187,7 +200,7 @@ pub fn add_item_stages(
         nodes.push(PlanNode {
             id: StageId::crop(&item.name),
             item: Some(item.name.clone()),
-            stage: crop_stage.clone(),
+            stage: crop_of(item.face),
             inputs: crop_inputs,
         });
         let crop = nodes.len() - 1;
@@ -349,6 +362,27 @@ pub fn add_item_stages(
         pairs.push((item.clone(), crop, nodes.len() - 1));
     }
     pairs
+}
+
+/// `dedupe`: each near-duplicate item is one stage that skips it, naming its twin, so
+/// the build lists it with the other skipped items.
+pub fn add_near_duplicates(
+    recipe: &Recipe,
+    duplicates: &[(SourceItem, String)],
+    nodes: &mut Vec<PlanNode>,
+) {
+    let distance = recipe.sources.dedupe.unwrap_or_default();
+    for (item, of) in duplicates {
+        nodes.push(PlanNode {
+            id: StageId::crop(&item.name),
+            item: Some(item.name.clone()),
+            stage: Arc::new(stages::crop::NearDuplicate {
+                of: of.clone(),
+                distance,
+            }),
+            inputs: vec![],
+        });
+    }
 }
 
 /// The one control-map stage of `preprocessor`, shared by every item.
