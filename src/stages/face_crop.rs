@@ -30,7 +30,7 @@ const MIN_MESH_PRESENCE: f32 = 0.5;
 /// MediaPipe's models, loaded once per build and shared by every item's crop.
 #[derive(Default)]
 pub struct FaceModels {
-    loaded: OnceLock<Result<Loaded, String>>,
+    loaded: OnceLock<Result<Loaded, VisionError>>,
 }
 
 struct Loaded {
@@ -54,10 +54,10 @@ impl FaceModels {
                         pose: PoseEstimator::load(paths[2], paths[3])?,
                     })
                 };
-                load().map_err(|e| e.to_string())
+                load()
             })
             .as_ref()
-            .map_err(|e| StageError::environment(e.clone()))
+            .map_err(StageError::from)
     }
 }
 
@@ -65,14 +65,6 @@ pub struct FaceCrop {
     pub size_px: u32,
     pub margin: f64,
     pub models: Arc<FaceModels>,
-}
-
-fn vision_error(e: VisionError) -> StageError {
-    match e {
-        VisionError::Read { .. } => StageError::environment(e.to_string()),
-        // The models are pinned: one that does not load or run is effectc's problem.
-        _ => StageError::bug(e.to_string()),
-    }
 }
 
 /// The centre of a face-mesh eye contour.
@@ -124,12 +116,12 @@ impl Stage for FaceCrop {
             Err(why) => return Ok(RunOutput::skip(why)),
         };
         let models = self.models.get(ctx)?;
-        let faces = models.detector.detect(&src).map_err(vision_error)?;
+        let faces = models.detector.detect(&src)?;
         // The detector sorts by box area: the largest face whose mesh confirms it (as
         // MediaPipe does, landmarks below presence 0.5 are dropped).
         let mut found = None;
         for face in &faces {
-            let mesh = models.mesh.landmarks(&src, face).map_err(vision_error)?;
+            let mesh = models.mesh.landmarks(&src, face)?;
             if mesh.presence >= MIN_MESH_PRESENCE {
                 found = Some((face, mesh));
                 break;
@@ -138,7 +130,7 @@ impl Stage for FaceCrop {
         let Some((face, mesh)) = found else {
             return Ok(RunOutput::skip(NO_FACE));
         };
-        let pose = models.pose.estimate(&src).map_err(vision_error)?;
+        let pose = models.pose.estimate(&src)?;
         // The mesh's eye contours place the eyes better than the detector's keypoints.
         let (right_eye, left_eye) = if mesh.points.len() >= 468 {
             (
