@@ -58,19 +58,6 @@ pub enum FetchError {
     },
 }
 
-impl FetchError {
-    /// The exit code (README's table): a bad download is the input's fault (1), a
-    /// registry entry without a source is a usage error (2), the network or the disk
-    /// the machine's (3).
-    pub fn exit_code(&self) -> i32 {
-        match self {
-            FetchError::Digest { .. } | FetchError::PresentDiffers { .. } => 1,
-            FetchError::NoSource { .. } => 2,
-            _ => 3,
-        }
-    }
-}
-
 /// What one fetch did.
 #[derive(Clone, Debug)]
 pub struct Fetched {

@@ -35,10 +35,6 @@ impl CacheError {
             source,
         }
     }
-    /// Every cache error is the infrastructure's (disk), not the user's recipe.
-    pub fn is_infrastructure(&self) -> bool {
-        true
-    }
 }
 
 pub use crate::atomic::write as write_atomic;

@@ -1,5 +1,6 @@
 //! One function per subcommand.
 
+use super::exit::Exit;
 use super::{CacheAction, Cli, Command};
 use crate::cache::remote::RemoteCache;
 use crate::cache::Cache;
@@ -8,18 +9,11 @@ use crate::exec::{self, BuildOptions, HumanReporter, JsonReporter, NodeOutcome, 
 use crate::plan::{lower, Plan};
 use crate::project::Project;
 use crate::recipe::{Diagnostics, Loader, Recipe};
-use crate::stages::stage::Tier;
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-
-pub const EXIT_OK: i32 = 0;
-pub const EXIT_BUILD_FAILED: i32 = 1;
-pub const EXIT_USER: i32 = 2;
-pub const EXIT_INFRA: i32 = 3;
-pub const EXIT_INTERRUPTED: i32 = 130;
 
 pub(super) struct Env {
     pub(super) project: Project,
@@ -31,13 +25,13 @@ pub(super) struct Env {
 }
 
 impl Env {
-    pub(super) fn cache(&self) -> Result<Cache, i32> {
+    pub(super) fn cache(&self) -> Result<Cache, Exit> {
         Cache::open(&self.cache_dir).map_err(|e| {
             eprintln!(
                 "error: cannot open the cache at {}: {e}",
                 self.cache_dir.display()
             );
-            EXIT_INFRA
+            Exit::Infra
         })
     }
 }
@@ -51,7 +45,7 @@ pub fn run(cli: Cli) -> i32 {
         Ok(p) => p,
         Err(e) => {
             eprintln!("error: {e}");
-            return EXIT_USER;
+            return Exit::Usage.code();
         }
     };
     let cache_dir = cli
@@ -68,7 +62,7 @@ pub fn run(cli: Cli) -> i32 {
         Ok(r) => r.map(Arc::new),
         Err(e) => {
             eprintln!("error: {e}");
-            return EXIT_USER;
+            return Exit::Usage.code();
         }
     };
     let env = Env {
@@ -144,7 +138,7 @@ pub fn run(cli: Cli) -> i32 {
         } => super::watch::run(&env, &effect, jobs, &device, preview),
     };
     match result {
-        Ok(code) | Err(code) => code,
+        Ok(exit) | Err(exit) => exit.code(),
     }
 }
 
@@ -152,13 +146,13 @@ pub fn run(cli: Cli) -> i32 {
 fn resolve_shard(
     env: &Env,
     spec: Option<super::shard::ShardSpec>,
-) -> Result<Option<(usize, usize)>, i32> {
+) -> Result<Option<(usize, usize)>, Exit> {
     let Some(spec) = spec else {
         return Ok(None);
     };
     let shard = super::shard::resolve(spec, &|name| std::env::var(name).ok()).map_err(|e| {
         eprintln!("error: {e}");
-        EXIT_USER
+        Exit::Usage
     })?;
     if shard.source != "--shard" && !env.quiet {
         eprintln!(
@@ -173,11 +167,11 @@ fn print_diags(diags: &Diagnostics) {
     eprintln!("{}", diags.render(std::io::stderr().is_terminal()));
 }
 
-fn load(env: &Env, loader: &Loader, name: &str) -> Result<Recipe, i32> {
+fn load(env: &Env, loader: &Loader, name: &str) -> Result<Recipe, Exit> {
     loader.load(name).map_err(|d| {
         print_diags(&d);
         let _ = env;
-        EXIT_USER
+        Exit::Usage
     })
 }
 
@@ -187,7 +181,7 @@ pub(super) fn plan_for(
     cache: &Cache,
     loader: &Loader,
     name: &str,
-) -> Result<(Recipe, Plan), i32> {
+) -> Result<(Recipe, Plan), Exit> {
     let mut stat = crate::cache::StatCache::load(cache.root());
     let planned = plan_with(env, loader, name, &mut |p| stat.digest_of(p))?;
     if let Err(e) = stat.save() {
@@ -203,13 +197,13 @@ pub(super) fn plan_with(
     loader: &Loader,
     name: &str,
     digest_of: &mut dyn FnMut(&std::path::Path) -> std::io::Result<crate::digest::Digest>,
-) -> Result<(Recipe, Plan), i32> {
+) -> Result<(Recipe, Plan), Exit> {
     let recipe = load(env, loader, name)?;
     let mut frames = crate::video::FrameStore::new(&env.cache_dir);
     let plan =
         lower::lower_with_frames(&env.project, &recipe, digest_of, &mut frames).map_err(|d| {
             print_diags(&d);
-            EXIT_USER
+            Exit::Usage
         })?;
     if frames.decoded_clips > 0 && !env.json {
         eprintln!(
@@ -245,7 +239,7 @@ fn build(
     env: &Env,
     args: BuildArgs,
     mut results: Option<&mut BTreeMap<String, EffectResult>>,
-) -> Result<i32, i32> {
+) -> Result<Exit, Exit> {
     let BuildArgs {
         mut effects,
         jobs,
@@ -257,12 +251,12 @@ fn build(
     } = args;
     let device = crate::plan::DeviceSpec::parse(&device).map_err(|e| {
         eprintln!("error: {e}");
-        EXIT_USER
+        Exit::Usage
     })?;
     if effects.is_empty() {
         effects = env.project.effect_names().map_err(|e| {
             eprintln!("error: {e}");
-            EXIT_USER
+            Exit::Usage
         })?;
     }
     let cache = env.cache()?;
@@ -277,7 +271,7 @@ fn build(
         }
     }
     if bad {
-        return Err(EXIT_USER);
+        return Err(Exit::Usage);
     }
     // Not freed either, as the summaries below.
     let mut plans = std::mem::ManuallyDrop::new(plans);
@@ -297,7 +291,7 @@ fn build(
             if cancel.swap(true, Ordering::SeqCst) {
                 // exit skips destructors: end the teachers' process groups here.
                 crate::process::kill_all_groups();
-                std::process::exit(EXIT_INTERRUPTED);
+                std::process::exit(Exit::Interrupted.code());
             }
             eprintln!(
                 "\ninterrupted: finishing running stages, then stopping (Ctrl-C again to quit now)"
@@ -316,7 +310,7 @@ fn build(
     opts.remote = env.remote.clone();
     opts.shard = shard;
     opts.gpus = gpus;
-    let mut code = EXIT_OK;
+    let mut code = Exit::Ok;
     for (_recipe, plan) in plans.iter() {
         let summary = match exec::build(
             &env.project.root,
@@ -331,11 +325,11 @@ fn build(
             Ok(s) => std::mem::ManuallyDrop::new(s),
             Err(e) => {
                 eprintln!("error: {e}");
-                return Err(EXIT_INFRA);
+                return Err(Exit::Infra);
             }
         };
         if summary.cancelled {
-            return Err(EXIT_INTERRUPTED);
+            return Err(Exit::Interrupted);
         }
         if let Some(results) = results.as_deref_mut() {
             results.insert(
@@ -349,11 +343,7 @@ fn build(
         }
         if !summary.ok() {
             // The worst failure decides: a machine's problem outranks a recipe's.
-            let this = match summary.worst_tier() {
-                Some(Tier::Environment | Tier::Bug) => EXIT_INFRA,
-                _ => EXIT_BUILD_FAILED,
-            };
-            code = code.max(this);
+            code = code.max(summary.worst_tier().map_or(Exit::Failed, Exit::from));
             if !keep_going {
                 break;
             }
@@ -534,42 +524,42 @@ impl OutMarker {
 }
 
 /// `release verify` and `release keygen`.
-fn release_action(action: super::ReleaseAction) -> Result<i32, i32> {
+fn release_action(action: super::ReleaseAction) -> Result<Exit, Exit> {
     use super::sign::{verify_release, PublicKey, SecretKey};
     match action {
         super::ReleaseAction::Verify { dir, key } => {
             let key = PublicKey::load(&key).map_err(|e| {
                 eprintln!("error: {e}");
-                EXIT_USER
+                Exit::Usage
             })?;
             let problems = verify_release(&dir, &key).map_err(|e| {
                 eprintln!("error: {e}");
-                EXIT_USER
+                Exit::Usage
             })?;
             if !problems.is_empty() {
                 for p in &problems {
                     eprintln!("refused: {p}");
                 }
                 eprintln!("{}: the release does not verify", dir.display());
-                return Err(EXIT_BUILD_FAILED);
+                return Err(Exit::Failed);
             }
             println!(
                 "{}: SHA256SUMS signed by the key, every file it lists matches",
                 dir.display()
             );
-            Ok(EXIT_OK)
+            Ok(Exit::Ok)
         }
         super::ReleaseAction::Keygen { out } => {
             let key = SecretKey::generate().map_err(|e| {
                 eprintln!("error: {e}");
-                EXIT_INFRA
+                Exit::Infra
             })?;
             let secret = out.with_extension("key");
             let public = out.with_extension("pub");
             for p in [&secret, &public] {
                 if p.exists() {
                     eprintln!("error: {} exists; not overwriting a key", p.display());
-                    return Err(EXIT_USER);
+                    return Err(Exit::Usage);
                 }
             }
             let write_secret = || -> std::io::Result<()> {
@@ -586,7 +576,7 @@ fn release_action(action: super::ReleaseAction) -> Result<i32, i32> {
                 .and_then(|_| std::fs::write(&public, key.public().to_file_text()))
                 .map_err(|e| {
                     eprintln!("error: cannot write the key pair at {}: {e}", out.display());
-                    EXIT_INFRA
+                    Exit::Infra
                 })?;
             println!(
                 "secret key (unencrypted: keep it in the CI's secret store): {}
@@ -594,7 +584,7 @@ public key: {}",
                 secret.display(),
                 public.display()
             );
-            Ok(EXIT_OK)
+            Ok(Exit::Ok)
         }
     }
 }
@@ -608,19 +598,19 @@ fn release(
     jobs: usize,
     device: &str,
     sign: Option<&std::path::Path>,
-) -> Result<i32, i32> {
+) -> Result<Exit, Exit> {
     // A key that cannot sign fails before anything builds.
     let key = match sign {
         Some(path) => Some(super::sign::SecretKey::load(path).map_err(|e| {
             eprintln!("error: --sign {e}");
-            EXIT_USER
+            Exit::Usage
         })?),
         None => None,
     };
     if effects.is_empty() {
         effects = env.project.effect_names().map_err(|e| {
             eprintln!("error: {e}");
-            EXIT_USER
+            Exit::Usage
         })?;
     }
     // Every recipe checks before anything builds; then every effect builds, even past
@@ -641,7 +631,7 @@ fn release(
     let loader = Loader::new(&env.project);
     std::fs::create_dir_all(out).map_err(|e| {
         eprintln!("error: cannot create {}: {e}", out.display());
-        EXIT_INFRA
+        Exit::Infra
     })?;
     let mut sums = String::new();
     let mut machine: Option<serde_json::Value> = None;
@@ -653,23 +643,32 @@ fn release(
     for name in &effects {
         let Some(result) = results.get(name).filter(|r| r.ok) else {
             table.push(format!("| {name} | FAILED | | | | |"));
-            code = EXIT_BUILD_FAILED;
+            code = Exit::Failed;
             continue;
         };
         let (recipe, plan) = plan_for(env, &cache, &loader, name)?;
         let id = crate::cache::SnapshotId::new(&env.project.root, &plan.effect);
-        let Some(snapshot) = cache.read_snapshot(&id).ok().and_then(|s| s.0) else {
-            return Err(EXIT_INFRA);
+        let snapshot = match cache.read_snapshot(&id) {
+            Ok((Some(snapshot), _)) => snapshot,
+            Ok((None, _)) => {
+                eprintln!("error: effect `{name}` built, but the cache has no snapshot of that build (was the cache cleared meanwhile?)");
+                return Err(Exit::Infra);
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                return Err(Exit::Infra);
+            }
         };
         let Some(entry) = snapshot
             .entries
             .get(crate::plan::StageId::bundle().as_str())
         else {
             eprintln!("error: effect `{name}` has no bundle (it names no `target`)");
-            return Err(EXIT_USER);
+            return Err(Exit::Usage);
         };
         let Some((_, tar)) = entry.outputs.iter().find(|(n, _)| n == "bundle.tar.gz") else {
-            return Err(EXIT_INFRA);
+            eprintln!("error: effect `{name}`: its bundle stage recorded no bundle.tar.gz (a bug in effectc: please report it)");
+            return Err(Exit::Infra);
         };
         let label = recipe
             .version
@@ -681,7 +680,7 @@ fn release(
         crate::atomic::write_at(&dest, |tmp| std::fs::copy(&blob, tmp).map(|_| ())).map_err(
             |e| {
                 eprintln!("error: cannot write {}: {e}", dest.display());
-                EXIT_INFRA
+                Exit::Infra
             },
         )?;
         sums.push_str(&format!("{}  {file}\n", tar.digest.hex()));
@@ -701,7 +700,7 @@ fn release(
             let path = out.join(format!("{name}-{label}.measurements.json"));
             crate::atomic::write(&path, &bytes).map_err(|e| {
                 eprintln!("error: cannot write {}: {e}", path.display());
-                EXIT_INFRA
+                Exit::Infra
             })?;
         }
         if machine.is_none() {
@@ -732,7 +731,7 @@ fn release(
     let sums_path = out.join("SHA256SUMS");
     crate::atomic::write(&sums_path, sums.as_bytes()).map_err(|e| {
         eprintln!("error: cannot write {}: {e}", sums_path.display());
-        EXIT_INFRA
+        Exit::Infra
     })?;
     let sig_path = out.join("SHA256SUMS.minisig");
     match &key {
@@ -743,7 +742,7 @@ fn release(
             )
             .map_err(|e| {
                 eprintln!("error: cannot write {}: {e}", sig_path.display());
-                EXIT_INFRA
+                Exit::Infra
             })?;
         }
         // A signature of an earlier SHA256SUMS would not match this one.
@@ -768,7 +767,7 @@ fn release(
     }
     crate::atomic::write(&report_path, report.as_bytes()).map_err(|e| {
         eprintln!("error: cannot write {}: {e}", report_path.display());
-        EXIT_INFRA
+        Exit::Infra
     })?;
     // CI logs always show the table; with --json it goes to stderr beside the events.
     if env.json {
@@ -785,14 +784,14 @@ fn release(
             out.display()
         );
     }
-    if code != EXIT_OK {
+    if code != Exit::Ok {
         eprintln!("release failed: see the effects marked FAILED above");
         return Err(code);
     }
-    Ok(EXIT_OK)
+    Ok(Exit::Ok)
 }
 
-fn plan(env: &Env, effect: &str) -> Result<i32, i32> {
+fn plan(env: &Env, effect: &str) -> Result<Exit, Exit> {
     let cache = env.cache()?;
     let loader = Loader::new(&env.project);
     let (_recipe, plan) = plan_for(env, &cache, &loader, effect)?;
@@ -809,7 +808,7 @@ fn plan(env: &Env, effect: &str) -> Result<i32, i32> {
     }
     let (status, _) = dry_run(&cache, &env.project.root, &plan).map_err(|e| {
         eprintln!("error: {e}");
-        EXIT_INFRA
+        Exit::Infra
     })?;
     if env.json {
         for (node, s) in plan.nodes.iter().zip(&status) {
@@ -826,7 +825,7 @@ fn plan(env: &Env, effect: &str) -> Result<i32, i32> {
                 serde_json::json!({"event": "plan", "effect": effect, "stage": node.id, "kind": node.stage.family(), "state": state, "reasons": reasons})
             );
         }
-        return Ok(EXIT_OK);
+        return Ok(Exit::Ok);
     }
     // Per-item stages fold into one line per kind and reason.
     let mut lines: BTreeMap<(usize, String, String), usize> = BTreeMap::new();
@@ -877,10 +876,10 @@ fn plan(env: &Env, effect: &str) -> Result<i32, i32> {
         };
         println!("  {label}{n}: {text}");
     }
-    Ok(EXIT_OK)
+    Ok(Exit::Ok)
 }
 
-fn explain(env: &Env, effect: &str, stage: &str) -> Result<i32, i32> {
+fn explain(env: &Env, effect: &str, stage: &str) -> Result<Exit, Exit> {
     let cache = env.cache()?;
     let loader = Loader::new(&env.project);
     let (_recipe, plan) = plan_for(env, &cache, &loader, effect)?;
@@ -890,11 +889,11 @@ fn explain(env: &Env, effect: &str, stage: &str) -> Result<i32, i32> {
             .map(|s| format!(" (did you mean `{s}`?)"))
             .unwrap_or_default();
         eprintln!("error: effect `{effect}` has no stage `{stage}`{hint}; `effectc plan {effect}` lists them");
-        return Err(EXIT_USER);
+        return Err(Exit::Usage);
     };
     let (status, _) = dry_run(&cache, &env.project.root, &plan).map_err(|e| {
         eprintln!("error: {e}");
-        EXIT_INFRA
+        Exit::Infra
     })?;
     let mut cur = i;
     loop {
@@ -932,7 +931,7 @@ fn explain(env: &Env, effect: &str, stage: &str) -> Result<i32, i32> {
             }
         }
     }
-    Ok(EXIT_OK)
+    Ok(Exit::Ok)
 }
 
 /// What a CLIP stage found (`attribute.gender: woman (clip 0.93)`, a pair's similarity,
@@ -953,19 +952,19 @@ fn show_findings(cache: &crate::cache::Cache, key: &crate::digest::Digest) {
     }
 }
 
-fn graph(env: &Env, effect: &str) -> Result<i32, i32> {
+fn graph(env: &Env, effect: &str) -> Result<Exit, Exit> {
     let cache = env.cache()?;
     let loader = Loader::new(&env.project);
     let (_recipe, plan) = plan_for(env, &cache, &loader, effect)?;
     print!("{}", plan.to_dot());
-    Ok(EXIT_OK)
+    Ok(Exit::Ok)
 }
 
-fn check(env: &Env, mut effects: Vec<String>) -> Result<i32, i32> {
+fn check(env: &Env, mut effects: Vec<String>) -> Result<Exit, Exit> {
     if effects.is_empty() {
         effects = env.project.effect_names().map_err(|e| {
             eprintln!("error: {e}");
-            EXIT_USER
+            Exit::Usage
         })?;
     }
     let loader = Loader::new(&env.project);
@@ -1000,9 +999,9 @@ fn check(env: &Env, mut effects: Vec<String>) -> Result<i32, i32> {
     }
     if bad > 0 {
         eprintln!("{bad} of {} recipe(s) have errors", effects.len());
-        return Err(EXIT_USER);
+        return Err(Exit::Usage);
     }
-    Ok(EXIT_OK)
+    Ok(Exit::Ok)
 }
 
 enum TransferKind {
@@ -1010,11 +1009,11 @@ enum TransferKind {
     Pull,
 }
 
-fn cache_cmd(env: &Env, action: CacheAction) -> Result<i32, i32> {
+fn cache_cmd(env: &Env, action: CacheAction) -> Result<Exit, Exit> {
     let cache = env.cache()?;
     let infra = |e: crate::cache::CacheError| {
         eprintln!("error: {e}");
-        EXIT_INFRA
+        Exit::Infra
     };
     let action_kind = match &action {
         CacheAction::Push { .. } => TransferKind::Push,
@@ -1041,18 +1040,18 @@ fn cache_cmd(env: &Env, action: CacheAction) -> Result<i32, i32> {
             let report = cache.verify().map_err(infra)?;
             print!("{report}");
             if !report.is_clean() {
-                return Err(EXIT_BUILD_FAILED);
+                return Err(Exit::Failed);
             }
         }
         CacheAction::Push { effect } | CacheAction::Pull { effect } => {
             let pushing = matches!(action_kind, TransferKind::Push);
             let Some(remote) = &env.remote else {
                 eprintln!("error: no remote cache: pass --remote-cache URL, set EFFECTC_REMOTE_CACHE, or write `remote-cache \"URL\"` in effectc.kdl");
-                return Err(EXIT_USER);
+                return Err(Exit::Usage);
             };
             if pushing && !remote.uploads() {
                 eprintln!("error: uploads to the remote cache are off (--remote-upload=false, EFFECTC_REMOTE_UPLOAD or `remote-upload` in effectc.kdl); pass --remote-upload=true to push");
-                return Err(EXIT_USER);
+                return Err(Exit::Usage);
             }
             let loader = Loader::new(&env.project);
             let (_recipe, plan) = plan_for(env, &cache, &loader, &effect)?;
@@ -1063,7 +1062,7 @@ fn cache_cmd(env: &Env, action: CacheAction) -> Result<i32, i32> {
             }
             .map_err(|e| {
                 eprintln!("error: {e}");
-                EXIT_INFRA
+                Exit::Infra
             })?;
             println!(
                 "{effect}: {} stage(s) {}, {} already here, {} not built anywhere yet",
@@ -1087,5 +1086,5 @@ fn cache_cmd(env: &Env, action: CacheAction) -> Result<i32, i32> {
             print!("{report}");
         }
     }
-    Ok(EXIT_OK)
+    Ok(Exit::Ok)
 }

@@ -4,6 +4,7 @@
 
 mod commands;
 mod config;
+mod exit;
 mod models;
 mod preview;
 mod report;

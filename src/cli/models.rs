@@ -1,7 +1,7 @@
 //! `effectc models list|import|verify|fetch`: the models directory, seen from the
 //! registry and the project's models.lock.
 
-use super::commands::{EXIT_BUILD_FAILED, EXIT_INFRA, EXIT_OK, EXIT_USER};
+use super::exit::Exit;
 use super::ModelsAction;
 use crate::digest::Digest;
 use crate::model_fetch::Fetcher;
@@ -13,16 +13,16 @@ use crate::recipe::Diagnostics;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
-pub fn run(project: &Project, action: ModelsAction, json: bool) -> Result<i32, i32> {
+pub fn run(project: &Project, action: ModelsAction, json: bool) -> Result<Exit, Exit> {
     let mut diags = Diagnostics::default();
     let registry = Registry::load(project, &mut diags);
     if !diags.is_empty() {
         eprintln!("{}", diags.render(std::io::stderr().is_terminal()));
-        return Err(EXIT_USER);
+        return Err(Exit::Usage);
     }
     let lock = ModelLock::load(&project.root).map_err(|e| {
         eprintln!("error: {e}");
-        EXIT_USER
+        Exit::Usage
     })?;
     let dir = models_dir(project);
     // Always re-hash here: these commands exist to check the bytes.
@@ -47,7 +47,7 @@ pub fn run(project: &Project, action: ModelsAction, json: bool) -> Result<i32, i
                     path.display()
                 );
             }
-            Ok(EXIT_OK)
+            Ok(Exit::Ok)
         }
         ModelsAction::Verify => {
             let mut bad = 0;
@@ -60,7 +60,7 @@ pub fn run(project: &Project, action: ModelsAction, json: bool) -> Result<i32, i
                 checked += 1;
                 let digest = model_digest(&path, &mut hash).map_err(|e| {
                     eprintln!("error: cannot read {}: {e}", path.display());
-                    EXIT_INFRA
+                    Exit::Infra
                 })?;
                 match pin_of(m, &lock) {
                     Some(pin) if !digest.hex().eq_ignore_ascii_case(pin.hex()) => {
@@ -79,12 +79,12 @@ pub fn run(project: &Project, action: ModelsAction, json: bool) -> Result<i32, i
                 }
             }
             println!("{checked} present model(s) checked, {bad} mismatch(es)");
-            Ok(if bad > 0 { EXIT_BUILD_FAILED } else { EXIT_OK })
+            Ok(if bad > 0 { Exit::Failed } else { Exit::Ok })
         }
         ModelsAction::Import { path, name } => {
             if !path.exists() {
                 eprintln!("error: {} does not exist", path.display());
-                return Err(EXIT_USER);
+                return Err(Exit::Usage);
             }
             let entry = match &name {
                 Some(n) => Some(registry_entry(&registry, n)?),
@@ -92,7 +92,7 @@ pub fn run(project: &Project, action: ModelsAction, json: bool) -> Result<i32, i
             };
             let digest = model_digest(&path, &mut hash).map_err(|e| {
                 eprintln!("error: cannot read {}: {e}", path.display());
-                EXIT_INFRA
+                Exit::Infra
             })?;
             if let Some(want) = entry.and_then(|e| e.sha256.as_ref()) {
                 if !digest.hex().eq_ignore_ascii_case(want) {
@@ -102,7 +102,7 @@ pub fn run(project: &Project, action: ModelsAction, json: bool) -> Result<i32, i
                         digest.hex(),
                         entry.map(|e| e.name.as_str()).unwrap_or_default()
                     );
-                    return Err(EXIT_USER);
+                    return Err(Exit::Usage);
                 }
             }
             let file_name = match entry {
@@ -115,7 +115,7 @@ pub fn run(project: &Project, action: ModelsAction, json: bool) -> Result<i32, i
             let dest = dir.join(&file_name);
             copy_atomically(&path, &dest).map_err(|e| {
                 eprintln!("error: cannot import into {}: {e}", dest.display());
-                EXIT_INFRA
+                Exit::Infra
             })?;
             println!("imported {} ({})", dest.display(), digest.hex());
             let model_name = name.unwrap_or_else(|| {
@@ -130,7 +130,7 @@ pub fn run(project: &Project, action: ModelsAction, json: bool) -> Result<i32, i
                 entry.map(|e| e.arch.as_str()).unwrap_or("ARCH"),
                 digest.hex()
             );
-            Ok(EXIT_OK)
+            Ok(Exit::Ok)
         }
         ModelsAction::Fetch { names } => fetch(project, &registry, lock, &dir, names, json),
     }
@@ -145,7 +145,7 @@ fn fetch(
     dir: &Path,
     names: Vec<String>,
     json: bool,
-) -> Result<i32, i32> {
+) -> Result<Exit, Exit> {
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
     let fetcher = Fetcher::new(
         env("HF_TOKEN"),
@@ -170,7 +170,7 @@ fn fetch(
             "nothing to fetch: no registry model has fetch=\"URL\" (or set EFFECTC_MODELS_MIRROR)"
         );
     }
-    let mut code = EXIT_OK;
+    let mut code = Exit::Ok;
     let mut locked = Vec::new();
     for m in chosen {
         let pin = pin_of(m, &lock);
@@ -217,14 +217,14 @@ fn fetch(
                     );
                 }
                 eprintln!("error: {e}");
-                code = code.max(e.exit_code());
+                code = code.max(Exit::from(&e));
             }
         }
     }
     if !locked.is_empty() {
         lock.save(&project.root).map_err(|e| {
             eprintln!("error: {e}");
-            EXIT_INFRA
+            Exit::Infra
         })?;
         if !json {
             println!(
@@ -241,7 +241,7 @@ fn fetch(
 /// interrupted import never leaves a half-copied model under the real name.
 /// The registry's entry named `name`; an unknown name is the user's error, listing the
 /// known ones.
-fn registry_entry<'r>(registry: &'r Registry, name: &str) -> Result<&'r ModelEntry, i32> {
+fn registry_entry<'r>(registry: &'r Registry, name: &str) -> Result<&'r ModelEntry, Exit> {
     registry.models.get(name).ok_or_else(|| {
         eprintln!(
             "error: no model `{name}` in stdlib/models.kdl (known: {})",
@@ -252,7 +252,7 @@ fn registry_entry<'r>(registry: &'r Registry, name: &str) -> Result<&'r ModelEnt
                 .collect::<Vec<_>>()
                 .join(", ")
         );
-        EXIT_USER
+        Exit::Usage
     })
 }
 

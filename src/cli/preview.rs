@@ -4,7 +4,8 @@
 //! page showing them into `out/EFFECT/preview/`, and prints the frames per second tract
 //! reached (one thread, model time only).
 
-use super::commands::{Env, EXIT_BUILD_FAILED, EXIT_INFRA, EXIT_INTERRUPTED, EXIT_OK, EXIT_USER};
+use super::commands::Env;
+use super::exit::Exit;
 use crate::imaging::crop::center_crop_resize;
 use crate::preview::{grid_of, off_grid, side_by_side, PreviewModel, Shipped};
 use crate::recipe::{Loader, Precision, TargetFormat};
@@ -62,17 +63,17 @@ impl Clock {
     }
 }
 
-pub fn run(env: &Env, args: PreviewArgs) -> Result<i32, i32> {
+pub fn run(env: &Env, args: PreviewArgs) -> Result<Exit, Exit> {
     let loader = Loader::new(&env.project);
     let recipe = loader.load(&args.effect).map_err(|d| {
         eprintln!("{}", d.render(std::io::stderr().is_terminal()));
-        EXIT_USER
+        Exit::Usage
     })?;
     if let Some(c) = args.crop.as_deref().filter(|c| *c != "center") {
         eprintln!(
             "error: --crop {c}: preview crops `center` (the face crop is not implemented yet)"
         );
-        return Err(EXIT_USER);
+        return Err(Exit::Usage);
     }
     let target = match &args.target {
         Some(t) => recipe
@@ -90,7 +91,7 @@ pub fn run(env: &Env, args: PreviewArgs) -> Result<i32, i32> {
                         .collect::<Vec<_>>()
                         .join(", ")
                 );
-                EXIT_USER
+                Exit::Usage
             })?,
         // The recipe's first target: every target previews at about the fp32 model's
         // speed (int8 TFLite through verify::int8, Core ML's fp16 through verify::fp16).
@@ -102,7 +103,7 @@ pub fn run(env: &Env, args: PreviewArgs) -> Result<i32, i32> {
                 "error: effect `{}` has no target to preview: add one (`target \"onnx\" quantize=\"fp32\"`) and `effectc build {}`",
                 recipe.name, recipe.name
             );
-            EXIT_USER
+            Exit::Usage
         })?,
     };
     let out_dir = env.project.root.join("out").join(&recipe.name);
@@ -132,32 +133,32 @@ pub fn run(env: &Env, args: PreviewArgs) -> Result<i32, i32> {
             missing.display(),
             recipe.name
         );
-        return Err(EXIT_BUILD_FAILED);
+        return Err(Exit::Failed);
     }
     let size = args.size.unwrap_or(recipe.sources.crop.size_px) as usize;
     if size == 0 {
         eprintln!("error: --size 0: give a number of pixels");
-        return Err(EXIT_USER);
+        return Err(Exit::Usage);
     }
     // Refused up front, with the multiple, rather than deep inside tract or a reader.
     let grid = grid_of(&shipped).map_err(|e| {
         eprintln!("error: cannot read the {} model: {e}", target.name.value);
-        EXIT_USER
+        Exit::Usage
     })?;
     if size % grid != 0 {
         eprintln!("error: {}", off_grid(size, grid));
-        return Err(EXIT_USER);
+        return Err(Exit::Usage);
     }
     let model = PreviewModel::load(&shipped, size).map_err(|e| {
         eprintln!("error: cannot load the {} model: {e}", target.name.value);
-        EXIT_USER
+        Exit::Usage
     })?;
     if args.inputs.is_empty() {
         eprintln!(
             "error: give photos, folders or videos to preview: `effectc preview {} PHOTO...`",
             recipe.name
         );
-        return Err(EXIT_USER);
+        return Err(Exit::Usage);
     }
 
     // Everything is written into a staging folder beside `preview/` and moved in only
@@ -175,7 +176,7 @@ pub fn run(env: &Env, args: PreviewArgs) -> Result<i32, i32> {
         // (what it leaves is a hidden staging folder, removed by the next preview).
         let _ = ctrlc::set_handler(move || {
             if cancel.swap(true, Ordering::SeqCst) {
-                std::process::exit(EXIT_INTERRUPTED);
+                std::process::exit(Exit::Interrupted.code());
             }
             eprintln!("\ninterrupted: stopping after this frame (Ctrl-C again to quit now)");
         });
@@ -242,7 +243,7 @@ pub fn run(env: &Env, args: PreviewArgs) -> Result<i32, i32> {
         };
         if progress.cancelled() {
             eprintln!("interrupted: {} left as it was", dir.display());
-            return Err(EXIT_INTERRUPTED);
+            return Err(Exit::Interrupted);
         }
         match result {
             Ok(s) => shown.push(s),
@@ -286,9 +287,9 @@ pub fn run(env: &Env, args: PreviewArgs) -> Result<i32, i32> {
         println!("page: {}", page.display());
     }
     Ok(if shown.is_empty() {
-        EXIT_BUILD_FAILED
+        Exit::Failed
     } else {
-        EXIT_OK
+        Exit::Ok
     })
 }
 
@@ -307,7 +308,7 @@ fn remove_stale_staging(out_dir: &Path) {
 /// Moves the staged pictures and videos into `dir` (renames in one file system), then
 /// writes the page (the one atomic write), then drops what an earlier preview left
 /// that this one did not write. Until the page is renamed in, the old page stands.
-fn publish(staging: &Path, dir: &Path, shown: &[Shown], page: &[u8]) -> Result<(), i32> {
+fn publish(staging: &Path, dir: &Path, shown: &[Shown], page: &[u8]) -> Result<(), Exit> {
     std::fs::create_dir_all(dir).map_err(|e| infra(dir, e))?;
     let mut keep = std::collections::BTreeSet::from(["index.html".to_string()]);
     for s in shown {
@@ -389,9 +390,9 @@ impl Progress {
     }
 }
 
-fn infra(path: &Path, e: std::io::Error) -> i32 {
+fn infra(path: &Path, e: std::io::Error) -> Exit {
     eprintln!("error: {}: {e}", path.display());
-    EXIT_INFRA
+    Exit::Infra
 }
 
 /// A file name for `input`'s output: its stem, made safe, numbered when taken.

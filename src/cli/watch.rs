@@ -16,7 +16,8 @@
 
 mod preview;
 
-use super::commands::{materialize, plan_with, Env, EXIT_INFRA, EXIT_INTERRUPTED};
+use super::commands::{materialize, plan_with, Env};
+use super::exit::Exit;
 use crate::cache::StatCache;
 use crate::digest::Digest;
 use crate::exec::dry::{dry_run, DryStatus};
@@ -280,10 +281,10 @@ pub fn run(
     jobs: usize,
     device: &str,
     preview_items: usize,
-) -> Result<i32, i32> {
+) -> Result<Exit, Exit> {
     let device = crate::plan::DeviceSpec::parse(device).map_err(|e| {
         eprintln!("error: {e}");
-        super::commands::EXIT_USER
+        Exit::Usage
     })?;
     let stop = Arc::new(AtomicBool::new(false));
     let cancel = Arc::new(AtomicBool::new(false));
@@ -293,7 +294,7 @@ pub fn run(
             if stop.swap(true, Ordering::SeqCst) {
                 // exit skips destructors: end the teachers' process groups here.
                 crate::process::kill_all_groups();
-                std::process::exit(EXIT_INTERRUPTED);
+                std::process::exit(Exit::Interrupted.code());
             }
             cancel.store(true, Ordering::SeqCst);
         });
@@ -318,7 +319,7 @@ pub fn run(
     let (tx, rx) = mpsc::channel::<DebounceEventResult>();
     let mut debouncer = new_debouncer(DEBOUNCE, None, tx).map_err(|e| {
         eprintln!("error: cannot watch files: {e}");
-        EXIT_INFRA
+        Exit::Infra
     })?;
     let mut watching: Vec<PathBuf> = Vec::new();
     let ignored = [env.cache_dir.clone(), env.project.root.join("out")];
@@ -347,7 +348,7 @@ pub fn run(
     let mut changed_at = std::time::Instant::now();
     loop {
         if stop.load(Ordering::SeqCst) {
-            return Ok(EXIT_INTERRUPTED);
+            return Ok(Exit::Interrupted);
         }
         let loader = Loader::new(&env.project);
         // Follow the recipe's folders as they change (a new source folder, say).
@@ -549,7 +550,7 @@ pub fn run(
         // Wait for a change of content (or Ctrl-C).
         loop {
             if stop.load(Ordering::SeqCst) {
-                return Ok(EXIT_INTERRUPTED);
+                return Ok(Exit::Interrupted);
             }
             match rx.recv_timeout(Duration::from_millis(100)) {
                 Ok(res) => {
@@ -561,7 +562,7 @@ pub fn run(
                     }
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
-                Err(mpsc::RecvTimeoutError::Disconnected) => return Err(EXIT_INFRA),
+                Err(mpsc::RecvTimeoutError::Disconnected) => return Err(Exit::Infra),
             }
         }
     }

@@ -272,18 +272,10 @@ pub fn build(
                         release(i, &dependents, &mut waiting, &mut ready);
                         continue;
                     }
-                    // Too much of the dataset skipped: the data's fault, not effectc's.
-                    // An upstream record without an output this stage reads: fail the
-                    // stage loudly rather than key it on fewer inputs.
+                    // Its tier by its type (`Unresolved`'s `Tiered`).
                     Err(e) => {
-                        let tier = match e {
-                            Unresolved::TooManySkipped { .. } => Tier::Input,
-                            _ => Tier::Bug,
-                        };
-                        let error = match tier {
-                            Tier::Input => StageError::input(e.to_string()),
-                            _ => StageError::bug(e.to_string()),
-                        };
+                        let error = StageError::from(e);
+                        let tier = error.tier().unwrap_or(Tier::Bug);
                         reporter.event(&Event::StageFailed {
                             effect: plan.effect.clone(),
                             stage: node.id.to_string(),

@@ -77,6 +77,21 @@ pub enum Unresolved {
     },
 }
 
+impl crate::stages::stage::Tiered for Unresolved {
+    /// Too much of the dataset skipped is the data's fault; an upstream record without
+    /// an output this stage reads is effectc's (the stage fails loudly rather than be
+    /// keyed on fewer inputs).
+    fn tier(&self) -> crate::stages::stage::Tier {
+        use crate::stages::stage::Tier;
+        match self {
+            Unresolved::TooManySkipped { .. } => Tier::Input,
+            Unresolved::Upstream(_)
+            | Unresolved::MissingOutput { .. }
+            | Unresolved::Skipped { .. } => Tier::Bug,
+        }
+    }
+}
+
 /// The items a whole-dataset node reads, and the skipped ones with the first reason.
 #[derive(Default)]
 struct SkipCount<'a> {

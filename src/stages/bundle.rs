@@ -144,11 +144,7 @@ impl BundleStage {
                 add(path, title, caption)?;
             }
         }
-        add(
-            sheet,
-            "Contact sheet",
-            CONTACT_SHEET_CAPTION,
-        )?;
+        add(sheet, "Contact sheet", CONTACT_SHEET_CAPTION)?;
         if let Some(path) = ctx.inputs.get("pairs.png") {
             add(
                 path,

@@ -41,7 +41,7 @@ pub fn fill_prompt(template: &str, attributes: &str) -> String {
 impl DiffusionPairs {
     fn model(&self, name: &str) -> Result<&ResolvedModel, StageError> {
         self.models.get(name).ok_or_else(|| {
-            StageError::environment(format!("model `{name}` was not resolved (planner bug)"))
+            StageError::bug(format!("model `{name}` was not resolved by the planner"))
         })
     }
 

@@ -9,7 +9,9 @@ use super::png::{read_source, write_png};
 use crate::imaging::face_crop::{crop_rotated, CropBox, CropLandmarks};
 use crate::imaging::face_mesh::{LEFT_EYE, RIGHT_EYE};
 use crate::stages::{params_of, Params, RunContext, RunOutput, Stage, StageError};
-use crate::vision::{FaceDetection, FaceDetector, FaceLandmarks, FaceMesh, PoseEstimator, VisionError};
+use crate::vision::{
+    FaceDetection, FaceDetector, FaceLandmarks, FaceMesh, PoseEstimator, VisionError,
+};
 use serde::Serialize;
 use std::sync::{Arc, OnceLock};
 
@@ -30,7 +32,7 @@ const MIN_MESH_PRESENCE: f32 = 0.5;
 /// MediaPipe's models, loaded once per build and shared by every item's crop.
 #[derive(Default)]
 pub struct FaceModels {
-    loaded: OnceLock<Result<Loaded, String>>,
+    loaded: OnceLock<Result<Loaded, VisionError>>,
 }
 
 struct Loaded {
@@ -54,10 +56,10 @@ impl FaceModels {
                         pose: PoseEstimator::load(paths[2], paths[3])?,
                     })
                 };
-                load().map_err(|e| e.to_string())
+                load()
             })
             .as_ref()
-            .map_err(|e| StageError::environment(e.clone()))
+            .map_err(StageError::from)
     }
 }
 
@@ -90,14 +92,6 @@ pub fn confirmed_faces(
         }
     }
     Ok(found)
-}
-
-fn vision_error(e: VisionError) -> StageError {
-    match e {
-        VisionError::Read { .. } => StageError::environment(e.to_string()),
-        // The models are pinned: one that does not load or run is effectc's problem.
-        _ => StageError::bug(e.to_string()),
-    }
 }
 
 /// The centre of a face-mesh eye contour.
@@ -143,7 +137,11 @@ impl Stage for FaceCrop {
             mode: "face",
             size: self.size_px,
             margin: self.margin,
-            faces: if self.face.is_some() { "all" } else { "largest" },
+            faces: if self.face.is_some() {
+                "all"
+            } else {
+                "largest"
+            },
             face: self.face,
         })
     }
@@ -155,8 +153,7 @@ impl Stage for FaceCrop {
         let models = self.models.get(ctx)?;
         // Face k of the picture (`faces="all"`), else the largest.
         let want = self.face.unwrap_or(1) as usize;
-        let mut found = confirmed_faces(&models.detector, &models.mesh, &src, want)
-            .map_err(vision_error)?;
+        let mut found = confirmed_faces(&models.detector, &models.mesh, &src, want)?;
         if found.len() < want {
             return Ok(RunOutput::skip(match self.face {
                 Some(k) => format!("face {k} not found"),
@@ -165,7 +162,7 @@ impl Stage for FaceCrop {
         }
         let (face, mesh) = found.swap_remove(want - 1);
         let face = &face;
-        let pose = models.pose.estimate(&src).map_err(vision_error)?;
+        let pose = models.pose.estimate(&src)?;
         // The mesh's eye contours place the eyes better than the detector's keypoints.
         let (right_eye, left_eye) = if mesh.points.len() >= 468 {
             (

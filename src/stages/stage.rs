@@ -147,9 +147,12 @@ impl RunOutput {
     }
 }
 
-/// Whose problem a failed stage is. The type of the error decides (an I/O error by its
-/// kind, a cache error is always the machine's), not the call site; the build's exit
-/// code is the worst tier of its failures (1 input, 3 environment or bug).
+/// Whose problem a failed stage is. A domain error that knows says so by its type
+/// ([`Tiered`]: a cache error is the machine's, an unreadable video the data's, an I/O
+/// error by its kind) and `?` carries it into a [`StageError`] of that tier; the other
+/// failures name theirs where they are made (`StageError::input`/`environment`/`bug`).
+/// The build's exit code is the worst tier of its failures (`cli::exit`: 1 input,
+/// 3 environment or bug).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Tier {
@@ -230,10 +233,62 @@ impl StageError {
     }
 }
 
-impl From<crate::cache::CacheError> for StageError {
-    /// The cache is the machine's: a cache error is never the recipe's fault.
-    fn from(e: crate::cache::CacheError) -> StageError {
-        StageError::environment(e.to_string())
+/// A domain error that carries its tier by its type: `?` makes it a [`StageError`] of
+/// that tier, so no call site picks one.
+pub trait Tiered: std::fmt::Display {
+    fn tier(&self) -> Tier;
+}
+
+impl<E: Tiered> From<E> for StageError {
+    fn from(e: E) -> StageError {
+        match e.tier() {
+            Tier::Input => StageError::input(e.to_string()),
+            Tier::Environment => StageError::environment(e.to_string()),
+            Tier::Bug => StageError::bug(e.to_string()),
+        }
+    }
+}
+
+/// A shared error (one loaded once, reported by every stage that needed it).
+impl<T: Tiered + ?Sized> Tiered for &T {
+    fn tier(&self) -> Tier {
+        (**self).tier()
+    }
+}
+
+impl Tiered for crate::cache::CacheError {
+    /// The cache is the machine's: its disk said no, or one of its files is damaged.
+    /// Never the recipe's fault.
+    fn tier(&self) -> Tier {
+        use crate::cache::CacheError as C;
+        match self {
+            C::Io { .. } | C::Damaged { .. } => Tier::Environment,
+        }
+    }
+}
+
+impl Tiered for crate::video::VideoError {
+    /// A clip ffmpeg cannot read is the data's; a missing ffmpeg the machine's.
+    fn tier(&self) -> Tier {
+        use crate::video::VideoError as V;
+        match self {
+            V::Unreadable { .. } => Tier::Input,
+            V::Missing(_) => Tier::Environment,
+            V::Io(io) => Tier::of_io(io),
+        }
+    }
+}
+
+impl Tiered for crate::vision::VisionError {
+    /// A model file that cannot be read is the machine's; the models are pinned, so one
+    /// that does not load or run is effectc's own problem.
+    fn tier(&self) -> Tier {
+        match self {
+            crate::vision::VisionError::Read { .. } => Tier::Environment,
+            crate::vision::VisionError::Model { .. } | crate::vision::VisionError::Run { .. } => {
+                Tier::Bug
+            }
+        }
     }
 }
 
@@ -302,6 +357,33 @@ pub fn stage_key_sorted<'i>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn domain_errors_carry_their_tier_by_type() {
+        use std::path::PathBuf;
+        let tier = |e: StageError| e.tier().unwrap();
+        let disk = crate::cache::CacheError::Io {
+            op: "write",
+            path: PathBuf::from("/cache/x"),
+            source: std::io::Error::from(std::io::ErrorKind::InvalidData),
+        };
+        // Bytes that do not parse would be the data's as a plain I/O error; in the
+        // cache they are the machine's.
+        assert_eq!(tier(disk.into()), Tier::Environment);
+        let unreadable = crate::video::VideoError::Unreadable {
+            clip: "clip.mp4".into(),
+            message: "moov atom not found".into(),
+        };
+        assert_eq!(tier(unreadable.into()), Tier::Input);
+        let model = crate::vision::VisionError::Model {
+            path: PathBuf::from("face.tflite"),
+            message: "bad op".into(),
+        };
+        assert_eq!(tier((&model).into()), Tier::Bug);
+        assert!(StageError::from(&model)
+            .to_string()
+            .contains("a bug in effectc"));
+    }
 
     #[test]
     fn params_are_encoded_one_canonical_way() {

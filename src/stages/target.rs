@@ -46,7 +46,7 @@ impl WriteTarget {
 pub fn read_ir(path: &Path) -> Result<Graph, StageError> {
     let bytes = std::fs::read(path).map_err(|e| StageError::io(path, e))?;
     postcard::from_bytes(&bytes)
-        .map_err(|e| StageError::environment(format!("{}: not a student IR: {e}", path.display())))
+        .map_err(|e| StageError::bug(format!("{}: not a student IR: {e}", path.display())))
 }
 
 /// NCHW frames from an `.npy` of shape [N, C, H, W], one `Vec` per frame.
@@ -54,7 +54,7 @@ pub fn read_frames(path: &Path) -> Result<(Vec<Vec<f32>>, [usize; 4]), StageErro
     let (shape, data) = crate::bundle::npy::read_f32(path)
         .map_err(|e| StageError::environment(format!("{}: {e}", path.display())))?;
     let [n, c, h, w] = <[usize; 4]>::try_from(shape.as_slice())
-        .map_err(|_| StageError::environment(format!("{}: expected 4-D frames", path.display())))?;
+        .map_err(|_| StageError::bug(format!("{}: expected 4-D frames", path.display())))?;
     let per = c * h * w;
     Ok((
         (0..n)

@@ -6,8 +6,8 @@ use crate::plan::SourceFailure;
 use crate::project::Project;
 use crate::recipe::check::is_glob;
 use crate::recipe::{Diagnostics, Recipe, RecipeDiagnostic, Spanned};
-use crate::stages::stage::Tier;
-use crate::video::{FrameStore, VideoError};
+use crate::stages::stage::Tiered;
+use crate::video::FrameStore;
 use std::path::{Path, PathBuf};
 
 /// A source item: a name stable across builds (relative path, or `synthetic-0007`).
@@ -205,11 +205,7 @@ pub fn source_items(
                 }
                 Err(e) => failures.push(SourceFailure {
                     source: name,
-                    tier: match &e {
-                        VideoError::Unreadable { .. } => Tier::Input,
-                        VideoError::Missing(_) => Tier::Environment,
-                        VideoError::Io(io) => Tier::of_io(io),
-                    },
+                    tier: e.tier(),
                     error: e.to_string(),
                 }),
             }

@@ -85,9 +85,9 @@ fn lower_with(
         (crate::recipe::FaceSelection::All, Some(store)) => {
             let model = |i: usize| crop.models.get(i).and_then(|m| shared.model(&m.name));
             match (model(0), model(1)) {
-                (Some(detector), Some(mesh)) => scan::one_item_per_face(
-                    items, detector, mesh, crop.size_px, store, &mut diags,
-                ),
+                (Some(detector), Some(mesh)) => {
+                    scan::one_item_per_face(items, detector, mesh, crop.size_px, store, &mut diags)
+                }
                 // A missing model is already a diagnostic.
                 _ => items,
             }

@@ -167,9 +167,9 @@ pub fn near_duplicates(
     let mut hashes: Vec<(PHash, usize)> = Vec::new();
     let mut dropped = Vec::new();
     for item in items {
-        let Some(hash) = picture(&item).and_then(|(path, digest)| {
-            phash_of(path, digest, &dir, store)
-        }) else {
+        let Some(hash) =
+            picture(&item).and_then(|(path, digest)| phash_of(path, digest, &dir, store))
+        else {
             kept.push(item);
             continue;
         };
