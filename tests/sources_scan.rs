@@ -27,7 +27,11 @@ effect "faces" {
 "#;
 
 /// Where the group picture holds each head: (x, y, width, height).
-const HEADS: [(u32, u32, u32, u32); 3] = [(10, 10, 240, 280), (300, 60, 210, 245), (150, 310, 240, 280)];
+const HEADS: [(u32, u32, u32, u32); 3] = [
+    (10, 10, 240, 280),
+    (300, 60, 210, 245),
+    (150, 310, 240, 280),
+];
 
 /// A group picture: the astronaut's head pasted three times on a blue-grey canvas, once
 /// smaller and once mirrored (at [`HEADS`]).
@@ -249,6 +253,10 @@ fn dedupe_leaves_out_a_still_clips_repeated_frames_and_a_photo_saved_twice() {
         .into_iter()
         .filter(|s| s.starts_with("crop/"))
         .collect();
-    assert_eq!(crops_ran.len(), 4, "only the left-out items' crops run: {crops_ran:?}");
+    assert_eq!(
+        crops_ran.len(),
+        4,
+        "only the left-out items' crops run: {crops_ran:?}"
+    );
     assert!(!crops_ran.contains(&"crop/photos/coffee.png".to_string()));
 }
