@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 /// `$EFFECTC_MODELS`; else the project's own `models/` folder when it has one (so a
 /// project can carry small models, like tests/projects/tiny-diffusion); else
-/// `~/.cache/effectc/models`.
+/// `~/.cache/effectc/models`. Where `models fetch` and `models import` write.
 pub fn models_dir(project: &Project) -> PathBuf {
     if let Some(dir) = std::env::var_os("EFFECTC_MODELS") {
         return PathBuf::from(dir);
@@ -21,10 +21,51 @@ pub fn models_dir(project: &Project) -> PathBuf {
     if local.is_dir() {
         return local;
     }
+    user_models_dir()
+}
+
+/// Set-up's models folder, shared by every project of this user.
+fn user_models_dir() -> PathBuf {
     let home = std::env::var_os("HOME")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("."));
     home.join(".cache/effectc/models")
+}
+
+/// Where a registry file is looked for, in order: [`models_dir`], then, when that is the
+/// project's own `models/`, set-up's `~/.cache/effectc/models`, so a project that carries
+/// its small models still finds the MediaPipe models set-up installed.
+pub fn models_search_path(project: &Project) -> Vec<PathBuf> {
+    let first = models_dir(project);
+    let user = user_models_dir();
+    if std::env::var_os("EFFECTC_MODELS").is_some() || first == user {
+        vec![first]
+    } else {
+        vec![first, user]
+    }
+}
+
+/// The path of registry file `file`: the first folder of [`models_search_path`] that has
+/// it (a broken link counts as having it, so its error names it), else the path in the
+/// first folder, for the error that says it is missing.
+pub fn model_path(project: &Project, file: &str) -> PathBuf {
+    first_having(&models_search_path(project), file)
+}
+
+fn first_having(dirs: &[PathBuf], file: &str) -> PathBuf {
+    dirs.iter()
+        .map(|d| d.join(file))
+        .find(|p| p.symlink_metadata().is_ok())
+        .unwrap_or_else(|| dirs[0].join(file))
+}
+
+/// The folders [`model_path`] searched, for messages: `A` or `A, then B`.
+pub fn searched(project: &Project) -> String {
+    models_search_path(project)
+        .iter()
+        .map(|d| d.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", then ")
 }
 
 /// The model's SHA-256. A file: the SHA-256 of its bytes. A folder (diffusers layout):
@@ -36,13 +77,30 @@ pub fn model_digest(
     path: &Path,
     digest_of: &mut dyn FnMut(&Path) -> std::io::Result<Digest>,
 ) -> std::io::Result<Digest> {
+    if let (Ok(target), false) = (std::fs::read_link(path), path.exists()) {
+        return Err(std::io::Error::other(format!(
+            "a link to {}, which does not exist (a project copied without its links' targets? copy with `cp -rL`)",
+            target.display()
+        )));
+    }
     if !path.is_dir() {
         return digest_of(path);
     }
     let mut files: Vec<(String, PathBuf)> = walkdir::WalkDir::new(path)
         .follow_links(true)
         .into_iter()
-        .filter_map(|e| e.ok())
+        // An entry that cannot be read (a link whose target is gone, as when a project is
+        // copied without its links' targets) is an error naming it: left out, it would
+        // give the folder another digest and a baffling "not the pinned file".
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| {
+            let at = e
+                .path()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default();
+            std::io::Error::other(format!("{at}: {e}"))
+        })?
+        .into_iter()
         .filter(|e| e.file_type().is_file())
         .map(|e| {
             let rel = e
@@ -95,7 +153,6 @@ pub fn check_models(
     diags: &mut Diagnostics,
 ) -> BTreeMap<String, ResolvedModel> {
     let needed = needed_models(recipe);
-    let dir = models_dir(project);
     // `models.lock` pins what the registry leaves unpinned (src/model_lock.rs).
     let lock = match crate::model_lock::ModelLock::load(&project.root) {
         Ok(l) => l,
@@ -108,16 +165,16 @@ pub fn check_models(
     let mut missing = Vec::new();
     let mut wrong = Vec::new();
     for m in &needed {
-        let path = dir.join(&m.file);
-        if !path.exists() {
+        let path = model_path(project, &m.file);
+        if !path.exists() && path.symlink_metadata().is_err() {
             missing.push(format!(
-                "  {} — file {} (sha256 {}) not found at {}",
+                "  {} — file {} (sha256 {}) not found in {}",
                 m.name,
                 m.file,
                 crate::model_lock::pin_of(m, &lock)
                     .map(|p| p.hex().to_string())
                     .unwrap_or_else(|| "not pinned".into()),
-                path.display()
+                searched(project)
             ));
             continue;
         }
@@ -173,7 +230,7 @@ pub fn check_models(
             )
             .help(format!(
                 "`effectc models fetch`, or put the files in {} (or set EFFECTC_MODELS), or `effectc models import PATH --name NAME`{}",
-                dir.display(),
+                searched(project),
                 if missing.iter().any(|m| m.starts_with("  mediapipe-")) {
                     "; scripts/mediapipe-models.sh installs MediaPipe's"
                 } else {
@@ -197,4 +254,66 @@ pub fn check_models(
         );
     }
     found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hash(p: &Path) -> std::io::Result<Digest> {
+        Digest::of_file(p)
+    }
+
+    /// A project copied with `cp -r` keeps its links, whose relative targets are gone: the
+    /// model is then an error naming the link, not a folder with another digest.
+    #[test]
+    fn a_broken_link_is_an_error_naming_it_not_another_digest() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = dir.path().join("tiny-sd");
+        std::fs::create_dir_all(model.join("unet")).unwrap();
+        std::fs::write(model.join("unet/config.json"), b"{}").unwrap();
+        let whole = model_digest(&model, &mut hash).unwrap();
+
+        std::os::unix::fs::symlink("../../gone/vae", model.join("vae")).unwrap();
+        let err = model_digest(&model, &mut hash).unwrap_err().to_string();
+        assert!(err.contains("vae"), "{err}");
+        assert_ne!(whole.hex(), "", "the intact folder had a digest");
+
+        let link = dir.path().join("tiny-clip");
+        std::os::unix::fs::symlink("../fixtures/clip", &link).unwrap();
+        let err = model_digest(&link, &mut hash).unwrap_err().to_string();
+        assert!(
+            err.contains("../fixtures/clip") && err.contains("does not exist"),
+            "{err}"
+        );
+    }
+
+    /// A project with its own `models/` still finds a file only set-up's folder has.
+    #[test]
+    fn a_file_the_first_folder_lacks_is_looked_for_in_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let project = Project {
+            root: dir.path().to_path_buf(),
+        };
+        std::fs::create_dir_all(dir.path().join("models/tiny-sd")).unwrap();
+        assert_eq!(models_search_path(&project)[0], dir.path().join("models"));
+        assert_eq!(
+            model_path(&project, "tiny-sd"),
+            dir.path().join("models/tiny-sd")
+        );
+
+        let (own, setup) = (dir.path().join("models"), dir.path().join("setup"));
+        std::fs::create_dir_all(setup.join("mediapipe-0.10.21")).unwrap();
+        let dirs = [own.clone(), setup.clone()];
+        assert_eq!(
+            first_having(&dirs, "mediapipe-0.10.21"),
+            setup.join("mediapipe-0.10.21")
+        );
+        assert_eq!(first_having(&dirs, "tiny-sd"), own.join("tiny-sd"));
+        assert_eq!(
+            first_having(&dirs, "absent"),
+            own.join("absent"),
+            "a missing file is named in the first folder"
+        );
+    }
 }

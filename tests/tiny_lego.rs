@@ -13,65 +13,24 @@ use std::time::Instant;
 
 const TINY_LEGO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/projects/tiny-lego");
 
-/// A copy of tiny-lego (its model links, into tiny-diffusion, copied as real files), the
-/// MediaPipe models linked into its models folder, the sample photos, and a
-/// two-second clip panning and zooming over the astronaut, made here with ffmpeg.
+/// A copy of tiny-lego made as a user would (its models are real files, not links),
+/// with its inputs made by its own `make-inputs.sh` (the sample photos and a two-second
+/// clip over the astronaut). No MediaPipe models in its `models/`: they are found where
+/// set-up installed them.
 fn tiny_lego_project() -> TestProject {
     let p = TestProject::copy_of(TINY_LEGO);
-    p.link_mediapipe_models();
-
-    std::fs::create_dir_all(p.root().join("photos")).unwrap();
-    let mut photos = 0;
-    for entry in std::fs::read_dir(samples_dir())
-        .unwrap_or_else(|e| panic!("{}: {e}", samples_dir().display()))
-    {
-        let path = entry.unwrap().path();
-        let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
-        if matches!(ext, "png" | "jpg") {
-            std::fs::copy(
-                &path,
-                p.root().join("photos").join(path.file_name().unwrap()),
-            )
-            .unwrap();
-            photos += 1;
-        }
-    }
-    assert!(photos >= 2, "the sample photos: a face and something else");
-
-    // 2 s at 10 fps, 256 px: a 400 px window drifting right and down over the 512 px
-    // portrait, so frames differ but all show the face.
-    std::fs::create_dir_all(p.root().join("clips")).unwrap();
-    let out = Command::new("ffmpeg")
-        .args([
-            "-hide_banner",
-            "-loglevel",
-            "error",
-            "-y",
-            "-loop",
-            "1",
-            "-i",
-        ])
-        .arg(samples_dir().join("astronaut.png"))
-        .args([
-            "-t",
-            "2",
-            "-r",
-            "10",
-            "-vf",
-            "crop=w=400:h=400:x='40+t*20':y='10+t*10',scale=256:256",
-            "-c:v",
-            "libx264",
-            "-pix_fmt",
-            "yuv420p",
-        ])
-        .arg(p.root().join("clips/astronaut.mp4"))
+    let out = Command::new(p.root().join("make-inputs.sh"))
+        .env("EFFECTC_SAMPLES", samples_dir())
         .output()
-        .expect("ffmpeg (set-up installs it)");
+        .expect("make-inputs.sh");
     assert!(
         out.status.success(),
-        "ffmpeg: {}",
+        "make-inputs.sh: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let photos = std::fs::read_dir(p.root().join("photos")).unwrap().count();
+    assert!(photos >= 2, "the sample photos: a face and something else");
+    assert!(p.root().join("clips/astronaut.mp4").is_file());
     p
 }
 

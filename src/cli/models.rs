@@ -6,7 +6,7 @@ use super::ModelsAction;
 use crate::digest::Digest;
 use crate::model_fetch::Fetcher;
 use crate::model_lock::{pin_of, ModelLock, Pin};
-use crate::models::{model_digest, models_dir};
+use crate::models::{model_digest, model_path, models_dir, searched};
 use crate::project::Project;
 use crate::recipe::stdlib::{ModelEntry, Registry};
 use crate::recipe::Diagnostics;
@@ -29,9 +29,9 @@ pub fn run(project: &Project, action: ModelsAction, json: bool) -> Result<Exit, 
     let mut hash = |p: &Path| Digest::of_file(p);
     match action {
         ModelsAction::List => {
-            println!("models directory: {}", dir.display());
+            println!("models directory: {}", searched(project));
             for m in registry.models.values() {
-                let path = dir.join(&m.file);
+                let path = model_path(project, &m.file);
                 let state = if path.exists() { "present" } else { "missing" };
                 let pin = match pin_of(m, &lock) {
                     Some(Pin::Registry(_)) => "pinned",
@@ -53,7 +53,7 @@ pub fn run(project: &Project, action: ModelsAction, json: bool) -> Result<Exit, 
             let mut bad = 0;
             let mut checked = 0;
             for m in registry.models.values() {
-                let path = dir.join(&m.file);
+                let path = model_path(project, &m.file);
                 if !path.exists() {
                     continue;
                 }

@@ -6,7 +6,7 @@
 
 use super::items::{ItemOrigin, SourceItem};
 use crate::digest::Digest;
-use crate::models::{model_digest, models_dir, ResolvedModel};
+use crate::models::{model_digest, model_path, searched, ResolvedModel};
 use crate::plan::{Input, InputRef, PlanNode, StageId};
 use crate::project::Project;
 use crate::recipe::stdlib::ModelEntry;
@@ -84,14 +84,14 @@ fn resolve_entry(
     verify_pins: bool,
     problems: &mut Vec<String>,
 ) -> Option<ResolvedModel> {
-    let path = models_dir(project).join(&entry.file);
-    if !path.exists() {
+    let path = model_path(project, &entry.file);
+    if !path.exists() && path.symlink_metadata().is_err() {
         problems.push(format!(
-            "  {} — file {} (sha256 {}) not found at {}",
+            "  {} — file {} (sha256 {}) not found in {}",
             entry.name,
             entry.file,
             entry.sha256.as_deref().unwrap_or("not pinned"),
-            path.display()
+            searched(project)
         ));
         return None;
     }
@@ -179,7 +179,7 @@ pub fn resolve(
         };
         diags.push(d.help(format!(
             "put the files in {} (or set EFFECTC_MODELS), or `effectc models import PATH --name NAME`; or give the values in sidecars / the recipe",
-            models_dir(project).display()
+            searched(project)
         )));
         return None;
     }
