@@ -72,7 +72,10 @@ mod tests {
         let small = image::imageops::resize(&a, 200, 150, image::imageops::FilterType::Triangle);
         let b = pattern(640, 480, 4);
         let (ha, hs, hb) = (PHash::of(&a), PHash::of(&small), PHash::of(&b));
-        assert!(ha.distance(&hs) <= 8, "{}", ha.distance(&hs));
+        // Within `dedupe`'s default distance (this smooth pattern has many near-equal
+        // neighbours, whose bits a resize may flip: 9 of 256 here).
+        let near = crate::recipe::model::DEFAULT_DEDUPE_DISTANCE;
+        assert!(ha.distance(&hs) <= near, "{}", ha.distance(&hs));
         assert!(ha.distance(&hb) > 40, "{}", ha.distance(&hb));
         assert_eq!(PHash::parse(&ha.hex()), Some(ha));
     }
