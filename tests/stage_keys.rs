@@ -61,13 +61,12 @@ fn the_demo_stage_keys_do_not_change_by_accident() {
             "316587769e2f51f2d3ce4e167e476e5124b7b89a21b1505c585c8b6c93d15195",
         ),
         (
-            // train v5: the full-resolution `fine` block and learned gains.
             "train-teacher",
-            "e765057b798b7ae68459a41bc9fabcd4ac0109874dccc16c1ff5e6cf2bbad0b6",
+            "5c1b48599694d8357d5f76c4354a5e6864b92de7f04863049c367aa7f4e63ed7",
         ),
         (
             "distill-student",
-            "6a4bdd7461c17218a9c72f9cb371ba9b1ce80c6b63c7a9b03de3d73ef57cafd0",
+            "a40de448c2533c0645fe797c3aa33180c312c4f7a2aa854bdc9e895edef95569",
         ),
         (
             // export v2 reading the teacher's weights: its outputs on the held-out frames.
@@ -80,10 +79,8 @@ fn the_demo_stage_keys_do_not_change_by_accident() {
         ),
         (
             // bundle v7: the contact sheet's teacher column (reads holdout-teacher.npy).
-            // Its recipe digest covers the `portrait` base, whose train defaults moved
-            // (2,400 + 2,400 steps, gan 0, features 0).
             "bundle",
-            "cc51af64db299498a1c3f6828f5a67fdb58b8c6eea2e6bab518c0ebf330f5962",
+            "75ce21a494e7bac6dec4ca2b58ebcb3a8cbbcf324145a50a87eb12f9332ea86c",
         ),
     ]
     .into_iter()
