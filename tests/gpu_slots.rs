@@ -43,6 +43,9 @@ impl Stage for FakeGpuStage {
     fn outputs(&self) -> &'static [&'static str] {
         &["out"]
     }
+    fn inputs(&self) -> &'static [effectc::stages::InputPort] {
+        &[]
+    }
     fn version(&self) -> u32 {
         1
     }

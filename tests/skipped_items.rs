@@ -16,6 +16,7 @@ use effectc::plan::{
     DeviceSpec, Input, InputRef, Params, Plan, PlanNode, RunContext, RunOutput, Stage, StageError,
     StageId,
 };
+use effectc::stages::InputPort;
 use std::sync::atomic::AtomicBool;
 use std::sync::Mutex;
 
@@ -30,6 +31,9 @@ impl Stage for FakeCrop {
     }
     fn outputs(&self) -> &'static [&'static str] {
         &["image"]
+    }
+    fn inputs(&self) -> &'static [InputPort] {
+        &[]
     }
     fn version(&self) -> u32 {
         1
@@ -59,6 +63,10 @@ impl Stage for FakePairs {
     fn outputs(&self) -> &'static [&'static str] {
         &["target"]
     }
+    fn inputs(&self) -> &'static [InputPort] {
+        const IMAGE: InputPort = InputPort::required("image");
+        &[IMAGE]
+    }
     fn version(&self) -> u32 {
         1
     }
@@ -87,6 +95,10 @@ impl Stage for FakeTrain {
     fn outputs(&self) -> &'static [&'static str] {
         &["list"]
     }
+    fn inputs(&self) -> &'static [InputPort] {
+        const PAIR: InputPort = InputPort::optional("pair/*");
+        &[PAIR]
+    }
     fn version(&self) -> u32 {
         1
     }
@@ -96,7 +108,7 @@ impl Stage for FakeTrain {
     fn run(&self, ctx: &mut RunContext) -> Result<RunOutput, StageError> {
         let mut seen = Vec::new();
         for item in &self.items {
-            if let Some(p) = ctx.optional_input(&format!("pair/{item}")) {
+            if let Some(p) = ctx.optional_input(&format!("pair/{item}"))? {
                 seen.push(std::fs::read_to_string(p).unwrap());
             }
         }

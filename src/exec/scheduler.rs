@@ -631,6 +631,7 @@ fn run_job(
         },
         batch: opts.batch,
         project_root,
+        ports: node.stage.inputs(),
     };
     let mut output = node.stage.run(&mut ctx)?;
     if let Some(reason) = output.skipped.take() {

@@ -4,12 +4,15 @@
 
 use super::png::{read_source, write_png};
 use crate::imaging::crop::center_crop_resize;
-use crate::stages::{params_of, Params, RunContext, RunOutput, Stage, StageError};
+use crate::stages::{params_of, InputPort, Params, RunContext, RunOutput, Stage, StageError};
 use serde::Serialize;
 
 pub struct CenterCrop {
     pub size_px: u32,
 }
+
+/// The source picture (a file, or a video frame).
+pub const IMAGE: InputPort = InputPort::required("image");
 
 impl Stage for CenterCrop {
     fn kind(&self) -> &'static str {
@@ -17,6 +20,9 @@ impl Stage for CenterCrop {
     }
     fn outputs(&self) -> &'static [&'static str] {
         &["image"]
+    }
+    fn inputs(&self) -> &'static [InputPort] {
+        &[IMAGE]
     }
     fn version(&self) -> u32 {
         // 2: skips an undecodable, truncated or too-small source instead of failing.
@@ -36,7 +42,7 @@ impl Stage for CenterCrop {
         })
     }
     fn run(&self, ctx: &mut RunContext) -> Result<RunOutput, StageError> {
-        let src = match read_source(ctx.input("image")?, self.size_px)? {
+        let src = match read_source(ctx.input(IMAGE.pattern)?, self.size_px)? {
             Ok(src) => src,
             Err(why) => return Ok(RunOutput::skip(why)),
         };
@@ -68,6 +74,10 @@ impl Stage for NearDuplicate {
     }
     fn outputs(&self) -> &'static [&'static str] {
         &["image"]
+    }
+    /// It reads nothing: the plan found the duplicate.
+    fn inputs(&self) -> &'static [InputPort] {
+        &[]
     }
     fn version(&self) -> u32 {
         1
