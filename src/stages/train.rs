@@ -9,14 +9,8 @@ use crate::recipe::{Student, Train};
 use crate::stages::{
     params_of, InputPort, Params, Resource, RunContext, RunOutput, Stage, StageError,
 };
-use crate::train::job::{Hyper, PairFiles, TrainJob};
+use crate::train::job::{Hyper, PairFiles, Role, TrainJob};
 use serde::Serialize;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Role {
-    Teacher,
-    Student,
-}
 
 pub struct TrainStage {
     pub role: Role,
@@ -254,10 +248,7 @@ impl Stage for TrainStage {
             )),
         };
         let job = TrainJob {
-            role: match self.role {
-                Role::Teacher => "teacher".into(),
-                Role::Student => "student".into(),
-            },
+            role: self.role,
             arch: self.arch(),
             teacher,
             pairs,

@@ -172,14 +172,14 @@ impl Trainer<'_> {
         let mut plan = match available {
             Some(a) => memory::plan(batch, fixed, per_item, &a).map_err(|why| {
                 let (h, w) = (self.data.train_src.size()[2], self.data.train_src.size()[3]);
-                let setting = if self.job.role == "teacher" {
+                let setting = if self.job.role == Role::Teacher {
                     format!("`student teacher-width={}`", self.job.arch.width)
                 } else {
                     format!("`student width={}`", self.job.arch.width)
                 };
                 TrainError::OutOfMemory(format!(
                     "a {} step at {w}x{h} px cannot run even with batch 1: {why}. Lower {setting} or the crop `size` ({w}) in the recipe, or build where more memory is free",
-                    self.job.role
+                    self.job.role.name()
                 ))
             })?,
             // Nothing to measure against (an unknown device): run as asked.
@@ -459,7 +459,7 @@ impl Trainer<'_> {
             serde_json::json!(round3(steps_per_s)),
         );
         plan_metrics(&plan, &mut metrics);
-        self.write_curves(&names, &history, "teacher", &mut files)?;
+        self.write_curves(&names, &history, Role::Teacher.name(), &mut files)?;
         self.write_samples(&ema, None, &mut files)?;
         Ok(WorkerReport { metrics, files })
     }
@@ -663,7 +663,7 @@ impl Trainer<'_> {
             serde_json::json!(round3(steps_per_s)),
         );
         plan_metrics(&plan, &mut metrics);
-        self.write_curves(&names, &history, "student", &mut files)?;
+        self.write_curves(&names, &history, Role::Student.name(), &mut files)?;
         self.write_samples(&ema, Some(&teacher), &mut files)?;
         Ok(WorkerReport { metrics, files })
     }

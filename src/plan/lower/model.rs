@@ -6,8 +6,9 @@ use super::items::SourceItem;
 use crate::digest::{Digest, KeyHasher};
 use crate::plan::{Input, InputRef, PlanNode, StageId};
 use crate::recipe::Recipe;
-use crate::stages::train::{input_name, Role, TrainStage};
+use crate::stages::train::{input_name, TrainStage};
 use crate::stages::{bundle, export, target, verify, InputPort};
+use crate::train::job::Role;
 
 /// Adds the whole-dataset stages after the pairs (training, export, verification,
 /// bundle) as they are built. `pairs` is (item, crop node, pairs node) per item.
