@@ -2,8 +2,23 @@
 //! `gan-start`), and the student distilled from the teacher, layer by layer or (with
 //! `features 0`) from its outputs alone.
 
-use super::*;
+use super::checkpoint::{load_generator, named_vars, write_safetensors_atomic};
+use super::data::{batch, batch_indices};
+use super::job::Role;
+use super::metrics::round3;
+use super::{memory, TrainError, Trainer};
+use crate::nn::adam::Adam;
+use crate::nn::discriminator::PatchDiscriminator;
+use crate::nn::layers::EqConv;
+use crate::nn::metrics::ssim;
+use crate::nn::Accordion;
 use crate::protocol::metric;
+use crate::protocol::{TrainProgress, WorkerReport};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+use tch::{nn, Device, Kind, Tensor};
 
 /// Dynamic loss scaling for fp16 autocast on CUDA (a no-op on CPU, where we train in fp32).
 pub(super) struct LossScaler {

@@ -17,24 +17,14 @@ mod samples;
 pub use checkpoint::load_generator;
 pub use data::load_png;
 pub use data::to_image;
-pub use job::{
-    ExportJob, Hyper, LrSchedule, PairFiles, Role, TrainJob, TrainProgress, WorkerReport,
-};
+pub use job::{ExportJob, Hyper, LrSchedule, PairFiles, TrainJob, TrainProgress, WorkerReport};
 
-use crate::nn::adam::Adam;
-use crate::nn::discriminator::PatchDiscriminator;
-use crate::nn::layers::EqConv;
-use crate::nn::metrics::{psnr_db, ssim};
-use crate::nn::{Accordion, AccordionConfig};
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use data::{load_data, Data};
+use job::Role;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
 use std::time::Instant;
-
-use checkpoint::*;
-use data::*;
-use metrics::*;
-use tch::{nn, Device, Kind, Tensor};
+use tch::Device;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
@@ -174,6 +164,10 @@ fn is_allocation_failure(text: &str) -> bool {
 mod tests {
     use super::*;
     use crate::imaging::{brick, synthetic};
+    use crate::nn::AccordionConfig;
+    use std::path::Path;
+    use std::sync::atomic::Ordering;
+    use tch::Tensor;
 
     /// libtorch shares one CPU thread pool per process: two trainings at once can split
     /// work differently and round differently. Byte-identity holds per process (as in
