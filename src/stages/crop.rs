@@ -55,6 +55,9 @@ impl Stage for CenterCrop {
     }
 }
 
+/// The reason a near-duplicate item is left out starts with this (then its twin's name).
+pub const NEAR_DUPLICATE: &str = "near-duplicate of ";
+
 /// `sources { dedupe }`: an item whose picture is a near-duplicate of an earlier one
 /// (`plan::lower::scan`) is skipped here, in place of its crop, saying which; nothing
 /// after it is planned, so it neither trains nor counts toward `max-skipped`.
@@ -96,10 +99,6 @@ impl Stage for NearDuplicate {
         })
     }
     fn run(&self, _ctx: &mut RunContext) -> Result<RunOutput, StageError> {
-        Ok(RunOutput::skip(format!(
-            "{}{}",
-            crate::plan::lower::NEAR_DUPLICATE,
-            self.of
-        )))
+        Ok(RunOutput::skip(format!("{}{}", NEAR_DUPLICATE, self.of)))
     }
 }

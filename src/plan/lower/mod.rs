@@ -12,7 +12,6 @@ mod scan;
 
 pub use items::{glob_literal_prefix, image_files, is_holdout, ItemOrigin, SourceItem};
 pub use model::recipe_inputs_digest;
-pub use scan::NEAR_DUPLICATE;
 
 use super::{Plan, PlanNode};
 use crate::digest::Digest;
