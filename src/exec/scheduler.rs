@@ -152,7 +152,7 @@ struct Job {
 struct Done {
     node: usize,
     gpu: Option<usize>,
-    result: Result<StageRecord, StageError>,
+    result: Result<Found, StageError>,
 }
 
 /// Builds `plan` against `cache`. Never returns early on a stage failure: the summary
@@ -388,12 +388,18 @@ pub fn build(
             }
             let i = done.node;
             match done.result {
-                Ok(rec) => {
-                    let cached = rec.duration_ms == u64::MAX;
-                    let mut rec = rec;
-                    if cached {
-                        rec.duration_ms = 0;
-                    }
+                Ok(found) => {
+                    let (rec, cached) = match found {
+                        Found::Ran(rec) => (rec, false),
+                        // Not run here: no time of this build's spent on it.
+                        Found::Cached(rec) => (
+                            StageRecord {
+                                duration_ms: 0,
+                                ..rec
+                            },
+                            true,
+                        ),
+                    };
                     let node = &plan.nodes[i];
                     reporter.stage_finished(
                         &plan.effect,
@@ -567,6 +573,13 @@ fn release(
     }
 }
 
+/// A finished job's record: run here, or found in a cache (another build's, which ran it
+/// while this one waited for the key's lock, or the shared cache).
+enum Found {
+    Ran(StageRecord),
+    Cached(StageRecord),
+}
+
 /// Runs one stage on a worker thread. Holds the key's lock so two builds never run the
 /// same stage at once; the second finds the first one's record.
 fn run_job(
@@ -577,14 +590,13 @@ fn run_job(
     reporter: &dyn Reporter,
     cancel: &AtomicBool,
     job: Job,
-) -> Result<StageRecord, StageError> {
+) -> Result<Found, StageError> {
     let node = &plan.nodes[job.node];
     let infra = StageError::from;
     let _lock = cache.lock_key(&job.key).map_err(infra)?;
     if let Some(mut rec) = cache.get_record(&job.key).map_err(infra)? {
         rec.stage_id = node.id.to_string();
-        rec.duration_ms = u64::MAX; // marks "found cached after waiting"
-        return Ok(rec);
+        return Ok(Found::Cached(rec));
     }
     if cancel.load(Ordering::SeqCst) {
         return Err(StageError::Cancelled);
@@ -593,8 +605,7 @@ fn run_job(
         match remote.fetch(cache, &job.key) {
             Ok(Some(mut rec)) => {
                 rec.stage_id = node.id.to_string();
-                rec.duration_ms = u64::MAX; // cached, from the shared cache
-                return Ok(rec);
+                return Ok(Found::Cached(rec));
             }
             Ok(None) => {}
             Err(e) => remote.warn(&e),
@@ -671,5 +682,5 @@ fn run_job(
     }
     // The checkpoints served their purpose once the record exists.
     let _ = std::fs::remove_dir_all(cache.checkpoint_dir(&job.key));
-    Ok(rec)
+    Ok(Found::Ran(rec))
 }
