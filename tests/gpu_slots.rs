@@ -5,9 +5,9 @@
 use effectc::cache::Cache;
 use effectc::digest::Digest;
 use effectc::exec::{self, BuildOptions, Event, Reporter};
-use effectc::plan::{
-    DeviceSpec, Params, Plan, PlanNode, Resource, RunContext, RunOutput, Stage, StageError, StageId,
-};
+use effectc::nn::DeviceSpec;
+use effectc::plan::{Plan, PlanNode, StageId};
+use effectc::stages::{Params, Resource, RunContext, RunOutput, Stage, StageError};
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};

@@ -12,11 +12,9 @@ mod common;
 use effectc::cache::Cache;
 use effectc::digest::Digest;
 use effectc::exec::{self, BuildOptions, Event, NodeOutcome, Reporter};
-use effectc::plan::{
-    DeviceSpec, Input, InputRef, Params, Plan, PlanNode, RunContext, RunOutput, Stage, StageError,
-    StageId,
-};
-use effectc::stages::InputPort;
+use effectc::nn::DeviceSpec;
+use effectc::plan::{Input, InputRef, Plan, PlanNode, StageId};
+use effectc::stages::{InputPort, Params, RunContext, RunOutput, Stage, StageError};
 use std::sync::atomic::AtomicBool;
 use std::sync::Mutex;
 

@@ -282,7 +282,7 @@ pub fn run(
     device: &str,
     preview_items: usize,
 ) -> Result<Exit, Exit> {
-    let device = crate::plan::DeviceSpec::parse(device).map_err(|e| {
+    let device = crate::nn::DeviceSpec::parse(device).map_err(|e| {
         eprintln!("error: {e}");
         Exit::Usage
     })?;

@@ -8,8 +8,10 @@ use super::events::{Event, Reporter};
 use crate::cache::remote::RemoteCache;
 use crate::cache::{Cache, OutputRef, Snapshot, SnapshotEntry, SnapshotId, StageRecord};
 use crate::digest::Digest;
-use crate::plan::{InputRef, Plan, Progress, Resource, RunContext, StageError, Unresolved};
+use crate::nn::DeviceSpec;
+use crate::plan::{InputRef, Plan, Unresolved};
 use crate::stages::stage::Tier;
+use crate::stages::{Progress, Resource, RunContext, Stage, StageError};
 use std::collections::{BTreeMap, VecDeque};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,7 +23,7 @@ use std::time::Instant;
 pub struct BuildOptions {
     pub jobs: usize,
     pub keep_going: bool,
-    pub device: crate::plan::DeviceSpec,
+    pub device: DeviceSpec,
     /// A shared cache: misses are looked up there, fresh results pushed there.
     pub remote: Option<Arc<RemoteCache>>,
     /// Whether this build's outcome is written as its snapshot.
@@ -39,7 +41,7 @@ pub struct BuildOptions {
 }
 
 impl BuildOptions {
-    pub fn new(jobs: usize, device: crate::plan::DeviceSpec) -> BuildOptions {
+    pub fn new(jobs: usize, device: DeviceSpec) -> BuildOptions {
         BuildOptions {
             jobs,
             keep_going: false,
@@ -546,7 +548,7 @@ pub fn build(
 
 /// How a stage shares the machine in this build: batchable stages run side by side when
 /// batching is on (their batcher serialises the device).
-fn resource_of(stage: &dyn crate::plan::Stage, opts: &BuildOptions) -> Resource {
+fn resource_of(stage: &dyn Stage, opts: &BuildOptions) -> Resource {
     if opts.batch > 1 && stage.batchable() {
         Resource::Cpu
     } else {
@@ -637,7 +639,7 @@ fn run_job(
         progress: &progress,
         log: String::new(),
         device: match job.gpu {
-            Some(g) => crate::plan::DeviceSpec::Cuda(g),
+            Some(g) => DeviceSpec::Cuda(g),
             None => opts.device,
         },
         batch: opts.batch,

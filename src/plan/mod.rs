@@ -6,11 +6,8 @@ pub mod lower;
 
 pub use id::StageId;
 
-pub use crate::nn::DeviceSpec;
-pub use crate::stages::stage::{
-    stage_key, stage_key_sorted, Params, Progress, Resource, RunContext, RunOutput, Stage,
-    StageError,
-};
+use crate::stages::stage::stage_key_sorted;
+use crate::stages::{stage_key, Params, Stage};
 use std::path::PathBuf;
 
 use crate::digest::{Digest, KeyHasher};
