@@ -525,9 +525,10 @@ pub fn build(
         .outcomes
         .iter()
         .filter_map(|o| match o {
-            NodeOutcome::Ran(r) | NodeOutcome::Cached(r) => {
-                r.metrics.get("dropped_pairs")?.as_u64()
-            }
+            NodeOutcome::Ran(r) | NodeOutcome::Cached(r) => r
+                .metrics
+                .get(crate::protocol::metric::DROPPED_PAIRS)?
+                .as_u64(),
             _ => None,
         })
         .sum();

@@ -307,10 +307,14 @@ impl Stage for IdentityFilter {
             .map(|v| serde_json::json!({"item": v.item, "reason": v.reasons.join("; ")}))
             .collect();
         out.metrics.insert("dropped".into(), listed.into());
-        out.metrics
-            .insert("dropped_pairs".into(), dropped.len().into());
-        out.metrics
-            .insert("kept".into(), (verdicts.len() - dropped.len()).into());
+        out.metrics.insert(
+            crate::protocol::metric::DROPPED_PAIRS.into(),
+            dropped.len().into(),
+        );
+        out.metrics.insert(
+            crate::protocol::metric::KEPT.into(),
+            (verdicts.len() - dropped.len()).into(),
+        );
         out.files.insert("identity.json".into(), report_path);
         out.files.insert("dropped.json".into(), dropped_path);
         Ok(out)

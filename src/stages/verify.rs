@@ -239,17 +239,20 @@ impl Stage for VerifyTarget {
             serde_json::json!((check.ssim * 10000.0).round() / 10000.0),
         );
         m.insert(
-            "max_abs".into(),
+            metric::MAX_ABS.into(),
             serde_json::json!((check.max_abs * 10000.0).round() / 10000.0),
         );
-        m.insert("size_bytes".into(), serde_json::json!(check.size_bytes));
+        m.insert(
+            metric::SIZE_BYTES.into(),
+            serde_json::json!(check.size_bytes),
+        );
         if let Some(l) = &check.latency {
             m.insert(
-                "latency_ms".into(),
+                metric::LATENCY_MS.into(),
                 serde_json::json!((l.median_ms * 100.0).round() / 100.0),
             );
         }
-        m.insert("verified".into(), serde_json::json!(true));
+        m.insert(metric::VERIFIED.into(), serde_json::json!(true));
         Ok(out)
     }
 }
