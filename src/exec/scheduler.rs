@@ -5,6 +5,7 @@
 //! never leaves a record without its outputs.
 
 use super::events::{Event, Reporter};
+use super::slots::{Need, Slots};
 use crate::cache::remote::RemoteCache;
 use crate::cache::{Cache, OutputRef, Snapshot, SnapshotEntry, SnapshotId, StageRecord};
 use crate::digest::Digest;
@@ -218,18 +219,23 @@ pub fn build(
         .filter(|&i| waiting[i] == 0)
         .collect();
     let mut queued: VecDeque<Job> = VecDeque::new();
-    let mut running = 0usize;
-    let mut exclusive_running = false;
-    let mut free_gpus: VecDeque<usize> = opts.gpus.iter().copied().collect();
+    let mut slots = Slots::new(opts.jobs, &opts.gpus);
+    let need_of = |i: usize| {
+        let node = &plan.nodes[i];
+        Need::of(
+            resource_of(node.stage.as_ref(), opts),
+            node.item.is_some(),
+            opts.gpus.len(),
+        )
+    };
     let mut stop = machine_failed && !opts.keep_going;
-    let jobs = opts.jobs.max(1);
 
     let (job_tx, job_rx) = mpsc::channel::<Job>();
     let job_rx = Arc::new(Mutex::new(job_rx));
     let (done_tx, done_rx) = mpsc::channel::<Done>();
 
     std::thread::scope(|scope| {
-        for _ in 0..jobs.max(opts.gpus.len()) {
+        for _ in 0..slots.threads() {
             let job_rx = job_rx.clone();
             let done_tx = done_tx.clone();
             scope.spawn(move || loop {
@@ -338,56 +344,24 @@ pub fn build(
                     }
                 }
             }
-            // Start queued work: CPU stages side by side; exclusive ones alone, except
-            // per-item ones with `--gpus`, one per free device.
-            while !stop && !exclusive_running && running < jobs.max(opts.gpus.len()) {
-                let per_gpu = |j: &Job| {
-                    !opts.gpus.is_empty()
-                        && plan.nodes[j.node].item.is_some()
-                        && resource_of(plan.nodes[j.node].stage.as_ref(), opts)
-                            == Resource::Exclusive
-                };
-                let Some(pos) = queued.iter().position(|j| {
-                    if per_gpu(j) {
-                        !free_gpus.is_empty() && running < jobs.max(opts.gpus.len())
-                    } else if resource_of(plan.nodes[j.node].stage.as_ref(), opts) == Resource::Cpu
-                    {
-                        running < jobs
-                    } else {
-                        running == 0
-                    }
-                }) else {
+            // Start the queued work the slots allow (`slots.rs`), first queued first.
+            while !stop {
+                let Some(pos) = queued.iter().position(|j| slots.fits(need_of(j.node))) else {
                     break;
                 };
                 let Some(mut job) = queued.remove(pos) else {
                     break;
                 };
-                if per_gpu(&job) {
-                    job.gpu = free_gpus.pop_front();
-                } else if resource_of(plan.nodes[job.node].stage.as_ref(), opts)
-                    == Resource::Exclusive
-                {
-                    exclusive_running = true;
-                }
-                running += 1;
+                job.gpu = slots.start(need_of(job.node));
                 if job_tx.send(job).is_err() {
                     break;
                 }
             }
-            if running == 0 && (ready.is_empty() && (queued.is_empty() || stop)) {
+            if slots.idle() && (ready.is_empty() && (queued.is_empty() || stop)) {
                 break;
             }
             let Ok(done) = done_rx.recv() else { break };
-            running -= 1;
-            match done.gpu {
-                Some(g) => free_gpus.push_back(g),
-                None if resource_of(plan.nodes[done.node].stage.as_ref(), opts)
-                    == Resource::Exclusive =>
-                {
-                    exclusive_running = false;
-                }
-                None => {}
-            }
+            slots.finish(need_of(done.node), done.gpu);
             let i = done.node;
             match done.result {
                 Ok(found) => {
