@@ -102,21 +102,14 @@ impl BundleStage {
             "tflite" => crate::verify::io::tflite_edges(&read("model.tflite")?).map_err(bad),
             "onnx" => crate::verify::io::onnx_edges(&read("model.onnx")?).map_err(bad),
             "mlpackage" => {
-                // The package folder, rebuilt from its files, as the verify stage does.
+                // The package folder, rebuilt from its files as the verify stage rebuilds it.
                 let prefix = format!("target/{name}/model.mlpackage/");
                 let dir = ctx
                     .out_dir
                     .join("packages")
                     .join(name)
                     .join("model.mlpackage");
-                for (input, path) in &ctx.inputs {
-                    if let Some(rel) = input.strip_prefix(&prefix) {
-                        let dest = dir.join(rel);
-                        std::fs::create_dir_all(dest.parent().unwrap_or(&dir))
-                            .map_err(|e| StageError::io(&dest, e))?;
-                        std::fs::copy(path, &dest).map_err(|e| StageError::io(&dest, e))?;
-                    }
-                }
+                super::target::assemble_mlpackage(ctx, &prefix, &dir)?;
                 let decoded =
                     crate::export::coreml::read_mlpackage(&dir).map_err(|e| bad(e.to_string()))?;
                 Ok(crate::verify::io::coreml_edges(&decoded))

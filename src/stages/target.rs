@@ -49,6 +49,21 @@ pub fn read_ir(path: &Path) -> Result<Graph, StageError> {
         .map_err(|e| StageError::bug(format!("{}: not a student IR: {e}", path.display())))
 }
 
+/// A `.mlpackage` folder a target stage wrote, rebuilt at `dir` from its files (the
+/// inputs named `prefix` + the path inside the package): the verify and bundle stages
+/// read the package this one way.
+pub fn assemble_mlpackage(ctx: &RunContext, prefix: &str, dir: &Path) -> Result<(), StageError> {
+    for (input, path) in &ctx.inputs {
+        if let Some(rel) = input.strip_prefix(prefix) {
+            let dest = dir.join(rel);
+            std::fs::create_dir_all(dest.parent().unwrap_or(dir))
+                .map_err(|e| StageError::io(&dest, e))?;
+            std::fs::copy(path, &dest).map_err(|e| StageError::io(&dest, e))?;
+        }
+    }
+    Ok(())
+}
+
 /// NCHW frames from an `.npy` of shape [N, C, H, W], one `Vec` per frame.
 pub fn read_frames(path: &Path) -> Result<(Vec<Vec<f32>>, [usize; 4]), StageError> {
     let (shape, data) = crate::bundle::npy::read_f32(path)

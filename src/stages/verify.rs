@@ -163,14 +163,7 @@ impl Stage for VerifyTarget {
                 }
             }
             TargetFormat::Mlpackage => {
-                for (input, path) in &ctx.inputs {
-                    if let Some(rel) = input.strip_prefix("model/model.mlpackage/") {
-                        let dest = pkg_dir.join(rel);
-                        std::fs::create_dir_all(dest.parent().unwrap_or(&pkg_dir))
-                            .map_err(|e| StageError::io(&dest, e))?;
-                        std::fs::copy(path, &dest).map_err(|e| StageError::io(&dest, e))?;
-                    }
-                }
+                super::target::assemble_mlpackage(ctx, "model/model.mlpackage/", &pkg_dir)?;
                 let contract = PixelRange::default();
                 let check = verify_artifact(
                     &name,
