@@ -3,7 +3,7 @@
 //! → stages (one file per stage kind; `imaging` their pixel work) → nn / train (tch models) → export (IR, writers,
 //! quantization) → verify (tract) → bundle. `diffusion` is the diffusion teacher, `clip`
 //! CLIP for face attributes and the identity filter,
-//! `models` the models directory it reads, `video` the frames of video sources, `process` the child processes that die with
+//! `models` the models directory it reads (fetched and pinned), `video` the frames of video sources, `process` the child processes that die with
 //! effectc.
 
 pub mod atomic;
@@ -17,8 +17,6 @@ pub mod exec;
 pub mod export;
 pub mod imaging;
 pub mod ir;
-pub mod model_fetch;
-pub mod model_lock;
 pub mod models;
 pub mod nn;
 pub mod plan;

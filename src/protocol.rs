@@ -132,6 +132,16 @@ pub mod metric {
     /// A target's check: PSNR of the shipped model against the trained student.
     pub const PSNR_DB: &str = "psnr_db";
     pub const STEPS_PER_S: &str = "steps_per_s";
+    /// A target's check: largest absolute difference, file size, median latency, and
+    /// that it was verified.
+    pub const MAX_ABS: &str = "max_abs";
+    pub const SIZE_BYTES: &str = "size_bytes";
+    pub const LATENCY_MS: &str = "latency_ms";
+    pub const VERIFIED: &str = "verified";
+    /// The identity filter: the pairs it left out of training (summed in the build's
+    /// summary) and those it kept.
+    pub const DROPPED_PAIRS: &str = "dropped_pairs";
+    pub const KEPT: &str = "kept";
     /// The name a training report used for [`PSNR_VS_PAIRS_DB`] before the rename:
     /// records cached by older builds still say it.
     pub const OLD_PSNR_VS_PAIRS_DB: &str = "psnr_db";

@@ -5,9 +5,9 @@
 use effectc::cache::Cache;
 use effectc::digest::Digest;
 use effectc::exec::{self, BuildOptions, Event, Reporter};
-use effectc::plan::{
-    DeviceSpec, Params, Plan, PlanNode, Resource, RunContext, RunOutput, Stage, StageError, StageId,
-};
+use effectc::nn::DeviceSpec;
+use effectc::plan::{Plan, PlanNode, StageId};
+use effectc::stages::{Params, Resource, RunContext, RunOutput, Stage, StageError};
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -42,6 +42,9 @@ impl Stage for FakeGpuStage {
     }
     fn outputs(&self) -> &'static [&'static str] {
         &["out"]
+    }
+    fn inputs(&self) -> &'static [effectc::stages::InputPort] {
+        &[]
     }
     fn version(&self) -> u32 {
         1

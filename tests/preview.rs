@@ -337,7 +337,7 @@ fn a_tflite_file_rescaled_is_the_file_written_at_that_size() {
             .unwrap()
             .shipped
     };
-    let rescaled = effectc::preview::tflite_at_size(&at(32), 64).unwrap();
+    let rescaled = effectc::export::tflite_size::tflite_at_size(&at(32), 64).unwrap();
     let (got, want) = (parse(&rescaled).unwrap(), parse(&at(64)).unwrap());
     for (g, w) in got.tensors.iter().zip(&want.tensors) {
         assert_eq!((&g.name, &g.shape), (&w.name, &w.shape));
@@ -347,6 +347,6 @@ fn a_tflite_file_rescaled_is_the_file_written_at_that_size() {
         "the rescaled file differs beyond tensor shapes"
     );
     // This net samples down 4x: 34 px would need an 8.5-pixel feature map.
-    let err = effectc::preview::tflite_at_size(&at(32), 34).unwrap_err();
+    let err = effectc::export::tflite_size::tflite_at_size(&at(32), 34).unwrap_err();
     assert!(err.contains("multiple of 4"), "{err}");
 }

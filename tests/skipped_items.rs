@@ -12,10 +12,9 @@ mod common;
 use effectc::cache::Cache;
 use effectc::digest::Digest;
 use effectc::exec::{self, BuildOptions, Event, NodeOutcome, Reporter};
-use effectc::plan::{
-    DeviceSpec, Input, InputRef, Params, Plan, PlanNode, RunContext, RunOutput, Stage, StageError,
-    StageId,
-};
+use effectc::nn::DeviceSpec;
+use effectc::plan::{Input, InputRef, Plan, PlanNode, StageId};
+use effectc::stages::{InputPort, Params, RunContext, RunOutput, Stage, StageError};
 use std::sync::atomic::AtomicBool;
 use std::sync::Mutex;
 
@@ -30,6 +29,9 @@ impl Stage for FakeCrop {
     }
     fn outputs(&self) -> &'static [&'static str] {
         &["image"]
+    }
+    fn inputs(&self) -> &'static [InputPort] {
+        &[]
     }
     fn version(&self) -> u32 {
         1
@@ -59,6 +61,10 @@ impl Stage for FakePairs {
     fn outputs(&self) -> &'static [&'static str] {
         &["target"]
     }
+    fn inputs(&self) -> &'static [InputPort] {
+        const IMAGE: InputPort = InputPort::required("image");
+        &[IMAGE]
+    }
     fn version(&self) -> u32 {
         1
     }
@@ -87,6 +93,10 @@ impl Stage for FakeTrain {
     fn outputs(&self) -> &'static [&'static str] {
         &["list"]
     }
+    fn inputs(&self) -> &'static [InputPort] {
+        const PAIR: InputPort = InputPort::optional("pair/*");
+        &[PAIR]
+    }
     fn version(&self) -> u32 {
         1
     }
@@ -96,7 +106,7 @@ impl Stage for FakeTrain {
     fn run(&self, ctx: &mut RunContext) -> Result<RunOutput, StageError> {
         let mut seen = Vec::new();
         for item in &self.items {
-            if let Some(p) = ctx.optional_input(&format!("pair/{item}")) {
+            if let Some(p) = ctx.optional_input(&format!("pair/{item}"))? {
                 seen.push(std::fs::read_to_string(p).unwrap());
             }
         }

@@ -249,7 +249,7 @@ fn build(
         gpus,
         batch,
     } = args;
-    let device = crate::plan::DeviceSpec::parse(&device).map_err(|e| {
+    let device = crate::nn::DeviceSpec::parse(&device).map_err(|e| {
         eprintln!("error: {e}");
         Exit::Usage
     })?;

@@ -44,11 +44,11 @@ impl From<Tier> for Exit {
     }
 }
 
-impl From<&crate::model_fetch::FetchError> for Exit {
+impl From<&crate::models::fetch::FetchError> for Exit {
     /// A bad download is the input's fault (1), a registry entry without a source a
     /// usage error (2), the network or the disk the machine's (3).
-    fn from(e: &crate::model_fetch::FetchError) -> Exit {
-        use crate::model_fetch::FetchError as F;
+    fn from(e: &crate::models::fetch::FetchError) -> Exit {
+        use crate::models::fetch::FetchError as F;
         match e {
             F::Digest { .. } | F::PresentDiffers { .. } => Exit::Failed,
             F::NoSource { .. } => Exit::Usage,

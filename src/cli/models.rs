@@ -4,8 +4,8 @@
 use super::exit::Exit;
 use super::ModelsAction;
 use crate::digest::Digest;
-use crate::model_fetch::Fetcher;
-use crate::model_lock::{pin_of, ModelLock, Pin};
+use crate::models::fetch::Fetcher;
+use crate::models::lock::{pin_of, ModelLock, Pin};
 use crate::models::{model_digest, model_path, models_dir, searched};
 use crate::project::Project;
 use crate::recipe::stdlib::{ModelEntry, Registry};
@@ -230,7 +230,7 @@ fn fetch(
             println!(
                 "recorded the sha256 of {} in {} (no pin in the registry): commit it",
                 locked.join(", "),
-                crate::model_lock::path_in(&project.root).display()
+                crate::models::lock::path_in(&project.root).display()
             );
         }
     }

@@ -14,7 +14,7 @@
 //! forever), a metadata change, or anything under `cache/` and `out/`. After an event it
 //! re-hashes only the paths the event named; every other source keeps the digest it had.
 
-mod preview;
+mod pairs_preview;
 
 use super::commands::{materialize, plan_with, Env};
 use super::exit::Exit;
@@ -282,7 +282,7 @@ pub fn run(
     device: &str,
     preview_items: usize,
 ) -> Result<Exit, Exit> {
-    let device = crate::plan::DeviceSpec::parse(device).map_err(|e| {
+    let device = crate::nn::DeviceSpec::parse(device).map_err(|e| {
         eprintln!("error: {e}");
         Exit::Usage
     })?;
@@ -404,7 +404,7 @@ pub fn run(
                 dry_run(&cache, &env.project.root, &plan)
                     .ok()
                     .and_then(|(status, snapshot)| {
-                        preview::prepare(&cache, &plan, &status, &snapshot, preview_items)
+                        pairs_preview::prepare(&cache, &plan, &status, &snapshot, preview_items)
                     })
                     .and_then(|set| {
                         let (_, full) = digests.plan(env, effect)?;
@@ -456,7 +456,7 @@ pub fn run(
                 // Its snapshot is not the effect's: the full build's stays the reference.
                 let mut popts = opts.clone();
                 popts.write_snapshot = false;
-                let quiet = preview::PreviewReporter(reporter.as_ref());
+                let quiet = pairs_preview::PreviewReporter(reporter.as_ref());
                 match build_watching(&sub, &popts, &quiet) {
                     (Ok(s), _) if s.ok() => {
                         let when = std::time::SystemTime::now()
@@ -464,7 +464,7 @@ pub fn run(
                             .map(|d| d.as_secs())
                             .unwrap_or(0);
                         let out_dir = env.project.root.join("out").join(effect);
-                        match preview::publish(&cache, &out_dir, &set, &sub, &s, when) {
+                        match pairs_preview::publish(&cache, &out_dir, &set, &sub, &s, when) {
                             Ok((section, images)) => {
                                 compare = Some(section);
                                 let status = format!(

@@ -5,6 +5,7 @@ pub mod change;
 pub mod dry;
 pub mod events;
 mod scheduler;
+mod slots;
 pub mod transfer;
 
 pub use events::{Event, HumanReporter, JsonReporter, Reporter};

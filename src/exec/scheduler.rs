@@ -5,11 +5,14 @@
 //! never leaves a record without its outputs.
 
 use super::events::{Event, Reporter};
+use super::slots::{Need, Slots};
 use crate::cache::remote::RemoteCache;
 use crate::cache::{Cache, OutputRef, Snapshot, SnapshotEntry, SnapshotId, StageRecord};
 use crate::digest::Digest;
-use crate::plan::{InputRef, Plan, Progress, Resource, RunContext, StageError, Unresolved};
+use crate::nn::DeviceSpec;
+use crate::plan::{InputRef, Plan, Unresolved};
 use crate::stages::stage::Tier;
+use crate::stages::{Progress, Resource, RunContext, Stage, StageError};
 use std::collections::{BTreeMap, VecDeque};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,7 +24,7 @@ use std::time::Instant;
 pub struct BuildOptions {
     pub jobs: usize,
     pub keep_going: bool,
-    pub device: crate::plan::DeviceSpec,
+    pub device: DeviceSpec,
     /// A shared cache: misses are looked up there, fresh results pushed there.
     pub remote: Option<Arc<RemoteCache>>,
     /// Whether this build's outcome is written as its snapshot.
@@ -39,7 +42,7 @@ pub struct BuildOptions {
 }
 
 impl BuildOptions {
-    pub fn new(jobs: usize, device: crate::plan::DeviceSpec) -> BuildOptions {
+    pub fn new(jobs: usize, device: DeviceSpec) -> BuildOptions {
         BuildOptions {
             jobs,
             keep_going: false,
@@ -152,7 +155,7 @@ struct Job {
 struct Done {
     node: usize,
     gpu: Option<usize>,
-    result: Result<StageRecord, StageError>,
+    result: Result<Found, StageError>,
 }
 
 /// Builds `plan` against `cache`. Never returns early on a stage failure: the summary
@@ -216,18 +219,23 @@ pub fn build(
         .filter(|&i| waiting[i] == 0)
         .collect();
     let mut queued: VecDeque<Job> = VecDeque::new();
-    let mut running = 0usize;
-    let mut exclusive_running = false;
-    let mut free_gpus: VecDeque<usize> = opts.gpus.iter().copied().collect();
+    let mut slots = Slots::new(opts.jobs, &opts.gpus);
+    let need_of = |i: usize| {
+        let node = &plan.nodes[i];
+        Need::of(
+            resource_of(node.stage.as_ref(), opts),
+            node.item.is_some(),
+            opts.gpus.len(),
+        )
+    };
     let mut stop = machine_failed && !opts.keep_going;
-    let jobs = opts.jobs.max(1);
 
     let (job_tx, job_rx) = mpsc::channel::<Job>();
     let job_rx = Arc::new(Mutex::new(job_rx));
     let (done_tx, done_rx) = mpsc::channel::<Done>();
 
     std::thread::scope(|scope| {
-        for _ in 0..jobs.max(opts.gpus.len()) {
+        for _ in 0..slots.threads() {
             let job_rx = job_rx.clone();
             let done_tx = done_tx.clone();
             scope.spawn(move || loop {
@@ -336,64 +344,38 @@ pub fn build(
                     }
                 }
             }
-            // Start queued work: CPU stages side by side; exclusive ones alone, except
-            // per-item ones with `--gpus`, one per free device.
-            while !stop && !exclusive_running && running < jobs.max(opts.gpus.len()) {
-                let per_gpu = |j: &Job| {
-                    !opts.gpus.is_empty()
-                        && plan.nodes[j.node].item.is_some()
-                        && resource_of(plan.nodes[j.node].stage.as_ref(), opts)
-                            == Resource::Exclusive
-                };
-                let Some(pos) = queued.iter().position(|j| {
-                    if per_gpu(j) {
-                        !free_gpus.is_empty() && running < jobs.max(opts.gpus.len())
-                    } else if resource_of(plan.nodes[j.node].stage.as_ref(), opts) == Resource::Cpu
-                    {
-                        running < jobs
-                    } else {
-                        running == 0
-                    }
-                }) else {
+            // Start the queued work the slots allow (`slots.rs`), first queued first.
+            while !stop {
+                let Some(pos) = queued.iter().position(|j| slots.fits(need_of(j.node))) else {
                     break;
                 };
                 let Some(mut job) = queued.remove(pos) else {
                     break;
                 };
-                if per_gpu(&job) {
-                    job.gpu = free_gpus.pop_front();
-                } else if resource_of(plan.nodes[job.node].stage.as_ref(), opts)
-                    == Resource::Exclusive
-                {
-                    exclusive_running = true;
-                }
-                running += 1;
+                job.gpu = slots.start(need_of(job.node));
                 if job_tx.send(job).is_err() {
                     break;
                 }
             }
-            if running == 0 && (ready.is_empty() && (queued.is_empty() || stop)) {
+            if slots.idle() && (ready.is_empty() && (queued.is_empty() || stop)) {
                 break;
             }
             let Ok(done) = done_rx.recv() else { break };
-            running -= 1;
-            match done.gpu {
-                Some(g) => free_gpus.push_back(g),
-                None if resource_of(plan.nodes[done.node].stage.as_ref(), opts)
-                    == Resource::Exclusive =>
-                {
-                    exclusive_running = false;
-                }
-                None => {}
-            }
+            slots.finish(need_of(done.node), done.gpu);
             let i = done.node;
             match done.result {
-                Ok(rec) => {
-                    let cached = rec.duration_ms == u64::MAX;
-                    let mut rec = rec;
-                    if cached {
-                        rec.duration_ms = 0;
-                    }
+                Ok(found) => {
+                    let (rec, cached) = match found {
+                        Found::Ran(rec) => (rec, false),
+                        // Not run here: no time of this build's spent on it.
+                        Found::Cached(rec) => (
+                            StageRecord {
+                                duration_ms: 0,
+                                ..rec
+                            },
+                            true,
+                        ),
+                    };
                     let node = &plan.nodes[i];
                     reporter.stage_finished(
                         &plan.effect,
@@ -517,9 +499,10 @@ pub fn build(
         .outcomes
         .iter()
         .filter_map(|o| match o {
-            NodeOutcome::Ran(r) | NodeOutcome::Cached(r) => {
-                r.metrics.get("dropped_pairs")?.as_u64()
-            }
+            NodeOutcome::Ran(r) | NodeOutcome::Cached(r) => r
+                .metrics
+                .get(crate::protocol::metric::DROPPED_PAIRS)?
+                .as_u64(),
             _ => None,
         })
         .sum();
@@ -540,7 +523,7 @@ pub fn build(
 
 /// How a stage shares the machine in this build: batchable stages run side by side when
 /// batching is on (their batcher serialises the device).
-fn resource_of(stage: &dyn crate::plan::Stage, opts: &BuildOptions) -> Resource {
+fn resource_of(stage: &dyn Stage, opts: &BuildOptions) -> Resource {
     if opts.batch > 1 && stage.batchable() {
         Resource::Cpu
     } else {
@@ -567,6 +550,13 @@ fn release(
     }
 }
 
+/// A finished job's record: run here, or found in a cache (another build's, which ran it
+/// while this one waited for the key's lock, or the shared cache).
+enum Found {
+    Ran(StageRecord),
+    Cached(StageRecord),
+}
+
 /// Runs one stage on a worker thread. Holds the key's lock so two builds never run the
 /// same stage at once; the second finds the first one's record.
 fn run_job(
@@ -577,14 +567,13 @@ fn run_job(
     reporter: &dyn Reporter,
     cancel: &AtomicBool,
     job: Job,
-) -> Result<StageRecord, StageError> {
+) -> Result<Found, StageError> {
     let node = &plan.nodes[job.node];
     let infra = StageError::from;
     let _lock = cache.lock_key(&job.key).map_err(infra)?;
     if let Some(mut rec) = cache.get_record(&job.key).map_err(infra)? {
         rec.stage_id = node.id.to_string();
-        rec.duration_ms = u64::MAX; // marks "found cached after waiting"
-        return Ok(rec);
+        return Ok(Found::Cached(rec));
     }
     if cancel.load(Ordering::SeqCst) {
         return Err(StageError::Cancelled);
@@ -593,8 +582,7 @@ fn run_job(
         match remote.fetch(cache, &job.key) {
             Ok(Some(mut rec)) => {
                 rec.stage_id = node.id.to_string();
-                rec.duration_ms = u64::MAX; // cached, from the shared cache
-                return Ok(rec);
+                return Ok(Found::Cached(rec));
             }
             Ok(None) => {}
             Err(e) => remote.warn(&e),
@@ -626,11 +614,12 @@ fn run_job(
         progress: &progress,
         log: String::new(),
         device: match job.gpu {
-            Some(g) => crate::plan::DeviceSpec::Cuda(g),
+            Some(g) => DeviceSpec::Cuda(g),
             None => opts.device,
         },
         batch: opts.batch,
         project_root,
+        ports: node.stage.inputs(),
     };
     let mut output = node.stage.run(&mut ctx)?;
     if let Some(reason) = output.skipped.take() {
@@ -670,5 +659,5 @@ fn run_job(
     }
     // The checkpoints served their purpose once the record exists.
     let _ = std::fs::remove_dir_all(cache.checkpoint_dir(&job.key));
-    Ok(rec)
+    Ok(Found::Ran(rec))
 }

@@ -6,3 +6,4 @@ pub mod onnx;
 pub mod quantize;
 pub mod student;
 pub mod tflite;
+pub mod tflite_size;

@@ -6,11 +6,8 @@ pub mod lower;
 
 pub use id::StageId;
 
-pub use crate::nn::DeviceSpec;
-pub use crate::stages::stage::{
-    stage_key, stage_key_sorted, Params, Progress, Resource, RunContext, RunOutput, Stage,
-    StageError,
-};
+use crate::stages::stage::stage_key_sorted;
+use crate::stages::{stage_key, Params, Stage};
 use std::path::PathBuf;
 
 use crate::digest::{Digest, KeyHasher};
@@ -129,6 +126,44 @@ impl<'a> SkipCount<'a> {
 /// Checks that every consumed port is one its producer declares (`Stage::outputs`).
 pub fn check_wiring(nodes: &[PlanNode]) -> Result<(), String> {
     for n in nodes {
+        // The consumer's end: every input is one its kind declares, wired the way it
+        // declares, and every required one is wired.
+        let ports = n.stage.inputs();
+        for inp in &n.inputs {
+            let Some(port) = ports.iter().find(|p| p.matches(&inp.name)) else {
+                return Err(format!(
+                    "stage {} is wired an input `{}`, which its kind `{}` does not declare (it reads {:?})",
+                    n.id,
+                    inp.name,
+                    n.stage.kind(),
+                    ports.iter().map(|p| p.pattern).collect::<Vec<_>>()
+                ));
+            };
+            if port.all != matches!(inp.from, InputRef::StageAll { .. }) {
+                return Err(format!(
+                    "stage {} input `{}`: {} every output of one stage, but is wired otherwise",
+                    n.id,
+                    inp.name,
+                    if port.all {
+                        "declared as"
+                    } else {
+                        "not declared as"
+                    }
+                ));
+            }
+        }
+        for port in ports
+            .iter()
+            .filter(|p| p.required && !p.pattern.contains('*'))
+        {
+            if !n.inputs.iter().any(|i| i.name == port.pattern) {
+                return Err(format!(
+                    "stage {} is not wired its required input `{}`",
+                    n.id, port.pattern
+                ));
+            }
+        }
+        // The producer's end.
         for inp in &n.inputs {
             if let InputRef::Stage { node: up, output } = &inp.from {
                 let producer = nodes.get(*up).ok_or_else(|| {
@@ -462,7 +497,7 @@ mod tests {
     use crate::cache::{OutputRef, StageRecord};
     use crate::stages::{Params, RunContext, RunOutput, StageError};
 
-    /// A stage that declares one port, `image`.
+    /// A stage that declares one output port, `image`, and one input port, `in`.
     struct Declares;
     impl Stage for Declares {
         fn kind(&self) -> &'static str {
@@ -470,6 +505,10 @@ mod tests {
         }
         fn outputs(&self) -> &'static [&'static str] {
             &["image"]
+        }
+        fn inputs(&self) -> &'static [crate::stages::InputPort] {
+            const IN: crate::stages::InputPort = crate::stages::InputPort::optional("in");
+            &[IN]
         }
         fn version(&self) -> u32 {
             1
@@ -507,6 +546,32 @@ mod tests {
         let e = check_wiring(&[node("a", vec![]), node("b", reads("picture"))]).unwrap_err();
         assert!(
             e.contains("stage b reads `picture` from a") && e.contains("image"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_misspelt_input_port_is_a_planner_error_at_plan_time() {
+        let mut misspelt = reads("image");
+        misspelt[0].name = "inn".into();
+        let e = check_wiring(&[node("a", vec![]), node("b", misspelt)]).unwrap_err();
+        assert!(
+            e.contains("stage b is wired an input `inn`") && e.contains("[\"in\"]"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_required_input_port_left_unwired_is_a_planner_error() {
+        let n = PlanNode {
+            id: StageId::parse("v"),
+            item: None,
+            stage: std::sync::Arc::new(crate::stages::crop::CenterCrop { size_px: 8 }),
+            inputs: vec![],
+        };
+        let e = check_wiring(&[n]).unwrap_err();
+        assert!(
+            e.contains("stage v is not wired its required input `image`"),
             "{e}"
         );
     }

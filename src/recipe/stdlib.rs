@@ -263,7 +263,7 @@ pub struct ModelEntry {
     pub sha256: Option<String>,
     pub url: Option<String>,
     /// Where `effectc models fetch` downloads it: the file's URL, or for a folder the
-    /// base URL its `files` are under (see src/model_fetch.rs).
+    /// base URL its `files` are under (see src/models/fetch.rs).
     pub fetch: Option<String>,
     /// A folder's files (`file "unet/config.json"` children), relative to it.
     pub files: Vec<String>,

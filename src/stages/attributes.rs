@@ -11,7 +11,9 @@ use crate::clip::{AttributeQueries, ClipAnswer, ClipJob};
 use crate::diffusion::job::ModelRef;
 use crate::models::ResolvedModel;
 use crate::recipe::AttributeUse;
-use crate::stages::{params_of, Params, Resource, RunContext, RunOutput, Stage, StageError};
+use crate::stages::{
+    params_of, InputPort, Params, Resource, RunContext, RunOutput, Stage, StageError,
+};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -185,12 +187,20 @@ pub fn undetermined<'a>(
         .collect()
 }
 
+/// The crop CLIP looks at (when the item is detected), and the item's sidecar file
+/// (when it has one).
+pub const IMAGE: InputPort = InputPort::optional("image");
+pub const SIDECAR: InputPort = InputPort::optional("sidecar");
+
 impl Stage for ItemAttributes {
     fn kind(&self) -> &'static str {
         "attributes"
     }
     fn outputs(&self) -> &'static [&'static str] {
         &["attributes"]
+    }
+    fn inputs(&self) -> &'static [InputPort] {
+        &[IMAGE, SIDECAR]
     }
     fn version(&self) -> u32 {
         // 2: CLIP detection, per-attribute provenance in attributes.json.
@@ -251,7 +261,7 @@ impl Stage for ItemAttributes {
     }
     fn run(&self, ctx: &mut RunContext) -> Result<RunOutput, StageError> {
         let sidecar = if self.has_sidecar {
-            let path = ctx.input("sidecar")?.to_path_buf();
+            let path = ctx.input(SIDECAR.pattern)?.to_path_buf();
             let text = std::fs::read_to_string(&path).map_err(|e| StageError::io(&path, e))?;
             parse_sidecar(&text, &path)?
         } else {
@@ -286,7 +296,7 @@ impl Stage for ItemAttributes {
                     self.item
                 ))
             })?;
-            let image = ctx.input("image")?.to_path_buf();
+            let image = ctx.input(IMAGE.pattern)?.to_path_buf();
             let (answer, metrics) = clip.ask(ctx, vec![image], &todo)?;
             for (k, v) in metrics {
                 out.metrics.insert(format!("clip_{k}"), v);

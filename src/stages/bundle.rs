@@ -22,7 +22,7 @@ use crate::bundle::{write_reproducible_tar_gz, EntrySource};
 use crate::digest::Digest;
 use crate::protocol::metric;
 use crate::recipe::Student;
-use crate::stages::{params_of, Params, RunContext, RunOutput, Stage, StageError};
+use crate::stages::{params_of, InputPort, Params, RunContext, RunOutput, Stage, StageError};
 use image::RgbImage;
 use serde::Serialize;
 use serde_json::{json, Map, Value};
@@ -66,10 +66,23 @@ fn frame_to_image(frame: &[f32], h: usize, w: usize) -> RgbImage {
     })
 }
 
-fn read_json(ctx: &RunContext, name: &str) -> Result<Value, StageError> {
-    let path = ctx.input(name)?;
-    let bytes = std::fs::read(path).map_err(|e| StageError::io(path, e))?;
-    serde_json::from_slice(&bytes).map_err(|e| StageError::environment(format!("{name}: {e}")))
+/// What the bundle reads of a target's `check.json` (a `verify::ArtifactCheck`): its
+/// measures as options, because JSON writes a non-finite one (the PSNR of identical
+/// frames) as `null`.
+#[derive(serde::Deserialize)]
+struct VerifyCheck {
+    psnr_db: Option<f64>,
+    ssim: Option<f64>,
+    max_abs: Option<f64>,
+    size_bytes: Option<u64>,
+    passed: bool,
+    thresholds: CheckThresholds,
+    latency: Option<crate::verify::Latency>,
+}
+
+#[derive(serde::Deserialize)]
+struct CheckThresholds {
+    min_psnr_db: Option<f64>,
 }
 
 impl BundleStage {
@@ -89,21 +102,14 @@ impl BundleStage {
             "tflite" => crate::verify::io::tflite_edges(&read("model.tflite")?).map_err(bad),
             "onnx" => crate::verify::io::onnx_edges(&read("model.onnx")?).map_err(bad),
             "mlpackage" => {
-                // The package folder, rebuilt from its files, as the verify stage does.
+                // The package folder, rebuilt from its files as the verify stage rebuilds it.
                 let prefix = format!("target/{name}/model.mlpackage/");
                 let dir = ctx
                     .out_dir
                     .join("packages")
                     .join(name)
                     .join("model.mlpackage");
-                for (input, path) in &ctx.inputs {
-                    if let Some(rel) = input.strip_prefix(&prefix) {
-                        let dest = dir.join(rel);
-                        std::fs::create_dir_all(dest.parent().unwrap_or(&dir))
-                            .map_err(|e| StageError::io(&dest, e))?;
-                        std::fs::copy(path, &dest).map_err(|e| StageError::io(&dest, e))?;
-                    }
-                }
+                super::target::assemble_mlpackage(ctx, &prefix, &dir)?;
                 let decoded =
                     crate::export::coreml::read_mlpackage(&dir).map_err(|e| bad(e.to_string()))?;
                 Ok(crate::verify::io::coreml_edges(&decoded))
@@ -145,7 +151,7 @@ impl BundleStage {
             }
         }
         add(sheet, "Contact sheet", CONTACT_SHEET_CAPTION)?;
-        if let Some(path) = ctx.inputs.get("pairs.png") {
+        if let Some(path) = ctx.optional_input(PAIRS_SHEET.pattern)? {
             add(
                 path,
                 "Pairs",
@@ -159,6 +165,21 @@ impl BundleStage {
 /// What the contact sheet's columns are (the report's caption under it).
 pub const CONTACT_SHEET_CAPTION: &str = "Held-out frames: source | pair (the picture the nets learn from) | teacher (the wide net's output) | student | each target's shipped model.";
 
+/// The bundle's inputs: the export's held-out frames and the teacher net's outputs on
+/// them, both trainings' metrics and loss
+/// curves, the pairs sheet, the teacher's pictures of the first held-out items
+/// (`teacher/ROW`, a skipped item's absent), and per target its files and its check.
+pub const STUDENT_METRICS: InputPort = InputPort::required("student-metrics.json");
+pub const TEACHER_METRICS: InputPort = InputPort::required("teacher-metrics.json");
+pub const TEACHER_LOSS: InputPort = InputPort::required("teacher-loss.png");
+pub const STUDENT_LOSS: InputPort = InputPort::required("student-loss.png");
+pub const PAIRS_SHEET: InputPort = InputPort::optional("pairs.png");
+pub const TEACHER_ROW: InputPort = InputPort::optional("teacher/*");
+pub const TARGET: InputPort = InputPort::all_outputs("target/*");
+pub const VERIFY_CHECK: InputPort = InputPort::required("verify/*/check.json");
+pub const VERIFY_OUTPUTS: InputPort = InputPort::required("verify/*/outputs.npy");
+pub const HOLDOUT_TEACHER: InputPort = InputPort::required("holdout-teacher.npy");
+
 impl Stage for BundleStage {
     fn kind(&self) -> &'static str {
         "bundle"
@@ -170,6 +191,22 @@ impl Stage for BundleStage {
             "manifest.json",
             "measurements.json",
             "report.html",
+        ]
+    }
+    fn inputs(&self) -> &'static [InputPort] {
+        &[
+            super::verify::HOLDOUT_INPUTS,
+            super::verify::HOLDOUT_REFERENCE,
+            HOLDOUT_TEACHER,
+            STUDENT_METRICS,
+            TEACHER_METRICS,
+            TEACHER_LOSS,
+            STUDENT_LOSS,
+            PAIRS_SHEET,
+            TEACHER_ROW,
+            TARGET,
+            VERIFY_CHECK,
+            VERIFY_OUTPUTS,
         ]
     }
     fn version(&self) -> u32 {
@@ -211,17 +248,18 @@ impl Stage for BundleStage {
     }
 
     fn run(&self, ctx: &mut RunContext) -> Result<RunOutput, StageError> {
-        let (inputs, shape) = read_frames(ctx.input("holdout-inputs.npy")?)?;
-        let (references, _) = read_frames(ctx.input("holdout-reference.npy")?)?;
+        let (inputs, shape) = read_frames(ctx.input(super::verify::HOLDOUT_INPUTS.pattern)?)?;
+        let (references, _) = read_frames(ctx.input(super::verify::HOLDOUT_REFERENCE.pattern)?)?;
         let (h, w) = (shape[2], shape[3]);
         // The held-out items' teacher images, skipped items left out: the export left out
         // the same items, so the j-th present one is the j-th frame.
         let teachers: Vec<std::path::PathBuf> = (0..self.rows)
             .filter_map(|i| {
-                ctx.optional_input(&format!("teacher/{i}"))
-                    .map(|p| p.to_path_buf())
+                ctx.optional_input(&TEACHER_ROW.name(&i.to_string()))
+                    .transpose()
+                    .map(|p| p.map(|p| p.to_path_buf()))
             })
-            .collect();
+            .collect::<Result<_, _>>()?;
         let rows = teachers.len().min(inputs.len());
         let mut entries: Vec<(String, EntrySource)> = Vec::new();
         let mut targets = BTreeMap::new();
@@ -250,8 +288,8 @@ impl Stage for BundleStage {
                 .find(|f| !f.contains('/'))
                 .cloned()
                 .unwrap_or_else(|| "model.mlpackage".into());
-            let check = read_json(ctx, &format!("verify/{name}/check.json"))?;
-            let (outs, _) = read_frames(ctx.input(&format!("verify/{name}/outputs.npy"))?)?;
+            let check: VerifyCheck = ctx.read_json(&VERIFY_CHECK.name(name))?;
+            let (outs, _) = read_frames(ctx.input(&VERIFY_OUTPUTS.name(name))?)?;
             let (in_spec, out_spec) = self.edges(ctx, name, format)?;
             let mut golden = Vec::new();
             for (i, (x, y)) in inputs.iter().zip(&outs).take(rows).enumerate() {
@@ -280,8 +318,8 @@ impl Stage for BundleStage {
             measured.insert(
                 name.clone(),
                 json!({
-                    "latency_ms": check["latency"]["median_ms"],
-                    "latency": check["latency"],
+                    "latency_ms": check.latency.map(|l| l.median_ms),
+                    "latency": check.latency,
                 }),
             );
             targets.insert(
@@ -290,12 +328,12 @@ impl Stage for BundleStage {
                     file: format!("models/{name}/{main_file}"),
                     format: format.clone(),
                     precision: precision.clone(),
-                    psnr_db: check["psnr_db"].as_f64(),
-                    min_psnr_db: check["thresholds"]["min_psnr_db"].as_f64(),
-                    ssim: check["ssim"].as_f64(),
-                    max_abs: check["max_abs"].as_f64(),
-                    size_bytes: check["size_bytes"].as_u64(),
-                    verified: check["passed"].as_bool().unwrap_or(false),
+                    psnr_db: check.psnr_db,
+                    min_psnr_db: check.thresholds.min_psnr_db,
+                    ssim: check.ssim,
+                    max_abs: check.max_abs,
+                    size_bytes: check.size_bytes,
+                    verified: check.passed,
                     input: Some(in_spec),
                     output: Some(out_spec),
                     golden,
@@ -305,7 +343,7 @@ impl Stage for BundleStage {
         }
         // Contact sheet: source | the pair's target (the teacher's picture) | the teacher
         // net's output | student | each target, on held-out frames.
-        let (teacher_net, _) = read_frames(ctx.input("holdout-teacher.npy")?)?;
+        let (teacher_net, _) = read_frames(ctx.input(HOLDOUT_TEACHER.pattern)?)?;
         let mut sheet_rows = Vec::new();
         for i in 0..rows {
             let mut row = vec![frame_to_image(&inputs[i], h, w)];
@@ -336,8 +374,8 @@ impl Stage for BundleStage {
             EntrySource::File(sheet_path.clone()),
         ));
 
-        let student = read_json(ctx, "student-metrics.json")?;
-        let teacher = read_json(ctx, "teacher-metrics.json")?;
+        let student: Value = ctx.read_json(STUDENT_METRICS.pattern)?;
+        let teacher: Value = ctx.read_json(TEACHER_METRICS.pattern)?;
         // Every file's digest, then the manifest that lists them.
         let mut files = BTreeMap::new();
         for (path, src) in &entries {

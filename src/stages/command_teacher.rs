@@ -2,7 +2,7 @@
 //! argv / stdin / stdout contract).
 
 use crate::imaging::external::{run_command_teacher, CommandTeacherError};
-use crate::stages::{params_of, Params, RunContext, RunOutput, Stage, StageError};
+use crate::stages::{params_of, InputPort, Params, RunContext, RunOutput, Stage, StageError};
 use serde::Serialize;
 use std::time::Duration;
 
@@ -20,6 +20,9 @@ impl Stage for CommandPairs {
     }
     fn outputs(&self) -> &'static [&'static str] {
         &["target"]
+    }
+    fn inputs(&self) -> &'static [InputPort] {
+        &[super::procedural::SOURCE]
     }
     fn version(&self) -> u32 {
         1
@@ -41,7 +44,8 @@ impl Stage for CommandPairs {
     fn run(&self, ctx: &mut RunContext) -> Result<RunOutput, StageError> {
         // Programs may go by the file extension: hand them a real `.png` path.
         let input = ctx.out_dir.join("source.png");
-        std::fs::copy(ctx.input("source")?, &input).map_err(|e| StageError::io(&input, e))?;
+        std::fs::copy(ctx.input(super::procedural::SOURCE.pattern)?, &input)
+            .map_err(|e| StageError::io(&input, e))?;
         let path = ctx.out_dir.join("target.png");
         run_command_teacher(
             &self.argv,

@@ -6,7 +6,7 @@ use super::png::{read_rgb, write_png};
 use crate::diffusion::control_image::{canny, gray_to_rgb, softedge, CannyParams, SoftEdgeParams};
 use crate::imaging::face_crop::CropLandmarks;
 use crate::imaging::{face_mesh, openpose};
-use crate::stages::{params_of, Params, RunContext, RunOutput, Stage, StageError};
+use crate::stages::{params_of, InputPort, Params, RunContext, RunOutput, Stage, StageError};
 use serde::Serialize;
 
 /// The preprocessors effectc can draw.
@@ -17,7 +17,7 @@ pub const FROM_LANDMARKS: &[&str] = &["openpose-full", "mediapipe-face"];
 
 /// Reads the face crop's `landmarks.json`.
 fn read_landmarks(ctx: &RunContext) -> Result<CropLandmarks, StageError> {
-    let path = ctx.input("landmarks")?;
+    let path = ctx.input(LANDMARKS.pattern)?;
     let bytes = std::fs::read(path).map_err(|e| StageError::io(path, e))?;
     serde_json::from_slice(&bytes).map_err(|e| {
         StageError::bug(format!(
@@ -31,12 +31,20 @@ pub struct ControlMap {
     pub preprocessor: String,
 }
 
+/// The crop the map is drawn from.
+pub const IMAGE: InputPort = InputPort::required("image");
+/// The crop's face landmarks, for the preprocessors in [`FROM_LANDMARKS`].
+pub const LANDMARKS: InputPort = InputPort::optional("landmarks");
+
 impl Stage for ControlMap {
     fn kind(&self) -> &'static str {
         "control"
     }
     fn outputs(&self) -> &'static [&'static str] {
         &["control"]
+    }
+    fn inputs(&self) -> &'static [InputPort] {
+        &[IMAGE, LANDMARKS]
     }
     fn version(&self) -> u32 {
         1
@@ -77,9 +85,9 @@ impl Stage for ControlMap {
     }
     fn run(&self, ctx: &mut RunContext) -> Result<RunOutput, StageError> {
         let map = match self.preprocessor.as_str() {
-            "canny" => gray_to_rgb(&canny(&read_rgb(ctx.input("image")?)?, &CannyParams::default())),
+            "canny" => gray_to_rgb(&canny(&read_rgb(ctx.input(IMAGE.pattern)?)?, &CannyParams::default())),
             "softedge" => gray_to_rgb(&softedge(
-                &read_rgb(ctx.input("image")?)?,
+                &read_rgb(ctx.input(IMAGE.pattern)?)?,
                 &SoftEdgeParams::default(),
             )),
             "openpose-full" => {

@@ -4,12 +4,15 @@
 
 use super::png::{read_source, write_png};
 use crate::imaging::crop::center_crop_resize;
-use crate::stages::{params_of, Params, RunContext, RunOutput, Stage, StageError};
+use crate::stages::{params_of, InputPort, Params, RunContext, RunOutput, Stage, StageError};
 use serde::Serialize;
 
 pub struct CenterCrop {
     pub size_px: u32,
 }
+
+/// The source picture (a file, or a video frame).
+pub const IMAGE: InputPort = InputPort::required("image");
 
 impl Stage for CenterCrop {
     fn kind(&self) -> &'static str {
@@ -17,6 +20,9 @@ impl Stage for CenterCrop {
     }
     fn outputs(&self) -> &'static [&'static str] {
         &["image"]
+    }
+    fn inputs(&self) -> &'static [InputPort] {
+        &[IMAGE]
     }
     fn version(&self) -> u32 {
         // 2: skips an undecodable, truncated or too-small source instead of failing.
@@ -36,7 +42,7 @@ impl Stage for CenterCrop {
         })
     }
     fn run(&self, ctx: &mut RunContext) -> Result<RunOutput, StageError> {
-        let src = match read_source(ctx.input("image")?, self.size_px)? {
+        let src = match read_source(ctx.input(IMAGE.pattern)?, self.size_px)? {
             Ok(src) => src,
             Err(why) => return Ok(RunOutput::skip(why)),
         };
@@ -48,6 +54,9 @@ impl Stage for CenterCrop {
         Ok(out)
     }
 }
+
+/// The reason a near-duplicate item is left out starts with this (then its twin's name).
+pub const NEAR_DUPLICATE: &str = "near-duplicate of ";
 
 /// `sources { dedupe }`: an item whose picture is a near-duplicate of an earlier one
 /// (`plan::lower::scan`) is skipped here, in place of its crop, saying which; nothing
@@ -69,6 +78,10 @@ impl Stage for NearDuplicate {
     fn outputs(&self) -> &'static [&'static str] {
         &["image"]
     }
+    /// It reads nothing: the plan found the duplicate.
+    fn inputs(&self) -> &'static [InputPort] {
+        &[]
+    }
     fn version(&self) -> u32 {
         1
     }
@@ -86,10 +99,6 @@ impl Stage for NearDuplicate {
         })
     }
     fn run(&self, _ctx: &mut RunContext) -> Result<RunOutput, StageError> {
-        Ok(RunOutput::skip(format!(
-            "{}{}",
-            crate::plan::lower::NEAR_DUPLICATE,
-            self.of
-        )))
+        Ok(RunOutput::skip(format!("{}{}", NEAR_DUPLICATE, self.of)))
     }
 }

@@ -7,7 +7,9 @@ use crate::diffusion::job::{ControlJob, DiffuseJob, ModelRef};
 use crate::digest::{Digest, KeyHasher};
 use crate::models::ResolvedModel;
 use crate::recipe::DiffusionTeacher;
-use crate::stages::{params_of, Params, Resource, RunContext, RunOutput, Stage, StageError};
+use crate::stages::{
+    params_of, InputPort, Params, Resource, RunContext, RunOutput, Stage, StageError,
+};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -24,8 +26,14 @@ pub struct DiffusionPairs {
 
 /// The input name of a ControlNet preset's control image.
 pub fn control_input(preset: &str) -> String {
-    format!("control-{preset}")
+    CONTROL.name(preset)
 }
+
+/// The cropped source, its attributes (when the prompt names them) and one control map
+/// per ControlNet preset (`control-PRESET`).
+pub const SOURCE: InputPort = super::procedural::SOURCE;
+pub const ATTRIBUTES: InputPort = InputPort::optional("attributes");
+pub const CONTROL: InputPort = InputPort::required("control-*");
 
 /// The prompt with `{attributes}` filled in (and the commas around an empty fill tidied).
 pub fn fill_prompt(template: &str, attributes: &str) -> String {
@@ -63,6 +71,14 @@ impl Stage for DiffusionPairs {
     }
     fn outputs(&self) -> &'static [&'static str] {
         &["target"]
+    }
+    fn inputs(&self) -> &'static [InputPort] {
+        const WITH_ATTRIBUTES: &[InputPort] = &[SOURCE, ATTRIBUTES.as_required(), CONTROL];
+        if self.with_attributes {
+            WITH_ATTRIBUTES
+        } else {
+            &[SOURCE, CONTROL]
+        }
     }
     fn version(&self) -> u32 {
         2
@@ -155,15 +171,9 @@ impl Stage for DiffusionPairs {
 
     fn run(&self, ctx: &mut RunContext) -> Result<RunOutput, StageError> {
         let t = &self.teacher;
-        let source = ctx.input("source")?.to_path_buf();
+        let source = ctx.input(SOURCE.pattern)?.to_path_buf();
         let attributes = if self.with_attributes {
-            let path = ctx.input("attributes")?;
-            let json: serde_json::Value = std::fs::read(path)
-                .ok()
-                .and_then(|b| serde_json::from_slice(&b).ok())
-                .ok_or_else(|| {
-                    StageError::environment(format!("{} is not attributes JSON", path.display()))
-                })?;
+            let json: serde_json::Value = ctx.read_json(ATTRIBUTES.pattern)?;
             json["prompt"].as_str().unwrap_or_default().to_string()
         } else {
             String::new()

@@ -2,7 +2,7 @@
 
 use super::png::{read_rgb, write_png};
 use crate::imaging::crop::center_crop_resize;
-use crate::stages::{params_of, Params, RunContext, RunOutput, Stage, StageError};
+use crate::stages::{params_of, InputPort, Params, RunContext, RunOutput, Stage, StageError};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 
@@ -16,6 +16,9 @@ pub fn find_target(dir: &Path, stem: &str) -> Result<Option<PathBuf>, String> {
     crate::imaging::external::find_pair_target(dir, stem).map_err(|e| e.to_string())
 }
 
+/// The teacher's picture found beside the source in the directory.
+pub const TARGET_FILE: InputPort = InputPort::required("target-file");
+
 impl Stage for DirectoryPairs {
     fn kind(&self) -> &'static str {
         "pairs-directory"
@@ -25,6 +28,9 @@ impl Stage for DirectoryPairs {
     }
     fn outputs(&self) -> &'static [&'static str] {
         &["target"]
+    }
+    fn inputs(&self) -> &'static [InputPort] {
+        &[super::procedural::SOURCE, TARGET_FILE]
     }
     fn version(&self) -> u32 {
         1
@@ -43,7 +49,7 @@ impl Stage for DirectoryPairs {
         })
     }
     fn run(&self, ctx: &mut RunContext) -> Result<RunOutput, StageError> {
-        let target = read_rgb(ctx.input("target-file")?)?;
+        let target = read_rgb(ctx.input(TARGET_FILE.pattern)?)?;
         let img = center_crop_resize(&target, self.size_px);
         let path = ctx.out_dir.join("target.png");
         write_png(&img, &path)?;

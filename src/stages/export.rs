@@ -4,7 +4,9 @@
 
 use super::worker::run_worker;
 use crate::nn::config::AccordionConfig;
-use crate::stages::{params_of, Params, Resource, RunContext, RunOutput, Stage, StageError};
+use crate::stages::{
+    params_of, InputPort, Params, Resource, RunContext, RunOutput, Stage, StageError,
+};
 use crate::train::job::ExportJob;
 use serde::Serialize;
 
@@ -18,6 +20,15 @@ pub struct ExportStudent {
     pub calibration: Vec<String>,
 }
 
+/// The distilled student, and the teacher it learnt from (whose outputs on the held-out
+/// frames are the contact sheet's teacher column).
+pub const STUDENT_WEIGHTS: InputPort = InputPort::required("student-weights");
+pub const TEACHER_WEIGHTS: InputPort = InputPort::required("teacher-weights");
+/// The crops of the held-out and calibration items (`*` is the index, `000`); a skipped
+/// item's is absent.
+pub const HOLDOUT: InputPort = InputPort::optional("holdout/*");
+pub const CALIBRATION: InputPort = InputPort::optional("calibration/*");
+
 impl Stage for ExportStudent {
     fn kind(&self) -> &'static str {
         "export"
@@ -30,6 +41,9 @@ impl Stage for ExportStudent {
             "holdout-teacher.npy",
             "calibration-inputs.npy",
         ]
+    }
+    fn inputs(&self) -> &'static [InputPort] {
+        &[STUDENT_WEIGHTS, TEACHER_WEIGHTS, HOLDOUT, CALIBRATION]
     }
     fn version(&self) -> u32 {
         // 2: the teacher net's outputs on the held-out frames too (the contact sheet's
@@ -57,23 +71,24 @@ impl Stage for ExportStudent {
     }
     fn run(&self, ctx: &mut RunContext) -> Result<RunOutput, StageError> {
         // Crops of skipped items are absent: the others stand in.
-        let paths = |names: &[String], ctx: &RunContext| -> Vec<std::path::PathBuf> {
-            names
-                .iter()
-                .filter_map(|n| ctx.optional_input(n).map(|p| p.to_path_buf()))
-                .collect()
+        let paths = |names: &[String], ctx: &RunContext| -> Result<Vec<_>, StageError> {
+            let mut found = Vec::new();
+            for n in names {
+                found.extend(ctx.optional_input(n)?.map(|p| p.to_path_buf()));
+            }
+            Ok(found)
         };
-        let (holdout, calibration) = (paths(&self.holdout, ctx), paths(&self.calibration, ctx));
+        let (holdout, calibration) = (paths(&self.holdout, ctx)?, paths(&self.calibration, ctx)?);
         if holdout.is_empty() || calibration.is_empty() {
             return Err(StageError::input(
                 "every held-out or calibration item was skipped: no frames to export with",
             ));
         }
         let job = ExportJob {
-            weights: ctx.input("student-weights")?.to_path_buf(),
+            weights: ctx.input(STUDENT_WEIGHTS.pattern)?.to_path_buf(),
             arch: self.arch,
             teacher: Some((
-                ctx.input("teacher-weights")?.to_path_buf(),
+                ctx.input(TEACHER_WEIGHTS.pattern)?.to_path_buf(),
                 self.teacher_arch,
             )),
             resolution_px: self.resolution_px,

@@ -8,7 +8,7 @@
 use super::png::{read_source, write_png};
 use crate::imaging::face_crop::{crop_rotated, CropBox, CropLandmarks};
 use crate::imaging::face_mesh::{LEFT_EYE, RIGHT_EYE};
-use crate::stages::{params_of, Params, RunContext, RunOutput, Stage, StageError};
+use crate::stages::{params_of, InputPort, Params, RunContext, RunOutput, Stage, StageError};
 use crate::vision::{
     FaceDetection, FaceDetector, FaceLandmarks, FaceMesh, PoseEstimator, VisionError,
 };
@@ -16,11 +16,11 @@ use serde::Serialize;
 use std::sync::{Arc, OnceLock};
 
 /// The model inputs of the stage, in `recipe::check::FACE_CROP_MODELS` order.
-pub const MODEL_INPUTS: [&str; 4] = [
-    "model-face-detector",
-    "model-face-landmark",
-    "model-pose-detector",
-    "model-pose-landmark",
+pub const MODEL_PORTS: [InputPort; 4] = [
+    InputPort::required("model-face-detector"),
+    InputPort::required("model-face-landmark"),
+    InputPort::required("model-pose-detector"),
+    InputPort::required("model-pose-landmark"),
 ];
 
 /// The reason a photo without a face is skipped.
@@ -43,9 +43,9 @@ struct Loaded {
 
 impl FaceModels {
     fn get(&self, ctx: &RunContext) -> Result<&Loaded, StageError> {
-        let paths: Vec<&std::path::Path> = MODEL_INPUTS
+        let paths: Vec<&std::path::Path> = MODEL_PORTS
             .iter()
-            .map(|n| ctx.input(n))
+            .map(|n| ctx.input(n.pattern))
             .collect::<Result<_, _>>()?;
         self.loaded
             .get_or_init(|| {
@@ -115,6 +115,15 @@ impl Stage for FaceCrop {
     fn outputs(&self) -> &'static [&'static str] {
         &["image", "landmarks"]
     }
+    fn inputs(&self) -> &'static [InputPort] {
+        &[
+            super::crop::IMAGE,
+            MODEL_PORTS[0],
+            MODEL_PORTS[1],
+            MODEL_PORTS[2],
+            MODEL_PORTS[3],
+        ]
+    }
     fn version(&self) -> u32 {
         1
     }
@@ -146,7 +155,7 @@ impl Stage for FaceCrop {
         })
     }
     fn run(&self, ctx: &mut RunContext) -> Result<RunOutput, StageError> {
-        let src = match read_source(ctx.input("image")?, self.size_px)? {
+        let src = match read_source(ctx.input(super::crop::IMAGE.pattern)?, self.size_px)? {
             Ok(src) => src,
             Err(why) => return Ok(RunOutput::skip(why)),
         };

@@ -14,7 +14,9 @@
 
 use super::attributes::{decide, ClipModelUse, Detection, ItemAttributesFile};
 use crate::recipe::AttributeUse;
-use crate::stages::{params_of, Params, Resource, RunContext, RunOutput, Stage, StageError};
+use crate::stages::{
+    params_of, InputPort, Params, Resource, RunContext, RunOutput, Stage, StageError,
+};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -72,12 +74,26 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
     dot / (na * nb).max(1e-12)
 }
 
+/// The crop and the teacher's picture of one item, and the item's attributes (when the
+/// filter compares them).
+pub const SOURCE: InputPort = InputPort::required("source");
+pub const RESULT: InputPort = InputPort::required("result");
+pub const ATTRIBUTES: InputPort = InputPort::optional("attributes");
+
 impl Stage for ItemIdentity {
     fn kind(&self) -> &'static str {
         "identity"
     }
     fn outputs(&self) -> &'static [&'static str] {
         &["score.json"]
+    }
+    fn inputs(&self) -> &'static [InputPort] {
+        const WITH_ATTRIBUTES: &[InputPort] = &[SOURCE, RESULT, ATTRIBUTES.as_required()];
+        if self.with_attributes {
+            WITH_ATTRIBUTES
+        } else {
+            &[SOURCE, RESULT]
+        }
     }
     fn version(&self) -> u32 {
         1
@@ -105,16 +121,10 @@ impl Stage for ItemIdentity {
         params_of(&serde_json::json!({"keep": keep, "clip": self.clip.params()}))
     }
     fn run(&self, ctx: &mut RunContext) -> Result<RunOutput, StageError> {
-        let source = ctx.input("source")?.to_path_buf();
-        let result = ctx.input("result")?.to_path_buf();
+        let source = ctx.input(SOURCE.pattern)?.to_path_buf();
+        let result = ctx.input(RESULT.pattern)?.to_path_buf();
         let given: ItemAttributesFile = if self.with_attributes {
-            let path = ctx.input("attributes")?;
-            std::fs::read(path)
-                .ok()
-                .and_then(|b| serde_json::from_slice(&b).ok())
-                .ok_or_else(|| {
-                    StageError::environment(format!("{} is not attributes JSON", path.display()))
-                })?
+            ctx.read_json(ATTRIBUTES.pattern)?
         } else {
             ItemAttributesFile::default()
         };
@@ -195,11 +205,14 @@ impl Stage for ItemIdentity {
 
 /// The input name of one item's score in `identity-filter`.
 pub fn score_input(item: &str) -> String {
-    format!("score/{item}")
+    SCORE.name(item)
 }
 
-/// The input name of the dropped list in the training stages.
-pub const DROPPED_INPUT: &str = "identity-dropped";
+/// One item's score; a skipped item (no face) has none.
+pub const SCORE: InputPort = InputPort::optional("score/*");
+
+/// The dropped list, an input of the training stages.
+pub const DROPPED: InputPort = InputPort::optional("identity-dropped");
 
 pub struct IdentityFilter {
     pub min_similarity: f64,
@@ -224,6 +237,9 @@ impl Stage for IdentityFilter {
     fn outputs(&self) -> &'static [&'static str] {
         &["dropped.json", "identity.json"]
     }
+    fn inputs(&self) -> &'static [InputPort] {
+        &[SCORE]
+    }
     fn version(&self) -> u32 {
         2 // 2: the `dropped` metric lists the pairs with their reasons
     }
@@ -235,7 +251,7 @@ impl Stage for IdentityFilter {
         let mut dropped = BTreeSet::new();
         for item in &self.items {
             // A skipped item (no face) has no pair and so no score: nothing to judge.
-            let Some(path) = ctx.optional_input(&score_input(item)) else {
+            let Some(path) = ctx.optional_input(&score_input(item))? else {
                 continue;
             };
             let score: IdentityScore = std::fs::read(path)
@@ -291,10 +307,14 @@ impl Stage for IdentityFilter {
             .map(|v| serde_json::json!({"item": v.item, "reason": v.reasons.join("; ")}))
             .collect();
         out.metrics.insert("dropped".into(), listed.into());
-        out.metrics
-            .insert("dropped_pairs".into(), dropped.len().into());
-        out.metrics
-            .insert("kept".into(), (verdicts.len() - dropped.len()).into());
+        out.metrics.insert(
+            crate::protocol::metric::DROPPED_PAIRS.into(),
+            dropped.len().into(),
+        );
+        out.metrics.insert(
+            crate::protocol::metric::KEPT.into(),
+            (verdicts.len() - dropped.len()).into(),
+        );
         out.files.insert("identity.json".into(), report_path);
         out.files.insert("dropped.json".into(), dropped_path);
         Ok(out)
@@ -303,13 +323,10 @@ impl Stage for IdentityFilter {
 
 /// The items training leaves out: `dropped.json` of the filter, when the plan wired one.
 pub fn dropped_items(ctx: &RunContext) -> Result<BTreeSet<String>, StageError> {
-    let Some(path) = ctx.inputs.get(DROPPED_INPUT) else {
+    if ctx.optional_input(DROPPED.pattern)?.is_none() {
         return Ok(BTreeSet::new());
-    };
-    std::fs::read(path)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .ok_or_else(|| StageError::environment(format!("{} is not a dropped list", path.display())))
+    }
+    ctx.read_json(DROPPED.pattern)
 }
 
 #[cfg(test)]

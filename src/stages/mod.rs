@@ -24,5 +24,6 @@ pub mod verify;
 pub mod worker;
 
 pub use stage::{
-    params_of, stage_key, Params, Progress, Resource, RunContext, RunOutput, Stage, StageError,
+    params_of, stage_key, InputPort, Params, Progress, Resource, RunContext, RunOutput, Stage,
+    StageError,
 };

@@ -3,7 +3,7 @@
 
 use super::png::{read_rgb, write_png};
 use crate::imaging::contact_sheet::contact_sheet;
-use crate::stages::{params_of, Params, RunContext, RunOutput, Stage, StageError};
+use crate::stages::{params_of, InputPort, Params, RunContext, RunOutput, Stage, StageError};
 use serde::Serialize;
 
 pub struct PairsSheet {
@@ -12,12 +12,21 @@ pub struct PairsSheet {
     pub controls: Vec<String>,
 }
 
+/// Row `*` (two digits): the crop, each control map, the teacher's picture. A skipped
+/// item has no row.
+pub const ROW_SOURCE: InputPort = InputPort::optional("*-source");
+pub const ROW_CONTROL: InputPort = InputPort::optional("*-control-*");
+pub const ROW_TARGET: InputPort = InputPort::optional("*-target");
+
 impl Stage for PairsSheet {
     fn kind(&self) -> &'static str {
         "pairs-sheet"
     }
     fn outputs(&self) -> &'static [&'static str] {
         &["pairs.png"]
+    }
+    fn inputs(&self) -> &'static [InputPort] {
+        &[ROW_SOURCE, ROW_CONTROL, ROW_TARGET]
     }
     fn version(&self) -> u32 {
         1
@@ -37,7 +46,7 @@ impl Stage for PairsSheet {
         let mut rows = Vec::new();
         for i in 0..self.rows {
             // A skipped item has no row.
-            let Some(src) = ctx.optional_input(&format!("{i:02}-source")) else {
+            let Some(src) = ctx.optional_input(&ROW_SOURCE.name(&format!("{i:02}")))? else {
                 continue;
             };
             let src = read_rgb(src)?;
@@ -45,7 +54,7 @@ impl Stage for PairsSheet {
             for c in &self.controls {
                 row.push(read_rgb(ctx.input(&format!("{i:02}-control-{c}"))?)?);
             }
-            row.push(read_rgb(ctx.input(&format!("{i:02}-target"))?)?);
+            row.push(read_rgb(ctx.input(&ROW_TARGET.name(&format!("{i:02}")))?)?);
             rows.push(row);
         }
         let mut titles = vec!["source"];

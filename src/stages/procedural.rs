@@ -3,7 +3,7 @@
 use super::png::{read_rgb, write_png};
 use crate::imaging::brick::{brick_mosaic, BrickStyle, Palette};
 use crate::recipe::ProceduralTeacher;
-use crate::stages::{params_of, Params, RunContext, RunOutput, Stage, StageError};
+use crate::stages::{params_of, InputPort, Params, RunContext, RunOutput, Stage, StageError};
 use serde::Serialize;
 
 pub struct ProceduralPairs {
@@ -18,6 +18,9 @@ impl ProceduralPairs {
     }
 }
 
+/// The cropped source picture a teacher makes its pair from.
+pub const SOURCE: InputPort = InputPort::required("source");
+
 impl Stage for ProceduralPairs {
     fn kind(&self) -> &'static str {
         "pairs-procedural"
@@ -27,6 +30,9 @@ impl Stage for ProceduralPairs {
     }
     fn outputs(&self) -> &'static [&'static str] {
         &["target"]
+    }
+    fn inputs(&self) -> &'static [InputPort] {
+        &[SOURCE]
     }
     fn version(&self) -> u32 {
         1
@@ -53,7 +59,7 @@ impl Stage for ProceduralPairs {
         }}))
     }
     fn run(&self, ctx: &mut RunContext) -> Result<RunOutput, StageError> {
-        let src = read_rgb(ctx.input("source")?)?;
+        let src = read_rgb(ctx.input(SOURCE.pattern)?)?;
         let palette = Palette::from_name(&self.teacher.palette).ok_or_else(|| {
             StageError::input(format!("unknown palette `{}`", self.teacher.palette))
         })?;

@@ -87,6 +87,90 @@ pub enum Resource {
     Exclusive,
 }
 
+/// One input a stage kind reads, declared beside its outputs ([`Stage::inputs`]), so the
+/// planner checks both ends of every wire before anything runs and lowering and the
+/// stage spell the name once (through the port's constant).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InputPort {
+    /// The input's name, or a pattern where `*` stands for one item's or target's name
+    /// (`teacher/*`, `verify/*/check.json`): one input per item or target.
+    pub pattern: &'static str,
+    /// The planner must wire it, and a run finds it. An optional one may be absent (a
+    /// skipped item's, one the recipe does not ask for): read with `optional_input`.
+    pub required: bool,
+    /// Wired to every output of one upstream stage (`InputRef::StageAll`): the stage
+    /// sees `NAME/OUTPUT` for each.
+    pub all: bool,
+}
+
+impl InputPort {
+    pub const fn required(pattern: &'static str) -> InputPort {
+        InputPort {
+            pattern,
+            required: true,
+            all: false,
+        }
+    }
+    pub const fn optional(pattern: &'static str) -> InputPort {
+        InputPort {
+            pattern,
+            required: false,
+            all: false,
+        }
+    }
+    /// This optional port made required (a stage configured to read it).
+    pub const fn as_required(self) -> InputPort {
+        InputPort {
+            required: true,
+            ..self
+        }
+    }
+    /// Every output of one upstream stage, under `pattern/`.
+    pub const fn all_outputs(pattern: &'static str) -> InputPort {
+        InputPort {
+            pattern,
+            required: true,
+            all: true,
+        }
+    }
+    /// The input's name: the pattern with each `*` replaced by `key` (an item's or a
+    /// target's name); a plain name as it is.
+    pub fn name(&self, key: &str) -> String {
+        self.pattern.replace('*', key)
+    }
+    /// Whether a wired input's name is this port's.
+    pub fn matches(&self, name: &str) -> bool {
+        glob(self.pattern, name)
+    }
+    /// Whether a name a running stage asks for is this port's (`NAME/OUTPUT` for an
+    /// all-outputs port).
+    fn matches_at_run(&self, name: &str) -> bool {
+        if !self.all {
+            return self.matches(name);
+        }
+        name.match_indices('/')
+            .any(|(at, _)| at + 1 < name.len() && self.matches(&name[..at]))
+    }
+}
+
+/// `*` matches one or more characters; everything else itself.
+fn glob(pattern: &str, name: &str) -> bool {
+    match pattern.split_once('*') {
+        None => pattern == name,
+        Some((head, tail)) => {
+            let Some(rest) = name.strip_prefix(head) else {
+                return false;
+            };
+            // At least one character for the `*`, then the rest of the pattern.
+            rest.char_indices()
+                .skip(1)
+                .map(|(at, _)| at)
+                .chain(std::iter::once(rest.len()).filter(|&n| n > 0))
+                .any(|at| glob(tail, &rest[at..]))
+        }
+    }
+}
+
 /// Everything a running stage sees.
 pub struct RunContext<'a> {
     pub stage_id: &'a str,
@@ -100,21 +184,50 @@ pub struct RunContext<'a> {
     pub progress: &'a (dyn Fn(Progress) + Sync),
     pub log: String,
     pub device: DeviceSpec,
+    /// The stage kind's declared inputs ([`Stage::inputs`]): a name outside them is a
+    /// typo, which `input` and `optional_input` report as effectc's bug.
+    pub ports: &'static [InputPort],
     /// Up to how many batchable jobs may share one batch (`build --batch`).
     pub batch: usize,
     pub project_root: &'a Path,
 }
 
 impl RunContext<'_> {
-    /// An input a whole-dataset stage reads from a per-item stage: absent when that item
-    /// was skipped (see [`RunOutput::skip`]).
-    pub fn optional_input(&self, name: &str) -> Option<&Path> {
-        self.inputs.get(name).map(|p| p.as_path())
+    /// An input that may be absent: a whole-dataset stage's input from a per-item stage
+    /// whose item was skipped (see [`RunOutput::skip`]), or one the recipe does not ask
+    /// for. A name the stage kind does not declare is a typo: an error, never `None`.
+    pub fn optional_input(&self, name: &str) -> Result<Option<&Path>, StageError> {
+        self.declared(name)?;
+        Ok(self.inputs.get(name).map(|p| p.as_path()))
     }
     pub fn input(&self, name: &str) -> Result<&Path, StageError> {
+        self.declared(name)?;
         self.inputs.get(name).map(|p| p.as_path()).ok_or_else(|| {
             StageError::bug(format!("stage {} has no input `{name}`", self.stage_id))
         })
+    }
+    /// A JSON file an upstream stage wrote, read into its type. Bytes that do not parse
+    /// are effectc's own bug (the writer and this reader disagree), not the data's.
+    pub fn read_json<T: serde::de::DeserializeOwned>(&self, name: &str) -> Result<T, StageError> {
+        let path = self.input(name)?;
+        let bytes = std::fs::read(path).map_err(|e| StageError::io(path, e))?;
+        serde_json::from_slice(&bytes).map_err(|e| {
+            StageError::bug(format!(
+                "stage {}: input `{name}` ({}) is not the {} its upstream stage writes: {e}",
+                self.stage_id,
+                path.display(),
+                std::any::type_name::<T>()
+            ))
+        })
+    }
+    fn declared(&self, name: &str) -> Result<(), StageError> {
+        if self.ports.iter().any(|p| p.matches_at_run(name)) {
+            return Ok(());
+        }
+        Err(StageError::bug(format!(
+            "stage {} reads input `{name}`, which its kind does not declare",
+            self.stage_id
+        )))
     }
 }
 
@@ -304,6 +417,9 @@ pub trait Stage: Send + Sync {
     /// The outputs (ports) this stage writes: consumers may wire only to these, which
     /// the planner checks before anything runs.
     fn outputs(&self) -> &'static [&'static str];
+    /// The inputs (ports) this stage reads: the planner wires only these, and every
+    /// required one, which it checks before anything runs.
+    fn inputs(&self) -> &'static [InputPort];
     /// Bump when the implementation changes its output bytes: every key of the kind changes.
     fn version(&self) -> u32;
     fn params(&self) -> Params;
@@ -357,6 +473,23 @@ pub fn stage_key_sorted<'i>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ports_match_their_names_and_patterns() {
+        let plain = InputPort::required("image");
+        assert!(plain.matches("image") && !plain.matches("images") && !plain.matches("imag"));
+        let check = InputPort::required("verify/*/check.json");
+        assert_eq!(check.name("tflite-int8"), "verify/tflite-int8/check.json");
+        assert!(check.matches("verify/a/b/check.json"));
+        assert!(!check.matches("verify//check.json") && !check.matches("verify/a/check.jsn"));
+        let control = InputPort::required("*-control-*");
+        assert!(control.matches("00-control-canny") && !control.matches("00-source"));
+        let model = InputPort::all_outputs("model");
+        assert!(model.matches("model") && model.matches_at_run("model/model.onnx"));
+        assert!(!model.matches_at_run("model") && !model.matches_at_run("model/"));
+        let target = InputPort::all_outputs("target/*");
+        assert!(target.matches_at_run("target/coreml/model.mlpackage/Manifest.json"));
+    }
 
     #[test]
     fn domain_errors_carry_their_tier_by_type() {

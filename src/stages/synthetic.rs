@@ -3,7 +3,7 @@
 
 use super::png::write_png;
 use crate::imaging::synthetic::synthetic_portrait;
-use crate::stages::{params_of, Params, RunContext, RunOutput, Stage, StageError};
+use crate::stages::{params_of, InputPort, Params, RunContext, RunOutput, Stage, StageError};
 use serde::Serialize;
 
 pub struct SyntheticSource {
@@ -18,6 +18,9 @@ impl Stage for SyntheticSource {
     }
     fn outputs(&self) -> &'static [&'static str] {
         &["image"]
+    }
+    fn inputs(&self) -> &'static [InputPort] {
+        &[]
     }
     fn version(&self) -> u32 {
         1

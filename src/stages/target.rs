@@ -10,7 +10,7 @@ use crate::export::quantize::{calibrate, ActivationType, Calibration, Calibratio
 use crate::export::tflite::{self, TflitePrecision};
 use crate::ir::Graph;
 use crate::recipe::{Precision, TargetFormat, TargetIo, TargetSpec};
-use crate::stages::{params_of, Params, RunContext, RunOutput, Stage, StageError};
+use crate::stages::{params_of, InputPort, Params, RunContext, RunOutput, Stage, StageError};
 use serde::Serialize;
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -49,6 +49,21 @@ pub fn read_ir(path: &Path) -> Result<Graph, StageError> {
         .map_err(|e| StageError::bug(format!("{}: not a student IR: {e}", path.display())))
 }
 
+/// A `.mlpackage` folder a target stage wrote, rebuilt at `dir` from its files (the
+/// inputs named `prefix` + the path inside the package): the verify and bundle stages
+/// read the package this one way.
+pub fn assemble_mlpackage(ctx: &RunContext, prefix: &str, dir: &Path) -> Result<(), StageError> {
+    for (input, path) in &ctx.inputs {
+        if let Some(rel) = input.strip_prefix(prefix) {
+            let dest = dir.join(rel);
+            std::fs::create_dir_all(dest.parent().unwrap_or(dir))
+                .map_err(|e| StageError::io(&dest, e))?;
+            std::fs::copy(path, &dest).map_err(|e| StageError::io(&dest, e))?;
+        }
+    }
+    Ok(())
+}
+
 /// NCHW frames from an `.npy` of shape [N, C, H, W], one `Vec` per frame.
 pub fn read_frames(path: &Path) -> Result<(Vec<Vec<f32>>, [usize; 4]), StageError> {
     let (shape, data) = crate::bundle::npy::read_f32(path)
@@ -69,7 +84,7 @@ pub fn calibration_for(
     ctx: &RunContext,
     size: usize,
 ) -> Result<Calibration, StageError> {
-    let (frames, _) = read_frames(ctx.input("calibration-inputs.npy")?)?;
+    let (frames, _) = read_frames(ctx.input(CALIBRATION_INPUTS.pattern)?)?;
     let take: Vec<Vec<f32>> = frames.into_iter().take(size.max(1)).collect();
     calibrate(graph, &take, CalibrationMethod::Percentile(99.99))
         .map_err(|e| StageError::environment(format!("calibration: {e}")))
@@ -79,6 +94,10 @@ fn write(path: &Path, bytes: &[u8]) -> Result<(), StageError> {
     std::fs::write(path, bytes).map_err(|e| StageError::io(path, e))
 }
 
+/// The student's IR and the frames that calibrate its quantization (the export's outputs).
+pub const STUDENT_IR: InputPort = InputPort::required("student.ir");
+pub const CALIBRATION_INPUTS: InputPort = InputPort::required("calibration-inputs.npy");
+
 impl Stage for WriteTarget {
     fn kind(&self) -> &'static str {
         "target"
@@ -87,6 +106,9 @@ impl Stage for WriteTarget {
     /// package is many): consumers take all of them (`InputRef::StageAll`), no port.
     fn outputs(&self) -> &'static [&'static str] {
         &[]
+    }
+    fn inputs(&self) -> &'static [InputPort] {
+        &[STUDENT_IR, CALIBRATION_INPUTS]
     }
     fn version(&self) -> u32 {
         // 2: the profile's `ops` allow-list is enforced (and part of the key).
@@ -114,7 +136,7 @@ impl Stage for WriteTarget {
         }}))
     }
     fn run(&self, ctx: &mut RunContext) -> Result<RunOutput, StageError> {
-        let graph = read_ir(ctx.input("student.ir")?)?;
+        let graph = read_ir(ctx.input(STUDENT_IR.pattern)?)?;
         let precision = self.target.precision;
         let cal_size = self.target.profile.calibration_size as usize;
         let mut out = RunOutput::default();

@@ -6,15 +6,11 @@
 
 use crate::nn::config::AccordionConfig;
 use crate::recipe::{Student, Train};
-use crate::stages::{params_of, Params, Resource, RunContext, RunOutput, Stage, StageError};
-use crate::train::job::{Hyper, PairFiles, TrainJob};
+use crate::stages::{
+    params_of, InputPort, Params, Resource, RunContext, RunOutput, Stage, StageError,
+};
+use crate::train::job::{Hyper, PairFiles, Role, TrainJob};
 use serde::Serialize;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Role {
-    Teacher,
-    Student,
-}
 
 pub struct TrainStage {
     pub role: Role,
@@ -30,6 +26,17 @@ pub fn input_name(item: &str, holdout: bool, what: &str) -> String {
         if holdout { "holdout" } else { "train" }
     )
 }
+
+/// Each item's crop and pair ([`input_name`]): a skipped item's are absent. The pairs the
+/// identity filter dropped; the teacher's weights (the student's distillation only).
+pub const PAIR_FILES: [InputPort; 4] = [
+    InputPort::optional("train/*/source"),
+    InputPort::optional("train/*/target"),
+    InputPort::optional("holdout/*/source"),
+    InputPort::optional("holdout/*/target"),
+];
+pub const DROPPED: InputPort = super::identity::DROPPED;
+pub const TEACHER_WEIGHTS: InputPort = InputPort::required("teacher-weights");
 
 impl TrainStage {
     fn arch(&self) -> AccordionConfig {
@@ -86,6 +93,25 @@ impl Stage for TrainStage {
             "loss.png",
             "samples.png",
         ]
+    }
+    fn inputs(&self) -> &'static [InputPort] {
+        match self.role {
+            Role::Teacher => &[
+                PAIR_FILES[0],
+                PAIR_FILES[1],
+                PAIR_FILES[2],
+                PAIR_FILES[3],
+                DROPPED,
+            ],
+            Role::Student => &[
+                PAIR_FILES[0],
+                PAIR_FILES[1],
+                PAIR_FILES[2],
+                PAIR_FILES[3],
+                DROPPED,
+                TEACHER_WEIGHTS,
+            ],
+        }
     }
     fn version(&self) -> u32 {
         // 2: in-place Adam/EMA kernels (different rounding than version 1).
@@ -182,8 +208,8 @@ impl Stage for TrainStage {
                 continue;
             }
             // A skipped item (no face) has neither crop nor pair: train without it.
-            let source = ctx.optional_input(&input_name(item, *holdout, "source"));
-            let target = ctx.optional_input(&input_name(item, *holdout, "target"));
+            let source = ctx.optional_input(&input_name(item, *holdout, "source"))?;
+            let target = ctx.optional_input(&input_name(item, *holdout, "target"))?;
             let (Some(source), Some(target)) = (source, target) else {
                 continue;
             };
@@ -214,7 +240,7 @@ impl Stage for TrainStage {
         let teacher = match self.role {
             Role::Teacher => None,
             Role::Student => Some((
-                ctx.input("teacher-weights")?.to_path_buf(),
+                ctx.input(TEACHER_WEIGHTS.pattern)?.to_path_buf(),
                 AccordionConfig {
                     width: self.student.teacher_width as i64,
                     blocks: self.student.blocks as i64,
@@ -222,10 +248,7 @@ impl Stage for TrainStage {
             )),
         };
         let job = TrainJob {
-            role: match self.role {
-                Role::Teacher => "teacher".into(),
-                Role::Student => "student".into(),
-            },
+            role: self.role,
             arch: self.arch(),
             teacher,
             pairs,

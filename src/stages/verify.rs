@@ -10,7 +10,7 @@ use crate::export::coreml::PixelRange;
 use crate::export::quantize::{ActivationType, Calibration, QuantPlan};
 use crate::protocol::metric;
 use crate::recipe::{Precision, TargetFormat, TargetSpec};
-use crate::stages::{params_of, Params, RunContext, RunOutput, Stage, StageError};
+use crate::stages::{params_of, InputPort, Params, RunContext, RunOutput, Stage, StageError};
 use crate::verify::coreml::{CoremlModel, Fp16Eval};
 use crate::verify::int8::{Int8Eval, Int8Runner};
 use crate::verify::{
@@ -38,12 +38,26 @@ impl VerifyTarget {
     }
 }
 
+/// The export's held-out frames and the student's own outputs for them.
+pub const HOLDOUT_INPUTS: InputPort = InputPort::required("holdout-inputs.npy");
+pub const HOLDOUT_REFERENCE: InputPort = InputPort::required("holdout-reference.npy");
+/// Every file the target stage wrote, as `model/FILE`.
+pub const MODEL: InputPort = InputPort::all_outputs("model");
+
 impl Stage for VerifyTarget {
     fn kind(&self) -> &'static str {
         "verify"
     }
     fn outputs(&self) -> &'static [&'static str] {
         &["check.json", "outputs.npy"]
+    }
+    fn inputs(&self) -> &'static [InputPort] {
+        &[
+            super::target::STUDENT_IR,
+            HOLDOUT_INPUTS,
+            HOLDOUT_REFERENCE,
+            MODEL,
+        ]
     }
     fn version(&self) -> u32 {
         1
@@ -71,9 +85,9 @@ impl Stage for VerifyTarget {
         })
     }
     fn run(&self, ctx: &mut RunContext) -> Result<RunOutput, StageError> {
-        let graph = read_ir(ctx.input("student.ir")?)?;
-        let (inputs, shape) = read_frames(ctx.input("holdout-inputs.npy")?)?;
-        let (references, _) = read_frames(ctx.input("holdout-reference.npy")?)?;
+        let graph = read_ir(ctx.input(super::target::STUDENT_IR.pattern)?)?;
+        let (inputs, shape) = read_frames(ctx.input(HOLDOUT_INPUTS.pattern)?)?;
+        let (references, _) = read_frames(ctx.input(HOLDOUT_REFERENCE.pattern)?)?;
         let name = self.target.profile.name.clone();
         let infra =
             |e: &dyn std::fmt::Display| StageError::environment(format!("verify {name}: {e}"));
@@ -149,14 +163,7 @@ impl Stage for VerifyTarget {
                 }
             }
             TargetFormat::Mlpackage => {
-                for (input, path) in &ctx.inputs {
-                    if let Some(rel) = input.strip_prefix("model/model.mlpackage/") {
-                        let dest = pkg_dir.join(rel);
-                        std::fs::create_dir_all(dest.parent().unwrap_or(&pkg_dir))
-                            .map_err(|e| StageError::io(&dest, e))?;
-                        std::fs::copy(path, &dest).map_err(|e| StageError::io(&dest, e))?;
-                    }
-                }
+                super::target::assemble_mlpackage(ctx, "model/model.mlpackage/", &pkg_dir)?;
                 let contract = PixelRange::default();
                 let check = verify_artifact(
                     &name,
@@ -225,17 +232,20 @@ impl Stage for VerifyTarget {
             serde_json::json!((check.ssim * 10000.0).round() / 10000.0),
         );
         m.insert(
-            "max_abs".into(),
+            metric::MAX_ABS.into(),
             serde_json::json!((check.max_abs * 10000.0).round() / 10000.0),
         );
-        m.insert("size_bytes".into(), serde_json::json!(check.size_bytes));
+        m.insert(
+            metric::SIZE_BYTES.into(),
+            serde_json::json!(check.size_bytes),
+        );
         if let Some(l) = &check.latency {
             m.insert(
-                "latency_ms".into(),
+                metric::LATENCY_MS.into(),
                 serde_json::json!((l.median_ms * 100.0).round() / 100.0),
             );
         }
-        m.insert("verified".into(), serde_json::json!(true));
+        m.insert(metric::VERIFIED.into(), serde_json::json!(true));
         Ok(out)
     }
 }

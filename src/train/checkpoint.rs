@@ -1,7 +1,12 @@
 //! Weights and the whole training state on disk: safetensors written atomically, and
 //! the checkpoint an interrupted run resumes from.
 
-use super::*;
+use super::{TrainError, Trainer};
+use crate::nn::adam::Adam;
+use crate::nn::{Accordion, AccordionConfig};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use tch::{nn, Device, Tensor};
 
 pub(super) fn named_vars(vs: &nn::VarStore, prefix: &str) -> Vec<(String, Tensor)> {
     let mut v: Vec<(String, Tensor)> = vs

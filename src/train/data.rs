@@ -1,6 +1,9 @@
 //! The pairs as tensors, and the deterministic augmented batches drawn from them.
 
-use super::*;
+use super::job::{Hyper, PairFiles};
+use super::TrainError;
+use std::path::{Path, PathBuf};
+use tch::{Device, Kind, Tensor};
 
 /// splitmix64 over (seed, step, salt): the only source of per-step randomness.
 pub(super) fn mix(seed: u64, step: u64, salt: u64) -> u64 {

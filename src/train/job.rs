@@ -62,11 +62,28 @@ impl Hyper {
     }
 }
 
+/// Which of the two nets a training job trains: the wide teacher on the pairs, or the
+/// real-time student distilled from it. On the wire as `teacher`/`student`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Teacher,
+    Student,
+}
+
+impl Role {
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Teacher => "teacher",
+            Role::Student => "student",
+        }
+    }
+}
+
 /// What the worker is asked to do (written as JSON by the stage, read by `effectc-nn`).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TrainJob {
-    /// `teacher` or `student`.
-    pub role: String,
+    pub role: Role,
     pub arch: AccordionConfig,
     /// For the student: the trained teacher's weights and architecture.
     pub teacher: Option<(PathBuf, AccordionConfig)>,
@@ -93,4 +110,19 @@ pub struct ExportJob {
     pub calibration: Vec<PathBuf>,
     pub device: String,
     pub out_dir: PathBuf,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Role;
+
+    #[test]
+    fn a_role_is_its_name_on_the_wire() {
+        for role in [Role::Teacher, Role::Student] {
+            let wire = serde_json::to_string(&role).unwrap();
+            assert_eq!(wire, format!("\"{}\"", role.name()));
+            assert_eq!(serde_json::from_str::<Role>(&wire).unwrap(), role);
+        }
+        assert!(serde_json::from_str::<Role>("\"Teacher\"").is_err());
+    }
 }

@@ -2,8 +2,23 @@
 //! `gan-start`), and the student distilled from the teacher, layer by layer or (with
 //! `features 0`) from its outputs alone.
 
-use super::*;
+use super::checkpoint::{load_generator, named_vars, write_safetensors_atomic};
+use super::data::{batch, batch_indices};
+use super::job::Role;
+use super::metrics::round3;
+use super::{memory, TrainError, Trainer};
+use crate::nn::adam::Adam;
+use crate::nn::discriminator::PatchDiscriminator;
+use crate::nn::layers::EqConv;
+use crate::nn::metrics::ssim;
+use crate::nn::Accordion;
 use crate::protocol::metric;
+use crate::protocol::{TrainProgress, WorkerReport};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+use tch::{nn, Device, Kind, Tensor};
 
 /// Dynamic loss scaling for fp16 autocast on CUDA (a no-op on CPU, where we train in fp32).
 pub(super) struct LossScaler {
@@ -172,14 +187,14 @@ impl Trainer<'_> {
         let mut plan = match available {
             Some(a) => memory::plan(batch, fixed, per_item, &a).map_err(|why| {
                 let (h, w) = (self.data.train_src.size()[2], self.data.train_src.size()[3]);
-                let setting = if self.job.role == "teacher" {
+                let setting = if self.job.role == Role::Teacher {
                     format!("`student teacher-width={}`", self.job.arch.width)
                 } else {
                     format!("`student width={}`", self.job.arch.width)
                 };
                 TrainError::OutOfMemory(format!(
                     "a {} step at {w}x{h} px cannot run even with batch 1: {why}. Lower {setting} or the crop `size` ({w}) in the recipe, or build where more memory is free",
-                    self.job.role
+                    self.job.role.name()
                 ))
             })?,
             // Nothing to measure against (an unknown device): run as asked.
@@ -459,7 +474,7 @@ impl Trainer<'_> {
             serde_json::json!(round3(steps_per_s)),
         );
         plan_metrics(&plan, &mut metrics);
-        self.write_curves(&names, &history, "teacher", &mut files)?;
+        self.write_curves(&names, &history, Role::Teacher.name(), &mut files)?;
         self.write_samples(&ema, None, &mut files)?;
         Ok(WorkerReport { metrics, files })
     }
@@ -663,7 +678,7 @@ impl Trainer<'_> {
             serde_json::json!(round3(steps_per_s)),
         );
         plan_metrics(&plan, &mut metrics);
-        self.write_curves(&names, &history, "student", &mut files)?;
+        self.write_curves(&names, &history, Role::Student.name(), &mut files)?;
         self.write_samples(&ema, Some(&teacher), &mut files)?;
         Ok(WorkerReport { metrics, files })
     }

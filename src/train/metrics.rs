@@ -1,8 +1,11 @@
 //! What a trained net is worth on the holdout: PSNR and SSIM against the pairs (and the
 //! teacher), the identity floor, flicker.
 
-use super::*;
+use super::{TrainError, Trainer};
+use crate::nn::metrics::{psnr_db, ssim};
+use crate::nn::Accordion;
 use crate::protocol::metric;
+use tch::{Kind, Tensor};
 
 /// Output/source frame-to-frame change on a slow sub-pixel pan and zoom of one image
 /// (1.0: the net adds no flicker of its own).

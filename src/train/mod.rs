@@ -19,20 +19,12 @@ pub use data::load_png;
 pub use data::to_image;
 pub use job::{ExportJob, Hyper, LrSchedule, PairFiles, TrainJob, TrainProgress, WorkerReport};
 
-use crate::nn::adam::Adam;
-use crate::nn::discriminator::PatchDiscriminator;
-use crate::nn::layers::EqConv;
-use crate::nn::metrics::{psnr_db, ssim};
-use crate::nn::{Accordion, AccordionConfig};
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use data::{load_data, Data};
+use job::Role;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
 use std::time::Instant;
-
-use checkpoint::*;
-use data::*;
-use metrics::*;
-use tch::{nn, Device, Kind, Tensor};
+use tch::Device;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
@@ -131,15 +123,10 @@ fn run_capped(
     };
     // libtorch reports a refused allocation (RLIMIT_AS, a full card) by panicking
     // through tch: caught here, so it reads as memory, not as a bug in effectc.
-    let result =
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match job.role.as_str() {
-            "teacher" => t.teacher(progress, cancel),
-            "student" => t.student(progress, cancel),
-            other => Err(TrainError::BadInput {
-                path: PathBuf::from("<job>"),
-                what: format!("unknown role `{other}`"),
-            }),
-        }));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match job.role {
+        Role::Teacher => t.teacher(progress, cancel),
+        Role::Student => t.student(progress, cancel),
+    }));
     let refused = |text: &str| {
         TrainError::OutOfMemory(format!(
             "libtorch could not allocate: {}",
@@ -177,6 +164,10 @@ fn is_allocation_failure(text: &str) -> bool {
 mod tests {
     use super::*;
     use crate::imaging::{brick, synthetic};
+    use crate::nn::AccordionConfig;
+    use std::path::Path;
+    use std::sync::atomic::Ordering;
+    use tch::Tensor;
 
     /// libtorch shares one CPU thread pool per process: two trainings at once can split
     /// work differently and round differently. Byte-identity holds per process (as in
@@ -214,7 +205,7 @@ mod tests {
 
     fn job(dir: &Path, steps: u32, lr: f64) -> TrainJob {
         TrainJob {
-            role: "teacher".into(),
+            role: Role::Teacher,
             arch: AccordionConfig {
                 width: 8,
                 blocks: 1,
@@ -320,10 +311,10 @@ mod tests {
     fn accumulated_micro_batches_train_like_one_pass() {
         let _one_at_a_time = serial();
         let dir = tempfile::tempdir().unwrap();
-        let train = |name: &str, role: &str, cap: Option<u32>, teacher: Option<PathBuf>| {
+        let train = |name: &str, role: Role, cap: Option<u32>, teacher: Option<PathBuf>| {
             let mut j = job(&dir.path().join(name), 10, 0.002);
             j.hyper.batch = 4;
-            j.role = role.into();
+            j.role = role;
             j.teacher = teacher.map(|w| {
                 (
                     w,
@@ -333,7 +324,7 @@ mod tests {
                     },
                 )
             });
-            if role == "student" {
+            if role == Role::Student {
                 j.arch.width = 4;
             }
             let mut micro = Vec::new();
@@ -350,11 +341,11 @@ mod tests {
         for d in ["t1", "t4", "s1", "s4"] {
             std::fs::create_dir_all(dir.path().join(d)).unwrap();
         }
-        let whole = train("t4", "teacher", None, None);
-        let micro = train("t1", "teacher", Some(1), None);
+        let whole = train("t4", Role::Teacher, None, None);
+        let micro = train("t1", Role::Teacher, Some(1), None);
         let teacher_diff = relative_difference(&whole, &micro);
-        let student_whole = train("s4", "student", None, Some(whole.clone()));
-        let student_micro = train("s1", "student", Some(1), Some(whole));
+        let student_whole = train("s4", Role::Student, None, Some(whole.clone()));
+        let student_micro = train("s1", Role::Student, Some(1), Some(whole));
         let student_diff = relative_difference(&student_whole, &student_micro);
         // Ten Adam steps (gan from step 5, R1 at step 8): float rounding only (measured
         // 1e-7 for both; before the student's feature normalisers were the batch's, its

@@ -1,7 +1,11 @@
 //! What a person looks at after training: the loss curves (CSV and plot) and a sheet of
 //! holdout samples.
 
-use super::*;
+use super::data::to_image;
+use super::{plot, TrainError, Trainer};
+use crate::nn::Accordion;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 impl Trainer<'_> {
     pub(super) fn write_curves(

@@ -202,7 +202,7 @@ pub fn add_attributes(
     let mut inputs: Vec<Input> = sidecar.into_iter().collect();
     if detect {
         inputs.push(Input {
-            name: "image".into(),
+            name: crate::stages::attributes::IMAGE.pattern.into(),
             from: InputRef::Stage {
                 node: crop,
                 output: "image".into(),
@@ -258,14 +258,14 @@ pub fn add_identity_stages(
     for (item, crop, pair) in pairs {
         let mut inputs = vec![
             Input {
-                name: "source".into(),
+                name: crate::stages::identity::SOURCE.pattern.into(),
                 from: InputRef::Stage {
                     node: *crop,
                     output: "image".into(),
                 },
             },
             Input {
-                name: "result".into(),
+                name: crate::stages::identity::RESULT.pattern.into(),
                 from: InputRef::Stage {
                     node: *pair,
                     output: "target".into(),
@@ -275,7 +275,7 @@ pub fn add_identity_stages(
         let with_attributes = match attributes.get(&item.name) {
             Some(&a) => {
                 inputs.push(Input {
-                    name: "attributes".into(),
+                    name: crate::stages::identity::ATTRIBUTES.pattern.into(),
                     from: InputRef::Stage {
                         node: a,
                         output: "attributes".into(),

@@ -12,7 +12,6 @@ mod scan;
 
 pub use items::{glob_literal_prefix, image_files, is_holdout, ItemOrigin, SourceItem};
 pub use model::recipe_inputs_digest;
-pub use scan::NEAR_DUPLICATE;
 
 use super::{Plan, PlanNode};
 use crate::digest::Digest;
@@ -119,14 +118,22 @@ fn lower_with(
     pairs::add_near_duplicates(recipe, &duplicates, &mut nodes);
     pairs::add_pairs_sheet(recipe, &pairs, &mut nodes);
     model::add_model_stages(recipe, &pairs, identity, &mut nodes);
-    if let Err(e) = super::check_wiring(&nodes) {
-        diags.push(RecipeDiagnostic::nowhere(
-            "planner-bug",
-            format!("{e} (a bug in effectc's planner: please report it)"),
-        ));
+    if let Err(d) = wiring_diagnostic(&nodes) {
+        diags.push(d);
         return Err(diags);
     }
     let mut plan = Plan::new(recipe, nodes);
     plan.source_failures = failures;
     Ok(plan)
+}
+
+/// Both ends of every wire checked ([`super::check_wiring`]) before anything runs; a
+/// mismatch (a misspelt port) is effectc's own bug, reported as such.
+pub fn wiring_diagnostic(nodes: &[PlanNode]) -> Result<(), RecipeDiagnostic> {
+    super::check_wiring(nodes).map_err(|e| {
+        RecipeDiagnostic::nowhere(
+            "planner-bug",
+            format!("{e} (a bug in effectc's planner: please report it)"),
+        )
+    })
 }

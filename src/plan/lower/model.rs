@@ -6,8 +6,9 @@ use super::items::SourceItem;
 use crate::digest::{Digest, KeyHasher};
 use crate::plan::{Input, InputRef, PlanNode, StageId};
 use crate::recipe::Recipe;
-use crate::stages::train::{input_name, Role, TrainStage};
-use crate::stages::{bundle, export, target, verify};
+use crate::stages::train::{input_name, TrainStage};
+use crate::stages::{bundle, export, target, verify, InputPort};
+use crate::train::job::Role;
 
 /// Adds the whole-dataset stages after the pairs (training, export, verification,
 /// bundle) as they are built. `pairs` is (item, crop node, pairs node) per item.
@@ -44,7 +45,7 @@ pub fn add_model_stages(
     // The pairs the identity filter dropped stay out of both trainings.
     if let Some(filter) = identity_filter {
         data_inputs.push(Input {
-            name: crate::stages::identity::DROPPED_INPUT.into(),
+            name: crate::stages::identity::DROPPED.pattern.into(),
             from: InputRef::Stage {
                 node: filter,
                 output: "dropped.json".into(),
@@ -65,7 +66,7 @@ pub fn add_model_stages(
     let teacher = nodes.len() - 1;
     let mut student_inputs = data_inputs;
     student_inputs.push(Input {
-        name: "teacher-weights".into(),
+        name: crate::stages::train::TEACHER_WEIGHTS.pattern.into(),
         from: InputRef::Stage {
             node: teacher,
             output: "weights.safetensors".into(),
@@ -108,14 +109,14 @@ pub fn add_model_stages(
         .collect();
     let mut inputs = vec![
         Input {
-            name: "student-weights".into(),
+            name: export::STUDENT_WEIGHTS.pattern.into(),
             from: InputRef::Stage {
                 node: student,
                 output: "weights.safetensors".into(),
             },
         },
         Input {
-            name: "teacher-weights".into(),
+            name: export::TEACHER_WEIGHTS.pattern.into(),
             from: InputRef::Stage {
                 node: teacher,
                 output: "weights.safetensors".into(),
@@ -124,9 +125,9 @@ pub fn add_model_stages(
     ];
     let mut holdout_names = Vec::new();
     for (k, (_, crop, _)) in holdout.iter().enumerate() {
-        holdout_names.push(format!("holdout/{k:03}"));
+        holdout_names.push(export::HOLDOUT.name(&format!("{k:03}")));
         inputs.push(Input {
-            name: format!("holdout/{k:03}"),
+            name: export::HOLDOUT.name(&format!("{k:03}")),
             from: InputRef::Stage {
                 node: *crop,
                 output: "image".into(),
@@ -135,9 +136,9 @@ pub fn add_model_stages(
     }
     let mut cal_names = Vec::new();
     for (k, (_, crop, _)) in calibration.iter().enumerate() {
-        cal_names.push(format!("calibration/{k:03}"));
+        cal_names.push(export::CALIBRATION.name(&format!("{k:03}")));
         inputs.push(Input {
-            name: format!("calibration/{k:03}"),
+            name: export::CALIBRATION.name(&format!("{k:03}")),
             from: InputRef::Stage {
                 node: *crop,
                 output: "image".into(),
@@ -164,26 +165,27 @@ pub fn add_model_stages(
         inputs,
     });
     let export = nodes.len() - 1;
-    let from_export = |name: &str| Input {
-        name: name.into(),
+    // The export's outputs are read under their own names.
+    let from_export = |port: InputPort| Input {
+        name: port.pattern.into(),
         from: InputRef::Stage {
             node: export,
-            output: name.into(),
+            output: port.pattern.into(),
         },
     };
     let mut bundle_inputs = vec![
-        from_export("holdout-inputs.npy"),
-        from_export("holdout-reference.npy"),
-        from_export("holdout-teacher.npy"),
+        from_export(verify::HOLDOUT_INPUTS),
+        from_export(verify::HOLDOUT_REFERENCE),
+        from_export(bundle::HOLDOUT_TEACHER),
         Input {
-            name: "student-metrics.json".into(),
+            name: bundle::STUDENT_METRICS.pattern.into(),
             from: InputRef::Stage {
                 node: student,
                 output: "metrics.json".into(),
             },
         },
         Input {
-            name: "teacher-metrics.json".into(),
+            name: bundle::TEACHER_METRICS.pattern.into(),
             from: InputRef::Stage {
                 node: teacher,
                 output: "metrics.json".into(),
@@ -191,12 +193,12 @@ pub fn add_model_stages(
         },
     ];
     // The report's pictures: both loss curves and the pairs sheet.
-    for (name, node, output) in [
-        ("teacher-loss.png", teacher, "loss.png"),
-        ("student-loss.png", student, "loss.png"),
+    for (port, node, output) in [
+        (bundle::TEACHER_LOSS, teacher, "loss.png"),
+        (bundle::STUDENT_LOSS, student, "loss.png"),
     ] {
         bundle_inputs.push(Input {
-            name: name.into(),
+            name: port.pattern.into(),
             from: InputRef::Stage {
                 node,
                 output: output.into(),
@@ -205,7 +207,7 @@ pub fn add_model_stages(
     }
     if let Some(sheet) = nodes.iter().position(|n| n.id == StageId::pairs_sheet()) {
         bundle_inputs.push(Input {
-            name: "pairs.png".into(),
+            name: bundle::PAIRS_SHEET.pattern.into(),
             from: InputRef::Stage {
                 node: sheet,
                 output: "pairs.png".into(),
@@ -215,7 +217,7 @@ pub fn add_model_stages(
     let rows = holdout.len().min(4);
     for (i, (_, _, pair)) in holdout.iter().take(rows).enumerate() {
         bundle_inputs.push(Input {
-            name: format!("teacher/{i}"),
+            name: bundle::TEACHER_ROW.name(&i.to_string()),
             from: InputRef::Stage {
                 node: *pair,
                 output: "target".into(),
@@ -230,8 +232,8 @@ pub fn add_model_stages(
             item: None,
             stage: std::sync::Arc::new(target::WriteTarget { target: t.clone() }),
             inputs: vec![
-                from_export("student.ir"),
-                from_export("calibration-inputs.npy"),
+                from_export(target::STUDENT_IR),
+                from_export(target::CALIBRATION_INPUTS),
             ],
         });
         let target_node = nodes.len() - 1;
@@ -243,29 +245,29 @@ pub fn add_model_stages(
                 latency_runs: 5,
             }),
             inputs: vec![
-                from_export("student.ir"),
-                from_export("holdout-inputs.npy"),
-                from_export("holdout-reference.npy"),
+                from_export(target::STUDENT_IR),
+                from_export(verify::HOLDOUT_INPUTS),
+                from_export(verify::HOLDOUT_REFERENCE),
                 Input {
-                    name: "model".into(),
+                    name: verify::MODEL.pattern.into(),
                     from: InputRef::StageAll { node: target_node },
                 },
             ],
         });
         let verify_node = nodes.len() - 1;
         bundle_inputs.push(Input {
-            name: format!("target/{name}"),
+            name: bundle::TARGET.name(&name),
             from: InputRef::StageAll { node: target_node },
         });
         bundle_inputs.push(Input {
-            name: format!("verify/{name}/check.json"),
+            name: bundle::VERIFY_CHECK.name(&name),
             from: InputRef::Stage {
                 node: verify_node,
                 output: "check.json".into(),
             },
         });
         bundle_inputs.push(Input {
-            name: format!("verify/{name}/outputs.npy"),
+            name: bundle::VERIFY_OUTPUTS.name(&name),
             from: InputRef::Stage {
                 node: verify_node,
                 output: "outputs.npy".into(),

@@ -107,10 +107,10 @@ pub fn add_item_stages(
             let inputs = crop_spec
                 .models
                 .iter()
-                .zip(stages::face_crop::MODEL_INPUTS)
+                .zip(stages::face_crop::MODEL_PORTS)
                 .filter_map(|(m, name)| {
                     shared.models.get(&m.name).map(|r| Input {
-                        name: name.into(),
+                        name: name.pattern.into(),
                         from: InputRef::File {
                             path: r.path.clone(),
                             digest: r.digest,
@@ -188,7 +188,7 @@ pub fn add_item_stages(
             }
         };
         let image = Input {
-            name: "image".into(),
+            name: stages::crop::IMAGE.pattern.into(),
             from: image_input,
         };
         let crop_inputs = match &face_models {
@@ -205,7 +205,7 @@ pub fn add_item_stages(
         });
         let crop = nodes.len() - 1;
         let source = Input {
-            name: "source".into(),
+            name: stages::procedural::SOURCE.pattern.into(),
             from: InputRef::Stage {
                 node: crop,
                 output: "image".into(),
@@ -237,7 +237,7 @@ pub fn add_item_stages(
                             vec![
                                 source,
                                 Input {
-                                    name: "target-file".into(),
+                                    name: stages::directory_teacher::TARGET_FILE.pattern.into(),
                                     from: InputRef::File {
                                         path: target,
                                         digest,
@@ -283,7 +283,7 @@ pub fn add_item_stages(
                     if let Some(path) = &sidecar {
                         match digest_of(path) {
                             Ok(digest) => attr_inputs.push(Input {
-                                name: "sidecar".into(),
+                                name: stages::attributes::SIDECAR.pattern.into(),
                                 from: InputRef::File {
                                     path: path.clone(),
                                     digest,
@@ -307,7 +307,7 @@ pub fn add_item_stages(
                         nodes,
                     );
                     inputs.push(Input {
-                        name: "attributes".into(),
+                        name: stages::diffusion_pairs::ATTRIBUTES.pattern.into(),
                         from: InputRef::Stage {
                             node,
                             output: "attributes".into(),
@@ -400,7 +400,7 @@ fn control_stage(made: &mut Vec<(String, Arc<dyn Stage>)>, preprocessor: &str) -
 /// A control map reads the crop, and the crop's landmarks when it draws them.
 fn control_inputs(crop: usize, preprocessor: &str) -> Vec<Input> {
     let mut inputs = vec![Input {
-        name: "image".into(),
+        name: stages::control_map::IMAGE.pattern.into(),
         from: InputRef::Stage {
             node: crop,
             output: "image".into(),
@@ -408,7 +408,7 @@ fn control_inputs(crop: usize, preprocessor: &str) -> Vec<Input> {
     }];
     if stages::control_map::FROM_LANDMARKS.contains(&preprocessor) {
         inputs.push(Input {
-            name: "landmarks".into(),
+            name: stages::control_map::LANDMARKS.pattern.into(),
             from: InputRef::Stage {
                 node: crop,
                 output: "landmarks".into(),
@@ -437,7 +437,7 @@ pub fn add_pairs_sheet(
     let mut inputs = Vec::new();
     for (i, (_, crop, pair)) in shown.iter().enumerate() {
         inputs.push(Input {
-            name: format!("{i:02}-source"),
+            name: stages::pairs_sheet::ROW_SOURCE.name(&format!("{i:02}")),
             from: InputRef::Stage {
                 node: *crop,
                 output: "image".into(),
@@ -456,7 +456,7 @@ pub fn add_pairs_sheet(
             }
         }
         inputs.push(Input {
-            name: format!("{i:02}-target"),
+            name: stages::pairs_sheet::ROW_TARGET.name(&format!("{i:02}")),
             from: InputRef::Stage {
                 node: *pair,
                 output: "target".into(),

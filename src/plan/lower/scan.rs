@@ -26,9 +26,6 @@ use std::time::Instant;
 /// Bump when the face count of a picture could change (detection, confirmation).
 const FACE_SCAN_VERSION: u64 = 1;
 
-/// The reason a near-duplicate item is left out starts with this (then its twin's name).
-pub const NEAR_DUPLICATE: &str = "near-duplicate of ";
-
 /// The picture an item reads, and its digest (None for synthetic items).
 fn picture(item: &SourceItem) -> Option<(&Path, &Digest)> {
     match &item.origin {

@@ -3,11 +3,11 @@
 
 use crate::export::quantize::{calibrate, CalibrationMethod};
 use crate::export::tflite::{self, TflitePrecision};
+use crate::export::tflite_size::tflite_at_size;
 use crate::ir::sample::{image_like, sigmoid_head, student_like};
 use crate::ir::Graph;
 use crate::nn::accordion::Accordion;
 use crate::nn::AccordionConfig;
-use crate::preview::tflite_at_size;
 use crate::verify::int8::{FastInt8, Int8Eval, Int8Runner, F32_EXACT};
 use crate::verify::TractModel;
 

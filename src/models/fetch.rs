@@ -15,7 +15,7 @@
 //!   registry or mirror names (never to the host a redirect leads to: ureq drops it).
 
 use crate::digest::Digest;
-use crate::model_lock::Pin;
+use crate::models::lock::Pin;
 use crate::models::model_digest;
 use crate::recipe::stdlib::ModelEntry;
 use std::fs::{File, OpenOptions};

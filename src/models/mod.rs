@@ -1,7 +1,11 @@
 //! The models directory: where the weight files `stdlib/models.kdl` names live, how a
 //! model's SHA-256 is computed (a file's bytes; for a diffusers folder, the digest of
 //! its `sha256sum` listing), and the before-any-work check that every model a recipe
-//! needs is present and is the pinned one.
+//! needs is present and is the pinned one. `fetch` downloads them, `lock` pins the ones
+//! the registry leaves unpinned (`models.lock`).
+
+pub mod fetch;
+pub mod lock;
 
 use crate::digest::Digest;
 use crate::project::Project;
@@ -153,12 +157,12 @@ pub fn check_models(
     diags: &mut Diagnostics,
 ) -> BTreeMap<String, ResolvedModel> {
     let needed = needed_models(recipe);
-    // `models.lock` pins what the registry leaves unpinned (src/model_lock.rs).
-    let lock = match crate::model_lock::ModelLock::load(&project.root) {
+    // `models.lock` pins what the registry leaves unpinned (src/models/lock.rs).
+    let lock = match crate::models::lock::ModelLock::load(&project.root) {
         Ok(l) => l,
         Err(e) => {
             diags.push(RecipeDiagnostic::nowhere("bad-lock", e.to_string()));
-            crate::model_lock::ModelLock::default()
+            crate::models::lock::ModelLock::default()
         }
     };
     let mut found = BTreeMap::new();
@@ -171,7 +175,7 @@ pub fn check_models(
                 "  {} — file {} (sha256 {}) not found in {}",
                 m.name,
                 m.file,
-                crate::model_lock::pin_of(m, &lock)
+                crate::models::lock::pin_of(m, &lock)
                     .map(|p| p.hex().to_string())
                     .unwrap_or_else(|| "not pinned".into()),
                 searched(project)
@@ -180,7 +184,7 @@ pub fn check_models(
         }
         match model_digest(&path, digest_of) {
             Ok(d) => {
-                if let Some(pin) = crate::model_lock::pin_of(m, &lock).filter(|_| verify_pins) {
+                if let Some(pin) = crate::models::lock::pin_of(m, &lock).filter(|_| verify_pins) {
                     if !d.hex().eq_ignore_ascii_case(pin.hex()) {
                         wrong.push(format!(
                             "  {} — {} has sha256 {}, expected {} (pinned in {})",
