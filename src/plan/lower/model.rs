@@ -21,150 +21,11 @@ pub fn add_model_stages(
     if pairs.is_empty() {
         return;
     }
-    let items: Vec<(String, bool)> = pairs
-        .iter()
-        .map(|(item, _, _)| (item.name.clone(), item.holdout))
-        .collect();
-    let mut data_inputs = Vec::new();
-    for (item, crop, pair) in pairs {
-        data_inputs.push(Input {
-            name: input_name(&item.name, item.holdout, "source"),
-            from: InputRef::Stage {
-                node: *crop,
-                output: "image".into(),
-            },
-        });
-        data_inputs.push(Input {
-            name: input_name(&item.name, item.holdout, "target"),
-            from: InputRef::Stage {
-                node: *pair,
-                output: "target".into(),
-            },
-        });
-    }
-    // The pairs the identity filter dropped stay out of both trainings.
-    if let Some(filter) = identity_filter {
-        data_inputs.push(Input {
-            name: crate::stages::identity::DROPPED.pattern.into(),
-            from: InputRef::Stage {
-                node: filter,
-                output: "dropped.json".into(),
-            },
-        });
-    }
-    nodes.push(PlanNode {
-        id: StageId::train_teacher(),
-        item: None,
-        stage: std::sync::Arc::new(TrainStage {
-            role: Role::Teacher,
-            student: recipe.student.clone(),
-            train: recipe.train.clone(),
-            items: items.clone(),
-        }),
-        inputs: data_inputs.clone(),
-    });
-    let teacher = nodes.len() - 1;
-    let mut student_inputs = data_inputs;
-    student_inputs.push(Input {
-        name: crate::stages::train::TEACHER_WEIGHTS.pattern.into(),
-        from: InputRef::Stage {
-            node: teacher,
-            output: "weights.safetensors".into(),
-        },
-    });
-    nodes.push(PlanNode {
-        id: StageId::distill_student(),
-        item: None,
-        stage: std::sync::Arc::new(TrainStage {
-            role: Role::Student,
-            student: recipe.student.clone(),
-            train: recipe.train.clone(),
-            items,
-        }),
-        inputs: student_inputs,
-    });
-    let student = nodes.len() - 1;
+    let (teacher, student) = add_trainings(recipe, pairs, identity_filter, nodes);
     if recipe.targets.is_empty() {
         return;
     }
-    // Export: held-out crops (references, golden frames) and training crops (calibration).
-    let holdout: Vec<&(SourceItem, usize, usize)> =
-        pairs.iter().filter(|(i, _, _)| i.holdout).take(8).collect();
-    let holdout: Vec<&(SourceItem, usize, usize)> = if holdout.is_empty() {
-        pairs.iter().take(1).collect()
-    } else {
-        holdout
-    };
-    let cal_size = recipe
-        .targets
-        .iter()
-        .map(|t| t.profile.calibration_size as usize)
-        .max()
-        .unwrap_or(0)
-        .max(1);
-    let calibration: Vec<&(SourceItem, usize, usize)> = pairs
-        .iter()
-        .filter(|(i, _, _)| !i.holdout)
-        .take(cal_size)
-        .collect();
-    let mut inputs = vec![
-        Input {
-            name: export::STUDENT_WEIGHTS.pattern.into(),
-            from: InputRef::Stage {
-                node: student,
-                output: "weights.safetensors".into(),
-            },
-        },
-        Input {
-            name: export::TEACHER_WEIGHTS.pattern.into(),
-            from: InputRef::Stage {
-                node: teacher,
-                output: "weights.safetensors".into(),
-            },
-        },
-    ];
-    let mut holdout_names = Vec::new();
-    for (k, (_, crop, _)) in holdout.iter().enumerate() {
-        holdout_names.push(export::HOLDOUT.name(&format!("{k:03}")));
-        inputs.push(Input {
-            name: export::HOLDOUT.name(&format!("{k:03}")),
-            from: InputRef::Stage {
-                node: *crop,
-                output: "image".into(),
-            },
-        });
-    }
-    let mut cal_names = Vec::new();
-    for (k, (_, crop, _)) in calibration.iter().enumerate() {
-        cal_names.push(export::CALIBRATION.name(&format!("{k:03}")));
-        inputs.push(Input {
-            name: export::CALIBRATION.name(&format!("{k:03}")),
-            from: InputRef::Stage {
-                node: *crop,
-                output: "image".into(),
-            },
-        });
-    }
-    let arch = crate::nn::config::AccordionConfig {
-        width: recipe.student.width as i64,
-        blocks: recipe.student.blocks as i64,
-    };
-    nodes.push(PlanNode {
-        id: StageId::export(),
-        item: None,
-        stage: std::sync::Arc::new(export::ExportStudent {
-            arch,
-            teacher_arch: crate::nn::config::AccordionConfig {
-                width: recipe.student.teacher_width as i64,
-                blocks: recipe.student.blocks as i64,
-            },
-            resolution_px: recipe.sources.crop.size_px,
-            holdout: holdout_names,
-            calibration: cal_names,
-        }),
-        inputs,
-    });
-    let export = nodes.len() - 1;
+    let (export, holdout) = add_export(recipe, pairs, teacher, student, nodes);
     // The export's outputs are read under their own names.
     let from_export = |port: InputPort| Input {
         name: port.pattern.into(),
@@ -293,6 +154,170 @@ pub fn add_model_stages(
         }),
         inputs: bundle_inputs,
     });
+}
+
+/// The teacher's training on the pairs and the student's distillation from it (both
+/// without the pairs the identity filter dropped): their node indices.
+fn add_trainings(
+    recipe: &Recipe,
+    pairs: &[(SourceItem, usize, usize)],
+    identity_filter: Option<usize>,
+    nodes: &mut Vec<PlanNode>,
+) -> (usize, usize) {
+    let items: Vec<(String, bool)> = pairs
+        .iter()
+        .map(|(item, _, _)| (item.name.clone(), item.holdout))
+        .collect();
+    let mut data_inputs = Vec::new();
+    for (item, crop, pair) in pairs {
+        data_inputs.push(Input {
+            name: input_name(&item.name, item.holdout, "source"),
+            from: InputRef::Stage {
+                node: *crop,
+                output: "image".into(),
+            },
+        });
+        data_inputs.push(Input {
+            name: input_name(&item.name, item.holdout, "target"),
+            from: InputRef::Stage {
+                node: *pair,
+                output: "target".into(),
+            },
+        });
+    }
+    // The pairs the identity filter dropped stay out of both trainings.
+    if let Some(filter) = identity_filter {
+        data_inputs.push(Input {
+            name: crate::stages::identity::DROPPED.pattern.into(),
+            from: InputRef::Stage {
+                node: filter,
+                output: "dropped.json".into(),
+            },
+        });
+    }
+    nodes.push(PlanNode {
+        id: StageId::train_teacher(),
+        item: None,
+        stage: std::sync::Arc::new(TrainStage {
+            role: Role::Teacher,
+            student: recipe.student.clone(),
+            train: recipe.train.clone(),
+            items: items.clone(),
+        }),
+        inputs: data_inputs.clone(),
+    });
+    let teacher = nodes.len() - 1;
+    let mut student_inputs = data_inputs;
+    student_inputs.push(Input {
+        name: crate::stages::train::TEACHER_WEIGHTS.pattern.into(),
+        from: InputRef::Stage {
+            node: teacher,
+            output: "weights.safetensors".into(),
+        },
+    });
+    nodes.push(PlanNode {
+        id: StageId::distill_student(),
+        item: None,
+        stage: std::sync::Arc::new(TrainStage {
+            role: Role::Student,
+            student: recipe.student.clone(),
+            train: recipe.train.clone(),
+            items,
+        }),
+        inputs: student_inputs,
+    });
+    let student = nodes.len() - 1;
+    (teacher, student)
+}
+
+/// The export of the student, with the held-out crops (references, golden frames) and
+/// training crops (calibration): its node index and the held-out items.
+fn add_export<'p>(
+    recipe: &Recipe,
+    pairs: &'p [(SourceItem, usize, usize)],
+    teacher: usize,
+    student: usize,
+    nodes: &mut Vec<PlanNode>,
+) -> (usize, Vec<&'p (SourceItem, usize, usize)>) {
+    // Export: held-out crops (references, golden frames) and training crops (calibration).
+    let holdout: Vec<&(SourceItem, usize, usize)> =
+        pairs.iter().filter(|(i, _, _)| i.holdout).take(8).collect();
+    let holdout: Vec<&(SourceItem, usize, usize)> = if holdout.is_empty() {
+        pairs.iter().take(1).collect()
+    } else {
+        holdout
+    };
+    let cal_size = recipe
+        .targets
+        .iter()
+        .map(|t| t.profile.calibration_size as usize)
+        .max()
+        .unwrap_or(0)
+        .max(1);
+    let calibration: Vec<&(SourceItem, usize, usize)> = pairs
+        .iter()
+        .filter(|(i, _, _)| !i.holdout)
+        .take(cal_size)
+        .collect();
+    let mut inputs = vec![
+        Input {
+            name: export::STUDENT_WEIGHTS.pattern.into(),
+            from: InputRef::Stage {
+                node: student,
+                output: "weights.safetensors".into(),
+            },
+        },
+        Input {
+            name: export::TEACHER_WEIGHTS.pattern.into(),
+            from: InputRef::Stage {
+                node: teacher,
+                output: "weights.safetensors".into(),
+            },
+        },
+    ];
+    let mut holdout_names = Vec::new();
+    for (k, (_, crop, _)) in holdout.iter().enumerate() {
+        holdout_names.push(export::HOLDOUT.name(&format!("{k:03}")));
+        inputs.push(Input {
+            name: export::HOLDOUT.name(&format!("{k:03}")),
+            from: InputRef::Stage {
+                node: *crop,
+                output: "image".into(),
+            },
+        });
+    }
+    let mut cal_names = Vec::new();
+    for (k, (_, crop, _)) in calibration.iter().enumerate() {
+        cal_names.push(export::CALIBRATION.name(&format!("{k:03}")));
+        inputs.push(Input {
+            name: export::CALIBRATION.name(&format!("{k:03}")),
+            from: InputRef::Stage {
+                node: *crop,
+                output: "image".into(),
+            },
+        });
+    }
+    let arch = crate::nn::config::AccordionConfig {
+        width: recipe.student.width as i64,
+        blocks: recipe.student.blocks as i64,
+    };
+    nodes.push(PlanNode {
+        id: StageId::export(),
+        item: None,
+        stage: std::sync::Arc::new(export::ExportStudent {
+            arch,
+            teacher_arch: crate::nn::config::AccordionConfig {
+                width: recipe.student.teacher_width as i64,
+                blocks: recipe.student.blocks as i64,
+            },
+            resolution_px: recipe.sources.crop.size_px,
+            holdout: holdout_names,
+            calibration: cal_names,
+        }),
+        inputs,
+    });
+    let export = nodes.len() - 1;
+    (export, holdout)
 }
 
 /// What a bundle is a function of: every stage of the plan before it (kind,
