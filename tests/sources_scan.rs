@@ -5,9 +5,8 @@
 
 mod common;
 
-use common::{sample_path, TestProject};
+use common::{ffmpeg, sample_path, TestProject};
 use effectc::imaging::face_crop::CropLandmarks;
-use std::process::Command;
 
 const FACES: &str = r#"
 effect "faces" {
@@ -148,19 +147,6 @@ effect "dedupe" {
     train { teacher-steps 4; student-steps 4; batch 1; checkpoint-every 4; }
 }
 "#;
-
-fn ffmpeg(args: &[&str]) {
-    let out = Command::new("ffmpeg")
-        .args(["-hide_banner", "-nostdin", "-v", "error", "-y"])
-        .args(args)
-        .output()
-        .expect("ffmpeg is installed (set-up installs it)");
-    assert!(
-        out.status.success(),
-        "ffmpeg {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 #[test]
 fn dedupe_leaves_out_a_still_clips_repeated_frames_and_a_photo_saved_twice() {

@@ -5,7 +5,6 @@
 mod common;
 use common::*;
 use std::path::Path;
-use std::process::Command;
 
 const RECIPE: &str = r#"
 effect "clips" {
@@ -24,19 +23,6 @@ effect "clips" {
     train { teacher-steps 20; student-steps 20; batch 2; checkpoint-every 10; }
 }
 "#;
-
-fn ffmpeg(args: &[&str]) {
-    let out = Command::new("ffmpeg")
-        .args(["-hide_banner", "-nostdin", "-v", "error", "-y"])
-        .args(args)
-        .output()
-        .expect("ffmpeg is installed (set-up installs it)");
-    assert!(
-        out.status.success(),
-        "ffmpeg {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// A clip of `seconds` at 4 frames a second, 64x48, every frame different (a square
 /// moving over a seed-dependent gradient), encoded with x264 (lossy, yuv420p).

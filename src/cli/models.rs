@@ -6,7 +6,7 @@ use super::ModelsAction;
 use crate::digest::Digest;
 use crate::models::fetch::Fetcher;
 use crate::models::lock::{pin_of, ModelLock, Pin};
-use crate::models::{model_digest, model_path, models_dir, searched};
+use crate::models::{find_model, model_digest, models_dir, searched};
 use crate::project::Project;
 use crate::recipe::stdlib::{ModelEntry, Registry};
 use crate::recipe::Diagnostics;
@@ -31,7 +31,7 @@ pub fn run(project: &Project, action: ModelsAction, json: bool) -> Result<Exit, 
         ModelsAction::List => {
             println!("models directory: {}", searched(project));
             for m in registry.models.values() {
-                let path = model_path(project, &m.file);
+                let path = find_model(project, &m.file).unwrap_or_else(|| dir.join(&m.file));
                 let state = if path.exists() { "present" } else { "missing" };
                 let pin = match pin_of(m, &lock) {
                     Some(Pin::Registry(_)) => "pinned",
@@ -53,10 +53,9 @@ pub fn run(project: &Project, action: ModelsAction, json: bool) -> Result<Exit, 
             let mut bad = 0;
             let mut checked = 0;
             for m in registry.models.values() {
-                let path = model_path(project, &m.file);
-                if !path.exists() {
+                let Some(path) = find_model(project, &m.file).filter(|p| p.exists()) else {
                     continue;
-                }
+                };
                 checked += 1;
                 let digest = model_digest(&path, &mut hash).map_err(|e| {
                     eprintln!("error: cannot read {}: {e}", path.display());

@@ -49,21 +49,19 @@ pub fn models_search_path(project: &Project) -> Vec<PathBuf> {
     }
 }
 
-/// The path of registry file `file`: the first folder of [`models_search_path`] that has
-/// it (a broken link counts as having it, so its error names it), else the path in the
-/// first folder, for the error that says it is missing.
-pub fn model_path(project: &Project, file: &str) -> PathBuf {
+/// Where registry file `file` is: in the first folder of [`models_search_path`] that has
+/// it (a broken link counts, so the error that follows names it); None when none has it.
+pub fn find_model(project: &Project, file: &str) -> Option<PathBuf> {
     first_having(&models_search_path(project), file)
 }
 
-fn first_having(dirs: &[PathBuf], file: &str) -> PathBuf {
+fn first_having(dirs: &[PathBuf], file: &str) -> Option<PathBuf> {
     dirs.iter()
         .map(|d| d.join(file))
         .find(|p| p.symlink_metadata().is_ok())
-        .unwrap_or_else(|| dirs[0].join(file))
 }
 
-/// The folders [`model_path`] searched, for messages: `A` or `A, then B`.
+/// The folders [`find_model`] searched, for messages: `A` or `A, then B`.
 pub fn searched(project: &Project) -> String {
     models_search_path(project)
         .iter()
@@ -169,8 +167,7 @@ pub fn check_models(
     let mut missing = Vec::new();
     let mut wrong = Vec::new();
     for m in &needed {
-        let path = model_path(project, &m.file);
-        if !path.exists() && path.symlink_metadata().is_err() {
+        let Some(path) = find_model(project, &m.file) else {
             missing.push(format!(
                 "  {} — file {} (sha256 {}) not found in {}",
                 m.name,
@@ -181,7 +178,7 @@ pub fn check_models(
                 searched(project)
             ));
             continue;
-        }
+        };
         match model_digest(&path, digest_of) {
             Ok(d) => {
                 if let Some(pin) = crate::models::lock::pin_of(m, &lock).filter(|_| verify_pins) {
@@ -302,8 +299,8 @@ mod tests {
         std::fs::create_dir_all(dir.path().join("models/tiny-sd")).unwrap();
         assert_eq!(models_search_path(&project)[0], dir.path().join("models"));
         assert_eq!(
-            model_path(&project, "tiny-sd"),
-            dir.path().join("models/tiny-sd")
+            find_model(&project, "tiny-sd"),
+            Some(dir.path().join("models/tiny-sd"))
         );
 
         let (own, setup) = (dir.path().join("models"), dir.path().join("setup"));
@@ -311,13 +308,9 @@ mod tests {
         let dirs = [own.clone(), setup.clone()];
         assert_eq!(
             first_having(&dirs, "mediapipe-0.10.21"),
-            setup.join("mediapipe-0.10.21")
+            Some(setup.join("mediapipe-0.10.21"))
         );
-        assert_eq!(first_having(&dirs, "tiny-sd"), own.join("tiny-sd"));
-        assert_eq!(
-            first_having(&dirs, "absent"),
-            own.join("absent"),
-            "a missing file is named in the first folder"
-        );
+        assert_eq!(first_having(&dirs, "tiny-sd"), Some(own.join("tiny-sd")));
+        assert_eq!(first_having(&dirs, "absent"), None, "in neither folder");
     }
 }

@@ -215,6 +215,20 @@ impl TestProject {
     }
 }
 
+/// Runs ffmpeg quietly (set-up installs it); a failure fails the test with its stderr.
+pub fn ffmpeg(args: &[&str]) {
+    let out = Command::new("ffmpeg")
+        .args(["-hide_banner", "-nostdin", "-v", "error", "-y"])
+        .args(args)
+        .output()
+        .expect("ffmpeg is installed (set-up installs it)");
+    assert!(
+        out.status.success(),
+        "ffmpeg {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Where set-up put MediaPipe's models.
 pub fn mediapipe_dir() -> PathBuf {
     let root = std::env::var_os("EFFECTC_MODELS")

@@ -6,7 +6,7 @@
 
 use super::items::{ItemOrigin, SourceItem};
 use crate::digest::Digest;
-use crate::models::{model_digest, model_path, searched, ResolvedModel};
+use crate::models::{find_model, model_digest, searched, ResolvedModel};
 use crate::plan::{Input, InputRef, PlanNode, StageId};
 use crate::project::Project;
 use crate::recipe::stdlib::ModelEntry;
@@ -84,8 +84,7 @@ fn resolve_entry(
     verify_pins: bool,
     problems: &mut Vec<String>,
 ) -> Option<ResolvedModel> {
-    let path = model_path(project, &entry.file);
-    if !path.exists() && path.symlink_metadata().is_err() {
+    let Some(path) = find_model(project, &entry.file) else {
         problems.push(format!(
             "  {} — file {} (sha256 {}) not found in {}",
             entry.name,
@@ -94,7 +93,7 @@ fn resolve_entry(
             searched(project)
         ));
         return None;
-    }
+    };
     match model_digest(&path, digest_of) {
         Ok(d) => {
             if let Some(want) = entry.sha256.as_ref().filter(|_| verify_pins) {
