@@ -27,8 +27,6 @@
 //! `Int8Runner::load` falls back to tract. `Int8Eval::Exact` always runs tract: the
 //! reference `tests` compare the two bit for bit.
 
-use std::time::Instant;
-
 use tract_onnx::prelude::tract_ndarray::{linalg::general_mat_mul, ArrayView2, ArrayViewMut2};
 
 use crate::export::tflite::{parse, BuiltinOperator, ModelDesc, OptionsDesc, TensorType};
@@ -586,18 +584,9 @@ impl FastInt8 {
     /// Median and minimum of `runs` forward passes after one warm-up, in ms.
     pub fn latency(&self, input_nchw: &[f32], runs: usize) -> Result<Latency, RunError> {
         let q = self.quantized_input(input_nchw)?;
-        self.run_raw(q.clone());
-        let mut times = Vec::with_capacity(runs.max(1));
-        for _ in 0..runs.max(1) {
-            let t0 = Instant::now();
+        Latency::measure(runs, || {
             std::hint::black_box(self.run_raw(q.clone()));
-            times.push(t0.elapsed().as_secs_f64() * 1000.0);
-        }
-        times.sort_by(f64::total_cmp);
-        Ok(Latency {
-            median_ms: times[times.len() / 2],
-            min_ms: times[0],
-            runs: times.len(),
+            Ok(())
         })
     }
 

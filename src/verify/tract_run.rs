@@ -295,18 +295,9 @@ impl TractModel {
             artifact: self.artifact.clone(),
             message: format!("{e:#}"),
         };
-        self.plan.run(tvec!(input.clone())).map_err(run_err)?;
-        let mut times = Vec::with_capacity(runs.max(1));
-        for _ in 0..runs.max(1) {
-            let t0 = Instant::now();
+        Latency::measure(runs, || {
             self.plan.run(tvec!(input.clone())).map_err(run_err)?;
-            times.push(t0.elapsed().as_secs_f64() * 1000.0);
-        }
-        times.sort_by(f64::total_cmp);
-        Ok(Latency {
-            median_ms: times[times.len() / 2],
-            min_ms: times[0],
-            runs: times.len(),
+            Ok(())
         })
     }
 }
@@ -323,6 +314,26 @@ pub struct Latency {
     pub median_ms: f64,
     pub min_ms: f64,
     pub runs: usize,
+}
+
+impl Latency {
+    /// Median and minimum wall time of `runs` (at least one) calls of `pass`, after one
+    /// warm-up call, in milliseconds.
+    pub fn measure<E>(runs: usize, mut pass: impl FnMut() -> Result<(), E>) -> Result<Latency, E> {
+        pass()?;
+        let mut times = Vec::with_capacity(runs.max(1));
+        for _ in 0..runs.max(1) {
+            let t0 = Instant::now();
+            pass()?;
+            times.push(t0.elapsed().as_secs_f64() * 1000.0);
+        }
+        times.sort_by(f64::total_cmp);
+        Ok(Latency {
+            median_ms: times[times.len() / 2],
+            min_ms: times[0],
+            runs: times.len(),
+        })
+    }
 }
 
 pub fn nchw_to_nhwc(x: &[f32], [n, c, h, w]: [usize; 4]) -> Vec<f32> {
