@@ -26,7 +26,7 @@ use tract_tflite::tflite::{
 };
 pub use tract_tflite::tflite::{BuiltinOperator, TensorType};
 
-use super::quantize::{ActivationType, Calibration, QParams, QuantError, QuantPlan};
+use super::quantize::{int8_graph, ActivationType, Calibration, QParams, QuantError, QuantPlan};
 use crate::ir::{Graph, IrError, Op};
 
 /// TFLite schema version.
@@ -1048,8 +1048,9 @@ pub fn write(graph: &Graph, precision: TflitePrecision) -> Result<TfliteFiles, T
             })
         }
         TflitePrecision::Int8(calibration) => {
-            let plan = QuantPlan::new(graph, calibration, ActivationType::Int8)?;
-            let mut core = lower(graph, Some(&plan))?;
+            let (graph, calibration) = int8_graph(graph, calibration)?;
+            let plan = QuantPlan::new(&graph, &calibration, ActivationType::Int8)?;
+            let mut core = lower(&graph, Some(&plan))?;
             core.description = format!("effectc student{CORE_SUFFIX}");
             let core_bytes = serialize(&core);
             // Shipped = the core + float edge tensors (appended last) + QUANTIZE first

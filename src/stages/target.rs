@@ -112,7 +112,12 @@ impl Stage for WriteTarget {
     }
     fn version(&self) -> u32 {
         // 2: the profile's `ops` allow-list is enforced (and part of the key).
-        2
+        // 3 (int8 only): requantizes in front of narrow shared ADD inputs (`int8_graph`).
+        if self.target.precision == Precision::Int8 {
+            3
+        } else {
+            2
+        }
     }
     fn params(&self) -> Params {
         #[derive(Serialize)]

@@ -7,7 +7,7 @@
 use super::target::{read_frames, read_ir};
 use crate::export::coreml::read_mlpackage;
 use crate::export::coreml::PixelRange;
-use crate::export::quantize::{ActivationType, Calibration, QuantPlan};
+use crate::export::quantize::{int8_graph, ActivationType, Calibration, QuantPlan};
 use crate::protocol::metric;
 use crate::recipe::{Precision, TargetFormat, TargetSpec};
 use crate::stages::{params_of, InputPort, Params, RunContext, RunOutput, Stage, StageError};
@@ -106,6 +106,7 @@ impl Stage for VerifyTarget {
             int8_source: None,
         };
         let plan;
+        let int8_ir;
         let (onnx, tflite, core);
         // Rebuild the Core ML package folder from its files.
         let pkg_dir = ctx.out_dir.join("model.mlpackage");
@@ -130,9 +131,11 @@ impl Stage for VerifyTarget {
                     core = read("model/model.core.tflite")?;
                     let cal: Calibration = serde_json::from_slice(&read("model/calibration.json")?)
                         .map_err(|e| infra(&e))?;
-                    plan = QuantPlan::new(&graph, &cal, ActivationType::Int8)
+                    let (graph8, cal8) = int8_graph(&graph, &cal).map_err(|e| infra(&e))?;
+                    int8_ir = graph8;
+                    plan = QuantPlan::new(&int8_ir, &cal8, ActivationType::Int8)
                         .map_err(|e| infra(&e))?;
-                    opts.int8_source = Some((&graph, &plan));
+                    opts.int8_source = Some((&int8_ir, &plan));
                     let model =
                         Int8Runner::load(&core, shape, Int8Eval::Fast).map_err(|e| infra(&e))?;
                     let check = verify_artifact(
