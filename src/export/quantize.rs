@@ -370,6 +370,91 @@ impl<'g> SharedGroups<'g> {
         let roots = (0..names.len()).map(|i| uf.find(i)).collect();
         SharedGroups { names, roots }
     }
+
+    /// Each group's range: the union of its members' ranges (a conv output fused into
+    /// its ReLU is never stored and does not count), clipped where the group is read
+    /// only by a TANH or LOGISTIC (`saturation_bound`).
+    fn ranges(
+        &self,
+        graph: &Graph,
+        calibration: &Calibration,
+        fused_relu: &BTreeMap<String, String>,
+    ) -> Result<BTreeMap<usize, (f32, f32)>, QuantError> {
+        let mut ranges: BTreeMap<usize, (f32, f32)> = BTreeMap::new();
+        for (name, root) in self.names.iter().zip(&self.roots) {
+            if fused_relu.contains_key(*name) {
+                continue;
+            }
+            let r = calibration
+                .ranges
+                .get(*name)
+                .ok_or_else(|| QuantError::MissingRange(name.to_string()))?;
+            let e = ranges.entry(*root).or_insert((0.0, 0.0));
+            *e = (e.0.min(r.0), e.1.max(r.1));
+        }
+        for (root, range) in ranges.iter_mut() {
+            if let Some(bound) = self.saturation_bound(graph, calibration, *root) {
+                *range = (range.0.max(-bound), range.1.min(bound));
+            }
+        }
+        Ok(ranges)
+    }
+
+    /// Where every reader outside the group is a TANH (or every one a LOGISTIC), the
+    /// grid need not reach far past where the squash saturates: beyond 3.12 a TANH is
+    /// within half of its int8 output step (1/128) of ±1, beyond 6.24 a LOGISTIC within
+    /// half of 1/256 of 0 or 1. A sharp net's pre-tanh sum reaches ±20 or more; on a
+    /// grid that wide the linear part near 0 had a step of 0.2 (about 30 dB).
+    ///
+    /// An ADD in the group has its inputs clipped too, before they are summed: the
+    /// bound leaves room for every input but the widest (`input → output` colour path
+    /// beside the wide conv), so a clipped wide input plus the others still saturates.
+    fn saturation_bound(
+        &self,
+        graph: &Graph,
+        calibration: &Calibration,
+        root: usize,
+    ) -> Option<f32> {
+        let members: Vec<&str> = self
+            .names
+            .iter()
+            .zip(&self.roots)
+            .filter(|(_, r)| **r == root)
+            .map(|(n, _)| *n)
+            .collect();
+        if members.contains(&graph.output_name.as_str()) {
+            return None;
+        }
+        let readers: Vec<&Op> = members
+            .iter()
+            .flat_map(|m| graph.consumers(m))
+            .filter(|n| !members.contains(&n.name.as_str()))
+            .map(|n| &n.op)
+            .collect();
+        let saturation = match readers.first()? {
+            Op::Tanh => 3.12,
+            Op::Sigmoid => 6.24,
+            _ => return None,
+        };
+        if readers.iter().any(|op| *op != readers[0]) {
+            return None;
+        }
+        let magnitude = |v: &String| {
+            calibration
+                .ranges
+                .get(v)
+                .map_or(f32::INFINITY, |(lo, hi)| lo.abs().max(hi.abs()))
+        };
+        let mut room = 0f32;
+        for node in members.iter().filter_map(|m| graph.node(m)) {
+            if node.op == Op::Add {
+                let m: Vec<f32> = node.inputs.iter().map(magnitude).collect();
+                let widest = m.iter().copied().fold(0.0, f32::max);
+                room = room.max(m.iter().sum::<f32>() - widest);
+            }
+        }
+        Some(saturation + room)
+    }
 }
 
 /// The graph an int8 runtime runs, and its calibration: `graph` with an identity
@@ -396,15 +481,7 @@ pub fn int8_graph(
     };
     let fused_relu = fusable_conv_relu(graph);
     let groups = SharedGroups::of(graph, &fused_relu);
-    let mut group_range: BTreeMap<usize, (f32, f32)> = BTreeMap::new();
-    for (name, root) in groups.names.iter().zip(&groups.roots) {
-        if fused_relu.contains_key(*name) {
-            continue;
-        }
-        let r = range(name)?;
-        let e = group_range.entry(*root).or_insert((0.0, 0.0));
-        *e = (e.0.min(r.0), e.1.max(r.1));
-    }
+    let group_range = groups.ranges(graph, calibration, &fused_relu)?;
     let root_of: BTreeMap<&str, usize> = groups
         .names
         .iter()
@@ -462,26 +539,14 @@ impl QuantPlan {
     ) -> Result<QuantPlan, QuantError> {
         graph.validate()?;
         let fused_relu = fusable_conv_relu(graph);
-        let SharedGroups { names, roots } = SharedGroups::of(graph, &fused_relu);
-        // Group range = union of member ranges; a fixed grid (tanh, sigmoid) wins.
-        let mut group_range: BTreeMap<usize, (f32, f32)> = BTreeMap::new();
+        let groups = SharedGroups::of(graph, &fused_relu);
+        let group_range = groups.ranges(graph, calibration, &fused_relu)?;
+        let SharedGroups { names, roots } = groups;
+        // A fixed grid (tanh, sigmoid outputs) wins over the group's range.
         let mut group_fixed: BTreeMap<usize, QParams> = BTreeMap::new();
-        for (i, name) in names.iter().enumerate() {
-            if fused_relu.contains_key(*name) {
-                continue;
-            }
-            let root = roots[i];
-            let r = calibration
-                .ranges
-                .get(*name)
-                .ok_or_else(|| QuantError::MissingRange(name.to_string()))?;
-            let e = group_range.entry(root).or_insert((0.0, 0.0));
-            e.0 = e.0.min(r.0);
-            e.1 = e.1.max(r.1);
-            if let Some(node) = graph.node(name) {
-                if let Some(fixed) = fixed_output(&node.op, dtype) {
-                    group_fixed.insert(root, fixed);
-                }
+        for (name, root) in names.iter().zip(&roots) {
+            if let Some(fixed) = graph.node(name).and_then(|n| fixed_output(&n.op, dtype)) {
+                group_fixed.insert(*root, fixed);
             }
         }
         let mut activations = BTreeMap::new();
@@ -864,5 +929,32 @@ mod tests {
         wide.ranges.values_mut().for_each(|r| *r = span);
         let (g8, _) = int8_graph(&g, &wide).unwrap();
         assert_eq!(g8, g);
+    }
+
+    #[test]
+    fn a_wide_sum_read_only_by_tanh_is_clipped_where_tanh_saturates() {
+        // A sharp net: the pre-tanh sum spans about ±70, nearly all of it from `mix`.
+        let mut g = narrow_skip(4, 8, 2);
+        for name in ["mix"] {
+            let node = g.nodes.iter_mut().find(|n| n.name == name).unwrap();
+            if let Op::Conv2d { weight, .. } = &mut node.op {
+                weight.iter_mut().for_each(|w| *w *= 8.0);
+            }
+        }
+        let cal = calibrated(&g);
+        let (lo, hi) = cal.ranges["pre"];
+        assert!(hi - lo > 40.0, "pre spans {lo}..{hi}");
+        let (g8, cal8) = int8_graph(&g, &cal).unwrap();
+        let plan = QuantPlan::new(&g8, &cal8, ActivationType::Int8).unwrap();
+        let (plo, phi) = plan.activations["pre"].representable();
+        let room = cal.ranges["mix2"].0.abs().max(cal.ranges["mix2"].1.abs());
+        assert!(
+            plo >= -3.2 - room && phi <= 3.2 + room,
+            "pre grid {plo}..{phi}, room {room}"
+        );
+        // Where the tanh is not saturated the output keeps int8's precision:
+        // on the ±70 grid (step 0.6) it would be about 0.15.
+        let rms = int8_error(&g8, &cal8, "out");
+        assert!(rms < 0.03, "output rms {rms}");
     }
 }
