@@ -14,6 +14,7 @@
 //! holds what its report links to.
 
 use super::target::read_frames;
+use super::verify::CheckFile;
 use crate::bundle::manifest::{
     GoldenPair, Manifest, StudentSummary, TargetSummary, TeacherSummary, TensorSpec,
 };
@@ -66,23 +67,33 @@ fn frame_to_image(frame: &[f32], h: usize, w: usize) -> RgbImage {
     })
 }
 
-/// What the bundle reads of a target's `check.json` (a `verify::ArtifactCheck`): its
-/// measures as options, because JSON writes a non-finite one (the PSNR of identical
-/// frames) as `null`.
-#[derive(serde::Deserialize)]
-struct VerifyCheck {
-    psnr_db: Option<f64>,
+/// What the manifest takes from a training's `metrics.json` (its report's figures by
+/// their `protocol::metric` names; an older record's old names too). Absent figures
+/// stay `None`.
+struct TrainingFigures {
+    params: Option<u64>,
+    macs_512: Option<u64>,
+    psnr_vs_pairs_db: Option<f64>,
+    psnr_vs_teacher_db: Option<f64>,
     ssim: Option<f64>,
-    max_abs: Option<f64>,
-    size_bytes: Option<u64>,
-    passed: bool,
-    thresholds: CheckThresholds,
-    latency: Option<crate::verify::Latency>,
+    flicker_ratio: Option<f64>,
+    identity_psnr_db: Option<f64>,
 }
 
-#[derive(serde::Deserialize)]
-struct CheckThresholds {
-    min_psnr_db: Option<f64>,
+impl TrainingFigures {
+    fn read(ctx: &RunContext, port: InputPort) -> Result<TrainingFigures, StageError> {
+        let m: Map<String, Value> = ctx.read_json(port.pattern)?;
+        let m = Value::Object(m);
+        Ok(TrainingFigures {
+            params: m[metric::PARAMS].as_u64(),
+            macs_512: m[metric::MACS_512].as_u64(),
+            psnr_vs_pairs_db: metric::read(&m, metric::PSNR_VS_PAIRS_DB),
+            psnr_vs_teacher_db: m[metric::PSNR_VS_TEACHER_DB].as_f64(),
+            ssim: m[metric::SSIM].as_f64(),
+            flicker_ratio: m[metric::FLICKER_RATIO].as_f64(),
+            identity_psnr_db: m[metric::IDENTITY_PSNR_DB].as_f64(),
+        })
+    }
 }
 
 impl BundleStage {
@@ -94,7 +105,7 @@ impl BundleStage {
         format: &str,
     ) -> Result<(TensorSpec, TensorSpec), StageError> {
         let read = |rel: &str| {
-            let path = ctx.input(&format!("target/{name}/{rel}"))?;
+            let path = ctx.input(&format!("{}/{rel}", TARGET.name(name)))?;
             std::fs::read(path).map_err(|e| StageError::io(path, e))
         };
         let bad = |e: String| StageError::environment(format!("target {name}: {e}"));
@@ -103,13 +114,12 @@ impl BundleStage {
             "onnx" => crate::verify::io::onnx_edges(&read("model.onnx")?).map_err(bad),
             "mlpackage" => {
                 // The package folder, rebuilt from its files as the verify stage rebuilds it.
-                let prefix = format!("target/{name}/model.mlpackage/");
                 let dir = ctx
                     .out_dir
                     .join("packages")
                     .join(name)
                     .join("model.mlpackage");
-                super::target::assemble_mlpackage(ctx, &prefix, &dir)?;
+                super::target::assemble_mlpackage(ctx, TARGET, name, &dir)?;
                 let decoded =
                     crate::export::coreml::read_mlpackage(&dir).map_err(|e| bad(e.to_string()))?;
                 Ok(crate::verify::io::coreml_edges(&decoded))
@@ -134,21 +144,19 @@ impl BundleStage {
             });
             Ok::<(), StageError>(())
         };
-        for (input, title, caption) in [
+        for (port, title, caption) in [
             (
-                "teacher-loss.png",
+                TEACHER_LOSS,
                 "Teacher loss",
                 "The wide teacher's training loss per step.",
             ),
             (
-                "student-loss.png",
+                STUDENT_LOSS,
                 "Student loss",
                 "The real-time student's distillation loss per step.",
             ),
         ] {
-            if let Some(path) = ctx.inputs.get(input) {
-                add(path, title, caption)?;
-            }
+            add(ctx.input(port.pattern)?, title, caption)?;
         }
         add(sheet, "Contact sheet", CONTACT_SHEET_CAPTION)?;
         if let Some(path) = ctx.optional_input(PAIRS_SHEET.pattern)? {
@@ -267,19 +275,15 @@ impl Stage for BundleStage {
         let mut target_outputs = Vec::new();
         let mut golden_files = Vec::new();
         for (name, format, precision) in &self.targets {
-            let prefix = format!("target/{name}/");
             let mut shipped = Vec::new();
-            for (input, path) in &ctx.inputs {
-                let Some(rel) = input.strip_prefix(&prefix) else {
-                    continue;
-                };
+            for (rel, path) in ctx.outputs_of(TARGET, name)? {
                 // The verified core and the calibration are build by-products, not shipped.
                 if rel == "model.core.tflite" || rel == "calibration.json" {
                     continue;
                 }
                 entries.push((
                     format!("models/{name}/{rel}"),
-                    EntrySource::File(path.clone()),
+                    EntrySource::File(path.to_path_buf()),
                 ));
                 shipped.push(rel.to_string());
             }
@@ -288,7 +292,7 @@ impl Stage for BundleStage {
                 .find(|f| !f.contains('/'))
                 .cloned()
                 .unwrap_or_else(|| "model.mlpackage".into());
-            let check: VerifyCheck = ctx.read_json(&VERIFY_CHECK.name(name))?;
+            let check: CheckFile = ctx.read_json(&VERIFY_CHECK.name(name))?;
             let (outs, _) = read_frames(ctx.input(&VERIFY_OUTPUTS.name(name))?)?;
             let (in_spec, out_spec) = self.edges(ctx, name, format)?;
             let mut golden = Vec::new();
@@ -374,8 +378,8 @@ impl Stage for BundleStage {
             EntrySource::File(sheet_path.clone()),
         ));
 
-        let student: Value = ctx.read_json(STUDENT_METRICS.pattern)?;
-        let teacher: Value = ctx.read_json(TEACHER_METRICS.pattern)?;
+        let student = TrainingFigures::read(ctx, STUDENT_METRICS)?;
+        let teacher = TrainingFigures::read(ctx, TEACHER_METRICS)?;
         // Every file's digest, then the manifest that lists them.
         let mut files = BTreeMap::new();
         for (path, src) in &entries {
@@ -393,17 +397,17 @@ impl Stage for BundleStage {
             student: StudentSummary {
                 width: self.student.width,
                 blocks: self.student.blocks,
-                params: student["params"].as_u64(),
-                macs_512: student["macs_512"].as_u64(),
-                psnr_vs_pairs_db: metric::read(&student, metric::PSNR_VS_PAIRS_DB),
-                psnr_vs_teacher_db: student[metric::PSNR_VS_TEACHER_DB].as_f64(),
-                ssim: student[metric::SSIM].as_f64(),
-                flicker_ratio: student["flicker_ratio"].as_f64(),
+                params: student.params,
+                macs_512: student.macs_512,
+                psnr_vs_pairs_db: student.psnr_vs_pairs_db,
+                psnr_vs_teacher_db: student.psnr_vs_teacher_db,
+                ssim: student.ssim,
+                flicker_ratio: student.flicker_ratio,
             },
             teacher: TeacherSummary {
                 width: self.student.teacher_width,
-                psnr_vs_pairs_db: metric::read(&teacher, metric::PSNR_VS_PAIRS_DB),
-                identity_psnr_db: teacher[metric::IDENTITY_PSNR_DB].as_f64(),
+                psnr_vs_pairs_db: teacher.psnr_vs_pairs_db,
+                identity_psnr_db: teacher.identity_psnr_db,
             },
             targets,
         };
