@@ -38,6 +38,31 @@ impl VerifyTarget {
     }
 }
 
+/// What a downstream stage reads back of the `check.json` this stage writes (a
+/// `verify::ArtifactCheck`, whose own `Deserialize` cannot take it back: JSON writes a
+/// non-finite measure, the PSNR of identical frames, as `null`). The wire test below
+/// keeps the two in step.
+#[derive(Debug, serde::Deserialize)]
+pub struct CheckFile {
+    pub psnr_db: Option<f64>,
+    pub ssim: Option<f64>,
+    pub max_abs: Option<f64>,
+    pub size_bytes: Option<u64>,
+    pub passed: bool,
+    pub thresholds: CheckFileThresholds,
+    pub latency: Option<crate::verify::Latency>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+pub struct CheckFileThresholds {
+    pub min_psnr_db: Option<f64>,
+}
+
+/// `check.json`'s bytes: the check as JSON (one writer, for the wire test too).
+fn check_json(check: &crate::verify::ArtifactCheck) -> Vec<u8> {
+    serde_json::to_vec_pretty(check).unwrap_or_default()
+}
+
 /// The export's held-out frames and the student's own outputs for them.
 pub const HOLDOUT_INPUTS: InputPort = InputPort::required("holdout-inputs.npy");
 pub const HOLDOUT_REFERENCE: InputPort = InputPort::required("holdout-reference.npy");
@@ -166,7 +191,7 @@ impl Stage for VerifyTarget {
                 }
             }
             TargetFormat::Mlpackage => {
-                super::target::assemble_mlpackage(ctx, "model/model.mlpackage/", &pkg_dir)?;
+                super::target::assemble_mlpackage(ctx, MODEL, "", &pkg_dir)?;
                 let contract = PixelRange::default();
                 let check = verify_artifact(
                     &name,
@@ -209,11 +234,8 @@ impl Stage for VerifyTarget {
         }
         let mut out = RunOutput::default();
         let check_path = ctx.out_dir.join("check.json");
-        std::fs::write(
-            &check_path,
-            serde_json::to_vec_pretty(&check).unwrap_or_default(),
-        )
-        .map_err(|e| StageError::io(&check_path, e))?;
+        std::fs::write(&check_path, check_json(&check))
+            .map_err(|e| StageError::io(&check_path, e))?;
         out.files.insert("check.json".into(), check_path);
         let per = shape[1] * shape[2] * shape[3];
         let flat: Vec<f32> = sample_outputs.iter().flatten().copied().collect();
@@ -268,4 +290,45 @@ fn run_all<E: std::fmt::Display>(
                 .map_err(|e| StageError::environment(format!("tract: {e}")))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::verify::{ArtifactCheck, Latency};
+
+    /// The bundle reads back what this stage writes, a perfect PSNR (`null`) included.
+    #[test]
+    fn check_json_reads_back_as_a_check_file() {
+        let check = ArtifactCheck {
+            artifact: "phone".into(),
+            frames: 4,
+            psnr_db: f64::INFINITY,
+            ssim: 1.0,
+            max_abs: 0.0,
+            thresholds: Thresholds {
+                min_psnr_db: 50.0,
+                min_ssim: None,
+                max_abs: None,
+            },
+            passed: true,
+            failures: vec![],
+            size_bytes: 1234,
+            latency: Some(Latency {
+                median_ms: 2.5,
+                min_ms: 2.0,
+                runs: 3,
+            }),
+            structural: vec![],
+            layer_table: None,
+        };
+        let read: CheckFile = serde_json::from_slice(&check_json(&check)).unwrap();
+        assert_eq!(read.psnr_db, None, "an infinite PSNR is written as null");
+        assert_eq!(read.ssim, Some(1.0));
+        assert_eq!(read.max_abs, Some(0.0));
+        assert_eq!(read.size_bytes, Some(1234));
+        assert!(read.passed);
+        assert_eq!(read.thresholds.min_psnr_db, Some(50.0));
+        assert_eq!(read.latency.map(|l| l.median_ms), Some(2.5));
+    }
 }
