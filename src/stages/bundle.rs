@@ -14,7 +14,6 @@
 //! holds what its report links to.
 
 use super::target::read_frames;
-use super::verify::CheckFile;
 use crate::bundle::manifest::{
     GoldenPair, Manifest, StudentSummary, TargetSummary, TeacherSummary, TensorSpec,
 };
@@ -24,6 +23,7 @@ use crate::digest::Digest;
 use crate::protocol::metric;
 use crate::recipe::Student;
 use crate::stages::{params_of, InputPort, Params, RunContext, RunOutput, Stage, StageError};
+use crate::verify::ArtifactCheck;
 use image::RgbImage;
 use serde::Serialize;
 use serde_json::{json, Map, Value};
@@ -446,7 +446,7 @@ fn bundle_target(
     contents: &mut Contents,
 ) -> Result<BundledTarget, StageError> {
     let main_file = add_shipped_files(ctx, name, contents)?;
-    let check: CheckFile = ctx.read_json(&VERIFY_CHECK.name(name))?;
+    let check: ArtifactCheck = ctx.read_json(&VERIFY_CHECK.name(name))?;
     let (outs, _) = read_frames(ctx.input(&VERIFY_OUTPUTS.name(name))?)?;
     let (in_spec, out_spec) = edges(ctx, name, format)?;
     let golden = add_golden_frames(ctx, holdout, name, &outs, (&in_spec, &out_spec), contents)?;
@@ -459,11 +459,11 @@ fn bundle_target(
             file: format!("models/{name}/{main_file}"),
             format: format.to_string(),
             precision: precision.to_string(),
-            psnr_db: check.psnr_db,
-            min_psnr_db: check.thresholds.min_psnr_db,
-            ssim: check.ssim,
-            max_abs: check.max_abs,
-            size_bytes: check.size_bytes,
+            psnr_db: finite(check.psnr_db),
+            min_psnr_db: Some(check.thresholds.min_psnr_db),
+            ssim: finite(check.ssim),
+            max_abs: finite(check.max_abs),
+            size_bytes: Some(check.size_bytes),
             verified: check.passed,
             input: Some(in_spec),
             output: Some(out_spec),
@@ -471,6 +471,12 @@ fn bundle_target(
         },
         outputs: outs,
     })
+}
+
+/// A measure as the manifest shows it: a non-finite one (identical frames' PSNR) is
+/// absent, as `check.json` writes it.
+fn finite(x: f64) -> Option<f64> {
+    x.is_finite().then_some(x)
 }
 
 /// Adds the files the target stage wrote under `models/NAME/`; returns the main one's

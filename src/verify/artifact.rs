@@ -68,13 +68,19 @@ pub struct VerifyOptions<'a> {
     pub int8_source: Option<(&'a Graph, &'a QuantPlan)>,
 }
 
+/// Written to `check.json` and read back by the bundle. JSON writes a non-finite
+/// measure (the PSNR of identical frames) as `null`, so the measures read `null` back
+/// as +infinity.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ArtifactCheck {
     pub artifact: String,
     pub frames: usize,
     /// Worst frame.
+    #[serde(deserialize_with = "null_as_infinity")]
     pub psnr_db: f64,
+    #[serde(deserialize_with = "null_as_infinity")]
     pub ssim: f64,
+    #[serde(deserialize_with = "null_as_infinity")]
     pub max_abs: f64,
     pub thresholds: Thresholds,
     pub passed: bool,
@@ -84,6 +90,11 @@ pub struct ArtifactCheck {
     pub latency: Option<Latency>,
     pub structural: Vec<StructuralCheck>,
     pub layer_table: Option<LayerTable>,
+}
+
+/// Reads a measure that JSON wrote as `null` (it was infinite) as +infinity.
+fn null_as_infinity<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::INFINITY))
 }
 
 fn dir_size(dir: &Path) -> Result<u64, VerifyError> {
