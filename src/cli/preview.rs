@@ -8,7 +8,7 @@ use super::commands::Env;
 use super::exit::Exit;
 use crate::imaging::crop::center_crop_resize;
 use crate::preview::{grid_of, off_grid, side_by_side, PreviewModel, Shipped};
-use crate::recipe::{Loader, Precision, TargetFormat};
+use crate::recipe::{Loader, Precision, Recipe, TargetFormat, TargetSpec};
 use image::RgbImage;
 use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
@@ -75,7 +75,71 @@ pub fn run(env: &Env, args: PreviewArgs) -> Result<Exit, Exit> {
         );
         return Err(Exit::Usage);
     }
-    let target = match &args.target {
+    let target = pick_target(&recipe, args.target.as_deref())?;
+    let out_dir = env.project.root.join("out").join(&recipe.name);
+    let shipped = built_files(&recipe, target, &out_dir)?;
+    let (model, size) = load_model(&recipe, target, &shipped, args.size)?;
+    if args.inputs.is_empty() {
+        eprintln!(
+            "error: give photos, folders or videos to preview: `effectc preview {} PHOTO...`",
+            recipe.name
+        );
+        return Err(Exit::Usage);
+    }
+
+    // Everything is written into a staging folder beside `preview/` and moved in only
+    // once the page is ready: an error or Ctrl-C leaves the last preview as it was.
+    let dir = out_dir.join("preview");
+    remove_stale_staging(&out_dir);
+    let staging = tempfile::Builder::new()
+        .prefix(STAGING_PREFIX)
+        .tempdir_in(&out_dir)
+        .map_err(|e| infra(&out_dir, e))?;
+    let cancel = cancel_on_ctrl_c();
+    let (files, mut skipped) = gather_inputs(&args.inputs);
+    let mut session = Session {
+        model: &model,
+        staging: staging.path(),
+        clock: Clock::default(),
+        progress: Progress::new(cancel, photo_count(&files)),
+    };
+    let shown = session.preview_all(&files, &mut skipped, &dir)?;
+    for (p, why) in skipped.iter().filter(|(p, _)| !files.contains(p)) {
+        eprintln!("skipped {}: {why}", p.display());
+    }
+    let clock = session.clock;
+    let page = dir.join("index.html");
+    let html = page_html(
+        &recipe.name,
+        &target.name.value,
+        shipped.path(),
+        size,
+        &clock,
+        &shown,
+        &skipped,
+    );
+    publish(staging.path(), &dir, &shown, html.as_bytes())?;
+    let summary = Summary {
+        effect: &recipe.name,
+        target: &target.name.value,
+        model: shipped.path(),
+        size,
+        clock: &clock,
+        shown: shown.len(),
+        skipped: &skipped,
+        page: &page,
+    };
+    summary.print(env.json);
+    Ok(if shown.is_empty() {
+        Exit::Failed
+    } else {
+        Exit::Ok
+    })
+}
+
+/// The target `--target` names, else the recipe's first.
+fn pick_target<'r>(recipe: &'r Recipe, name: Option<&str>) -> Result<&'r TargetSpec, Exit> {
+    match name {
         Some(t) => recipe
             .targets
             .iter()
@@ -92,7 +156,7 @@ pub fn run(env: &Env, args: PreviewArgs) -> Result<Exit, Exit> {
                         .join(", ")
                 );
                 Exit::Usage
-            })?,
+            }),
         // The recipe's first target: every target previews at about the fp32 model's
         // speed (int8 TFLite through verify::int8, Core ML's fp16 through verify::fp16).
         None => recipe
@@ -104,10 +168,13 @@ pub fn run(env: &Env, args: PreviewArgs) -> Result<Exit, Exit> {
                 recipe.name, recipe.name
             );
             Exit::Usage
-        })?,
-    };
-    let out_dir = env.project.root.join("out").join(&recipe.name);
-    // The files `effectc build` copies out of the `target:NAME` stage (materialize).
+        }),
+    }
+}
+
+/// The target's files as `effectc build` copied them out of the `target:NAME` stage
+/// (materialize); a missing one says to build first.
+fn built_files(recipe: &Recipe, target: &TargetSpec, out_dir: &Path) -> Result<Shipped, Exit> {
     let stem = out_dir.join(format!("target-{}-model", target.name.value));
     let with = |ext: &str| PathBuf::from(format!("{}.{ext}", stem.display()));
     let shipped = match target.profile.format {
@@ -135,13 +202,23 @@ pub fn run(env: &Env, args: PreviewArgs) -> Result<Exit, Exit> {
         );
         return Err(Exit::Failed);
     }
-    let size = args.size.unwrap_or(recipe.sources.crop.size_px) as usize;
+    Ok(shipped)
+}
+
+/// The model loaded at the preview size (`--size`, else the recipe's crop), a size off
+/// the model's grid refused up front, with the multiple, rather than deep inside tract.
+fn load_model(
+    recipe: &Recipe,
+    target: &TargetSpec,
+    shipped: &Shipped,
+    size: Option<u32>,
+) -> Result<(PreviewModel, usize), Exit> {
+    let size = size.unwrap_or(recipe.sources.crop.size_px) as usize;
     if size == 0 {
         eprintln!("error: --size 0: give a number of pixels");
         return Err(Exit::Usage);
     }
-    // Refused up front, with the multiple, rather than deep inside tract or a reader.
-    let grid = grid_of(&shipped).map_err(|e| {
+    let grid = grid_of(shipped).map_err(|e| {
         eprintln!("error: cannot read the {} model: {e}", target.name.value);
         Exit::Usage
     })?;
@@ -149,41 +226,33 @@ pub fn run(env: &Env, args: PreviewArgs) -> Result<Exit, Exit> {
         eprintln!("error: {}", off_grid(size, grid));
         return Err(Exit::Usage);
     }
-    let model = PreviewModel::load(&shipped, size).map_err(|e| {
+    let model = PreviewModel::load(shipped, size).map_err(|e| {
         eprintln!("error: cannot load the {} model: {e}", target.name.value);
         Exit::Usage
     })?;
-    if args.inputs.is_empty() {
-        eprintln!(
-            "error: give photos, folders or videos to preview: `effectc preview {} PHOTO...`",
-            recipe.name
-        );
-        return Err(Exit::Usage);
-    }
+    Ok((model, size))
+}
 
-    // Everything is written into a staging folder beside `preview/` and moved in only
-    // once the page is ready: an error or Ctrl-C leaves the last preview as it was.
-    let dir = out_dir.join("preview");
-    remove_stale_staging(&out_dir);
-    let staging = tempfile::Builder::new()
-        .prefix(STAGING_PREFIX)
-        .tempdir_in(&out_dir)
-        .map_err(|e| infra(&out_dir, e))?;
+/// Set on the first Ctrl-C: stop after this frame and clean up; a second one quits at
+/// once (what it leaves is a hidden staging folder, removed by the next preview).
+fn cancel_on_ctrl_c() -> Arc<AtomicBool> {
     let cancel = Arc::new(AtomicBool::new(false));
-    {
-        let cancel = cancel.clone();
-        // First Ctrl-C: stop after this frame and clean up; a second one quits at once
-        // (what it leaves is a hidden staging folder, removed by the next preview).
-        let _ = ctrlc::set_handler(move || {
-            if cancel.swap(true, Ordering::SeqCst) {
-                std::process::exit(Exit::Interrupted.code());
-            }
-            eprintln!("\ninterrupted: stopping after this frame (Ctrl-C again to quit now)");
-        });
-    }
+    let flag = cancel.clone();
+    let _ = ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            std::process::exit(Exit::Interrupted.code());
+        }
+        eprintln!("\ninterrupted: stopping after this frame (Ctrl-C again to quit now)");
+    });
+    cancel
+}
+
+/// The files to preview (a folder's images and videos, by name) and the inputs skipped
+/// with why.
+fn gather_inputs(inputs: &[PathBuf]) -> (Vec<PathBuf>, Vec<(PathBuf, String)>) {
     let mut files = Vec::new();
     let mut skipped: Vec<(PathBuf, String)> = Vec::new();
-    for input in &args.inputs {
+    for input in inputs {
         if input.is_dir() {
             let mut found: Vec<PathBuf> = walkdir::WalkDir::new(input)
                 .sort_by_file_name()
@@ -206,91 +275,122 @@ pub fn run(env: &Env, args: PreviewArgs) -> Result<Exit, Exit> {
             skipped.push((input.clone(), "does not exist".into()));
         }
     }
-    let photos = files
+    (files, skipped)
+}
+
+/// How many of `files` are photos (the progress line counts them).
+fn photo_count(files: &[PathBuf]) -> usize {
+    files
         .iter()
         .filter(|f| !VIDEO_EXT.contains(&ext_of(f).as_str()))
-        .count();
-    let mut progress = Progress::new(cancel.clone(), photos);
-    let mut shown = Vec::new();
-    let mut clock = Clock::default();
-    let mut names = std::collections::BTreeSet::new();
-    for file in &files {
-        let base = unique_name(&mut names, file);
-        let result = if VIDEO_EXT.contains(&ext_of(file).as_str()) {
-            let out = format!("{base}.mp4");
-            preview_video(
-                &model,
-                file,
-                &staging.path().join(&out),
-                &mut clock,
-                &mut progress,
-            )
-            .map(|frames| Shown::Video {
-                file: out,
-                source: file.clone(),
-                frames,
-            })
-        } else {
-            let out = format!("{base}.png");
-            let r = preview_image(&model, file, &staging.path().join(&out), &mut clock).map(|()| {
-                Shown::Image {
-                    file: out,
-                    source: file.clone(),
+        .count()
+}
+
+/// What the loop over the files shares: the model, where it writes, the clock and
+/// the progress line.
+struct Session<'a> {
+    model: &'a PreviewModel,
+    staging: &'a Path,
+    clock: Clock,
+    progress: Progress,
+}
+
+impl Session<'_> {
+    /// Previews each file into the staging folder; a file that fails is skipped with
+    /// why, Ctrl-C stops the run and leaves `dir` as it was.
+    fn preview_all(
+        &mut self,
+        files: &[PathBuf],
+        skipped: &mut Vec<(PathBuf, String)>,
+        dir: &Path,
+    ) -> Result<Vec<Shown>, Exit> {
+        let mut shown = Vec::new();
+        let mut names = std::collections::BTreeSet::new();
+        for file in files {
+            let base = unique_name(&mut names, file);
+            let result = self.preview_one(file, &base);
+            if self.progress.cancelled() {
+                eprintln!("interrupted: {} left as it was", dir.display());
+                return Err(Exit::Interrupted);
+            }
+            match result {
+                Ok(s) => shown.push(s),
+                Err(why) => {
+                    eprintln!("skipped {}: {why}", file.display());
+                    skipped.push((file.clone(), why));
                 }
-            });
-            progress.photo(clock.fps());
-            r
-        };
-        if progress.cancelled() {
-            eprintln!("interrupted: {} left as it was", dir.display());
-            return Err(Exit::Interrupted);
-        }
-        match result {
-            Ok(s) => shown.push(s),
-            Err(why) => {
-                eprintln!("skipped {}: {why}", file.display());
-                skipped.push((file.clone(), why));
             }
         }
+        Ok(shown)
     }
-    for (p, why) in skipped.iter().filter(|(p, _)| !files.contains(p)) {
-        eprintln!("skipped {}: {why}", p.display());
+
+    /// One photo (`BASE.png`) or video (`BASE.mp4`).
+    fn preview_one(&mut self, file: &Path, base: &str) -> Result<Shown, String> {
+        if VIDEO_EXT.contains(&ext_of(file).as_str()) {
+            let out = format!("{base}.mp4");
+            let to = self.staging.join(&out);
+            preview_video(self.model, file, &to, &mut self.clock, &mut self.progress).map(
+                |frames| Shown::Video {
+                    file: out,
+                    source: file.to_path_buf(),
+                    frames,
+                },
+            )
+        } else {
+            let out = format!("{base}.png");
+            let to = self.staging.join(&out);
+            let r = preview_image(self.model, file, &to, &mut self.clock).map(|()| Shown::Image {
+                file: out,
+                source: file.to_path_buf(),
+            });
+            self.progress.photo(self.clock.fps());
+            r
+        }
     }
-    let page = dir.join("index.html");
-    let html = page_html(
-        &recipe.name,
-        &target.name.value,
-        shipped.path(),
-        size,
-        &clock,
-        &shown,
-        &skipped,
-    );
-    publish(staging.path(), &dir, &shown, html.as_bytes())?;
-    let fps = clock.fps();
-    if env.json {
-        println!(
-            "{}",
-            serde_json::json!({"event": "preview-finished", "effect": recipe.name, "target": target.name.value,
-                "size": size, "frames": clock.frames, "fps": fps, "shown": shown.len(),
-                "skipped": skipped.iter().map(|(p, w)| serde_json::json!({"input": p, "reason": w})).collect::<Vec<_>>(),
-                "page": page})
-        );
-    } else {
-        println!(
-            "preview {} through {} ({}) at {size}x{size}: {} frame(s), {fps:.1} frames/s in tract (one thread, model time)",
-            recipe.name,
-            target.name.value,
-            shipped.path().display(),
-            clock.frames
-        );
-        println!("page: {}", page.display());
+}
+
+/// What the run prints at the end: a line for people, an event under `--json`.
+struct Summary<'a> {
+    effect: &'a str,
+    target: &'a str,
+    model: &'a Path,
+    size: usize,
+    clock: &'a Clock,
+    shown: usize,
+    skipped: &'a [(PathBuf, String)],
+    page: &'a Path,
+}
+
+impl Summary<'_> {
+    fn print(&self, json: bool) {
+        let Summary {
+            effect,
+            target,
+            model,
+            size,
+            clock,
+            shown,
+            skipped,
+            page,
+        } = self;
+        let fps = clock.fps();
+        if json {
+            println!(
+                "{}",
+                serde_json::json!({"event": "preview-finished", "effect": effect, "target": target,
+                    "size": size, "frames": clock.frames, "fps": fps, "shown": shown,
+                    "skipped": skipped.iter().map(|(p, w)| serde_json::json!({"input": p, "reason": w})).collect::<Vec<_>>(),
+                    "page": page})
+            );
+        } else {
+            println!(
+                "preview {effect} through {target} ({}) at {size}x{size}: {} frame(s), {fps:.1} frames/s in tract (one thread, model time)",
+                model.display(),
+                clock.frames
+            );
+            println!("page: {}", page.display());
+        }
     }
-    Ok(if shown.is_empty() {
-        Exit::Failed
-    } else {
-        Exit::Ok
-    })
 }
 
 /// Staging folders are `out/EFFECT/.preview-XXXX`.
