@@ -5,7 +5,7 @@
 use super::items::SourceItem;
 use crate::digest::{Digest, KeyHasher};
 use crate::plan::{Input, InputRef, PlanNode, StageId};
-use crate::recipe::Recipe;
+use crate::recipe::{Recipe, TargetSpec};
 use crate::stages::train::{input_name, TrainStage};
 use crate::stages::{bundle, export, target, verify, InputPort};
 use crate::train::job::Role;
@@ -26,116 +26,13 @@ pub fn add_model_stages(
         return;
     }
     let (export, holdout) = add_export(recipe, pairs, teacher, student, nodes);
-    // The export's outputs are read under their own names.
-    let from_export = |port: InputPort| Input {
-        name: port.pattern.into(),
-        from: InputRef::Stage {
-            node: export,
-            output: port.pattern.into(),
-        },
-    };
-    let mut bundle_inputs = vec![
-        from_export(verify::HOLDOUT_INPUTS),
-        from_export(verify::HOLDOUT_REFERENCE),
-        from_export(bundle::HOLDOUT_TEACHER),
-        Input {
-            name: bundle::STUDENT_METRICS.pattern.into(),
-            from: InputRef::Stage {
-                node: student,
-                output: "metrics.json".into(),
-            },
-        },
-        Input {
-            name: bundle::TEACHER_METRICS.pattern.into(),
-            from: InputRef::Stage {
-                node: teacher,
-                output: "metrics.json".into(),
-            },
-        },
-    ];
-    // The report's pictures: both loss curves and the pairs sheet.
-    for (port, node, output) in [
-        (bundle::TEACHER_LOSS, teacher, "loss.png"),
-        (bundle::STUDENT_LOSS, student, "loss.png"),
-    ] {
-        bundle_inputs.push(Input {
-            name: port.pattern.into(),
-            from: InputRef::Stage {
-                node,
-                output: output.into(),
-            },
-        });
-    }
-    if let Some(sheet) = nodes.iter().position(|n| n.id == StageId::pairs_sheet()) {
-        bundle_inputs.push(Input {
-            name: bundle::PAIRS_SHEET.pattern.into(),
-            from: InputRef::Stage {
-                node: sheet,
-                output: "pairs.png".into(),
-            },
-        });
-    }
     let rows = holdout.len().min(4);
-    for (i, (_, _, pair)) in holdout.iter().take(rows).enumerate() {
-        bundle_inputs.push(Input {
-            name: bundle::TEACHER_ROW.name(&i.to_string()),
-            from: InputRef::Stage {
-                node: *pair,
-                output: "target".into(),
-            },
-        });
-    }
+    let mut bundle_inputs = report_inputs(nodes, export, (teacher, student), &holdout[..rows]);
     let mut target_list = Vec::new();
     for t in &recipe.targets {
-        let name = t.name.value.clone();
-        nodes.push(PlanNode {
-            id: StageId::target(&name),
-            item: None,
-            stage: std::sync::Arc::new(target::WriteTarget { target: t.clone() }),
-            inputs: vec![
-                from_export(target::STUDENT_IR),
-                from_export(target::CALIBRATION_INPUTS),
-            ],
-        });
-        let target_node = nodes.len() - 1;
-        nodes.push(PlanNode {
-            id: StageId::verify(&name),
-            item: None,
-            stage: std::sync::Arc::new(verify::VerifyTarget {
-                target: t.clone(),
-                latency_runs: 5,
-            }),
-            inputs: vec![
-                from_export(target::STUDENT_IR),
-                from_export(verify::HOLDOUT_INPUTS),
-                from_export(verify::HOLDOUT_REFERENCE),
-                Input {
-                    name: verify::MODEL.pattern.into(),
-                    from: InputRef::StageAll { node: target_node },
-                },
-            ],
-        });
-        let verify_node = nodes.len() - 1;
-        bundle_inputs.push(Input {
-            name: bundle::TARGET.name(&name),
-            from: InputRef::StageAll { node: target_node },
-        });
-        bundle_inputs.push(Input {
-            name: bundle::VERIFY_CHECK.name(&name),
-            from: InputRef::Stage {
-                node: verify_node,
-                output: "check.json".into(),
-            },
-        });
-        bundle_inputs.push(Input {
-            name: bundle::VERIFY_OUTPUTS.name(&name),
-            from: InputRef::Stage {
-                node: verify_node,
-                output: "outputs.npy".into(),
-            },
-        });
+        bundle_inputs.extend(add_target(t, export, nodes));
         target_list.push((
-            name,
+            t.name.value.clone(),
             t.profile.format.name().to_string(),
             t.precision.name().to_string(),
         ));
@@ -154,6 +51,111 @@ pub fn add_model_stages(
         }),
         inputs: bundle_inputs,
     });
+}
+
+/// An input read from one output of `node`.
+fn output_of(name: String, node: usize, output: &str) -> Input {
+    Input {
+        name,
+        from: InputRef::Stage {
+            node,
+            output: output.into(),
+        },
+    }
+}
+
+/// An output of the export, read under its own name.
+fn from_export(export: usize, port: InputPort) -> Input {
+    output_of(port.pattern.into(), export, port.pattern)
+}
+
+/// The bundle's inputs for its report, before any target's: the held-out frames, both
+/// trainings' metrics and loss curves, the pairs sheet (if planned) and the teacher's
+/// output for each shown held-out row.
+fn report_inputs(
+    nodes: &[PlanNode],
+    export: usize,
+    (teacher, student): (usize, usize),
+    rows: &[&(SourceItem, usize, usize)],
+) -> Vec<Input> {
+    let mut inputs = vec![
+        from_export(export, verify::HOLDOUT_INPUTS),
+        from_export(export, verify::HOLDOUT_REFERENCE),
+        from_export(export, bundle::HOLDOUT_TEACHER),
+        output_of(
+            bundle::STUDENT_METRICS.pattern.into(),
+            student,
+            "metrics.json",
+        ),
+        output_of(
+            bundle::TEACHER_METRICS.pattern.into(),
+            teacher,
+            "metrics.json",
+        ),
+        output_of(bundle::TEACHER_LOSS.pattern.into(), teacher, "loss.png"),
+        output_of(bundle::STUDENT_LOSS.pattern.into(), student, "loss.png"),
+    ];
+    if let Some(sheet) = nodes.iter().position(|n| n.id == StageId::pairs_sheet()) {
+        inputs.push(output_of(
+            bundle::PAIRS_SHEET.pattern.into(),
+            sheet,
+            "pairs.png",
+        ));
+    }
+    for (i, (_, _, pair)) in rows.iter().enumerate() {
+        inputs.push(output_of(
+            bundle::TEACHER_ROW.name(&i.to_string()),
+            *pair,
+            "target",
+        ));
+    }
+    inputs
+}
+
+/// Adds one target's `target:NAME` and `verify:NAME` stages; returns what the bundle
+/// reads of them (the target's files, the check and the verified outputs).
+fn add_target(t: &TargetSpec, export: usize, nodes: &mut Vec<PlanNode>) -> [Input; 3] {
+    let name = &t.name.value;
+    nodes.push(PlanNode {
+        id: StageId::target(name),
+        item: None,
+        stage: std::sync::Arc::new(target::WriteTarget { target: t.clone() }),
+        inputs: vec![
+            from_export(export, target::STUDENT_IR),
+            from_export(export, target::CALIBRATION_INPUTS),
+        ],
+    });
+    let target_node = nodes.len() - 1;
+    nodes.push(PlanNode {
+        id: StageId::verify(name),
+        item: None,
+        stage: std::sync::Arc::new(verify::VerifyTarget {
+            target: t.clone(),
+            latency_runs: 5,
+        }),
+        inputs: vec![
+            from_export(export, target::STUDENT_IR),
+            from_export(export, verify::HOLDOUT_INPUTS),
+            from_export(export, verify::HOLDOUT_REFERENCE),
+            Input {
+                name: verify::MODEL.pattern.into(),
+                from: InputRef::StageAll { node: target_node },
+            },
+        ],
+    });
+    let verify_node = nodes.len() - 1;
+    [
+        Input {
+            name: bundle::TARGET.name(name),
+            from: InputRef::StageAll { node: target_node },
+        },
+        output_of(bundle::VERIFY_CHECK.name(name), verify_node, "check.json"),
+        output_of(
+            bundle::VERIFY_OUTPUTS.name(name),
+            verify_node,
+            "outputs.npy",
+        ),
+    ]
 }
 
 /// The teacher's training on the pairs and the student's distillation from it (both
