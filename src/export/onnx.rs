@@ -11,7 +11,8 @@ use tract_onnx::pb::{
 };
 
 use super::quantize::{int8_graph, ActivationType, Calibration, QParams, QuantError, QuantPlan};
-use crate::ir::{Graph, IrError, Op};
+use crate::ir::{Graph, IrError, Node, Op};
+use std::collections::BTreeMap;
 
 pub const OPSET: i64 = 17;
 /// IR version that goes with opset 17.
@@ -187,6 +188,33 @@ impl Builder {
             vec![],
         ));
     }
+    /// `name` as a per-output-channel quantized initializer (`raw`, of `dtype`, zero
+    /// point 0) dequantized on axis 0.
+    fn dequantized_per_channel(
+        &mut self,
+        name: &str,
+        dims: &[usize],
+        dtype: DataType,
+        raw: Vec<u8>,
+        scales: &[f32],
+    ) {
+        let o = dims[0];
+        let q = format!("{name}_quantized");
+        let scale = format!("{name}_scale");
+        let zp = format!("{name}_zero_point");
+        let width = if dtype == DataType::Int32 { 4 } else { 1 };
+        self.initializers.push(tensor(&q, dims, dtype, raw));
+        self.initializers.push(f32_tensor(&scale, &[o], scales));
+        self.initializers
+            .push(tensor(&zp, &[o], dtype, vec![0u8; width * o]));
+        self.nodes.push(node(
+            "DequantizeLinear",
+            &format!("{name}_DQ"),
+            &[&q, &scale, &zp],
+            &[name],
+            vec![attr_int("axis", 0)],
+        ));
+    }
 }
 
 /// Writes `graph` as an ONNX model (opset 17).
@@ -205,134 +233,117 @@ pub fn write(graph: &Graph, precision: OnnxPrecision) -> Result<Vec<u8>, OnnxErr
         _ => (graph, None),
     };
     let shapes = graph.shapes()?;
-    let fp16 = matches!(precision, OnnxPrecision::Fp16);
-    let mut b = Builder {
-        nodes: Vec::new(),
-        initializers: Vec::new(),
+    let mut lowering = Lowering {
+        graph,
+        plan,
+        fp16: matches!(precision, OnnxPrecision::Fp16),
+        read: BTreeMap::new(),
+        b: Builder {
+            nodes: Vec::new(),
+            initializers: Vec::new(),
+        },
     };
+    lowering.input();
+    for n in &graph.nodes {
+        lowering.node(n);
+    }
+    lowering.cast_output();
+    Ok(model_proto(graph, shapes[&graph.output_name], lowering.b).encode_to_vec())
+}
 
-    // `read[v]`: the name consumers of IR value v read. `produce(v)`: the name the op
-    // computing v writes to.
-    let mut read: std::collections::BTreeMap<String, String> = std::collections::BTreeMap::new();
-    let quantized = |v: &str| plan.as_ref().and_then(|p| p.activations.get(v).copied());
-    let out_is_wrapped = fp16 || quantized(&graph.output_name).is_some();
-    let produce = |v: &str| -> String {
-        if v == graph.output_name && out_is_wrapped {
+/// What lowering the IR's nodes in order shares: the graph, its int8 plan, whether
+/// fp16, and under which name each IR value can be read.
+struct Lowering<'g> {
+    graph: &'g Graph,
+    plan: Option<QuantPlan>,
+    fp16: bool,
+    /// `read[v]`: the name consumers of IR value v read.
+    read: BTreeMap<String, String>,
+    b: Builder,
+}
+
+impl Lowering<'_> {
+    /// v's int8 parameters, where v is stored in int8.
+    fn quantized(&self, v: &str) -> Option<QParams> {
+        self.plan
+            .as_ref()
+            .and_then(|p| p.activations.get(v).copied())
+    }
+
+    /// The name the op computing v writes to: the graph output's gets a `_raw` name
+    /// when a Cast or a QDQ follows it.
+    fn produce(&self, v: &str) -> String {
+        let output = &self.graph.output_name;
+        let out_is_wrapped = self.fp16 || self.quantized(output).is_some();
+        if v == output && out_is_wrapped {
             format!("{v}_raw")
         } else {
             v.to_string()
         }
-    };
-
-    // Graph input.
-    let input = &graph.input_name;
-    if fp16 {
-        let cast = format!("{input}_fp16");
-        b.nodes.push(node(
-            "Cast",
-            &cast,
-            &[input],
-            &[&cast],
-            vec![attr_int("to", DataType::Float16 as i64)],
-        ));
-        read.insert(input.clone(), cast);
-    } else if let Some(q) = quantized(input) {
-        let dq = format!("{input}_dq");
-        b.qdq(input, &dq, &q);
-        read.insert(input.clone(), dq);
-    } else {
-        read.insert(input.clone(), input.clone());
     }
 
-    for n in &graph.nodes {
-        let ins: Vec<String> = n.inputs.iter().map(|i| read[i].clone()).collect();
+    /// The graph input, cast to fp16 or QDQ'd where the model computes so.
+    fn input(&mut self) {
+        let input = &self.graph.input_name;
+        if self.fp16 {
+            let cast = format!("{input}_fp16");
+            self.b.nodes.push(node(
+                "Cast",
+                &cast,
+                &[input],
+                &[&cast],
+                vec![attr_int("to", DataType::Float16 as i64)],
+            ));
+            self.read.insert(input.clone(), cast);
+        } else if let Some(q) = self.quantized(input) {
+            let dq = format!("{input}_dq");
+            self.b.qdq(input, &dq, &q);
+            self.read.insert(input.clone(), dq);
+        } else {
+            self.read.insert(input.clone(), input.clone());
+        }
+    }
+
+    /// One IR node as its op, then (if quantized) a QDQ its consumers read through.
+    fn node(&mut self, n: &Node) {
+        let ins: Vec<String> = n.inputs.iter().map(|i| self.read[i].clone()).collect();
         let ins_ref: Vec<&str> = ins.iter().map(|s| s.as_str()).collect();
-        let out = produce(&n.name);
-        match &n.op {
+        let out = self.produce(&n.name);
+        self.op(n, &ins_ref, &out);
+        // How consumers read this value.
+        let readable = if let Some(q) = self.quantized(&n.name) {
+            let dq = if n.name == self.graph.output_name && !self.fp16 {
+                n.name.clone()
+            } else {
+                format!("{}_dq", n.name)
+            };
+            self.b.qdq(&out, &dq, &q);
+            dq
+        } else {
+            out.clone()
+        };
+        self.read.insert(n.name.clone(), readable);
+    }
+
+    /// The ONNX op for `n`, reading `ins` and writing `out`.
+    fn op(&mut self, n: &Node, ins: &[&str], out: &str) {
+        let simple = |op_type: &str, attribute: Vec<AttributeProto>| {
+            node(op_type, &n.name, ins, &[out], attribute)
+        };
+        let onnx = match &n.op {
             Op::Conv2d {
-                weight,
                 weight_shape,
-                bias,
                 stride,
                 pads,
                 groups,
+                ..
             } => {
-                let (w_name, b_name) = (format!("{}_weight", n.name), format!("{}_bias", n.name));
-                let o = weight_shape[0];
-                if let Some(cq) = plan.as_ref().and_then(|p| p.convs.get(&n.name)) {
-                    // Per-output-channel int8 weights and int32 biases, dequantized on axis 0.
-                    let wq = format!("{w_name}_quantized");
-                    b.initializers.push(tensor(
-                        &wq,
-                        weight_shape,
-                        DataType::Int8,
-                        cq.weight.iter().map(|v| *v as u8).collect(),
-                    ));
-                    b.initializers.push(f32_tensor(
-                        &format!("{w_name}_scale"),
-                        &[o],
-                        &cq.weight_scales,
-                    ));
-                    b.initializers.push(tensor(
-                        &format!("{w_name}_zero_point"),
-                        &[o],
-                        DataType::Int8,
-                        vec![0u8; o],
-                    ));
-                    b.nodes.push(node(
-                        "DequantizeLinear",
-                        &format!("{w_name}_DQ"),
-                        &[
-                            &wq,
-                            &format!("{w_name}_scale"),
-                            &format!("{w_name}_zero_point"),
-                        ],
-                        &[&w_name],
-                        vec![attr_int("axis", 0)],
-                    ));
-                    let bq = format!("{b_name}_quantized");
-                    b.initializers.push(tensor(
-                        &bq,
-                        &[o],
-                        DataType::Int32,
-                        cq.bias.iter().flat_map(|v| v.to_le_bytes()).collect(),
-                    ));
-                    b.initializers.push(f32_tensor(
-                        &format!("{b_name}_scale"),
-                        &[o],
-                        &cq.bias_scales,
-                    ));
-                    b.initializers.push(tensor(
-                        &format!("{b_name}_zero_point"),
-                        &[o],
-                        DataType::Int32,
-                        vec![0u8; 4 * o],
-                    ));
-                    b.nodes.push(node(
-                        "DequantizeLinear",
-                        &format!("{b_name}_DQ"),
-                        &[
-                            &bq,
-                            &format!("{b_name}_scale"),
-                            &format!("{b_name}_zero_point"),
-                        ],
-                        &[&b_name],
-                        vec![attr_int("axis", 0)],
-                    ));
-                } else if fp16 {
-                    b.initializers
-                        .push(f16_tensor(&w_name, weight_shape, weight));
-                    b.initializers.push(f16_tensor(&b_name, &[o], bias));
-                } else {
-                    b.initializers
-                        .push(f32_tensor(&w_name, weight_shape, weight));
-                    b.initializers.push(f32_tensor(&b_name, &[o], bias));
-                }
-                b.nodes.push(node(
+                let (w_name, b_name) = self.conv_params(n);
+                node(
                     "Conv",
                     &n.name,
-                    &[ins_ref[0], &w_name, &b_name],
-                    &[&out],
+                    &[ins[0], &w_name, &b_name],
+                    &[out],
                     vec![
                         attr_ints("dilations", &[1, 1]),
                         attr_int("group", *groups as i64),
@@ -344,83 +355,104 @@ pub fn write(graph: &Graph, precision: OnnxPrecision) -> Result<Vec<u8>, OnnxErr
                         attr_ints("pads", &pads.map(|p| p as i64)),
                         attr_ints("strides", &[stride[0] as i64, stride[1] as i64]),
                     ],
-                ));
+                )
             }
-            Op::Relu => b
-                .nodes
-                .push(node("Relu", &n.name, &ins_ref, &[&out], vec![])),
-            Op::Tanh => b
-                .nodes
-                .push(node("Tanh", &n.name, &ins_ref, &[&out], vec![])),
-            Op::Sigmoid => b
-                .nodes
-                .push(node("Sigmoid", &n.name, &ins_ref, &[&out], vec![])),
-            Op::Add => b
-                .nodes
-                .push(node("Add", &n.name, &ins_ref, &[&out], vec![])),
-            Op::ConcatChannels => b.nodes.push(node(
-                "Concat",
-                &n.name,
-                &ins_ref,
-                &[&out],
-                vec![attr_int("axis", 1)],
-            )),
+            Op::Relu => simple("Relu", vec![]),
+            Op::Tanh => simple("Tanh", vec![]),
+            Op::Sigmoid => simple("Sigmoid", vec![]),
+            Op::Add => simple("Add", vec![]),
+            Op::ConcatChannels => simple("Concat", vec![attr_int("axis", 1)]),
             Op::UpsampleNearest { factor } => {
                 let scales = format!("{}_scales", n.name);
-                b.initializers.push(f32_tensor(
+                self.b.initializers.push(f32_tensor(
                     &scales,
                     &[4],
                     &[1.0, 1.0, *factor as f32, *factor as f32],
                 ));
-                b.nodes.push(node(
+                node(
                     "Resize",
                     &n.name,
-                    &[ins_ref[0], "", &scales],
-                    &[&out],
+                    &[ins[0], "", &scales],
+                    &[out],
                     vec![
                         attr_str("coordinate_transformation_mode", "asymmetric"),
                         attr_str("mode", "nearest"),
                         attr_str("nearest_mode", "floor"),
                     ],
-                ));
+                )
             }
-            Op::DepthToSpace { block } => b.nodes.push(node(
+            Op::DepthToSpace { block } => simple(
                 "DepthToSpace",
-                &n.name,
-                &ins_ref,
-                &[&out],
                 vec![
                     attr_int("blocksize", *block as i64),
                     attr_str("mode", "DCR"),
                 ],
-            )),
-        }
-        // How consumers read this value.
-        let readable = if let Some(q) = quantized(&n.name) {
-            let dq = if n.name == graph.output_name && !fp16 {
-                n.name.clone()
-            } else {
-                format!("{}_dq", n.name)
-            };
-            b.qdq(&out, &dq, &q);
-            dq
-        } else {
-            out.clone()
+            ),
         };
-        read.insert(n.name.clone(), readable);
+        self.b.nodes.push(onnx);
     }
-    if fp16 {
-        let last = read[&graph.output_name].clone();
-        b.nodes.push(node(
+
+    /// A conv's weight and bias initializers (int8 dequantized per channel, fp16 or
+    /// fp32); returns their names.
+    fn conv_params(&mut self, n: &Node) -> (String, String) {
+        let Op::Conv2d {
+            weight,
+            weight_shape,
+            bias,
+            ..
+        } = &n.op
+        else {
+            unreachable!("conv_params is called for convs")
+        };
+        let (w_name, b_name) = (format!("{}_weight", n.name), format!("{}_bias", n.name));
+        let o = weight_shape[0];
+        if let Some(cq) = self.plan.as_ref().and_then(|p| p.convs.get(&n.name)) {
+            // Per-output-channel int8 weights and int32 biases, dequantized on axis 0.
+            let w_raw = cq.weight.iter().map(|v| *v as u8).collect();
+            let b_raw = cq.bias.iter().flat_map(|v| v.to_le_bytes()).collect();
+            let b = &mut self.b;
+            b.dequantized_per_channel(
+                &w_name,
+                weight_shape,
+                DataType::Int8,
+                w_raw,
+                &cq.weight_scales,
+            );
+            b.dequantized_per_channel(&b_name, &[o], DataType::Int32, b_raw, &cq.bias_scales);
+        } else if self.fp16 {
+            let b = &mut self.b;
+            b.initializers
+                .push(f16_tensor(&w_name, weight_shape, weight));
+            b.initializers.push(f16_tensor(&b_name, &[o], bias));
+        } else {
+            let b = &mut self.b;
+            b.initializers
+                .push(f32_tensor(&w_name, weight_shape, weight));
+            b.initializers.push(f32_tensor(&b_name, &[o], bias));
+        }
+        (w_name, b_name)
+    }
+
+    /// fp16 computes in half: the output is cast back to float32.
+    fn cast_output(&mut self) {
+        if !self.fp16 {
+            return;
+        }
+        let output = &self.graph.output_name;
+        let last = self.read[output].clone();
+        self.b.nodes.push(node(
             "Cast",
-            &format!("{}_fp32", graph.output_name),
+            &format!("{output}_fp32"),
             &[&last],
-            &[&graph.output_name],
+            &[output],
             vec![attr_int("to", DataType::Float as i64)],
         ));
     }
+}
 
-    let model = ModelProto {
+/// The model around the lowered nodes: opset, producer, float32 input and output.
+fn model_proto(graph: &Graph, output_shape: [usize; 4], b: Builder) -> ModelProto {
+    ModelProto {
         ir_version: IR_VERSION,
         opset_import: vec![OperatorSetIdProto {
             domain: String::new(),
@@ -440,11 +472,10 @@ pub fn write(graph: &Graph, precision: OnnxPrecision) -> Result<Vec<u8>, OnnxErr
             output: vec![value_info(
                 &graph.output_name,
                 DataType::Float,
-                shapes[&graph.output_name],
+                output_shape,
             )],
             ..Default::default()
         }),
         ..Default::default()
-    };
-    Ok(model.encode_to_vec())
+    }
 }
