@@ -36,7 +36,7 @@ fn the_lego_shaped_project_builds_every_stage_and_its_table() {
         assert!(row.seconds >= 0.0 && row.count >= 1, "{row:?}");
     }
     // Every photo became an item, and the base's shape survived the merge: the teacher
-    // is width 128 (5.3 M parameters), the student 32/6 (3.0 GMACs at 512 px).
+    // is width 128 (5.3 M parameters), the student 32/6 (3.65 GMACs at 512 px, 0.61 of them the full-resolution `fine` block).
     assert_eq!(
         rows.iter()
             .find(|r| r.stage == "crop (per item)")
@@ -54,7 +54,7 @@ fn the_lego_shaped_project_builds_every_stage_and_its_table() {
         .as_f64()
         .unwrap();
     assert!(
-        (2.5e9..3.5e9).contains(&macs),
+        (3.2e9..4.0e9).contains(&macs),
         "student MACs at 512 px: {macs}"
     );
 }

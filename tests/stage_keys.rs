@@ -61,12 +61,13 @@ fn the_demo_stage_keys_do_not_change_by_accident() {
             "316587769e2f51f2d3ce4e167e476e5124b7b89a21b1505c585c8b6c93d15195",
         ),
         (
+            // train v5: the full-resolution `fine` block and learned gains.
             "train-teacher",
-            "5c1b48599694d8357d5f76c4354a5e6864b92de7f04863049c367aa7f4e63ed7",
+            "e765057b798b7ae68459a41bc9fabcd4ac0109874dccc16c1ff5e6cf2bbad0b6",
         ),
         (
             "distill-student",
-            "a40de448c2533c0645fe797c3aa33180c312c4f7a2aa854bdc9e895edef95569",
+            "6a4bdd7461c17218a9c72f9cb371ba9b1ce80c6b63c7a9b03de3d73ef57cafd0",
         ),
         (
             // export v2 reading the teacher's weights: its outputs on the held-out frames.
@@ -79,9 +80,9 @@ fn the_demo_stage_keys_do_not_change_by_accident() {
         ),
         (
             // bundle v7: the contact sheet's teacher column (reads holdout-teacher.npy);
-            // moved again with target v3 for int8 (requantized ADD inputs) upstream.
+            // moved again with target v3 for int8 (requantized ADD inputs) and train v5.
             "bundle",
-            "17435d3dc8ab5d961a9db4c4b57204fdd534403147dc13dc8d3fff43f9ec0cdb",
+            "b81aef81c55505459abc24758807712a61cff69a9f60ed914ec932dfb4fa7a0c",
         ),
     ]
     .into_iter()

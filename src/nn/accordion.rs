@@ -18,6 +18,14 @@
 //! ReLU features and the last 3x3 conv, and a plain colour grade stopped at 24 dB
 //! (docs/design-notes.md, "A colour path from input to output"). It costs 9 MACs per
 //! pixel and uses only Conv and Add, which every target runs.
+//!
+//! Flat tones and ink lines (posterise, toon, comic) are hard thresholds of the colour
+//! and its gradient, drawn at full resolution. Two things let the net draw them in a
+//! CPU budget (docs/design-notes.md, "Flat tones and ink lines"): a residual block at
+//! full resolution before the output (`fine`: two more ReLU layers where the lines
+//! are), and learned per-channel gains on the stem, the output and the decoder's
+//! pointwise convs, which steepen a ramp into a step geometrically instead of by `lr` a
+//! step. Both fold into plain convs at export.
 
 pub use super::config::AccordionConfig;
 use super::layers::{depth_to_space, EqConv};
@@ -46,6 +54,8 @@ pub struct Accordion {
     downs: Vec<Down>,
     bridge: Vec<Bridge>,
     ups: Vec<Up>, // from the 1/8 level up to full resolution
+    /// A residual block at full resolution before `out` (see the module comment).
+    fine: Bridge,
     out: EqConv,
     /// Input → output pointwise colour path (see the module comment).
     skip: EqConv,
@@ -55,7 +65,9 @@ impl Accordion {
     /// Builds the net's variables under `p` (names are the checkpoint's names).
     pub fn new(p: &nn::Path, cfg: AccordionConfig) -> Accordion {
         let c = cfg.channels();
-        let stem = EqConv::new(p / "stem", 3, c[0], 3, 1, 1, 1);
+        // Learned gains (see `EqConv::with_gain`) where a hard threshold is drawn: the
+        // full-resolution stem and output and the decoder's pointwise convs.
+        let stem = EqConv::new(p / "stem", 3, c[0], 3, 1, 1, 1).with_gain(p / "stem");
         let mut downs = Vec::new();
         for i in 1..4 {
             let q = p / format!("down{i}");
@@ -84,10 +96,16 @@ impl Accordion {
             // of the next level's channels (laid out by depth-to-space).
             ups.push(Up {
                 dw: EqConv::new(&q / "dw", c[i], c[i], 3, 1, 1, c[i]),
-                pw: EqConv::new(&q / "pw", c[i], 4 * c[i - 1], 1, 1, 0, 1),
+                pw: EqConv::new(&q / "pw", c[i], 4 * c[i - 1], 1, 1, 0, 1).with_gain(&q / "pw"),
             });
         }
-        let out = EqConv::new(p / "out", c[0], 3, 3, 1, 1, 1);
+        let q = p / "fine";
+        let fine = Bridge {
+            a: EqConv::new(&q / "a", c[0], c[0], 1, 1, 0, 1),
+            dw: EqConv::new(&q / "dw", c[0], c[0], 3, 1, 1, c[0]),
+            b: EqConv::new(&q / "b", c[0], c[0], 1, 1, 0, 1),
+        };
+        let out = EqConv::new(p / "out", c[0], 3, 3, 1, 1, 1).with_gain(p / "out");
         // Starts as the identity: an untrained net passes the photo through.
         let skip = EqConv::new(p / "skip", 3, 3, 1, 1, 0, 1);
         tch::no_grad(|| {
@@ -100,6 +118,7 @@ impl Accordion {
             downs,
             bridge,
             ups,
+            fine,
             out,
             skip,
         }
@@ -133,6 +152,8 @@ impl Accordion {
             h = depth_to_space(&u.pw.forward(&u.dw.forward(&h)).relu(), 2) + skip;
             feats.push(h.shallow_clone());
         }
+        let f = &self.fine;
+        h = &h + f.b.forward(&f.dw.forward(&f.a.forward(&h).relu()).relu());
         let y = self.out.forward(&h) + self.skip.forward(x);
         (y.tanh(), feats)
     }
@@ -145,7 +166,7 @@ impl Accordion {
             "stem",
             "input",
             &self.stem.effective_weight(),
-            &self.stem.bias,
+            &self.stem.effective_bias(),
             1,
             [1, 1, 1, 1],
             1,
@@ -157,7 +178,7 @@ impl Accordion {
                 &format!("down{}.dw", i + 1),
                 &h,
                 &d.dw.effective_weight(),
-                &d.dw.bias,
+                &d.dw.effective_bias(),
                 2,
                 [0, 0, 0, 0],
                 d.dw.groups as usize,
@@ -166,7 +187,7 @@ impl Accordion {
                 &format!("down{}.pw", i + 1),
                 &dw,
                 &d.pw.effective_weight(),
-                &d.pw.bias,
+                &d.pw.effective_bias(),
                 1,
                 [0, 0, 0, 0],
                 1,
@@ -175,36 +196,7 @@ impl Accordion {
             skips.push(h.clone());
         }
         for (j, r) in self.bridge.iter().enumerate() {
-            let a = b.conv(
-                &format!("bridge{j}.a"),
-                &h,
-                &r.a.effective_weight(),
-                &r.a.bias,
-                1,
-                [0, 0, 0, 0],
-                1,
-            );
-            let a = b.relu(&format!("bridge{j}.a.relu"), &a);
-            let dw = b.conv(
-                &format!("bridge{j}.dw"),
-                &a,
-                &r.dw.effective_weight(),
-                &r.dw.bias,
-                1,
-                [1, 1, 1, 1],
-                r.dw.groups as usize,
-            );
-            let dw = b.relu(&format!("bridge{j}.dw.relu"), &dw);
-            let bb = b.conv(
-                &format!("bridge{j}.b"),
-                &dw,
-                &r.b.effective_weight(),
-                &r.b.bias,
-                1,
-                [0, 0, 0, 0],
-                1,
-            );
-            h = b.add(&format!("bridge{j}.add"), &h, &bb);
+            h = b.residual(&format!("bridge{j}"), &h, r);
         }
         for (level, u) in self.ups.iter().enumerate() {
             let i = 3 - level;
@@ -212,7 +204,7 @@ impl Accordion {
                 &format!("up{i}.dw"),
                 &h,
                 &u.dw.effective_weight(),
-                &u.dw.bias,
+                &u.dw.effective_bias(),
                 1,
                 [1, 1, 1, 1],
                 u.dw.groups as usize,
@@ -221,7 +213,7 @@ impl Accordion {
                 &format!("up{i}.pw"),
                 &dw,
                 &u.pw.effective_weight(),
-                &u.pw.bias,
+                &u.pw.effective_bias(),
                 1,
                 [0, 0, 0, 0],
                 1,
@@ -234,11 +226,12 @@ impl Accordion {
             );
             h = b.add(&format!("up{i}.skip"), &up, &skips[2 - level]);
         }
+        h = b.residual("fine", &h, &self.fine);
         let mut out = b.conv(
             "out",
             &h,
             &self.out.effective_weight(),
-            &self.out.bias,
+            &self.out.effective_bias(),
             1,
             [1, 1, 1, 1],
             1,
@@ -247,7 +240,7 @@ impl Accordion {
             "skip",
             "input",
             &self.skip.effective_weight(),
-            &self.skip.bias,
+            &self.skip.effective_bias(),
             1,
             [0, 0, 0, 0],
             1,
@@ -306,6 +299,39 @@ impl IrBuilder {
             groups,
         };
         self.push(name, op, vec![input.to_string()])
+    }
+    /// `h + b(relu(dw(relu(a(h)))))`, nodes named `{name}.a`, `{name}.dw`, ...
+    fn residual(&mut self, name: &str, h: &str, r: &Bridge) -> String {
+        let a = self.conv(
+            &format!("{name}.a"),
+            h,
+            &r.a.effective_weight(),
+            &r.a.effective_bias(),
+            1,
+            [0, 0, 0, 0],
+            1,
+        );
+        let a = self.relu(&format!("{name}.a.relu"), &a);
+        let dw = self.conv(
+            &format!("{name}.dw"),
+            &a,
+            &r.dw.effective_weight(),
+            &r.dw.effective_bias(),
+            1,
+            [1, 1, 1, 1],
+            r.dw.groups as usize,
+        );
+        let dw = self.relu(&format!("{name}.dw.relu"), &dw);
+        let bb = self.conv(
+            &format!("{name}.b"),
+            &dw,
+            &r.b.effective_weight(),
+            &r.b.effective_bias(),
+            1,
+            [0, 0, 0, 0],
+            1,
+        );
+        self.add(&format!("{name}.add"), h, &bb)
     }
     fn relu(&mut self, name: &str, input: &str) -> String {
         self.push(name, Op::Relu, vec![input.to_string()])

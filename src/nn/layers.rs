@@ -14,6 +14,8 @@ pub struct EqConv {
     pub padding: i64,
     pub groups: i64,
     pub scale: f64,
+    /// Optional learned log-gain per output channel (see `with_gain`).
+    pub gain: Option<Tensor>, // [out], starts at 0
 }
 
 impl EqConv {
@@ -43,13 +45,32 @@ impl EqConv {
             padding,
             groups,
             scale: 1.0 / fan_in.sqrt(),
+            gain: None,
         }
+    }
+
+    /// Adds a learned log-gain per output channel: the output is `(W x + b) * exp(g)`.
+    /// Adam moves each variable by about `lr` a step, so a plain weight needs thousands of
+    /// steps to grow steep enough for a hard threshold (posterise levels, ink lines); the
+    /// exponent grows it geometrically, and the threshold `-b / W` does not move with it.
+    /// It folds into the conv's weight and bias at export: no new op.
+    pub fn with_gain(mut self, p: nn::Path) -> EqConv {
+        let cout = self.bias.size()[0];
+        self.gain = Some(p.var("gain", &[cout], nn::Init::Const(0.0)));
+        self
+    }
+
+    /// exp(gain) per output channel, bounded so a run cannot blow a channel up.
+    fn gain_factor(&self) -> Option<Tensor> {
+        self.gain
+            .as_ref()
+            .map(|g| g.clamp(-GAIN_BOUND, GAIN_BOUND).exp())
     }
 
     pub fn forward(&self, x: &Tensor) -> Tensor {
         x.conv2d(
-            &(&self.weight * self.scale),
-            Some(&self.bias),
+            &self.effective_weight(),
+            Some(&self.effective_bias()),
             [self.stride, self.stride],
             [self.padding, self.padding],
             [1, 1],
@@ -57,11 +78,26 @@ impl EqConv {
         )
     }
 
-    /// The weight as it is applied (scale folded in): what export writes.
+    /// The weight as it is applied (scale and gain folded in): what export writes.
     pub fn effective_weight(&self) -> Tensor {
-        &self.weight * self.scale
+        let w = &self.weight * self.scale;
+        match self.gain_factor() {
+            Some(f) => w * f.view([-1, 1, 1, 1]),
+            None => w,
+        }
+    }
+
+    /// The bias as it is applied (gain folded in): what export writes.
+    pub fn effective_bias(&self) -> Tensor {
+        match self.gain_factor() {
+            Some(f) => &self.bias * f,
+            None => self.bias.shallow_clone(),
+        }
     }
 }
+
+/// |log-gain| at most 4: a factor between 1/55 and 55.
+const GAIN_BOUND: f64 = 4.0;
 
 /// The [1,3,3,1] FIR as a normalised 4x4 depthwise kernel, `[channels, 1, 4, 4]`.
 pub fn blur4_kernel(channels: i64) -> Tensor {

@@ -117,7 +117,8 @@ impl Stage for TrainStage {
         // 2: in-place Adam/EMA kernels (different rounding than version 1).
         // 3: sub-pixel (depth-to-space) decoder; checkpoints of 2 do not fit it.
         // 4: the input → output colour path (`skip` weights), and `gan-start`.
-        4
+        // 5: the full-resolution `fine` block and learned gains (flat tones, ink lines).
+        5
     }
     fn resource(&self) -> Resource {
         Resource::Exclusive
