@@ -1,4 +1,5 @@
-//! TFLite flatbuffer writer for Android / NNAPI, NHWC.
+//! TFLite flatbuffer writer for Android / NNAPI, NHWC: the IR lowered into a
+//! `crate::tflite::Model`, which writes the bytes.
 //!
 //! - `Float32`: float tensors throughout.
 //! - `Int8`: full-integer core (per-channel symmetric int8 weights, per-tensor int8
@@ -10,27 +11,17 @@
 //! TANH, LOGISTIC (+ QUANTIZE / DEQUANTIZE at the edges).
 //!
 //! tract-tflite cannot run QUANTIZE / DEQUANTIZE, so the int8 model is written twice
-//! from one description: the *core* (int8 in, int8 out) that tract verifies, and the
+//! from one model: the *core* (int8 in, int8 out) that tract verifies, and the
 //! *shipped* file = the same tensors, buffers and ops plus the two edge ops and two
 //! float tensors appended. `core_of_shipped` reads a shipped file back, strips the
 //! edges and re-serializes: it must give the verified core byte for byte.
 
-use flatbuffers::{FlatBufferBuilder, Push, PushAlignment, WIPOffset};
-use tract_tflite::tflite::{
-    self, ActivationFunctionType, AddOptions, AddOptionsArgs, BuiltinOptions, ConcatenationOptions,
-    ConcatenationOptionsArgs, Conv2DOptions, Conv2DOptionsArgs, DepthwiseConv2DOptions,
-    DepthwiseConv2DOptionsArgs, DequantizeOptions, DequantizeOptionsArgs, PadOptions,
-    PadOptionsArgs, Padding, QuantizeOptions, QuantizeOptionsArgs, ReshapeOptions,
-    ReshapeOptionsArgs, ResizeNearestNeighborOptions, ResizeNearestNeighborOptionsArgs,
-    TransposeOptions, TransposeOptionsArgs,
-};
-pub use tract_tflite::tflite::{BuiltinOperator, TensorType};
-
 use super::quantize::{ActivationType, Calibration, QParams, QuantError, QuantPlan};
 use crate::ir::{Graph, IrError, Op};
-
-/// TFLite schema version.
-pub const SCHEMA_VERSION: u32 = 3;
+use crate::tflite::{
+    self as tfl, parse, serialize, ActivationFunctionType, BuiltinOperator, BuiltinOptions, Model,
+    ModelError, Options, Padding, Quant, Tensor, TensorType,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TfliteError {
@@ -40,8 +31,10 @@ pub enum TfliteError {
     Quant(#[from] QuantError),
     #[error("cannot write TFLite: batch {0} (the exported graph must have batch 1)")]
     Batch(usize),
-    #[error("not a TFLite file this writer made: {0}")]
-    Read(String),
+    #[error("{0}")]
+    Model(#[from] ModelError),
+    #[error("not a shipped int8 file this writer made: {0}")]
+    NotShipped(&'static str),
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -58,525 +51,33 @@ pub struct TfliteFiles {
     pub core: Vec<u8>,
 }
 
-// ---------------------------------------------------------------------------------
-// A small description of a TFLite model: written by `serialize`, read back by `parse`.
-// ---------------------------------------------------------------------------------
-
-#[derive(Clone, Debug, PartialEq)]
-pub struct QuantDesc {
-    pub scale: Vec<f32>,
-    pub zero_point: Vec<i64>,
-    pub quantized_dimension: i32,
-}
-
-#[derive(Clone, Debug, PartialEq)]
-pub struct TensorDesc {
-    pub name: String,
-    pub shape: Vec<i32>,
-    pub dtype: TensorType,
-    /// 0: no data (the schema's empty sentinel buffer).
-    pub buffer: u32,
-    pub quant: Option<QuantDesc>,
-}
-
-#[derive(Clone, Debug, PartialEq)]
-pub enum OptionsDesc {
-    None,
-    Conv2D {
-        padding: Padding,
-        stride_h: i32,
-        stride_w: i32,
-        relu: bool,
-    },
-    Depthwise {
-        padding: Padding,
-        stride_h: i32,
-        stride_w: i32,
-        depth_multiplier: i32,
-        relu: bool,
-    },
-    Add,
-    Concat {
-        axis: i32,
-    },
-    ResizeNearest,
-    Pad,
-    Quantize,
-    Dequantize,
-    Reshape {
-        new_shape: Vec<i32>,
-    },
-    Transpose,
-}
-
-#[derive(Clone, Debug, PartialEq)]
-pub struct OpDesc {
-    pub code: BuiltinOperator,
-    pub version: i32,
-    pub inputs: Vec<i32>,
-    pub outputs: Vec<i32>,
-    pub options: OptionsDesc,
-}
-
-#[derive(Clone, Debug, PartialEq)]
-pub struct ModelDesc {
-    pub description: String,
-    pub tensors: Vec<TensorDesc>,
-    /// Index 0 is the empty sentinel.
-    pub buffers: Vec<Vec<u8>>,
-    pub ops: Vec<OpDesc>,
-    pub inputs: Vec<i32>,
-    pub outputs: Vec<i32>,
-}
-
-/// Bumps the builder's alignment to 16 so that weight buffers can be 16-aligned
-/// (TFLite's converter aligns them so; kernels read them in place).
-struct Align16;
-impl Push for Align16 {
-    type Output = Align16;
-    unsafe fn push(&self, _dst: &mut [u8], _written_len: usize) {}
-    fn size() -> usize {
-        0
-    }
-    fn alignment() -> PushAlignment {
-        PushAlignment::new(16)
-    }
-}
-
-/// `data` as a byte vector that starts on a 16-byte boundary of the finished file.
-pub fn aligned_bytes<'fb>(
-    fb: &mut FlatBufferBuilder<'fb>,
-    data: &[u8],
-) -> WIPOffset<flatbuffers::Vector<'fb, u8>> {
-    fb.push(Align16);
-    // The builder writes back to front: pad so that the data ends (and so, the buffer
-    // being a multiple of 16 long, starts) on a 16-byte boundary.
-    let pad = (16 - data.len() % 16) % 16;
-    for _ in 0..pad {
-        fb.push(0u8);
-    }
-    fb.create_vector(data)
-}
-
-/// Deterministic: the same description gives the same bytes.
-pub fn serialize(desc: &ModelDesc) -> Vec<u8> {
-    let mut fb = FlatBufferBuilder::new();
-    // Operator codes: unique (code, version), in order of first use.
-    let mut codes: Vec<(BuiltinOperator, i32)> = Vec::new();
-    for op in &desc.ops {
-        if !codes.contains(&(op.code, op.version)) {
-            codes.push((op.code, op.version));
-        }
-    }
-    let buffers: Vec<_> = desc
-        .buffers
-        .iter()
-        .map(|data| {
-            let data = if data.is_empty() {
-                None
-            } else {
-                Some(aligned_bytes(&mut fb, data))
-            };
-            tflite::Buffer::create(
-                &mut fb,
-                &tflite::BufferArgs {
-                    data,
-                    ..Default::default()
-                },
-            )
-        })
-        .collect();
-    let tensors: Vec<_> = desc
-        .tensors
-        .iter()
-        .map(|t| {
-            let shape = fb.create_vector(&t.shape);
-            let name = fb.create_string(&t.name);
-            let quantization = t.quant.as_ref().map(|q| {
-                let scale = fb.create_vector(&q.scale);
-                let zero_point = fb.create_vector(&q.zero_point);
-                tflite::QuantizationParameters::create(
-                    &mut fb,
-                    &tflite::QuantizationParametersArgs {
-                        scale: Some(scale),
-                        zero_point: Some(zero_point),
-                        quantized_dimension: q.quantized_dimension,
-                        ..Default::default()
-                    },
-                )
-            });
-            tflite::Tensor::create(
-                &mut fb,
-                &tflite::TensorArgs {
-                    shape: Some(shape),
-                    type_: t.dtype,
-                    buffer: t.buffer,
-                    name: Some(name),
-                    quantization,
-                    ..Default::default()
-                },
-            )
-        })
-        .collect();
-    let operators: Vec<_> = desc
-        .ops
-        .iter()
-        .map(|op| {
-            let opcode_index = codes
-                .iter()
-                .position(|c| *c == (op.code, op.version))
-                .unwrap_or(0) as u32;
-            let inputs = fb.create_vector(&op.inputs);
-            let outputs = fb.create_vector(&op.outputs);
-            let act = |relu: bool| {
-                if relu {
-                    ActivationFunctionType::RELU
-                } else {
-                    ActivationFunctionType::NONE
-                }
-            };
-            let (builtin_options_type, builtin_options) = match &op.options {
-                OptionsDesc::None => (BuiltinOptions::NONE, None),
-                OptionsDesc::Conv2D {
-                    padding,
-                    stride_h,
-                    stride_w,
-                    relu,
-                } => (
-                    BuiltinOptions::Conv2DOptions,
-                    Some(
-                        Conv2DOptions::create(
-                            &mut fb,
-                            &Conv2DOptionsArgs {
-                                padding: *padding,
-                                stride_w: *stride_w,
-                                stride_h: *stride_h,
-                                fused_activation_function: act(*relu),
-                                dilation_w_factor: 1,
-                                dilation_h_factor: 1,
-                                ..Default::default()
-                            },
-                        )
-                        .as_union_value(),
-                    ),
-                ),
-                OptionsDesc::Depthwise {
-                    padding,
-                    stride_h,
-                    stride_w,
-                    depth_multiplier,
-                    relu,
-                } => (
-                    BuiltinOptions::DepthwiseConv2DOptions,
-                    Some(
-                        DepthwiseConv2DOptions::create(
-                            &mut fb,
-                            &DepthwiseConv2DOptionsArgs {
-                                padding: *padding,
-                                stride_w: *stride_w,
-                                stride_h: *stride_h,
-                                depth_multiplier: *depth_multiplier,
-                                fused_activation_function: act(*relu),
-                                dilation_w_factor: 1,
-                                dilation_h_factor: 1,
-                            },
-                        )
-                        .as_union_value(),
-                    ),
-                ),
-                OptionsDesc::Add => (
-                    BuiltinOptions::AddOptions,
-                    Some(
-                        AddOptions::create(
-                            &mut fb,
-                            &AddOptionsArgs {
-                                fused_activation_function: ActivationFunctionType::NONE,
-                                ..Default::default()
-                            },
-                        )
-                        .as_union_value(),
-                    ),
-                ),
-                OptionsDesc::Concat { axis } => (
-                    BuiltinOptions::ConcatenationOptions,
-                    Some(
-                        ConcatenationOptions::create(
-                            &mut fb,
-                            &ConcatenationOptionsArgs {
-                                axis: *axis,
-                                fused_activation_function: ActivationFunctionType::NONE,
-                            },
-                        )
-                        .as_union_value(),
-                    ),
-                ),
-                OptionsDesc::ResizeNearest => (
-                    BuiltinOptions::ResizeNearestNeighborOptions,
-                    Some(
-                        ResizeNearestNeighborOptions::create(
-                            &mut fb,
-                            &ResizeNearestNeighborOptionsArgs {
-                                align_corners: false,
-                                half_pixel_centers: false,
-                            },
-                        )
-                        .as_union_value(),
-                    ),
-                ),
-                OptionsDesc::Pad => (
-                    BuiltinOptions::PadOptions,
-                    Some(PadOptions::create(&mut fb, &PadOptionsArgs {}).as_union_value()),
-                ),
-                OptionsDesc::Quantize => (
-                    BuiltinOptions::QuantizeOptions,
-                    Some(
-                        QuantizeOptions::create(&mut fb, &QuantizeOptionsArgs {}).as_union_value(),
-                    ),
-                ),
-                OptionsDesc::Dequantize => (
-                    BuiltinOptions::DequantizeOptions,
-                    Some(
-                        DequantizeOptions::create(&mut fb, &DequantizeOptionsArgs {})
-                            .as_union_value(),
-                    ),
-                ),
-                OptionsDesc::Reshape { new_shape } => {
-                    let new_shape = fb.create_vector(new_shape);
-                    (
-                        BuiltinOptions::ReshapeOptions,
-                        Some(
-                            ReshapeOptions::create(
-                                &mut fb,
-                                &ReshapeOptionsArgs {
-                                    new_shape: Some(new_shape),
-                                },
-                            )
-                            .as_union_value(),
-                        ),
-                    )
-                }
-                OptionsDesc::Transpose => (
-                    BuiltinOptions::TransposeOptions,
-                    Some(
-                        TransposeOptions::create(&mut fb, &TransposeOptionsArgs {})
-                            .as_union_value(),
-                    ),
-                ),
-            };
-            tflite::Operator::create(
-                &mut fb,
-                &tflite::OperatorArgs {
-                    opcode_index,
-                    inputs: Some(inputs),
-                    outputs: Some(outputs),
-                    builtin_options_type,
-                    builtin_options,
-                    ..Default::default()
-                },
-            )
-        })
-        .collect();
-    let operator_codes: Vec<_> = codes
-        .iter()
-        .map(|(code, version)| {
-            // Codes < 127 also go in the deprecated int8 field, which older runtimes read.
-            let deprecated = if code.0 < 127 { code.0 as i8 } else { 127 };
-            tflite::OperatorCode::create(
-                &mut fb,
-                &tflite::OperatorCodeArgs {
-                    deprecated_builtin_code: deprecated,
-                    custom_code: None,
-                    version: *version,
-                    builtin_code: *code,
-                },
-            )
-        })
-        .collect();
-    let tensors = fb.create_vector(&tensors);
-    let sg_inputs = fb.create_vector(&desc.inputs);
-    let sg_outputs = fb.create_vector(&desc.outputs);
-    let operators = fb.create_vector(&operators);
-    let sg_name = fb.create_string("main");
-    let subgraph = tflite::SubGraph::create(
-        &mut fb,
-        &tflite::SubGraphArgs {
-            tensors: Some(tensors),
-            inputs: Some(sg_inputs),
-            outputs: Some(sg_outputs),
-            operators: Some(operators),
-            name: Some(sg_name),
-            ..Default::default()
-        },
-    );
-    let subgraphs = fb.create_vector(&[subgraph]);
-    let operator_codes = fb.create_vector(&operator_codes);
-    let buffers = fb.create_vector(&buffers);
-    let description = fb.create_string(&desc.description);
-    let model = tflite::Model::create(
-        &mut fb,
-        &tflite::ModelArgs {
-            version: SCHEMA_VERSION,
-            operator_codes: Some(operator_codes),
-            subgraphs: Some(subgraphs),
-            description: Some(description),
-            buffers: Some(buffers),
-            ..Default::default()
-        },
-    );
-    tflite::finish_model_buffer(&mut fb, model);
-    fb.finished_data().to_vec()
-}
-
 /// The builtin operator names (`CONV_2D`, `ADD`...) a TFLite file uses: what a target
 /// profile's `ops` allow-list is checked against.
 pub fn op_names(bytes: &[u8]) -> Result<std::collections::BTreeSet<String>, TfliteError> {
     Ok(parse(bytes)?
         .ops
         .iter()
-        .map(|op| {
-            op.code
-                .variant_name()
-                .map(String::from)
-                .unwrap_or_else(|| format!("BUILTIN_{}", op.code.0))
-        })
+        .map(|op| tfl::op_name(op.code))
         .collect())
-}
-
-/// Reads a file `serialize` wrote back into its description.
-pub fn parse(bytes: &[u8]) -> Result<ModelDesc, TfliteError> {
-    let bad = |m: &str| TfliteError::Read(m.to_string());
-    let model = tflite::root_as_model(bytes).map_err(|e| TfliteError::Read(e.to_string()))?;
-    let codes: Vec<(BuiltinOperator, i32)> = model
-        .operator_codes()
-        .ok_or_else(|| bad("no operator codes"))?
-        .iter()
-        .map(|c| (c.builtin_code(), c.version()))
-        .collect();
-    let buffers: Vec<Vec<u8>> = model
-        .buffers()
-        .ok_or_else(|| bad("no buffers"))?
-        .iter()
-        .map(|b| b.data().map(|d| d.bytes().to_vec()).unwrap_or_default())
-        .collect();
-    let subgraphs = model.subgraphs().ok_or_else(|| bad("no subgraphs"))?;
-    if subgraphs.len() != 1 {
-        return Err(bad("expected exactly one subgraph"));
-    }
-    let sg = subgraphs.get(0);
-    let tensors = sg
-        .tensors()
-        .ok_or_else(|| bad("no tensors"))?
-        .iter()
-        .map(|t| TensorDesc {
-            name: t.name().unwrap_or_default().to_string(),
-            shape: t.shape().map(|s| s.iter().collect()).unwrap_or_default(),
-            dtype: t.type_(),
-            buffer: t.buffer(),
-            quant: t.quantization().and_then(|q| {
-                Some(QuantDesc {
-                    scale: q.scale()?.iter().collect(),
-                    zero_point: q.zero_point()?.iter().collect(),
-                    quantized_dimension: q.quantized_dimension(),
-                })
-            }),
-        })
-        .collect();
-    let mut ops = Vec::new();
-    for op in sg.operators().ok_or_else(|| bad("no operators"))? {
-        let (code, version) = *codes
-            .get(op.opcode_index() as usize)
-            .ok_or_else(|| bad("opcode index out of range"))?;
-        let relu = |a: ActivationFunctionType| a == ActivationFunctionType::RELU;
-        let options = match op.builtin_options_type() {
-            BuiltinOptions::NONE => OptionsDesc::None,
-            BuiltinOptions::Conv2DOptions => {
-                let o = op
-                    .builtin_options_as_conv_2_doptions()
-                    .ok_or_else(|| bad("conv options"))?;
-                OptionsDesc::Conv2D {
-                    padding: o.padding(),
-                    stride_h: o.stride_h(),
-                    stride_w: o.stride_w(),
-                    relu: relu(o.fused_activation_function()),
-                }
-            }
-            BuiltinOptions::DepthwiseConv2DOptions => {
-                let o = op
-                    .builtin_options_as_depthwise_conv_2_doptions()
-                    .ok_or_else(|| bad("depthwise options"))?;
-                OptionsDesc::Depthwise {
-                    padding: o.padding(),
-                    stride_h: o.stride_h(),
-                    stride_w: o.stride_w(),
-                    depth_multiplier: o.depth_multiplier(),
-                    relu: relu(o.fused_activation_function()),
-                }
-            }
-            BuiltinOptions::AddOptions => OptionsDesc::Add,
-            BuiltinOptions::ConcatenationOptions => OptionsDesc::Concat {
-                axis: op
-                    .builtin_options_as_concatenation_options()
-                    .ok_or_else(|| bad("concat options"))?
-                    .axis(),
-            },
-            BuiltinOptions::ResizeNearestNeighborOptions => OptionsDesc::ResizeNearest,
-            BuiltinOptions::PadOptions => OptionsDesc::Pad,
-            BuiltinOptions::QuantizeOptions => OptionsDesc::Quantize,
-            BuiltinOptions::DequantizeOptions => OptionsDesc::Dequantize,
-            BuiltinOptions::ReshapeOptions => OptionsDesc::Reshape {
-                new_shape: op
-                    .builtin_options_as_reshape_options()
-                    .and_then(|o| o.new_shape())
-                    .map(|v| v.iter().collect())
-                    .unwrap_or_default(),
-            },
-            BuiltinOptions::TransposeOptions => OptionsDesc::Transpose,
-            other => {
-                return Err(TfliteError::Read(format!(
-                    "unexpected options type {other:?}"
-                )))
-            }
-        };
-        ops.push(OpDesc {
-            code,
-            version,
-            inputs: op.inputs().map(|v| v.iter().collect()).unwrap_or_default(),
-            outputs: op.outputs().map(|v| v.iter().collect()).unwrap_or_default(),
-            options,
-        });
-    }
-    Ok(ModelDesc {
-        description: model.description().unwrap_or_default().to_string(),
-        tensors,
-        buffers,
-        ops,
-        inputs: sg.inputs().map(|v| v.iter().collect()).unwrap_or_default(),
-        outputs: sg.outputs().map(|v| v.iter().collect()).unwrap_or_default(),
-    })
 }
 
 /// The verified core inside a shipped int8 file: the QUANTIZE / DEQUANTIZE edge ops
 /// and their float tensors (the last two tensors) removed, re-serialized.
 pub fn core_of_shipped(shipped: &[u8]) -> Result<Vec<u8>, TfliteError> {
     let mut desc = parse(shipped)?;
-    let first = desc
-        .ops
-        .first()
-        .ok_or_else(|| TfliteError::Read("no operators".into()))?;
-    let last = desc
-        .ops
-        .last()
-        .ok_or_else(|| TfliteError::Read("no operators".into()))?;
+    let (Some(first), Some(last)) = (desc.ops.first(), desc.ops.last()) else {
+        return Err(TfliteError::NotShipped("no operators"));
+    };
     if first.code != BuiltinOperator::QUANTIZE || last.code != BuiltinOperator::DEQUANTIZE {
-        return Err(TfliteError::Read(
-            "a shipped int8 file starts with QUANTIZE and ends with DEQUANTIZE".into(),
+        return Err(TfliteError::NotShipped(
+            "a shipped int8 file starts with QUANTIZE and ends with DEQUANTIZE",
         ));
     }
     let (core_in, core_out) = (first.outputs[0], last.inputs[0]);
     let n = desc.tensors.len() as i32;
     if desc.inputs != [n - 2] || desc.outputs != [n - 1] {
-        return Err(TfliteError::Read(
-            "edge tensors are not the last two tensors".into(),
+        return Err(TfliteError::NotShipped(
+            "edge tensors are not the last two tensors",
         ));
     }
     desc.ops.remove(0);
@@ -585,7 +86,7 @@ pub fn core_of_shipped(shipped: &[u8]) -> Result<Vec<u8>, TfliteError> {
     desc.inputs = vec![core_in];
     desc.outputs = vec![core_out];
     desc.description = desc.description.replace(SHIPPED_SUFFIX, CORE_SUFFIX);
-    Ok(serialize(&desc))
+    Ok(serialize(&desc)?)
 }
 
 const CORE_SUFFIX: &str = " (int8 core: int8 I/O, verified)";
@@ -630,7 +131,7 @@ fn axis_padding(
 }
 
 struct Lowering<'a> {
-    desc: ModelDesc,
+    model: Model,
     plan: Option<&'a QuantPlan>,
     /// IR value → tensor index holding it.
     tensor_of: std::collections::BTreeMap<String, i32>,
@@ -645,8 +146,8 @@ impl Lowering<'_> {
         }
     }
 
-    fn act_quant(q: Option<QParams>) -> Option<QuantDesc> {
-        q.map(|q| QuantDesc {
+    fn act_quant(q: Option<QParams>) -> Option<Quant> {
+        q.map(|q| Quant {
             scale: vec![q.scale],
             zero_point: vec![q.zero_point as i64],
             quantized_dimension: 0,
@@ -659,23 +160,11 @@ impl Lowering<'_> {
         shape: &[usize],
         dtype: TensorType,
         data: Option<Vec<u8>>,
-        quant: Option<QuantDesc>,
+        quant: Option<Quant>,
     ) -> i32 {
-        let buffer = match data {
-            Some(d) => {
-                self.desc.buffers.push(d);
-                (self.desc.buffers.len() - 1) as u32
-            }
-            None => 0,
-        };
-        self.desc.tensors.push(TensorDesc {
-            name: name.to_string(),
-            shape: shape.iter().map(|d| *d as i32).collect(),
-            dtype,
-            buffer,
-            quant,
-        });
-        (self.desc.tensors.len() - 1) as i32
+        let shape = shape.iter().map(|d| *d as i32).collect();
+        self.model
+            .add_tensor(name.to_string(), shape, dtype, data, quant)
     }
 
     /// An activation tensor (NHWC) for IR value `value` stored on `params`' grid.
@@ -685,13 +174,7 @@ impl Lowering<'_> {
         self.add_tensor(name, &[n, h, w, c], dtype, None, Self::act_quant(params))
     }
 
-    fn op(
-        &mut self,
-        code: BuiltinOperator,
-        inputs: Vec<i32>,
-        outputs: Vec<i32>,
-        options: OptionsDesc,
-    ) {
+    fn op(&mut self, code: BuiltinOperator, inputs: Vec<i32>, outputs: Vec<i32>, options: Options) {
         // Op versions: the int8 kernels' first version (float uses 1).
         let version = if self.plan.is_none() {
             1
@@ -704,13 +187,22 @@ impl Lowering<'_> {
                 _ => 2,
             }
         };
-        self.desc.ops.push(OpDesc {
+        self.model.ops.push(tfl::Op {
             code,
             version,
             inputs,
             outputs,
             options,
         });
+    }
+}
+
+/// The fused activation of a conv that writes its ReLU's output.
+fn fused_activation(relu: bool) -> ActivationFunctionType {
+    if relu {
+        ActivationFunctionType::RELU
+    } else {
+        ActivationFunctionType::NONE
     }
 }
 
@@ -723,7 +215,7 @@ fn i32_bytes(v: impl IntoIterator<Item = i32>) -> Vec<u8> {
 }
 
 /// Builds the model description: for int8, the core (int8 I/O).
-fn lower(graph: &Graph, plan: Option<&QuantPlan>) -> Result<ModelDesc, TfliteError> {
+fn lower(graph: &Graph, plan: Option<&QuantPlan>) -> Result<Model, TfliteError> {
     let shapes = graph.shapes()?;
     if graph.input_shape[0] != 1 {
         return Err(TfliteError::Batch(graph.input_shape[0]));
@@ -731,16 +223,8 @@ fn lower(graph: &Graph, plan: Option<&QuantPlan>) -> Result<ModelDesc, TfliteErr
     let fused: std::collections::BTreeMap<String, String> =
         super::quantize::fusable_conv_relu(graph);
     let fused_relus: std::collections::BTreeSet<&String> = fused.values().collect();
-    let desc = ModelDesc {
-        description: String::new(),
-        tensors: Vec::new(),
-        buffers: vec![Vec::new()],
-        ops: Vec::new(),
-        inputs: Vec::new(),
-        outputs: Vec::new(),
-    };
     let mut l = Lowering {
-        desc,
+        model: Model::new(String::new(), Some("main".into())),
         plan,
         tensor_of: Default::default(),
     };
@@ -752,7 +236,7 @@ fn lower(graph: &Graph, plan: Option<&QuantPlan>) -> Result<ModelDesc, TfliteErr
         params(&graph.input_name),
     );
     l.tensor_of.insert(graph.input_name.clone(), input);
-    l.desc.inputs = vec![input];
+    l.model.inputs = vec![input];
 
     for node in &graph.nodes {
         if fused_relus.contains(&node.name) {
@@ -827,7 +311,7 @@ fn lower(graph: &Graph, plan: Option<&QuantPlan>) -> Result<ModelDesc, TfliteErr
                             BuiltinOperator::PAD,
                             vec![ins[0], paddings],
                             vec![padded],
-                            OptionsDesc::Pad,
+                            Options::Empty(BuiltinOptions::PadOptions),
                         );
                         (padded, Padding::VALID)
                     }
@@ -871,7 +355,7 @@ fn lower(graph: &Graph, plan: Option<&QuantPlan>) -> Result<ModelDesc, TfliteErr
                                 }
                             }
                         }
-                        let wq = QuantDesc {
+                        let wq = Quant {
                             scale: cq.weight_scales.clone(),
                             zero_point: vec![0; o],
                             quantized_dimension: q_axis,
@@ -883,7 +367,7 @@ fn lower(graph: &Graph, plan: Option<&QuantPlan>) -> Result<ModelDesc, TfliteErr
                             Some(data),
                             Some(wq),
                         );
-                        let bq = QuantDesc {
+                        let bq = Quant {
                             scale: cq.bias_scales.clone(),
                             zero_point: vec![0; o],
                             quantized_dimension: 0,
@@ -930,12 +414,14 @@ fn lower(graph: &Graph, plan: Option<&QuantPlan>) -> Result<ModelDesc, TfliteErr
                         BuiltinOperator::DEPTHWISE_CONV_2D,
                         vec![x, w_tensor, b_tensor],
                         vec![out],
-                        OptionsDesc::Depthwise {
+                        Options::Depthwise {
                             padding,
                             stride_h,
                             stride_w,
                             depth_multiplier: 1,
-                            relu,
+                            act: fused_activation(relu),
+                            dilation_h: 1,
+                            dilation_w: 1,
                         },
                     );
                 } else {
@@ -943,24 +429,37 @@ fn lower(graph: &Graph, plan: Option<&QuantPlan>) -> Result<ModelDesc, TfliteErr
                         BuiltinOperator::CONV_2D,
                         vec![x, w_tensor, b_tensor],
                         vec![out],
-                        OptionsDesc::Conv2D {
+                        Options::Conv2D {
                             padding,
                             stride_h,
                             stride_w,
-                            relu,
+                            act: fused_activation(relu),
+                            dilation_h: 1,
+                            dilation_w: 1,
                         },
                     );
                 }
             }
-            Op::Relu => l.op(BuiltinOperator::RELU, ins, vec![out], OptionsDesc::None),
-            Op::Tanh => l.op(BuiltinOperator::TANH, ins, vec![out], OptionsDesc::None),
-            Op::Sigmoid => l.op(BuiltinOperator::LOGISTIC, ins, vec![out], OptionsDesc::None),
-            Op::Add => l.op(BuiltinOperator::ADD, ins, vec![out], OptionsDesc::Add),
+            Op::Relu => l.op(BuiltinOperator::RELU, ins, vec![out], Options::None),
+            Op::Tanh => l.op(BuiltinOperator::TANH, ins, vec![out], Options::None),
+            Op::Sigmoid => l.op(BuiltinOperator::LOGISTIC, ins, vec![out], Options::None),
+            Op::Add => l.op(
+                BuiltinOperator::ADD,
+                ins,
+                vec![out],
+                Options::Add {
+                    act: ActivationFunctionType::NONE,
+                    pot_scale_int16: true,
+                },
+            ),
             Op::ConcatChannels => l.op(
                 BuiltinOperator::CONCATENATION,
                 ins,
                 vec![out],
-                OptionsDesc::Concat { axis: 3 },
+                Options::Concat {
+                    axis: 3,
+                    act: ActivationFunctionType::NONE,
+                },
             ),
             Op::UpsampleNearest { .. } => {
                 let size = l.add_tensor(
@@ -974,7 +473,10 @@ fn lower(graph: &Graph, plan: Option<&QuantPlan>) -> Result<ModelDesc, TfliteErr
                     BuiltinOperator::RESIZE_NEAREST_NEIGHBOR,
                     vec![ins[0], size],
                     vec![out],
-                    OptionsDesc::ResizeNearest,
+                    Options::ResizeNearest {
+                        align_corners: false,
+                        half_pixel_centers: false,
+                    },
                 );
             }
             Op::DepthToSpace { block } => {
@@ -994,7 +496,7 @@ fn lower(graph: &Graph, plan: Option<&QuantPlan>) -> Result<ModelDesc, TfliteErr
                 let reshape = |l: &mut Lowering, input: i32, to: &[usize], output: i32| {
                     let to_i32: Vec<i32> = to.iter().map(|d| *d as i32).collect();
                     let shape = l.add_tensor(
-                        &format!("{}_shape{}", node.name, l.desc.tensors.len()),
+                        &format!("{}_shape{}", node.name, l.model.tensors.len()),
                         &[to.len()],
                         TensorType::INT32,
                         Some(i32_bytes(to_i32.iter().copied())),
@@ -1004,7 +506,9 @@ fn lower(graph: &Graph, plan: Option<&QuantPlan>) -> Result<ModelDesc, TfliteErr
                         BuiltinOperator::RESHAPE,
                         vec![input, shape],
                         vec![output],
-                        OptionsDesc::Reshape { new_shape: to_i32 },
+                        Options::Reshape {
+                            new_shape: Some(to_i32),
+                        },
                     );
                 };
                 let split = [h, w, b, c_in / b];
@@ -1022,7 +526,7 @@ fn lower(graph: &Graph, plan: Option<&QuantPlan>) -> Result<ModelDesc, TfliteErr
                     BuiltinOperator::TRANSPOSE,
                     vec![split_t, perm],
                     vec![swapped_t],
-                    OptionsDesc::Transpose,
+                    Options::Empty(BuiltinOptions::TransposeOptions),
                 );
                 let [_, c, oh, ow] = out_shape;
                 reshape(&mut l, swapped_t, &[1, oh, ow, c], out);
@@ -1031,8 +535,8 @@ fn lower(graph: &Graph, plan: Option<&QuantPlan>) -> Result<ModelDesc, TfliteErr
         l.tensor_of.insert(out_value, out);
     }
     let output = l.tensor_of[&graph.output_name];
-    l.desc.outputs = vec![output];
-    Ok(l.desc)
+    l.model.outputs = vec![output];
+    Ok(l.model)
 }
 
 /// Writes `graph` as TFLite.
@@ -1041,7 +545,7 @@ pub fn write(graph: &Graph, precision: TflitePrecision) -> Result<TfliteFiles, T
         TflitePrecision::Float32 => {
             let mut desc = lower(graph, None)?;
             desc.description = "effectc student (float32)".into();
-            let bytes = serialize(&desc);
+            let bytes = serialize(&desc)?;
             Ok(TfliteFiles {
                 shipped: bytes.clone(),
                 core: bytes,
@@ -1051,18 +555,19 @@ pub fn write(graph: &Graph, precision: TflitePrecision) -> Result<TfliteFiles, T
             let plan = QuantPlan::new(graph, calibration, ActivationType::Int8)?;
             let mut core = lower(graph, Some(&plan))?;
             core.description = format!("effectc student{CORE_SUFFIX}");
-            let core_bytes = serialize(&core);
+            let core_bytes = serialize(&core)?;
             // Shipped = the core + float edge tensors (appended last) + QUANTIZE first
             // and DEQUANTIZE last.
             let mut shipped = core.clone();
             shipped.description = format!("effectc student{SHIPPED_SUFFIX}");
             let (core_in, core_out) = (core.inputs[0], core.outputs[0]);
-            let float_of = |t: &TensorDesc, name: String| TensorDesc {
+            let float_of = |t: &Tensor, name: String| Tensor {
                 name,
                 dtype: TensorType::FLOAT32,
                 quant: None,
                 buffer: 0,
                 shape: t.shape.clone(),
+                sparsity: None,
             };
             let fin = float_of(
                 &core.tensors[core_in as usize],
@@ -1078,25 +583,25 @@ pub fn write(graph: &Graph, precision: TflitePrecision) -> Result<TfliteFiles, T
             let (fin, fout) = (n - 2, n - 1);
             shipped.ops.insert(
                 0,
-                OpDesc {
+                tfl::Op {
                     code: BuiltinOperator::QUANTIZE,
                     version: 2,
                     inputs: vec![fin],
                     outputs: vec![core_in],
-                    options: OptionsDesc::Quantize,
+                    options: Options::Empty(BuiltinOptions::QuantizeOptions),
                 },
             );
-            shipped.ops.push(OpDesc {
+            shipped.ops.push(tfl::Op {
                 code: BuiltinOperator::DEQUANTIZE,
                 version: 2,
                 inputs: vec![core_out],
                 outputs: vec![fout],
-                options: OptionsDesc::Dequantize,
+                options: Options::Empty(BuiltinOptions::DequantizeOptions),
             });
             shipped.inputs = vec![fin];
             shipped.outputs = vec![fout];
             Ok(TfliteFiles {
-                shipped: serialize(&shipped),
+                shipped: serialize(&shipped)?,
                 core: core_bytes,
             })
         }

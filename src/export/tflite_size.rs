@@ -2,29 +2,55 @@
 //! runs): the student is fully convolutional, so only the activation shapes, the
 //! shapes its RESHAPEs name and the sizes of its nearest resizes change.
 
-use super::tflite::{self, BuiltinOperator, OptionsDesc};
+use crate::tflite::{parse, serialize, BuiltinOperator, ModelError, Options};
+
+/// Why a file cannot be re-declared for another size.
+#[derive(Debug, thiserror::Error)]
+pub enum ResizeError {
+    #[error("{0}")]
+    Model(#[from] ModelError),
+    #[error("the model has no input")]
+    NoInput,
+    #[error("input shape {0:?} is not NHWC")]
+    NotNhwc(Vec<i32>),
+    #[error("the model was built at {built_w}x{built_h}; {size} is not on its grid (a {map}-pixel feature map would not scale): pick a multiple of {multiple}")]
+    OffGrid {
+        built_w: usize,
+        built_h: usize,
+        size: usize,
+        map: i32,
+        multiple: usize,
+    },
+    #[error("a PAD's paddings do not match its input's rank")]
+    PadRank,
+    #[error("a resize size operand is not two int32")]
+    ResizeOperand,
+}
 
 /// The TFLite model declared for `size`×`size` inputs: every activation tensor's
 /// height and width (and the size operand of a nearest resize) scaled by the same
 /// factor. The weights, quantization and ops are the file's own.
-pub fn tflite_at_size(bytes: &[u8], size: usize) -> Result<Vec<u8>, String> {
-    let mut desc = tflite::parse(bytes).map_err(|e| e.to_string())?;
-    let input = *desc.inputs.first().ok_or("the model has no input")?;
+pub fn tflite_at_size(bytes: &[u8], size: usize) -> Result<Vec<u8>, ResizeError> {
+    let mut desc = parse(bytes)?;
+    let input = *desc.inputs.first().ok_or(ResizeError::NoInput)?;
     let in_shape = desc.tensors[input as usize].shape.clone();
     if in_shape.len() != 4 {
-        return Err(format!("input shape {in_shape:?} is not NHWC"));
+        return Err(ResizeError::NotNhwc(in_shape));
     }
     let (bh, bw) = (in_shape[1] as usize, in_shape[2] as usize);
     if (bh, bw) == (size, size) {
         return Ok(bytes.to_vec());
     }
-    let scale = |d: i32, built: usize| -> Result<i32, String> {
+    let scale = |d: i32, built: usize| -> Result<i32, ResizeError> {
         let v = d as usize * size;
         if v % built != 0 {
-            return Err(format!(
-                "the model was built at {bw}x{bh}; {size} is not on its grid (a {d}-pixel feature map would not scale): pick a multiple of {}",
-                built / gcd(built, d as usize)
-            ));
+            return Err(ResizeError::OffGrid {
+                built_w: bw,
+                built_h: bh,
+                size,
+                map: d,
+                multiple: built / gcd(built, d as usize),
+            });
         }
         Ok((v / built) as i32)
     };
@@ -81,7 +107,7 @@ pub fn tflite_at_size(bytes: &[u8], size: usize) -> Result<Vec<u8>, String> {
             .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
             .collect();
         if pads.len() != 2 * input.len() {
-            return Err("a PAD's paddings do not match its input's rank".into());
+            return Err(ResizeError::PadRank);
         }
         let out = op.outputs[0] as usize;
         desc.tensors[out].shape = (0..input.len())
@@ -94,8 +120,8 @@ pub fn tflite_at_size(bytes: &[u8], size: usize) -> Result<Vec<u8>, String> {
             continue;
         }
         let out = desc.tensors[desc.ops[k].outputs[0] as usize].shape.clone();
-        if let OptionsDesc::Reshape { new_shape } = &mut desc.ops[k].options {
-            *new_shape = out.clone();
+        if let Options::Reshape { new_shape } = &mut desc.ops[k].options {
+            *new_shape = Some(out.clone());
         }
         if let Some(&operand) = desc.ops[k].inputs.get(1) {
             let b = desc.tensors[operand as usize].buffer as usize;
@@ -114,14 +140,14 @@ pub fn tflite_at_size(bytes: &[u8], size: usize) -> Result<Vec<u8>, String> {
     for b in resize_sizes {
         let buf = &mut desc.buffers[b as usize];
         if buf.len() != 8 {
-            return Err("a resize size operand is not two int32".into());
+            return Err(ResizeError::ResizeOperand);
         }
         for (k, built) in [(0usize, bh), (1, bw)] {
             let d = i32::from_le_bytes(buf[k * 4..k * 4 + 4].try_into().unwrap_or([0; 4]));
             buf[k * 4..k * 4 + 4].copy_from_slice(&scale(d, built)?.to_le_bytes());
         }
     }
-    Ok(tflite::serialize(&desc))
+    Ok(serialize(&desc)?)
 }
 
 fn gcd(a: usize, b: usize) -> usize {
