@@ -132,6 +132,11 @@ pub mod metric {
     /// A target's check: PSNR of the shipped model against the trained student.
     pub const PSNR_DB: &str = "psnr_db";
     pub const STEPS_PER_S: &str = "steps_per_s";
+    /// The student's size and cost (weights; multiply-adds at 512x512), and how much its
+    /// output flickers between neighbouring frames, against the pairs'.
+    pub const PARAMS: &str = "params";
+    pub const MACS_512: &str = "macs_512";
+    pub const FLICKER_RATIO: &str = "flicker_ratio";
     /// A target's check: largest absolute difference, file size, median latency, and
     /// that it was verified.
     pub const MAX_ABS: &str = "max_abs";

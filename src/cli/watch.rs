@@ -18,20 +18,21 @@ mod pairs_preview;
 
 use super::commands::{materialize, plan_with, Env};
 use super::exit::Exit;
-use crate::cache::StatCache;
+use crate::cache::{Cache, StatCache};
 use crate::digest::Digest;
 use crate::exec::dry::{dry_run, DryStatus};
-use crate::exec::{self, BuildOptions, HumanReporter, JsonReporter, Reporter};
+use crate::exec::{self, BuildOptions, BuildSummary, HumanReporter, JsonReporter, Reporter};
 use crate::plan::Plan;
 use crate::recipe::{Loader, Recipe};
 use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
 use notify::RecursiveMode;
 use notify_debouncer_full::{new_debouncer, DebounceEventResult, DebouncedEvent};
+use pairs_preview::PreviewSet;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Saves closer together than this are one change.
 const DEBOUNCE: Duration = Duration::from_millis(300);
@@ -275,6 +276,12 @@ fn watched_dirs(env: &Env, loader: &Loader, effect: &str) -> Vec<PathBuf> {
     dirs
 }
 
+/// The debouncer `new_debouncer` makes: it watches while it lives.
+type Watcher = notify_debouncer_full::Debouncer<
+    notify::RecommendedWatcher,
+    notify_debouncer_full::RecommendedCache,
+>;
+
 pub fn run(
     env: &Env,
     effect: &str,
@@ -286,279 +293,400 @@ pub fn run(
         eprintln!("error: {e}");
         Exit::Usage
     })?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let cancel = Arc::new(AtomicBool::new(false));
-    {
-        let (stop, cancel) = (stop.clone(), cancel.clone());
-        let _ = ctrlc::set_handler(move || {
-            if stop.swap(true, Ordering::SeqCst) {
-                // exit skips destructors: end the teachers' process groups here.
-                crate::process::kill_all_groups();
-                std::process::exit(Exit::Interrupted.code());
-            }
-            cancel.store(true, Ordering::SeqCst);
-        });
-    }
-    let reporter: Box<dyn Reporter> = if env.json {
-        Box::new(JsonReporter::new())
-    } else {
-        Box::new(HumanReporter::with_quiet(env.quiet))
-    };
-    let say = |event: &str, lines: &[String]| {
-        if env.json {
-            println!(
-                "{}",
-                serde_json::json!({"event": event, "effect": effect, "lines": lines})
-            );
-        } else {
-            for l in lines {
-                eprintln!("watch: {l}");
-            }
-        }
-    };
-    let (tx, rx) = mpsc::channel::<DebounceEventResult>();
-    let mut debouncer = new_debouncer(DEBOUNCE, None, tx).map_err(|e| {
-        eprintln!("error: cannot watch files: {e}");
-        Exit::Infra
-    })?;
-    let mut watching: Vec<PathBuf> = Vec::new();
-    let ignored = [env.cache_dir.clone(), env.project.root.join("out")];
-    let mut limit_warned = false;
-    // What a debounced batch may have changed; errors (a lost event, the watch limit)
-    // make every digest suspect.
-    let take_in = |res: &DebounceEventResult, limit_warned: &mut bool| match res {
-        Ok(events) => touched(events, &ignored),
-        Err(errors) => {
-            for e in errors.iter().filter(|e| is_watch_limit(e)) {
-                let dir = e.paths.first().cloned().unwrap_or_default();
-                warn_watch_limit(limit_warned, &dir);
-            }
-            Touched::Everything
-        }
-    };
-    let mut digests = KnownDigests::new(env.cache()?.root());
-    let mut last: Option<Digest> = None;
     let mut opts = BuildOptions::new(jobs, device);
     opts.remote = env.remote.clone();
-    let mut first = true;
-    let mut said_waiting = false;
-    // The last preview's before | after section, shown until a change rebuilds no pairs.
-    let mut compare: Option<String> = None;
-    // When the change being built was seen (the preview's latency is counted from it).
-    let mut changed_at = std::time::Instant::now();
-    loop {
-        if stop.load(Ordering::SeqCst) {
-            return Ok(Exit::Interrupted);
+    Watch::new(env, effect, opts, preview_items)?.run()
+}
+
+/// `stop` and `cancel`, set by Ctrl-C: the first cancels the running build and ends the
+/// watch, a second ends the process at once.
+fn on_ctrl_c() -> (Arc<AtomicBool>, Arc<AtomicBool>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let cancel = Arc::new(AtomicBool::new(false));
+    let (s, c) = (stop.clone(), cancel.clone());
+    let _ = ctrlc::set_handler(move || {
+        if s.swap(true, Ordering::SeqCst) {
+            // exit skips destructors: end the teachers' process groups here.
+            crate::process::kill_all_groups();
+            std::process::exit(Exit::Interrupted.code());
         }
-        let loader = Loader::new(&env.project);
-        // Follow the recipe's folders as they change (a new source folder, say).
-        let dirs = watched_dirs(env, &loader, effect);
-        for d in dirs.iter().filter(|d| !watching.contains(d)) {
-            if let Err(e) = debouncer.watch(d, RecursiveMode::Recursive) {
+        c.store(true, Ordering::SeqCst);
+    });
+    (stop, cancel)
+}
+
+/// Prints watch's own news: JSON lines with `--json`, else `watch: ` lines.
+fn say(env: &Env, effect: &str, event: &str, lines: &[String]) {
+    if env.json {
+        println!(
+            "{}",
+            serde_json::json!({"event": event, "effect": effect, "lines": lines})
+        );
+    } else {
+        for l in lines {
+            eprintln!("watch: {l}");
+        }
+    }
+}
+
+/// The file events coming in, and the source digests they leave valid: what both
+/// waiting and a running build read.
+struct Changes<'a> {
+    env: &'a Env,
+    effect: &'a str,
+    rx: mpsc::Receiver<DebounceEventResult>,
+    /// The cache and `out/`, which the build itself writes.
+    ignored: [PathBuf; 2],
+    limit_warned: bool,
+    digests: KnownDigests,
+}
+
+impl Changes<'_> {
+    /// What a debounced batch may have changed, forgotten from the known digests;
+    /// errors (a lost event, the watch limit) make every digest suspect.
+    fn take_in(&mut self, res: &DebounceEventResult) -> Touched {
+        let t = match res {
+            Ok(events) => touched(events, &self.ignored),
+            Err(errors) => {
+                for e in errors.iter().filter(|e| is_watch_limit(e)) {
+                    let dir = e.paths.first().cloned().unwrap_or_default();
+                    warn_watch_limit(&mut self.limit_warned, &dir);
+                }
+                Touched::Everything
+            }
+        };
+        self.digests.forget(&t);
+        t
+    }
+
+    fn plan(&mut self) -> Option<(Recipe, Plan)> {
+        self.digests.plan(self.env, self.effect)
+    }
+
+    /// Builds on a thread; a content change meanwhile cancels it (and the caller
+    /// re-plans). Returns the summary and whether such a change arrived.
+    fn build_cancelling(
+        &mut self,
+        cache: &crate::cache::Cache,
+        plan: &Plan,
+        opts: &BuildOptions,
+        reporter: &dyn Reporter,
+        cancel: &AtomicBool,
+    ) -> (Result<BuildSummary, crate::cache::CacheError>, bool) {
+        let mut changed = false;
+        let env: &Env = self.env;
+        let root = &env.project.root;
+        let summary = std::thread::scope(|scope| {
+            let handle = scope.spawn(|| exec::build(root, cache, plan, opts, reporter, cancel));
+            while !handle.is_finished() {
+                let Ok(res) = self.rx.recv_timeout(Duration::from_millis(50)) else {
+                    continue;
+                };
+                if self.take_in(&res) != Touched::Nothing && !changed {
+                    // Only a real content change is worth cancelling for.
+                    let now = self.plan().map(|(_, p)| fingerprint(&p));
+                    if now != Some(fingerprint(plan)) {
+                        changed = true;
+                        cancel.store(true, Ordering::SeqCst);
+                    }
+                }
+            }
+            handle.join().unwrap_or_else(|_| {
+                Err(crate::cache::CacheError::Io {
+                    op: "build",
+                    path: PathBuf::new(),
+                    source: std::io::Error::other("the build thread panicked"),
+                })
+            })
+        });
+        (summary, changed)
+    }
+}
+
+/// A watch session: what the loop keeps from one change to the next.
+struct Watch<'a> {
+    env: &'a Env,
+    effect: &'a str,
+    preview_items: usize,
+    opts: BuildOptions,
+    reporter: Box<dyn Reporter>,
+    stop: Arc<AtomicBool>,
+    cancel: Arc<AtomicBool>,
+    debouncer: Watcher,
+    watching: Vec<PathBuf>,
+    changes: Changes<'a>,
+    /// The fingerprint of the last plan built (None: build whatever comes next).
+    last: Option<Digest>,
+    said_waiting: bool,
+    /// The last preview's before | after section, shown until a change rebuilds no pairs.
+    compare: Option<String>,
+    /// When the change being built was seen (the preview's latency is counted from it).
+    changed_at: Instant,
+}
+
+impl<'a> Watch<'a> {
+    fn new(
+        env: &'a Env,
+        effect: &'a str,
+        opts: BuildOptions,
+        preview_items: usize,
+    ) -> Result<Watch<'a>, Exit> {
+        let (stop, cancel) = on_ctrl_c();
+        let reporter: Box<dyn Reporter> = if env.json {
+            Box::new(JsonReporter::new())
+        } else {
+            Box::new(HumanReporter::with_quiet(env.quiet))
+        };
+        let (tx, rx) = mpsc::channel::<DebounceEventResult>();
+        let debouncer = new_debouncer(DEBOUNCE, None, tx).map_err(|e| {
+            eprintln!("error: cannot watch files: {e}");
+            Exit::Infra
+        })?;
+        let changes = Changes {
+            env,
+            effect,
+            rx,
+            ignored: [env.cache_dir.clone(), env.project.root.join("out")],
+            limit_warned: false,
+            digests: KnownDigests::new(env.cache()?.root()),
+        };
+        Ok(Watch {
+            env,
+            effect,
+            preview_items,
+            opts,
+            reporter,
+            stop,
+            cancel,
+            debouncer,
+            watching: Vec::new(),
+            changes,
+            last: None,
+            said_waiting: false,
+            compare: None,
+            changed_at: Instant::now(),
+        })
+    }
+
+    /// Plans, builds when the content changed, waits for the next change; until Ctrl-C.
+    fn run(mut self) -> Result<Exit, Exit> {
+        let mut first = true;
+        loop {
+            if self.stop.load(Ordering::SeqCst) {
+                return Ok(Exit::Interrupted);
+            }
+            self.follow_dirs();
+            let cache = self.env.cache()?;
+            let build_now = self.plan_if_changed(first);
+            let rebuild = !first;
+            first = false;
+            if let Some(plan) = build_now {
+                self.said_waiting = false;
+                let stopped = self.stop.load(Ordering::SeqCst);
+                self.cancel.store(stopped, Ordering::SeqCst);
+                if self.build(&cache, &plan, rebuild) == Next::BuildAgain {
+                    continue;
+                }
+            }
+            // One "waiting" line per build or error: an event that changes nothing (a
+            // touch, a comment) re-plans silently.
+            if !self.said_waiting {
+                let line = "waiting for changes (Ctrl-C to stop)".to_string();
+                say(self.env, self.effect, "watch-waiting", &[line]);
+                self.said_waiting = true;
+            }
+            if !self.wait_for_change()? {
+                return Ok(Exit::Interrupted);
+            }
+        }
+    }
+
+    /// Follows the recipe's folders as they change (a new source folder, say).
+    fn follow_dirs(&mut self) {
+        let loader = Loader::new(&self.env.project);
+        let dirs = watched_dirs(self.env, &loader, self.effect);
+        for d in dirs.iter().filter(|d| !self.watching.contains(d)) {
+            if let Err(e) = self.debouncer.watch(d, RecursiveMode::Recursive) {
                 if is_watch_limit(&e) {
-                    warn_watch_limit(&mut limit_warned, d);
+                    warn_watch_limit(&mut self.changes.limit_warned, d);
                 } else {
                     eprintln!("warning: cannot watch {}: {e}", d.display());
                 }
             }
         }
-        watching = dirs;
-        let cache = env.cache()?;
-        let planned = digests.plan(env, effect);
-        let mut build_now = None;
-        match planned {
-            None => {
-                last = None;
-                say(
-                    "watch-error",
-                    &["the recipe has errors (above); waiting for a fix".to_string()],
-                );
-                write_preview(
-                    env,
-                    effect,
-                    "the recipe has errors: see the terminal",
-                    compare.as_deref(),
-                );
-                said_waiting = false;
-            }
-            Some((_recipe, plan)) => {
-                let fp = fingerprint(&plan);
-                if last != Some(fp) {
-                    if !first {
-                        say("watch-stale", &stale_lines(env, &plan));
-                    }
-                    last = Some(fp);
-                    build_now = Some(plan);
-                }
-            }
+        self.watching = dirs;
+    }
+
+    /// Re-plans; the plan when its content differs from the last one built. A recipe
+    /// that stops checking is shown as waiting for a fix.
+    fn plan_if_changed(&mut self, first: bool) -> Option<Plan> {
+        let Some((_recipe, plan)) = self.changes.plan() else {
+            self.last = None;
+            let line = "the recipe has errors (above); waiting for a fix".to_string();
+            say(self.env, self.effect, "watch-error", &[line]);
+            let status = "the recipe has errors: see the terminal";
+            write_preview(self.env, self.effect, status, self.compare.as_deref());
+            self.said_waiting = false;
+            return None;
+        };
+        let fp = fingerprint(&plan);
+        if self.last == Some(fp) {
+            return None;
         }
-        let rebuild = !first;
-        first = false;
-        if let Some(plan) = build_now {
-            said_waiting = false;
-            cancel.store(stop.load(Ordering::SeqCst), Ordering::SeqCst);
-            // The preview's sub-plan: the stages the chosen items' pairs need, when the
-            // edit makes any of those pairs stale (not on the first build: nothing to
-            // compare with).
-            let preview_set = if rebuild && preview_items > 0 {
-                dry_run(&cache, &env.project.root, &plan)
-                    .ok()
-                    .and_then(|(status, snapshot)| {
-                        pairs_preview::prepare(&cache, &plan, &status, &snapshot, preview_items)
-                    })
-                    .and_then(|set| {
-                        let (_, full) = digests.plan(env, effect)?;
-                        let mut sub = full.retain(|n| set.stages.contains(n.id.as_str()));
-                        // Unreadable sources are not the preview's items; the full build
-                        // reports them (once).
-                        sub.source_failures.clear();
-                        Some((set, sub))
-                    })
-            } else {
-                None
-            };
-            if preview_set.is_none() {
-                compare = None;
-            }
-            // Builds on a thread; a content change meanwhile cancels it (and the caller
-            // re-plans). Returns the summary and whether such a change arrived.
-            let mut build_watching = |plan: &Plan, opts: &BuildOptions, reporter: &dyn Reporter| {
-                let mut changed = false;
-                let summary = std::thread::scope(|scope| {
-                    let handle = scope.spawn(|| {
-                        exec::build(&env.project.root, &cache, plan, opts, reporter, &cancel)
-                    });
-                    while !handle.is_finished() {
-                        if let Ok(res) = rx.recv_timeout(Duration::from_millis(50)) {
-                            let t = take_in(&res, &mut limit_warned);
-                            digests.forget(&t);
-                            if t != Touched::Nothing && !changed {
-                                // Only a real content change is worth cancelling for.
-                                let now = digests.plan(env, effect).map(|(_, p)| fingerprint(&p));
-                                if now != Some(fingerprint(plan)) {
-                                    changed = true;
-                                    cancel.store(true, Ordering::SeqCst);
-                                }
-                            }
-                        }
-                    }
-                    handle.join().unwrap_or_else(|_| {
-                        Err(crate::cache::CacheError::Io {
-                            op: "build",
-                            path: PathBuf::new(),
-                            source: std::io::Error::other("the build thread panicked"),
-                        })
-                    })
-                });
-                (summary, changed)
-            };
-            if let Some((set, sub)) = preview_set {
-                // Its snapshot is not the effect's: the full build's stays the reference.
-                let mut popts = opts.clone();
-                popts.write_snapshot = false;
-                let quiet = pairs_preview::PreviewReporter(reporter.as_ref());
-                match build_watching(&sub, &popts, &quiet) {
-                    (Ok(s), _) if s.ok() => {
-                        let when = std::time::SystemTime::now()
-                            .duration_since(std::time::UNIX_EPOCH)
-                            .map(|d| d.as_secs())
-                            .unwrap_or(0);
-                        let out_dir = env.project.root.join("out").join(effect);
-                        match pairs_preview::publish(&cache, &out_dir, &set, &sub, &s, when) {
-                            Ok((section, images)) => {
-                                compare = Some(section);
-                                let status = format!(
-                                    "preview of {} item(s) refreshed; full rebuild running",
-                                    set.items.len()
-                                );
-                                write_preview(env, effect, &status, compare.as_deref());
-                                let ms = changed_at.elapsed().as_millis() as u64;
-                                if env.json {
-                                    println!(
-                                        "{}",
-                                        serde_json::json!({
-                                            "event": "watch-preview",
-                                            "effect": effect,
-                                            "items": set.items.len(),
-                                            "ran": s.ran,
-                                            "ms": ms,
-                                            "page": out_dir.join("preview.html"),
-                                            "images": images,
-                                        })
-                                    );
-                                } else {
-                                    eprintln!(
-                                        "watch: preview of {} item(s) in {:.1} s: {}",
-                                        set.items.len(),
-                                        ms as f64 / 1000.0,
-                                        out_dir.join("preview.html").display()
-                                    );
-                                }
-                            }
-                            Err(e) => eprintln!("warning: could not write the preview: {e}"),
-                        }
-                    }
-                    (Ok(s), true) if s.cancelled => {
-                        say(
-                            "watch-cancelled",
-                            &["a change arrived: building again".to_string()],
-                        );
-                        last = None;
-                        changed_at = std::time::Instant::now();
-                        continue;
-                    }
-                    // A failed preview stage fails again in the full build, which says so.
-                    (Ok(_), _) => {}
-                    (Err(e), _) => eprintln!("error: {e}"),
-                }
-            }
-            let (summary, changed) = build_watching(&plan, &opts, reporter.as_ref());
-            match summary {
-                Ok(s) if s.ok() => {
-                    if let Err(e) = materialize(env, &cache, &plan, &s) {
-                        eprintln!("warning: could not refresh out/{effect}: {e}");
-                    }
-                    let status = format!("built: {} ran, {} cached", s.ran, s.cached);
-                    write_preview(env, effect, &status, compare.as_deref());
-                }
-                Ok(s) if !s.cancelled => {
-                    let status = format!("build FAILED: {} stage(s) failed", s.failed);
-                    write_preview(env, effect, &status, compare.as_deref());
-                }
-                Ok(s) if s.cancelled && changed => {
-                    say(
-                        "watch-cancelled",
-                        &["a change arrived: building again".to_string()],
-                    );
-                    last = None;
-                    changed_at = std::time::Instant::now();
-                    continue;
-                }
-                Ok(_) => {}
-                Err(e) => eprintln!("error: {e}"),
-            }
-        }
-        // One "waiting" line per build or error: an event that changes nothing (a
-        // touch, a comment) re-plans silently.
-        if !said_waiting {
+        if !first {
             say(
-                "watch-waiting",
-                &["waiting for changes (Ctrl-C to stop)".to_string()],
+                self.env,
+                self.effect,
+                "watch-stale",
+                &stale_lines(self.env, &plan),
             );
-            said_waiting = true;
         }
-        // Wait for a change of content (or Ctrl-C).
-        loop {
-            if stop.load(Ordering::SeqCst) {
-                return Ok(Exit::Interrupted);
+        self.last = Some(fp);
+        Some(plan)
+    }
+
+    /// Builds the preview's pairs first (on a rebuild with `--preview`), then the whole
+    /// plan, and refreshes `out/<effect>/`.
+    fn build(&mut self, cache: &Cache, plan: &Plan, rebuild: bool) -> Next {
+        let preview = if rebuild && self.preview_items > 0 {
+            self.preview_plan(cache, plan)
+        } else {
+            None
+        };
+        match preview {
+            None => self.compare = None,
+            Some((set, sub)) => {
+                if self.build_preview(cache, &set, &sub) == Next::BuildAgain {
+                    return Next::BuildAgain;
+                }
             }
-            match rx.recv_timeout(Duration::from_millis(100)) {
+        }
+        self.build_full(cache, plan)
+    }
+
+    /// The preview's sub-plan: the stages the chosen items' pairs need, when the edit
+    /// makes any of those pairs stale.
+    fn preview_plan(&mut self, cache: &Cache, plan: &Plan) -> Option<(PreviewSet, Plan)> {
+        let (status, snapshot) = dry_run(cache, &self.env.project.root, plan).ok()?;
+        let set = pairs_preview::prepare(cache, plan, &status, &snapshot, self.preview_items)?;
+        let (_, full) = self.changes.plan()?;
+        let mut sub = full.retain(|n| set.stages.contains(n.id.as_str()));
+        // Unreadable sources are not the preview's items; the full build reports them
+        // (once).
+        sub.source_failures.clear();
+        Some((set, sub))
+    }
+
+    /// Builds the preview's sub-plan and shows its pairs beside the previous ones.
+    fn build_preview(&mut self, cache: &Cache, set: &PreviewSet, sub: &Plan) -> Next {
+        // Its snapshot is not the effect's: the full build's stays the reference.
+        let mut popts = self.opts.clone();
+        popts.write_snapshot = false;
+        let quiet = pairs_preview::PreviewReporter(self.reporter.as_ref());
+        let cancel = self.cancel.as_ref();
+        match self
+            .changes
+            .build_cancelling(cache, sub, &popts, &quiet, cancel)
+        {
+            (Ok(s), _) if s.ok() => self.publish_preview(cache, set, sub, &s),
+            (Ok(s), true) if s.cancelled => return self.build_again(),
+            // A failed preview stage fails again in the full build, which says so.
+            (Ok(_), _) => {}
+            (Err(e), _) => eprintln!("error: {e}"),
+        }
+        Next::Wait
+    }
+
+    /// Copies the preview's pictures to `out/<effect>/` and says where they are.
+    fn publish_preview(&mut self, cache: &Cache, set: &PreviewSet, sub: &Plan, s: &BuildSummary) {
+        let when = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let out_dir = self.env.project.root.join("out").join(self.effect);
+        let (section, images) = match pairs_preview::publish(cache, &out_dir, set, sub, s, when) {
+            Ok(published) => published,
+            Err(e) => return eprintln!("warning: could not write the preview: {e}"),
+        };
+        self.compare = Some(section);
+        let status = format!(
+            "preview of {} item(s) refreshed; full rebuild running",
+            set.items.len()
+        );
+        write_preview(self.env, self.effect, &status, self.compare.as_deref());
+        let ms = self.changed_at.elapsed().as_millis() as u64;
+        if self.env.json {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "event": "watch-preview",
+                    "effect": self.effect,
+                    "items": set.items.len(),
+                    "ran": s.ran,
+                    "ms": ms,
+                    "page": out_dir.join("preview.html"),
+                    "images": images,
+                })
+            );
+        } else {
+            eprintln!(
+                "watch: preview of {} item(s) in {:.1} s: {}",
+                set.items.len(),
+                ms as f64 / 1000.0,
+                out_dir.join("preview.html").display()
+            );
+        }
+    }
+
+    /// Builds the whole plan; on success refreshes `out/<effect>/` and the page.
+    fn build_full(&mut self, cache: &Cache, plan: &Plan) -> Next {
+        let (summary, changed) = self.changes.build_cancelling(
+            cache,
+            plan,
+            &self.opts,
+            self.reporter.as_ref(),
+            &self.cancel,
+        );
+        let (env, effect) = (self.env, self.effect);
+        match summary {
+            Ok(s) if s.ok() => {
+                if let Err(e) = materialize(env, cache, plan, &s) {
+                    eprintln!("warning: could not refresh out/{effect}: {e}");
+                }
+                let status = format!("built: {} ran, {} cached", s.ran, s.cached);
+                write_preview(env, effect, &status, self.compare.as_deref());
+            }
+            Ok(s) if !s.cancelled => {
+                let status = format!("build FAILED: {} stage(s) failed", s.failed);
+                write_preview(env, effect, &status, self.compare.as_deref());
+            }
+            Ok(s) if s.cancelled && changed => return self.build_again(),
+            Ok(_) => {}
+            Err(e) => eprintln!("error: {e}"),
+        }
+        Next::Wait
+    }
+
+    /// A change cancelled the build: plan and build again at once.
+    fn build_again(&mut self) -> Next {
+        let line = "a change arrived: building again".to_string();
+        say(self.env, self.effect, "watch-cancelled", &[line]);
+        self.last = None;
+        self.changed_at = Instant::now();
+        Next::BuildAgain
+    }
+
+    /// Waits for a change of content: true when one came, false on Ctrl-C.
+    fn wait_for_change(&mut self) -> Result<bool, Exit> {
+        loop {
+            if self.stop.load(Ordering::SeqCst) {
+                return Ok(false);
+            }
+            match self.changes.rx.recv_timeout(Duration::from_millis(100)) {
                 Ok(res) => {
-                    let t = take_in(&res, &mut limit_warned);
-                    digests.forget(&t);
-                    if t != Touched::Nothing {
-                        changed_at = std::time::Instant::now();
-                        break;
+                    if self.changes.take_in(&res) != Touched::Nothing {
+                        self.changed_at = Instant::now();
+                        return Ok(true);
                     }
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
@@ -566,4 +694,12 @@ pub fn run(
             }
         }
     }
+}
+
+/// What the loop does after a build: wait for the next change, or re-plan at once
+/// because a change cancelled the build.
+#[derive(PartialEq)]
+enum Next {
+    Wait,
+    BuildAgain,
 }

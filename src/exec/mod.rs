@@ -4,9 +4,12 @@
 pub mod change;
 pub mod dry;
 pub mod events;
+mod job;
 mod scheduler;
 mod slots;
+mod summary;
 pub mod transfer;
 
 pub use events::{Event, HumanReporter, JsonReporter, Reporter};
-pub use scheduler::{build, BuildOptions, BuildSummary, NodeOutcome, SkippedItem};
+pub use scheduler::{build, BuildOptions};
+pub use summary::{BuildSummary, NodeOutcome, SkippedItem};

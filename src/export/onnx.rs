@@ -10,7 +10,7 @@ use tract_onnx::pb::{
     TensorShapeProto, TypeProto, ValueInfoProto,
 };
 
-use super::quantize::{ActivationType, Calibration, QParams, QuantError, QuantPlan};
+use super::quantize::{int8_graph, ActivationType, Calibration, QParams, QuantError, QuantPlan};
 use crate::ir::{Graph, IrError, Op};
 
 pub const OPSET: i64 = 17;
@@ -191,14 +191,20 @@ impl Builder {
 
 /// Writes `graph` as an ONNX model (opset 17).
 pub fn write(graph: &Graph, precision: OnnxPrecision) -> Result<Vec<u8>, OnnxError> {
-    let shapes = graph.shapes()?;
-    let plan = match precision {
+    // An int8 graph runs with requantizes in front of some ADD inputs (`int8_graph`).
+    let int8;
+    let (graph, plan) = match precision {
         OnnxPrecision::Int8Qdq {
             calibration,
             activations,
-        } => Some(QuantPlan::new(graph, calibration, activations)?),
-        _ => None,
+        } => {
+            int8 = int8_graph(graph, calibration)?;
+            let plan = QuantPlan::new(&int8.0, &int8.1, activations)?;
+            (&int8.0, Some(plan))
+        }
+        _ => (graph, None),
     };
+    let shapes = graph.shapes()?;
     let fp16 = matches!(precision, OnnxPrecision::Fp16);
     let mut b = Builder {
         nodes: Vec::new(),

@@ -334,14 +334,15 @@ impl UnionFind {
     }
 }
 
-impl QuantPlan {
-    pub fn new(
-        graph: &Graph,
-        calibration: &Calibration,
-        dtype: ActivationType,
-    ) -> Result<QuantPlan, QuantError> {
-        graph.validate()?;
-        let fused_relu = fusable_conv_relu(graph);
+/// Values that share one set of parameters, as union-find roots: `names[i]` (the graph
+/// input, then every node) belongs to group `roots[i]`.
+struct SharedGroups<'g> {
+    names: Vec<&'g str>,
+    roots: Vec<usize>,
+}
+
+impl<'g> SharedGroups<'g> {
+    fn of(graph: &'g Graph, fused_relu: &BTreeMap<String, String>) -> SharedGroups<'g> {
         let mut names: Vec<&str> = vec![graph.input_name.as_str()];
         names.extend(graph.nodes.iter().map(|n| n.name.as_str()));
         let index: BTreeMap<&str, usize> = names.iter().enumerate().map(|(i, n)| (*n, i)).collect();
@@ -366,25 +367,186 @@ impl QuantPlan {
                 _ => {}
             }
         }
-        // Group range = union of member ranges; a fixed grid (tanh, sigmoid) wins.
-        let mut group_range: BTreeMap<usize, (f32, f32)> = BTreeMap::new();
-        let mut group_fixed: BTreeMap<usize, QParams> = BTreeMap::new();
-        for (i, name) in names.iter().enumerate() {
+        let roots = (0..names.len()).map(|i| uf.find(i)).collect();
+        SharedGroups { names, roots }
+    }
+
+    /// Each group's range: the union of its members' ranges (a conv output fused into
+    /// its ReLU is never stored and does not count), clipped where the group is read
+    /// only by a TANH or LOGISTIC (`saturation_bound`).
+    fn ranges(
+        &self,
+        graph: &Graph,
+        calibration: &Calibration,
+        fused_relu: &BTreeMap<String, String>,
+    ) -> Result<BTreeMap<usize, (f32, f32)>, QuantError> {
+        let mut ranges: BTreeMap<usize, (f32, f32)> = BTreeMap::new();
+        for (name, root) in self.names.iter().zip(&self.roots) {
             if fused_relu.contains_key(*name) {
                 continue;
             }
-            let root = uf.find(i);
             let r = calibration
                 .ranges
                 .get(*name)
                 .ok_or_else(|| QuantError::MissingRange(name.to_string()))?;
-            let e = group_range.entry(root).or_insert((0.0, 0.0));
-            e.0 = e.0.min(r.0);
-            e.1 = e.1.max(r.1);
-            if let Some(node) = graph.node(name) {
-                if let Some(fixed) = fixed_output(&node.op, dtype) {
-                    group_fixed.insert(root, fixed);
+            let e = ranges.entry(*root).or_insert((0.0, 0.0));
+            *e = (e.0.min(r.0), e.1.max(r.1));
+        }
+        for (root, range) in ranges.iter_mut() {
+            if let Some(bound) = self.saturation_bound(graph, calibration, *root) {
+                *range = (range.0.max(-bound), range.1.min(bound));
+            }
+        }
+        Ok(ranges)
+    }
+
+    /// Where every reader outside the group is a TANH (or every one a LOGISTIC), the
+    /// grid need not reach far past where the squash saturates: beyond 3.12 a TANH is
+    /// within half of its int8 output step (1/128) of ±1, beyond 6.24 a LOGISTIC within
+    /// half of 1/256 of 0 or 1. A sharp net's pre-tanh sum reaches ±20 or more; on a
+    /// grid that wide the linear part near 0 had a step of 0.2 (about 30 dB).
+    ///
+    /// An ADD in the group has its inputs clipped too, before they are summed: the
+    /// bound leaves room for every input but the widest (`input → output` colour path
+    /// beside the wide conv), so a clipped wide input plus the others still saturates.
+    fn saturation_bound(
+        &self,
+        graph: &Graph,
+        calibration: &Calibration,
+        root: usize,
+    ) -> Option<f32> {
+        let members: Vec<&str> = self
+            .names
+            .iter()
+            .zip(&self.roots)
+            .filter(|(_, r)| **r == root)
+            .map(|(n, _)| *n)
+            .collect();
+        if members.contains(&graph.output_name.as_str()) {
+            return None;
+        }
+        let readers: Vec<&Op> = members
+            .iter()
+            .flat_map(|m| graph.consumers(m))
+            .filter(|n| !members.contains(&n.name.as_str()))
+            .map(|n| &n.op)
+            .collect();
+        let saturation = match readers.first()? {
+            Op::Tanh => 3.12,
+            Op::Sigmoid => 6.24,
+            _ => return None,
+        };
+        if readers.iter().any(|op| *op != readers[0]) {
+            return None;
+        }
+        let magnitude = |v: &String| {
+            calibration
+                .ranges
+                .get(v)
+                .map_or(f32::INFINITY, |(lo, hi)| lo.abs().max(hi.abs()))
+        };
+        let mut room = 0f32;
+        for node in members.iter().filter_map(|m| graph.node(m)) {
+            if node.op == Op::Add {
+                let m: Vec<f32> = node.inputs.iter().map(magnitude).collect();
+                let widest = m.iter().copied().fold(0.0, f32::max);
+                room = room.max(m.iter().sum::<f32>() - widest);
+            }
+        }
+        Some(saturation + room)
+    }
+}
+
+/// The graph an int8 runtime runs, and its calibration: `graph` with an identity
+/// requantize (a 1x1 depthwise conv of weight 1) in front of every ADD input that other
+/// ops read too and whose own range is under half its ADD group's.
+///
+/// The runtimes' ADD takes its inputs on the output's grid (tract refuses two grids),
+/// so a skip from a narrow ReLU (the stem's [0, 2]) added to a wide decoder level
+/// ([0, 10]) would be stored with a handful of levels for every op that reads it. The
+/// requantize moves the ADD's copy onto the wide grid and leaves the value its own.
+/// Every target runs a depthwise conv; it costs one MAC per element, and the float
+/// result is unchanged.
+pub fn int8_graph(
+    graph: &Graph,
+    calibration: &Calibration,
+) -> Result<(Graph, Calibration), QuantError> {
+    graph.validate()?;
+    let range = |name: &str| {
+        calibration
+            .ranges
+            .get(name)
+            .copied()
+            .ok_or_else(|| QuantError::MissingRange(name.to_string()))
+    };
+    let fused_relu = fusable_conv_relu(graph);
+    let groups = SharedGroups::of(graph, &fused_relu);
+    let group_range = groups.ranges(graph, calibration, &fused_relu)?;
+    let root_of: BTreeMap<&str, usize> = groups
+        .names
+        .iter()
+        .zip(&groups.roots)
+        .map(|(n, r)| (*n, *r))
+        .collect();
+    let shapes = graph.shapes()?;
+    let mut out = graph.clone();
+    out.nodes.clear();
+    let mut ranges = calibration.ranges.clone();
+    for node in &graph.nodes {
+        let mut node = node.clone();
+        if node.op == Op::Add {
+            for input in node.inputs.iter_mut() {
+                let (lo, hi) = range(input)?;
+                let (glo, ghi) = group_range[&root_of[input.as_str()]];
+                let shared = graph.consumers(input).len() > 1;
+                if !shared || (hi - lo) * 2.0 >= ghi - glo {
+                    continue;
                 }
+                let channels = shapes[input.as_str()][1];
+                let name = format!("{}.requantize", input);
+                out.nodes.push(Node {
+                    name: name.clone(),
+                    op: Op::Conv2d {
+                        weight: vec![1.0; channels],
+                        weight_shape: [channels, 1, 1, 1],
+                        bias: vec![0.0; channels],
+                        stride: [1, 1],
+                        pads: [0, 0, 0, 0],
+                        groups: channels,
+                    },
+                    inputs: vec![input.clone()],
+                });
+                ranges.insert(name.clone(), (lo, hi));
+                *input = name;
+            }
+        }
+        out.nodes.push(node);
+    }
+    Ok((
+        out,
+        Calibration {
+            ranges,
+            ..calibration.clone()
+        },
+    ))
+}
+
+impl QuantPlan {
+    pub fn new(
+        graph: &Graph,
+        calibration: &Calibration,
+        dtype: ActivationType,
+    ) -> Result<QuantPlan, QuantError> {
+        graph.validate()?;
+        let fused_relu = fusable_conv_relu(graph);
+        let groups = SharedGroups::of(graph, &fused_relu);
+        let group_range = groups.ranges(graph, calibration, &fused_relu)?;
+        let SharedGroups { names, roots } = groups;
+        // A fixed grid (tanh, sigmoid outputs) wins over the group's range.
+        let mut group_fixed: BTreeMap<usize, QParams> = BTreeMap::new();
+        for (name, root) in names.iter().zip(&roots) {
+            if let Some(fixed) = graph.node(name).and_then(|n| fixed_output(&n.op, dtype)) {
+                group_fixed.insert(*root, fixed);
             }
         }
         let mut activations = BTreeMap::new();
@@ -392,7 +554,7 @@ impl QuantPlan {
             if fused_relu.contains_key(*name) {
                 continue;
             }
-            let root = uf.find(i);
+            let root = roots[i];
             let q = group_fixed.get(&root).copied().unwrap_or_else(|| {
                 let (lo, hi) = group_range[&root];
                 QParams::from_range(lo, hi, dtype)
@@ -696,4 +858,103 @@ fn local_output(
         });
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ir::sample::{image_like, narrow_skip};
+
+    fn calibrated(g: &Graph) -> Calibration {
+        let frames: Vec<Vec<f32>> = (0..3).map(|s| image_like(g.input_shape, s)).collect();
+        calibrate(g, &frames, CalibrationMethod::MinMax).unwrap()
+    }
+
+    /// RMS distance between `value` in fp32 and in the simulated int8 graph.
+    fn int8_error(g: &Graph, cal: &Calibration, value: &str) -> f32 {
+        let plan = QuantPlan::new(g, cal, ActivationType::Int8).unwrap();
+        let x = image_like(g.input_shape, 9);
+        let exact = eval(g, &x).unwrap().data.remove(value).unwrap();
+        let sim = plan.simulate(g, &x).unwrap().data.remove(value).unwrap();
+        let se: f32 = exact.iter().zip(&sim).map(|(a, b)| (a - b) * (a - b)).sum();
+        (se / exact.len() as f32).sqrt()
+    }
+
+    #[test]
+    fn a_narrow_shared_add_input_keeps_its_own_grid() {
+        let g = narrow_skip(4, 8, 1);
+        let cal = calibrated(&g);
+        let (g8, cal8) = int8_graph(&g, &cal).unwrap();
+
+        // One requantize, in front of the ADD only; `down` still reads the ReLU.
+        let added: Vec<&str> = g8
+            .nodes
+            .iter()
+            .filter(|n| g.node(&n.name).is_none())
+            .map(|n| n.name.as_str())
+            .collect();
+        assert_eq!(added, ["stem.relu.requantize"]);
+        assert_eq!(g8.node("sum").unwrap().inputs[1], "stem.relu.requantize");
+        assert_eq!(g8.node("down").unwrap().inputs[0], "stem.relu");
+        // The float graph computes the same thing.
+        let x = image_like(g.input_shape, 4);
+        assert_eq!(
+            eval(&g, &x).unwrap().data["out"],
+            eval(&g8, &x).unwrap().data["out"]
+        );
+
+        // The ReLU's grid is its own range, not the sum's.
+        let plan = QuantPlan::new(&g8, &cal8, ActivationType::Int8).unwrap();
+        let (lo, hi) = cal.ranges["stem.relu"];
+        let relu = plan.activations["stem.relu"].scale;
+        assert!(relu <= (hi - lo) / 255.0 * 1.01, "stem.relu scale {relu}");
+        let sum = plan.activations["sum"].scale;
+        assert!(relu * 4.0 < sum, "stem.relu scale {relu}, sum {sum}");
+        // ... so the conv that reads it sees it about as finely as fp32: several times
+        // closer than with the one-grid plan.
+        let (before, after) = (int8_error(&g, &cal, "down"), int8_error(&g8, &cal8, "down"));
+        assert!(after * 4.0 < before, "down: rms {before} -> {after}");
+    }
+
+    #[test]
+    fn adds_of_like_ranges_are_left_alone() {
+        let g = crate::ir::sample::student_like(4, 8, 3);
+        let cal = calibrated(&g);
+        let mut wide = cal.clone();
+        // Every value as wide as the widest: no input is narrow.
+        let span = wide
+            .ranges
+            .values()
+            .fold((0f32, 0f32), |a, r| (a.0.min(r.0), a.1.max(r.1)));
+        wide.ranges.values_mut().for_each(|r| *r = span);
+        let (g8, _) = int8_graph(&g, &wide).unwrap();
+        assert_eq!(g8, g);
+    }
+
+    #[test]
+    fn a_wide_sum_read_only_by_tanh_is_clipped_where_tanh_saturates() {
+        // A sharp net: the pre-tanh sum spans about ±70, nearly all of it from `mix`.
+        let mut g = narrow_skip(4, 8, 2);
+        for name in ["mix"] {
+            let node = g.nodes.iter_mut().find(|n| n.name == name).unwrap();
+            if let Op::Conv2d { weight, .. } = &mut node.op {
+                weight.iter_mut().for_each(|w| *w *= 8.0);
+            }
+        }
+        let cal = calibrated(&g);
+        let (lo, hi) = cal.ranges["pre"];
+        assert!(hi - lo > 40.0, "pre spans {lo}..{hi}");
+        let (g8, cal8) = int8_graph(&g, &cal).unwrap();
+        let plan = QuantPlan::new(&g8, &cal8, ActivationType::Int8).unwrap();
+        let (plo, phi) = plan.activations["pre"].representable();
+        let room = cal.ranges["mix2"].0.abs().max(cal.ranges["mix2"].1.abs());
+        assert!(
+            plo >= -3.2 - room && phi <= 3.2 + room,
+            "pre grid {plo}..{phi}, room {room}"
+        );
+        // Where the tanh is not saturated the output keeps int8's precision:
+        // on the ±70 grid (step 0.6) it would be about 0.15.
+        let rms = int8_error(&g8, &cal8, "out");
+        assert!(rms < 0.03, "output rms {rms}");
+    }
 }

@@ -16,7 +16,7 @@
 //! float tensors appended. `core_of_shipped` reads a shipped file back, strips the
 //! edges and re-serializes: it must give the verified core byte for byte.
 
-use super::quantize::{ActivationType, Calibration, QParams, QuantError, QuantPlan};
+use super::quantize::{int8_graph, ActivationType, Calibration, QParams, QuantError, QuantPlan};
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::ir::{Graph, IrError, Node, Op};
@@ -587,8 +587,9 @@ pub fn write(graph: &Graph, precision: TflitePrecision) -> Result<TfliteFiles, T
             })
         }
         TflitePrecision::Int8(calibration) => {
-            let plan = QuantPlan::new(graph, calibration, ActivationType::Int8)?;
-            let mut core = lower(graph, Some(&plan))?;
+            let (graph, calibration) = int8_graph(graph, calibration)?;
+            let plan = QuantPlan::new(&graph, &calibration, ActivationType::Int8)?;
+            let mut core = lower(&graph, Some(&plan))?;
             core.description = format!("effectc student{CORE_SUFFIX}");
             Ok(TfliteFiles {
                 shipped: serialize(&with_float_edges(&core))?,

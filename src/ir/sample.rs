@@ -200,6 +200,66 @@ pub fn sigmoid_head(width: usize, resolution_px: usize, seed: u64) -> Graph {
     }
 }
 
+/// A narrow ReLU (`stem.relu`) read by a conv and added to a value 20x wider (`wide`),
+/// the accordion's stem skip in small: an int8 plan that gave the ADD one grid would
+/// leave `stem.relu` a dozen levels.
+pub fn narrow_skip(width: usize, resolution_px: usize, seed: u64) -> Graph {
+    let mut rng = SplitRng::new(seed);
+    let mut wide = conv(
+        &mut rng,
+        "wide",
+        "stem.relu",
+        width,
+        width,
+        1,
+        1,
+        [0; 4],
+        false,
+    );
+    if let Op::Conv2d { weight, .. } = &mut wide.op {
+        weight.iter_mut().for_each(|w| *w *= 20.0);
+    }
+    let nodes = vec![
+        conv(
+            &mut rng,
+            "stem",
+            "image",
+            3,
+            width,
+            3,
+            1,
+            [1, 1, 1, 1],
+            false,
+        ),
+        unary("stem.relu", Op::Relu, "stem"),
+        wide,
+        unary("wide.relu", Op::Relu, "wide"),
+        binary("sum", Op::Add, "wide.relu", "stem.relu"),
+        conv(
+            &mut rng,
+            "down",
+            "stem.relu",
+            width,
+            width,
+            3,
+            1,
+            [1, 1, 1, 1],
+            false,
+        ),
+        unary("down.relu", Op::Relu, "down"),
+        conv(&mut rng, "mix", "sum", width, 3, 1, 1, [0; 4], false),
+        conv(&mut rng, "mix2", "down.relu", width, 3, 1, 1, [0; 4], false),
+        binary("pre", Op::Add, "mix", "mix2"),
+        unary("out", Op::Tanh, "pre"),
+    ];
+    Graph {
+        input_name: "image".into(),
+        input_shape: [1, 3, resolution_px, resolution_px],
+        nodes,
+        output_name: "out".into(),
+    }
+}
+
 /// An image-like NCHW input in [-1, 1]: smooth gradients and blobs plus a little noise,
 /// so SSIM and calibration see something like a photo rather than white noise.
 pub fn image_like(shape: [usize; 4], seed: u64) -> Vec<f32> {

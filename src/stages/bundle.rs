@@ -14,6 +14,7 @@
 //! holds what its report links to.
 
 use super::target::read_frames;
+use super::verify::CheckFile;
 use crate::bundle::manifest::{
     GoldenPair, Manifest, StudentSummary, TargetSummary, TeacherSummary, TensorSpec,
 };
@@ -27,6 +28,7 @@ use image::RgbImage;
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
 pub struct BundleStage {
     /// `plan::lower::recipe_inputs_digest` of the plan: the manifest's `recipe_digest`.
@@ -66,58 +68,36 @@ fn frame_to_image(frame: &[f32], h: usize, w: usize) -> RgbImage {
     })
 }
 
-/// What the bundle reads of a target's `check.json` (a `verify::ArtifactCheck`): its
-/// measures as options, because JSON writes a non-finite one (the PSNR of identical
-/// frames) as `null`.
-#[derive(serde::Deserialize)]
-struct VerifyCheck {
-    psnr_db: Option<f64>,
+/// What the manifest takes from a training's `metrics.json` (its report's figures by
+/// their `protocol::metric` names; an older record's old names too). Absent figures
+/// stay `None`.
+struct TrainingFigures {
+    params: Option<u64>,
+    macs_512: Option<u64>,
+    psnr_vs_pairs_db: Option<f64>,
+    psnr_vs_teacher_db: Option<f64>,
     ssim: Option<f64>,
-    max_abs: Option<f64>,
-    size_bytes: Option<u64>,
-    passed: bool,
-    thresholds: CheckThresholds,
-    latency: Option<crate::verify::Latency>,
+    flicker_ratio: Option<f64>,
+    identity_psnr_db: Option<f64>,
 }
 
-#[derive(serde::Deserialize)]
-struct CheckThresholds {
-    min_psnr_db: Option<f64>,
+impl TrainingFigures {
+    fn read(ctx: &RunContext, port: InputPort) -> Result<TrainingFigures, StageError> {
+        let m: Map<String, Value> = ctx.read_json(port.pattern)?;
+        let m = Value::Object(m);
+        Ok(TrainingFigures {
+            params: m[metric::PARAMS].as_u64(),
+            macs_512: m[metric::MACS_512].as_u64(),
+            psnr_vs_pairs_db: metric::read(&m, metric::PSNR_VS_PAIRS_DB),
+            psnr_vs_teacher_db: m[metric::PSNR_VS_TEACHER_DB].as_f64(),
+            ssim: m[metric::SSIM].as_f64(),
+            flicker_ratio: m[metric::FLICKER_RATIO].as_f64(),
+            identity_psnr_db: m[metric::IDENTITY_PSNR_DB].as_f64(),
+        })
+    }
 }
 
 impl BundleStage {
-    /// Target `name`'s input and output as its shipped file declares them.
-    fn edges(
-        &self,
-        ctx: &RunContext,
-        name: &str,
-        format: &str,
-    ) -> Result<(TensorSpec, TensorSpec), StageError> {
-        let read = |rel: &str| {
-            let path = ctx.input(&format!("target/{name}/{rel}"))?;
-            std::fs::read(path).map_err(|e| StageError::io(path, e))
-        };
-        let bad = |e: String| StageError::environment(format!("target {name}: {e}"));
-        match format {
-            "tflite" => crate::verify::io::tflite_edges(&read("model.tflite")?).map_err(bad),
-            "onnx" => crate::verify::io::onnx_edges(&read("model.onnx")?).map_err(bad),
-            "mlpackage" => {
-                // The package folder, rebuilt from its files as the verify stage rebuilds it.
-                let prefix = format!("target/{name}/model.mlpackage/");
-                let dir = ctx
-                    .out_dir
-                    .join("packages")
-                    .join(name)
-                    .join("model.mlpackage");
-                super::target::assemble_mlpackage(ctx, &prefix, &dir)?;
-                let decoded =
-                    crate::export::coreml::read_mlpackage(&dir).map_err(|e| bad(e.to_string()))?;
-                Ok(crate::verify::io::coreml_edges(&decoded))
-            }
-            other => Err(bad(format!("no bundle support for format {other}"))),
-        }
-    }
-
     /// The pictures of the report: loss curves, the contact sheet, the pairs sheet.
     fn figures(
         &self,
@@ -134,21 +114,19 @@ impl BundleStage {
             });
             Ok::<(), StageError>(())
         };
-        for (input, title, caption) in [
+        for (port, title, caption) in [
             (
-                "teacher-loss.png",
+                TEACHER_LOSS,
                 "Teacher loss",
                 "The wide teacher's training loss per step.",
             ),
             (
-                "student-loss.png",
+                STUDENT_LOSS,
                 "Student loss",
                 "The real-time student's distillation loss per step.",
             ),
         ] {
-            if let Some(path) = ctx.inputs.get(input) {
-                add(path, title, caption)?;
-            }
+            add(ctx.input(port.pattern)?, title, caption)?;
         }
         add(sheet, "Contact sheet", CONTACT_SHEET_CAPTION)?;
         if let Some(path) = ctx.optional_input(PAIRS_SHEET.pattern)? {
@@ -159,6 +137,36 @@ impl BundleStage {
             )?;
         }
         Ok(figures)
+    }
+}
+
+/// Target `name`'s input and output as its shipped file declares them.
+fn edges(
+    ctx: &RunContext,
+    name: &str,
+    format: &str,
+) -> Result<(TensorSpec, TensorSpec), StageError> {
+    let read = |rel: &str| {
+        let path = ctx.input(&format!("{}/{rel}", TARGET.name(name)))?;
+        std::fs::read(path).map_err(|e| StageError::io(path, e))
+    };
+    let bad = |e: String| StageError::environment(format!("target {name}: {e}"));
+    match format {
+        "tflite" => crate::verify::io::tflite_edges(&read("model.tflite")?).map_err(bad),
+        "onnx" => crate::verify::io::onnx_edges(&read("model.onnx")?).map_err(bad),
+        "mlpackage" => {
+            // The package folder, rebuilt from its files as the verify stage rebuilds it.
+            let dir = ctx
+                .out_dir
+                .join("packages")
+                .join(name)
+                .join("model.mlpackage");
+            super::target::assemble_mlpackage(ctx, TARGET, name, &dir)?;
+            let decoded =
+                crate::export::coreml::read_mlpackage(&dir).map_err(|e| bad(e.to_string()))?;
+            Ok(crate::verify::io::coreml_edges(&decoded))
+        }
+        other => Err(bad(format!("no bundle support for format {other}"))),
     }
 }
 
@@ -248,170 +256,27 @@ impl Stage for BundleStage {
     }
 
     fn run(&self, ctx: &mut RunContext) -> Result<RunOutput, StageError> {
-        let (inputs, shape) = read_frames(ctx.input(super::verify::HOLDOUT_INPUTS.pattern)?)?;
-        let (references, _) = read_frames(ctx.input(super::verify::HOLDOUT_REFERENCE.pattern)?)?;
-        let (h, w) = (shape[2], shape[3]);
-        // The held-out items' teacher images, skipped items left out: the export left out
-        // the same items, so the j-th present one is the j-th frame.
-        let teachers: Vec<std::path::PathBuf> = (0..self.rows)
-            .filter_map(|i| {
-                ctx.optional_input(&TEACHER_ROW.name(&i.to_string()))
-                    .transpose()
-                    .map(|p| p.map(|p| p.to_path_buf()))
-            })
-            .collect::<Result<_, _>>()?;
-        let rows = teachers.len().min(inputs.len());
-        let mut entries: Vec<(String, EntrySource)> = Vec::new();
+        let holdout = Holdout::read(ctx, self.rows)?;
+        let mut contents = Contents::default();
         let mut targets = BTreeMap::new();
         let mut measured = Map::new();
         let mut target_outputs = Vec::new();
-        let mut golden_files = Vec::new();
         for (name, format, precision) in &self.targets {
-            let prefix = format!("target/{name}/");
-            let mut shipped = Vec::new();
-            for (input, path) in &ctx.inputs {
-                let Some(rel) = input.strip_prefix(&prefix) else {
-                    continue;
-                };
-                // The verified core and the calibration are build by-products, not shipped.
-                if rel == "model.core.tflite" || rel == "calibration.json" {
-                    continue;
-                }
-                entries.push((
-                    format!("models/{name}/{rel}"),
-                    EntrySource::File(path.clone()),
-                ));
-                shipped.push(rel.to_string());
-            }
-            let main_file = shipped
-                .iter()
-                .find(|f| !f.contains('/'))
-                .cloned()
-                .unwrap_or_else(|| "model.mlpackage".into());
-            let check: VerifyCheck = ctx.read_json(&VERIFY_CHECK.name(name))?;
-            let (outs, _) = read_frames(ctx.input(&VERIFY_OUTPUTS.name(name))?)?;
-            let (in_spec, out_spec) = self.edges(ctx, name, format)?;
-            let mut golden = Vec::new();
-            for (i, (x, y)) in inputs.iter().zip(&outs).take(rows).enumerate() {
-                for (kind, spec, frame) in [("input", &in_spec, x), ("output", &out_spec, y)] {
-                    let data = crate::bundle::golden::encode_frame(spec, frame, (shape[1], h, w))
-                        .and_then(|(dims, v)| {
-                            crate::bundle::npy::encode(&dims, &v).map_err(|e| e.to_string())
-                        })
-                        .map_err(|e| {
-                            StageError::environment(format!("golden {kind} for {name}: {e}"))
-                        })?;
-                    let rel = format!("golden/{name}/{kind}-{i}.npy");
-                    let path = ctx.out_dir.join(&rel);
-                    if let Some(parent) = path.parent() {
-                        std::fs::create_dir_all(parent).map_err(|e| StageError::io(parent, e))?;
-                    }
-                    crate::atomic::write(&path, &data).map_err(|e| StageError::io(&path, e))?;
-                    entries.push((rel.clone(), EntrySource::File(path.clone())));
-                    golden_files.push((rel, path));
-                }
-                golden.push(GoldenPair {
-                    input: format!("golden/{name}/input-{i}.npy"),
-                    output: format!("golden/{name}/output-{i}.npy"),
-                });
-            }
-            measured.insert(
-                name.clone(),
-                json!({
-                    "latency_ms": check.latency.map(|l| l.median_ms),
-                    "latency": check.latency,
-                }),
-            );
-            targets.insert(
-                name.clone(),
-                TargetSummary {
-                    file: format!("models/{name}/{main_file}"),
-                    format: format.clone(),
-                    precision: precision.clone(),
-                    psnr_db: check.psnr_db,
-                    min_psnr_db: check.thresholds.min_psnr_db,
-                    ssim: check.ssim,
-                    max_abs: check.max_abs,
-                    size_bytes: check.size_bytes,
-                    verified: check.passed,
-                    input: Some(in_spec),
-                    output: Some(out_spec),
-                    golden,
-                },
-            );
-            target_outputs.push((name.clone(), outs));
+            let t = bundle_target(ctx, &holdout, name, format, precision, &mut contents)?;
+            measured.insert(name.clone(), t.measured);
+            targets.insert(name.clone(), t.summary);
+            target_outputs.push((name.clone(), t.outputs));
         }
-        // Contact sheet: source | the pair's target (the teacher's picture) | the teacher
-        // net's output | student | each target, on held-out frames.
-        let (teacher_net, _) = read_frames(ctx.input(HOLDOUT_TEACHER.pattern)?)?;
-        let mut sheet_rows = Vec::new();
-        for i in 0..rows {
-            let mut row = vec![frame_to_image(&inputs[i], h, w)];
-            row.push(super::png::read_rgb(&teachers[i])?);
-            row.push(
-                teacher_net
-                    .get(i)
-                    .map(|o| frame_to_image(o, h, w))
-                    .unwrap_or_else(|| RgbImage::new(w as u32, h as u32)),
-            );
-            row.push(frame_to_image(&references[i], h, w));
-            for (_, outs) in &target_outputs {
-                row.push(
-                    outs.get(i)
-                        .map(|o| frame_to_image(o, h, w))
-                        .unwrap_or_else(|| RgbImage::new(w as u32, h as u32)),
-                );
-            }
-            sheet_rows.push(row);
-        }
-        let mut titles = vec!["source", "pair", "teacher", "student"];
-        titles.extend(target_outputs.iter().map(|(n, _)| n.as_str()));
-        let sheet = crate::imaging::contact_sheet::contact_sheet(&sheet_rows, &titles, 128);
-        let sheet_path = ctx.out_dir.join("contact-sheet.png");
-        super::png::write_png(&sheet, &sheet_path)?;
-        entries.push((
-            "contact-sheet.png".into(),
-            EntrySource::File(sheet_path.clone()),
-        ));
-
-        let student: Value = ctx.read_json(STUDENT_METRICS.pattern)?;
-        let teacher: Value = ctx.read_json(TEACHER_METRICS.pattern)?;
-        // Every file's digest, then the manifest that lists them.
-        let mut files = BTreeMap::new();
-        for (path, src) in &entries {
-            let d = match src {
-                EntrySource::Bytes(b) => Digest::of_bytes(b),
-                EntrySource::File(p) => Digest::of_file(p).map_err(|e| StageError::io(p, e))?,
-            };
-            files.insert(path.clone(), d.hex());
-        }
-        let manifest = Manifest {
-            effect: self.effect.clone(),
-            version: self.version.clone(),
-            recipe_digest: self.recipe_digest.hex(),
-            files,
-            student: StudentSummary {
-                width: self.student.width,
-                blocks: self.student.blocks,
-                params: student["params"].as_u64(),
-                macs_512: student["macs_512"].as_u64(),
-                psnr_vs_pairs_db: metric::read(&student, metric::PSNR_VS_PAIRS_DB),
-                psnr_vs_teacher_db: student[metric::PSNR_VS_TEACHER_DB].as_f64(),
-                ssim: student[metric::SSIM].as_f64(),
-                flicker_ratio: student["flicker_ratio"].as_f64(),
-            },
-            teacher: TeacherSummary {
-                width: self.student.teacher_width,
-                psnr_vs_pairs_db: metric::read(&teacher, metric::PSNR_VS_PAIRS_DB),
-                identity_psnr_db: teacher[metric::IDENTITY_PSNR_DB].as_f64(),
-            },
-            targets,
-        };
+        let sheet_path = contact_sheet(ctx, &holdout, &target_outputs)?;
+        contents.add_file("contact-sheet.png", &sheet_path);
+        let manifest = self.manifest(ctx, &contents, targets)?;
         let manifest_bytes = serde_json::to_vec_pretty(&manifest).unwrap_or_default();
         let manifest_path = ctx.out_dir.join("manifest.json");
         std::fs::write(&manifest_path, &manifest_bytes)
             .map_err(|e| StageError::io(&manifest_path, e))?;
-        entries.push(("manifest.json".into(), EntrySource::Bytes(manifest_bytes)));
+        contents
+            .entries
+            .push(("manifest.json".into(), EntrySource::Bytes(manifest_bytes)));
         // The report inside the tarball: only what the recipe determines, pictures inline.
         let figures = self.figures(ctx, &sheet_path)?;
         let inner_report = ctx.out_dir.join("report.html");
@@ -424,27 +289,11 @@ impl Stage for BundleStage {
             &inner_report,
         )
         .map_err(|e| StageError::environment(e.to_string()))?;
-        entries.push((
-            "report.html".into(),
-            EntrySource::File(inner_report.clone()),
-        ));
+        contents.add_file("report.html", &inner_report);
         let tar = ctx.out_dir.join("bundle.tar.gz");
-        write_reproducible_tar_gz(&entries, &tar)
+        write_reproducible_tar_gz(&contents.entries, &tar)
             .map_err(|e| StageError::environment(e.to_string()))?;
-
-        // Beside the tarball: what this machine measured, and a report showing it too.
-        let measurements = json!({
-            "effect": self.effect,
-            "recipe_digest": self.recipe_digest.hex(),
-            "machine": build_machine(),
-            "targets": measured,
-        });
-        let measurements_path = ctx.out_dir.join("measurements.json");
-        std::fs::write(
-            &measurements_path,
-            serde_json::to_vec_pretty(&measurements).unwrap_or_default(),
-        )
-        .map_err(|e| StageError::io(&measurements_path, e))?;
+        let measurements_path = self.write_measurements(ctx, measured)?;
         let mut out = RunOutput::default();
         out.files
             .insert("measurements.json".into(), measurements_path);
@@ -452,7 +301,7 @@ impl Stage for BundleStage {
         out.files.insert("manifest.json".into(), manifest_path);
         out.files.insert("contact-sheet.png".into(), sheet_path);
         out.files.insert("report.html".into(), inner_report);
-        for (rel, path) in golden_files {
+        for (rel, path) in contents.golden {
             out.files.insert(rel, path);
         }
         let verified = manifest.targets.values().all(|t| t.verified);
@@ -461,4 +310,259 @@ impl Stage for BundleStage {
         out.metrics.insert("verified".into(), json!(verified));
         Ok(out)
     }
+}
+
+impl BundleStage {
+    /// The manifest: every file's digest so far, the trainings' figures, the targets.
+    fn manifest(
+        &self,
+        ctx: &RunContext,
+        contents: &Contents,
+        targets: BTreeMap<String, TargetSummary>,
+    ) -> Result<Manifest, StageError> {
+        let student = TrainingFigures::read(ctx, STUDENT_METRICS)?;
+        let teacher = TrainingFigures::read(ctx, TEACHER_METRICS)?;
+        let mut files = BTreeMap::new();
+        for (path, src) in &contents.entries {
+            let d = match src {
+                EntrySource::Bytes(b) => Digest::of_bytes(b),
+                EntrySource::File(p) => Digest::of_file(p).map_err(|e| StageError::io(p, e))?,
+            };
+            files.insert(path.clone(), d.hex());
+        }
+        Ok(Manifest {
+            effect: self.effect.clone(),
+            version: self.version.clone(),
+            recipe_digest: self.recipe_digest.hex(),
+            files,
+            student: StudentSummary {
+                width: self.student.width,
+                blocks: self.student.blocks,
+                params: student.params,
+                macs_512: student.macs_512,
+                psnr_vs_pairs_db: student.psnr_vs_pairs_db,
+                psnr_vs_teacher_db: student.psnr_vs_teacher_db,
+                ssim: student.ssim,
+                flicker_ratio: student.flicker_ratio,
+            },
+            teacher: TeacherSummary {
+                width: self.student.teacher_width,
+                psnr_vs_pairs_db: teacher.psnr_vs_pairs_db,
+                identity_psnr_db: teacher.identity_psnr_db,
+            },
+            targets,
+        })
+    }
+
+    /// Beside the tarball: what this machine measured (each target's latency).
+    fn write_measurements(
+        &self,
+        ctx: &RunContext,
+        measured: Map<String, Value>,
+    ) -> Result<PathBuf, StageError> {
+        let measurements = json!({
+            "effect": self.effect,
+            "recipe_digest": self.recipe_digest.hex(),
+            "machine": build_machine(),
+            "targets": measured,
+        });
+        let path = ctx.out_dir.join("measurements.json");
+        std::fs::write(
+            &path,
+            serde_json::to_vec_pretty(&measurements).unwrap_or_default(),
+        )
+        .map_err(|e| StageError::io(&path, e))?;
+        Ok(path)
+    }
+}
+
+/// The held-out frames the golden files and the contact sheet show.
+struct Holdout {
+    inputs: Vec<Vec<f32>>,
+    references: Vec<Vec<f32>>,
+    shape: [usize; 4],
+    /// The held-out items' teacher images, skipped items left out.
+    teachers: Vec<PathBuf>,
+    /// How many rows the sheet and the golden frames show.
+    rows: usize,
+}
+
+impl Holdout {
+    fn read(ctx: &RunContext, rows: usize) -> Result<Holdout, StageError> {
+        let (inputs, shape) = read_frames(ctx.input(super::verify::HOLDOUT_INPUTS.pattern)?)?;
+        let (references, _) = read_frames(ctx.input(super::verify::HOLDOUT_REFERENCE.pattern)?)?;
+        // The export left out the same skipped items, so the j-th present teacher image
+        // is the j-th frame.
+        let teachers: Vec<PathBuf> = (0..rows)
+            .filter_map(|i| {
+                ctx.optional_input(&TEACHER_ROW.name(&i.to_string()))
+                    .transpose()
+                    .map(|p| p.map(|p| p.to_path_buf()))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Holdout {
+            rows: teachers.len().min(inputs.len()),
+            inputs,
+            references,
+            shape,
+            teachers,
+        })
+    }
+    fn hw(&self) -> (usize, usize) {
+        (self.shape[2], self.shape[3])
+    }
+}
+
+/// The tarball's entries in order, and the golden files (outputs of the stage too).
+#[derive(Default)]
+struct Contents {
+    entries: Vec<(String, EntrySource)>,
+    golden: Vec<(String, PathBuf)>,
+}
+
+impl Contents {
+    fn add_file(&mut self, name: &str, path: &Path) {
+        self.entries
+            .push((name.into(), EntrySource::File(path.to_path_buf())));
+    }
+}
+
+/// One target's part of the bundle.
+struct BundledTarget {
+    summary: TargetSummary,
+    /// What this machine measured of it.
+    measured: Value,
+    /// Its outputs on the held-out frames (the contact sheet's column).
+    outputs: Vec<Vec<f32>>,
+}
+
+/// Adds a target's shipped files and golden frames to the bundle; returns its summary.
+fn bundle_target(
+    ctx: &RunContext,
+    holdout: &Holdout,
+    name: &str,
+    format: &str,
+    precision: &str,
+    contents: &mut Contents,
+) -> Result<BundledTarget, StageError> {
+    let main_file = add_shipped_files(ctx, name, contents)?;
+    let check: CheckFile = ctx.read_json(&VERIFY_CHECK.name(name))?;
+    let (outs, _) = read_frames(ctx.input(&VERIFY_OUTPUTS.name(name))?)?;
+    let (in_spec, out_spec) = edges(ctx, name, format)?;
+    let golden = add_golden_frames(ctx, holdout, name, &outs, (&in_spec, &out_spec), contents)?;
+    Ok(BundledTarget {
+        measured: json!({
+            "latency_ms": check.latency.map(|l| l.median_ms),
+            "latency": check.latency,
+        }),
+        summary: TargetSummary {
+            file: format!("models/{name}/{main_file}"),
+            format: format.to_string(),
+            precision: precision.to_string(),
+            psnr_db: check.psnr_db,
+            min_psnr_db: check.thresholds.min_psnr_db,
+            ssim: check.ssim,
+            max_abs: check.max_abs,
+            size_bytes: check.size_bytes,
+            verified: check.passed,
+            input: Some(in_spec),
+            output: Some(out_spec),
+            golden,
+        },
+        outputs: outs,
+    })
+}
+
+/// Adds the files the target stage wrote under `models/NAME/`; returns the main one's
+/// name (the first at the top, else the package).
+fn add_shipped_files(
+    ctx: &RunContext,
+    name: &str,
+    contents: &mut Contents,
+) -> Result<String, StageError> {
+    let mut shipped = Vec::new();
+    for (rel, path) in ctx.outputs_of(TARGET, name)? {
+        // The verified core and the calibration are build by-products, not shipped.
+        if rel == "model.core.tflite" || rel == "calibration.json" {
+            continue;
+        }
+        contents.add_file(&format!("models/{name}/{rel}"), path);
+        shipped.push(rel.to_string());
+    }
+    Ok(shipped
+        .iter()
+        .find(|f| !f.contains('/'))
+        .cloned()
+        .unwrap_or_else(|| "model.mlpackage".into()))
+}
+
+/// Writes the target's golden frames (held-out inputs and its outputs, in its own
+/// layout, dtype and range) and adds them to the bundle.
+fn add_golden_frames(
+    ctx: &RunContext,
+    holdout: &Holdout,
+    name: &str,
+    outs: &[Vec<f32>],
+    (in_spec, out_spec): (&TensorSpec, &TensorSpec),
+    contents: &mut Contents,
+) -> Result<Vec<GoldenPair>, StageError> {
+    let (h, w) = holdout.hw();
+    let mut golden = Vec::new();
+    let frames = holdout.inputs.iter().zip(outs).take(holdout.rows);
+    for (i, (x, y)) in frames.enumerate() {
+        for (kind, spec, frame) in [("input", in_spec, x), ("output", out_spec, y)] {
+            let data = crate::bundle::golden::encode_frame(spec, frame, (holdout.shape[1], h, w))
+                .and_then(|(dims, v)| {
+                    crate::bundle::npy::encode(&dims, &v).map_err(|e| e.to_string())
+                })
+                .map_err(|e| StageError::environment(format!("golden {kind} for {name}: {e}")))?;
+            let rel = format!("golden/{name}/{kind}-{i}.npy");
+            let path = ctx.out_dir.join(&rel);
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| StageError::io(parent, e))?;
+            }
+            crate::atomic::write(&path, &data).map_err(|e| StageError::io(&path, e))?;
+            contents.add_file(&rel, &path);
+            contents.golden.push((rel, path));
+        }
+        golden.push(GoldenPair {
+            input: format!("golden/{name}/input-{i}.npy"),
+            output: format!("golden/{name}/output-{i}.npy"),
+        });
+    }
+    Ok(golden)
+}
+
+/// The contact sheet: source | the pair's target (the teacher's picture) | the teacher
+/// net's output | student | each target, on held-out frames.
+fn contact_sheet(
+    ctx: &RunContext,
+    holdout: &Holdout,
+    target_outputs: &[(String, Vec<Vec<f32>>)],
+) -> Result<PathBuf, StageError> {
+    let (h, w) = holdout.hw();
+    let (teacher_net, _) = read_frames(ctx.input(HOLDOUT_TEACHER.pattern)?)?;
+    let frame_or_blank = |frames: &[Vec<f32>], i: usize| {
+        frames
+            .get(i)
+            .map(|o| frame_to_image(o, h, w))
+            .unwrap_or_else(|| RgbImage::new(w as u32, h as u32))
+    };
+    let mut sheet_rows = Vec::new();
+    for i in 0..holdout.rows {
+        let mut row = vec![frame_to_image(&holdout.inputs[i], h, w)];
+        row.push(super::png::read_rgb(&holdout.teachers[i])?);
+        row.push(frame_or_blank(&teacher_net, i));
+        row.push(frame_to_image(&holdout.references[i], h, w));
+        for (_, outs) in target_outputs {
+            row.push(frame_or_blank(outs, i));
+        }
+        sheet_rows.push(row);
+    }
+    let mut titles = vec!["source", "pair", "teacher", "student"];
+    titles.extend(target_outputs.iter().map(|(n, _)| n.as_str()));
+    let sheet = crate::imaging::contact_sheet::contact_sheet(&sheet_rows, &titles, 128);
+    let path = ctx.out_dir.join("contact-sheet.png");
+    super::png::write_png(&sheet, &path)?;
+    Ok(path)
 }

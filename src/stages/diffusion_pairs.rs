@@ -173,8 +173,8 @@ impl Stage for DiffusionPairs {
         let t = &self.teacher;
         let source = ctx.input(SOURCE.pattern)?.to_path_buf();
         let attributes = if self.with_attributes {
-            let json: serde_json::Value = ctx.read_json(ATTRIBUTES.pattern)?;
-            json["prompt"].as_str().unwrap_or_default().to_string()
+            let file: super::attributes::ItemAttributesFile = ctx.read_json(ATTRIBUTES.pattern)?;
+            file.prompt
         } else {
             String::new()
         };

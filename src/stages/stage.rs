@@ -220,6 +220,23 @@ impl RunContext<'_> {
             ))
         })
     }
+    /// The files of the upstream stage wired to an all-outputs `port` for `key` (a
+    /// target's name): (the output's name, its file), in name order. A port the stage
+    /// kind does not declare as all-outputs is a typo: an error.
+    pub fn outputs_of(&self, port: InputPort, key: &str) -> Result<Vec<(&str, &Path)>, StageError> {
+        if !port.all || !self.ports.contains(&port) {
+            return Err(StageError::bug(format!(
+                "stage {} reads all outputs of `{}`, which its kind does not declare",
+                self.stage_id, port.pattern
+            )));
+        }
+        let prefix = format!("{}/", port.name(key));
+        Ok(self
+            .inputs
+            .iter()
+            .filter_map(|(name, path)| Some((name.strip_prefix(&prefix)?, path.as_path())))
+            .collect())
+    }
     fn declared(&self, name: &str) -> Result<(), StageError> {
         if self.ports.iter().any(|p| p.matches_at_run(name)) {
             return Ok(());

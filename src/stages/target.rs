@@ -50,11 +50,16 @@ pub fn read_ir(path: &Path) -> Result<Graph, StageError> {
 }
 
 /// A `.mlpackage` folder a target stage wrote, rebuilt at `dir` from its files (the
-/// inputs named `prefix` + the path inside the package): the verify and bundle stages
-/// read the package this one way.
-pub fn assemble_mlpackage(ctx: &RunContext, prefix: &str, dir: &Path) -> Result<(), StageError> {
-    for (input, path) in &ctx.inputs {
-        if let Some(rel) = input.strip_prefix(prefix) {
+/// target stage's outputs under `model.mlpackage/`, wired to the all-outputs `port` for
+/// `key`): the verify and bundle stages read the package this one way.
+pub fn assemble_mlpackage(
+    ctx: &RunContext,
+    port: InputPort,
+    key: &str,
+    dir: &Path,
+) -> Result<(), StageError> {
+    for (output, path) in ctx.outputs_of(port, key)? {
+        if let Some(rel) = output.strip_prefix("model.mlpackage/") {
             let dest = dir.join(rel);
             std::fs::create_dir_all(dest.parent().unwrap_or(dir))
                 .map_err(|e| StageError::io(&dest, e))?;
@@ -112,7 +117,12 @@ impl Stage for WriteTarget {
     }
     fn version(&self) -> u32 {
         // 2: the profile's `ops` allow-list is enforced (and part of the key).
-        2
+        // 3 (int8 only): requantizes in front of narrow shared ADD inputs (`int8_graph`).
+        if self.target.precision == Precision::Int8 {
+            3
+        } else {
+            2
+        }
     }
     fn params(&self) -> Params {
         #[derive(Serialize)]

@@ -7,7 +7,7 @@
 use super::target::{read_frames, read_ir};
 use crate::export::coreml::read_mlpackage;
 use crate::export::coreml::PixelRange;
-use crate::export::quantize::{ActivationType, Calibration, QuantPlan};
+use crate::export::quantize::{int8_graph, ActivationType, Calibration, QuantPlan};
 use crate::protocol::metric;
 use crate::recipe::{Precision, TargetFormat, TargetSpec};
 use crate::stages::{params_of, InputPort, Params, RunContext, RunOutput, Stage, StageError};
@@ -36,6 +36,31 @@ impl VerifyTarget {
                 _ => 35.0,
             })
     }
+}
+
+/// What a downstream stage reads back of the `check.json` this stage writes (a
+/// `verify::ArtifactCheck`, whose own `Deserialize` cannot take it back: JSON writes a
+/// non-finite measure, the PSNR of identical frames, as `null`). The wire test below
+/// keeps the two in step.
+#[derive(Debug, serde::Deserialize)]
+pub struct CheckFile {
+    pub psnr_db: Option<f64>,
+    pub ssim: Option<f64>,
+    pub max_abs: Option<f64>,
+    pub size_bytes: Option<u64>,
+    pub passed: bool,
+    pub thresholds: CheckFileThresholds,
+    pub latency: Option<crate::verify::Latency>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+pub struct CheckFileThresholds {
+    pub min_psnr_db: Option<f64>,
+}
+
+/// `check.json`'s bytes: the check as JSON (one writer, for the wire test too).
+fn check_json(check: &crate::verify::ArtifactCheck) -> Vec<u8> {
+    serde_json::to_vec_pretty(check).unwrap_or_default()
 }
 
 /// The export's held-out frames and the student's own outputs for them.
@@ -106,6 +131,7 @@ impl Stage for VerifyTarget {
             int8_source: None,
         };
         let plan;
+        let int8_ir;
         let (onnx, tflite, core);
         // Rebuild the Core ML package folder from its files.
         let pkg_dir = ctx.out_dir.join("model.mlpackage");
@@ -130,9 +156,11 @@ impl Stage for VerifyTarget {
                     core = read("model/model.core.tflite")?;
                     let cal: Calibration = serde_json::from_slice(&read("model/calibration.json")?)
                         .map_err(|e| infra(&e))?;
-                    plan = QuantPlan::new(&graph, &cal, ActivationType::Int8)
+                    let (graph8, cal8) = int8_graph(&graph, &cal).map_err(|e| infra(&e))?;
+                    int8_ir = graph8;
+                    plan = QuantPlan::new(&int8_ir, &cal8, ActivationType::Int8)
                         .map_err(|e| infra(&e))?;
-                    opts.int8_source = Some((&graph, &plan));
+                    opts.int8_source = Some((&int8_ir, &plan));
                     let model =
                         Int8Runner::load(&core, shape, Int8Eval::Fast).map_err(|e| infra(&e))?;
                     let check = verify_artifact(
@@ -163,7 +191,7 @@ impl Stage for VerifyTarget {
                 }
             }
             TargetFormat::Mlpackage => {
-                super::target::assemble_mlpackage(ctx, "model/model.mlpackage/", &pkg_dir)?;
+                super::target::assemble_mlpackage(ctx, MODEL, "", &pkg_dir)?;
                 let contract = PixelRange::default();
                 let check = verify_artifact(
                     &name,
@@ -206,11 +234,8 @@ impl Stage for VerifyTarget {
         }
         let mut out = RunOutput::default();
         let check_path = ctx.out_dir.join("check.json");
-        std::fs::write(
-            &check_path,
-            serde_json::to_vec_pretty(&check).unwrap_or_default(),
-        )
-        .map_err(|e| StageError::io(&check_path, e))?;
+        std::fs::write(&check_path, check_json(&check))
+            .map_err(|e| StageError::io(&check_path, e))?;
         out.files.insert("check.json".into(), check_path);
         let per = shape[1] * shape[2] * shape[3];
         let flat: Vec<f32> = sample_outputs.iter().flatten().copied().collect();
@@ -265,4 +290,45 @@ fn run_all<E: std::fmt::Display>(
                 .map_err(|e| StageError::environment(format!("tract: {e}")))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::verify::{ArtifactCheck, Latency};
+
+    /// The bundle reads back what this stage writes, a perfect PSNR (`null`) included.
+    #[test]
+    fn check_json_reads_back_as_a_check_file() {
+        let check = ArtifactCheck {
+            artifact: "phone".into(),
+            frames: 4,
+            psnr_db: f64::INFINITY,
+            ssim: 1.0,
+            max_abs: 0.0,
+            thresholds: Thresholds {
+                min_psnr_db: 50.0,
+                min_ssim: None,
+                max_abs: None,
+            },
+            passed: true,
+            failures: vec![],
+            size_bytes: 1234,
+            latency: Some(Latency {
+                median_ms: 2.5,
+                min_ms: 2.0,
+                runs: 3,
+            }),
+            structural: vec![],
+            layer_table: None,
+        };
+        let read: CheckFile = serde_json::from_slice(&check_json(&check)).unwrap();
+        assert_eq!(read.psnr_db, None, "an infinite PSNR is written as null");
+        assert_eq!(read.ssim, Some(1.0));
+        assert_eq!(read.max_abs, Some(0.0));
+        assert_eq!(read.size_bytes, Some(1234));
+        assert!(read.passed);
+        assert_eq!(read.thresholds.min_psnr_db, Some(50.0));
+        assert_eq!(read.latency.map(|l| l.median_ms), Some(2.5));
+    }
 }

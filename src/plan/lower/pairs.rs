@@ -6,7 +6,7 @@ use super::items::{ItemOrigin, SourceItem};
 use crate::digest::Digest;
 use crate::plan::{Input, InputRef, PlanNode, StageId};
 use crate::project::Project;
-use crate::recipe::{CropMode, Diagnostics, Recipe, RecipeDiagnostic, Teacher};
+use crate::recipe::{CropMode, Diagnostics, Recipe, RecipeDiagnostic, Spanned, Teacher};
 use crate::stages::{self, Stage};
 use std::path::Path;
 use std::sync::Arc;
@@ -98,85 +98,104 @@ pub fn add_item_stages(
     nodes: &mut Vec<PlanNode>,
     diags: &mut Diagnostics,
 ) -> Vec<(SourceItem, usize, usize)> {
-    let size_px = recipe.sources.crop.size_px;
-    let crop_spec = &recipe.sources.crop;
-    // The face crop's model files (inputs, so their digests are in its key), and one
-    // loaded copy of them for every item.
-    let face_models: Option<(Vec<Input>, Arc<stages::face_crop::FaceModels>)> =
-        (crop_spec.mode.value == CropMode::Face).then(|| {
-            let inputs = crop_spec
-                .models
-                .iter()
-                .zip(stages::face_crop::MODEL_PORTS)
-                .filter_map(|(m, name)| {
-                    shared.models.get(&m.name).map(|r| Input {
-                        name: name.pattern.into(),
-                        from: InputRef::File {
-                            path: r.path.clone(),
-                            digest: r.digest,
-                        },
-                    })
-                })
-                .collect();
-            (inputs, Arc::new(stages::face_crop::FaceModels::default()))
-        });
-    // Stages configured alike for every item are one shared object, so the plan works
-    // out their params once (`Plan::key_of`), not once per item.
-    let crop_stage: Arc<dyn Stage> = match &face_models {
-        Some((_, loaded)) => Arc::new(stages::face_crop::FaceCrop {
-            size_px,
-            margin: crop_spec.margin,
-            models: loaded.clone(),
-            face: None,
-        }),
-        None => Arc::new(stages::crop::CenterCrop { size_px }),
-    };
-    // `faces="all"`: the crop of face k, one stage object per k.
-    let mut face_stages: Vec<Arc<dyn Stage>> = Vec::new();
-    let mut crop_of = |face: Option<u32>| -> Arc<dyn Stage> {
-        let (Some(k), Some((_, loaded))) = (face, &face_models) else {
-            return crop_stage.clone();
-        };
-        while face_stages.len() < k as usize {
-            face_stages.push(Arc::new(stages::face_crop::FaceCrop {
-                size_px,
-                margin: crop_spec.margin,
-                models: loaded.clone(),
-                face: Some(face_stages.len() as u32 + 1),
-            }));
-        }
-        face_stages[k as usize - 1].clone()
-    };
-    let shared_teacher_stage: Option<Arc<dyn Stage>> = match &recipe.teacher {
-        Teacher::Procedural(p) => Some(Arc::new(stages::procedural::ProceduralPairs::new(p))),
-        Teacher::Command {
-            argv, timeout_s, ..
-        } => Some(Arc::new(stages::command_teacher::CommandPairs {
-            argv: argv.clone(),
-            timeout_s: *timeout_s,
-        })),
-        Teacher::Directory { .. } => Some(Arc::new(stages::directory_teacher::DirectoryPairs {
-            size_px,
-        })),
-        Teacher::Diffusion(_) => None,
-    };
-    let mut control_stages: Vec<(String, Arc<dyn Stage>)> = Vec::new();
+    let mut lower = ItemLowering::new(project, recipe, shared, digest_of, nodes, diags);
     let mut pairs = Vec::new();
     for item in items {
+        let crop = lower.add_crop(item);
+        // An item whose pair cannot be made has a diagnostic; the others go on.
+        let Some((stage, mut inputs)) = lower.pairs_stage(item, crop) else {
+            continue;
+        };
+        inputs.sort_by(|a, b| a.name.cmp(&b.name));
+        lower.nodes.push(PlanNode {
+            id: StageId::pairs(&item.name),
+            item: Some(item.name.clone()),
+            stage,
+            inputs,
+        });
+        pairs.push((item.clone(), crop, lower.nodes.len() - 1));
+    }
+    pairs
+}
+
+/// What lowering each item reads and adds to: the recipe, the stage objects configured
+/// alike for every item (one shared object each, so the plan works out their params
+/// once, `Plan::key_of`, not once per item), and the plan's nodes and diagnostics.
+struct ItemLowering<'a> {
+    project: &'a Project,
+    recipe: &'a Recipe,
+    shared: &'a SharedTeacher,
+    digest_of: &'a mut dyn FnMut(&Path) -> std::io::Result<Digest>,
+    nodes: &'a mut Vec<PlanNode>,
+    diags: &'a mut Diagnostics,
+    /// The face crop's model files (inputs, so their digests are in its key), and one
+    /// loaded copy of them for every item.
+    face_models: Option<(Vec<Input>, Arc<stages::face_crop::FaceModels>)>,
+    crop_stage: Arc<dyn Stage>,
+    /// `faces="all"`: the crop of face k, one stage object per k.
+    face_stages: Vec<Arc<dyn Stage>>,
+    /// The pairs stage of every teacher but diffusion's (whose stage names its item).
+    teacher_stage: Option<Arc<dyn Stage>>,
+    control_stages: Vec<(String, Arc<dyn Stage>)>,
+}
+
+impl<'a> ItemLowering<'a> {
+    fn new(
+        project: &'a Project,
+        recipe: &'a Recipe,
+        shared: &'a SharedTeacher,
+        digest_of: &'a mut dyn FnMut(&Path) -> std::io::Result<Digest>,
+        nodes: &'a mut Vec<PlanNode>,
+        diags: &'a mut Diagnostics,
+    ) -> ItemLowering<'a> {
+        let crop_spec = &recipe.sources.crop;
+        let face_models = (crop_spec.mode.value == CropMode::Face).then(|| {
+            let inputs = face_model_inputs(recipe, shared);
+            (inputs, Arc::new(stages::face_crop::FaceModels::default()))
+        });
+        let crop_stage: Arc<dyn Stage> = match &face_models {
+            Some((_, loaded)) => Arc::new(stages::face_crop::FaceCrop {
+                size_px: crop_spec.size_px,
+                margin: crop_spec.margin,
+                models: loaded.clone(),
+                face: None,
+            }),
+            None => Arc::new(stages::crop::CenterCrop {
+                size_px: crop_spec.size_px,
+            }),
+        };
+        ItemLowering {
+            project,
+            recipe,
+            shared,
+            digest_of,
+            nodes,
+            diags,
+            face_models,
+            crop_stage,
+            face_stages: Vec::new(),
+            teacher_stage: shared_pairs_stage(recipe),
+            control_stages: Vec::new(),
+        }
+    }
+
+    /// The item's image (a synthetic one is a stage of its own), then its crop; returns
+    /// the crop's node.
+    fn add_crop(&mut self, item: &SourceItem) -> usize {
         let image_input = match &item.origin {
             ItemOrigin::Synthetic { seed, index } => {
-                nodes.push(PlanNode {
+                self.nodes.push(PlanNode {
                     id: StageId::synthetic(&item.name),
                     item: Some(item.name.clone()),
                     stage: Arc::new(stages::synthetic::SyntheticSource {
                         seed: *seed,
                         index: *index,
-                        size_px,
+                        size_px: self.recipe.sources.crop.size_px,
                     }),
                     inputs: vec![],
                 });
                 InputRef::Stage {
-                    node: nodes.len() - 1,
+                    node: self.nodes.len() - 1,
                     output: "image".into(),
                 }
             }
@@ -191,19 +210,46 @@ pub fn add_item_stages(
             name: stages::crop::IMAGE.pattern.into(),
             from: image_input,
         };
-        let crop_inputs = match &face_models {
+        let inputs = match &self.face_models {
             Some((model_inputs, _)) => std::iter::once(image)
                 .chain(model_inputs.iter().cloned())
                 .collect(),
             None => vec![image],
         };
-        nodes.push(PlanNode {
+        let stage = self.crop_stage_of(item.face);
+        self.nodes.push(PlanNode {
             id: StageId::crop(&item.name),
             item: Some(item.name.clone()),
-            stage: crop_of(item.face),
-            inputs: crop_inputs,
+            stage,
+            inputs,
         });
-        let crop = nodes.len() - 1;
+        self.nodes.len() - 1
+    }
+
+    /// The crop stage of face k (`faces="all"`), else the one crop stage.
+    fn crop_stage_of(&mut self, face: Option<u32>) -> Arc<dyn Stage> {
+        let (Some(k), Some((_, loaded))) = (face, &self.face_models) else {
+            return self.crop_stage.clone();
+        };
+        let crop_spec = &self.recipe.sources.crop;
+        while self.face_stages.len() < k as usize {
+            self.face_stages.push(Arc::new(stages::face_crop::FaceCrop {
+                size_px: crop_spec.size_px,
+                margin: crop_spec.margin,
+                models: loaded.clone(),
+                face: Some(self.face_stages.len() as u32 + 1),
+            }));
+        }
+        self.face_stages[k as usize - 1].clone()
+    }
+
+    /// The item's pairs stage and its inputs, per teacher kind; None (with a
+    /// diagnostic) when the item's pair cannot be made.
+    fn pairs_stage(
+        &mut self,
+        item: &SourceItem,
+        crop: usize,
+    ) -> Option<(Arc<dyn Stage>, Vec<Input>)> {
         let source = Input {
             name: stages::procedural::SOURCE.pattern.into(),
             from: InputRef::Stage {
@@ -211,157 +257,231 @@ pub fn add_item_stages(
                 output: "image".into(),
             },
         };
-        let (stage, mut inputs): (Arc<dyn Stage>, Vec<Input>) = match &recipe.teacher {
-            Teacher::Procedural(_) | Teacher::Command { .. } => (
-                shared_teacher_stage
-                    .clone()
-                    .expect("made above for this teacher"),
-                vec![source],
-            ),
-            Teacher::Directory { path } => {
-                let dir = project.root.join(&path.value);
-                // A frame's pair is named after the whole frame name (`a.mp4@0.500s.png`).
-                let name = Path::new(&item.name);
-                let stem = match item.origin {
-                    ItemOrigin::Frame { .. } => name.file_name(),
-                    _ => name.file_stem(),
-                }
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_default();
-                match stages::directory_teacher::find_target(&dir, &stem) {
-                    Ok(Some(target)) => match digest_of(&target) {
-                        Ok(digest) => (
-                            shared_teacher_stage
-                                .clone()
-                                .expect("made above for this teacher"),
-                            vec![
-                                source,
-                                Input {
-                                    name: stages::directory_teacher::TARGET_FILE.pattern.into(),
-                                    from: InputRef::File {
-                                        path: target,
-                                        digest,
-                                    },
-                                },
-                            ],
-                        ),
-                        Err(e) => {
-                            diags.push(RecipeDiagnostic::nowhere(
-                                "unreadable-source",
-                                format!("cannot read pair target {}: {e}", target.display()),
-                            ));
-                            continue;
-                        }
-                    },
-                    Ok(None) => {
-                        let d = match &path.loc {
-                            Some(loc) => RecipeDiagnostic::at(loc, "missing-pair", format!("no pair for source `{}` in `{}` (looked for {stem}.png/.jpg/.jpeg)", item.name, path.value)).label("pair directory"),
-                            None => RecipeDiagnostic::nowhere("missing-pair", format!("no pair for source `{}`", item.name)),
-                        };
-                        diags.push(d);
-                        continue;
-                    }
-                    Err(msg) => {
-                        diags.push(RecipeDiagnostic::nowhere("ambiguous-pair", msg));
-                        continue;
-                    }
-                }
+        match &self.recipe.teacher {
+            Teacher::Procedural(_) | Teacher::Command { .. } => {
+                Some((self.teacher_stage(), vec![source]))
             }
-            Teacher::Diffusion(t) => {
-                let mut inputs = vec![source];
-                let with_attributes = !recipe.attributes.is_empty();
-                if with_attributes {
-                    let sidecar = match &item.origin {
-                        // A clip's sidecar describes every frame of it.
-                        ItemOrigin::File { path, .. } | ItemOrigin::Frame { clip: path, .. } => {
-                            let p = stages::attributes::sidecar_path(path);
-                            p.is_file().then_some(p)
-                        }
-                        ItemOrigin::Synthetic { .. } => None,
-                    };
-                    let mut attr_inputs = Vec::new();
-                    if let Some(path) = &sidecar {
-                        match digest_of(path) {
-                            Ok(digest) => attr_inputs.push(Input {
-                                name: stages::attributes::SIDECAR.pattern.into(),
-                                from: InputRef::File {
-                                    path: path.clone(),
-                                    digest,
-                                },
-                            }),
-                            Err(e) => {
-                                diags.push(RecipeDiagnostic::nowhere(
-                                    "unreadable-source",
-                                    format!("cannot read {}: {e}", path.display()),
-                                ));
-                                continue;
-                            }
-                        }
-                    }
-                    let node = super::clip::add_attributes(
-                        recipe,
-                        item,
-                        crop,
-                        attr_inputs.pop(),
-                        &shared.detection,
-                        nodes,
-                    );
-                    inputs.push(Input {
-                        name: stages::diffusion_pairs::ATTRIBUTES.pattern.into(),
-                        from: InputRef::Stage {
-                            node,
-                            output: "attributes".into(),
-                        },
-                    });
-                }
-                // One control map per preprocessor, shared by presets that use it.
-                let mut drawn: Vec<(String, usize)> = Vec::new();
-                for c in &t.controlnets {
-                    let node = match drawn.iter().find(|(p, _)| *p == c.preprocessor) {
-                        Some((_, n)) => *n,
-                        None => {
-                            nodes.push(PlanNode {
-                                id: StageId::control(&c.preprocessor, &item.name),
-                                item: Some(item.name.clone()),
-                                stage: control_stage(&mut control_stages, &c.preprocessor),
-                                inputs: control_inputs(crop, &c.preprocessor),
-                            });
-                            drawn.push((c.preprocessor.clone(), nodes.len() - 1));
-                            nodes.len() - 1
-                        }
-                    };
-                    inputs.push(Input {
-                        name: stages::diffusion_pairs::control_input(&c.preset.value),
-                        from: InputRef::Stage {
-                            node,
-                            output: "control".into(),
-                        },
-                    });
-                }
-                (
-                    Arc::new(stages::diffusion_pairs::DiffusionPairs {
-                        item: item.name.clone(),
-                        teacher: shared
-                            .teacher
-                            .clone()
-                            .expect("set above for a diffusion teacher"),
-                        models: shared.models.clone(),
-                        with_attributes,
-                    }) as Arc<dyn Stage>,
-                    inputs,
-                )
+            Teacher::Directory { path } => {
+                let target = self.directory_target(item, path)?;
+                Some((self.teacher_stage(), vec![source, target]))
+            }
+            Teacher::Diffusion(t) => self.diffusion_pairs(item, t, crop, source),
+        }
+    }
+
+    fn teacher_stage(&self) -> Arc<dyn Stage> {
+        self.teacher_stage
+            .clone()
+            .expect("made in `new` for this teacher")
+    }
+
+    /// The item's target file in the pair directory, as an input; None (with a
+    /// diagnostic) when it is missing, ambiguous or unreadable.
+    fn directory_target(&mut self, item: &SourceItem, path: &Spanned<String>) -> Option<Input> {
+        let dir = self.project.root.join(&path.value);
+        // A frame's pair is named after the whole frame name (`a.mp4@0.500s.png`).
+        let name = Path::new(&item.name);
+        let stem = match item.origin {
+            ItemOrigin::Frame { .. } => name.file_name(),
+            _ => name.file_stem(),
+        }
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+        let target = match stages::directory_teacher::find_target(&dir, &stem) {
+            Ok(Some(target)) => target,
+            Ok(None) => {
+                let d = match &path.loc {
+                    Some(loc) => RecipeDiagnostic::at(
+                        loc,
+                        "missing-pair",
+                        format!(
+                            "no pair for source `{}` in `{}` (looked for {stem}.png/.jpg/.jpeg)",
+                            item.name, path.value
+                        ),
+                    )
+                    .label("pair directory"),
+                    None => RecipeDiagnostic::nowhere(
+                        "missing-pair",
+                        format!("no pair for source `{}`", item.name),
+                    ),
+                };
+                self.diags.push(d);
+                return None;
+            }
+            Err(msg) => {
+                self.diags
+                    .push(RecipeDiagnostic::nowhere("ambiguous-pair", msg));
+                return None;
             }
         };
-        inputs.sort_by(|a, b| a.name.cmp(&b.name));
-        nodes.push(PlanNode {
-            id: StageId::pairs(&item.name),
-            item: Some(item.name.clone()),
-            stage,
-            inputs,
-        });
-        pairs.push((item.clone(), crop, nodes.len() - 1));
+        let digest = match (self.digest_of)(&target) {
+            Ok(digest) => digest,
+            Err(e) => {
+                self.diags.push(RecipeDiagnostic::nowhere(
+                    "unreadable-source",
+                    format!("cannot read pair target {}: {e}", target.display()),
+                ));
+                return None;
+            }
+        };
+        Some(Input {
+            name: stages::directory_teacher::TARGET_FILE.pattern.into(),
+            from: InputRef::File {
+                path: target,
+                digest,
+            },
+        })
     }
-    pairs
+
+    /// A diffusion teacher's pairs: the crop, the item's attributes (when the recipe
+    /// names any) and one control map per ControlNet.
+    fn diffusion_pairs(
+        &mut self,
+        item: &SourceItem,
+        t: &crate::recipe::DiffusionTeacher,
+        crop: usize,
+        source: Input,
+    ) -> Option<(Arc<dyn Stage>, Vec<Input>)> {
+        let mut inputs = vec![source];
+        let with_attributes = !self.recipe.attributes.is_empty();
+        if with_attributes {
+            inputs.push(self.attributes_input(item, crop)?);
+        }
+        inputs.extend(self.add_control_maps(item, t, crop));
+        let stage: Arc<dyn Stage> = Arc::new(stages::diffusion_pairs::DiffusionPairs {
+            item: item.name.clone(),
+            teacher: self
+                .shared
+                .teacher
+                .clone()
+                .expect("set for a diffusion teacher"),
+            models: self.shared.models.clone(),
+            with_attributes,
+        });
+        Some((stage, inputs))
+    }
+
+    /// Adds the item's attributes stage (reading its sidecar file when there is one);
+    /// returns the pairs stage's input from it. None (with a diagnostic) when the
+    /// sidecar cannot be read.
+    fn attributes_input(&mut self, item: &SourceItem, crop: usize) -> Option<Input> {
+        let sidecar = match &item.origin {
+            // A clip's sidecar describes every frame of it.
+            ItemOrigin::File { path, .. } | ItemOrigin::Frame { clip: path, .. } => {
+                let p = stages::attributes::sidecar_path(path);
+                p.is_file().then_some(p)
+            }
+            ItemOrigin::Synthetic { .. } => None,
+        };
+        let mut sidecar_input = None;
+        if let Some(path) = sidecar {
+            match (self.digest_of)(&path) {
+                Ok(digest) => {
+                    sidecar_input = Some(Input {
+                        name: stages::attributes::SIDECAR.pattern.into(),
+                        from: InputRef::File { path, digest },
+                    })
+                }
+                Err(e) => {
+                    self.diags.push(RecipeDiagnostic::nowhere(
+                        "unreadable-source",
+                        format!("cannot read {}: {e}", path.display()),
+                    ));
+                    return None;
+                }
+            }
+        }
+        let node = super::clip::add_attributes(
+            self.recipe,
+            item,
+            crop,
+            sidecar_input,
+            &self.shared.detection,
+            self.nodes,
+        );
+        Some(Input {
+            name: stages::diffusion_pairs::ATTRIBUTES.pattern.into(),
+            from: InputRef::Stage {
+                node,
+                output: "attributes".into(),
+            },
+        })
+    }
+
+    /// Adds one control map per preprocessor, shared by the presets that use it;
+    /// returns the pairs stage's input per preset.
+    fn add_control_maps(
+        &mut self,
+        item: &SourceItem,
+        t: &crate::recipe::DiffusionTeacher,
+        crop: usize,
+    ) -> Vec<Input> {
+        let mut drawn: Vec<(String, usize)> = Vec::new();
+        let mut inputs = Vec::new();
+        for c in &t.controlnets {
+            let node = match drawn.iter().find(|(p, _)| *p == c.preprocessor) {
+                Some((_, n)) => *n,
+                None => {
+                    let stage = control_stage(&mut self.control_stages, &c.preprocessor);
+                    self.nodes.push(PlanNode {
+                        id: StageId::control(&c.preprocessor, &item.name),
+                        item: Some(item.name.clone()),
+                        stage,
+                        inputs: control_inputs(crop, &c.preprocessor),
+                    });
+                    drawn.push((c.preprocessor.clone(), self.nodes.len() - 1));
+                    self.nodes.len() - 1
+                }
+            };
+            inputs.push(Input {
+                name: stages::diffusion_pairs::control_input(&c.preset.value),
+                from: InputRef::Stage {
+                    node,
+                    output: "control".into(),
+                },
+            });
+        }
+        inputs
+    }
+}
+
+/// The face crop's model files as its inputs, by the ports it reads them from.
+fn face_model_inputs(recipe: &Recipe, shared: &SharedTeacher) -> Vec<Input> {
+    recipe
+        .sources
+        .crop
+        .models
+        .iter()
+        .zip(stages::face_crop::MODEL_PORTS)
+        .filter_map(|(m, name)| {
+            shared.models.get(&m.name).map(|r| Input {
+                name: name.pattern.into(),
+                from: InputRef::File {
+                    path: r.path.clone(),
+                    digest: r.digest,
+                },
+            })
+        })
+        .collect()
+}
+
+/// The one pairs stage of a teacher configured alike for every item (all but
+/// diffusion, whose stage names its item).
+fn shared_pairs_stage(recipe: &Recipe) -> Option<Arc<dyn Stage>> {
+    let size_px = recipe.sources.crop.size_px;
+    match &recipe.teacher {
+        Teacher::Procedural(p) => Some(Arc::new(stages::procedural::ProceduralPairs::new(p))),
+        Teacher::Command {
+            argv, timeout_s, ..
+        } => Some(Arc::new(stages::command_teacher::CommandPairs {
+            argv: argv.clone(),
+            timeout_s: *timeout_s,
+        })),
+        Teacher::Directory { .. } => Some(Arc::new(stages::directory_teacher::DirectoryPairs {
+            size_px,
+        })),
+        Teacher::Diffusion(_) => None,
+    }
 }
 
 /// `dedupe`: each near-duplicate item is one stage that skips it, naming its twin, so

@@ -4,7 +4,7 @@
 use crate::export::quantize::{calibrate, CalibrationMethod};
 use crate::export::tflite::{self, TflitePrecision};
 use crate::export::tflite_size::tflite_at_size;
-use crate::ir::sample::{image_like, sigmoid_head, student_like};
+use crate::ir::sample::{image_like, narrow_skip, sigmoid_head, student_like};
 use crate::ir::Graph;
 use crate::nn::accordion::Accordion;
 use crate::nn::AccordionConfig;
@@ -75,6 +75,8 @@ fn fast_int8_matches_tract_bit_for_bit() {
         ("sigmoid head (one output channel)", sigmoid_head(4, 32, 73)),
         ("accordion w4 b1 32px", accordion(4, 1, 32)),
         ("accordion w8 b2 48px", accordion(8, 2, 48)),
+        // An ADD input requantized onto the ADD's grid (`quantize::int8_graph`).
+        ("narrow skip w4 32px", narrow_skip(4, 32, 75)),
     ];
     for (name, g) in &graphs {
         for (what, scale) in [("calibrated", 1.0), ("dark calibration", 0.05)] {
