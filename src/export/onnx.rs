@@ -10,8 +10,12 @@ use tract_onnx::pb::{
     TensorShapeProto, TypeProto, ValueInfoProto,
 };
 
-use super::quantize::{int8_graph, ActivationType, Calibration, QParams, QuantError, QuantPlan};
-use crate::ir::{Graph, IrError, Op};
+use super::quantize::{
+    int8_graph, ActivationType, Calibration, ConvQuant, QParams, QuantError, QuantPlan,
+};
+use std::collections::BTreeMap;
+
+use crate::ir::{Graph, IrError, Node, Op};
 
 pub const OPSET: i64 = 17;
 /// IR version that goes with opset 17.
@@ -152,6 +156,12 @@ fn value_info(name: &str, elem: DataType, shape: [usize; 4]) -> ValueInfoProto {
 struct Builder {
     nodes: Vec<NodeProto>,
     initializers: Vec<TensorProto>,
+    plan: Option<QuantPlan>,
+    fp16: bool,
+    /// The name consumers of IR value v read.
+    read: BTreeMap<String, String>,
+    /// The graph output is written under `{v}_raw`, then cast or QDQ'd to its name.
+    out_is_wrapped: bool,
 }
 
 impl Builder {
@@ -187,6 +197,175 @@ impl Builder {
             vec![],
         ));
     }
+
+    /// The grid IR value `v` is stored on (QDQ only).
+    fn quantized(&self, v: &str) -> Option<QParams> {
+        self.plan
+            .as_ref()
+            .and_then(|p| p.activations.get(v).copied())
+    }
+
+    /// The graph input as the first node reads it: cast to fp16, QDQ'd, or itself.
+    fn graph_input(&mut self, input: &str) {
+        let readable = if self.fp16 {
+            let cast = format!("{input}_fp16");
+            let to = vec![attr_int("to", DataType::Float16 as i64)];
+            self.nodes.push(node("Cast", &cast, &[input], &[&cast], to));
+            cast
+        } else if let Some(q) = self.quantized(input) {
+            let dq = format!("{input}_dq");
+            self.qdq(input, &dq, &q);
+            dq
+        } else {
+            input.to_string()
+        };
+        self.read.insert(input.to_string(), readable);
+    }
+
+    /// The ONNX node (and initializers) of one IR node, and how consumers read it.
+    fn node(&mut self, n: &Node, graph_output: &str) {
+        let ins: Vec<String> = n.inputs.iter().map(|i| self.read[i].clone()).collect();
+        let ins_ref: Vec<&str> = ins.iter().map(|s| s.as_str()).collect();
+        // The name the op computing v writes to.
+        let out = if n.name == graph_output && self.out_is_wrapped {
+            format!("{}_raw", n.name)
+        } else {
+            n.name.clone()
+        };
+        let simple = |ty: &str, attrs| node(ty, &n.name, &ins_ref, &[&out], attrs);
+        let onnx = match &n.op {
+            Op::Conv2d { .. } => self.conv(n, ins_ref[0], &out),
+            Op::Relu => simple("Relu", vec![]),
+            Op::Tanh => simple("Tanh", vec![]),
+            Op::Sigmoid => simple("Sigmoid", vec![]),
+            Op::Add => simple("Add", vec![]),
+            Op::ConcatChannels => simple("Concat", vec![attr_int("axis", 1)]),
+            Op::UpsampleNearest { factor } => {
+                let scales = format!("{}_scales", n.name);
+                let f = *factor as f32;
+                let init = f32_tensor(&scales, &[4], &[1.0, 1.0, f, f]);
+                self.initializers.push(init);
+                let attrs = vec![
+                    attr_str("coordinate_transformation_mode", "asymmetric"),
+                    attr_str("mode", "nearest"),
+                    attr_str("nearest_mode", "floor"),
+                ];
+                node(
+                    "Resize",
+                    &n.name,
+                    &[ins_ref[0], "", &scales],
+                    &[&out],
+                    attrs,
+                )
+            }
+            Op::DepthToSpace { block } => simple(
+                "DepthToSpace",
+                vec![
+                    attr_int("blocksize", *block as i64),
+                    attr_str("mode", "DCR"),
+                ],
+            ),
+        };
+        self.nodes.push(onnx);
+        // How consumers read this value.
+        let readable = if let Some(q) = self.quantized(&n.name) {
+            let dq = if n.name == graph_output && !self.fp16 {
+                n.name.clone()
+            } else {
+                format!("{}_dq", n.name)
+            };
+            self.qdq(&out, &dq, &q);
+            dq
+        } else {
+            out.clone()
+        };
+        self.read.insert(n.name.clone(), readable);
+    }
+
+    /// A Conv of `x` into `out`; its weight and bias initializers are added first.
+    fn conv(&mut self, n: &Node, x: &str, out: &str) -> NodeProto {
+        let Op::Conv2d {
+            weight,
+            weight_shape,
+            bias,
+            stride,
+            pads,
+            groups,
+        } = &n.op
+        else {
+            unreachable!("conv of a {:?}", n.op);
+        };
+        let (w_name, b_name) = (format!("{}_weight", n.name), format!("{}_bias", n.name));
+        let o = weight_shape[0];
+        let int8 = self
+            .plan
+            .as_ref()
+            .and_then(|p| p.convs.get(&n.name))
+            .cloned();
+        if let Some(cq) = int8 {
+            self.int8_conv_weights(&w_name, &b_name, &cq, weight_shape);
+        } else if self.fp16 {
+            self.initializers
+                .push(f16_tensor(&w_name, weight_shape, weight));
+            self.initializers.push(f16_tensor(&b_name, &[o], bias));
+        } else {
+            self.initializers
+                .push(f32_tensor(&w_name, weight_shape, weight));
+            self.initializers.push(f32_tensor(&b_name, &[o], bias));
+        }
+        let attrs = vec![
+            attr_ints("dilations", &[1, 1]),
+            attr_int("group", *groups as i64),
+            attr_ints(
+                "kernel_shape",
+                &[weight_shape[2] as i64, weight_shape[3] as i64],
+            ),
+            // ONNX order: [h_begin, w_begin, h_end, w_end] == IR [t, l, b, r].
+            attr_ints("pads", &pads.map(|p| p as i64)),
+            attr_ints("strides", &[stride[0] as i64, stride[1] as i64]),
+        ];
+        node("Conv", &n.name, &[x, &w_name, &b_name], &[out], attrs)
+    }
+
+    /// Per-output-channel int8 weights and int32 biases, dequantized on axis 0 into
+    /// `w_name` and `b_name`.
+    fn int8_conv_weights(&mut self, w_name: &str, b_name: &str, cq: &ConvQuant, shape: &[usize]) {
+        let o = shape[0];
+        let weight = cq.weight.iter().map(|v| *v as u8).collect();
+        let bias = cq.bias.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let parts = [
+            (
+                w_name,
+                shape,
+                DataType::Int8,
+                weight,
+                &cq.weight_scales,
+                vec![0u8; o],
+            ),
+            (
+                b_name,
+                &[o][..],
+                DataType::Int32,
+                bias,
+                &cq.bias_scales,
+                vec![0u8; 4 * o],
+            ),
+        ];
+        for (name, dims, dtype, data, scales, zero) in parts {
+            let q = format!("{name}_quantized");
+            let (scale, zp) = (format!("{name}_scale"), format!("{name}_zero_point"));
+            self.initializers.push(tensor(&q, dims, dtype, data));
+            self.initializers.push(f32_tensor(&scale, &[o], scales));
+            self.initializers.push(tensor(&zp, &[o], dtype, zero));
+            self.nodes.push(node(
+                "DequantizeLinear",
+                &format!("{name}_DQ"),
+                &[&q, &scale, &zp],
+                &[name],
+                vec![attr_int("axis", 0)],
+            ));
+        }
+    }
 }
 
 /// Writes `graph` as an ONNX model (opset 17).
@@ -206,211 +385,24 @@ pub fn write(graph: &Graph, precision: OnnxPrecision) -> Result<Vec<u8>, OnnxErr
     };
     let shapes = graph.shapes()?;
     let fp16 = matches!(precision, OnnxPrecision::Fp16);
+    let out_is_wrapped = fp16
+        || plan
+            .as_ref()
+            .is_some_and(|p| p.activations.contains_key(&graph.output_name));
     let mut b = Builder {
         nodes: Vec::new(),
         initializers: Vec::new(),
+        plan,
+        fp16,
+        read: BTreeMap::new(),
+        out_is_wrapped,
     };
-
-    // `read[v]`: the name consumers of IR value v read. `produce(v)`: the name the op
-    // computing v writes to.
-    let mut read: std::collections::BTreeMap<String, String> = std::collections::BTreeMap::new();
-    let quantized = |v: &str| plan.as_ref().and_then(|p| p.activations.get(v).copied());
-    let out_is_wrapped = fp16 || quantized(&graph.output_name).is_some();
-    let produce = |v: &str| -> String {
-        if v == graph.output_name && out_is_wrapped {
-            format!("{v}_raw")
-        } else {
-            v.to_string()
-        }
-    };
-
-    // Graph input.
-    let input = &graph.input_name;
-    if fp16 {
-        let cast = format!("{input}_fp16");
-        b.nodes.push(node(
-            "Cast",
-            &cast,
-            &[input],
-            &[&cast],
-            vec![attr_int("to", DataType::Float16 as i64)],
-        ));
-        read.insert(input.clone(), cast);
-    } else if let Some(q) = quantized(input) {
-        let dq = format!("{input}_dq");
-        b.qdq(input, &dq, &q);
-        read.insert(input.clone(), dq);
-    } else {
-        read.insert(input.clone(), input.clone());
-    }
-
+    b.graph_input(&graph.input_name);
     for n in &graph.nodes {
-        let ins: Vec<String> = n.inputs.iter().map(|i| read[i].clone()).collect();
-        let ins_ref: Vec<&str> = ins.iter().map(|s| s.as_str()).collect();
-        let out = produce(&n.name);
-        match &n.op {
-            Op::Conv2d {
-                weight,
-                weight_shape,
-                bias,
-                stride,
-                pads,
-                groups,
-            } => {
-                let (w_name, b_name) = (format!("{}_weight", n.name), format!("{}_bias", n.name));
-                let o = weight_shape[0];
-                if let Some(cq) = plan.as_ref().and_then(|p| p.convs.get(&n.name)) {
-                    // Per-output-channel int8 weights and int32 biases, dequantized on axis 0.
-                    let wq = format!("{w_name}_quantized");
-                    b.initializers.push(tensor(
-                        &wq,
-                        weight_shape,
-                        DataType::Int8,
-                        cq.weight.iter().map(|v| *v as u8).collect(),
-                    ));
-                    b.initializers.push(f32_tensor(
-                        &format!("{w_name}_scale"),
-                        &[o],
-                        &cq.weight_scales,
-                    ));
-                    b.initializers.push(tensor(
-                        &format!("{w_name}_zero_point"),
-                        &[o],
-                        DataType::Int8,
-                        vec![0u8; o],
-                    ));
-                    b.nodes.push(node(
-                        "DequantizeLinear",
-                        &format!("{w_name}_DQ"),
-                        &[
-                            &wq,
-                            &format!("{w_name}_scale"),
-                            &format!("{w_name}_zero_point"),
-                        ],
-                        &[&w_name],
-                        vec![attr_int("axis", 0)],
-                    ));
-                    let bq = format!("{b_name}_quantized");
-                    b.initializers.push(tensor(
-                        &bq,
-                        &[o],
-                        DataType::Int32,
-                        cq.bias.iter().flat_map(|v| v.to_le_bytes()).collect(),
-                    ));
-                    b.initializers.push(f32_tensor(
-                        &format!("{b_name}_scale"),
-                        &[o],
-                        &cq.bias_scales,
-                    ));
-                    b.initializers.push(tensor(
-                        &format!("{b_name}_zero_point"),
-                        &[o],
-                        DataType::Int32,
-                        vec![0u8; 4 * o],
-                    ));
-                    b.nodes.push(node(
-                        "DequantizeLinear",
-                        &format!("{b_name}_DQ"),
-                        &[
-                            &bq,
-                            &format!("{b_name}_scale"),
-                            &format!("{b_name}_zero_point"),
-                        ],
-                        &[&b_name],
-                        vec![attr_int("axis", 0)],
-                    ));
-                } else if fp16 {
-                    b.initializers
-                        .push(f16_tensor(&w_name, weight_shape, weight));
-                    b.initializers.push(f16_tensor(&b_name, &[o], bias));
-                } else {
-                    b.initializers
-                        .push(f32_tensor(&w_name, weight_shape, weight));
-                    b.initializers.push(f32_tensor(&b_name, &[o], bias));
-                }
-                b.nodes.push(node(
-                    "Conv",
-                    &n.name,
-                    &[ins_ref[0], &w_name, &b_name],
-                    &[&out],
-                    vec![
-                        attr_ints("dilations", &[1, 1]),
-                        attr_int("group", *groups as i64),
-                        attr_ints(
-                            "kernel_shape",
-                            &[weight_shape[2] as i64, weight_shape[3] as i64],
-                        ),
-                        // ONNX order: [h_begin, w_begin, h_end, w_end] == IR [t, l, b, r].
-                        attr_ints("pads", &pads.map(|p| p as i64)),
-                        attr_ints("strides", &[stride[0] as i64, stride[1] as i64]),
-                    ],
-                ));
-            }
-            Op::Relu => b
-                .nodes
-                .push(node("Relu", &n.name, &ins_ref, &[&out], vec![])),
-            Op::Tanh => b
-                .nodes
-                .push(node("Tanh", &n.name, &ins_ref, &[&out], vec![])),
-            Op::Sigmoid => b
-                .nodes
-                .push(node("Sigmoid", &n.name, &ins_ref, &[&out], vec![])),
-            Op::Add => b
-                .nodes
-                .push(node("Add", &n.name, &ins_ref, &[&out], vec![])),
-            Op::ConcatChannels => b.nodes.push(node(
-                "Concat",
-                &n.name,
-                &ins_ref,
-                &[&out],
-                vec![attr_int("axis", 1)],
-            )),
-            Op::UpsampleNearest { factor } => {
-                let scales = format!("{}_scales", n.name);
-                b.initializers.push(f32_tensor(
-                    &scales,
-                    &[4],
-                    &[1.0, 1.0, *factor as f32, *factor as f32],
-                ));
-                b.nodes.push(node(
-                    "Resize",
-                    &n.name,
-                    &[ins_ref[0], "", &scales],
-                    &[&out],
-                    vec![
-                        attr_str("coordinate_transformation_mode", "asymmetric"),
-                        attr_str("mode", "nearest"),
-                        attr_str("nearest_mode", "floor"),
-                    ],
-                ));
-            }
-            Op::DepthToSpace { block } => b.nodes.push(node(
-                "DepthToSpace",
-                &n.name,
-                &ins_ref,
-                &[&out],
-                vec![
-                    attr_int("blocksize", *block as i64),
-                    attr_str("mode", "DCR"),
-                ],
-            )),
-        }
-        // How consumers read this value.
-        let readable = if let Some(q) = quantized(&n.name) {
-            let dq = if n.name == graph.output_name && !fp16 {
-                n.name.clone()
-            } else {
-                format!("{}_dq", n.name)
-            };
-            b.qdq(&out, &dq, &q);
-            dq
-        } else {
-            out.clone()
-        };
-        read.insert(n.name.clone(), readable);
+        b.node(n, &graph.output_name);
     }
     if fp16 {
-        let last = read[&graph.output_name].clone();
+        let last = b.read[&graph.output_name].clone();
         b.nodes.push(node(
             "Cast",
             &format!("{}_fp32", graph.output_name),
@@ -419,7 +411,6 @@ pub fn write(graph: &Graph, precision: OnnxPrecision) -> Result<Vec<u8>, OnnxErr
             vec![attr_int("to", DataType::Float as i64)],
         ));
     }
-
     let model = ModelProto {
         ir_version: IR_VERSION,
         opset_import: vec![OperatorSetIdProto {
