@@ -925,6 +925,146 @@ fn nn_weights(
     }
 }
 
+/// The input's pixel map, from the preprocessing scaler.
+fn nn_input_pixel_map(
+    nn: &proto::NeuralNetwork,
+    in_name: &str,
+    checks: &mut Checks,
+) -> Option<PixelRange> {
+    let mut map = None;
+    for p in &nn.preprocessing {
+        if let Some(proto::neural_network_preprocessing::Preprocessor::Scaler(s)) = &p.preprocessor
+        {
+            checks.add(
+                "pixel map",
+                s.red_bias == s.green_bias
+                    && s.green_bias == s.blue_bias
+                    && p.feature_name == in_name,
+                format!(
+                    "scale {} biases r {} g {} b {}",
+                    s.channel_scale, s.red_bias, s.green_bias, s.blue_bias
+                ),
+            );
+            map = Some(PixelRange {
+                scale: s.channel_scale,
+                bias: s.red_bias,
+            });
+        }
+    }
+    map
+}
+
+/// A convolution layer's IR op, and whether its weights are fp16.
+fn nn_conv(
+    c: &proto::ConvolutionLayerParams,
+    layer: &str,
+    checks: &mut Checks,
+    path: &str,
+) -> Result<(Op, bool), CoremlReadError> {
+    let pads = match &c.convolution_padding_type {
+        Some(convolution_layer_params::ConvolutionPaddingType::Valid(v)) => {
+            let b = v
+                .padding_amounts
+                .as_ref()
+                .map(|p| p.border_amounts.clone())
+                .unwrap_or_default();
+            if b.len() == 2 {
+                [
+                    b[0].start_edge_size as usize,
+                    b[1].start_edge_size as usize,
+                    b[0].end_edge_size as usize,
+                    b[1].end_edge_size as usize,
+                ]
+            } else {
+                [0; 4]
+            }
+        }
+        _ => {
+            return Err(CoremlReadError::Unsupported {
+                path: path.to_string(),
+                reason: format!("conv {layer} with SAME padding"),
+            })
+        }
+    };
+    let (weight, w16) = nn_weights(&c.weights, layer, checks);
+    let (bias, _) = nn_weights(&c.bias, layer, checks);
+    let shape = [
+        c.output_channels as usize,
+        c.kernel_channels as usize,
+        c.kernel_size[0] as usize,
+        c.kernel_size[1] as usize,
+    ];
+    checks.add(
+        "weight count",
+        weight.len() == shape.iter().product::<usize>() && (bias.len() == shape[0] || !c.has_bias),
+        format!(
+            "{layer}: {} weights for {shape:?}, {} biases",
+            weight.len(),
+            bias.len()
+        ),
+    );
+    let bias = if c.has_bias {
+        bias
+    } else {
+        vec![0.0; shape[0]]
+    };
+    let op = Op::Conv2d {
+        weight,
+        weight_shape: shape,
+        bias,
+        stride: [c.stride[0] as usize, c.stride[1] as usize],
+        pads,
+        groups: c.n_groups.max(1) as usize,
+    };
+    Ok((op, w16))
+}
+
+/// The IR op of a layer other than a convolution or an activation.
+fn nn_other_op(layer: &proto::NeuralNetworkLayer, path: &str) -> Result<Op, CoremlReadError> {
+    let unsupported = |reason: String| CoremlReadError::Unsupported {
+        path: path.to_string(),
+        reason,
+    };
+    Ok(match &layer.layer {
+        Some(neural_network_layer::Layer::Add(_)) => Op::Add,
+        Some(neural_network_layer::Layer::Concat(c)) if !c.sequence_concat => Op::ConcatChannels,
+        Some(neural_network_layer::Layer::Upsample(u)) => {
+            if u.scaling_factor.len() != 2
+                || u.scaling_factor[0] != u.scaling_factor[1]
+                || u.mode != 0
+            {
+                return Err(unsupported(format!(
+                    "upsample {} {:?} mode {}",
+                    layer.name, u.scaling_factor, u.mode
+                )));
+            }
+            Op::UpsampleNearest {
+                factor: u.scaling_factor[0] as usize,
+            }
+        }
+        Some(neural_network_layer::Layer::ReorganizeData(r)) => {
+            let depth_to_space =
+                proto::reorganize_data_layer_params::ReorganizationType::DepthToSpace as i32;
+            if r.mode != depth_to_space || r.block_size < 2 {
+                return Err(unsupported(format!(
+                    "reorganize {} mode {} block {}",
+                    layer.name, r.mode, r.block_size
+                )));
+            }
+            Op::DepthToSpace {
+                block: r.block_size as usize,
+            }
+        }
+        other => {
+            return Err(unsupported(format!(
+                "layer {} ({:?}) has no IR equivalent",
+                layer.name,
+                other.as_ref().map(|_| "?")
+            )))
+        }
+    })
+}
+
 fn decode_neural_network(
     model: &proto::Model,
     description: &proto::ModelDescription,
@@ -958,26 +1098,7 @@ fn decode_neural_network(
     if in_shape.len() != 4 {
         return Err(unsupported(format!("input shape {in_shape:?} is not NCHW")));
     }
-    let mut input_pixel_map = None;
-    for p in &nn.preprocessing {
-        if let Some(proto::neural_network_preprocessing::Preprocessor::Scaler(s)) = &p.preprocessor
-        {
-            checks.add(
-                "pixel map",
-                s.red_bias == s.green_bias
-                    && s.green_bias == s.blue_bias
-                    && p.feature_name == in_name,
-                format!(
-                    "scale {} biases r {} g {} b {}",
-                    s.channel_scale, s.red_bias, s.green_bias, s.blue_bias
-                ),
-            );
-            input_pixel_map = Some(PixelRange {
-                scale: s.channel_scale,
-                bias: s.red_bias,
-            });
-        }
-    }
+    let input_pixel_map = nn_input_pixel_map(nn, &in_name, &mut checks);
     let mut nodes = Vec::new();
     let mut output_pixel_map = None;
     let mut output_name = out_name.clone();
@@ -990,69 +1111,15 @@ fn decode_neural_network(
             .ok_or_else(|| bad(format!("layer {} without output", layer.name)))?;
         let op = match &layer.layer {
             Some(neural_network_layer::Layer::Convolution(c)) => {
-                let pads = match &c.convolution_padding_type {
-                    Some(convolution_layer_params::ConvolutionPaddingType::Valid(v)) => {
-                        let b = v
-                            .padding_amounts
-                            .as_ref()
-                            .map(|p| p.border_amounts.clone())
-                            .unwrap_or_default();
-                        if b.len() == 2 {
-                            [
-                                b[0].start_edge_size as usize,
-                                b[1].start_edge_size as usize,
-                                b[0].end_edge_size as usize,
-                                b[1].end_edge_size as usize,
-                            ]
-                        } else {
-                            [0; 4]
-                        }
-                    }
-                    _ => {
-                        return Err(unsupported(format!(
-                            "conv {} with SAME padding",
-                            layer.name
-                        )))
-                    }
-                };
-                let (weight, w16) = nn_weights(&c.weights, &layer.name, &mut checks);
-                let (bias, _) = nn_weights(&c.bias, &layer.name, &mut checks);
+                let (op, w16) = nn_conv(c, &layer.name, &mut checks, path)?;
                 fp16 |= w16;
-                let shape = [
-                    c.output_channels as usize,
-                    c.kernel_channels as usize,
-                    c.kernel_size[0] as usize,
-                    c.kernel_size[1] as usize,
-                ];
-                checks.add(
-                    "weight count",
-                    weight.len() == shape.iter().product::<usize>()
-                        && (bias.len() == shape[0] || !c.has_bias),
-                    format!(
-                        "{}: {} weights for {shape:?}, {} biases",
-                        layer.name,
-                        weight.len(),
-                        bias.len()
-                    ),
-                );
-                let bias = if c.has_bias {
-                    bias
-                } else {
-                    vec![0.0; shape[0]]
-                };
-                Op::Conv2d {
-                    weight,
-                    weight_shape: shape,
-                    bias,
-                    stride: [c.stride[0] as usize, c.stride[1] as usize],
-                    pads,
-                    groups: c.n_groups.max(1) as usize,
-                }
+                op
             }
             Some(neural_network_layer::Layer::Activation(a)) => match &a.nonlinearity_type {
                 Some(activation_params::NonlinearityType::ReLu(_)) => Op::Relu,
                 Some(activation_params::NonlinearityType::Tanh(_)) => Op::Tanh,
                 Some(activation_params::NonlinearityType::Sigmoid(_)) => Op::Sigmoid,
+                // The image output's pixel map: not a node.
                 Some(activation_params::NonlinearityType::Linear(l)) if name == out_name => {
                     output_pixel_map = Some(PixelRange {
                         scale: l.alpha,
@@ -1068,44 +1135,7 @@ fn decode_neural_network(
                     )))
                 }
             },
-            Some(neural_network_layer::Layer::Add(_)) => Op::Add,
-            Some(neural_network_layer::Layer::Concat(c)) if !c.sequence_concat => {
-                Op::ConcatChannels
-            }
-            Some(neural_network_layer::Layer::Upsample(u)) => {
-                if u.scaling_factor.len() != 2
-                    || u.scaling_factor[0] != u.scaling_factor[1]
-                    || u.mode != 0
-                {
-                    return Err(unsupported(format!(
-                        "upsample {} {:?} mode {}",
-                        layer.name, u.scaling_factor, u.mode
-                    )));
-                }
-                Op::UpsampleNearest {
-                    factor: u.scaling_factor[0] as usize,
-                }
-            }
-            Some(neural_network_layer::Layer::ReorganizeData(r)) => {
-                let depth_to_space =
-                    proto::reorganize_data_layer_params::ReorganizationType::DepthToSpace as i32;
-                if r.mode != depth_to_space || r.block_size < 2 {
-                    return Err(unsupported(format!(
-                        "reorganize {} mode {} block {}",
-                        layer.name, r.mode, r.block_size
-                    )));
-                }
-                Op::DepthToSpace {
-                    block: r.block_size as usize,
-                }
-            }
-            other => {
-                return Err(unsupported(format!(
-                    "layer {} ({:?}) has no IR equivalent",
-                    layer.name,
-                    other.as_ref().map(|_| "?")
-                )))
-            }
+            _ => nn_other_op(layer, path)?,
         };
         nodes.push(Node {
             name,
