@@ -1,7 +1,7 @@
 //! effectc: an effect compiler. Folders mirror the pipeline:
 //! recipe (parse, extends, check) → plan (DAG, keys) → cache → exec (scheduler, events)
 //! → stages (one file per stage kind; `imaging` their pixel work) → nn / train (tch models) → export (IR, writers,
-//! quantization) → verify (tract) → bundle. `diffusion` is the diffusion teacher, `clip`
+//! quantization; `tflite` the TFLite model they and `vision` read and write) → verify (tract) → bundle. `diffusion` is the diffusion teacher, `clip`
 //! CLIP for face attributes and the identity filter,
 //! `models` the models directory it reads (fetched and pinned), `video` the frames of video sources, `process` the child processes that die with
 //! effectc.
@@ -26,6 +26,7 @@ pub mod project;
 pub mod protocol;
 pub mod recipe;
 pub mod stages;
+pub mod tflite;
 pub mod train;
 pub mod verify;
 pub mod video;

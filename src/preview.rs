@@ -19,8 +19,8 @@
 //!   quantization are untouched.
 
 use crate::export::coreml::{read_mlpackage, PixelRange};
-use crate::export::tflite::{self, BuiltinOperator};
 use crate::export::tflite_size::tflite_at_size;
+use crate::tflite::{self, BuiltinOperator};
 use crate::verify::coreml::{CoremlModel, Fp16Eval};
 use crate::verify::int8::{Int8Eval, Int8Runner};
 use crate::verify::TractModel;

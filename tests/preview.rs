@@ -330,8 +330,9 @@ fn list(dir: &Path) -> Vec<(String, Vec<u8>)> {
 /// for the same net at that size (shapes, RESHAPE targets and all).
 #[test]
 fn a_tflite_file_rescaled_is_the_file_written_at_that_size() {
-    use effectc::export::tflite::{parse, write, TflitePrecision};
+    use effectc::export::tflite::{write, TflitePrecision};
     use effectc::ir::sample::student_like;
+    use effectc::tflite::parse;
     let at = |px| {
         write(&student_like(8, px, 1), TflitePrecision::Float32)
             .unwrap()
@@ -347,6 +348,8 @@ fn a_tflite_file_rescaled_is_the_file_written_at_that_size() {
         "the rescaled file differs beyond tensor shapes"
     );
     // This net samples down 4x: 34 px would need an 8.5-pixel feature map.
-    let err = effectc::export::tflite_size::tflite_at_size(&at(32), 34).unwrap_err();
+    let err = effectc::export::tflite_size::tflite_at_size(&at(32), 34)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("multiple of 4"), "{err}");
 }

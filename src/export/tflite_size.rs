@@ -2,37 +2,95 @@
 //! runs): the student is fully convolutional, so only the activation shapes, the
 //! shapes its RESHAPEs name and the sizes of its nearest resizes change.
 
-use super::tflite::{self, BuiltinOperator, OptionsDesc};
+use crate::tflite::{parse, serialize, BuiltinOperator, Model, ModelError, Options};
+
+/// Why a file cannot be re-declared for another size.
+#[derive(Debug, thiserror::Error)]
+pub enum ResizeError {
+    #[error("{0}")]
+    Model(#[from] ModelError),
+    #[error("the model has no input")]
+    NoInput,
+    #[error("input shape {0:?} is not NHWC")]
+    NotNhwc(Vec<i32>),
+    #[error("the model was built at {built_w}x{built_h}; {size} is not on its grid (a {map}-pixel feature map would not scale): pick a multiple of {multiple}")]
+    OffGrid {
+        built_w: usize,
+        built_h: usize,
+        size: usize,
+        map: i32,
+        multiple: usize,
+    },
+    #[error("a PAD's paddings do not match its input's rank")]
+    PadRank,
+    #[error("a resize size operand is not two int32")]
+    ResizeOperand,
+}
 
 /// The TFLite model declared for `size`×`size` inputs: every activation tensor's
 /// height and width (and the size operand of a nearest resize) scaled by the same
 /// factor. The weights, quantization and ops are the file's own.
-pub fn tflite_at_size(bytes: &[u8], size: usize) -> Result<Vec<u8>, String> {
-    let mut desc = tflite::parse(bytes).map_err(|e| e.to_string())?;
-    let input = *desc.inputs.first().ok_or("the model has no input")?;
-    let in_shape = desc.tensors[input as usize].shape.clone();
+pub fn tflite_at_size(bytes: &[u8], size: usize) -> Result<Vec<u8>, ResizeError> {
+    let mut model = parse(bytes)?;
+    let input = *model.inputs.first().ok_or(ResizeError::NoInput)?;
+    let in_shape = model.tensors[input as usize].shape.clone();
     if in_shape.len() != 4 {
-        return Err(format!("input shape {in_shape:?} is not NHWC"));
+        return Err(ResizeError::NotNhwc(in_shape));
     }
-    let (bh, bw) = (in_shape[1] as usize, in_shape[2] as usize);
-    if (bh, bw) == (size, size) {
+    let (built_h, built_w) = (in_shape[1] as usize, in_shape[2] as usize);
+    if (built_h, built_w) == (size, size) {
         return Ok(bytes.to_vec());
     }
-    let scale = |d: i32, built: usize| -> Result<i32, String> {
-        let v = d as usize * size;
+    let grid = Grid {
+        built_h,
+        built_w,
+        size,
+    };
+    let spatial = spatial_dims(&model);
+    for (t, dims) in model.tensors.iter_mut().zip(&spatial) {
+        if let Some((dh, dw)) = *dims {
+            t.shape[dh] = grid.scale(t.shape[dh], built_h)?;
+            t.shape[dw] = grid.scale(t.shape[dw], built_w)?;
+        }
+    }
+    pad_outputs(&mut model)?;
+    reshape_targets(&mut model);
+    resize_sizes(&mut model, &grid)?;
+    Ok(serialize(&model)?)
+}
+
+/// The size the model was built at and the one asked for.
+struct Grid {
+    built_h: usize,
+    built_w: usize,
+    size: usize,
+}
+
+impl Grid {
+    /// A `d`-pixel extent of an axis built at `built` pixels, at the new size.
+    fn scale(&self, d: i32, built: usize) -> Result<i32, ResizeError> {
+        let v = d as usize * self.size;
         if v % built != 0 {
-            return Err(format!(
-                "the model was built at {bw}x{bh}; {size} is not on its grid (a {d}-pixel feature map would not scale): pick a multiple of {}",
-                built / gcd(built, d as usize)
-            ));
+            return Err(ResizeError::OffGrid {
+                built_w: self.built_w,
+                built_h: self.built_h,
+                size: self.size,
+                map: d,
+                multiple: built / gcd(built, d as usize),
+            });
         }
         Ok((v / built) as i32)
-    };
-    // Which dims of a 4-D activation are height and width. The writer's tensors are
-    // NHWC, except inside its depth-to-space (RESHAPE → TRANSPOSE → RESHAPE): the split
-    // [H, W, b, C/b] feeding the TRANSPOSE, and its output [H, b, W, C/b].
+    }
+}
+
+/// Per tensor, which dims of a 4-D activation are height and width (`None`: not
+/// scaled here). The writer's tensors are NHWC, except inside its depth-to-space
+/// (RESHAPE → TRANSPOSE → RESHAPE): the split [H, W, b, C/b] feeding the TRANSPOSE,
+/// and its output [H, b, W, C/b].
+fn spatial_dims(model: &Model) -> Vec<Option<(usize, usize)>> {
     let code_of = |t: i32, produced: bool| {
-        desc.ops
+        model
+            .ops
             .iter()
             .find(|o| {
                 if produced {
@@ -43,14 +101,14 @@ pub fn tflite_at_size(bytes: &[u8], size: usize) -> Result<Vec<u8>, String> {
             })
             .map(|o| o.code)
     };
-    let spatial: Vec<Option<(usize, usize)>> = (0..desc.tensors.len() as i32)
+    (0..model.tensors.len() as i32)
         .map(|i| {
-            let t = &desc.tensors[i as usize];
+            let t = &model.tensors[i as usize];
             // Activations have no buffer; weights (which do) keep their shapes.
             if t.buffer != 0 || t.shape.len() != 4 {
                 return None;
             }
-            // A PAD's output is its input plus the pads (set below).
+            // A PAD's output is its input plus the pads (`pad_outputs`).
             if code_of(i, true) == Some(BuiltinOperator::PAD) {
                 return None;
             }
@@ -62,66 +120,74 @@ pub fn tflite_at_size(bytes: &[u8], size: usize) -> Result<Vec<u8>, String> {
                 (1, 2)
             })
         })
-        .collect();
-    for (t, dims) in desc.tensors.iter_mut().zip(&spatial) {
-        if let Some((dh, dw)) = *dims {
-            t.shape[dh] = scale(t.shape[dh], bh)?;
-            t.shape[dw] = scale(t.shape[dw], bw)?;
-        }
-    }
-    for k in 0..desc.ops.len() {
-        let op = &desc.ops[k];
+        .collect()
+}
+
+/// Each PAD's output: its (re-sized) input plus the pads.
+fn pad_outputs(model: &mut Model) -> Result<(), ResizeError> {
+    for k in 0..model.ops.len() {
+        let op = &model.ops[k];
         if op.code != BuiltinOperator::PAD || op.inputs.len() < 2 {
             continue;
         }
-        let input = desc.tensors[op.inputs[0] as usize].shape.clone();
-        let pads = &desc.buffers[desc.tensors[op.inputs[1] as usize].buffer as usize];
+        let input = model.tensors[op.inputs[0] as usize].shape.clone();
+        let pads = &model.buffers[model.tensors[op.inputs[1] as usize].buffer as usize];
         let pads: Vec<i32> = pads
             .chunks_exact(4)
             .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
             .collect();
         if pads.len() != 2 * input.len() {
-            return Err("a PAD's paddings do not match its input's rank".into());
+            return Err(ResizeError::PadRank);
         }
         let out = op.outputs[0] as usize;
-        desc.tensors[out].shape = (0..input.len())
+        model.tensors[out].shape = (0..input.len())
             .map(|d| input[d] + pads[2 * d] + pads[2 * d + 1])
             .collect();
     }
-    // A RESHAPE's target shape (option and operand) is its output's new shape.
-    for k in 0..desc.ops.len() {
-        if desc.ops[k].code != BuiltinOperator::RESHAPE {
+    Ok(())
+}
+
+/// A RESHAPE's target shape (option and operand) is its output's new shape.
+fn reshape_targets(model: &mut Model) {
+    for k in 0..model.ops.len() {
+        if model.ops[k].code != BuiltinOperator::RESHAPE {
             continue;
         }
-        let out = desc.tensors[desc.ops[k].outputs[0] as usize].shape.clone();
-        if let OptionsDesc::Reshape { new_shape } = &mut desc.ops[k].options {
-            *new_shape = out.clone();
+        let out = model.tensors[model.ops[k].outputs[0] as usize]
+            .shape
+            .clone();
+        if let Options::Reshape { new_shape } = &mut model.ops[k].options {
+            *new_shape = Some(out.clone());
         }
-        if let Some(&operand) = desc.ops[k].inputs.get(1) {
-            let b = desc.tensors[operand as usize].buffer as usize;
+        if let Some(&operand) = model.ops[k].inputs.get(1) {
+            let b = model.tensors[operand as usize].buffer as usize;
             if b != 0 {
-                desc.buffers[b] = out.iter().flat_map(|d| d.to_le_bytes()).collect();
+                model.buffers[b] = out.iter().flat_map(|d| d.to_le_bytes()).collect();
             }
         }
     }
-    let resize_sizes: Vec<u32> = desc
+}
+
+/// The size operand of each nearest resize, scaled.
+fn resize_sizes(model: &mut Model, grid: &Grid) -> Result<(), ResizeError> {
+    let buffers: Vec<u32> = model
         .ops
         .iter()
         .filter(|o| o.code == BuiltinOperator::RESIZE_NEAREST_NEIGHBOR)
         .filter_map(|o| o.inputs.get(1))
-        .map(|&i| desc.tensors[i as usize].buffer)
+        .map(|&i| model.tensors[i as usize].buffer)
         .collect();
-    for b in resize_sizes {
-        let buf = &mut desc.buffers[b as usize];
+    for b in buffers {
+        let buf = &mut model.buffers[b as usize];
         if buf.len() != 8 {
-            return Err("a resize size operand is not two int32".into());
+            return Err(ResizeError::ResizeOperand);
         }
-        for (k, built) in [(0usize, bh), (1, bw)] {
+        for (k, built) in [(0usize, grid.built_h), (1, grid.built_w)] {
             let d = i32::from_le_bytes(buf[k * 4..k * 4 + 4].try_into().unwrap_or([0; 4]));
-            buf[k * 4..k * 4 + 4].copy_from_slice(&scale(d, built)?.to_le_bytes());
+            buf[k * 4..k * 4 + 4].copy_from_slice(&grid.scale(d, built)?.to_le_bytes());
         }
     }
-    Ok(tflite::serialize(&desc))
+    Ok(())
 }
 
 fn gcd(a: usize, b: usize) -> usize {

@@ -29,8 +29,9 @@
 
 use tract_onnx::prelude::tract_ndarray::{linalg::general_mat_mul, ArrayView2, ArrayViewMut2};
 
-use crate::export::tflite::{parse, BuiltinOperator, ModelDesc, OptionsDesc, TensorType};
-use tract_tflite::tflite::Padding;
+use crate::tflite::{
+    parse, ActivationFunctionType, BuiltinOperator, Model, Options, Padding, TensorType,
+};
 
 use super::tract_run::{
     int8_tail, nchw_to_nhwc, nhwc_to_nchw, quantize_input, Latency, RunError, Tail, TractModel,
@@ -346,7 +347,7 @@ impl FastInt8 {
                 },
                 BuiltinOperator::CONCATENATION => {
                     let axis = match op.options {
-                        OptionsDesc::Concat { axis } => axis,
+                        Options::Concat { axis, .. } => axis,
                         _ => -1,
                     };
                     if axis != 3 && axis != -1 {
@@ -629,8 +630,8 @@ fn rte(x: f32) -> f32 {
 }
 
 fn conv(
-    desc: &ModelDesc,
-    op: &crate::export::tflite::OpDesc,
+    desc: &Model,
+    op: &crate::tflite::Op,
     shapes: &[Vec<usize>],
     exact_limit: f64,
 ) -> Result<Conv, Unsupported> {
@@ -641,23 +642,35 @@ fn conv(
     );
     let y = op.outputs[0] as usize;
     let (padding, stride, relu, depthwise) = match op.options {
-        OptionsDesc::Conv2D {
+        Options::Conv2D {
             padding,
             stride_h,
             stride_w,
-            relu,
-        } => (padding, [stride_h as usize, stride_w as usize], relu, false),
-        OptionsDesc::Depthwise {
+            act,
+            ..
+        } => (
+            padding,
+            [stride_h as usize, stride_w as usize],
+            act == ActivationFunctionType::RELU,
+            false,
+        ),
+        Options::Depthwise {
             padding,
             stride_h,
             stride_w,
             depth_multiplier,
-            relu,
+            act,
+            ..
         } => {
             if depth_multiplier != 1 {
                 return Err(unsupported("depth multiplier other than 1"));
             }
-            (padding, [stride_h as usize, stride_w as usize], relu, true)
+            (
+                padding,
+                [stride_h as usize, stride_w as usize],
+                act == ActivationFunctionType::RELU,
+                true,
+            )
         }
         _ => return Err(unsupported("conv options")),
     };

@@ -9,7 +9,7 @@
 
 use crate::bundle::manifest::{Quantization, TensorSpec};
 use crate::export::coreml::DecodedCoreml;
-use crate::export::tflite::{self, TensorType};
+use crate::tflite::{self, TensorType};
 
 /// The range the student's floats live in.
 pub const NET_RANGE: [f64; 2] = [-1.0, 1.0];

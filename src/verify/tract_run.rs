@@ -69,7 +69,7 @@ impl Tail {
 /// The int8 TANH / LOGISTIC that produces the subgraph output, if any: (its output
 /// tensor's name, the tail).
 pub(crate) fn int8_tail(bytes: &[u8]) -> Option<(String, Tail)> {
-    use crate::export::tflite::{parse, BuiltinOperator, TensorType};
+    use crate::tflite::{parse, BuiltinOperator, TensorType};
     let desc = parse(bytes).ok()?;
     let out = *desc.outputs.first()?;
     let op = desc.ops.iter().find(|o| o.outputs.contains(&out))?;

@@ -40,7 +40,7 @@ impl TfliteModel {
             path: path.to_owned(),
             message,
         };
-        let (rewritten, stats) = tflite_rewrite::rewrite(bytes).map_err(bad)?;
+        let (rewritten, stats) = tflite_rewrite::rewrite(bytes).map_err(|e| bad(e.to_string()))?;
         let model = tract_tflite::tflite()
             .model_for_read(&mut &rewritten[..])
             .map_err(|e| bad(format!("tract cannot load the rewritten graph: {e:#}")))?;

@@ -340,7 +340,6 @@ pub fn manifest() -> String {
 pub fn mlprogram_files(graph: &Graph, opts: &CoremlOptions) -> Result<MlPackageFiles, CoremlError> {
     let shapes = graph.shapes()?;
     check_identifiers(graph)?;
-    let out_shape = shapes[&graph.output_name];
     let compute = if opts.weights == WeightPrecision::Fp32 {
         DataType::Float32
     } else {
@@ -350,310 +349,324 @@ pub fn mlprogram_files(graph: &Graph, opts: &CoremlOptions) -> Result<MlPackageF
         ops: Vec::new(),
         blobs: BlobWriter::new(),
     };
-    let id = |v: &str| identifier(v);
     // MIL name under which IR value v can be read (compute precision).
     let mut read: BTreeMap<String, String> = BTreeMap::new();
-
-    let input = id(&graph.input_name);
-    let fp32_in = tensor_type(DataType::Float32, &graph.input_shape);
-    let mut x = input.clone();
-    if opts.image_input {
-        let s = b.constant(
-            &format!("{input}_pixel_scale"),
-            floats_value(&[opts.pixel_range.scale], &[]),
-        );
-        let bias = b.constant(
-            &format!("{input}_pixel_bias"),
-            floats_value(&[opts.pixel_range.bias], &[]),
-        );
-        let scaled = format!("{input}_scaled");
-        b.op(
-            "mul",
-            &scaled,
-            &[("x", vec![x.clone()]), ("y", vec![s])],
-            fp32_in.clone(),
-        );
-        let normalized = format!("{input}_normalized");
-        b.op(
-            "add",
-            &normalized,
-            &[("x", vec![scaled]), ("y", vec![bias])],
-            fp32_in.clone(),
-        );
-        x = normalized;
-    }
-    if compute == DataType::Float16 {
-        let dt = b.constant(&format!("{input}_cast_dtype"), string_value("fp16"));
-        let cast = format!("{input}_fp16");
-        b.op(
-            "cast",
-            &cast,
-            &[("x", vec![x]), ("dtype", vec![dt])],
-            tensor_type(DataType::Float16, &graph.input_shape),
-        );
-        x = cast;
-    }
+    let x = b.input_edge(graph, opts, compute);
     read.insert(graph.input_name.clone(), x);
 
-    let out_id = id(&graph.output_name);
+    let out_id = identifier(&graph.output_name);
     let needs_tail = compute == DataType::Float16 || opts.image_output;
     for node in &graph.nodes {
         let name = if node.name == graph.output_name && needs_tail {
             format!("{out_id}_net")
         } else {
-            id(&node.name)
+            identifier(&node.name)
         };
         let ins: Vec<String> = node.inputs.iter().map(|i| read[i].clone()).collect();
         let ty = tensor_type(compute, &shapes[&node.name]);
-        match &node.op {
-            Op::Conv2d {
-                weight,
-                weight_shape,
+        b.node(&node.op, &name, ins, ty, opts.weights, compute);
+        read.insert(node.name.clone(), name);
+    }
+    let out_shape = shapes[&graph.output_name];
+    b.output_edge(&read[&graph.output_name], &out_id, out_shape, opts, compute);
+    Ok(b.finish(graph, out_shape, opts))
+}
+
+impl ProgramBuilder {
+    /// The input, mapped from pixels to the net's range (image input) and cast to the
+    /// compute precision: the MIL name the first node reads.
+    fn input_edge(&mut self, graph: &Graph, opts: &CoremlOptions, compute: DataType) -> String {
+        let input = identifier(&graph.input_name);
+        let fp32_in = tensor_type(DataType::Float32, &graph.input_shape);
+        let mut x = input.clone();
+        if opts.image_input {
+            let (scale, bias) = (opts.pixel_range.scale, opts.pixel_range.bias);
+            x = self.affine(
+                &input,
+                x,
+                scale,
                 bias,
-                stride,
-                pads,
-                groups,
-            } => {
-                let wname = format!("{name}_weight");
-                let weight_var = match opts.weights {
-                    WeightPrecision::Int8 => {
-                        let q = quantize_conv(weight, *weight_shape, bias, 1.0);
-                        let o = weight_shape[0];
-                        let data = q.weight.iter().map(|v| *v as u8).collect::<Vec<_>>();
-                        // constexpr params are attributes (iOS 16/17 form).
-                        let mut attributes = BTreeMap::new();
-                        attributes.insert("name".to_string(), string_value(&wname));
-                        let qoff = b.blobs.add(BlobType::Int8, &data);
-                        attributes.insert(
-                            "quantized_data".into(),
-                            blob_value(DataType::Int8, weight_shape, qoff),
-                        );
-                        attributes.insert(
-                            "zero_point".into(),
-                            bytes_value(DataType::Int8, &[o], vec![0u8; o]),
-                        );
-                        let scale_bytes = f16_bytes(&q.weight_scales);
-                        let scale = if o >= 10 {
-                            blob_value(
-                                DataType::Float16,
-                                &[o],
-                                b.blobs.add(BlobType::Float16, &scale_bytes),
-                            )
-                        } else {
-                            bytes_value(DataType::Float16, &[o], scale_bytes)
-                        };
-                        attributes.insert("scale".into(), scale);
-                        attributes.insert("axis".into(), ints_value(&[0], &[]));
-                        b.ops.push(MirrorOperation {
-                            r#type: "constexpr_affine_dequantize".into(),
-                            inputs: BTreeMap::new(),
-                            outputs: vec![NamedValueType {
-                                name: wname.clone(),
-                                r#type: Some(tensor_type(DataType::Float16, weight_shape)),
-                            }],
-                            attributes,
-                        });
-                        wname
-                    }
-                    WeightPrecision::Fp16 => {
-                        b.tensor_const(&wname, DataType::Float16, weight_shape, f16_bytes(weight))
-                    }
-                    WeightPrecision::Fp32 => b.tensor_const(
-                        &wname,
-                        DataType::Float32,
-                        weight_shape,
-                        weight.iter().flat_map(|v| v.to_le_bytes()).collect(),
-                    ),
-                };
-                let bias_bytes = if compute == DataType::Float16 {
-                    f16_bytes(bias)
-                } else {
-                    bias.iter().flat_map(|v| v.to_le_bytes()).collect()
-                };
-                let bias_var =
-                    b.tensor_const(&format!("{name}_bias"), compute, &[bias.len()], bias_bytes);
-                let strides = b.constant(
-                    &format!("{name}_strides"),
-                    ints_value(&[stride[0] as i32, stride[1] as i32], &[2]),
-                );
-                let pad_type = b.constant(&format!("{name}_pad_type"), string_value("custom"));
-                // MIL pad order: [top, bottom, left, right]; IR: [top, left, bottom, right].
-                let pad = b.constant(
-                    &format!("{name}_pad"),
-                    ints_value(
-                        &[
-                            pads[0] as i32,
-                            pads[2] as i32,
-                            pads[1] as i32,
-                            pads[3] as i32,
-                        ],
-                        &[4],
-                    ),
-                );
-                let dilations = b.constant(&format!("{name}_dilations"), ints_value(&[1, 1], &[2]));
-                let groups_var = b.constant(
-                    &format!("{name}_groups"),
-                    ints_value(&[*groups as i32], &[]),
-                );
-                b.op(
-                    "conv",
-                    &name,
-                    &[
-                        ("x", vec![ins[0].clone()]),
-                        ("weight", vec![weight_var]),
-                        ("bias", vec![bias_var]),
-                        ("strides", vec![strides]),
-                        ("pad_type", vec![pad_type]),
-                        ("pad", vec![pad]),
-                        ("dilations", vec![dilations]),
-                        ("groups", vec![groups_var]),
-                    ],
-                    ty,
-                );
+                &format!("{input}_normalized"),
+                fp32_in,
+            );
+        }
+        if compute == DataType::Float16 {
+            let fp16_in = tensor_type(DataType::Float16, &graph.input_shape);
+            x = self.cast(&input, x, "fp16", &format!("{input}_fp16"), fp16_in);
+        }
+        x
+    }
+
+    /// The output `y` cast back to fp32 and mapped from the net's range to pixels
+    /// (image output), ending in the op named `out_id`.
+    fn output_edge(
+        &mut self,
+        y: &str,
+        out_id: &str,
+        out_shape: [usize; 4],
+        opts: &CoremlOptions,
+        compute: DataType,
+    ) {
+        let fp32_out = tensor_type(DataType::Float32, &out_shape);
+        let mut y = y.to_string();
+        if compute == DataType::Float16 {
+            let cast = if opts.image_output {
+                format!("{out_id}_fp32")
+            } else {
+                out_id.to_string()
+            };
+            y = self.cast(out_id, y, "fp32", &cast, fp32_out.clone());
+        }
+        if opts.image_output {
+            // pixel = (net - bias) / scale
+            let r = opts.pixel_range;
+            self.affine(
+                out_id,
+                y,
+                1.0 / r.scale,
+                -r.bias / r.scale,
+                out_id,
+                fp32_out,
+            );
+        }
+    }
+
+    /// `x * scale + bias` as mul + add with constants named after `base`; the add is
+    /// named `out`.
+    fn affine(
+        &mut self,
+        base: &str,
+        x: String,
+        scale: f32,
+        bias: f32,
+        out: &str,
+        ty: ValueType,
+    ) -> String {
+        let s = self.constant(&format!("{base}_pixel_scale"), floats_value(&[scale], &[]));
+        let bias = self.constant(&format!("{base}_pixel_bias"), floats_value(&[bias], &[]));
+        let scaled = format!("{base}_scaled");
+        let mul_in = [("x", vec![x]), ("y", vec![s])];
+        self.op("mul", &scaled, &mul_in, ty.clone());
+        self.op("add", out, &[("x", vec![scaled]), ("y", vec![bias])], ty);
+        out.to_string()
+    }
+
+    /// A cast of `x` to `dtype` ("fp16", "fp32"), its dtype constant named after `base`.
+    fn cast(&mut self, base: &str, x: String, dtype: &str, out: &str, ty: ValueType) -> String {
+        let dt = self.constant(&format!("{base}_cast_dtype"), string_value(dtype));
+        self.op("cast", out, &[("x", vec![x]), ("dtype", vec![dt])], ty);
+        out.to_string()
+    }
+
+    /// The MIL op (and its constants) of one IR node, named `name`.
+    fn node(
+        &mut self,
+        op: &Op,
+        name: &str,
+        ins: Vec<String>,
+        ty: ValueType,
+        weights: WeightPrecision,
+        compute: DataType,
+    ) {
+        let int = |b: &mut Self, what: &str, v: usize| {
+            b.constant(&format!("{name}_{what}"), ints_value(&[v as i32], &[]))
+        };
+        match op {
+            Op::Conv2d { .. } => self.conv(op, name, &ins[0], ty, weights, compute),
+            Op::Relu => self.op("relu", name, &[("x", ins)], ty),
+            Op::Tanh => self.op("tanh", name, &[("x", ins)], ty),
+            Op::Sigmoid => self.op("sigmoid", name, &[("x", ins)], ty),
+            Op::Add => {
+                let xy = [("x", vec![ins[0].clone()]), ("y", vec![ins[1].clone()])];
+                self.op("add", name, &xy, ty)
             }
-            Op::Relu => b.op("relu", &name, &[("x", ins)], ty),
-            Op::Tanh => b.op("tanh", &name, &[("x", ins)], ty),
-            Op::Sigmoid => b.op("sigmoid", &name, &[("x", ins)], ty),
-            Op::Add => b.op(
-                "add",
-                &name,
-                &[("x", vec![ins[0].clone()]), ("y", vec![ins[1].clone()])],
-                ty,
-            ),
             Op::ConcatChannels => {
-                let axis = b.constant(&format!("{name}_axis"), ints_value(&[1], &[]));
-                let interleave = b.constant(&format!("{name}_interleave"), bool_value(false));
-                b.op(
-                    "concat",
-                    &name,
-                    &[
-                        ("values", ins),
-                        ("axis", vec![axis]),
-                        ("interleave", vec![interleave]),
-                    ],
-                    ty,
-                );
+                let axis = int(self, "axis", 1);
+                let interleave = self.constant(&format!("{name}_interleave"), bool_value(false));
+                let args = [
+                    ("values", ins),
+                    ("axis", vec![axis]),
+                    ("interleave", vec![interleave]),
+                ];
+                self.op("concat", name, &args, ty);
             }
             Op::UpsampleNearest { factor } => {
-                let fh = b.constant(
-                    &format!("{name}_scale_h"),
-                    ints_value(&[*factor as i32], &[]),
-                );
-                let fw = b.constant(
-                    &format!("{name}_scale_w"),
-                    ints_value(&[*factor as i32], &[]),
-                );
-                b.op(
-                    "upsample_nearest_neighbor",
-                    &name,
-                    &[
-                        ("x", ins),
-                        ("scale_factor_height", vec![fh]),
-                        ("scale_factor_width", vec![fw]),
-                    ],
-                    ty,
-                );
+                let fh = int(self, "scale_h", *factor);
+                let fw = int(self, "scale_w", *factor);
+                let args = [
+                    ("x", ins),
+                    ("scale_factor_height", vec![fh]),
+                    ("scale_factor_width", vec![fw]),
+                ];
+                self.op("upsample_nearest_neighbor", name, &args, ty);
             }
             // MIL's depth_to_space is TensorFlow's (DCR), the IR's order; its
             // pixel_shuffle would be PyTorch's CRD.
             Op::DepthToSpace { block } => {
-                let bs = b.constant(
-                    &format!("{name}_block_size"),
-                    ints_value(&[*block as i32], &[]),
-                );
-                b.op(
-                    "depth_to_space",
-                    &name,
-                    &[("x", ins), ("block_size", vec![bs])],
-                    ty,
-                );
+                let bs = int(self, "block_size", *block);
+                let args = [("x", ins), ("block_size", vec![bs])];
+                self.op("depth_to_space", name, &args, ty);
             }
         }
-        read.insert(node.name.clone(), name);
     }
 
-    let fp32_out = tensor_type(DataType::Float32, &out_shape);
-    let mut y = read[&graph.output_name].clone();
-    if compute == DataType::Float16 {
-        let dt = b.constant(&format!("{out_id}_cast_dtype"), string_value("fp32"));
-        let cast = if opts.image_output {
-            format!("{out_id}_fp32")
-        } else {
-            out_id.clone()
+    /// A conv (`op` is an `Op::Conv2d`) of `x`, its weight in `weights` precision.
+    fn conv(
+        &mut self,
+        op: &Op,
+        name: &str,
+        x: &str,
+        ty: ValueType,
+        weights: WeightPrecision,
+        compute: DataType,
+    ) {
+        let Op::Conv2d {
+            weight,
+            weight_shape,
+            bias,
+            stride,
+            pads,
+            groups,
+        } = op
+        else {
+            unreachable!("conv of a {op:?}");
         };
-        b.op(
-            "cast",
-            &cast,
-            &[("x", vec![y]), ("dtype", vec![dt])],
-            fp32_out.clone(),
-        );
-        y = cast;
-    }
-    if opts.image_output {
-        // pixel = (net - bias) / scale
-        let s = b.constant(
-            &format!("{out_id}_pixel_scale"),
-            floats_value(&[1.0 / opts.pixel_range.scale], &[]),
-        );
-        let bias = b.constant(
-            &format!("{out_id}_pixel_bias"),
-            floats_value(&[-opts.pixel_range.bias / opts.pixel_range.scale], &[]),
-        );
-        let scaled = format!("{out_id}_scaled");
-        b.op(
-            "mul",
-            &scaled,
-            &[("x", vec![y]), ("y", vec![s])],
-            fp32_out.clone(),
-        );
-        b.op(
-            "add",
-            &out_id,
-            &[("x", vec![scaled]), ("y", vec![bias])],
-            fp32_out.clone(),
-        );
+        let weight_var = self.conv_weight(name, weight, bias, *weight_shape, weights);
+        let bias_bytes = if compute == DataType::Float16 {
+            f16_bytes(bias)
+        } else {
+            bias.iter().flat_map(|v| v.to_le_bytes()).collect()
+        };
+        let bias_var =
+            self.tensor_const(&format!("{name}_bias"), compute, &[bias.len()], bias_bytes);
+        let ints = |b: &mut Self, what: &str, v: &[i32], shape: &[usize]| {
+            b.constant(&format!("{name}_{what}"), ints_value(v, shape))
+        };
+        let strides = ints(self, "strides", &[stride[0] as i32, stride[1] as i32], &[2]);
+        let pad_type = self.constant(&format!("{name}_pad_type"), string_value("custom"));
+        // MIL pad order: [top, bottom, left, right]; IR: [top, left, bottom, right].
+        let mil_pads = [pads[0], pads[2], pads[1], pads[3]].map(|p| p as i32);
+        let pad = ints(self, "pad", &mil_pads, &[4]);
+        let dilations = ints(self, "dilations", &[1, 1], &[2]);
+        let groups_var = ints(self, "groups", &[*groups as i32], &[]);
+        let args = [
+            ("x", vec![x.to_string()]),
+            ("weight", vec![weight_var]),
+            ("bias", vec![bias_var]),
+            ("strides", vec![strides]),
+            ("pad_type", vec![pad_type]),
+            ("pad", vec![pad]),
+            ("dilations", vec![dilations]),
+            ("groups", vec![groups_var]),
+        ];
+        self.op("conv", name, &args, ty);
     }
 
-    let op_types = b
-        .ops
-        .iter()
-        .map(|op| op.r#type.clone())
-        .filter(|t| t != "const")
-        .collect();
-    let mut blocks = BTreeMap::new();
-    blocks.insert(
-        MLPROGRAM_OPSET.to_string(),
-        MirrorBlock {
-            outputs: vec![out_id.clone()],
-            operations: b.ops,
-        },
-    );
-    let mut functions = BTreeMap::new();
-    functions.insert(
-        "main".to_string(),
-        MirrorFunction {
+    /// The conv's weight constant: fp32, fp16, or int8 dequantized at load.
+    fn conv_weight(
+        &mut self,
+        name: &str,
+        weight: &[f32],
+        bias: &[f32],
+        shape: [usize; 4],
+        precision: WeightPrecision,
+    ) -> String {
+        let wname = format!("{name}_weight");
+        match precision {
+            WeightPrecision::Int8 => self.int8_weight(&wname, weight, bias, shape),
+            WeightPrecision::Fp16 => {
+                self.tensor_const(&wname, DataType::Float16, &shape, f16_bytes(weight))
+            }
+            WeightPrecision::Fp32 => {
+                let bytes = weight.iter().flat_map(|v| v.to_le_bytes()).collect();
+                self.tensor_const(&wname, DataType::Float32, &shape, bytes)
+            }
+        }
+    }
+
+    /// Per-output-channel symmetric int8 weights, `constexpr_affine_dequantize`d to
+    /// fp16 at load.
+    fn int8_weight(
+        &mut self,
+        wname: &str,
+        weight: &[f32],
+        bias: &[f32],
+        shape: [usize; 4],
+    ) -> String {
+        let q = quantize_conv(weight, shape, bias, 1.0);
+        let o = shape[0];
+        let data = q.weight.iter().map(|v| *v as u8).collect::<Vec<_>>();
+        // constexpr params are attributes (iOS 16/17 form).
+        let mut attributes = BTreeMap::new();
+        attributes.insert("name".to_string(), string_value(wname));
+        let qoff = self.blobs.add(BlobType::Int8, &data);
+        attributes.insert(
+            "quantized_data".into(),
+            blob_value(DataType::Int8, &shape, qoff),
+        );
+        attributes.insert(
+            "zero_point".into(),
+            bytes_value(DataType::Int8, &[o], vec![0u8; o]),
+        );
+        let scale_bytes = f16_bytes(&q.weight_scales);
+        let scale = if o >= 10 {
+            let offset = self.blobs.add(BlobType::Float16, &scale_bytes);
+            blob_value(DataType::Float16, &[o], offset)
+        } else {
+            bytes_value(DataType::Float16, &[o], scale_bytes)
+        };
+        attributes.insert("scale".into(), scale);
+        attributes.insert("axis".into(), ints_value(&[0], &[]));
+        self.ops.push(MirrorOperation {
+            r#type: "constexpr_affine_dequantize".into(),
+            inputs: BTreeMap::new(),
+            outputs: vec![NamedValueType {
+                name: wname.to_string(),
+                r#type: Some(tensor_type(DataType::Float16, &shape)),
+            }],
+            attributes,
+        });
+        wname.to_string()
+    }
+
+    /// The package's files: the program as `main` of the model, the weight blobs, the
+    /// manifest.
+    fn finish(self, graph: &Graph, out_shape: [usize; 4], opts: &CoremlOptions) -> MlPackageFiles {
+        let op_types = self
+            .ops
+            .iter()
+            .map(|op| op.r#type.clone())
+            .filter(|t| t != "const")
+            .collect();
+        let mut blocks = BTreeMap::new();
+        let block = MirrorBlock {
+            outputs: vec![identifier(&graph.output_name)],
+            operations: self.ops,
+        };
+        blocks.insert(MLPROGRAM_OPSET.to_string(), block);
+        let main = MirrorFunction {
             inputs: vec![NamedValueType {
-                name: input,
-                r#type: Some(fp32_in),
+                name: identifier(&graph.input_name),
+                r#type: Some(tensor_type(DataType::Float32, &graph.input_shape)),
             }],
             opset: MLPROGRAM_OPSET.into(),
             block_specializations: blocks,
-        },
-    );
-    let model = MirrorModel {
-        specification_version: MLPROGRAM_SPEC_VERSION,
-        description: Some(description(graph, out_shape, opts)),
-        ml_program: Some(MirrorProgram {
-            version: 1,
-            functions,
-        }),
-    };
-    Ok(MlPackageFiles {
-        op_types,
-        model: model.encode_to_vec(),
-        weights: b.blobs.finish(),
-        manifest: manifest(),
-    })
+        };
+        let model = MirrorModel {
+            specification_version: MLPROGRAM_SPEC_VERSION,
+            description: Some(description(graph, out_shape, opts)),
+            ml_program: Some(MirrorProgram {
+                version: 1,
+                functions: BTreeMap::from([("main".to_string(), main)]),
+            }),
+        };
+        MlPackageFiles {
+            op_types,
+            model: model.encode_to_vec(),
+            weights: self.blobs.finish(),
+            manifest: manifest(),
+        }
+    }
 }
 
 /// Writes `dir` (e.g. `student.mlpackage`): built next to it, then renamed into place

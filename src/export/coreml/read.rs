@@ -307,6 +307,16 @@ enum Held {
     },
 }
 
+/// The graph's edges as the model description and `main` declare them.
+struct ProgramIo {
+    in_name: String,
+    input_shape: [usize; 4],
+    in_image: bool,
+    out_name: String,
+    out_shape: Vec<usize>,
+    out_image: bool,
+}
+
 fn decode_program(
     model: &proto::Model,
     description: &proto::ModelDescription,
@@ -315,10 +325,6 @@ fn decode_program(
     path: &str,
 ) -> Result<DecodedCoreml, CoremlReadError> {
     let bad = |reason: String| CoremlReadError::Decode {
-        path: path.to_string(),
-        reason,
-    };
-    let unsupported = |reason: String| CoremlReadError::Unsupported {
         path: path.to_string(),
         reason,
     };
@@ -331,14 +337,11 @@ fn decode_program(
             model.specification_version
         ),
     );
-    let blob_file = match weights {
+    let blobs = match weights {
         Some(w) => {
             let f = BlobFile::parse(w).map_err(|e| bad(e.to_string()))?;
-            checks.add(
-                "weight file",
-                w.len() % 64 == 0,
-                format!("{} blobs, {} bytes", f.count, w.len()),
-            );
+            let detail = format!("{} blobs, {} bytes", f.count, w.len());
+            checks.add("weight file", w.len() % 64 == 0, detail);
             Some(f)
         }
         None => None,
@@ -356,6 +359,43 @@ fn decode_program(
         .block_specializations
         .get(&main.opset)
         .ok_or_else(|| bad(format!("no block for opset {}", main.opset)))?;
+    let io = program_io(main, block, description, &mut checks, path)?;
+    let mut decoder = ProgramDecoder {
+        path,
+        blobs,
+        checks,
+        held: BTreeMap::new(),
+        ir_input: io.in_name.clone(),
+        nodes: Vec::new(),
+        declared: Vec::new(),
+        input_pixel_map: None,
+        weight_precision: WeightPrecision::Fp32,
+    };
+    let input = Held::Flow {
+        ir: io.in_name.clone(),
+        scale: 1.0,
+        bias: 0.0,
+        dtype: DataType::Float32,
+    };
+    decoder.held.insert(main.inputs[0].name.clone(), input);
+    for op in &block.operations {
+        decoder.operation(op)?;
+    }
+    decoder.finish(model, &block.outputs[0], io)
+}
+
+/// The one input and one output, checked against `main`'s declared input.
+fn program_io(
+    main: &mil_spec::Function,
+    block: &mil_spec::Block,
+    description: &proto::ModelDescription,
+    checks: &mut Checks,
+    path: &str,
+) -> Result<ProgramIo, CoremlReadError> {
+    let unsupported = |reason: String| CoremlReadError::Unsupported {
+        path: path.to_string(),
+        reason,
+    };
     if main.inputs.len() != 1
         || description.input.len() != 1
         || description.output.len() != 1
@@ -366,7 +406,7 @@ fn decode_program(
         ));
     }
     let (in_name, in_shape, in_image) = feature_info(&description.input[0]);
-    let (out_name, out_shape_desc, out_image) = feature_info(&description.output[0]);
+    let (out_name, out_shape, out_image) = feature_info(&description.output[0]);
     let func_in = &main.inputs[0];
     let func_in_type = tensor_type_of(&func_in.r#type);
     checks.add(
@@ -377,466 +417,492 @@ fn decode_program(
             func_in.name
         ),
     );
-    if in_shape.len() != 4 {
+    let [n, c, h, w] = in_shape[..] else {
         return Err(unsupported(format!("input shape {in_shape:?} is not NCHW")));
-    }
-    let input_shape = [in_shape[0], in_shape[1], in_shape[2], in_shape[3]];
-    let ir_input = in_name.clone();
-    let mut held: BTreeMap<String, Held> = BTreeMap::new();
-    held.insert(
-        func_in.name.clone(),
-        Held::Flow {
-            ir: ir_input.clone(),
-            scale: 1.0,
-            bias: 0.0,
-            dtype: DataType::Float32,
-        },
-    );
-    let mut nodes: Vec<Node> = Vec::new();
-    let mut declared: Vec<(String, DataType, Vec<usize>)> = Vec::new();
-    let mut input_pixel_map: Option<PixelRange> = None;
-    let mut weight_precision = WeightPrecision::Fp32;
-
-    let arg_names = |op: &mil_spec::Operation, param: &str| -> Vec<String> {
-        op.inputs
-            .get(param)
-            .map(|a| {
-                a.arguments
-                    .iter()
-                    .filter_map(|b| match &b.binding {
-                        Some(argument::binding::Binding::Name(n)) => Some(n.clone()),
-                        _ => None,
-                    })
-                    .collect()
-            })
-            .unwrap_or_default()
     };
+    Ok(ProgramIo {
+        in_name,
+        input_shape: [n, c, h, w],
+        in_image,
+        out_name,
+        out_shape,
+        out_image,
+    })
+}
 
-    for op in &block.operations {
+/// The MIL names an operation's parameter `param` binds.
+fn arg_names(op: &mil_spec::Operation, param: &str) -> Vec<String> {
+    op.inputs
+        .get(param)
+        .map(|a| {
+            a.arguments
+                .iter()
+                .filter_map(|b| match &b.binding {
+                    Some(argument::binding::Binding::Name(n)) => Some(n.clone()),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The state shared while a program's operations are decoded, one by one, into IR
+/// nodes.
+struct ProgramDecoder<'a> {
+    path: &'a str,
+    blobs: Option<BlobFile<'a>>,
+    checks: Checks,
+    /// What each MIL name holds.
+    held: BTreeMap<String, Held>,
+    /// The IR name of the graph input.
+    ir_input: String,
+    nodes: Vec<Node>,
+    /// Each IR op's declared output (name, dtype, shape), checked once shapes are known.
+    declared: Vec<(String, DataType, Vec<usize>)>,
+    input_pixel_map: Option<PixelRange>,
+    weight_precision: WeightPrecision,
+}
+
+impl ProgramDecoder<'_> {
+    fn bad(&self, reason: String) -> CoremlReadError {
+        CoremlReadError::Decode {
+            path: self.path.to_string(),
+            reason,
+        }
+    }
+
+    fn unsupported(&self, reason: String) -> CoremlReadError {
+        CoremlReadError::Unsupported {
+            path: self.path.to_string(),
+            reason,
+        }
+    }
+
+    fn operation(&mut self, op: &mil_spec::Operation) -> Result<(), CoremlReadError> {
         let out = op
             .outputs
             .first()
-            .ok_or_else(|| bad(format!("`{}` op without output", op.r#type)))?;
-        let out_type = tensor_type_of(&out.r#type);
-        let get_const =
-            |held: &BTreeMap<String, Held>, param: &str| -> Result<Const, CoremlReadError> {
-                let names = arg_names(op, param);
-                match names.first().and_then(|n| held.get(n)) {
-                    Some(Held::Const(c)) => Ok(c.clone()),
-                    _ => Err(bad(format!(
-                        "`{}` {}: parameter `{param}` is not a constant",
-                        op.r#type, out.name
-                    ))),
-                }
-            };
-        // The IR value an op input reads; an affine map on it is only allowed on the
-        // graph input (the image pre-processing).
-        let flow = |held: &BTreeMap<String, Held>,
-                    name: &str,
-                    input_pixel_map: &mut Option<PixelRange>|
-         -> Result<String, CoremlReadError> {
-            match held.get(name) {
-                Some(Held::Flow {
-                    ir, scale, bias, ..
-                }) => {
-                    if *scale != 1.0 || *bias != 0.0 {
-                        if *ir != ir_input {
-                            return Err(unsupported(format!(
-                                "an affine map on `{ir}` inside the network"
-                            )));
-                        }
-                        *input_pixel_map = Some(PixelRange {
-                            scale: *scale,
-                            bias: *bias,
-                        });
-                    }
-                    Ok(ir.clone())
-                }
-                _ => Err(bad(format!(
-                    "`{}` {}: input `{name}` is not a tensor computed earlier",
-                    op.r#type, out.name
-                ))),
-            }
-        };
+            .ok_or_else(|| self.bad(format!("`{}` op without output", op.r#type)))?;
         match op.r#type.as_str() {
-            "const" => {
-                let v = op
-                    .attributes
-                    .get("val")
-                    .ok_or_else(|| bad(format!("const {} without val", out.name)))?;
-                let c = read_value(v, blob_file.as_ref(), &mut checks, &out.name).map_err(bad)?;
-                held.insert(out.name.clone(), Held::Const(c));
-            }
-            "constexpr_affine_dequantize" => {
-                let attr = |k: &str| -> Result<Const, CoremlReadError> {
-                    let v = op
-                        .attributes
-                        .get(k)
-                        .ok_or_else(|| bad(format!("{}: no `{k}`", out.name)))?;
-                    read_value(
-                        v,
-                        blob_file.as_ref(),
-                        &mut Checks(Vec::new()),
-                        &format!("{}.{k}", out.name),
-                    )
-                    .map_err(bad)
-                };
-                let (data, zp, scale, axis) = (
-                    attr("quantized_data")?,
-                    attr("zero_point")?,
-                    attr("scale")?,
-                    attr("axis")?,
-                );
-                let axis = axis.values.first().copied().unwrap_or(0.0) as usize;
-                let channels = data.shape.get(axis).copied().unwrap_or(1);
-                let sane = scale.values.iter().all(|s| s.is_finite() && *s > 0.0)
-                    && (scale.values.len() == 1 || scale.values.len() == channels)
-                    && (zp.values.len() == 1 || zp.values.len() == channels)
-                    && matches!(data.dtype, DataType::Int8 | DataType::Uint8);
-                checks.add(
-                    "int8 weights",
-                    sane,
-                    format!(
-                        "{}: {:?} {:?}, {} scales",
-                        out.name,
-                        data.dtype,
-                        data.shape,
-                        scale.values.len()
-                    ),
-                );
-                let inner: usize = data.shape[axis + 1..].iter().product();
-                let values = data
-                    .values
-                    .iter()
-                    .enumerate()
-                    .map(|(i, q)| {
-                        let c = (i / inner) % channels;
-                        let s = scale.values[if scale.values.len() == 1 { 0 } else { c }];
-                        let z = zp.values[if zp.values.len() == 1 { 0 } else { c }];
-                        // Dequantized into the scale's dtype (fp16 here): round like the device.
-                        let v = (q - z) * s;
-                        if scale.dtype == DataType::Float16 {
-                            tract_onnx::prelude::f16::from_f32(v).to_f32()
-                        } else {
-                            v
-                        }
-                    })
-                    .collect();
-                weight_precision = WeightPrecision::Int8;
-                held.insert(
-                    out.name.clone(),
-                    Held::Const(Const {
-                        dtype: scale.dtype,
-                        shape: data.shape,
-                        values,
-                        strings: vec![],
-                    }),
-                );
-            }
-            "cast" => {
-                let x = arg_names(op, "x").first().cloned().unwrap_or_default();
-                let dtype = get_const(&held, "dtype")?
-                    .strings
-                    .first()
-                    .cloned()
-                    .unwrap_or_default();
-                match held.get(&x) {
-                    Some(Held::Flow {
-                        ir, scale, bias, ..
-                    }) => {
-                        let dt = match dtype.as_str() {
-                            "fp16" => DataType::Float16,
-                            "fp32" => DataType::Float32,
-                            other => return Err(unsupported(format!("cast to {other}"))),
-                        };
-                        checks.add(
-                            "op output type",
-                            out_type.as_ref().map(|t| t.0) == Some(dt),
-                            format!("cast {} -> {dtype}", out.name),
-                        );
-                        held.insert(
-                            out.name.clone(),
-                            Held::Flow {
-                                ir: ir.clone(),
-                                scale: *scale,
-                                bias: *bias,
-                                dtype: dt,
-                            },
-                        );
-                    }
-                    _ => return Err(bad(format!("cast {}: input `{x}` unknown", out.name))),
-                }
-            }
-            "mul" | "add"
-                if {
-                    // An affine step: a tensor and a scalar constant.
-                    let y = arg_names(op, "y");
-                    matches!(y.first().and_then(|n| held.get(n)), Some(Held::Const(c)) if c.values.len() == 1)
-                } =>
-            {
-                let x = arg_names(op, "x").first().cloned().unwrap_or_default();
-                let k = get_const(&held, "y")?.values[0];
-                match held.get(&x) {
-                    Some(Held::Flow {
-                        ir,
-                        scale,
-                        bias,
-                        dtype,
-                    }) => {
-                        let (s, b) = if op.r#type == "mul" {
-                            (scale * k, bias * k)
-                        } else {
-                            (*scale, bias + k)
-                        };
-                        held.insert(
-                            out.name.clone(),
-                            Held::Flow {
-                                ir: ir.clone(),
-                                scale: s,
-                                bias: b,
-                                dtype: *dtype,
-                            },
-                        );
-                    }
-                    _ => {
-                        return Err(bad(format!(
-                            "{} {}: input `{x}` unknown",
-                            op.r#type, out.name
-                        )))
-                    }
-                }
-            }
-            ty => {
-                let ir_op = match ty {
-                    "conv" => {
-                        let w = get_const(&held, "weight")?;
-                        let b = get_const(&held, "bias")?;
-                        let strides = get_const(&held, "strides")?;
-                        let pad_type = get_const(&held, "pad_type")?
-                            .strings
-                            .first()
-                            .cloned()
-                            .unwrap_or_default();
-                        let dil = get_const(&held, "dilations")?;
-                        let groups = get_const(&held, "groups")?
-                            .values
-                            .first()
-                            .copied()
-                            .unwrap_or(1.0) as usize;
-                        if dil.values.iter().any(|d| *d != 1.0) {
-                            return Err(unsupported(format!(
-                                "conv {} with dilations {:?}",
-                                out.name, dil.values
-                            )));
-                        }
-                        let pads = match pad_type.as_str() {
-                            "custom" => {
-                                let p = get_const(&held, "pad")?.values;
-                                // MIL [t, b, l, r] → IR [t, l, b, r]
-                                [p[0] as usize, p[2] as usize, p[1] as usize, p[3] as usize]
-                            }
-                            "valid" => [0; 4],
-                            other => {
-                                return Err(unsupported(format!(
-                                    "conv {} pad_type {other}",
-                                    out.name
-                                )))
-                            }
-                        };
-                        if w.shape.len() != 4 {
-                            return Err(bad(format!(
-                                "conv {} weight shape {:?}",
-                                out.name, w.shape
-                            )));
-                        }
-                        let finite = w.values.iter().chain(&b.values).all(|v| v.is_finite());
-                        checks.add(
-                            "finite weights",
-                            finite,
-                            format!("{}: {} weights, {:?}", out.name, w.values.len(), w.dtype),
-                        );
-                        if weight_precision != WeightPrecision::Int8 && w.dtype == DataType::Float16
-                        {
-                            weight_precision = WeightPrecision::Fp16;
-                        }
-                        Op::Conv2d {
-                            weight: w.values,
-                            weight_shape: [w.shape[0], w.shape[1], w.shape[2], w.shape[3]],
-                            bias: b.values,
-                            stride: [strides.values[0] as usize, strides.values[1] as usize],
-                            pads,
-                            groups,
-                        }
-                    }
-                    "relu" => Op::Relu,
-                    "tanh" => Op::Tanh,
-                    "sigmoid" => Op::Sigmoid,
-                    "add" => Op::Add,
-                    "concat" => {
-                        let axis = get_const(&held, "axis")?
-                            .values
-                            .first()
-                            .copied()
-                            .unwrap_or(-1.0);
-                        if axis != 1.0 && axis != -3.0 {
-                            return Err(unsupported(format!("concat {} on axis {axis}", out.name)));
-                        }
-                        Op::ConcatChannels
-                    }
-                    "upsample_nearest_neighbor" => {
-                        let fh = get_const(&held, "scale_factor_height")?.values[0];
-                        let fw = get_const(&held, "scale_factor_width")?.values[0];
-                        if fh != fw || fh.fract() != 0.0 || fh < 1.0 {
-                            return Err(unsupported(format!(
-                                "upsample {} by {fh} x {fw}",
-                                out.name
-                            )));
-                        }
-                        Op::UpsampleNearest {
-                            factor: fh as usize,
-                        }
-                    }
-                    "depth_to_space" => {
-                        let bs = get_const(&held, "block_size")?.values[0];
-                        if bs.fract() != 0.0 || bs < 1.0 {
-                            return Err(unsupported(format!(
-                                "depth_to_space {} by {bs}",
-                                out.name
-                            )));
-                        }
-                        Op::DepthToSpace { block: bs as usize }
-                    }
-                    other => {
-                        return Err(unsupported(format!(
-                            "op `{other}` ({}) has no IR equivalent",
-                            out.name
-                        )))
-                    }
-                };
-                let params: &[&str] = match ty {
-                    "conv"
-                    | "relu"
-                    | "tanh"
-                    | "sigmoid"
-                    | "upsample_nearest_neighbor"
-                    | "depth_to_space" => &["x"],
-                    "add" => &["x", "y"],
-                    _ => &["values"],
-                };
-                let mut inputs = Vec::new();
-                let mut in_dtype = None;
-                for p in params {
-                    for n in arg_names(op, p) {
-                        if let Some(Held::Flow { dtype, .. }) = held.get(&n) {
-                            in_dtype = Some(*dtype);
-                        }
-                        inputs.push(flow(&held, &n, &mut input_pixel_map)?);
-                    }
-                }
-                let dtype = in_dtype.unwrap_or(DataType::Float32);
-                if let Some((dt, shape)) = out_type.clone() {
-                    declared.push((out.name.clone(), dt, shape));
-                }
-                checks.add(
-                    "op output type",
-                    out_type.as_ref().map(|t| t.0) == Some(dtype),
-                    format!(
-                        "{ty} {}: declared {:?}, computes {dtype:?}",
-                        out.name,
-                        out_type.as_ref().map(|t| t.0)
-                    ),
-                );
-                nodes.push(Node {
-                    name: out.name.clone(),
-                    op: ir_op,
-                    inputs,
-                });
-                held.insert(
-                    out.name.clone(),
-                    Held::Flow {
-                        ir: out.name.clone(),
-                        scale: 1.0,
-                        bias: 0.0,
-                        dtype,
-                    },
-                );
-            }
+            "const" => self.constant(op, &out.name),
+            "constexpr_affine_dequantize" => self.dequantize(op, &out.name),
+            "cast" => self.cast(op, out),
+            "mul" | "add" if self.is_affine(op) => self.affine(op, &out.name),
+            _ => self.compute(op, out),
         }
     }
-    let (ir_output, output_pixel_map, out_dtype) = match held.get(&block.outputs[0]) {
-        Some(Held::Flow {
+
+    /// Parameter `param` of `op` (output `out`), which must be a constant.
+    fn get_const(
+        &self,
+        op: &mil_spec::Operation,
+        out: &str,
+        param: &str,
+    ) -> Result<Const, CoremlReadError> {
+        let names = arg_names(op, param);
+        match names.first().and_then(|n| self.held.get(n)) {
+            Some(Held::Const(c)) => Ok(c.clone()),
+            _ => Err(self.bad(format!(
+                "`{}` {out}: parameter `{param}` is not a constant",
+                op.r#type
+            ))),
+        }
+    }
+
+    /// The IR value an op input reads; an affine map on it is only allowed on the
+    /// graph input (the image pre-processing), which it records.
+    fn flow(
+        &mut self,
+        op: &mil_spec::Operation,
+        out: &str,
+        name: &str,
+    ) -> Result<String, CoremlReadError> {
+        let Some(Held::Flow {
+            ir, scale, bias, ..
+        }) = self.held.get(name)
+        else {
+            return Err(self.bad(format!(
+                "`{}` {out}: input `{name}` is not a tensor computed earlier",
+                op.r#type
+            )));
+        };
+        let (ir, scale, bias) = (ir.clone(), *scale, *bias);
+        if scale != 1.0 || bias != 0.0 {
+            if ir != self.ir_input {
+                let reason = format!("an affine map on `{ir}` inside the network");
+                return Err(self.unsupported(reason));
+            }
+            self.input_pixel_map = Some(PixelRange { scale, bias });
+        }
+        Ok(ir)
+    }
+
+    fn constant(&mut self, op: &mil_spec::Operation, out: &str) -> Result<(), CoremlReadError> {
+        let v = op
+            .attributes
+            .get("val")
+            .ok_or_else(|| self.bad(format!("const {out} without val")))?;
+        let c =
+            read_value(v, self.blobs.as_ref(), &mut self.checks, out).map_err(|e| self.bad(e))?;
+        self.held.insert(out.to_string(), Held::Const(c));
+        Ok(())
+    }
+
+    /// int8 weights dequantized at load: held as the constant they become.
+    fn dequantize(&mut self, op: &mil_spec::Operation, out: &str) -> Result<(), CoremlReadError> {
+        let attr = |k: &str| -> Result<Const, CoremlReadError> {
+            let v = op
+                .attributes
+                .get(k)
+                .ok_or_else(|| self.bad(format!("{out}: no `{k}`")))?;
+            // Its blobs are not listed among the checks.
+            let mut unlisted = Checks(Vec::new());
+            read_value(v, self.blobs.as_ref(), &mut unlisted, &format!("{out}.{k}"))
+                .map_err(|e| self.bad(e))
+        };
+        let (data, zp, scale, axis) = (
+            attr("quantized_data")?,
+            attr("zero_point")?,
+            attr("scale")?,
+            attr("axis")?,
+        );
+        let axis = axis.values.first().copied().unwrap_or(0.0) as usize;
+        let channels = data.shape.get(axis).copied().unwrap_or(1);
+        let sane = scale.values.iter().all(|s| s.is_finite() && *s > 0.0)
+            && (scale.values.len() == 1 || scale.values.len() == channels)
+            && (zp.values.len() == 1 || zp.values.len() == channels)
+            && matches!(data.dtype, DataType::Int8 | DataType::Uint8);
+        let detail = format!(
+            "{out}: {:?} {:?}, {} scales",
+            data.dtype,
+            data.shape,
+            scale.values.len()
+        );
+        self.checks.add("int8 weights", sane, detail);
+        let values = dequantized(&data, &zp, &scale, axis, channels);
+        self.weight_precision = WeightPrecision::Int8;
+        let c = Const {
+            dtype: scale.dtype,
+            shape: data.shape,
+            values,
+            strings: vec![],
+        };
+        self.held.insert(out.to_string(), Held::Const(c));
+        Ok(())
+    }
+
+    /// A cast keeps the value (and its affine map) and changes its dtype.
+    fn cast(
+        &mut self,
+        op: &mil_spec::Operation,
+        out: &mil_spec::NamedValueType,
+    ) -> Result<(), CoremlReadError> {
+        let x = arg_names(op, "x").first().cloned().unwrap_or_default();
+        let dtype = self.get_const(op, &out.name, "dtype")?;
+        let dtype = dtype.strings.first().cloned().unwrap_or_default();
+        let Some(Held::Flow {
+            ir, scale, bias, ..
+        }) = self.held.get(&x)
+        else {
+            return Err(self.bad(format!("cast {}: input `{x}` unknown", out.name)));
+        };
+        let dt = match dtype.as_str() {
+            "fp16" => DataType::Float16,
+            "fp32" => DataType::Float32,
+            other => return Err(self.unsupported(format!("cast to {other}"))),
+        };
+        let flow = Held::Flow {
+            ir: ir.clone(),
+            scale: *scale,
+            bias: *bias,
+            dtype: dt,
+        };
+        let out_dtype = tensor_type_of(&out.r#type).map(|t| t.0);
+        let detail = format!("cast {} -> {dtype}", out.name);
+        self.checks
+            .add("op output type", out_dtype == Some(dt), detail);
+        self.held.insert(out.name.clone(), flow);
+        Ok(())
+    }
+
+    /// An affine step: a tensor and a scalar constant.
+    fn is_affine(&self, op: &mil_spec::Operation) -> bool {
+        let y = arg_names(op, "y");
+        matches!(y.first().and_then(|n| self.held.get(n)), Some(Held::Const(c)) if c.values.len() == 1)
+    }
+
+    /// `x * k` or `x + k`: folded into the affine map `x` carries.
+    fn affine(&mut self, op: &mil_spec::Operation, out: &str) -> Result<(), CoremlReadError> {
+        let x = arg_names(op, "x").first().cloned().unwrap_or_default();
+        let k = self.get_const(op, out, "y")?.values[0];
+        let Some(Held::Flow {
             ir,
             scale,
             bias,
             dtype,
-        }) => {
-            let map = (*scale != 1.0 || *bias != 0.0).then_some(PixelRange {
-                scale: *scale,
-                bias: *bias,
-            });
-            (ir.clone(), map, *dtype)
+        }) = self.held.get(&x)
+        else {
+            return Err(self.bad(format!("{} {out}: input `{x}` unknown", op.r#type)));
+        };
+        let (scale, bias) = if op.r#type == "mul" {
+            (scale * k, bias * k)
+        } else {
+            (*scale, bias + k)
+        };
+        let flow = Held::Flow {
+            ir: ir.clone(),
+            scale,
+            bias,
+            dtype: *dtype,
+        };
+        self.held.insert(out.to_string(), flow);
+        Ok(())
+    }
+
+    /// An op with an IR equivalent: one IR node, reading the values its inputs hold.
+    fn compute(
+        &mut self,
+        op: &mil_spec::Operation,
+        out: &mil_spec::NamedValueType,
+    ) -> Result<(), CoremlReadError> {
+        let ty = op.r#type.as_str();
+        let ir_op = self.ir_op(op, &out.name)?;
+        let params: &[&str] = match ty {
+            "conv"
+            | "relu"
+            | "tanh"
+            | "sigmoid"
+            | "upsample_nearest_neighbor"
+            | "depth_to_space" => &["x"],
+            "add" => &["x", "y"],
+            _ => &["values"],
+        };
+        let mut inputs = Vec::new();
+        let mut in_dtype = None;
+        for p in params {
+            for n in arg_names(op, p) {
+                if let Some(Held::Flow { dtype, .. }) = self.held.get(&n) {
+                    in_dtype = Some(*dtype);
+                }
+                inputs.push(self.flow(op, &out.name, &n)?);
+            }
         }
-        _ => {
-            return Err(bad(format!(
-                "block output `{}` is not computed",
-                block.outputs[0]
-            )))
+        let dtype = in_dtype.unwrap_or(DataType::Float32);
+        let out_type = tensor_type_of(&out.r#type);
+        if let Some((dt, shape)) = out_type.clone() {
+            self.declared.push((out.name.clone(), dt, shape));
         }
-    };
-    checks.add(
-        "output name",
-        block.outputs[0] == out_name,
-        format!("block {} / description {out_name}", block.outputs[0]),
-    );
-    checks.add(
-        "output dtype",
-        out_dtype == DataType::Float32,
-        format!("{out_dtype:?}"),
-    );
-    checks.add(
-        "image input has a pixel map",
-        in_image == input_pixel_map.is_some(),
-        format!("image: {in_image}, map: {input_pixel_map:?}"),
-    );
-    checks.add(
-        "image output has a pixel map",
-        out_image == output_pixel_map.is_some(),
-        format!("image: {out_image}, map: {output_pixel_map:?}"),
-    );
-    let graph = Graph {
-        input_name: ir_input,
-        input_shape,
-        nodes,
-        output_name: ir_output,
-    };
-    let shapes = graph
-        .shapes()
-        .map_err(|e| bad(format!("decoded graph is invalid: {e}")))?;
-    for (name, _dt, shape) in &declared {
-        let inferred = shapes.get(name).map(|s| s.to_vec());
+        let declared = out_type.as_ref().map(|t| t.0);
+        let detail = format!(
+            "{ty} {}: declared {declared:?}, computes {dtype:?}",
+            out.name
+        );
+        self.checks
+            .add("op output type", declared == Some(dtype), detail);
+        self.nodes.push(Node {
+            name: out.name.clone(),
+            op: ir_op,
+            inputs,
+        });
+        let flow = Held::Flow {
+            ir: out.name.clone(),
+            scale: 1.0,
+            bias: 0.0,
+            dtype,
+        };
+        self.held.insert(out.name.clone(), flow);
+        Ok(())
+    }
+
+    /// The IR op of a MIL op, from its constant parameters.
+    fn ir_op(&mut self, op: &mil_spec::Operation, out: &str) -> Result<Op, CoremlReadError> {
+        let scalar = |param: &str| -> Result<f32, CoremlReadError> {
+            Ok(self.get_const(op, out, param)?.values[0])
+        };
+        Ok(match op.r#type.as_str() {
+            "conv" => return self.conv(op, out),
+            "relu" => Op::Relu,
+            "tanh" => Op::Tanh,
+            "sigmoid" => Op::Sigmoid,
+            "add" => Op::Add,
+            "concat" => {
+                let axis = self.get_const(op, out, "axis")?;
+                let axis = axis.values.first().copied().unwrap_or(-1.0);
+                if axis != 1.0 && axis != -3.0 {
+                    return Err(self.unsupported(format!("concat {out} on axis {axis}")));
+                }
+                Op::ConcatChannels
+            }
+            "upsample_nearest_neighbor" => {
+                let fh = scalar("scale_factor_height")?;
+                let fw = scalar("scale_factor_width")?;
+                if fh != fw || fh.fract() != 0.0 || fh < 1.0 {
+                    return Err(self.unsupported(format!("upsample {out} by {fh} x {fw}")));
+                }
+                Op::UpsampleNearest {
+                    factor: fh as usize,
+                }
+            }
+            "depth_to_space" => {
+                let bs = scalar("block_size")?;
+                if bs.fract() != 0.0 || bs < 1.0 {
+                    return Err(self.unsupported(format!("depth_to_space {out} by {bs}")));
+                }
+                Op::DepthToSpace { block: bs as usize }
+            }
+            other => {
+                let reason = format!("op `{other}` ({out}) has no IR equivalent");
+                return Err(self.unsupported(reason));
+            }
+        })
+    }
+
+    fn conv(&mut self, op: &mil_spec::Operation, out: &str) -> Result<Op, CoremlReadError> {
+        let w = self.get_const(op, out, "weight")?;
+        let b = self.get_const(op, out, "bias")?;
+        let strides = self.get_const(op, out, "strides")?;
+        let pad_type = self.get_const(op, out, "pad_type")?;
+        let pad_type = pad_type.strings.first().cloned().unwrap_or_default();
+        let dil = self.get_const(op, out, "dilations")?;
+        let groups = self.get_const(op, out, "groups")?;
+        let groups = groups.values.first().copied().unwrap_or(1.0) as usize;
+        if dil.values.iter().any(|d| *d != 1.0) {
+            let reason = format!("conv {out} with dilations {:?}", dil.values);
+            return Err(self.unsupported(reason));
+        }
+        let pads = match pad_type.as_str() {
+            "custom" => {
+                let p = self.get_const(op, out, "pad")?.values;
+                // MIL [t, b, l, r] → IR [t, l, b, r]
+                [p[0] as usize, p[2] as usize, p[1] as usize, p[3] as usize]
+            }
+            "valid" => [0; 4],
+            other => return Err(self.unsupported(format!("conv {out} pad_type {other}"))),
+        };
+        let [o, i, kh, kw] = w.shape[..] else {
+            return Err(self.bad(format!("conv {out} weight shape {:?}", w.shape)));
+        };
+        let finite = w.values.iter().chain(&b.values).all(|v| v.is_finite());
+        let detail = format!("{out}: {} weights, {:?}", w.values.len(), w.dtype);
+        self.checks.add("finite weights", finite, detail);
+        if self.weight_precision != WeightPrecision::Int8 && w.dtype == DataType::Float16 {
+            self.weight_precision = WeightPrecision::Fp16;
+        }
+        Ok(Op::Conv2d {
+            weight: w.values,
+            weight_shape: [o, i, kh, kw],
+            bias: b.values,
+            stride: [strides.values[0] as usize, strides.values[1] as usize],
+            pads,
+            groups,
+        })
+    }
+
+    /// The decoded graph, its output's pixel map and the checks on the whole program.
+    fn finish(
+        mut self,
+        model: &proto::Model,
+        block_output: &str,
+        io: ProgramIo,
+    ) -> Result<DecodedCoreml, CoremlReadError> {
+        let Some(Held::Flow {
+            ir,
+            scale,
+            bias,
+            dtype,
+        }) = self.held.get(block_output)
+        else {
+            return Err(self.bad(format!("block output `{block_output}` is not computed")));
+        };
+        let (ir_output, out_dtype) = (ir.clone(), *dtype);
+        let output_pixel_map = (*scale != 1.0 || *bias != 0.0).then_some(PixelRange {
+            scale: *scale,
+            bias: *bias,
+        });
+        let checks = &mut self.checks;
+        let out_name = &io.out_name;
+        let detail = format!("block {block_output} / description {out_name}");
+        checks.add("output name", block_output == out_name, detail);
+        let f32_out = out_dtype == DataType::Float32;
+        checks.add("output dtype", f32_out, format!("{out_dtype:?}"));
+        let input_pixel_map = self.input_pixel_map;
         checks.add(
-            "op output shape",
-            inferred.as_deref() == Some(&shape[..]),
-            format!("{name}: declared {shape:?}, inferred {inferred:?}"),
+            "image input has a pixel map",
+            io.in_image == input_pixel_map.is_some(),
+            format!("image: {}, map: {input_pixel_map:?}", io.in_image),
+        );
+        checks.add(
+            "image output has a pixel map",
+            io.out_image == output_pixel_map.is_some(),
+            format!("image: {}, map: {output_pixel_map:?}", io.out_image),
+        );
+        let graph = Graph {
+            input_name: self.ir_input.clone(),
+            input_shape: io.input_shape,
+            nodes: std::mem::take(&mut self.nodes),
+            output_name: ir_output,
+        };
+        let shapes = graph
+            .shapes()
+            .map_err(|e| self.bad(format!("decoded graph is invalid: {e}")))?;
+        self.check_shapes(&shapes, &graph.output_name, &io.out_shape);
+        Ok(DecodedCoreml {
+            graph,
+            format: "mlprogram",
+            specification_version: model.specification_version,
+            weight_precision: self.weight_precision,
+            input_pixel_map,
+            output_pixel_map,
+            input_feature: io.in_name,
+            output_feature: io.out_name,
+            checks: self.checks.0,
+        })
+    }
+
+    /// Each declared op output shape, and the description's output shape, against the
+    /// shapes the decoded graph infers.
+    fn check_shapes(
+        &mut self,
+        shapes: &BTreeMap<String, [usize; 4]>,
+        output: &str,
+        described: &[usize],
+    ) {
+        for (name, _dt, shape) in &self.declared {
+            let inferred = shapes.get(name).map(|s| s.to_vec());
+            self.checks.add(
+                "op output shape",
+                inferred.as_deref() == Some(&shape[..]),
+                format!("{name}: declared {shape:?}, inferred {inferred:?}"),
+            );
+        }
+        let out_shape = shapes[output].to_vec();
+        self.checks.add(
+            "output shape",
+            out_shape == described,
+            format!("description {described:?}, graph {out_shape:?}"),
         );
     }
-    let out_shape = shapes[&graph.output_name].to_vec();
-    checks.add(
-        "output shape",
-        out_shape == out_shape_desc,
-        format!("description {out_shape_desc:?}, graph {out_shape:?}"),
-    );
-    Ok(DecodedCoreml {
-        graph,
-        format: "mlprogram",
-        specification_version: model.specification_version,
-        weight_precision,
-        input_pixel_map,
-        output_pixel_map,
-        input_feature: in_name,
-        output_feature: out_name,
-        checks: checks.0,
-    })
+}
+
+/// `(q - zero_point) * scale` per channel along `axis`, rounded to the scale's dtype
+/// (fp16 here) as the device computes it.
+fn dequantized(data: &Const, zp: &Const, scale: &Const, axis: usize, channels: usize) -> Vec<f32> {
+    let inner: usize = data.shape[axis + 1..].iter().product();
+    data.values
+        .iter()
+        .enumerate()
+        .map(|(i, q)| {
+            let c = (i / inner) % channels;
+            let s = scale.values[if scale.values.len() == 1 { 0 } else { c }];
+            let z = zp.values[if zp.values.len() == 1 { 0 } else { c }];
+            let v = (q - z) * s;
+            if scale.dtype == DataType::Float16 {
+                tract_onnx::prelude::f16::from_f32(v).to_f32()
+            } else {
+                v
+            }
+        })
+        .collect()
 }
 
 fn nn_weights(
@@ -857,6 +923,146 @@ fn nn_weights(
         Some(w) => (w.float_value.clone(), false),
         None => (vec![], false),
     }
+}
+
+/// The input's pixel map, from the preprocessing scaler.
+fn nn_input_pixel_map(
+    nn: &proto::NeuralNetwork,
+    in_name: &str,
+    checks: &mut Checks,
+) -> Option<PixelRange> {
+    let mut map = None;
+    for p in &nn.preprocessing {
+        if let Some(proto::neural_network_preprocessing::Preprocessor::Scaler(s)) = &p.preprocessor
+        {
+            checks.add(
+                "pixel map",
+                s.red_bias == s.green_bias
+                    && s.green_bias == s.blue_bias
+                    && p.feature_name == in_name,
+                format!(
+                    "scale {} biases r {} g {} b {}",
+                    s.channel_scale, s.red_bias, s.green_bias, s.blue_bias
+                ),
+            );
+            map = Some(PixelRange {
+                scale: s.channel_scale,
+                bias: s.red_bias,
+            });
+        }
+    }
+    map
+}
+
+/// A convolution layer's IR op, and whether its weights are fp16.
+fn nn_conv(
+    c: &proto::ConvolutionLayerParams,
+    layer: &str,
+    checks: &mut Checks,
+    path: &str,
+) -> Result<(Op, bool), CoremlReadError> {
+    let pads = match &c.convolution_padding_type {
+        Some(convolution_layer_params::ConvolutionPaddingType::Valid(v)) => {
+            let b = v
+                .padding_amounts
+                .as_ref()
+                .map(|p| p.border_amounts.clone())
+                .unwrap_or_default();
+            if b.len() == 2 {
+                [
+                    b[0].start_edge_size as usize,
+                    b[1].start_edge_size as usize,
+                    b[0].end_edge_size as usize,
+                    b[1].end_edge_size as usize,
+                ]
+            } else {
+                [0; 4]
+            }
+        }
+        _ => {
+            return Err(CoremlReadError::Unsupported {
+                path: path.to_string(),
+                reason: format!("conv {layer} with SAME padding"),
+            })
+        }
+    };
+    let (weight, w16) = nn_weights(&c.weights, layer, checks);
+    let (bias, _) = nn_weights(&c.bias, layer, checks);
+    let shape = [
+        c.output_channels as usize,
+        c.kernel_channels as usize,
+        c.kernel_size[0] as usize,
+        c.kernel_size[1] as usize,
+    ];
+    checks.add(
+        "weight count",
+        weight.len() == shape.iter().product::<usize>() && (bias.len() == shape[0] || !c.has_bias),
+        format!(
+            "{layer}: {} weights for {shape:?}, {} biases",
+            weight.len(),
+            bias.len()
+        ),
+    );
+    let bias = if c.has_bias {
+        bias
+    } else {
+        vec![0.0; shape[0]]
+    };
+    let op = Op::Conv2d {
+        weight,
+        weight_shape: shape,
+        bias,
+        stride: [c.stride[0] as usize, c.stride[1] as usize],
+        pads,
+        groups: c.n_groups.max(1) as usize,
+    };
+    Ok((op, w16))
+}
+
+/// The IR op of a layer other than a convolution or an activation.
+fn nn_other_op(layer: &proto::NeuralNetworkLayer, path: &str) -> Result<Op, CoremlReadError> {
+    let unsupported = |reason: String| CoremlReadError::Unsupported {
+        path: path.to_string(),
+        reason,
+    };
+    Ok(match &layer.layer {
+        Some(neural_network_layer::Layer::Add(_)) => Op::Add,
+        Some(neural_network_layer::Layer::Concat(c)) if !c.sequence_concat => Op::ConcatChannels,
+        Some(neural_network_layer::Layer::Upsample(u)) => {
+            if u.scaling_factor.len() != 2
+                || u.scaling_factor[0] != u.scaling_factor[1]
+                || u.mode != 0
+            {
+                return Err(unsupported(format!(
+                    "upsample {} {:?} mode {}",
+                    layer.name, u.scaling_factor, u.mode
+                )));
+            }
+            Op::UpsampleNearest {
+                factor: u.scaling_factor[0] as usize,
+            }
+        }
+        Some(neural_network_layer::Layer::ReorganizeData(r)) => {
+            let depth_to_space =
+                proto::reorganize_data_layer_params::ReorganizationType::DepthToSpace as i32;
+            if r.mode != depth_to_space || r.block_size < 2 {
+                return Err(unsupported(format!(
+                    "reorganize {} mode {} block {}",
+                    layer.name, r.mode, r.block_size
+                )));
+            }
+            Op::DepthToSpace {
+                block: r.block_size as usize,
+            }
+        }
+        other => {
+            return Err(unsupported(format!(
+                "layer {} ({:?}) has no IR equivalent",
+                layer.name,
+                other.as_ref().map(|_| "?")
+            )))
+        }
+    })
 }
 
 fn decode_neural_network(
@@ -892,26 +1098,7 @@ fn decode_neural_network(
     if in_shape.len() != 4 {
         return Err(unsupported(format!("input shape {in_shape:?} is not NCHW")));
     }
-    let mut input_pixel_map = None;
-    for p in &nn.preprocessing {
-        if let Some(proto::neural_network_preprocessing::Preprocessor::Scaler(s)) = &p.preprocessor
-        {
-            checks.add(
-                "pixel map",
-                s.red_bias == s.green_bias
-                    && s.green_bias == s.blue_bias
-                    && p.feature_name == in_name,
-                format!(
-                    "scale {} biases r {} g {} b {}",
-                    s.channel_scale, s.red_bias, s.green_bias, s.blue_bias
-                ),
-            );
-            input_pixel_map = Some(PixelRange {
-                scale: s.channel_scale,
-                bias: s.red_bias,
-            });
-        }
-    }
+    let input_pixel_map = nn_input_pixel_map(nn, &in_name, &mut checks);
     let mut nodes = Vec::new();
     let mut output_pixel_map = None;
     let mut output_name = out_name.clone();
@@ -924,69 +1111,15 @@ fn decode_neural_network(
             .ok_or_else(|| bad(format!("layer {} without output", layer.name)))?;
         let op = match &layer.layer {
             Some(neural_network_layer::Layer::Convolution(c)) => {
-                let pads = match &c.convolution_padding_type {
-                    Some(convolution_layer_params::ConvolutionPaddingType::Valid(v)) => {
-                        let b = v
-                            .padding_amounts
-                            .as_ref()
-                            .map(|p| p.border_amounts.clone())
-                            .unwrap_or_default();
-                        if b.len() == 2 {
-                            [
-                                b[0].start_edge_size as usize,
-                                b[1].start_edge_size as usize,
-                                b[0].end_edge_size as usize,
-                                b[1].end_edge_size as usize,
-                            ]
-                        } else {
-                            [0; 4]
-                        }
-                    }
-                    _ => {
-                        return Err(unsupported(format!(
-                            "conv {} with SAME padding",
-                            layer.name
-                        )))
-                    }
-                };
-                let (weight, w16) = nn_weights(&c.weights, &layer.name, &mut checks);
-                let (bias, _) = nn_weights(&c.bias, &layer.name, &mut checks);
+                let (op, w16) = nn_conv(c, &layer.name, &mut checks, path)?;
                 fp16 |= w16;
-                let shape = [
-                    c.output_channels as usize,
-                    c.kernel_channels as usize,
-                    c.kernel_size[0] as usize,
-                    c.kernel_size[1] as usize,
-                ];
-                checks.add(
-                    "weight count",
-                    weight.len() == shape.iter().product::<usize>()
-                        && (bias.len() == shape[0] || !c.has_bias),
-                    format!(
-                        "{}: {} weights for {shape:?}, {} biases",
-                        layer.name,
-                        weight.len(),
-                        bias.len()
-                    ),
-                );
-                let bias = if c.has_bias {
-                    bias
-                } else {
-                    vec![0.0; shape[0]]
-                };
-                Op::Conv2d {
-                    weight,
-                    weight_shape: shape,
-                    bias,
-                    stride: [c.stride[0] as usize, c.stride[1] as usize],
-                    pads,
-                    groups: c.n_groups.max(1) as usize,
-                }
+                op
             }
             Some(neural_network_layer::Layer::Activation(a)) => match &a.nonlinearity_type {
                 Some(activation_params::NonlinearityType::ReLu(_)) => Op::Relu,
                 Some(activation_params::NonlinearityType::Tanh(_)) => Op::Tanh,
                 Some(activation_params::NonlinearityType::Sigmoid(_)) => Op::Sigmoid,
+                // The image output's pixel map: not a node.
                 Some(activation_params::NonlinearityType::Linear(l)) if name == out_name => {
                     output_pixel_map = Some(PixelRange {
                         scale: l.alpha,
@@ -1002,44 +1135,7 @@ fn decode_neural_network(
                     )))
                 }
             },
-            Some(neural_network_layer::Layer::Add(_)) => Op::Add,
-            Some(neural_network_layer::Layer::Concat(c)) if !c.sequence_concat => {
-                Op::ConcatChannels
-            }
-            Some(neural_network_layer::Layer::Upsample(u)) => {
-                if u.scaling_factor.len() != 2
-                    || u.scaling_factor[0] != u.scaling_factor[1]
-                    || u.mode != 0
-                {
-                    return Err(unsupported(format!(
-                        "upsample {} {:?} mode {}",
-                        layer.name, u.scaling_factor, u.mode
-                    )));
-                }
-                Op::UpsampleNearest {
-                    factor: u.scaling_factor[0] as usize,
-                }
-            }
-            Some(neural_network_layer::Layer::ReorganizeData(r)) => {
-                let depth_to_space =
-                    proto::reorganize_data_layer_params::ReorganizationType::DepthToSpace as i32;
-                if r.mode != depth_to_space || r.block_size < 2 {
-                    return Err(unsupported(format!(
-                        "reorganize {} mode {} block {}",
-                        layer.name, r.mode, r.block_size
-                    )));
-                }
-                Op::DepthToSpace {
-                    block: r.block_size as usize,
-                }
-            }
-            other => {
-                return Err(unsupported(format!(
-                    "layer {} ({:?}) has no IR equivalent",
-                    layer.name,
-                    other.as_ref().map(|_| "?")
-                )))
-            }
+            _ => nn_other_op(layer, path)?,
         };
         nodes.push(Node {
             name,
