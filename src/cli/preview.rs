@@ -12,7 +12,7 @@ use crate::recipe::{Loader, Precision, Recipe, TargetFormat, TargetSpec};
 use image::RgbImage;
 use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -587,10 +587,31 @@ fn preview_video(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let s = model.size();
+    let mut decoder = spawn_decoder(input, model.size())?;
+    let mut encoder = spawn_encoder(input, out, model.size(), &fps)?;
+    let mut reader = decoder.stdout.take().ok_or("ffmpeg gave no output")?;
+    let mut writer = encoder.stdin.take().ok_or("ffmpeg took no input")?;
+    let mut frames = FrameLoop {
+        model,
+        name,
+        total,
+        clock,
+        progress,
+        done: 0,
+    };
+    let failure = frames.run(&mut reader, &mut writer).err();
+    let done = frames.done;
+    // Closing both pipes lets the two ffmpegs finish before they are waited on.
+    drop(writer);
+    drop(reader);
+    finish_video(decoder, encoder, done, failure, out)
+}
+
+/// The ffmpeg that reads `input` as raw RGB frames of `s`x`s`, cropped as the recipe does.
+fn spawn_decoder(input: &Path, s: usize) -> Result<Child, String> {
     let filter =
         format!("scale={s}:{s}:force_original_aspect_ratio=increase:flags=lanczos,crop={s}:{s}");
-    let mut decoder = ffmpeg()
+    ffmpeg()
         .args(["-v", "error", "-nostdin", "-i"])
         .arg(input)
         .args([
@@ -599,8 +620,13 @@ fn preview_video(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| format!("cannot run ffmpeg ({e}); install ffmpeg"))?;
-    let mut encoder = ffmpeg()
+        .map_err(|e| format!("cannot run ffmpeg ({e}); install ffmpeg"))
+}
+
+/// The ffmpeg that writes the `2s`x`s` side-by-side frames to `out` as H.264, at the
+/// source's frame rate and with its audio, if any.
+fn spawn_encoder(input: &Path, out: &Path, s: usize, fps: &str) -> Result<Child, String> {
+    ffmpeg()
         .args([
             "-v",
             "error",
@@ -612,7 +638,7 @@ fn preview_video(
             "-s",
             &format!("{}x{s}", 2 * s),
             "-r",
-            &fps,
+            fps,
             "-i",
             "-",
             "-i",
@@ -642,54 +668,55 @@ fn preview_video(
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| format!("cannot run ffmpeg ({e}); install ffmpeg"))?;
-    let mut reader = decoder.stdout.take().ok_or("ffmpeg gave no output")?;
-    let mut writer = encoder.stdin.take().ok_or("ffmpeg took no input")?;
-    let mut buf = vec![0u8; s * s * 3];
-    let mut frames = 0;
-    let mut failure = None;
-    loop {
-        match read_frame(&mut reader, &mut buf) {
-            Ok(false) => break,
-            Ok(true) => {}
-            Err(e) => {
-                failure = Some(format!("reading frames: {e}"));
-                break;
+        .map_err(|e| format!("cannot run ffmpeg ({e}); install ffmpeg"))
+}
+
+/// What the frame loop of one video shares: the model, the progress line's name and
+/// count, the run's clock, and how many frames went through so far.
+struct FrameLoop<'a> {
+    model: &'a PreviewModel,
+    name: String,
+    total: usize,
+    clock: &'a mut Clock,
+    progress: &'a mut Progress,
+    done: usize,
+}
+
+impl FrameLoop<'_> {
+    /// Runs frames from the decoder into the encoder until the video ends; the error
+    /// says why it stopped early (and the preview is then removed).
+    fn run(&mut self, reader: &mut impl Read, writer: &mut impl Write) -> Result<(), String> {
+        let s = self.model.size();
+        let mut buf = vec![0u8; s * s * 3];
+        while read_frame(reader, &mut buf).map_err(|e| format!("reading frames: {e}"))? {
+            let before = RgbImage::from_raw(s as u32, s as u32, buf.clone())
+                .ok_or("a frame of the wrong size")?;
+            let (after, seconds) = self.model.run(&before)?;
+            self.clock.seconds += seconds;
+            self.clock.frames += 1;
+            self.done += 1;
+            self.progress
+                .frame(&self.name, self.done, self.total, self.clock.fps());
+            writer
+                .write_all(side_by_side(&before, &after).as_raw())
+                .map_err(|e| format!("the encoder stopped: {e}"))?;
+            if self.progress.cancelled() {
+                return Err("interrupted".into());
             }
         }
-        let Some(before) = RgbImage::from_raw(s as u32, s as u32, buf.clone()) else {
-            failure = Some("a frame of the wrong size".into());
-            break;
-        };
-        let (after, seconds) = match model.run(&before) {
-            Ok(r) => r,
-            Err(e) => {
-                failure = Some(e);
-                break;
-            }
-        };
-        clock.seconds += seconds;
-        clock.frames += 1;
-        frames += 1;
-        progress.frame(&name, frames, total, clock.fps());
-        if let Err(e) = writer.write_all(side_by_side(&before, &after).as_raw()) {
-            failure = Some(format!("the encoder stopped: {e}"));
-            break;
-        }
-        if progress.cancelled() {
-            failure = Some("interrupted".into());
-            break;
-        }
+        Ok(())
     }
-    drop(writer);
-    drop(reader);
-    let stderr_of = |child: &mut std::process::Child| {
-        let mut text = String::new();
-        if let Some(mut e) = child.stderr.take() {
-            let _ = e.read_to_string(&mut text);
-        }
-        text.trim().to_string()
-    };
+}
+
+/// Waits for both ffmpegs and gives the frame count, or why the video failed (the
+/// loop's own failure first, then the decoder's, then the encoder's), removing `out`.
+fn finish_video(
+    mut decoder: Child,
+    mut encoder: Child,
+    frames: usize,
+    failure: Option<String>,
+    out: &Path,
+) -> Result<usize, String> {
     let dec_err = stderr_of(&mut decoder);
     let dec = decoder.wait().map_err(|e| e.to_string())?;
     let enc_err = stderr_of(&mut encoder);
@@ -715,6 +742,15 @@ fn preview_video(
         return fail(format!("ffmpeg could not encode the preview: {enc_err}"));
     }
     Ok(frames)
+}
+
+/// What a finished ffmpeg said on stderr, trimmed.
+fn stderr_of(child: &mut Child) -> String {
+    let mut text = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut text);
+    }
+    text.trim().to_string()
 }
 
 /// ffmpeg, dying with effectc (src/process.rs).

@@ -120,6 +120,48 @@ impl<'a> Checker<'a> {
             ],
         );
         self.d.known_props(node, &[]);
+        let images = self.source_images(node);
+        let synthetic = self
+            .d
+            .single(&node.children, "synthetic")
+            .map(|n| self.synthetic(n));
+        let videos = self.source_videos(node);
+        self.require_a_source(node);
+        let crop = match self.d.single(&node.children, "crop") {
+            Some(n) => self.crop(n),
+            None => Crop {
+                mode: Spanned::new(CropMode::Center, None),
+                size_px: 256,
+                margin: 0.6,
+                faces: Spanned::new(FaceSelection::Largest, None),
+                models: Vec::new(),
+            },
+        };
+        let holdout = self.d.setting_f64(node, "holdout", 0.1, 0.0, 0.9);
+        let max_skipped = self.d.setting_f64(
+            node,
+            "max-skipped",
+            super::model::DEFAULT_MAX_SKIPPED,
+            0.0,
+            1.0,
+        );
+        let dedupe = self
+            .d
+            .single(&node.children, "dedupe")
+            .and_then(|n| self.dedupe(n));
+        Some(Sources {
+            images,
+            synthetic,
+            videos,
+            crop,
+            holdout,
+            max_skipped,
+            dedupe,
+        })
+    }
+
+    /// Every `images` line's paths and globs, in order; a line without one is an error.
+    fn source_images(&mut self, node: &Node) -> Vec<Spanned<String>> {
         let mut images = Vec::new();
         for n in node.children.iter().filter(|c| c.name == "images") {
             self.d.known_props(n, &[]);
@@ -139,16 +181,20 @@ impl<'a> Checker<'a> {
                 }
             }
         }
-        let synthetic = match self.d.single(&node.children, "synthetic") {
-            Some(n) => {
-                self.d.known_props(n, &["count", "seed"]);
-                self.d.max_args(n, 0);
-                let count = self.d.setting_u32(n, "count", 48, 1, 1_000_000);
-                let seed = self.d.setting_u64(n, "seed", 0);
-                Some(Synthetic { count, seed })
-            }
-            None => None,
-        };
+        images
+    }
+
+    /// `synthetic count=N seed=S`.
+    fn synthetic(&mut self, n: &Node) -> Synthetic {
+        self.d.known_props(n, &["count", "seed"]);
+        self.d.max_args(n, 0);
+        let count = self.d.setting_u32(n, "count", 48, 1, 1_000_000);
+        let seed = self.d.setting_u64(n, "seed", 0);
+        Synthetic { count, seed }
+    }
+
+    /// Every `video "GLOB" fps=F` line, in order; a line without its glob is an error.
+    fn source_videos(&mut self, node: &Node) -> Vec<VideoSource> {
         let mut videos = Vec::new();
         for n in node.children.iter().filter(|c| c.name == "video") {
             self.d.known_props(n, &["fps"]);
@@ -169,6 +215,11 @@ impl<'a> Checker<'a> {
                 ));
             }
         }
+        videos
+    }
+
+    /// `sources` must name at least one kind of input, even if its paths are wrong.
+    fn require_a_source(&mut self, node: &Node) {
         let named_any = node
             .children
             .iter()
@@ -183,130 +234,110 @@ impl<'a> Checker<'a> {
                 .help("add `images \"photos/*.jpg\"` or `synthetic count=48`"),
             );
         }
-        let crop = match self.d.single(&node.children, "crop") {
-            Some(n) => {
-                self.d.known_props(n, &["size", "margin", "faces"]);
-                self.d.max_args(n, 1);
-                let mode = match n.args.first() {
-                    Some(v) => match self.d.string(v, "the crop mode").as_deref() {
-                        Some("center") => Spanned::new(CropMode::Center, Some(v.loc.clone())),
-                        Some("face") => Spanned::new(CropMode::Face, Some(v.loc.clone())),
-                        Some(other) => {
-                            self.d.error(
-                                RecipeDiagnostic::at(
-                                    &v.loc,
-                                    "unknown-value",
-                                    format!("unknown crop mode `{other}`"),
-                                )
-                                .suggest(other, ["center", "face"])
-                                .label("expected \"center\" or \"face\""),
-                            );
-                            Spanned::new(CropMode::Center, None)
-                        }
-                        None => Spanned::new(CropMode::Center, None),
-                    },
-                    None => Spanned::new(CropMode::Center, None),
-                };
-                let size_px = self.d.setting_u32(n, "size", 256, 16, 4096);
-                if size_px % 8 != 0 {
-                    if let Some(v) = n.prop("size") {
-                        self.d.error(RecipeDiagnostic::at(&v.loc, "out-of-range", format!("crop size must be a multiple of 8 (the student downsamples 8x), got {size_px}")).label("not a multiple of 8"));
-                    }
-                }
-                let margin = self.d.setting_f64(n, "margin", 0.6, 0.0, 4.0);
-                let faces = self.face_selection(n);
-                if mode.value != CropMode::Face {
-                    for prop in ["margin", "faces"] {
-                        if let Some(v) = n.prop(prop) {
-                            self.d.error(
-                                RecipeDiagnostic::at(
-                                    &v.loc,
-                                    "unknown-property",
-                                    format!("`{prop}` applies only to `crop \"face\"`"),
-                                )
-                                .label("needs crop \"face\""),
-                            );
-                        }
-                    }
-                }
-                let mut models = Vec::new();
-                if let (CropMode::Face, Some(loc)) = (&mode.value, &mode.loc) {
-                    for name in FACE_CROP_MODELS {
-                        match self.registry.models.get(name) {
-                            Some(m) => models.push(m.clone()),
-                            None => self.d.error(
-                                RecipeDiagnostic::at(loc, "unknown-model", format!("the face crop needs the model `{name}`, which the registry (stdlib/models.kdl) does not name"))
-                                    .label("face crop")
-                                    .help("keep the mediapipe-* entries of effectc's stdlib/models.kdl in the project's own copy"),
-                            ),
-                        }
-                    }
-                }
-                Crop {
-                    mode,
-                    size_px,
-                    margin,
-                    faces,
-                    models,
+    }
+
+    /// `crop "center"|"face" size=N margin=F faces=...`; the face-only settings are
+    /// errors on a centre crop, and a face crop takes its models from the registry.
+    fn crop(&mut self, n: &Node) -> Crop {
+        self.d.known_props(n, &["size", "margin", "faces"]);
+        self.d.max_args(n, 1);
+        let mode = self.crop_mode(n);
+        let size_px = self.d.setting_u32(n, "size", 256, 16, 4096);
+        if size_px % 8 != 0 {
+            if let Some(v) = n.prop("size") {
+                self.d.error(RecipeDiagnostic::at(&v.loc, "out-of-range", format!("crop size must be a multiple of 8 (the student downsamples 8x), got {size_px}")).label("not a multiple of 8"));
+            }
+        }
+        let margin = self.d.setting_f64(n, "margin", 0.6, 0.0, 4.0);
+        let faces = self.face_selection(n);
+        if mode.value != CropMode::Face {
+            for prop in ["margin", "faces"] {
+                if let Some(v) = n.prop(prop) {
+                    self.d.error(
+                        RecipeDiagnostic::at(
+                            &v.loc,
+                            "unknown-property",
+                            format!("`{prop}` applies only to `crop \"face\"`"),
+                        )
+                        .label("needs crop \"face\""),
+                    );
                 }
             }
-            None => Crop {
-                mode: Spanned::new(CropMode::Center, None),
-                size_px: 256,
-                margin: 0.6,
-                faces: Spanned::new(FaceSelection::Largest, None),
-                models: Vec::new(),
-            },
+        }
+        let models = self.face_crop_models(&mode);
+        Crop {
+            mode,
+            size_px,
+            margin,
+            faces,
+            models,
+        }
+    }
+
+    /// The crop's mode argument; centre when absent or unknown (unknown is an error).
+    fn crop_mode(&mut self, n: &Node) -> Spanned<CropMode> {
+        let Some(v) = n.args.first() else {
+            return Spanned::new(CropMode::Center, None);
         };
-        let holdout = self.d.setting_f64(node, "holdout", 0.1, 0.0, 0.9);
-        let max_skipped = self.d.setting_f64(
-            node,
-            "max-skipped",
-            super::model::DEFAULT_MAX_SKIPPED,
-            0.0,
-            1.0,
-        );
-        let dedupe = match self.d.single(&node.children, "dedupe") {
-            Some(n) => {
-                self.d.known_props(n, &["distance"]);
-                self.d.max_args(n, 1);
-                let on = match n.args.first().map(|v| &v.value) {
-                    None => true,
-                    Some(kdl::KdlValue::Bool(b)) => *b,
-                    Some(_) => {
-                        let v = &n.args[0];
-                        self.d.error(
-                            RecipeDiagnostic::at(
-                                &v.loc,
-                                "type-mismatch",
-                                "`dedupe` takes #true or #false",
-                            )
-                            .label("expected #true or #false")
-                            .help("e.g. dedupe distance=16"),
-                        );
-                        true
-                    }
-                };
-                let distance = self.d.setting_u32(
-                    n,
-                    "distance",
-                    super::model::DEFAULT_DEDUPE_DISTANCE,
-                    0,
-                    255,
+        match self.d.string(v, "the crop mode").as_deref() {
+            Some("center") => Spanned::new(CropMode::Center, Some(v.loc.clone())),
+            Some("face") => Spanned::new(CropMode::Face, Some(v.loc.clone())),
+            Some(other) => {
+                self.d.error(
+                    RecipeDiagnostic::at(
+                        &v.loc,
+                        "unknown-value",
+                        format!("unknown crop mode `{other}`"),
+                    )
+                    .suggest(other, ["center", "face"])
+                    .label("expected \"center\" or \"face\""),
                 );
-                on.then_some(distance)
+                Spanned::new(CropMode::Center, None)
             }
-            None => None,
+            None => Spanned::new(CropMode::Center, None),
+        }
+    }
+
+    /// The registry entries a written `crop "face"` runs (FACE_CROP_MODELS); none for a
+    /// centre crop. A missing entry is an error at the mode.
+    fn face_crop_models(&mut self, mode: &Spanned<CropMode>) -> Vec<stdlib::ModelEntry> {
+        let mut models = Vec::new();
+        if let (CropMode::Face, Some(loc)) = (&mode.value, &mode.loc) {
+            for name in FACE_CROP_MODELS {
+                match self.registry.models.get(name) {
+                    Some(m) => models.push(m.clone()),
+                    None => self.d.error(
+                        RecipeDiagnostic::at(loc, "unknown-model", format!("the face crop needs the model `{name}`, which the registry (stdlib/models.kdl) does not name"))
+                            .label("face crop")
+                            .help("keep the mediapipe-* entries of effectc's stdlib/models.kdl in the project's own copy"),
+                    ),
+                }
+            }
+        }
+        models
+    }
+
+    /// `dedupe [#true|#false] distance=N`: the distance when on, None when off.
+    fn dedupe(&mut self, n: &Node) -> Option<u32> {
+        self.d.known_props(n, &["distance"]);
+        self.d.max_args(n, 1);
+        let on = match n.args.first().map(|v| &v.value) {
+            None => true,
+            Some(kdl::KdlValue::Bool(b)) => *b,
+            Some(_) => {
+                let v = &n.args[0];
+                self.d.error(
+                    RecipeDiagnostic::at(&v.loc, "type-mismatch", "`dedupe` takes #true or #false")
+                        .label("expected #true or #false")
+                        .help("e.g. dedupe distance=16"),
+                );
+                true
+            }
         };
-        Some(Sources {
-            images,
-            synthetic,
-            videos,
-            crop,
-            holdout,
-            max_skipped,
-            dedupe,
-        })
+        let distance =
+            self.d
+                .setting_u32(n, "distance", super::model::DEFAULT_DEDUPE_DISTANCE, 0, 255);
+        on.then_some(distance)
     }
 
     /// `faces="largest"|"all"` on `crop "face"`.

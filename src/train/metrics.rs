@@ -71,15 +71,15 @@ impl Trainer<'_> {
             serde_json::json!(self.job.pairs.iter().filter(|p| p.holdout).count()),
         );
         m.insert(
-            "params".into(),
+            metric::PARAMS.into(),
             serde_json::json!(crate::nn::accordion::count_params(self.job.arch)),
         );
         m.insert(
-            "macs_512".into(),
+            metric::MACS_512.into(),
             serde_json::json!(crate::nn::accordion::macs(self.job.arch, 512, 512)),
         );
         m.insert(
-            "flicker_ratio".into(),
+            metric::FLICKER_RATIO.into(),
             serde_json::json!(round3(flicker_ratio(net, &src.narrow(0, 0, 1)))),
         );
         if let Some(t) = teacher {
