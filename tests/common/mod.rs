@@ -94,16 +94,10 @@ impl TestProject {
 
     pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(effectc_bin());
-        // The suite runs two tests at once on two cores: libtorch's own threads on
-        // top of that spin against each other (a training test ran 2.6x slower in one
-        // CI run), so each effectc trains on one thread unless the caller says.
         cmd.current_dir(self.root())
             .args(args)
             .env_remove("EFFECTC_CACHE")
             .env_remove("EFFECTC_MODELS");
-        if std::env::var_os("OMP_NUM_THREADS").is_none() {
-            cmd.env("OMP_NUM_THREADS", "1");
-        }
         cmd
     }
 
