@@ -88,6 +88,14 @@ fn to_float(u8s: &[u8], range: &str) -> Vec<f32> {
 /// the same fp16-rounded weights, so only summation order differs.
 const REL_TOL: f32 = 1e-4;
 
+/// The four MediaPipe files effectc rewrites and runs.
+const SHIPPED_MODELS: [&str; 4] = [
+    "face_detection_short_range.tflite",
+    "face_landmark.tflite",
+    "pose_detection.tflite",
+    "pose_landmark_full.tflite",
+];
+
 fn check_model(file: &str) {
     let manifest: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(fixtures().join("cases.json")).unwrap())
@@ -153,12 +161,7 @@ fn pose_landmark_matches_litert() {
 /// the same bytes: the one model type holds everything the rewrite writes.
 #[test]
 fn rewritten_models_round_trip_through_the_tflite_model() {
-    for file in [
-        "face_detection_short_range.tflite",
-        "face_landmark.tflite",
-        "pose_detection.tflite",
-        "pose_landmark_full.tflite",
-    ] {
+    for file in SHIPPED_MODELS {
         let bytes = std::fs::read(model_path(file)).unwrap();
         let (rewritten, _) = effectc::vision::tflite_rewrite::rewrite(&bytes).unwrap();
         let model = effectc::tflite::parse(&rewritten).unwrap();
@@ -592,12 +595,7 @@ fn bad_model_files_are_named_in_the_error() {
 #[test]
 fn stock_tract_refuses_the_shipped_files() {
     use tract_tflite::prelude::Framework;
-    for file in [
-        "face_detection_short_range.tflite",
-        "face_landmark.tflite",
-        "pose_detection.tflite",
-        "pose_landmark_full.tflite",
-    ] {
+    for file in SHIPPED_MODELS {
         let bytes = std::fs::read(model_path(file)).unwrap();
         let e = tract_tflite::tflite()
             .model_for_read(&mut &bytes[..])
